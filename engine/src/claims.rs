@@ -1,0 +1,211 @@
+//! Claiming, running, finishing and reclaiming stories.
+
+use std::collections::BTreeSet;
+
+use crate::engine::{Phase, Run};
+use crate::hash::stable_hash;
+use crate::story::{RunResult, StoryState};
+use crate::{Engine, Event, NodeId, Output, RunOutcome, StoryId, Token};
+
+impl Engine {
+    pub(crate) fn free_slots(&self) -> u32 {
+        let used = u32::try_from(self.runs.len()).unwrap_or(u32::MAX);
+        self.config.capacity.saturating_sub(used)
+    }
+
+    /// Notes holders we have never heard (they get one timeout of grace)
+    /// and reports nodes that just died.
+    pub(crate) fn scan_liveness(&mut self) {
+        let now = self.now;
+        let holders: Vec<NodeId> = self.by_holder.keys().filter(|h| **h != self.node).cloned().collect();
+        for h in holders {
+            self.liveness.note_seen(&h, now);
+            if !self.liveness.is_alive(&h, now) && self.dead.insert(h.clone()) {
+                self.emit(Event::NodeDead { node: h });
+            }
+        }
+    }
+
+    /// Is `story` free for us to claim right now, and if reclaiming, from whom?
+    fn claimable(&self, id: &StoryId) -> Option<Option<NodeId>> {
+        let view = self.stories.get(id)?;
+        let s = &view.state;
+        if !s.is_claimable_stage() || !self.config.stages.contains(&s.stage) || self.runs.contains_key(id) {
+            return None;
+        }
+        if self.cooldown.get(id).is_some_and(|until| *until > self.now) {
+            return None;
+        }
+        match &s.holder {
+            None => Some(None),
+            Some(h) if *h != self.node && !self.liveness.is_alive(h, self.now) => Some(Some(h.clone())),
+            Some(_) => None,
+        }
+    }
+
+    /// How many live nodes with free slots rank above us for `story`. The
+    /// preferred node (rank 0) claims at once, rank r after r staggers.
+    fn rank(&self, story: &StoryId) -> u64 {
+        let key = |n: &NodeId| stable_hash(&[story.as_str().as_bytes(), n.as_str().as_bytes()]);
+        let ours = key(&self.node);
+        self.liveness
+            .alive(self.now)
+            .filter(|(n, free)| *free > 0 && **n != self.node && key(n) > ours)
+            .count() as u64
+    }
+
+    pub(crate) fn scan_claims(&mut self) {
+        let mut slots = self.free_slots();
+        if slots == 0 {
+            return;
+        }
+        let now = self.now;
+        let dead_held = self
+            .by_holder
+            .iter()
+            .filter(|(h, _)| **h != self.node && !self.liveness.is_alive(h, now))
+            .flat_map(|(_, s)| s.iter().cloned());
+        let mut candidates: BTreeSet<StoryId> = self.free.iter().cloned().chain(dead_held).collect();
+        candidates.retain(|id| self.claimable(id).is_some());
+        // Forget stories that stopped being claimable, so the stagger
+        // restarts if they become free again.
+        self.free_since.retain(|id, _| candidates.contains(id));
+        let stagger = self.config.claim_stagger_ms;
+        let mut ready: Vec<(std::cmp::Reverse<crate::Stage>, StoryId)> = Vec::new();
+        for id in &candidates {
+            let since = *self.free_since.entry(id.clone()).or_insert(now);
+            if now.saturating_sub(since) >= self.rank(id).saturating_mul(stagger) {
+                ready.push((std::cmp::Reverse(self.stories[id].state.stage), id.clone()));
+            }
+        }
+        // Finish work before starting work: later stages first.
+        ready.sort();
+        for (_, id) in ready {
+            if slots == 0 {
+                break;
+            }
+            if let Some(from) = self.claimable(&id) {
+                self.claim(&id, from);
+                slots -= 1;
+            }
+        }
+    }
+
+    fn claim(&mut self, id: &StoryId, reclaimed_from: Option<NodeId>) {
+        let view = &self.stories[id];
+        let title = view.title.clone();
+        let mut state = view.state.clone();
+        state.token = state.token.next();
+        state.holder = Some(self.node.clone());
+        let (stage, token, attempt) = (state.stage, state.token, state.attempts + 1);
+        self.write_state(id, state);
+        self.runs.insert(
+            id.clone(),
+            Run { token, stage, phase: Phase::Running, deadline: self.now.saturating_add_ms(self.config.run_timeout_ms) },
+        );
+        self.worktrees.insert(id.clone());
+        self.emit(Event::Claimed { story: id.clone(), stage, token, reclaimed_from });
+        self.pending.push(Output::StartRun { story: id.clone(), title, stage, token, attempt });
+    }
+
+    /// Our run of `story` at `token`, if it is still in `phase`.
+    fn live_run(&mut self, story: &StoryId, token: Token, phase: Phase) -> bool {
+        let ok = self.runs.get(story).is_some_and(|r| r.token == token && r.phase == phase);
+        if !ok {
+            self.emit(Event::StaleResult { story: story.clone(), token });
+        }
+        ok
+    }
+
+    fn enter_push(&mut self, story: &StoryId, token: Token) {
+        let deadline = self.now.saturating_add_ms(self.config.run_timeout_ms);
+        if let Some(run) = self.runs.get_mut(story) {
+            run.phase = Phase::Pushing;
+            run.deadline = deadline;
+        }
+        self.pending.push(Output::Push { story: story.clone(), token });
+    }
+
+    pub(crate) fn handle_run_finished(&mut self, story: StoryId, token: Token, outcome: RunOutcome) {
+        if !self.live_run(&story, token, Phase::Running) {
+            return;
+        }
+        match outcome {
+            RunOutcome::Succeeded => self.enter_push(&story, token),
+            RunOutcome::Failed { reason } => self.fail(&story, reason),
+        }
+    }
+
+    pub(crate) fn handle_push_finished(&mut self, story: StoryId, token: Token, outcome: Result<(), String>) {
+        if !self.live_run(&story, token, Phase::Pushing) {
+            return;
+        }
+        match outcome {
+            Ok(()) => self.advance(&story),
+            Err(e) => self.fail(&story, format!("push failed: {e}")),
+        }
+    }
+
+    pub(crate) fn handle_worktree_inspected(&mut self, story: StoryId, token: Token, committed: bool) {
+        if !self.live_run(&story, token, Phase::Inspecting) {
+            return;
+        }
+        if committed {
+            self.enter_push(&story, token);
+        } else {
+            // Interrupted, not failed: release without counting an attempt.
+            self.runs.remove(&story);
+            let mut state = self.stories[&story].state.clone();
+            state.holder = None;
+            self.write_state(&story, state);
+        }
+    }
+
+    /// Accepts our result: the story moves on, the claim is released at the
+    /// same token, and the result records who did it with which token.
+    fn advance(&mut self, story: &StoryId) {
+        let Some(run) = self.runs.remove(story) else { return };
+        let mut state = self.stories[story].state.clone();
+        debug_assert_eq!(state.token, run.token);
+        debug_assert_eq!(state.holder.as_ref(), Some(&self.node));
+        let from = state.stage;
+        let Some(to) = from.next() else { return };
+        state = StoryState {
+            stage: to,
+            token: run.token,
+            holder: None,
+            attempts: 0,
+            failed: false,
+            result: Some(RunResult { node: self.node.clone(), token: run.token, stage: from }),
+        };
+        self.write_state(story, state);
+        self.emit(Event::Advanced { story: story.clone(), from, to, token: run.token });
+    }
+
+    /// Releases the claim after a failed run or push; gives up after
+    /// `max_attempts`. This node cools down before retrying it.
+    fn fail(&mut self, story: &StoryId, reason: String) {
+        let Some(run) = self.runs.remove(story) else { return };
+        let mut state = self.stories[story].state.clone();
+        state.holder = None;
+        state.attempts += 1;
+        state.failed = state.attempts >= self.config.max_attempts;
+        let (attempts, gave_up) = (state.attempts, state.failed);
+        self.write_state(story, state);
+        self.emit(Event::RunFailed { story: story.clone(), token: run.token, attempts, gave_up, reason });
+    }
+
+    /// Stops and fails phases that outlived `run_timeout_ms` (hung agents,
+    /// pushes or inspections the driver never answered).
+    pub(crate) fn expire_runs(&mut self) {
+        let now = self.now;
+        let hung: Vec<(StoryId, Run)> =
+            self.runs.iter().filter(|(_, r)| r.deadline <= now).map(|(id, r)| (id.clone(), r.clone())).collect();
+        for (story, run) in hung {
+            if run.phase == Phase::Running {
+                self.pending.push(Output::StopRun { story: story.clone(), token: run.token });
+            }
+            self.fail(&story, format!("{:?} timed out", run.phase).to_lowercase());
+        }
+    }
+}

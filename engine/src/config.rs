@@ -1,0 +1,129 @@
+//! Engine configuration: everything that bounds or paces the engine.
+
+use crate::{ConfigError, Stage};
+
+/// Settings of one node. `Default` gives a sensible agent; validate with
+/// [`Config::validate`] (the engine asserts it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where peers can reach this node (e.g. `ws://10.0.0.5:3101/crdt-sync`);
+    /// `None` for nodes that accept no mesh connections.
+    pub address: Option<String>,
+    /// Human-readable label shown in `status`.
+    pub label: String,
+    /// Address of the rendezvous node to keep a connection to; `None` on the
+    /// rendezvous itself.
+    pub rendezvous: Option<String>,
+    /// Most runs this node holds at once; 0 for a node that runs no agents.
+    pub capacity: u32,
+    /// The stages this node runs agents for.
+    pub stages: Vec<Stage>,
+    /// Cap on supplementary (non-rendezvous) outbound connections.
+    pub max_mesh_peers: usize,
+    /// Cap on all connections, inbound and outbound.
+    pub max_peers: usize,
+    pub heartbeat_interval_ms: u64,
+    /// A node whose heartbeat does not advance for this long is dead and its
+    /// claims may be reclaimed.
+    pub claim_timeout_ms: u64,
+    pub scan_interval_ms: u64,
+    /// Extra wait per rank for nodes that are not a story's preferred node,
+    /// so connected nodes rarely start the same story.
+    pub claim_stagger_ms: u64,
+    /// A run that reports nothing for this long is stopped and counted failed.
+    pub run_timeout_ms: u64,
+    /// Failed attempts after which a story is marked failed and left alone.
+    pub max_attempts: u32,
+    /// Local cool-down before this node retries a story that failed; doubles
+    /// per attempt.
+    pub retry_backoff_ms: u64,
+    pub dial_backoff_min_ms: u64,
+    pub dial_backoff_max_ms: u64,
+    /// Largest envelope accepted from a peer or sent to one.
+    pub max_message_bytes: usize,
+    /// Incremental persists between full snapshots.
+    pub snapshot_every: u32,
+}
+
+/// Stages a default agent works: every active stage.
+pub const ACTIVE_STAGES: [Stage; 3] = [Stage::Current, Stage::Qa, Stage::Merge];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            address: None,
+            label: String::new(),
+            rendezvous: None,
+            capacity: 2,
+            stages: ACTIVE_STAGES.to_vec(),
+            max_mesh_peers: 3,
+            max_peers: 256,
+            heartbeat_interval_ms: 1_000,
+            claim_timeout_ms: 10_000,
+            scan_interval_ms: 500,
+            claim_stagger_ms: 1_500,
+            run_timeout_ms: 60 * 60 * 1_000,
+            max_attempts: 3,
+            retry_backoff_ms: 5_000,
+            dial_backoff_min_ms: 250,
+            dial_backoff_max_ms: 30_000,
+            max_message_bytes: 32 << 20,
+            snapshot_every: 512,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("claim_timeout_ms", self.claim_timeout_ms),
+            ("scan_interval_ms", self.scan_interval_ms),
+            ("run_timeout_ms", self.run_timeout_ms),
+            ("max_attempts", u64::from(self.max_attempts)),
+            ("dial_backoff_min_ms", self.dial_backoff_min_ms),
+            ("snapshot_every", u64::from(self.snapshot_every)),
+            ("max_peers", self.max_peers as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if self.heartbeat_interval_ms * 3 > self.claim_timeout_ms {
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat_ms: self.heartbeat_interval_ms,
+                timeout_ms: self.claim_timeout_ms,
+            });
+        }
+        if self.dial_backoff_min_ms > self.dial_backoff_max_ms {
+            return Err(ConfigError::BackoffRange {
+                min: self.dial_backoff_min_ms,
+                max: self.dial_backoff_max_ms,
+            });
+        }
+        if self.max_message_bytes < 64 << 10 {
+            return Err(ConfigError::MessageCapTooSmall(self.max_message_bytes));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_caps_mesh_at_three() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.max_mesh_peers, 3);
+    }
+
+    #[test]
+    fn rejects_heartbeat_slower_than_a_third_of_timeout() {
+        let c = Config { heartbeat_interval_ms: 5_000, claim_timeout_ms: 10_000, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::HeartbeatTooSlow { .. })));
+        let c = Config { scan_interval_ms: 0, ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::Zero { field: "scan_interval_ms" }));
+    }
+}

@@ -1,0 +1,230 @@
+//! The replicated document and the local index built from it.
+//!
+//! Layout: `stories/<id>` → map {title, state}, `nodes/<id>` → map
+//! {address, label, capacity}. The root maps are created by one genesis
+//! change that every node builds byte for byte (fixed actor, fixed time), so
+//! no two nodes ever race to create `stories` and hide each other's work.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
+
+use crate::story::StoryState;
+use crate::{NodeId, StoryId};
+
+const GENESIS_ACTOR: &[u8] = b"huskies-genesis";
+
+/// A story as this replica currently sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoryView {
+    pub title: String,
+    /// The winning state among concurrent writes.
+    pub state: StoryState,
+    /// How many concurrent state values the document holds right now (1
+    /// when there is no conflict).
+    pub concurrent: usize,
+}
+
+/// Durable membership of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub address: Option<String>,
+    pub label: String,
+    pub capacity: u32,
+}
+
+pub struct Doc {
+    am: AutoCommit,
+    stories_obj: ObjId,
+    nodes_obj: ObjId,
+    story_objs: BTreeMap<StoryId, ObjId>,
+}
+
+/// Things the document holds that we could not read (written by a newer or
+/// misbehaving peer). They are skipped, never unwrapped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub keys: Vec<String>,
+}
+
+impl Doc {
+    /// A document holding only the shared genesis change, writing as `actor`.
+    pub fn new(actor: ActorId) -> Doc {
+        #[allow(clippy::disallowed_methods)] // the one sanctioned use: fixed genesis actor
+        let mut am = AutoCommit::new().with_actor(ActorId::from(GENESIS_ACTOR));
+        // Writes to a fresh in-memory document cannot fail.
+        let stories_obj = am.put_object(automerge::ROOT, "stories", ObjType::Map).expect("genesis");
+        let nodes_obj = am.put_object(automerge::ROOT, "nodes", ObjType::Map).expect("genesis");
+        am.commit_with(CommitOptions::default().with_time(0));
+        am.set_actor(actor);
+        am.update_diff_cursor();
+        Doc { am, stories_obj, nodes_obj, story_objs: BTreeMap::new() }
+    }
+
+    pub fn automerge(&mut self) -> &mut AutoCommit {
+        &mut self.am
+    }
+
+    pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
+        self.am.get_heads()
+    }
+
+    fn commit(&mut self) {
+        self.am.commit_with(CommitOptions::default().with_time(0));
+    }
+
+    /// Reads every story and node (after loading storage).
+    pub fn read_all(&mut self) -> (BTreeMap<StoryId, StoryView>, BTreeMap<NodeId, NodeRecord>, Unreadable) {
+        let mut bad = Unreadable::default();
+        let mut stories = BTreeMap::new();
+        let keys: Vec<String> = self.am.keys(&self.stories_obj).collect();
+        for key in keys {
+            match StoryId::new(key.clone()) {
+                Ok(id) => match self.read_story(&id) {
+                    Some(v) => {
+                        stories.insert(id, v);
+                    }
+                    None => bad.keys.push(format!("stories/{key}")),
+                },
+                Err(_) => bad.keys.push(format!("stories/{key}")),
+            }
+        }
+        let mut nodes = BTreeMap::new();
+        let keys: Vec<String> = self.am.keys(&self.nodes_obj).collect();
+        for key in keys {
+            match NodeId::new(key.clone()).ok().and_then(|id| self.read_node(&id).map(|r| (id, r))) {
+                Some((id, r)) => {
+                    nodes.insert(id, r);
+                }
+                None => bad.keys.push(format!("nodes/{key}")),
+            }
+        }
+        self.am.update_diff_cursor();
+        (stories, nodes, bad)
+    }
+
+    /// The stories and nodes touched since the last call; Automerge computes
+    /// this from its patch log, in time proportional to the new changes.
+    pub fn take_touched(&mut self) -> (BTreeSet<StoryId>, BTreeSet<NodeId>) {
+        let mut stories = BTreeSet::new();
+        let mut nodes = BTreeSet::new();
+        for patch in self.am.diff_incremental() {
+            // The key under `stories` or `nodes` is either the patched key
+            // (when the patch is on the root map itself) or the second path
+            // element (when it is inside a story's or node's map).
+            let (parent, key) = if patch.obj == self.stories_obj || patch.obj == self.nodes_obj {
+                let automerge::PatchAction::PutMap { key, .. } = &patch.action else { continue };
+                (patch.obj.clone(), key.clone())
+            } else {
+                match patch.path.get(1) {
+                    Some((obj, Prop::Map(key))) => (obj.clone(), key.clone()),
+                    _ => continue,
+                }
+            };
+            if parent == self.stories_obj {
+                if let Ok(id) = StoryId::new(key) {
+                    stories.insert(id);
+                }
+            } else if parent == self.nodes_obj
+                && let Ok(id) = NodeId::new(key)
+            {
+                nodes.insert(id);
+            }
+        }
+        (stories, nodes)
+    }
+
+    /// Marks everything so far as seen by [`Doc::take_touched`]. Used after
+    /// local writes, whose effect the engine already knows.
+    pub fn skip_touched(&mut self) {
+        self.am.update_diff_cursor();
+    }
+
+    fn story_obj(&mut self, id: &StoryId) -> Option<ObjId> {
+        match self.am.get(&self.stories_obj, id.as_str()) {
+            Ok(Some((Value::Object(ObjType::Map), obj))) => {
+                self.story_objs.insert(id.clone(), obj.clone());
+                Some(obj)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn read_story(&mut self, id: &StoryId) -> Option<StoryView> {
+        let obj = self.story_obj(id)?;
+        let title = match self.am.get(&obj, "title") {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                ScalarValue::Str(t) => t.to_string(),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let values = self.am.get_all(&obj, "state").ok()?;
+        let concurrent = values.len();
+        let state = values
+            .into_iter()
+            .filter_map(|(v, _)| match v {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Str(t) => StoryState::decode(t),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .max_by(|a, b| a.precedence(id.as_str(), b))?;
+        Some(StoryView { title, state, concurrent })
+    }
+
+    pub fn read_node(&mut self, id: &NodeId) -> Option<NodeRecord> {
+        let obj = match self.am.get(&self.nodes_obj, id.as_str()) {
+            Ok(Some((Value::Object(ObjType::Map), obj))) => obj,
+            _ => return None,
+        };
+        let text = |am: &AutoCommit, key: &str| match am.get(&obj, key) {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                ScalarValue::Str(t) => Some(t.to_string()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let capacity = match self.am.get(&obj, "capacity") {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                ScalarValue::Uint(n) => u32::try_from(*n).ok()?,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(NodeRecord { address: text(&self.am, "address"), label: text(&self.am, "label")?, capacity })
+    }
+
+    /// Creates `stories/<id>` in one change. Caller checked it is new.
+    pub fn add_story(&mut self, id: &StoryId, title: &str, state: &StoryState) {
+        // Writes to our own in-memory document with valid object ids cannot fail.
+        let obj = self.am.put_object(&self.stories_obj, id.as_str(), ObjType::Map).expect("put story");
+        self.am.put(&obj, "title", title).expect("put title");
+        self.am.put(&obj, "state", state.encode()).expect("put state");
+        self.story_objs.insert(id.clone(), obj);
+        self.commit();
+    }
+
+    /// Overwrites the story's state with one value, which also resolves any
+    /// conflict the key held.
+    pub fn put_state(&mut self, id: &StoryId, state: &StoryState) {
+        let obj = match self.story_objs.get(id) {
+            Some(obj) => obj.clone(),
+            None => self.story_obj(id).expect("put_state on a story the index holds"),
+        };
+        self.am.put(&obj, "state", state.encode()).expect("put state");
+        self.commit();
+    }
+
+    pub fn put_node(&mut self, id: &NodeId, rec: &NodeRecord) {
+        let obj = self.am.put_object(&self.nodes_obj, id.as_str(), ObjType::Map).expect("put node");
+        if let Some(a) = &rec.address {
+            self.am.put(&obj, "address", a.as_str()).expect("put address");
+        }
+        self.am.put(&obj, "label", rec.label.as_str()).expect("put label");
+        self.am.put(&obj, "capacity", u64::from(rec.capacity)).expect("put capacity");
+        self.commit();
+    }
+}

@@ -1,0 +1,376 @@
+//! The engine: state, the `handle`/`poll_*` contract, and the local index.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use automerge::ActorId;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+
+use crate::doc::{Doc, NodeRecord, StoryView};
+use crate::liveness::Liveness;
+use crate::peers::{Conn, DialTarget, Purpose};
+use crate::story::StoryState;
+use crate::{Config, ConnId, Event, Input, Millis, NodeId, Output, PersistKind, Stage, StoryId, Token};
+
+/// What a claimed story of ours is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Asked the driver what a pre-restart worktree holds.
+    Inspecting,
+    Running,
+    Pushing,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Run {
+    pub token: Token,
+    pub stage: Stage,
+    pub phase: Phase,
+    /// When the phase is given up as hung.
+    pub deadline: Millis,
+}
+
+/// The sans-IO state machine of one node. See the crate docs for the
+/// contract.
+pub struct Engine {
+    pub(crate) config: Config,
+    pub(crate) node: NodeId,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) incarnation: u64,
+    pub(crate) now: Millis,
+    pub(crate) ready: bool,
+    pub(crate) doc: Doc,
+    /// Set by every write or merge; cleared when persisted.
+    pub(crate) dirty: bool,
+    pub(crate) appends_since_snapshot: u32,
+
+    // Index of the document.
+    pub(crate) stories: BTreeMap<StoryId, StoryView>,
+    pub(crate) nodes: BTreeMap<NodeId, NodeRecord>,
+    pub(crate) by_holder: BTreeMap<NodeId, BTreeSet<StoryId>>,
+    /// Stories in an active stage, not failed, held by nobody.
+    pub(crate) free: BTreeSet<StoryId>,
+
+    // Local, never replicated.
+    pub(crate) free_since: BTreeMap<StoryId, Millis>,
+    pub(crate) cooldown: BTreeMap<StoryId, Millis>,
+    pub(crate) runs: BTreeMap<StoryId, Run>,
+    pub(crate) worktrees: BTreeSet<StoryId>,
+    pub(crate) liveness: Liveness,
+    pub(crate) dead: BTreeSet<NodeId>,
+
+    // Peers.
+    pub(crate) conns: BTreeMap<ConnId, Conn>,
+    pub(crate) targets: BTreeMap<String, DialTarget>,
+    pub(crate) next_conn: u64,
+    pub(crate) rendezvous_node: Option<NodeId>,
+    pub(crate) heartbeat_seq: u64,
+    pub(crate) next_heartbeat_at: Millis,
+    pub(crate) next_scan_at: Millis,
+
+    /// Outputs produced while handling the current input; released after
+    /// the `Persist` that covers them.
+    pub(crate) pending: Vec<Output>,
+    /// Conns owed a sync message at the end of this input.
+    pub(crate) sync_due: BTreeSet<ConnId>,
+    pub(crate) outputs: VecDeque<Output>,
+}
+
+impl Engine {
+    /// Creates a node. `seed` drives every random choice (incarnation,
+    /// backoff jitter, generated ids); `now` is the local clock.
+    ///
+    /// # Panics
+    /// If `config` is invalid: validate it first with [`Config::validate`].
+    pub fn new(config: Config, node: NodeId, seed: u64, now: Millis) -> Engine {
+        if let Err(e) = config.validate() {
+            panic!("invalid engine config: {e}");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let incarnation = rng.next_u64();
+        // Actor = node id + incarnation: derived from the node id, yet a node
+        // that restarted with lost storage never reuses (actor, seq) pairs
+        // its peers already hold, which Automerge cannot survive.
+        let mut actor = node.as_str().as_bytes().to_vec();
+        actor.push(0);
+        actor.extend_from_slice(&incarnation.to_be_bytes());
+        let liveness = Liveness::new(config.claim_timeout_ms);
+        Engine {
+            doc: Doc::new(ActorId::from(actor)),
+            config,
+            node,
+            rng,
+            incarnation,
+            now,
+            ready: false,
+            dirty: false,
+            appends_since_snapshot: 0,
+            stories: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            by_holder: BTreeMap::new(),
+            free: BTreeSet::new(),
+            free_since: BTreeMap::new(),
+            cooldown: BTreeMap::new(),
+            runs: BTreeMap::new(),
+            worktrees: BTreeSet::new(),
+            liveness,
+            dead: BTreeSet::new(),
+            conns: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            next_conn: 0,
+            rendezvous_node: None,
+            heartbeat_seq: 0,
+            next_heartbeat_at: now,
+            next_scan_at: now,
+            pending: Vec::new(),
+            sync_due: BTreeSet::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Feeds one input. Never panics on peer data; drain
+    /// [`Engine::poll_output`] afterwards.
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        // Local time never runs backwards inside the engine, whatever the
+        // driver's clock does.
+        self.now = self.now.max(now);
+        match input {
+            Input::StorageLoaded { bytes } => self.handle_storage_loaded(&bytes),
+            Input::PeerConnected { conn } => self.handle_peer_connected(conn),
+            Input::PeerMessage { conn, bytes } => self.handle_peer_message(conn, &bytes),
+            Input::PeerClosed { conn } => self.handle_peer_closed(conn),
+            Input::RunFinished { story, token, outcome } => self.handle_run_finished(story, token, outcome),
+            Input::PushFinished { story, token, outcome } => self.handle_push_finished(story, token, outcome),
+            Input::WorktreeInspected { story, token, committed } => {
+                self.handle_worktree_inspected(story, token, committed)
+            }
+            Input::Command { id, command } => self.handle_command(id, command),
+            Input::Timeout => self.handle_timeout(),
+        }
+        self.finish_input();
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to feed `Input::Timeout` next.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        if !self.ready {
+            return None;
+        }
+        let dial = self.targets.values().filter(|t| t.conn.is_none()).map(|t| t.next_at).min();
+        Some(self.next_heartbeat_at.min(self.next_scan_at).min(dial.unwrap_or(Millis(u64::MAX))))
+    }
+
+    fn handle_timeout(&mut self) {
+        if !self.ready {
+            return;
+        }
+        if self.now >= self.next_heartbeat_at {
+            self.send_heartbeat();
+            self.next_heartbeat_at = self.now.saturating_add_ms(self.config.heartbeat_interval_ms);
+        }
+        if self.now >= self.next_scan_at {
+            self.next_scan_at = self.now.saturating_add_ms(self.config.scan_interval_ms);
+            self.expire_runs();
+            self.scan_liveness();
+            self.reconcile_mesh();
+            self.scan_claims();
+        }
+        self.dial_due();
+    }
+
+    fn handle_storage_loaded(&mut self, bytes: &[u8]) {
+        if self.ready {
+            return;
+        }
+        if !bytes.is_empty()
+            && let Err(e) = self.doc.automerge().load_incremental(bytes)
+        {
+            // Keep whatever loaded; peers will fill in the rest.
+            self.emit(Event::StorageCorrupt { error: e.to_string() });
+        }
+        let (stories, nodes, bad) = self.doc.read_all();
+        self.nodes = nodes;
+        for (id, view) in stories {
+            self.apply_story(&id, Some(view));
+        }
+        let own = NodeRecord {
+            address: self.config.address.clone(),
+            label: self.config.label.clone(),
+            capacity: self.config.capacity,
+        };
+        if self.nodes.get(&self.node) != Some(&own) {
+            self.doc.put_node(&self.node, &own);
+            self.doc.skip_touched();
+            self.nodes.insert(self.node.clone(), own);
+        }
+        // Claims we held before a restart: ask what the worktree holds
+        // before releasing or pushing (see handle_worktree_inspected).
+        let ours: Vec<StoryId> = self.by_holder.get(&self.node).into_iter().flatten().cloned().collect();
+        for story in ours {
+            let state = &self.stories[&story].state;
+            let token = state.token;
+            self.runs.insert(
+                story.clone(),
+                Run {
+                    token,
+                    stage: state.stage,
+                    phase: Phase::Inspecting,
+                    deadline: self.now.saturating_add_ms(self.config.run_timeout_ms),
+                },
+            );
+            self.worktrees.insert(story.clone());
+            self.pending.push(Output::InspectWorktree { story, token });
+        }
+        self.ready = true;
+        // Compact storage on every start: one snapshot replaces the log.
+        let snapshot = self.doc.automerge().save();
+        self.outputs.push_back(Output::Persist { kind: PersistKind::Snapshot, bytes: snapshot });
+        self.dirty = false;
+        self.emit(Event::Ready { stories: self.stories.len(), unreadable: bad.keys });
+        if let Some(addr) = self.config.rendezvous.clone() {
+            self.targets.insert(addr, DialTarget::new(Purpose::Rendezvous, self.now));
+        }
+        self.dial_due();
+    }
+
+    /// Persist what changed, then release the outputs it covers, then sync.
+    fn finish_input(&mut self) {
+        if self.dirty {
+            self.dirty = false;
+            self.appends_since_snapshot += 1;
+            let (kind, bytes) = if self.appends_since_snapshot >= self.config.snapshot_every {
+                self.appends_since_snapshot = 0;
+                (PersistKind::Snapshot, self.doc.automerge().save())
+            } else {
+                (PersistKind::Append, self.doc.automerge().save_incremental())
+            };
+            if !bytes.is_empty() {
+                self.outputs.push_back(Output::Persist { kind, bytes });
+            }
+            self.sync_due.extend(self.conns.iter().filter(|(_, c)| c.node.is_some()).map(|(id, _)| *id));
+        }
+        self.outputs.extend(self.pending.drain(..));
+        let due = std::mem::take(&mut self.sync_due);
+        for conn in due {
+            self.send_sync(conn);
+        }
+    }
+
+    pub(crate) fn emit(&mut self, event: Event) {
+        tracing::debug!(node = %self.node, ?event);
+        self.pending.push(Output::Event(event));
+    }
+
+    /// Writes a new state for a story and updates the index. Every write of
+    /// a state goes through here.
+    pub(crate) fn write_state(&mut self, id: &StoryId, state: StoryState) {
+        debug_assert!(
+            self.stories.get(id).is_none_or(|v| v.state.token <= state.token),
+            "a write never lowers the fencing token"
+        );
+        self.doc.put_state(id, &state);
+        self.doc.skip_touched();
+        self.dirty = true;
+        let title = self.stories.get(id).map(|v| v.title.clone()).unwrap_or_default();
+        self.apply_story(id, Some(StoryView { title, state, concurrent: 1 }));
+    }
+
+    /// Brings the index up to date with `view` and reacts to what changed:
+    /// lost claims stop runs, archived stories prune worktrees.
+    pub(crate) fn apply_story(&mut self, id: &StoryId, view: Option<StoryView>) {
+        let old = match &view {
+            Some(v) => self.stories.insert(id.clone(), v.clone()),
+            None => self.stories.remove(id),
+        };
+        if let Some(holder) = old.as_ref().and_then(|o| o.state.holder.as_ref())
+            && let Some(set) = self.by_holder.get_mut(holder)
+        {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_holder.remove(holder);
+            }
+        }
+        self.free.remove(id);
+        let Some(view) = view else { return };
+        let state = &view.state;
+        match &state.holder {
+            Some(h) => {
+                self.by_holder.entry(h.clone()).or_default().insert(id.clone());
+            }
+            None if state.is_claimable_stage() => {
+                self.free.insert(id.clone());
+            }
+            None => {}
+        }
+        if state.holder.is_some() || !state.is_claimable_stage() {
+            self.free_since.remove(id);
+        }
+        if let Some(old) = &old {
+            if old.state.stage != state.stage {
+                self.emit(Event::StageChanged {
+                    story: id.clone(),
+                    from: old.state.stage,
+                    to: state.stage,
+                    token: state.token,
+                });
+            }
+            if state.attempts > old.state.attempts {
+                let until = self.now.saturating_add_ms(self.retry_backoff_ms(state.attempts));
+                self.cooldown.insert(id.clone(), until);
+            }
+        }
+        if let Some(run) = self.runs.get(id)
+            && (state.token != run.token || state.holder.as_ref() != Some(&self.node))
+        {
+            let run = self.runs.remove(id).expect("checked above");
+            if run.phase == Phase::Running {
+                self.pending.push(Output::StopRun { story: id.clone(), token: run.token });
+            }
+            self.emit(Event::ClaimLost {
+                story: id.clone(),
+                token: run.token,
+                now_held_by: state.holder.clone(),
+                now_token: state.token,
+            });
+        }
+        if state.stage == Stage::Archived && self.worktrees.remove(id) {
+            self.pending.push(Output::PruneWorktree { story: id.clone() });
+        }
+    }
+
+    pub(crate) fn retry_backoff_ms(&self, attempts: u32) -> u64 {
+        let shift = attempts.saturating_sub(1).min(16);
+        self.config.retry_backoff_ms.saturating_mul(1 << shift)
+    }
+
+    /// Re-reads everything a merge touched.
+    pub(crate) fn absorb_remote_changes(&mut self) {
+        let (stories, nodes) = self.doc.take_touched();
+        if stories.is_empty() && nodes.is_empty() {
+            return;
+        }
+        self.dirty = true;
+        for id in stories {
+            let view = self.doc.read_story(&id);
+            self.apply_story(&id, view);
+        }
+        for id in nodes {
+            match self.doc.read_node(&id) {
+                Some(rec) => self.nodes.insert(id, rec),
+                None => self.nodes.remove(&id),
+            };
+        }
+    }
+
+    pub(crate) fn random_u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    pub(crate) fn alloc_outbound_conn(&mut self) -> ConnId {
+        self.next_conn += 1;
+        ConnId::outbound(self.next_conn)
+    }
+}

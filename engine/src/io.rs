@@ -1,0 +1,111 @@
+//! What goes into the engine and what comes out.
+
+use crate::{CommandError, CommandId, ConnId, NodeId, Stage, StoryId, Token};
+
+/// One input to [`crate::Engine::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The persisted document bytes (snapshot followed by appended
+    /// increments; empty on first start). Must be the first input: until it
+    /// arrives the engine dials nobody and refuses commands.
+    StorageLoaded { bytes: Vec<u8> },
+    /// A connection is up: an inbound one the driver accepted (driver-chosen
+    /// id without the top bit), or one the engine asked for with `Dial`.
+    PeerConnected { conn: ConnId },
+    /// One binary frame from the peer.
+    PeerMessage { conn: ConnId, bytes: Vec<u8> },
+    /// The connection is gone, or a `Dial` failed.
+    PeerClosed { conn: ConnId },
+    /// The agent command for a started run exited (or was stopped).
+    RunFinished { story: StoryId, token: Token, outcome: RunOutcome },
+    /// The push asked for by `Output::Push` completed.
+    PushFinished { story: StoryId, token: Token, outcome: Result<(), String> },
+    /// Answer to `Output::InspectWorktree`: does the story's worktree hold
+    /// committed work from before a restart?
+    WorktreeInspected { story: StoryId, token: Token, committed: bool },
+    /// A user command; answered by exactly one `Output::Reply`.
+    Command { id: CommandId, command: Command },
+    /// The time from `poll_timeout` has come (early or spurious is harmless).
+    Timeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    Succeeded,
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Adds a story; the id is derived from the title when not given.
+    AddStory { id: Option<StoryId>, title: String, stage: Stage },
+    /// Moves a story; bumps its token so that any run of it is fenced off,
+    /// and clears its attempts and failed mark.
+    MoveStory { id: StoryId, stage: Stage },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Added { id: StoryId },
+    Moved { id: StoryId, from: Stage, to: Stage, token: Token },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistKind {
+    /// The whole document: replaces everything stored before.
+    Snapshot,
+    /// New changes: append to what is stored.
+    Append,
+}
+
+/// One output from [`crate::Engine::poll_output`]. Drivers must execute them
+/// in order: a `Persist` precedes every `Send` or `Reply` that reveals the
+/// state it saves, so it must be durable before those go out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Persist { kind: PersistKind, bytes: Vec<u8> },
+    Send { conn: ConnId, bytes: Vec<u8> },
+    /// Open a connection to `address`; report `PeerConnected` or
+    /// `PeerClosed` with this `conn`.
+    Dial { conn: ConnId, address: String },
+    /// Close the connection; no `PeerClosed` needs to follow.
+    HangUp { conn: ConnId },
+    /// Run the agent command for `stage` on the story's worktree.
+    StartRun { story: StoryId, title: String, stage: Stage, token: Token, attempt: u32 },
+    /// Stop a run: another node won the claim, a user moved the story, or it
+    /// hung past `run_timeout_ms`. No `RunFinished` is needed afterwards.
+    StopRun { story: StoryId, token: Token },
+    /// Push the story's branch; answer with `PushFinished`.
+    Push { story: StoryId, token: Token },
+    /// Answer with `WorktreeInspected`.
+    InspectWorktree { story: StoryId, token: Token },
+    /// The story is archived: its local worktree can go.
+    PruneWorktree { story: StoryId },
+    Reply { id: CommandId, result: Result<Reply, CommandError> },
+    Event(Event),
+}
+
+/// Things worth logging, counting or showing. Checkers in tests and sims
+/// rely on them, so they are precise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Ready { stories: usize, unreadable: Vec<String> },
+    StorageCorrupt { error: String },
+    PeerUp { conn: ConnId, node: NodeId },
+    PeerDown { conn: ConnId, node: Option<NodeId> },
+    /// A peer broke the protocol and was disconnected.
+    PeerRejected { conn: ConnId, reason: String },
+    NodeDead { node: NodeId },
+    StoryAdded { story: StoryId, stage: Stage },
+    /// The visible stage changed (locally or by merge).
+    StageChanged { story: StoryId, from: Stage, to: Stage, token: Token },
+    Claimed { story: StoryId, stage: Stage, token: Token, reclaimed_from: Option<NodeId> },
+    /// Our claim was superseded; the run was stopped.
+    ClaimLost { story: StoryId, token: Token, now_held_by: Option<NodeId>, now_token: Token },
+    /// We advanced a story: a result was accepted locally.
+    Advanced { story: StoryId, from: Stage, to: Stage, token: Token },
+    /// A run or push failed; the claim was released.
+    RunFailed { story: StoryId, token: Token, attempts: u32, gave_up: bool, reason: String },
+    /// A result arrived for a token that no longer holds the story.
+    StaleResult { story: StoryId, token: Token },
+}

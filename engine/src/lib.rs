@@ -1,0 +1,68 @@
+//! # huskies-engine: the sans-IO core of huskies
+//!
+//! One [`Engine`] is one node of the cluster. It owns the node's replica of
+//! the pipeline (an Automerge document) and decides everything: what to
+//! claim, when to run, push and advance, whom to dial, what to send. It does
+//! no I/O: no sockets, files, clocks, processes or global randomness. A
+//! driver (`huskies-net` in production, `huskies-sim` under madsim) feeds it
+//! inputs and carries out its outputs.
+//!
+//! ## The contract
+//!
+//! - [`Engine::new`]`(config, node_id, seed, now)`; then feed
+//!   [`Input::StorageLoaded`] (empty bytes on first start) before anything else.
+//! - [`Engine::handle`]`(now, input)` for every input; `now` is the local
+//!   monotonic clock in milliseconds. It never panics on peer data: a peer
+//!   that sends garbage is disconnected ([`Output::HangUp`] and
+//!   [`Event::PeerRejected`]).
+//! - After every `handle`, drain [`Engine::poll_output`] until `None` and
+//!   carry out the outputs **in order**. An [`Output::Persist`] always comes
+//!   before any `Send`, `Reply` or `StartRun` that depends on the state it
+//!   saves: make it durable first.
+//! - Call `handle(now, Input::Timeout)` at [`Engine::poll_timeout`]. Early
+//!   or extra timeouts are harmless.
+//! - Determinism: the same config, node id, seed and sequence of
+//!   `(now, input)` produce the same outputs, byte for byte. Randomness
+//!   comes from a ChaCha RNG seeded at construction; Automerge actors are
+//!   the node id plus a seeded incarnation number.
+//!
+//! ## The rules it keeps
+//!
+//! - The document holds `stories/<id>` (title, state) and `nodes/<id>`
+//!   (address, label, capacity). A story's stage, claim, attempts and
+//!   result are one value, so concurrent writes resolve as a whole: highest
+//!   fencing token first (see [`StoryState::precedence`]).
+//! - Every claim and every user move raises the story's token; a result or
+//!   advance is only written while our claim is the winning one, and a
+//!   write made concurrently with a higher token loses on every replica.
+//! - Liveness is gossip ([`wire::Heartbeat`]), never written to the
+//!   document: an idle cluster's document does not grow.
+//! - Stories of a dead holder are reclaimed with a higher token; candidates
+//!   are ranked by rendezvous hashing so connected nodes rarely collide, and
+//!   non-preferred nodes wait `claim_stagger_ms` per rank.
+//! - At most `max_mesh_peers` supplementary connections, chosen by a hash of
+//!   the node pair among live peers.
+
+mod claims;
+mod commands;
+mod config;
+mod doc;
+mod engine;
+mod error;
+pub mod hash;
+mod ids;
+mod io;
+mod liveness;
+mod peers;
+mod story;
+mod view;
+pub mod wire;
+
+pub use commands::MAX_TITLE_LEN;
+pub use config::{ACTIVE_STAGES, Config};
+pub use doc::{NodeRecord, StoryView};
+pub use engine::Engine;
+pub use error::{CommandError, ConfigError, IdError};
+pub use ids::{CommandId, ConnId, MAX_ID_LEN, Millis, NodeId, StoryId, Token};
+pub use io::{Command, Event, Input, Output, PersistKind, Reply, RunOutcome};
+pub use story::{RunResult, Stage, StoryState};

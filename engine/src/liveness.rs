@@ -1,0 +1,142 @@
+//! Who is alive, judged only by the local clock.
+//!
+//! A node is alive while its heartbeat `(incarnation, seq)` keeps advancing
+//! within `claim_timeout_ms` as measured here. Wall clocks of other machines
+//! are never compared, so clock skew cannot kill a node.
+
+use std::collections::BTreeMap;
+
+use crate::wire::Heartbeat;
+use crate::{Millis, NodeId};
+
+#[derive(Debug, Clone)]
+struct Beat {
+    /// `None` until a heartbeat arrives: the node was only seen in the
+    /// document and is on its grace period.
+    incarnation: Option<u64>,
+    seq: u64,
+    /// The incarnation before the current one. Late relays of its beats are
+    /// ignored, or they would look new and flip the record back.
+    previous_incarnation: Option<u64>,
+    advanced_at: Millis,
+    free_slots: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Liveness {
+    beats: BTreeMap<NodeId, Beat>,
+    timeout_ms: u64,
+}
+
+impl Liveness {
+    pub fn new(timeout_ms: u64) -> Liveness {
+        Liveness { beats: BTreeMap::new(), timeout_ms }
+    }
+
+    /// Records a heartbeat; returns true if it is news (and so should be
+    /// relayed). Duplicates and stale beats return false, which is what
+    /// bounds the gossip flood.
+    pub fn handle_heartbeat(&mut self, hb: &Heartbeat, now: Millis) -> bool {
+        let Some(beat) = self.beats.get_mut(&hb.node) else {
+            self.beats.insert(
+                hb.node.clone(),
+                Beat {
+                    incarnation: Some(hb.incarnation),
+                    seq: hb.seq,
+                    previous_incarnation: None,
+                    advanced_at: now,
+                    free_slots: hb.free_slots,
+                },
+            );
+            return true;
+        };
+        let news = match beat.incarnation {
+            None => true,
+            Some(inc) if inc == hb.incarnation => hb.seq > beat.seq,
+            Some(_) if beat.previous_incarnation == Some(hb.incarnation) => false,
+            Some(inc) => {
+                beat.previous_incarnation = Some(inc);
+                true
+            }
+        };
+        if news {
+            beat.incarnation = Some(hb.incarnation);
+            beat.seq = hb.seq;
+            beat.advanced_at = now;
+            beat.free_slots = hb.free_slots;
+        }
+        news
+    }
+
+    /// Starts the grace period of a node seen (e.g. holding a claim) but
+    /// never heard: it is presumed alive for one timeout from now.
+    pub fn note_seen(&mut self, node: &NodeId, now: Millis) {
+        self.beats.entry(node.clone()).or_insert(Beat {
+            incarnation: None,
+            seq: 0,
+            previous_incarnation: None,
+            advanced_at: now,
+            free_slots: 0,
+        });
+    }
+
+    pub fn is_alive(&self, node: &NodeId, now: Millis) -> bool {
+        self.beats.get(node).is_some_and(|b| self.fresh(b, now))
+    }
+
+    fn fresh(&self, b: &Beat, now: Millis) -> bool {
+        now.saturating_sub(b.advanced_at) < self.timeout_ms
+    }
+
+    /// Live nodes that have heartbeated, with their advertised free slots,
+    /// in id order.
+    pub fn alive(&self, now: Millis) -> impl Iterator<Item = (&NodeId, u32)> + '_ {
+        self.beats
+            .iter()
+            .filter(move |(_, b)| b.incarnation.is_some() && self.fresh(b, now))
+            .map(|(n, b)| (n, b.free_slots))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(inc: u64, seq: u64) -> Heartbeat {
+        Heartbeat { node: NodeId::new("n").unwrap(), incarnation: inc, seq, free_slots: 1 }
+    }
+
+    #[test]
+    fn alive_while_seq_advances_on_local_clock() {
+        let n = NodeId::new("n").unwrap();
+        let mut l = Liveness::new(1_000);
+        assert!(!l.is_alive(&n, Millis(0)));
+        assert!(l.handle_heartbeat(&hb(1, 1), Millis(0)));
+        assert!(!l.handle_heartbeat(&hb(1, 1), Millis(500)), "duplicate is not news");
+        assert!(l.is_alive(&n, Millis(999)));
+        assert!(!l.is_alive(&n, Millis(1_000)), "a repeated seq does not extend life");
+        assert!(l.handle_heartbeat(&hb(1, 2), Millis(1_500)));
+        assert!(l.is_alive(&n, Millis(2_000)));
+    }
+
+    #[test]
+    fn restart_counts_and_late_relays_of_old_incarnation_do_not() {
+        let n = NodeId::new("n").unwrap();
+        let mut l = Liveness::new(1_000);
+        assert!(l.handle_heartbeat(&hb(1, 50), Millis(0)));
+        assert!(l.handle_heartbeat(&hb(2, 1), Millis(10)), "new incarnation with low seq is news");
+        assert!(!l.handle_heartbeat(&hb(1, 51), Millis(20)), "old incarnation is ignored");
+        assert!(l.handle_heartbeat(&hb(2, 2), Millis(30)));
+        assert!(l.is_alive(&n, Millis(1_029)));
+    }
+
+    #[test]
+    fn seen_nodes_get_one_timeout_of_grace() {
+        let n = NodeId::new("n").unwrap();
+        let mut l = Liveness::new(1_000);
+        l.note_seen(&n, Millis(100));
+        assert!(l.is_alive(&n, Millis(1_099)));
+        assert!(!l.is_alive(&n, Millis(1_100)));
+        assert_eq!(l.alive(Millis(200)).count(), 0, "grace nodes are not ranked for claims");
+    }
+}

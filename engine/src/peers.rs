@@ -1,0 +1,272 @@
+//! Connections: hello, Automerge sync, heartbeat gossip, dialing with
+//! backoff, and the capped mesh.
+
+use automerge::sync::{self, SyncDoc};
+
+use crate::hash::stable_hash;
+use crate::wire::{Envelope, Heartbeat};
+use crate::{ConnId, Engine, Event, Millis, NodeId, Output};
+
+/// Why we keep an outbound connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Rendezvous,
+    /// A supplementary connection to this node.
+    Mesh(NodeId),
+}
+
+/// An address we keep dialing until told otherwise.
+#[derive(Debug, Clone)]
+pub(crate) struct DialTarget {
+    pub purpose: Purpose,
+    pub conn: Option<ConnId>,
+    /// Consecutive failures, for exponential backoff.
+    pub failures: u32,
+    pub next_at: Millis,
+}
+
+impl DialTarget {
+    pub fn new(purpose: Purpose, now: Millis) -> DialTarget {
+        DialTarget { purpose, conn: None, failures: 0, next_at: now }
+    }
+}
+
+pub(crate) struct Conn {
+    /// The address key in `targets` for outbound conns.
+    pub target: Option<String>,
+    /// Known after the peer's hello; only then do we sync.
+    pub node: Option<NodeId>,
+    /// Fresh per connection: reusing sync state across reconnects can stop
+    /// peers from converging.
+    pub sync: sync::State,
+}
+
+impl Engine {
+    pub(crate) fn handle_peer_connected(&mut self, conn: ConnId) {
+        if !self.ready || self.conns.contains_key(&conn) {
+            self.pending.push(Output::HangUp { conn });
+            return;
+        }
+        let target = if conn.is_outbound() {
+            match self.targets.iter().find(|(_, t)| t.conn == Some(conn)) {
+                Some((addr, _)) => Some(addr.clone()),
+                // Not ours (dropped target, or a driver mix-up).
+                None => {
+                    self.pending.push(Output::HangUp { conn });
+                    return;
+                }
+            }
+        } else {
+            if self.conns.len() >= self.config.max_peers {
+                self.reject(conn, format!("peer limit {} reached", self.config.max_peers));
+                return;
+            }
+            None
+        };
+        self.conns.insert(conn, Conn { target, node: None, sync: sync::State::new() });
+        let hello = Envelope::Hello { node: self.node.clone() }.encode();
+        self.pending.push(Output::Send { conn, bytes: hello });
+    }
+
+    pub(crate) fn handle_peer_closed(&mut self, conn: ConnId) {
+        // Back off the target first: it still points at this conn.
+        self.back_off(conn, None);
+        if let Some(c) = self.conns.remove(&conn) {
+            self.emit(Event::PeerDown { conn, node: c.node });
+        }
+    }
+
+    /// The outbound `conn` ended (failed dial, close or rejection): schedule
+    /// the next dial of its target with exponential backoff and jitter.
+    fn back_off(&mut self, conn: ConnId, wait_ms: Option<u64>) {
+        let now = self.now;
+        let (min, max) = (self.config.dial_backoff_min_ms, self.config.dial_backoff_max_ms);
+        let jitter = self.random_u64();
+        let Some(t) = self.targets.values_mut().find(|t| t.conn == Some(conn)) else { return };
+        t.conn = None;
+        t.failures = t.failures.saturating_add(1);
+        let backoff = min.saturating_mul(1 << t.failures.min(20)).min(max);
+        // Jitter in [backoff/2, backoff) spreads reconnect storms.
+        let wait = wait_ms.unwrap_or(backoff / 2 + jitter % (backoff / 2).max(1));
+        t.next_at = now.saturating_add_ms(wait);
+    }
+
+    /// Disconnects a peer that broke the protocol. The node keeps running.
+    pub(crate) fn reject(&mut self, conn: ConnId, reason: String) {
+        tracing::warn!(node = %self.node, ?conn, %reason, "disconnecting peer");
+        // A misbehaving peer is retried only after the longest backoff.
+        self.back_off(conn, Some(self.config.dial_backoff_max_ms));
+        self.conns.remove(&conn);
+        self.pending.push(Output::HangUp { conn });
+        self.emit(Event::PeerRejected { conn, reason });
+    }
+
+    pub(crate) fn handle_peer_message(&mut self, conn: ConnId, bytes: &[u8]) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let established = c.node.clone();
+        let env = match Envelope::decode(bytes, self.config.max_message_bytes) {
+            Ok(env) => env,
+            Err(e) => return self.reject(conn, e.to_string()),
+        };
+        match (env, established) {
+            (Envelope::Hello { node }, None) => self.handle_hello(conn, node),
+            (Envelope::Hello { .. }, Some(_)) => self.reject(conn, "second hello".into()),
+            (_, None) => self.reject(conn, "message before hello".into()),
+            (Envelope::Sync(raw), Some(_)) => self.handle_sync(conn, &raw),
+            (Envelope::Heartbeat(hb), Some(_)) => self.handle_heartbeat(conn, hb),
+        }
+    }
+
+    fn handle_hello(&mut self, conn: ConnId, node: NodeId) {
+        if node == self.node {
+            return self.reject(conn, "peer claims our own node id".into());
+        }
+        let target = self.conns.get(&conn).and_then(|c| c.target.clone());
+        if let Some(addr) = &target
+            && let Some(t) = self.targets.get_mut(addr)
+        {
+            match &t.purpose {
+                Purpose::Mesh(expected) if *expected != node => {
+                    let reason = format!("dialed {expected} but {node} answered");
+                    return self.reject(conn, reason);
+                }
+                Purpose::Rendezvous => self.rendezvous_node = Some(node.clone()),
+                _ => {}
+            }
+            t.failures = 0;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.node = Some(node.clone());
+        }
+        self.liveness.note_seen(&node, self.now);
+        self.emit(Event::PeerUp { conn, node });
+        self.sync_due.insert(conn);
+    }
+
+    fn handle_sync(&mut self, conn: ConnId, raw: &[u8]) {
+        let msg = match sync::Message::decode(raw) {
+            Ok(m) => m,
+            Err(e) => return self.reject(conn, format!("bad sync message: {e}")),
+        };
+        let heads_before = self.doc.heads();
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let result = self.doc.automerge().sync().receive_sync_message(&mut c.sync, msg);
+        if let Err(e) = result {
+            return self.reject(conn, format!("sync message rejected: {e}"));
+        }
+        if self.doc.heads() != heads_before {
+            self.dirty = true;
+            self.absorb_remote_changes();
+        }
+        self.sync_due.insert(conn);
+    }
+
+    pub(crate) fn send_sync(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.node.is_none() {
+            return;
+        }
+        if let Some(msg) = self.doc.automerge().sync().generate_sync_message(&mut c.sync) {
+            let bytes = Envelope::Sync(msg.encode()).encode();
+            self.outputs.push_back(Output::Send { conn, bytes });
+        }
+    }
+
+    fn handle_heartbeat(&mut self, from: ConnId, hb: Heartbeat) {
+        if hb.node == self.node {
+            return;
+        }
+        if self.liveness.handle_heartbeat(&hb, self.now) {
+            self.dead.remove(&hb.node);
+            let bytes = Envelope::Heartbeat(hb).encode();
+            self.broadcast(&bytes, Some(from));
+        }
+    }
+
+    pub(crate) fn send_heartbeat(&mut self) {
+        self.heartbeat_seq += 1;
+        let hb = Heartbeat {
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            seq: self.heartbeat_seq,
+            free_slots: self.free_slots(),
+        };
+        let bytes = Envelope::Heartbeat(hb).encode();
+        self.broadcast(&bytes, None);
+    }
+
+    fn broadcast(&mut self, bytes: &[u8], except: Option<ConnId>) {
+        let to: Vec<ConnId> =
+            self.conns.iter().filter(|(id, c)| c.node.is_some() && Some(**id) != except).map(|(id, _)| *id).collect();
+        for conn in to {
+            self.pending.push(Output::Send { conn, bytes: bytes.to_vec() });
+        }
+    }
+
+    pub(crate) fn dial_due(&mut self) {
+        let now = self.now;
+        let due: Vec<String> =
+            self.targets.iter().filter(|(_, t)| t.conn.is_none() && t.next_at <= now).map(|(a, _)| a.clone()).collect();
+        for address in due {
+            let conn = self.alloc_outbound_conn();
+            if let Some(t) = self.targets.get_mut(&address) {
+                t.conn = Some(conn);
+            }
+            self.pending.push(Output::Dial { conn, address });
+        }
+    }
+
+    /// Keeps at most `max_mesh_peers` supplementary connections, to the live
+    /// peers ranked highest by a hash of the pair: deterministic, spread
+    /// evenly, and stable while membership is stable.
+    pub(crate) fn reconcile_mesh(&mut self) {
+        let now = self.now;
+        let rendezvous_addr = self.config.rendezvous.as_deref();
+        let mut ranked: Vec<(u64, NodeId, String)> = self
+            .liveness
+            .alive(now)
+            .filter(|(n, _)| **n != self.node && Some(*n) != self.rendezvous_node.as_ref())
+            .filter_map(|(n, _)| {
+                let addr = self.nodes.get(n)?.address.clone()?;
+                if Some(addr.as_str()) == rendezvous_addr {
+                    return None;
+                }
+                let (a, b) = if *n < self.node { (n, &self.node) } else { (&self.node, n) };
+                Some((stable_hash(&[a.as_str().as_bytes(), b.as_str().as_bytes()]), n.clone(), addr))
+            })
+            .collect();
+        ranked.sort();
+        ranked.truncate(self.config.max_mesh_peers);
+        // Drop targets no longer wanted.
+        let unwanted: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(addr, t)| match &t.purpose {
+                Purpose::Mesh(n) => !ranked.iter().any(|(_, rn, ra)| rn == n && ra == *addr),
+                Purpose::Rendezvous => false,
+            })
+            .map(|(a, _)| a.clone())
+            .collect();
+        for addr in unwanted {
+            if let Some(t) = self.targets.remove(&addr)
+                && let Some(conn) = t.conn
+            {
+                self.conns.remove(&conn);
+                self.pending.push(Output::HangUp { conn });
+            }
+        }
+        for (_, node, addr) in ranked {
+            // A peer that already dialed us is a link as good as our own.
+            let inbound = self.conns.iter().any(|(id, c)| !id.is_outbound() && c.node.as_ref() == Some(&node));
+            if !inbound && !self.targets.contains_key(&addr) {
+                self.targets.insert(addr, DialTarget::new(Purpose::Mesh(node), now));
+            }
+        }
+        debug_assert!(self.mesh_peer_count() <= self.config.max_mesh_peers);
+    }
+
+    /// Supplementary outbound connections held or being dialed.
+    pub fn mesh_peer_count(&self) -> usize {
+        self.targets.values().filter(|t| matches!(t.purpose, Purpose::Mesh(_))).count()
+    }
+}

@@ -1,0 +1,63 @@
+//! Read-only accessors for drivers, status pages and checkers.
+
+use automerge::ChangeHash;
+
+use crate::{Engine, Millis, NodeId, NodeRecord, Stage, StoryId, StoryView, Token};
+
+impl Engine {
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Every story as this replica sees it, in id order.
+    pub fn stories(&self) -> impl Iterator<Item = (&StoryId, &StoryView)> {
+        self.stories.iter()
+    }
+
+    pub fn story(&self, id: &StoryId) -> Option<&StoryView> {
+        self.stories.get(id)
+    }
+
+    /// Durable membership, in id order.
+    pub fn nodes(&self) -> impl Iterator<Item = (&NodeId, &NodeRecord)> {
+        self.nodes.iter()
+    }
+
+    /// Nodes whose heartbeat advanced within the claim timeout, as of the
+    /// last input, plus this node.
+    pub fn alive_nodes(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.liveness.alive(self.now).map(|(n, _)| n.clone()).collect();
+        v.push(self.node.clone());
+        v.sort();
+        v
+    }
+
+    /// Stories this node holds a claim on, with token and stage.
+    pub fn runs(&self) -> impl Iterator<Item = (&StoryId, Token, Stage)> {
+        self.runs.iter().map(|(id, r)| (id, r.token, r.stage))
+    }
+
+    /// Connections that finished the hello.
+    pub fn peer_count(&self) -> usize {
+        self.conns.values().filter(|c| c.node.is_some()).count()
+    }
+
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        let mut h = self.doc.heads();
+        h.sort();
+        h
+    }
+
+    /// A full save of the document (for size checks and snapshots).
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.automerge().save()
+    }
+}

@@ -1,0 +1,192 @@
+//! The envelope spoken over `/crdt-sync`: one binary frame per envelope.
+//!
+//! ```text
+//! byte 0      protocol version (1)
+//! byte 1      kind: 1 hello, 2 sync, 3 heartbeat
+//! hello       u8 len, node id
+//! sync        the rest is an Automerge sync message
+//! heartbeat   u8 len, node id, u64 incarnation, u64 seq, u32 free slots (big endian)
+//! ```
+//!
+//! Every length is checked before it is used; decoding never panics.
+
+use thiserror::Error;
+
+use crate::NodeId;
+
+pub const PROTOCOL_VERSION: u8 = 1;
+
+const KIND_HELLO: u8 = 1;
+const KIND_SYNC: u8 = 2;
+const KIND_HEARTBEAT: u8 = 3;
+
+/// One liveness beat of `node`, relayed by everyone who hears it first.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Heartbeat {
+    pub node: NodeId,
+    /// Random per process start, so a restarted node's beats count as new.
+    pub incarnation: u64,
+    pub seq: u64,
+    /// How many more runs the node would take; ranks candidates for claims.
+    pub free_slots: u32,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Envelope {
+    Hello { node: NodeId },
+    Sync(Vec<u8>),
+    Heartbeat(Heartbeat),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("message of {len} bytes exceeds the {max} byte cap")]
+    TooLarge { len: usize, max: usize },
+    #[error("message is truncated")]
+    Truncated,
+    #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
+    Version(u8),
+    #[error("unknown message kind {0}")]
+    Kind(u8),
+    #[error("bad node id in message: {0}")]
+    BadNode(#[from] crate::IdError),
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![PROTOCOL_VERSION];
+        match self {
+            Envelope::Hello { node } => {
+                out.push(KIND_HELLO);
+                put_id(&mut out, node);
+            }
+            Envelope::Sync(bytes) => {
+                out.reserve(bytes.len());
+                out.push(KIND_SYNC);
+                out.extend_from_slice(bytes);
+            }
+            Envelope::Heartbeat(hb) => {
+                out.push(KIND_HEARTBEAT);
+                put_id(&mut out, &hb.node);
+                out.extend_from_slice(&hb.incarnation.to_be_bytes());
+                out.extend_from_slice(&hb.seq.to_be_bytes());
+                out.extend_from_slice(&hb.free_slots.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8], max_len: usize) -> Result<Envelope, WireError> {
+        if bytes.len() > max_len {
+            return Err(WireError::TooLarge { len: bytes.len(), max: max_len });
+        }
+        let mut r = Reader(bytes);
+        let version = r.u8()?;
+        if version != PROTOCOL_VERSION {
+            return Err(WireError::Version(version));
+        }
+        let env = match r.u8()? {
+            KIND_HELLO => Envelope::Hello { node: r.id()? },
+            KIND_SYNC => return Ok(Envelope::Sync(r.0.to_vec())),
+            KIND_HEARTBEAT => Envelope::Heartbeat(Heartbeat {
+                node: r.id()?,
+                incarnation: u64::from_be_bytes(r.array()?),
+                seq: u64::from_be_bytes(r.array()?),
+                free_slots: u32::from_be_bytes(r.array()?),
+            }),
+            kind => return Err(WireError::Kind(kind)),
+        };
+        if !r.0.is_empty() {
+            return Err(WireError::Trailing(r.0.len()));
+        }
+        Ok(env)
+    }
+}
+
+fn put_id(out: &mut Vec<u8>, id: &NodeId) {
+    let bytes = id.as_str().as_bytes();
+    // Node ids are at most MAX_ID_LEN (64) bytes by construction.
+    debug_assert!(bytes.len() <= crate::ids::MAX_ID_LEN);
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn id(&mut self) -> Result<NodeId, WireError> {
+        let len = usize::from(self.u8()?);
+        let raw = self.take(len)?;
+        let s = std::str::from_utf8(raw).map_err(|_| WireError::Truncated)?;
+        Ok(NodeId::new(s)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn roundtrip() {
+        for env in [
+            Envelope::Hello { node: node("agent-1") },
+            Envelope::Sync(vec![1, 2, 3]),
+            Envelope::Heartbeat(Heartbeat { node: node("n"), incarnation: 7, seq: u64::MAX, free_slots: 2 }),
+        ] {
+            assert_eq!(Envelope::decode(&env.encode(), 1 << 20), Ok(env));
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        assert_eq!(Envelope::decode(&[], 100), Err(WireError::Truncated));
+        assert_eq!(Envelope::decode(&[9, 1], 100), Err(WireError::Version(9)));
+        assert_eq!(Envelope::decode(&[1, 77], 100), Err(WireError::Kind(77)));
+        assert_eq!(Envelope::decode(&[1, 1, 5, b'a'], 100), Err(WireError::Truncated));
+        assert!(matches!(Envelope::decode(&[1, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
+        assert_eq!(Envelope::decode(&[1, 1, 1, b'a', 0], 100), Err(WireError::Trailing(1)));
+        assert!(matches!(Envelope::decode(&[0; 200], 100), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn every_prefix_and_bitflip_is_handled() {
+        let hb = Envelope::Heartbeat(Heartbeat { node: node("abc"), incarnation: 1, seq: 2, free_slots: 3 });
+        let bytes = hb.encode();
+        for cut in 0..bytes.len() {
+            let _ = Envelope::decode(&bytes[..cut], 1 << 20);
+        }
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let _ = Envelope::decode(&b, 1 << 20);
+            }
+        }
+    }
+}
