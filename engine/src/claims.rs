@@ -1,5 +1,6 @@
 //! Claiming, running, finishing and reclaiming stories.
 
+use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 use crate::engine::{Phase, Run};
@@ -43,15 +44,16 @@ impl Engine {
         }
     }
 
-    /// How many live nodes with free slots rank above us for `story`. The
-    /// preferred node (rank 0) claims at once, rank r after r staggers.
-    fn rank(&self, story: &StoryId) -> u64 {
+    /// How many live nodes with free slots rank above us for `story`, and
+    /// our own affinity to it. The preferred node (rank 0) claims at once,
+    /// rank r after r staggers.
+    fn rank(&self, story: &StoryId) -> (u64, u64) {
         let key = |n: &NodeId| stable_hash(&[story.as_str().as_bytes(), n.as_str().as_bytes()]);
         let ours = key(&self.node);
-        self.liveness
-            .alive(self.now)
-            .filter(|(n, free)| *free > 0 && **n != self.node && key(n) > ours)
-            .count() as u64
+        let rank =
+            self.liveness.alive(self.now).filter(|(n, free)| *free > 0 && **n != self.node && key(n) > ours).count()
+                as u64;
+        (rank, ours)
     }
 
     pub(crate) fn scan_claims(&mut self) {
@@ -71,16 +73,20 @@ impl Engine {
         // restarts if they become free again.
         self.free_since.retain(|id, _| candidates.contains(id));
         let stagger = self.config.claim_stagger_ms;
-        let mut ready: Vec<(std::cmp::Reverse<crate::Stage>, StoryId)> = Vec::new();
+        let mut ready = Vec::new();
         for id in &candidates {
             let since = *self.free_since.entry(id.clone()).or_insert(now);
-            if now.saturating_sub(since) >= self.rank(id).saturating_mul(stagger) {
-                ready.push((std::cmp::Reverse(self.stories[id].state.stage), id.clone()));
+            let (rank, affinity) = self.rank(id);
+            if now.saturating_sub(since) >= rank.saturating_mul(stagger) {
+                ready.push((Reverse(self.stories[id].state.stage), rank, Reverse(affinity), id.clone()));
             }
         }
-        // Finish work before starting work: later stages first.
+        // Finish work before starting work (later stages first), then the
+        // stories we are most preferred for. Ordering by our own hash, not
+        // by id, keeps nodes that free up together from all picking the
+        // same first story when heartbeats still say everyone is busy.
         ready.sort();
-        for (_, id) in ready {
+        for (_, _, _, id) in ready {
             if slots == 0 {
                 break;
             }
@@ -101,7 +107,12 @@ impl Engine {
         self.write_state(id, state);
         self.runs.insert(
             id.clone(),
-            Run { token, stage, phase: Phase::Running, deadline: self.now.saturating_add_ms(self.config.run_timeout_ms) },
+            Run {
+                token,
+                stage,
+                phase: Phase::Running,
+                deadline: self.now.saturating_add_ms(self.config.run_timeout_ms),
+            },
         );
         self.worktrees.insert(id.clone());
         self.emit(Event::Claimed { story: id.clone(), stage, token, reclaimed_from });

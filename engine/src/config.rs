@@ -96,10 +96,7 @@ impl Config {
             });
         }
         if self.dial_backoff_min_ms > self.dial_backoff_max_ms {
-            return Err(ConfigError::BackoffRange {
-                min: self.dial_backoff_min_ms,
-                max: self.dial_backoff_max_ms,
-            });
+            return Err(ConfigError::BackoffRange { min: self.dial_backoff_min_ms, max: self.dial_backoff_max_ms });
         }
         if self.max_message_bytes < 64 << 10 {
             return Err(ConfigError::MessageCapTooSmall(self.max_message_bytes));

@@ -74,7 +74,7 @@ impl Doc {
         self.am.commit_with(CommitOptions::default().with_time(0));
     }
 
-    /// Reads every story and node (after loading storage).
+    /// Reads every story and node. Leaves the patch log alone.
     pub fn read_all(&mut self) -> (BTreeMap<StoryId, StoryView>, BTreeMap<NodeId, NodeRecord>, Unreadable) {
         let mut bad = Unreadable::default();
         let mut stories = BTreeMap::new();
@@ -100,7 +100,6 @@ impl Doc {
                 None => bad.keys.push(format!("nodes/{key}")),
             }
         }
-        self.am.update_diff_cursor();
         (stories, nodes, bad)
     }
 
@@ -226,5 +225,44 @@ impl Doc {
         self.am.put(&obj, "label", rec.label.as_str()).expect("put label");
         self.am.put(&obj, "capacity", u64::from(rec.capacity)).expect("put capacity");
         self.commit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Stage, Token};
+
+    fn doc(name: &str) -> Doc {
+        Doc::new(ActorId::from(name.as_bytes()))
+    }
+
+    /// A concurrent write that loses Automerge's own ordering still marks
+    /// the story touched, so the engine re-reads it and applies its own
+    /// precedence. Without this a claim conflict can go unnoticed.
+    #[test]
+    fn concurrent_losing_write_is_touched() {
+        let id = StoryId::new("s").unwrap();
+        let mut a = doc("a");
+        a.add_story(&id, "t", &StoryState::new(Stage::Current));
+        let mut b = doc("b");
+        b.am.merge(&mut a.am).unwrap();
+        b.read_all();
+        a.skip_touched();
+        for (d, n) in [(&mut a, "a"), (&mut b, "b")] {
+            let mut s = StoryState::new(Stage::Current);
+            s.token = Token(1);
+            s.holder = Some(NodeId::new(n).unwrap());
+            d.put_state(&id, &s);
+            d.skip_touched();
+        }
+        b.am.merge(&mut a.am).unwrap();
+        a.am.merge(&mut b.am).unwrap();
+        let (ta, _) = a.take_touched();
+        let (tb, _) = b.take_touched();
+        assert!(ta.contains(&id), "a sees the conflict");
+        assert!(tb.contains(&id), "b sees the conflict");
+        assert_eq!(a.read_story(&id).unwrap().concurrent, 2);
+        assert_eq!(a.read_story(&id), b.read_story(&id));
     }
 }

@@ -50,6 +50,10 @@ pub struct Engine {
     pub(crate) by_holder: BTreeMap<NodeId, BTreeSet<StoryId>>,
     /// Stories in an active stage, not failed, held by nobody.
     pub(crate) free: BTreeSet<StoryId>,
+    /// Stories whose state key holds concurrent values. Automerge's patches
+    /// report a conflict appearing, but not a further concurrent value
+    /// joining an existing conflict, so these are re-read on every merge.
+    pub(crate) conflicted: BTreeSet<StoryId>,
 
     // Local, never replicated.
     pub(crate) free_since: BTreeMap<StoryId, Millis>,
@@ -65,6 +69,7 @@ pub struct Engine {
     pub(crate) next_conn: u64,
     pub(crate) rendezvous_node: Option<NodeId>,
     pub(crate) heartbeat_seq: u64,
+    pub(crate) advertised_free_slots: u32,
     pub(crate) next_heartbeat_at: Millis,
     pub(crate) next_scan_at: Millis,
 
@@ -109,6 +114,7 @@ impl Engine {
             nodes: BTreeMap::new(),
             by_holder: BTreeMap::new(),
             free: BTreeSet::new(),
+            conflicted: BTreeSet::new(),
             free_since: BTreeMap::new(),
             cooldown: BTreeMap::new(),
             runs: BTreeMap::new(),
@@ -120,6 +126,7 @@ impl Engine {
             next_conn: 0,
             rendezvous_node: None,
             heartbeat_seq: 0,
+            advertised_free_slots: u32::MAX,
             next_heartbeat_at: now,
             next_scan_at: now,
             pending: Vec::new(),
@@ -172,7 +179,11 @@ impl Engine {
             self.next_heartbeat_at = self.now.saturating_add_ms(self.config.heartbeat_interval_ms);
         }
         if self.now >= self.next_scan_at {
-            self.next_scan_at = self.now.saturating_add_ms(self.config.scan_interval_ms);
+            // Jitter the scan by up to a quarter interval: nodes started
+            // together would otherwise scan, and collide, in lockstep.
+            let interval = self.config.scan_interval_ms;
+            let jitter = self.random_u64() % (interval / 4).max(1);
+            self.next_scan_at = self.now.saturating_add_ms(interval - interval / 8 + jitter);
             self.expire_runs();
             self.scan_liveness();
             self.reconcile_mesh();
@@ -192,6 +203,7 @@ impl Engine {
             self.emit(Event::StorageCorrupt { error: e.to_string() });
         }
         let (stories, nodes, bad) = self.doc.read_all();
+        self.doc.skip_touched();
         self.nodes = nodes;
         for (id, view) in stories {
             self.apply_story(&id, Some(view));
@@ -252,6 +264,11 @@ impl Engine {
             }
             self.sync_due.extend(self.conns.iter().filter(|(_, c)| c.node.is_some()).map(|(id, _)| *id));
         }
+        // Advertise a change in free slots at once: claim ranking relies on
+        // it, and a stale "busy" makes two nodes both think they rank first.
+        if self.ready && self.free_slots() != self.advertised_free_slots {
+            self.send_heartbeat();
+        }
         self.outputs.extend(self.pending.drain(..));
         let due = std::mem::take(&mut self.sync_due);
         for conn in due {
@@ -294,7 +311,15 @@ impl Engine {
             }
         }
         self.free.remove(id);
-        let Some(view) = view else { return };
+        let Some(view) = view else {
+            self.conflicted.remove(id);
+            return;
+        };
+        if view.concurrent > 1 {
+            self.conflicted.insert(id.clone());
+        } else {
+            self.conflicted.remove(id);
+        }
         let state = &view.state;
         match &state.holder {
             Some(h) => {
@@ -348,11 +373,8 @@ impl Engine {
 
     /// Re-reads everything a merge touched.
     pub(crate) fn absorb_remote_changes(&mut self) {
-        let (stories, nodes) = self.doc.take_touched();
-        if stories.is_empty() && nodes.is_empty() {
-            return;
-        }
-        self.dirty = true;
+        let (mut stories, nodes) = self.doc.take_touched();
+        stories.extend(self.conflicted.iter().cloned());
         for id in stories {
             let view = self.doc.read_story(&id);
             self.apply_story(&id, view);

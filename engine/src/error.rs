@@ -47,7 +47,9 @@ pub enum CommandError {
 pub enum ConfigError {
     #[error("{field} must be greater than zero")]
     Zero { field: &'static str },
-    #[error("heartbeat_interval_ms ({heartbeat_ms}) must be at most a third of claim_timeout_ms ({timeout_ms}), or one lost heartbeat declares a live node dead")]
+    #[error(
+        "heartbeat_interval_ms ({heartbeat_ms}) must be at most a third of claim_timeout_ms ({timeout_ms}), or one lost heartbeat declares a live node dead"
+    )]
     HeartbeatTooSlow { heartbeat_ms: u64, timeout_ms: u64 },
     #[error("dial_backoff_min_ms ({min}) exceeds dial_backoff_max_ms ({max})")]
     BackoffRange { min: u64, max: u64 },

@@ -24,10 +24,7 @@ fn validate_id(kind: &'static str, s: &str) -> Result<(), IdError> {
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
         return Err(IdError::BadStart { kind, id: s.to_owned() });
     }
-    if let Some(bad) = s
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
-    {
+    if let Some(bad) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_')) {
         return Err(IdError::BadChar { kind, id: s.to_owned(), bad });
     }
     Ok(())

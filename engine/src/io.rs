@@ -63,25 +63,56 @@ pub enum PersistKind {
 /// state it saves, so it must be durable before those go out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    Persist { kind: PersistKind, bytes: Vec<u8> },
-    Send { conn: ConnId, bytes: Vec<u8> },
+    Persist {
+        kind: PersistKind,
+        bytes: Vec<u8>,
+    },
+    Send {
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
     /// Open a connection to `address`; report `PeerConnected` or
     /// `PeerClosed` with this `conn`.
-    Dial { conn: ConnId, address: String },
+    Dial {
+        conn: ConnId,
+        address: String,
+    },
     /// Close the connection; no `PeerClosed` needs to follow.
-    HangUp { conn: ConnId },
+    HangUp {
+        conn: ConnId,
+    },
     /// Run the agent command for `stage` on the story's worktree.
-    StartRun { story: StoryId, title: String, stage: Stage, token: Token, attempt: u32 },
+    StartRun {
+        story: StoryId,
+        title: String,
+        stage: Stage,
+        token: Token,
+        attempt: u32,
+    },
     /// Stop a run: another node won the claim, a user moved the story, or it
     /// hung past `run_timeout_ms`. No `RunFinished` is needed afterwards.
-    StopRun { story: StoryId, token: Token },
+    StopRun {
+        story: StoryId,
+        token: Token,
+    },
     /// Push the story's branch; answer with `PushFinished`.
-    Push { story: StoryId, token: Token },
+    Push {
+        story: StoryId,
+        token: Token,
+    },
     /// Answer with `WorktreeInspected`.
-    InspectWorktree { story: StoryId, token: Token },
+    InspectWorktree {
+        story: StoryId,
+        token: Token,
+    },
     /// The story is archived: its local worktree can go.
-    PruneWorktree { story: StoryId },
-    Reply { id: CommandId, result: Result<Reply, CommandError> },
+    PruneWorktree {
+        story: StoryId,
+    },
+    Reply {
+        id: CommandId,
+        result: Result<Reply, CommandError>,
+    },
     Event(Event),
 }
 
@@ -89,23 +120,71 @@ pub enum Output {
 /// rely on them, so they are precise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Ready { stories: usize, unreadable: Vec<String> },
-    StorageCorrupt { error: String },
-    PeerUp { conn: ConnId, node: NodeId },
-    PeerDown { conn: ConnId, node: Option<NodeId> },
+    Ready {
+        stories: usize,
+        unreadable: Vec<String>,
+    },
+    StorageCorrupt {
+        error: String,
+    },
+    PeerUp {
+        conn: ConnId,
+        node: NodeId,
+    },
+    PeerDown {
+        conn: ConnId,
+        node: Option<NodeId>,
+    },
     /// A peer broke the protocol and was disconnected.
-    PeerRejected { conn: ConnId, reason: String },
-    NodeDead { node: NodeId },
-    StoryAdded { story: StoryId, stage: Stage },
+    PeerRejected {
+        conn: ConnId,
+        reason: String,
+    },
+    NodeDead {
+        node: NodeId,
+    },
+    StoryAdded {
+        story: StoryId,
+        stage: Stage,
+    },
     /// The visible stage changed (locally or by merge).
-    StageChanged { story: StoryId, from: Stage, to: Stage, token: Token },
-    Claimed { story: StoryId, stage: Stage, token: Token, reclaimed_from: Option<NodeId> },
+    StageChanged {
+        story: StoryId,
+        from: Stage,
+        to: Stage,
+        token: Token,
+    },
+    Claimed {
+        story: StoryId,
+        stage: Stage,
+        token: Token,
+        reclaimed_from: Option<NodeId>,
+    },
     /// Our claim was superseded; the run was stopped.
-    ClaimLost { story: StoryId, token: Token, now_held_by: Option<NodeId>, now_token: Token },
+    ClaimLost {
+        story: StoryId,
+        token: Token,
+        now_held_by: Option<NodeId>,
+        now_token: Token,
+    },
     /// We advanced a story: a result was accepted locally.
-    Advanced { story: StoryId, from: Stage, to: Stage, token: Token },
+    Advanced {
+        story: StoryId,
+        from: Stage,
+        to: Stage,
+        token: Token,
+    },
     /// A run or push failed; the claim was released.
-    RunFailed { story: StoryId, token: Token, attempts: u32, gave_up: bool, reason: String },
+    RunFailed {
+        story: StoryId,
+        token: Token,
+        attempts: u32,
+        gave_up: bool,
+        reason: String,
+    },
     /// A result arrived for a token that no longer holds the story.
-    StaleResult { story: StoryId, token: Token },
+    StaleResult {
+        story: StoryId,
+        token: Token,
+    },
 }

@@ -185,11 +185,12 @@ impl Engine {
 
     pub(crate) fn send_heartbeat(&mut self) {
         self.heartbeat_seq += 1;
+        self.advertised_free_slots = self.free_slots();
         let hb = Heartbeat {
             node: self.node.clone(),
             incarnation: self.incarnation,
             seq: self.heartbeat_seq,
-            free_slots: self.free_slots(),
+            free_slots: self.advertised_free_slots,
         };
         let bytes = Envelope::Heartbeat(hb).encode();
         self.broadcast(&bytes, None);

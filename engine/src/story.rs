@@ -29,8 +29,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] =
-        [Stage::Backlog, Stage::Current, Stage::Qa, Stage::Merge, Stage::Done, Stage::Archived];
+    pub const ALL: [Stage; 6] = [Stage::Backlog, Stage::Current, Stage::Qa, Stage::Merge, Stage::Done, Stage::Archived];
 
     /// Active stages are the ones agents work on.
     pub fn is_active(self) -> bool {
@@ -84,10 +83,7 @@ impl fmt::Display for Stage {
 impl std::str::FromStr for Stage {
     type Err = CommandError;
     fn from_str(s: &str) -> Result<Stage, CommandError> {
-        Stage::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| CommandError::UnknownStage(s.to_owned()))
+        Stage::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| CommandError::UnknownStage(s.to_owned()))
     }
 }
 

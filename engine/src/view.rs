@@ -60,4 +60,20 @@ impl Engine {
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.automerge().save()
     }
+
+    /// Compares the incremental index with a fresh read of the whole
+    /// document; returns the stories that differ. Checkers call this: the
+    /// index is what every decision is made on.
+    pub fn index_drift(&mut self) -> Vec<StoryId> {
+        let (fresh, _, _) = self.doc.read_all();
+        let mut drift: Vec<StoryId> = fresh
+            .iter()
+            .filter(|(id, v)| self.stories.get(*id) != Some(*v))
+            .map(|(id, _)| id.clone())
+            .chain(self.stories.keys().filter(|id| !fresh.contains_key(*id)).cloned())
+            .collect();
+        drift.sort();
+        drift.dedup();
+        drift
+    }
 }

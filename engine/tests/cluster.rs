@@ -1,0 +1,204 @@
+//! Whole-cluster scenarios on the deterministic in-process harness.
+
+mod harness;
+
+use harness::{Cluster, fast_config};
+use huskies_engine::{Command, Event, Millis, Stage, StoryId};
+
+fn done_advances(c: &Cluster, story: &StoryId) -> usize {
+    c.count_events(|e| matches!(e, Event::Advanced { story: s, to: Stage::Done, .. } if s == story))
+}
+
+/// 5 agents, 50 stories added at once: every story is done exactly once and
+/// the rendezvous ranking keeps duplicate starts rare.
+#[test]
+fn claim_storm_five_nodes_fifty_stories() {
+    let mut c = Cluster::new(5, 7, fast_config());
+    c.jitter_ms = 10;
+    c.run_for(2_000);
+    let stories = c.add_stories(0, 50, Stage::Current);
+    let took = c.run_until_settled(300_000).expect("storm settles");
+    for s in &stories {
+        if done_advances(&c, s) != 1 {
+            for (t, n, e) in &c.events {
+                if format!("{e:?}").contains(&format!("\"{s}\"")) {
+                    eprintln!("{t:?} node {n}: {e:?}");
+                }
+            }
+        }
+        assert_eq!(done_advances(&c, s), 1, "{s} reached done once");
+        let v = c.engine(0).story(s).unwrap().state.clone();
+        assert_eq!(v.stage, Stage::Done);
+    }
+    let starts: u32 = c.starts.values().sum();
+    let dups = c.duplicate_starts();
+    println!("claim storm: {starts} starts for 150 story-stages, {dups} duplicates, settled in {took} ms");
+    assert!(dups <= 5, "duplicate starts {dups} should be rare");
+    // Every (story, stage) ran at least once, and all work was pushed.
+    assert_eq!(c.starts.len(), 150);
+    assert!(c.remote.len() >= 150);
+}
+
+/// Node A holds a story when it is cut off; the others reclaim it after the
+/// timeout and finish it. A's own result, produced while cut off, loses on
+/// every replica after the heal.
+#[test]
+fn partition_reclaim_heal_fences_the_zombie() {
+    let mut cfg = fast_config();
+    cfg.stages = vec![Stage::Current];
+    let mut c = Cluster::new(3, 11, cfg);
+    c.agent.run_ms = 5_000;
+    c.run_for(2_000);
+    let story = c.add_stories(0, 1, Stage::Current).remove(0);
+    c.run_for(1_000);
+    let holder = (1..=3).find(|&i| c.engine(i).runs().count() == 1).expect("someone claimed");
+    let token = c.engine(holder).runs().next().unwrap().1;
+    c.isolate(holder);
+    // The others declare it dead, reclaim and finish while it is away; the
+    // zombie also finishes its run (5 s) and advances in its own replica.
+    c.run_for(12_000);
+    let zombie_view = c.engine(holder).story(&story).unwrap().state.clone();
+    assert_eq!(zombie_view.stage, Stage::Qa, "the zombie advanced locally");
+    assert_eq!(zombie_view.token, token);
+    let other = if holder == 1 { 2 } else { 1 };
+    let winner_view = c.engine(other).story(&story).unwrap().state.clone();
+    assert!(winner_view.token > token, "reclaimed with a higher token");
+    assert_eq!(winner_view.stage, Stage::Qa);
+    c.heal();
+    let start = c.now;
+    let took = c.run_until_settled(60_000).expect("converges after heal");
+    println!("heal: converged {took} ms after heal (heartbeat {} ms)", 200);
+    for i in 0..=3 {
+        let s = c.engine(i).story(&story).unwrap().state.clone();
+        assert_eq!(s.token, winner_view.token, "node {i} fenced the zombie");
+        let result = s.result.expect("result recorded");
+        assert_ne!(result.node, c.nodes[holder].id, "the zombie's result was not accepted");
+    }
+    let zombie_advances =
+        c.events.iter().filter(|(_, n, e)| *n == holder && matches!(e, Event::Advanced { .. })).count();
+    assert_eq!(zombie_advances, 1, "the zombie did finish, and was fenced");
+    let _ = start;
+}
+
+/// A node goes offline, work is added on both sides, it comes back: both
+/// sides' stories merge and all get done.
+#[test]
+fn offline_node_reconnects_and_merges() {
+    let mut cfg = fast_config();
+    cfg.stages = vec![Stage::Current];
+    let mut c = Cluster::new(3, 3, cfg);
+    c.run_for(2_000);
+    c.isolate(3);
+    c.run_for(500);
+    let add = |c: &mut Cluster, at: usize, id: &str| {
+        let id = StoryId::new(id).unwrap();
+        c.command(at, Command::AddStory { id: Some(id.clone()), title: id.to_string(), stage: Stage::Current })
+            .unwrap();
+        id
+    };
+    let offline = add(&mut c, 3, "offline-work");
+    let online = add(&mut c, 1, "online-work");
+    c.run_for(5_000);
+    assert!(c.engine(1).story(&offline).is_none());
+    assert_eq!(c.engine(3).story(&offline).unwrap().state.stage, Stage::Qa, "offline node works alone");
+    c.heal();
+    c.run_until_settled(60_000).expect("merges after reconnect");
+    for i in 0..=3 {
+        for s in [&offline, &online] {
+            assert_eq!(c.engine(i).story(s).unwrap().state.stage, Stage::Qa, "node {i} story {s}");
+        }
+    }
+}
+
+/// 10 agents with crashes and restarts: nobody ever holds more than
+/// max_mesh_peers supplementary connections, and after churn every agent is
+/// meshed again.
+#[test]
+fn mesh_cap_holds_under_churn() {
+    let mut c = Cluster::new(10, 5, fast_config());
+    c.run_for(5_000);
+    for i in 1..=10 {
+        assert!(c.engine(i).mesh_peer_count() <= 3);
+    }
+    for round in 0..6u64 {
+        let victim = 1 + ((round * 7 + 3) % 10) as usize;
+        c.crash(victim);
+        c.run_for(3_000);
+        c.start(victim);
+        c.run_for(2_000);
+    }
+    c.run_for(10_000);
+    assert!(c.max_mesh_seen <= 3, "mesh cap exceeded: {}", c.max_mesh_seen);
+    for i in 1..=10 {
+        let e = c.engine(i);
+        assert!(e.mesh_peer_count() >= 1, "agent {i} has mesh peers");
+        assert!(e.peer_count() >= 2, "agent {i} is connected beyond the rendezvous");
+    }
+    assert!(c.converged());
+}
+
+/// Heartbeats are gossip, not document writes: 10,000 rounds leave the
+/// saved document the same size.
+#[test]
+fn heartbeats_do_not_grow_the_document() {
+    let mut c = Cluster::new(3, 1, fast_config());
+    c.add_stories(0, 3, Stage::Backlog);
+    c.run_for(3_000);
+    let before = c.engine(1).save().len();
+    let heads = c.engine(1).heads();
+    // 10,000 heartbeat rounds of 200 ms each.
+    c.run_for(10_000 * 200);
+    let after = c.engine(1).save().len();
+    println!("doc size: {before} bytes before, {after} bytes after 10,000 heartbeat rounds");
+    assert_eq!(before, after);
+    assert_eq!(heads, c.engine(1).heads());
+    assert!(c.engine(1).alive_nodes().len() == 4, "everyone stayed alive on heartbeats alone");
+}
+
+fn storm_trace(seed: u64) -> (u64, usize) {
+    let mut c = Cluster::new(4, seed, fast_config());
+    c.jitter_ms = 20;
+    c.agent.fail_one_in = 5;
+    c.run_for(1_000);
+    c.add_stories(1, 20, Stage::Current);
+    c.run_for(4_000);
+    c.crash(2);
+    c.run_for(3_000);
+    c.start(2);
+    c.run_until_settled(200_000).expect("settles");
+    (c.trace_hash, c.events.len())
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let a = storm_trace(42);
+    let b = storm_trace(42);
+    assert_eq!(a, b, "one seed, one trace");
+    let other = storm_trace(43);
+    assert_ne!(a.0, other.0, "the seed matters");
+}
+
+/// A crashed node restarts from its persisted bytes: its own claims are
+/// inspected and released, and the work still finishes.
+#[test]
+fn crash_restart_reconciles_own_claims() {
+    let mut cfg = fast_config();
+    cfg.stages = vec![Stage::Current];
+    let mut c = Cluster::new(2, 9, cfg);
+    c.agent.run_ms = 3_000;
+    c.run_for(1_000);
+    let stories = c.add_stories(0, 4, Stage::Current);
+    c.run_for(500);
+    let held: Vec<StoryId> = c.engine(1).runs().map(|(s, _, _)| s.clone()).collect();
+    assert!(!held.is_empty());
+    c.crash(1);
+    c.run_for(200);
+    c.start(1);
+    c.run_until_settled(60_000).expect("settles after restart");
+    for s in &stories {
+        assert_eq!(c.engine(2).story(s).unwrap().state.stage, Stage::Qa);
+    }
+    let inspected = c.count_events(|e| matches!(e, Event::Ready { .. }));
+    assert!(inspected >= 4);
+    let _ = Millis(0);
+}

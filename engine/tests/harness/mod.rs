@@ -1,0 +1,461 @@
+//! A deterministic in-process cluster: N engines, a virtual clock, and
+//! in-memory links that behave like websockets (ordered, reliable while up,
+//! dropped whole) and can be cut. Agent runs and pushes are simulated.
+
+#![allow(dead_code)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use huskies_engine::hash::stable_hash;
+use huskies_engine::{
+    Command, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output, PersistKind, Reply, RunOutcome,
+    Stage, StoryId, Token,
+};
+
+pub const RENDEZVOUS: &str = "mem://rendezvous";
+
+/// What a node's simulated agent does with a run.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentModel {
+    pub run_ms: u64,
+    /// Fail one run in `fail_one_in` (0 = never), chosen by hash.
+    pub fail_one_in: u64,
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub addr: String,
+    pub config: Config,
+    pub engine: Option<Engine>,
+    /// Snapshot followed by appends: what survives a crash.
+    pub storage: Vec<Vec<u8>>,
+    pub runs: BTreeMap<StoryId, (Token, Millis)>,
+    pub restarts: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Delivery {
+    Input(usize, Input),
+}
+
+/// One recorded push to the simulated git remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub story: StoryId,
+    pub node: NodeId,
+    pub token: Token,
+}
+
+pub struct Cluster {
+    pub now: Millis,
+    pub nodes: Vec<Node>,
+    pub agent: AgentModel,
+    pub latency_ms: u64,
+    /// Extra per-message delay drawn from the seed, 0..jitter_ms. Links
+    /// stay FIFO (a message never overtakes an earlier one on its link).
+    pub jitter_ms: u64,
+    seed: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Millis, u64, usize)>>,
+    deliveries: BTreeMap<u64, Delivery>,
+    /// conn of node -> (peer node, peer's conn).
+    links: BTreeMap<(usize, ConnId), (usize, ConnId)>,
+    /// Last delivery time per directed link, to keep FIFO under jitter.
+    link_clock: BTreeMap<(usize, ConnId), Millis>,
+    next_inbound: u64,
+    /// Unordered node pairs that cannot talk.
+    pub cut: BTreeSet<(usize, usize)>,
+    pub remote: Vec<Pushed>,
+    pub events: Vec<(Millis, usize, Event)>,
+    /// StartRun count per (story, stage).
+    pub starts: BTreeMap<(StoryId, Stage), u32>,
+    pub trace_hash: u64,
+    pub max_mesh_seen: usize,
+    next_cmd: u64,
+}
+
+fn node_id(i: usize) -> NodeId {
+    NodeId::new(if i == 0 { "rendezvous".to_owned() } else { format!("agent-{i}") }).unwrap()
+}
+
+/// Short timings so scenarios finish in little simulated time.
+pub fn fast_config() -> Config {
+    Config {
+        heartbeat_interval_ms: 200,
+        claim_timeout_ms: 2_000,
+        scan_interval_ms: 100,
+        claim_stagger_ms: 300,
+        run_timeout_ms: 60_000,
+        retry_backoff_ms: 500,
+        dial_backoff_min_ms: 100,
+        dial_backoff_max_ms: 2_000,
+        ..Config::default()
+    }
+}
+
+impl Cluster {
+    /// Node 0 is the rendezvous (no agents); nodes 1..=agents dial it.
+    pub fn new(agents: usize, seed: u64, config: Config) -> Cluster {
+        let mut c = Cluster {
+            now: Millis(0),
+            nodes: Vec::new(),
+            agent: AgentModel { run_ms: 1_000, fail_one_in: 0 },
+            latency_ms: 5,
+            jitter_ms: 0,
+            seed,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            deliveries: BTreeMap::new(),
+            links: BTreeMap::new(),
+            link_clock: BTreeMap::new(),
+            next_inbound: 0,
+            cut: BTreeSet::new(),
+            remote: Vec::new(),
+            events: Vec::new(),
+            starts: BTreeMap::new(),
+            trace_hash: 0,
+            max_mesh_seen: 0,
+            next_cmd: 0,
+        };
+        for i in 0..=agents {
+            let mut cfg = config.clone();
+            let addr = if i == 0 { RENDEZVOUS.to_owned() } else { format!("mem://agent-{i}") };
+            cfg.address = Some(addr.clone());
+            cfg.label = format!("node {i}");
+            if i == 0 {
+                cfg.capacity = 0;
+                cfg.rendezvous = None;
+                cfg.max_mesh_peers = 0;
+            } else {
+                cfg.rendezvous = Some(RENDEZVOUS.to_owned());
+            }
+            c.nodes.push(Node {
+                id: node_id(i),
+                addr,
+                config: cfg,
+                engine: None,
+                storage: Vec::new(),
+                runs: BTreeMap::new(),
+                restarts: 0,
+            });
+            c.start(i);
+        }
+        c
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let seed = stable_hash(&[&self.seed.to_be_bytes(), &(i as u64).to_be_bytes(), &n.restarts.to_be_bytes()]);
+        n.restarts += 1;
+        n.engine = Some(Engine::new(n.config.clone(), n.id.clone(), seed, self.now));
+        let bytes = n.storage.concat();
+        self.input(i, Input::StorageLoaded { bytes });
+    }
+
+    /// Kills node `i`: its connections drop, its runs vanish, only its
+    /// persisted bytes survive.
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].engine = None;
+        self.nodes[i].runs.clear();
+        let conns: Vec<ConnId> = self.links.keys().filter(|(n, _)| *n == i).map(|(_, c)| *c).collect();
+        for c in conns {
+            self.drop_link(i, c, false);
+        }
+        // Deliveries to a dead node are lost with it.
+        let dead: Vec<u64> =
+            self.deliveries.iter().filter(|(_, Delivery::Input(n, _))| *n == i).map(|(k, _)| *k).collect();
+        for k in dead {
+            self.deliveries.remove(&k);
+        }
+    }
+
+    pub fn engine(&mut self, i: usize) -> &mut Engine {
+        self.nodes[i].engine.as_mut().expect("node is up")
+    }
+
+    pub fn command(&mut self, i: usize, command: Command) -> Result<Reply, huskies_engine::CommandError> {
+        self.next_cmd += 1;
+        let id = CommandId(self.next_cmd);
+        let outs = self.input(i, Input::Command { id, command });
+        outs.into_iter()
+            .find_map(|o| match o {
+                Output::Reply { id: rid, result } if rid == id => Some(result),
+                _ => None,
+            })
+            .expect("every command gets a reply")
+    }
+
+    pub fn add_stories(&mut self, at: usize, n: usize, stage: Stage) -> Vec<StoryId> {
+        (0..n)
+            .map(|k| {
+                let id = StoryId::new(format!("s{k:04}")).unwrap();
+                let cmd = Command::AddStory { id: Some(id.clone()), title: format!("story {k}"), stage };
+                self.command(at, cmd).expect("add story");
+                id
+            })
+            .collect()
+    }
+
+    fn pair(a: usize, b: usize) -> (usize, usize) {
+        (a.min(b), a.max(b))
+    }
+
+    pub fn reachable(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].engine.is_some() && self.nodes[b].engine.is_some() && !self.cut.contains(&Self::pair(a, b))
+    }
+
+    /// Cuts every link between `a` and the `others`.
+    pub fn partition(&mut self, a: usize, others: &[usize]) {
+        for &b in others {
+            if a != b {
+                self.cut.insert(Self::pair(a, b));
+            }
+        }
+        let doomed: Vec<(usize, ConnId)> = self
+            .links
+            .iter()
+            .filter(|((n, _), (p, _))| self.cut.contains(&Self::pair(*n, *p)))
+            .map(|(k, _)| *k)
+            .collect();
+        for (n, c) in doomed {
+            if self.links.contains_key(&(n, c)) {
+                self.drop_link(n, c, true);
+            }
+        }
+    }
+
+    /// Isolates node `a` from everyone.
+    pub fn isolate(&mut self, a: usize) {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.partition(a, &all);
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    fn drop_link(&mut self, n: usize, c: ConnId, notify_self: bool) {
+        if let Some((p, pc)) = self.links.remove(&(n, c)) {
+            self.links.remove(&(p, pc));
+            self.schedule(p, Input::PeerClosed { conn: pc }, 1);
+        }
+        if notify_self {
+            self.schedule(n, Input::PeerClosed { conn: c }, 1);
+        }
+    }
+
+    fn schedule(&mut self, node: usize, input: Input, delay_ms: u64) {
+        self.seq += 1;
+        let at = self.now.saturating_add_ms(delay_ms);
+        self.queue.push(Reverse((at, self.seq, node)));
+        self.deliveries.insert(self.seq, Delivery::Input(node, input));
+    }
+
+    fn message_delay(&mut self, from: usize, conn: ConnId) -> u64 {
+        let jitter = if self.jitter_ms == 0 {
+            0
+        } else {
+            stable_hash(&[&self.seed.to_be_bytes(), &self.seq.to_be_bytes()]) % self.jitter_ms
+        };
+        let mut at = self.now.saturating_add_ms(self.latency_ms + jitter);
+        let last = self.link_clock.entry((from, conn)).or_default();
+        at = at.max(*last);
+        *last = at;
+        at.saturating_sub(self.now)
+    }
+
+    /// Feeds one input to node `i` and carries out its outputs.
+    pub fn input(&mut self, i: usize, input: Input) -> Vec<Output> {
+        let now = self.now;
+        let Some(engine) = self.nodes[i].engine.as_mut() else { return Vec::new() };
+        engine.handle(now, input);
+        let mut outs = Vec::new();
+        while let Some(o) = engine.poll_output() {
+            outs.push(o);
+        }
+        self.max_mesh_seen = self.max_mesh_seen.max(engine.mesh_peer_count());
+        for o in &outs {
+            self.execute(i, o.clone());
+        }
+        outs
+    }
+
+    fn execute(&mut self, i: usize, o: Output) {
+        let line = format!("{} {} {:?}", self.now.0, i, o);
+        self.trace_hash = stable_hash(&[&self.trace_hash.to_be_bytes(), line.as_bytes()]);
+        match o {
+            Output::Persist { kind, bytes } => {
+                let st = &mut self.nodes[i].storage;
+                if kind == PersistKind::Snapshot {
+                    st.clear();
+                }
+                st.push(bytes);
+            }
+            Output::Send { conn, bytes } => {
+                if let Some(&(p, pc)) = self.links.get(&(i, conn)) {
+                    let d = self.message_delay(i, conn);
+                    self.schedule(p, Input::PeerMessage { conn: pc, bytes }, d);
+                }
+            }
+            Output::Dial { conn, address } => {
+                let target = self.nodes.iter().position(|n| n.addr == address);
+                match target {
+                    Some(t) if t != i && self.reachable(i, t) => {
+                        self.next_inbound += 1;
+                        let inbound = ConnId(self.next_inbound);
+                        self.links.insert((i, conn), (t, inbound));
+                        self.links.insert((t, inbound), (i, conn));
+                        self.schedule(t, Input::PeerConnected { conn: inbound }, self.latency_ms);
+                        self.schedule(i, Input::PeerConnected { conn }, self.latency_ms);
+                    }
+                    _ => self.schedule(i, Input::PeerClosed { conn }, self.latency_ms),
+                }
+            }
+            Output::HangUp { conn } => self.drop_link(i, conn, false),
+            Output::StartRun { story, stage, token, .. } => {
+                *self.starts.entry((story.clone(), stage)).or_default() += 1;
+                let done = self.now.saturating_add_ms(self.agent.run_ms);
+                self.nodes[i].runs.insert(story, (token, done));
+            }
+            Output::StopRun { story, token } => {
+                if self.nodes[i].runs.get(&story).is_some_and(|(t, _)| *t == token) {
+                    self.nodes[i].runs.remove(&story);
+                }
+            }
+            Output::Push { story, token } => {
+                self.remote.push(Pushed { story: story.clone(), node: self.nodes[i].id.clone(), token });
+                self.schedule(i, Input::PushFinished { story, token, outcome: Ok(()) }, 1);
+            }
+            Output::InspectWorktree { story, token } => {
+                self.schedule(i, Input::WorktreeInspected { story, token, committed: false }, 1);
+            }
+            Output::PruneWorktree { .. } | Output::Reply { .. } => {}
+            Output::Event(e) => self.events.push((self.now, i, e)),
+        }
+    }
+
+    fn next_time(&self) -> Option<Millis> {
+        let q = self.queue.peek().map(|Reverse((t, _, _))| *t);
+        let timers = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.engine.as_ref().and_then(|e| e.poll_timeout()))
+            .chain(self.nodes.iter().flat_map(|n| n.runs.values().map(|(_, t)| *t)))
+            .min();
+        match (q, timers) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs the cluster until simulated time `until`.
+    pub fn run_until(&mut self, until: Millis) {
+        while let Some(t) = self.next_time() {
+            if t > until {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.step();
+        }
+        self.now = self.now.max(until);
+    }
+
+    pub fn run_for(&mut self, ms: u64) {
+        let until = self.now.saturating_add_ms(ms);
+        self.run_until(until);
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        while let Some(Reverse((t, seq, _))) = self.queue.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.queue.pop();
+            if let Some(Delivery::Input(n, input)) = self.deliveries.remove(&seq) {
+                self.input(n, input);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let finished: Vec<(StoryId, Token)> = self.nodes[i]
+                .runs
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .map(|(s, (t, _))| (s.clone(), *t))
+                .collect();
+            for (story, token) in finished {
+                self.nodes[i].runs.remove(&story);
+                let h = stable_hash(&[story.as_str().as_bytes(), &token.0.to_be_bytes(), &self.seed.to_be_bytes()]);
+                let fail = self.agent.fail_one_in > 0 && h.is_multiple_of(self.agent.fail_one_in);
+                let outcome = if fail {
+                    RunOutcome::Failed { reason: "simulated failure".into() }
+                } else {
+                    RunOutcome::Succeeded
+                };
+                self.input(i, Input::RunFinished { story, token, outcome });
+            }
+            let due = self.nodes[i].engine.as_ref().and_then(|e| e.poll_timeout()).is_some_and(|t| t <= now);
+            if due {
+                self.input(i, Input::Timeout);
+            }
+        }
+    }
+
+    /// Runs until every live replica has the same heads and no story in an
+    /// active stage is left, or `budget_ms` passes. Returns the time taken.
+    pub fn run_until_settled(&mut self, budget_ms: u64) -> Option<u64> {
+        let start = self.now;
+        let deadline = start.saturating_add_ms(budget_ms);
+        while self.now < deadline {
+            self.run_for(100);
+            if self.converged() && self.all_finished() {
+                self.assert_index_fresh();
+                return Some(self.now.saturating_sub(start));
+            }
+        }
+        None
+    }
+
+    /// Every engine's incremental index matches a fresh read of its document.
+    pub fn assert_index_fresh(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(e) = self.nodes[i].engine.as_mut() {
+                let drift = e.index_drift();
+                assert!(drift.is_empty(), "node {i} index drifted from its document: {drift:?}");
+            }
+        }
+    }
+
+    pub fn converged(&mut self) -> bool {
+        let mut heads = None;
+        for n in &mut self.nodes {
+            if let Some(e) = n.engine.as_mut() {
+                let h = e.heads();
+                if heads.get_or_insert_with(|| h.clone()) != &h {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// No story is in a stage the agents work, anywhere (failed ones count
+    /// as finished).
+    pub fn all_finished(&self) -> bool {
+        let worked = &self.nodes[self.nodes.len() - 1].config.stages;
+        self.nodes
+            .iter()
+            .filter_map(|n| n.engine.as_ref())
+            .all(|e| e.stories().all(|(_, v)| !worked.contains(&v.state.stage) || v.state.failed))
+    }
+
+    pub fn count_events(&self, f: impl Fn(&Event) -> bool) -> usize {
+        self.events.iter().filter(|(_, _, e)| f(e)).count()
+    }
+
+    /// Starts beyond the first per (story, stage).
+    pub fn duplicate_starts(&self) -> u32 {
+        self.starts.values().map(|n| n - 1).sum()
+    }
+}
