@@ -196,11 +196,16 @@ impl Engine {
         if self.ready {
             return;
         }
-        if !bytes.is_empty()
-            && let Err(e) = self.doc.automerge().load_incremental(bytes)
-        {
-            // Keep whatever loaded; peers will fill in the rest.
-            self.emit(Event::StorageCorrupt { error: e.to_string() });
+        if !bytes.is_empty() {
+            // `load_incremental` skips what it cannot parse without saying
+            // so; a strict load first tells us whether storage is damaged.
+            if let Err(e) = automerge::Automerge::load(bytes) {
+                self.emit(Event::StorageCorrupt { error: e.to_string() });
+            }
+            // Keep whatever loads; peers will fill in the rest.
+            if let Err(e) = self.doc.automerge().load_incremental(bytes) {
+                self.emit(Event::StorageCorrupt { error: e.to_string() });
+            }
         }
         let (stories, nodes, bad) = self.doc.read_all();
         self.doc.skip_touched();

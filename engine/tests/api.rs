@@ -57,7 +57,7 @@ fn malformed_peer_bytes_disconnect_only_that_peer() {
 #[test]
 fn commands_give_clear_errors_and_persist_before_reply() {
     let mut e = engine();
-    let mut cmd = |e: &mut Engine, command| {
+    let cmd = |e: &mut Engine, command| {
         e.handle(Millis(10), Input::Command { id: CommandId(1), command });
         drain(e)
     };
@@ -144,7 +144,7 @@ fn restart_from_persisted_bytes_keeps_acknowledged_stories() {
     assert_eq!(again.stories().count(), 5);
     // Corrupt storage is reported, not fatal.
     let mut broken = Engine::new(Config::default(), NodeId::new("me").unwrap(), 3, Millis(0));
-    broken.handle(Millis(0), Input::StorageLoaded { bytes: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3] });
+    broken.handle(Millis(0), Input::StorageLoaded { bytes: b"not an automerge document".to_vec() });
     assert!(drain(&mut broken).iter().any(|o| matches!(o, Output::Event(Event::StorageCorrupt { .. }))));
     assert!(broken.is_ready());
 }
