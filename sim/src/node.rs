@@ -1,0 +1,300 @@
+//! One simulated node: an engine driven by madsim time and datagrams, with a
+//! simulated agent, git remote and disk.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use huskies_engine::hash::stable_hash;
+use huskies_engine::{
+    CommandId, Config, Engine, Input, Millis, NodeId, Output, PersistKind, RunOutcome, StoryId, Token,
+};
+use madsim::net::Endpoint;
+use madsim::time::TimeHandle;
+
+use crate::link::{LinkEvent, Links, Packet};
+use crate::oracle::{Oracle, View};
+
+pub const PORT: u16 = 7000;
+pub const TAG: u64 = 1;
+
+/// How a node's agent and git behave; percentages are per run or push.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentProfile {
+    pub run_min_ms: u64,
+    pub run_max_ms: u64,
+    pub fail_pct: u64,
+    pub hang_pct: u64,
+    pub push_fail_pct: u64,
+}
+
+/// A node's local clock: sim time scaled by a skew and shifted by jumps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clock {
+    pub skew_ppm: i64,
+    pub offset_ms: u64,
+}
+
+/// What survives a crash, plus the knobs the scenario turns while it runs.
+pub struct NodeCtx {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub agent: AgentProfile,
+    pub seed: u64,
+    pub oracle: Arc<Mutex<Oracle>>,
+    pub disk: Mutex<Vec<Vec<u8>>>,
+    /// Stories whose worktree holds a finished, unpushed commit.
+    pub worktrees: Mutex<BTreeMap<StoryId, Token>>,
+    pub clock: Mutex<Clock>,
+    pub restarts: Mutex<u64>,
+    /// Publish a view (with a full save) this often; 0 = only when asked.
+    pub publish_every_ms: u64,
+    pub want_save_len: Mutex<bool>,
+}
+
+fn sim_ms() -> u64 {
+    TimeHandle::current().elapsed().as_millis() as u64
+}
+
+impl NodeCtx {
+    fn local_ms(&self) -> u64 {
+        let c = *self.clock.lock().expect("clock lock");
+        let t = sim_ms() as i128;
+        let skewed = t + t * i128::from(c.skew_ppm) / 1_000_000;
+        (skewed.max(0) as u64).saturating_add(c.offset_ms)
+    }
+}
+
+struct Run {
+    token: Token,
+    /// `None`: the agent hangs.
+    finish_at_ms: Option<u64>,
+    outcome: RunOutcome,
+}
+
+struct Node {
+    ctx: Arc<NodeCtx>,
+    engine: Engine,
+    links: Links,
+    runs: BTreeMap<StoryId, Run>,
+    /// Driver answers due later: (due ms, input).
+    later: Vec<(u64, Input)>,
+    rng: u64,
+    next_publish_ms: u64,
+    next_cmd: u64,
+}
+
+/// The node's task; madsim re-runs it after a restart.
+pub async fn run(ctx: Arc<NodeCtx>) {
+    // After a restart the killed incarnation's socket may linger a moment.
+    let ep = loop {
+        match Endpoint::bind(ctx.addr).await {
+            Ok(ep) => break ep,
+            Err(_) => madsim::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    let incarnation = {
+        let mut r = ctx.restarts.lock().expect("restarts lock");
+        *r += 1;
+        *r
+    };
+    let seed = stable_hash(&[&ctx.seed.to_be_bytes(), &incarnation.to_be_bytes()]);
+    let now = ctx.local_ms();
+    let engine = Engine::new(ctx.config.clone(), ctx.id.clone(), seed, Millis(now));
+    let idle = ctx.config.heartbeat_interval_ms * 4;
+    let mut node = Node {
+        links: Links::new(seed as u32, idle),
+        engine,
+        runs: BTreeMap::new(),
+        later: Vec::new(),
+        rng: seed,
+        next_publish_ms: 0,
+        next_cmd: 0,
+        ctx: ctx.clone(),
+    };
+    let bytes = ctx.disk.lock().expect("disk lock").concat();
+    node.input(Input::StorageLoaded { bytes });
+    // `recv_from_raw` is not cancellation safe (a datagram handed to a
+    // dropped receive is lost), so one task receives and forwards into a
+    // channel, whose receive can be timed out safely.
+    let ep = Arc::new(ep);
+    let (tx, rx) = async_channel::unbounded();
+    let receiver = ep.clone();
+    madsim::task::spawn(async move {
+        while let Ok(got) = receiver.recv_from_raw(TAG).await {
+            if tx.send(got).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        node.flush(&ep).await;
+        let now = node.ctx.local_ms();
+        let wait = node.next_deadline_ms().saturating_sub(now).max(1);
+        if let Ok(Ok((payload, from))) = madsim::time::timeout(Duration::from_millis(wait), rx.recv()).await
+            && let Ok(packet) = payload.downcast::<Packet>()
+        {
+            node.handle_packet(*packet, from);
+        }
+        node.handle_time();
+    }
+}
+
+impl Node {
+    fn random(&mut self) -> u64 {
+        self.rng = stable_hash(&[&self.rng.to_be_bytes()]);
+        self.rng
+    }
+
+    fn next_deadline_ms(&self) -> u64 {
+        let mut d = self.engine.poll_timeout().map(|t| t.0).unwrap_or(u64::MAX);
+        d = d.min(self.links.next_deadline_ms().unwrap_or(u64::MAX));
+        d = d.min(self.runs.values().filter_map(|r| r.finish_at_ms).min().unwrap_or(u64::MAX));
+        d = d.min(self.later.iter().map(|(t, _)| *t).min().unwrap_or(u64::MAX));
+        if self.ctx.publish_every_ms > 0 {
+            d = d.min(self.next_publish_ms);
+        }
+        d.min(self.ctx.local_ms() + 1_000)
+    }
+
+    fn handle_packet(&mut self, packet: Packet, from: SocketAddr) {
+        let now = self.ctx.local_ms();
+        if let Packet::Command(command) = packet {
+            self.next_cmd += 1;
+            self.input(Input::Command { id: CommandId(self.next_cmd), command });
+            return;
+        }
+        let mut events = Vec::new();
+        self.links.handle_packet(from, packet, now, &mut events);
+        self.link_events(events);
+    }
+
+    fn link_events(&mut self, events: Vec<LinkEvent>) {
+        for e in events {
+            let input = match e {
+                LinkEvent::Connected(conn) => Input::PeerConnected { conn },
+                LinkEvent::Message(conn, bytes) => Input::PeerMessage { conn, bytes },
+                LinkEvent::Closed(conn) => Input::PeerClosed { conn },
+            };
+            self.input(input);
+        }
+    }
+
+    fn handle_time(&mut self) {
+        let now = self.ctx.local_ms();
+        let mut events = Vec::new();
+        self.links.handle_timeout(now, &mut events);
+        self.link_events(events);
+        let finished: Vec<StoryId> =
+            self.runs.iter().filter(|(_, r)| r.finish_at_ms.is_some_and(|t| t <= now)).map(|(s, _)| s.clone()).collect();
+        for story in finished {
+            let run = self.runs.remove(&story).expect("listed above");
+            if run.outcome == RunOutcome::Succeeded {
+                self.ctx.worktrees.lock().expect("worktrees lock").insert(story.clone(), run.token);
+            }
+            self.oracle().run_ended(&self.ctx.id, &story);
+            self.input(Input::RunFinished { story, token: run.token, outcome: run.outcome });
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later).into_iter().partition(|(t, _)| *t <= now);
+        self.later = later;
+        for (_, input) in due {
+            self.input(input);
+        }
+        if self.engine.poll_timeout().is_some_and(|t| t.0 <= now) {
+            self.input(Input::Timeout);
+        }
+        if self.ctx.publish_every_ms > 0 && now >= self.next_publish_ms {
+            self.next_publish_ms = now + self.ctx.publish_every_ms;
+            self.publish();
+        }
+    }
+
+    fn oracle(&self) -> std::sync::MutexGuard<'_, Oracle> {
+        self.ctx.oracle.lock().expect("oracle lock")
+    }
+
+    /// Publishes this replica's view to the oracle.
+    fn publish(&mut self) {
+        let heads = self.engine.heads().iter().map(|h| h.to_string()).collect();
+        let stories = self.engine.stories().map(|(id, v)| (id.clone(), v.state.clone())).collect();
+        let save_len = if *self.ctx.want_save_len.lock().expect("lock") { self.engine.save().len() } else { 0 };
+        self.oracle().views.insert(self.ctx.id.clone(), View { heads, stories, save_len });
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.ctx.local_ms();
+        self.engine.handle(Millis(now), input);
+        let sim_now = sim_ms();
+        while let Some(out) = self.engine.poll_output() {
+            self.oracle().observe(sim_now, &self.ctx.id, &out);
+            self.execute(out, now);
+        }
+        let mesh = self.engine.mesh_peer_count();
+        self.oracle().observe_mesh(&self.ctx.id, mesh);
+    }
+
+    fn execute(&mut self, out: Output, now: u64) {
+        match out {
+            Output::Persist { kind, bytes } => {
+                let mut disk = self.ctx.disk.lock().expect("disk lock");
+                if kind == PersistKind::Snapshot {
+                    disk.clear();
+                }
+                disk.push(bytes);
+            }
+            Output::Send { conn, bytes } => self.links.send(conn, bytes),
+            Output::Dial { conn, address } => match address.trim_start_matches("sim://").parse::<SocketAddr>() {
+                Ok(peer) => self.links.dial(conn, peer, now),
+                Err(_) => self.later.push((now + 1, Input::PeerClosed { conn })),
+            },
+            Output::HangUp { conn } => self.links.hang_up(conn),
+            Output::StartRun { story, token, .. } => {
+                let a = self.ctx.agent;
+                let roll = self.random() % 100;
+                let span = a.run_max_ms.saturating_sub(a.run_min_ms).max(1);
+                let duration = a.run_min_ms + self.random() % span;
+                let (finish_at_ms, outcome) = if roll < a.hang_pct {
+                    (None, RunOutcome::Succeeded)
+                } else if roll < a.hang_pct + a.fail_pct {
+                    (Some(now + duration), RunOutcome::Failed { reason: "simulated agent failure".into() })
+                } else {
+                    (Some(now + duration), RunOutcome::Succeeded)
+                };
+                self.runs.insert(story, Run { token, finish_at_ms, outcome });
+            }
+            Output::StopRun { story, token } => {
+                if self.runs.get(&story).is_some_and(|r| r.token == token) {
+                    self.runs.remove(&story);
+                }
+            }
+            Output::Push { story, token } => {
+                let fail = self.random() % 100 < self.ctx.agent.push_fail_pct;
+                let outcome = if fail {
+                    Err("simulated push failure".to_owned())
+                } else {
+                    self.oracle().pushes.insert((story.clone(), self.ctx.id.clone(), token));
+                    self.ctx.worktrees.lock().expect("worktrees lock").remove(&story);
+                    Ok(())
+                };
+                self.later.push((now + 20, Input::PushFinished { story, token, outcome }));
+            }
+            Output::InspectWorktree { story, token } => {
+                let committed = self.ctx.worktrees.lock().expect("worktrees lock").get(&story) == Some(&token);
+                self.later.push((now + 5, Input::WorktreeInspected { story, token, committed }));
+            }
+            Output::Reply { result: Ok(huskies_engine::Reply::Added { id }), .. } => {
+                self.oracle().added.insert(id);
+            }
+            Output::PruneWorktree { .. } | Output::Reply { .. } | Output::Event(_) => {}
+        }
+    }
+
+    async fn flush(&mut self, ep: &Endpoint) {
+        for (dst, packet) in std::mem::take(&mut self.links.outbox) {
+            // A send to an unreachable node fails like a lost packet does.
+            let _ = ep.send_to_raw(dst, TAG, Box::new(packet)).await;
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The checker. Nodes report what their engines output; the oracle checks
+//! safety continuously and convergence and liveness at the end. Every
+//! violation is a line starting with SAFETY or LIVENESS.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use huskies_engine::hash::stable_hash;
+use huskies_engine::{Event, NodeId, Output, Stage, StoryId, StoryState, Token};
+
+/// One replica's state as last published by its node.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub heads: Vec<String>,
+    pub stories: BTreeMap<StoryId, StoryState>,
+    pub save_len: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Oracle {
+    pub trace_hash: u64,
+    pub violations: Vec<String>,
+    pub max_mesh_peers: usize,
+    pub mesh_cap: usize,
+    /// Stories whose add was acknowledged.
+    pub added: BTreeSet<StoryId>,
+    /// Runs in progress: story -> node -> start time.
+    pub running: BTreeMap<StoryId, BTreeMap<NodeId, u64>>,
+    /// From this time on (after heal + claim timeout), two runs of one story
+    /// overlapping for longer than `duplicate_grace_ms` are a violation.
+    /// Concurrent claims are detected only after a merge, so a brief
+    /// overlap is inherent; a lasting one means the loser never stopped.
+    pub exclusive_from_ms: Option<u64>,
+    pub duplicate_grace_ms: u64,
+    /// Overlaps that began after `exclusive_from_ms`, however brief.
+    pub brief_overlaps_after_heal: u64,
+    /// Per (node, story): the last (stage, token) it showed, for monotonicity.
+    seen: BTreeMap<(NodeId, StoryId), (Stage, Token)>,
+    /// Every local accept: (story, from stage, token, node).
+    pub advances: Vec<(StoryId, Stage, Token, NodeId)>,
+    /// Pushes that reached the simulated git remote.
+    pub pushes: BTreeSet<(StoryId, NodeId, Token)>,
+    pub views: BTreeMap<NodeId, View>,
+    pub starts: u64,
+    pub reclaims: u64,
+    pub claim_losses: u64,
+    pub rejected_peers: u64,
+}
+
+impl Oracle {
+    pub fn new(mesh_cap: usize) -> Oracle {
+        Oracle { mesh_cap, ..Oracle::default() }
+    }
+
+    fn violation(&mut self, kind: &str, what: String) {
+        if self.violations.len() < 50 {
+            self.violations.push(format!("{kind}: {what}"));
+        }
+    }
+
+    pub fn observe(&mut self, now_ms: u64, node: &NodeId, out: &Output) {
+        let line = format!("{now_ms} {node} {out:?}");
+        self.trace_hash = stable_hash(&[&self.trace_hash.to_be_bytes(), line.as_bytes()]);
+        match out {
+            Output::StartRun { story, .. } => {
+                self.starts += 1;
+                let runners = self.running.entry(story.clone()).or_default();
+                runners.insert(node.clone(), now_ms);
+                if runners.len() > 1 && self.exclusive_from_ms.is_some_and(|t| now_ms >= t) {
+                    self.brief_overlaps_after_heal += 1;
+                }
+            }
+            Output::StopRun { story, .. } => self.run_ended(node, story),
+            Output::Event(e) => self.observe_event(node, e),
+            _ => {}
+        }
+    }
+
+    pub fn run_ended(&mut self, node: &NodeId, story: &StoryId) {
+        if let Some(r) = self.running.get_mut(story) {
+            r.remove(node);
+            if r.is_empty() {
+                self.running.remove(story);
+            }
+        }
+    }
+
+    pub fn node_crashed(&mut self, node: &NodeId) {
+        for r in self.running.values_mut() {
+            r.remove(node);
+        }
+        self.running.retain(|_, r| !r.is_empty());
+    }
+
+    /// Flags stories that have run on two nodes at once for longer than the
+    /// grace period, after the heal.
+    pub fn check_overlaps(&mut self, now_ms: u64) {
+        let Some(from) = self.exclusive_from_ms else { return };
+        let mut found = Vec::new();
+        for (story, runners) in &self.running {
+            let mut starts: Vec<u64> = runners.values().map(|s| (*s).max(from)).collect();
+            starts.sort_unstable();
+            if starts.len() > 1 && now_ms >= starts[1] + self.duplicate_grace_ms {
+                found.push(format!("{story} has run on {:?} at once for over {} ms", runners.keys().collect::<Vec<_>>(), self.duplicate_grace_ms));
+            }
+        }
+        for f in found {
+            self.violation("SAFETY", f);
+        }
+    }
+
+    fn observe_event(&mut self, node: &NodeId, e: &Event) {
+        match e {
+            Event::Claimed { story, stage, token, reclaimed_from } => {
+                self.check_monotonic(node, story, *stage, *token, false);
+                if reclaimed_from.is_some() {
+                    self.reclaims += 1;
+                }
+            }
+            Event::StageChanged { story, from, to, token } => {
+                // A stage only goes back under a higher token (a fence or a
+                // user move), never by itself.
+                self.check_monotonic(node, story, *to, *token, to < from);
+            }
+            Event::Advanced { story, from, token, .. } => {
+                self.advances.push((story.clone(), *from, *token, node.clone()));
+                self.run_ended(node, story);
+            }
+            Event::RunFailed { story, .. } => self.run_ended(node, story),
+            Event::ClaimLost { story, .. } => {
+                self.claim_losses += 1;
+                self.run_ended(node, story);
+            }
+            Event::PeerRejected { .. } => self.rejected_peers += 1,
+            _ => {}
+        }
+    }
+
+    fn check_monotonic(&mut self, node: &NodeId, story: &StoryId, stage: Stage, token: Token, backwards: bool) {
+        let key = (node.clone(), story.clone());
+        if let Some(&(prev_stage, prev_token)) = self.seen.get(&key) {
+            if token < prev_token {
+                self.violation("SAFETY", format!("{node} saw {story}'s token go back {prev_token} -> {token}"));
+            }
+            if backwards && token <= prev_token {
+                self.violation("SAFETY", format!("{node} saw {story} regress {prev_stage} -> {stage} at {token}"));
+            }
+        }
+        self.seen.insert(key, (stage, token));
+    }
+
+    pub fn observe_mesh(&mut self, node: &NodeId, mesh: usize) {
+        self.max_mesh_peers = self.max_mesh_peers.max(mesh);
+        if mesh > self.mesh_cap {
+            self.violation("SAFETY", format!("{node} holds {mesh} mesh connections, cap {}", self.mesh_cap));
+        }
+    }
+
+    /// All published views agree and every acknowledged story is finished.
+    pub fn settled(&self, worked: &[Stage]) -> bool {
+        let mut views = self.views.values();
+        let Some(first) = views.next() else { return false };
+        views.all(|v| v.heads == first.heads)
+            && self.added.iter().all(|s| {
+                first.stories.get(s).is_some_and(|st| !worked.contains(&st.stage) || st.failed)
+            })
+    }
+
+    /// Checks on the converged end state.
+    pub fn check_final(&mut self, worked: &[Stage]) {
+        let Some((first_node, first)) = self.views.iter().next().map(|(n, v)| (n.clone(), v.clone())) else {
+            return self.violation("LIVENESS", "no node published a view".into());
+        };
+        for (n, v) in self.views.clone() {
+            if v.heads != first.heads {
+                self.violation("LIVENESS", format!("{n} did not converge with {first_node}"));
+            }
+            if v.stories != first.stories {
+                self.violation("SAFETY", format!("{n} has the same heads as {first_node} but other stories"));
+            }
+        }
+        for s in self.added.clone() {
+            let Some(st) = first.stories.get(&s) else {
+                self.violation("SAFETY", format!("acknowledged story {s} was lost"));
+                continue;
+            };
+            if worked.contains(&st.stage) && !st.failed {
+                self.violation("LIVENESS", format!("{s} is still in {} after the heal budget", st.stage));
+                continue;
+            }
+            let Some(result) = &st.result else { continue };
+            // The accepted result carries the story's final token and was
+            // pushed by the node it names, with that token.
+            if result.token != st.token {
+                self.violation("SAFETY", format!("{s}'s result carries {} but the story is at {}", result.token, st.token));
+            }
+            if !self.pushes.contains(&(s.clone(), result.node.clone(), result.token)) {
+                self.violation("SAFETY", format!("{s}'s accepted result by {} at {} was never pushed", result.node, result.token));
+            }
+            // Nodes split by a partition may both finish a stage under the
+            // same token; the merge keeps exactly one result. It must be one
+            // that its node really produced.
+            let produced = self
+                .advances
+                .iter()
+                .any(|(story, from, token, node)| *story == s && *from == result.stage && *token == result.token && *node == result.node);
+            if !produced {
+                self.violation("SAFETY", format!("{s}'s result names {} at {} but that node never advanced it", result.node, result.token));
+            }
+        }
+    }
+}

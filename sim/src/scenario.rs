@@ -1,0 +1,568 @@
+//! Scenarios: build a simulated cluster, inject seeded faults, heal, check.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use huskies_engine::{Command, Config, NodeId, Stage, StoryId};
+use madsim::net::{Endpoint, NetSim};
+use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::time::{TimeHandle, sleep};
+
+use crate::link::Packet;
+use crate::node::{self, AgentProfile, Clock, NodeCtx, PORT, TAG};
+use crate::oracle::Oracle;
+
+/// Which faults a run injects, and how the agents behave. Logged with the
+/// seed so a failure can be understood before it is replayed.
+#[derive(Debug, Clone, Copy)]
+pub struct Profile {
+    pub partitions: bool,
+    pub asymmetric: bool,
+    pub swizzle: bool,
+    pub crashes: bool,
+    pub pauses: bool,
+    pub clock_skew: bool,
+    pub latency_ms: (u64, u64),
+    pub agent: AgentProfile,
+    /// Mean gap between fault injections.
+    pub fault_every_ms: u64,
+}
+
+impl Profile {
+    pub const CALM_AGENT: AgentProfile =
+        AgentProfile { run_min_ms: 300, run_max_ms: 1_500, fail_pct: 0, hang_pct: 0, push_fail_pct: 0 };
+
+    /// No faults at all.
+    pub fn calm() -> Profile {
+        Profile {
+            partitions: false,
+            asymmetric: false,
+            swizzle: false,
+            crashes: false,
+            pauses: false,
+            clock_skew: false,
+            latency_ms: (1, 10),
+            agent: Profile::CALM_AGENT,
+            fault_every_ms: 2_000,
+        }
+    }
+
+    /// A profile drawn from the seed (swarm testing: each seed turns a
+    /// different mix of faults on, so rare combinations get exercised).
+    pub fn random() -> Profile {
+        let bit = || madsim::rand::random::<u64>() % 2 == 0;
+        let pct = |max: u64| madsim::rand::random::<u64>() % (max + 1);
+        let lat_max = 2 + madsim::rand::random::<u64>() % 60;
+        Profile {
+            partitions: bit(),
+            asymmetric: bit(),
+            swizzle: bit(),
+            crashes: bit(),
+            pauses: bit(),
+            clock_skew: bit(),
+            latency_ms: (1, lat_max),
+            agent: AgentProfile {
+                run_min_ms: 200,
+                run_max_ms: 200 + madsim::rand::random::<u64>() % 3_000,
+                fail_pct: pct(20),
+                hang_pct: pct(5),
+                push_fail_pct: pct(10),
+            },
+            fault_every_ms: 500 + madsim::rand::random::<u64>() % 3_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum ProfileChoice {
+    Fixed(Profile),
+    /// Drawn from the seed.
+    Random,
+}
+
+/// A fault at a fixed time, for scenarios that need one exact story.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scripted {
+    /// Cut the agent off from everyone (both directions).
+    Isolate(usize),
+    Reconnect(usize),
+    Crash(usize),
+    Restart(usize),
+    Pause(usize),
+    Resume(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub agents: usize,
+    pub stories: usize,
+    pub config: Config,
+    pub profile: ProfileChoice,
+    /// Simulated time of the fault phase.
+    pub fault_ms: u64,
+    /// Simulated time the heal phase may take before LIVENESS fails.
+    pub heal_budget_ms: u64,
+    /// How often nodes publish their views to the oracle.
+    pub publish_every_ms: u64,
+    /// Check that an idle document does not grow from heartbeats.
+    pub check_idle_growth: bool,
+    /// Faults at fixed times (ms after the stories are added), besides the
+    /// profile's random ones.
+    pub script: Vec<(u64, Scripted)>,
+}
+
+/// Short timings so a scenario spans seconds of simulated time.
+pub fn sim_config() -> Config {
+    Config {
+        capacity: 2,
+        heartbeat_interval_ms: 250,
+        claim_timeout_ms: 2_000,
+        scan_interval_ms: 200,
+        claim_stagger_ms: 400,
+        run_timeout_ms: 8_000,
+        max_attempts: 6,
+        retry_backoff_ms: 300,
+        dial_backoff_min_ms: 100,
+        dial_backoff_max_ms: 2_000,
+        ..Config::default()
+    }
+}
+
+impl Scenario {
+    pub fn new(name: &'static str, agents: usize, stories: usize) -> Scenario {
+        Scenario {
+            name,
+            agents,
+            stories,
+            config: sim_config(),
+            profile: ProfileChoice::Fixed(Profile::calm()),
+            fault_ms: 10_000,
+            heal_budget_ms: 120_000,
+            publish_every_ms: 500,
+            check_idle_growth: false,
+            script: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub seed: u64,
+    pub profile: String,
+    pub violations: Vec<String>,
+    pub trace_hash: u64,
+    pub sim_ms: u64,
+    pub wall_ms: u64,
+    /// Simulated time from heal to converged and finished.
+    pub heal_ms: Option<u64>,
+    pub starts: u64,
+    pub reclaims: u64,
+    pub claim_losses: u64,
+    pub max_mesh_peers: usize,
+    pub brief_overlaps_after_heal: u64,
+    pub stories_done: usize,
+    pub idle_save_len: Option<(usize, usize)>,
+}
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250 + 1) as u8))
+}
+
+fn node_name(i: usize) -> NodeId {
+    let s = if i == 0 { "rendezvous".to_owned() } else { format!("agent-{i:03}") };
+    NodeId::new(s).expect("valid node id")
+}
+
+const WORKED: [Stage; 3] = [Stage::Current, Stage::Qa, Stage::Merge];
+
+/// Runs one seed on a fresh thread (std's HashMap order is seeded per
+/// thread; a fresh thread keeps every run of a seed identical).
+pub fn run_seed(scenario: &Scenario, seed: u64) -> Report {
+    let s = scenario.clone();
+    std::thread::spawn(move || {
+        #[allow(clippy::disallowed_methods)] // wall time of the run, for the report only
+        let started = std::time::Instant::now();
+        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let mut report = rt.block_on(simulate(s, seed));
+        report.wall_ms = started.elapsed().as_millis() as u64;
+        report
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("seed {seed} panicked inside the simulation"))
+}
+
+struct Cluster {
+    handle: Handle,
+    net: Arc<NetSim>,
+    nodes: Vec<NodeHandle>,
+    ctxs: Vec<Arc<NodeCtx>>,
+    crashed: Vec<usize>,
+    paused: Vec<usize>,
+    clogged_nodes: Vec<usize>,
+    clogged_links: Vec<(usize, usize)>,
+}
+
+impl Cluster {
+    fn rand(&self, n: usize) -> usize {
+        (madsim::rand::random::<u64>() % n.max(1) as u64) as usize
+    }
+
+    fn agent(&self) -> usize {
+        1 + self.rand(self.nodes.len() - 1)
+    }
+
+    fn clog(&mut self, a: usize, b: usize) {
+        self.net.clog_link(self.nodes[a].id(), self.nodes[b].id());
+        self.clogged_links.push((a, b));
+    }
+
+    fn crash(&mut self, i: usize, oracle: &Mutex<Oracle>) {
+        self.handle.kill(self.nodes[i].id());
+        oracle.lock().expect("oracle").node_crashed(&self.ctxs[i].id);
+        self.crashed.push(i);
+    }
+
+    fn heal(&mut self) {
+        for (a, b) in std::mem::take(&mut self.clogged_links) {
+            self.net.unclog_link(self.nodes[a].id(), self.nodes[b].id());
+        }
+        for i in std::mem::take(&mut self.clogged_nodes) {
+            self.net.unclog_node(self.nodes[i].id());
+        }
+        for i in std::mem::take(&mut self.paused) {
+            self.handle.resume(self.nodes[i].id());
+        }
+        for i in std::mem::take(&mut self.crashed) {
+            self.handle.restart(self.nodes[i].id());
+        }
+    }
+
+    /// Injects one fault allowed by the profile; returns what it did.
+    fn inject(&mut self, p: &Profile, cfg: &Config, oracle: &Mutex<Oracle>) -> Option<String> {
+        let mut kinds = Vec::new();
+        if p.partitions {
+            kinds.push("partition");
+        }
+        if p.asymmetric {
+            kinds.push("asymmetric");
+        }
+        if p.swizzle {
+            kinds.push("swizzle");
+        }
+        if p.crashes {
+            kinds.push("crash");
+        }
+        if p.pauses {
+            kinds.push("pause");
+        }
+        if p.clock_skew {
+            kinds.push("clock-jump");
+        }
+        let kind = *kinds.get(self.rand(kinds.len()))?;
+        let n = self.nodes.len();
+        Some(match kind {
+            "partition" => {
+                let side: Vec<usize> = (0..n).filter(|_| self.rand(3) == 0).collect();
+                for &a in &side {
+                    for b in (0..n).filter(|b| !side.contains(b)) {
+                        self.clog(a, b);
+                        self.clog(b, a);
+                    }
+                }
+                format!("partition {side:?}")
+            }
+            "asymmetric" => {
+                let (a, b) = (self.rand(n), self.rand(n));
+                if a != b {
+                    self.clog(a, b);
+                }
+                format!("one-way cut {a} -> {b}")
+            }
+            "swizzle" => {
+                let k = 1 + self.rand(n / 2);
+                let mut chosen = Vec::new();
+                for _ in 0..k {
+                    let i = self.rand(n);
+                    if !chosen.contains(&i) {
+                        self.net.clog_node(self.nodes[i].id());
+                        chosen.push(i);
+                    }
+                }
+                self.clogged_nodes.extend(&chosen);
+                format!("swizzle-clog {chosen:?}")
+            }
+            "crash" => {
+                let i = self.agent();
+                if self.crashed.contains(&i) {
+                    return None;
+                }
+                self.crash(i, oracle);
+                format!("crash {i}")
+            }
+            "pause" => {
+                let i = self.agent();
+                if self.paused.contains(&i) || self.crashed.contains(&i) {
+                    return None;
+                }
+                self.handle.pause(self.nodes[i].id());
+                self.paused.push(i);
+                format!("pause {i} (claim timeout {} ms)", cfg.claim_timeout_ms)
+            }
+            _ => {
+                let i = self.agent();
+                let jump = 500 + self.rand(5_000) as u64;
+                self.ctxs[i].clock.lock().expect("clock").offset_ms += jump;
+                format!("clock jump {i} +{jump} ms")
+            }
+        })
+    }
+
+    fn scripted(&mut self, f: Scripted, oracle: &Mutex<Oracle>) {
+        let id = |c: &Cluster, i: usize| c.nodes[i].id();
+        match f {
+            Scripted::Isolate(i) => {
+                self.net.clog_node(id(self, i));
+                self.clogged_nodes.push(i);
+            }
+            Scripted::Reconnect(i) => {
+                self.net.unclog_node(id(self, i));
+                self.clogged_nodes.retain(|n| *n != i);
+            }
+            Scripted::Crash(i) => self.crash(i, oracle),
+            Scripted::Restart(i) => {
+                self.handle.restart(id(self, i));
+                self.crashed.retain(|n| *n != i);
+            }
+            Scripted::Pause(i) => {
+                self.handle.pause(id(self, i));
+                self.paused.push(i);
+            }
+            Scripted::Resume(i) => {
+                self.handle.resume(id(self, i));
+                self.paused.retain(|n| *n != i);
+            }
+        }
+    }
+
+    /// Undoes some faults (in random order, like a swizzle restore).
+    fn relax(&mut self) {
+        if !self.clogged_links.is_empty() && self.rand(2) == 0 {
+            let k = self.rand(self.clogged_links.len());
+            let (a, b) = self.clogged_links.swap_remove(k);
+            self.net.unclog_link(self.nodes[a].id(), self.nodes[b].id());
+        }
+        if !self.clogged_nodes.is_empty() && self.rand(2) == 0 {
+            let k = self.rand(self.clogged_nodes.len());
+            let i = self.clogged_nodes.swap_remove(k);
+            self.net.unclog_node(self.nodes[i].id());
+        }
+        if !self.paused.is_empty() && self.rand(2) == 0 {
+            let i = self.paused.swap_remove(self.rand(self.paused.len()));
+            self.handle.resume(self.nodes[i].id());
+        }
+        if !self.crashed.is_empty() && self.rand(2) == 0 {
+            let i = self.crashed.swap_remove(self.rand(self.crashed.len()));
+            self.handle.restart(self.nodes[i].id());
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    TimeHandle::current().elapsed().as_millis() as u64
+}
+
+async fn simulate(s: Scenario, seed: u64) -> Report {
+    let profile = match s.profile {
+        ProfileChoice::Fixed(p) => p,
+        ProfileChoice::Random => Profile::random(),
+    };
+    let handle = Handle::current();
+    let net = NetSim::current();
+    net.update_config(|c| {
+        c.send_latency = Duration::from_millis(profile.latency_ms.0)..Duration::from_millis(profile.latency_ms.1 + 1);
+    });
+    let oracle = Arc::new(Mutex::new(Oracle::new(s.config.max_mesh_peers)));
+    let rendezvous = format!("sim://{}", SocketAddr::new(ip(0), PORT));
+    let mut nodes = Vec::new();
+    let mut ctxs = Vec::new();
+    for i in 0..=s.agents {
+        let addr = SocketAddr::new(ip(i), PORT);
+        let mut config = s.config.clone();
+        config.address = Some(format!("sim://{addr}"));
+        config.label = format!("node {i}");
+        if i == 0 {
+            config.capacity = 0;
+            config.max_mesh_peers = 0;
+            config.rendezvous = None;
+        } else {
+            config.rendezvous = Some(rendezvous.clone());
+        }
+        let skew_ppm = if profile.clock_skew { (madsim::rand::random::<u64>() % 100_001) as i64 - 50_000 } else { 0 };
+        let ctx = Arc::new(NodeCtx {
+            id: node_name(i),
+            addr,
+            config,
+            agent: profile.agent,
+            seed: madsim::rand::random(),
+            oracle: oracle.clone(),
+            disk: Mutex::new(Vec::new()),
+            worktrees: Mutex::new(Default::default()),
+            clock: Mutex::new(Clock { skew_ppm, offset_ms: 0 }),
+            restarts: Mutex::new(0),
+            publish_every_ms: s.publish_every_ms,
+            want_save_len: Mutex::new(false),
+        });
+        let c = ctx.clone();
+        let node = handle
+            .create_node()
+            .name(ctx.id.as_str())
+            .ip(ip(i))
+            .init(move || node::run(c.clone()))
+            .build();
+        nodes.push(node);
+        ctxs.push(ctx);
+    }
+    let mut cluster = Cluster {
+        handle: handle.clone(),
+        net: net.clone(),
+        nodes,
+        ctxs,
+        crashed: Vec::new(),
+        paused: Vec::new(),
+        clogged_nodes: Vec::new(),
+        clogged_links: Vec::new(),
+    };
+
+    // Warm up, then add all stories at once through the rendezvous, as the
+    // CLI would.
+    sleep(Duration::from_millis(2_000)).await;
+    let client = handle.create_node().name("client").ip(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9))).build();
+    let n_stories = s.stories;
+    let target = SocketAddr::new(ip(0), PORT);
+    client
+        .spawn(async move {
+            let ep = Endpoint::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 1)).await.expect("bind");
+            for k in 0..n_stories {
+                let id = StoryId::new(format!("s{k:05}")).expect("valid id");
+                let cmd = Command::AddStory { id: Some(id), title: format!("story {k}"), stage: Stage::Current };
+                let _ = ep.send_to_raw(target, TAG, Box::new(Packet::Command(cmd))).await;
+            }
+        })
+        .await
+        .expect("client task");
+
+    // Fault phase: the profile's random faults, and the script.
+    let start = now_ms();
+    let fault_end = start + s.fault_ms;
+    let mut faults = Vec::new();
+    let mut script = s.script.clone();
+    script.sort_by_key(|(t, _)| *t);
+    let mut script = script.into_iter().peekable();
+    let any_random = profile.partitions
+        || profile.asymmetric
+        || profile.swizzle
+        || profile.crashes
+        || profile.pauses
+        || profile.clock_skew;
+    let mut next_random = start + profile.fault_every_ms;
+    while now_ms() < fault_end || script.peek().is_some() {
+        let next_script = script.peek().map(|(t, _)| start + t).unwrap_or(u64::MAX);
+        let next_random_at = if any_random && next_random < fault_end { next_random } else { u64::MAX };
+        let end = if now_ms() < fault_end { fault_end } else { u64::MAX };
+        let next = next_script.min(next_random_at).min(end);
+        if next == u64::MAX {
+            break;
+        }
+        sleep(Duration::from_millis(next.saturating_sub(now_ms()))).await;
+        if now_ms() >= next_script {
+            let (_, f) = script.next().expect("peeked");
+            cluster.scripted(f, &oracle);
+            faults.push(format!("{} ms: {f:?}", now_ms()));
+            continue;
+        }
+        if now_ms() < next_random_at {
+            continue;
+        }
+        next_random = now_ms() + profile.fault_every_ms / 2 + madsim::rand::random::<u64>() % profile.fault_every_ms.max(1);
+        if madsim::rand::random::<u64>() % 3 == 0 {
+            cluster.relax();
+        } else if let Some(f) = cluster.inject(&profile, &s.config, &oracle) {
+            faults.push(format!("{} ms: {f}", now_ms()));
+        }
+    }
+
+    // Heal phase: everything back; from one claim timeout (plus a scan and
+    // a heartbeat of slack) on, no story may run twice at once.
+    cluster.heal();
+    let heal_at = now_ms();
+    let slack = s.config.claim_timeout_ms + 2 * s.config.scan_interval_ms + 4 * s.config.heartbeat_interval_ms;
+    {
+        let mut o = oracle.lock().expect("oracle");
+        o.exclusive_from_ms = Some(heal_at + slack);
+        // The loser of a concurrent claim learns of it one sync round trip
+        // and a scan later.
+        o.duplicate_grace_ms = 4 * profile.latency_ms.1 + 2 * s.config.scan_interval_ms + 500;
+    }
+    let mut heal_ms = None;
+    while now_ms() < heal_at + s.heal_budget_ms {
+        sleep(Duration::from_millis(s.publish_every_ms.min(250))).await;
+        let mut o = oracle.lock().expect("oracle");
+        o.check_overlaps(now_ms());
+        if o.settled(&WORKED) {
+            heal_ms = Some(now_ms() - heal_at);
+            break;
+        }
+    }
+
+    let mut idle_save_len = None;
+    if s.check_idle_growth && heal_ms.is_some() {
+        for c in &cluster.ctxs {
+            *c.want_save_len.lock().expect("lock") = true;
+        }
+        sleep(Duration::from_millis(2 * s.publish_every_ms)).await;
+        let before = oracle.lock().expect("oracle").views.values().map(|v| v.save_len).max().unwrap_or(0);
+        sleep(Duration::from_millis(200 * s.config.heartbeat_interval_ms)).await;
+        let after = oracle.lock().expect("oracle").views.values().map(|v| v.save_len).max().unwrap_or(0);
+        idle_save_len = Some((before, after));
+        if after != before {
+            oracle.lock().expect("oracle").violations.push(format!(
+                "SAFETY: idle document grew from {before} to {after} bytes over 200 heartbeat rounds"
+            ));
+        }
+    }
+
+    let mut o = oracle.lock().expect("oracle");
+    o.check_final(&WORKED);
+    if heal_ms.is_none() {
+        o.violations.push(format!("LIVENESS: not settled within {} ms of the heal", s.heal_budget_ms));
+    }
+    let stories_done = o
+        .views
+        .values()
+        .next()
+        .map(|v| v.stories.values().filter(|st| st.stage == Stage::Done).count())
+        .unwrap_or(0);
+    if !o.violations.is_empty() {
+        o.violations.push(format!("faults injected: {faults:?}"));
+    }
+    Report {
+        scenario: s.name,
+        seed,
+        profile: format!("{profile:?}"),
+        violations: o.violations.clone(),
+        trace_hash: o.trace_hash,
+        sim_ms: now_ms(),
+        wall_ms: 0,
+        heal_ms,
+        starts: o.starts,
+        reclaims: o.reclaims,
+        claim_losses: o.claim_losses,
+        max_mesh_peers: o.max_mesh_peers,
+        brief_overlaps_after_heal: o.brief_overlaps_after_heal,
+        stories_done,
+        idle_save_len,
+    }
+}

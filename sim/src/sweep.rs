@@ -1,0 +1,41 @@
+//! Seed sweeps and replay.
+//!
+//! `HUSKIES_SEED=n` runs exactly seed n; `HUSKIES_SEEDS=k` runs k seeds
+//! from the scenario's base (default: the scenario's own count). A failure
+//! panics with the replay command.
+
+use crate::scenario::{Report, Scenario, run_seed};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Runs `scenario` for the regression seeds plus `default_seeds` more, or
+/// as the environment says. `test` is the test's path for the replay line.
+pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds: u64) -> Vec<Report> {
+    let seeds: Vec<u64> = match (env_u64("HUSKIES_SEED"), env_u64("HUSKIES_SEEDS")) {
+        (Some(seed), _) => vec![seed],
+        (None, count) => {
+            let base = env_u64("HUSKIES_SEED_BASE").unwrap_or(1);
+            regression.iter().copied().chain(base..base + count.unwrap_or(default_seeds)).collect()
+        }
+    };
+    let mut reports = Vec::new();
+    for seed in seeds {
+        let r = run_seed(scenario, seed);
+        println!(
+            "{} seed {seed}: sim {} ms, wall {} ms, heal {:?} ms, {} starts, {} reclaims, {} claim losses, {} done, mesh max {}",
+            r.scenario, r.sim_ms, r.wall_ms, r.heal_ms, r.starts, r.reclaims, r.claim_losses, r.stories_done, r.max_mesh_peers
+        );
+        if !r.violations.is_empty() {
+            panic!(
+                "{} seed {seed} failed\nprofile: {}\n{}\nreplay: HUSKIES_SEED={seed} cargo test -p huskies-sim --test scenarios -- {test} --exact --nocapture",
+                r.scenario,
+                r.profile,
+                r.violations.join("\n"),
+            );
+        }
+        reports.push(r);
+    }
+    reports
+}

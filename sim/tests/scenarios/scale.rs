@@ -1,0 +1,20 @@
+//! Scale: 200 nodes × 10,000 stories (ignored by default; run with
+//! `cargo test --release -p huskies-sim --test scenarios -- scale --ignored --nocapture`).
+//!
+//! Goal: the engine and the mesh hold up at fleet size. Method: a calm
+//! network, all stories added at once. Properties: everything done and
+//! converged within the budget; prints wall time and convergence time.
+
+use huskies_sim::scenario::Scenario;
+use huskies_sim::sweep::sweep;
+
+#[test]
+#[ignore = "minutes of wall time; run explicitly"]
+fn scale() {
+    let mut s = Scenario::new("scale", 200, 10_000);
+    s.fault_ms = 0;
+    s.heal_budget_ms = 3_600_000;
+    s.publish_every_ms = 10_000;
+    s.config.capacity = 4;
+    sweep(&s, "scale::scale", &[], 1);
+}
