@@ -14,6 +14,34 @@ impl Engine {
         self.config.capacity.saturating_sub(used)
     }
 
+    /// Claims the document says we hold but we are not working on: left by
+    /// a previous incarnation, or revived by a merge. Ask the driver what
+    /// the worktree holds, then push or release (handle_worktree_inspected).
+    /// Without this an orphaned claim of a live node would never move.
+    pub(crate) fn adopt_orphaned_claims(&mut self) {
+        let orphans: Vec<StoryId> = self
+            .by_holder
+            .get(&self.node)
+            .into_iter()
+            .flatten()
+            .filter(|id| !self.runs.contains_key(*id))
+            .cloned()
+            .collect();
+        for story in orphans {
+            let state = &self.stories[&story].state;
+            let token = state.token;
+            let run = Run {
+                token,
+                stage: state.stage,
+                phase: Phase::Inspecting,
+                deadline: self.now.saturating_add_ms(self.config.run_timeout_ms),
+            };
+            self.runs.insert(story.clone(), run);
+            self.worktrees.insert(story.clone());
+            self.pending.push(Output::InspectWorktree { story, token });
+        }
+    }
+
     /// Notes holders we have never heard (they get one timeout of grace)
     /// and reports nodes that just died.
     pub(crate) fn scan_liveness(&mut self) {
@@ -98,25 +126,44 @@ impl Engine {
     }
 
     fn claim(&mut self, id: &StoryId, reclaimed_from: Option<NodeId>) {
-        let view = &self.stories[id];
-        let title = view.title.clone();
-        let mut state = view.state.clone();
+        let mut state = self.stories[id].state.clone();
         state.token = state.token.next();
         state.holder = Some(self.node.clone());
-        let (stage, token, attempt) = (state.stage, state.token, state.attempts + 1);
+        let (stage, token) = (state.stage, state.token);
         self.write_state(id, state);
-        self.runs.insert(
-            id.clone(),
-            Run {
-                token,
-                stage,
-                phase: Phase::Running,
-                deadline: self.now.saturating_add_ms(self.config.run_timeout_ms),
-            },
-        );
-        self.worktrees.insert(id.clone());
+        // The run starts only after `claim_settle_ms`: a concurrent claim
+        // made before ours was visible arrives within that window, and the
+        // loser then never starts at all.
+        let deadline = self.now.saturating_add_ms(self.config.claim_settle_ms);
+        self.runs.insert(id.clone(), Run { token, stage, phase: Phase::Settling, deadline });
         self.emit(Event::Claimed { story: id.clone(), stage, token, reclaimed_from });
-        self.pending.push(Output::StartRun { story: id.clone(), title, stage, token, attempt });
+    }
+
+    /// Starts the runs whose claims survived their settling window.
+    pub(crate) fn start_settled_runs(&mut self) {
+        let now = self.now;
+        let settled: Vec<StoryId> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Settling && r.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in settled {
+            let deadline = now.saturating_add_ms(self.config.run_timeout_ms);
+            let Some(run) = self.runs.get_mut(&id) else { continue };
+            run.phase = Phase::Running;
+            run.deadline = deadline;
+            let (token, stage) = (run.token, run.stage);
+            let view = &self.stories[&id];
+            let (title, attempt) = (view.title.clone(), view.state.attempts + 1);
+            self.worktrees.insert(id.clone());
+            self.pending.push(Output::StartRun { story: id, title, stage, token, attempt });
+        }
+    }
+
+    /// The earliest settling claim, for `poll_timeout`.
+    pub(crate) fn next_settle_at(&self) -> Option<crate::Millis> {
+        self.runs.values().filter(|r| r.phase == Phase::Settling).map(|r| r.deadline).min()
     }
 
     /// Our run of `story` at `token`, if it is still in `phase`.
@@ -168,6 +215,7 @@ impl Engine {
             self.runs.remove(&story);
             let mut state = self.stories[&story].state.clone();
             state.holder = None;
+            state.token = state.token.next();
             self.write_state(&story, state);
         }
     }
@@ -199,6 +247,11 @@ impl Engine {
         let Some(run) = self.runs.remove(story) else { return };
         let mut state = self.stories[story].state.clone();
         state.holder = None;
+        // A release takes the next token: it must outrank every claim made
+        // concurrently with ours at our token. Those lost to ours, and a
+        // release at the same token would revive them after their nodes
+        // had already stopped (seen in the swarm sim, seed 2).
+        state.token = state.token.next();
         state.attempts += 1;
         state.failed = state.attempts >= self.config.max_attempts;
         let (attempts, gave_up) = (state.attempts, state.failed);

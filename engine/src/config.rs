@@ -30,6 +30,9 @@ pub struct Config {
     /// Extra wait per rank for nodes that are not a story's preferred node,
     /// so connected nodes rarely start the same story.
     pub claim_stagger_ms: u64,
+    /// Wait between writing a claim and starting its run, so a concurrent
+    /// claim can show up first (about two sync round trips).
+    pub claim_settle_ms: u64,
     /// A run that reports nothing for this long is stopped and counted failed.
     pub run_timeout_ms: u64,
     /// Failed attempts after which a story is marked failed and left alone.
@@ -37,6 +40,11 @@ pub struct Config {
     /// Local cool-down before this node retries a story that failed; doubles
     /// per attempt.
     pub retry_backoff_ms: u64,
+    /// Least time between two sync messages to one peer; changes made
+    /// meanwhile travel together.
+    pub sync_interval_ms: u64,
+    /// The same for mesh links while the rendezvous link is up.
+    pub mesh_sync_interval_ms: u64,
     pub dial_backoff_min_ms: u64,
     pub dial_backoff_max_ms: u64,
     /// Largest envelope accepted from a peer or sent to one.
@@ -62,9 +70,12 @@ impl Default for Config {
             claim_timeout_ms: 10_000,
             scan_interval_ms: 500,
             claim_stagger_ms: 1_500,
+            claim_settle_ms: 500,
             run_timeout_ms: 60 * 60 * 1_000,
             max_attempts: 3,
             retry_backoff_ms: 5_000,
+            sync_interval_ms: 20,
+            mesh_sync_interval_ms: 500,
             dial_backoff_min_ms: 250,
             dial_backoff_max_ms: 30_000,
             max_message_bytes: 32 << 20,

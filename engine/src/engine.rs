@@ -15,6 +15,8 @@ use crate::{Config, ConnId, Event, Input, Millis, NodeId, Output, PersistKind, S
 /// What a claimed story of ours is waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
+    /// Claimed; waiting `claim_settle_ms` for a concurrent claim to show.
+    Settling,
     /// Asked the driver what a pre-restart worktree holds.
     Inspecting,
     Running,
@@ -69,6 +71,9 @@ pub struct Engine {
     pub(crate) next_conn: u64,
     pub(crate) rendezvous_node: Option<NodeId>,
     pub(crate) heartbeat_seq: u64,
+    /// Heartbeats heard since our last beat, to relay with it (latest per
+    /// node, with the conn it came from).
+    pub(crate) relay: BTreeMap<NodeId, (crate::wire::Heartbeat, ConnId)>,
     pub(crate) advertised_free_slots: u32,
     pub(crate) next_heartbeat_at: Millis,
     pub(crate) next_scan_at: Millis,
@@ -76,7 +81,7 @@ pub struct Engine {
     /// Outputs produced while handling the current input; released after
     /// the `Persist` that covers them.
     pub(crate) pending: Vec<Output>,
-    /// Conns owed a sync message at the end of this input.
+    /// Conns owed a sync message, sent once their pacing interval allows.
     pub(crate) sync_due: BTreeSet<ConnId>,
     pub(crate) outputs: VecDeque<Output>,
 }
@@ -126,6 +131,7 @@ impl Engine {
             next_conn: 0,
             rendezvous_node: None,
             heartbeat_seq: 0,
+            relay: BTreeMap::new(),
             advertised_free_slots: u32::MAX,
             next_heartbeat_at: now,
             next_scan_at: now,
@@ -167,7 +173,12 @@ impl Engine {
             return None;
         }
         let dial = self.targets.values().filter(|t| t.conn.is_none()).map(|t| t.next_at).min();
-        Some(self.next_heartbeat_at.min(self.next_scan_at).min(dial.unwrap_or(Millis(u64::MAX))))
+        let sync = self.sync_due.iter().filter_map(|c| self.conns.get(c)).map(|c| c.next_sync_at).min();
+        let mut next = self.next_heartbeat_at.min(self.next_scan_at);
+        if let Some(settle) = self.next_settle_at() {
+            next = next.min(settle);
+        }
+        Some(next.min(dial.unwrap_or(Millis(u64::MAX))).min(sync.unwrap_or(Millis(u64::MAX))))
     }
 
     fn handle_timeout(&mut self) {
@@ -175,9 +186,10 @@ impl Engine {
             return;
         }
         if self.now >= self.next_heartbeat_at {
-            self.send_heartbeat();
+            self.send_heartbeat(true);
             self.next_heartbeat_at = self.now.saturating_add_ms(self.config.heartbeat_interval_ms);
         }
+        self.start_settled_runs();
         if self.now >= self.next_scan_at {
             // Jitter the scan by up to a quarter interval: nodes started
             // together would otherwise scan, and collide, in lockstep.
@@ -185,6 +197,7 @@ impl Engine {
             let jitter = self.random_u64() % (interval / 4).max(1);
             self.next_scan_at = self.now.saturating_add_ms(interval - interval / 8 + jitter);
             self.expire_runs();
+            self.adopt_orphaned_claims();
             self.scan_liveness();
             self.reconcile_mesh();
             self.scan_claims();
@@ -224,23 +237,8 @@ impl Engine {
             self.nodes.insert(self.node.clone(), own);
         }
         // Claims we held before a restart: ask what the worktree holds
-        // before releasing or pushing (see handle_worktree_inspected).
-        let ours: Vec<StoryId> = self.by_holder.get(&self.node).into_iter().flatten().cloned().collect();
-        for story in ours {
-            let state = &self.stories[&story].state;
-            let token = state.token;
-            self.runs.insert(
-                story.clone(),
-                Run {
-                    token,
-                    stage: state.stage,
-                    phase: Phase::Inspecting,
-                    deadline: self.now.saturating_add_ms(self.config.run_timeout_ms),
-                },
-            );
-            self.worktrees.insert(story.clone());
-            self.pending.push(Output::InspectWorktree { story, token });
-        }
+        // before releasing or pushing.
+        self.adopt_orphaned_claims();
         self.ready = true;
         // Compact storage on every start: one snapshot replaces the log.
         let snapshot = self.doc.automerge().save();
@@ -272,13 +270,10 @@ impl Engine {
         // Advertise a change in free slots at once: claim ranking relies on
         // it, and a stale "busy" makes two nodes both think they rank first.
         if self.ready && self.free_slots() != self.advertised_free_slots {
-            self.send_heartbeat();
+            self.send_heartbeat(false);
         }
         self.outputs.extend(self.pending.drain(..));
-        let due = std::mem::take(&mut self.sync_due);
-        for conn in due {
-            self.send_sync(conn);
-        }
+        self.flush_sync();
     }
 
     pub(crate) fn emit(&mut self, event: Event) {

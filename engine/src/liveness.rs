@@ -22,6 +22,17 @@ struct Beat {
     free_slots: u32,
 }
 
+/// What a heartbeat told us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum News {
+    /// Seen before: drop it.
+    Stale,
+    /// Only that the node lives: relay with our next beat.
+    Routine,
+    /// Changes claim ranking: relay now.
+    Urgent,
+}
+
 #[derive(Debug, Default)]
 pub struct Liveness {
     beats: BTreeMap<NodeId, Beat>,
@@ -33,10 +44,11 @@ impl Liveness {
         Liveness { beats: BTreeMap::new(), timeout_ms }
     }
 
-    /// Records a heartbeat; returns true if it is news (and so should be
-    /// relayed). Duplicates and stale beats return false, which is what
-    /// bounds the gossip flood.
-    pub fn handle_heartbeat(&mut self, hb: &Heartbeat, now: Millis) -> bool {
+    /// Records a heartbeat and says whether it is news to relay.
+    /// Duplicates and stale beats are not, which is what bounds the gossip
+    /// flood. A beat is urgent when it changes what claim ranking sees (a
+    /// node's free slots, or a node we had not heard).
+    pub fn handle_heartbeat(&mut self, hb: &Heartbeat, now: Millis) -> News {
         let Some(beat) = self.beats.get_mut(&hb.node) else {
             self.beats.insert(
                 hb.node.clone(),
@@ -48,7 +60,7 @@ impl Liveness {
                     free_slots: hb.free_slots,
                 },
             );
-            return true;
+            return News::Urgent;
         };
         let news = match beat.incarnation {
             None => true,
@@ -59,13 +71,15 @@ impl Liveness {
                 true
             }
         };
-        if news {
-            beat.incarnation = Some(hb.incarnation);
-            beat.seq = hb.seq;
-            beat.advanced_at = now;
-            beat.free_slots = hb.free_slots;
+        if !news {
+            return News::Stale;
         }
-        news
+        let urgent = beat.incarnation.is_none() || beat.free_slots != hb.free_slots;
+        beat.incarnation = Some(hb.incarnation);
+        beat.seq = hb.seq;
+        beat.advanced_at = now;
+        beat.free_slots = hb.free_slots;
+        if urgent { News::Urgent } else { News::Routine }
     }
 
     /// Starts the grace period of a node seen (e.g. holding a claim) but
@@ -111,11 +125,14 @@ mod tests {
         let n = NodeId::new("n").unwrap();
         let mut l = Liveness::new(1_000);
         assert!(!l.is_alive(&n, Millis(0)));
-        assert!(l.handle_heartbeat(&hb(1, 1), Millis(0)));
-        assert!(!l.handle_heartbeat(&hb(1, 1), Millis(500)), "duplicate is not news");
+        assert_eq!(l.handle_heartbeat(&hb(1, 1), Millis(0)), News::Urgent);
+        assert_eq!(l.handle_heartbeat(&hb(1, 1), Millis(500)), News::Stale, "duplicate is not news");
         assert!(l.is_alive(&n, Millis(999)));
         assert!(!l.is_alive(&n, Millis(1_000)), "a repeated seq does not extend life");
-        assert!(l.handle_heartbeat(&hb(1, 2), Millis(1_500)));
+        assert_eq!(l.handle_heartbeat(&hb(1, 2), Millis(1_500)), News::Routine);
+        let mut busy = hb(1, 3);
+        busy.free_slots = 0;
+        assert_eq!(l.handle_heartbeat(&busy, Millis(1_600)), News::Urgent, "free slots changed");
         assert!(l.is_alive(&n, Millis(2_000)));
     }
 
@@ -123,10 +140,10 @@ mod tests {
     fn restart_counts_and_late_relays_of_old_incarnation_do_not() {
         let n = NodeId::new("n").unwrap();
         let mut l = Liveness::new(1_000);
-        assert!(l.handle_heartbeat(&hb(1, 50), Millis(0)));
-        assert!(l.handle_heartbeat(&hb(2, 1), Millis(10)), "new incarnation with low seq is news");
-        assert!(!l.handle_heartbeat(&hb(1, 51), Millis(20)), "old incarnation is ignored");
-        assert!(l.handle_heartbeat(&hb(2, 2), Millis(30)));
+        assert_ne!(l.handle_heartbeat(&hb(1, 50), Millis(0)), News::Stale);
+        assert_ne!(l.handle_heartbeat(&hb(2, 1), Millis(10)), News::Stale, "new incarnation with low seq is news");
+        assert_eq!(l.handle_heartbeat(&hb(1, 51), Millis(20)), News::Stale, "old incarnation is ignored");
+        assert_ne!(l.handle_heartbeat(&hb(2, 2), Millis(30)), News::Stale);
         assert!(l.is_alive(&n, Millis(1_029)));
     }
 

@@ -5,7 +5,8 @@
 //! byte 1      kind: 1 hello, 2 sync, 3 heartbeat
 //! hello       u8 len, node id
 //! sync        the rest is an Automerge sync message
-//! heartbeat   u8 len, node id, u64 incarnation, u64 seq, u32 free slots (big endian)
+//! heartbeats  u16 count (1..=MAX_HEARTBEATS), then per beat: u8 len, node
+//!             id, u64 incarnation, u64 seq, u32 free slots (big endian)
 //! ```
 //!
 //! Every length is checked before it is used; decoding never panics.
@@ -20,6 +21,9 @@ const KIND_HELLO: u8 = 1;
 const KIND_SYNC: u8 = 2;
 const KIND_HEARTBEAT: u8 = 3;
 
+/// Most beats one envelope may carry (one per node of a large fleet).
+pub const MAX_HEARTBEATS: usize = 4_096;
+
 /// One liveness beat of `node`, relayed by everyone who hears it first.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Heartbeat {
@@ -33,9 +37,12 @@ pub struct Heartbeat {
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Envelope {
-    Hello { node: NodeId },
+    Hello {
+        node: NodeId,
+    },
     Sync(Vec<u8>),
-    Heartbeat(Heartbeat),
+    /// Our own beat and the beats we relay, batched per interval.
+    Heartbeats(Vec<Heartbeat>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -51,6 +58,8 @@ pub enum WireError {
     Kind(u8),
     #[error("bad node id in message: {0}")]
     BadNode(#[from] crate::IdError),
+    #[error("heartbeat batch of {0} entries (allowed: 1 to {MAX_HEARTBEATS})")]
+    BatchSize(usize),
     #[error("{0} trailing bytes after the message")]
     Trailing(usize),
 }
@@ -68,12 +77,16 @@ impl Envelope {
                 out.push(KIND_SYNC);
                 out.extend_from_slice(bytes);
             }
-            Envelope::Heartbeat(hb) => {
+            Envelope::Heartbeats(beats) => {
+                debug_assert!((1..=MAX_HEARTBEATS).contains(&beats.len()));
                 out.push(KIND_HEARTBEAT);
-                put_id(&mut out, &hb.node);
-                out.extend_from_slice(&hb.incarnation.to_be_bytes());
-                out.extend_from_slice(&hb.seq.to_be_bytes());
-                out.extend_from_slice(&hb.free_slots.to_be_bytes());
+                out.extend_from_slice(&(beats.len() as u16).to_be_bytes());
+                for hb in beats {
+                    put_id(&mut out, &hb.node);
+                    out.extend_from_slice(&hb.incarnation.to_be_bytes());
+                    out.extend_from_slice(&hb.seq.to_be_bytes());
+                    out.extend_from_slice(&hb.free_slots.to_be_bytes());
+                }
             }
         }
         out
@@ -91,12 +104,22 @@ impl Envelope {
         let env = match r.u8()? {
             KIND_HELLO => Envelope::Hello { node: r.id()? },
             KIND_SYNC => return Ok(Envelope::Sync(r.0.to_vec())),
-            KIND_HEARTBEAT => Envelope::Heartbeat(Heartbeat {
-                node: r.id()?,
-                incarnation: u64::from_be_bytes(r.array()?),
-                seq: u64::from_be_bytes(r.array()?),
-                free_slots: u32::from_be_bytes(r.array()?),
-            }),
+            KIND_HEARTBEAT => {
+                let count = usize::from(u16::from_be_bytes(r.array()?));
+                if !(1..=MAX_HEARTBEATS).contains(&count) {
+                    return Err(WireError::BatchSize(count));
+                }
+                let mut beats = Vec::with_capacity(count);
+                for _ in 0..count {
+                    beats.push(Heartbeat {
+                        node: r.id()?,
+                        incarnation: u64::from_be_bytes(r.array()?),
+                        seq: u64::from_be_bytes(r.array()?),
+                        free_slots: u32::from_be_bytes(r.array()?),
+                    });
+                }
+                Envelope::Heartbeats(beats)
+            }
             kind => return Err(WireError::Kind(kind)),
         };
         if !r.0.is_empty() {
@@ -157,7 +180,10 @@ mod tests {
         for env in [
             Envelope::Hello { node: node("agent-1") },
             Envelope::Sync(vec![1, 2, 3]),
-            Envelope::Heartbeat(Heartbeat { node: node("n"), incarnation: 7, seq: u64::MAX, free_slots: 2 }),
+            Envelope::Heartbeats(vec![
+                Heartbeat { node: node("n"), incarnation: 7, seq: u64::MAX, free_slots: 2 },
+                Heartbeat { node: node("m"), incarnation: 1, seq: 3, free_slots: 0 },
+            ]),
         ] {
             assert_eq!(Envelope::decode(&env.encode(), 1 << 20), Ok(env));
         }
@@ -171,12 +197,13 @@ mod tests {
         assert_eq!(Envelope::decode(&[1, 1, 5, b'a'], 100), Err(WireError::Truncated));
         assert!(matches!(Envelope::decode(&[1, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
         assert_eq!(Envelope::decode(&[1, 1, 1, b'a', 0], 100), Err(WireError::Trailing(1)));
+        assert_eq!(Envelope::decode(&[1, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
         assert!(matches!(Envelope::decode(&[0; 200], 100), Err(WireError::TooLarge { .. })));
     }
 
     #[test]
     fn every_prefix_and_bitflip_is_handled() {
-        let hb = Envelope::Heartbeat(Heartbeat { node: node("abc"), incarnation: 1, seq: 2, free_slots: 3 });
+        let hb = Envelope::Heartbeats(vec![Heartbeat { node: node("abc"), incarnation: 1, seq: 2, free_slots: 3 }]);
         let bytes = hb.encode();
         for cut in 0..bytes.len() {
             let _ = Envelope::decode(&bytes[..cut], 1 << 20);

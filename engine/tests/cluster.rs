@@ -33,7 +33,7 @@ fn claim_storm_five_nodes_fifty_stories() {
     let starts: u32 = c.starts.values().sum();
     let dups = c.duplicate_starts();
     println!("claim storm: {starts} starts for 150 story-stages, {dups} duplicates, settled in {took} ms");
-    assert!(dups <= 5, "duplicate starts {dups} should be rare");
+    assert!(dups <= 2, "duplicate starts {dups} should be rare");
     // Every (story, stage) ran at least once, and all work was pushed.
     assert_eq!(c.starts.len(), 150);
     assert!(c.remote.len() >= 150);
@@ -129,11 +129,14 @@ fn mesh_cap_holds_under_churn() {
     }
     c.run_for(10_000);
     assert!(c.max_mesh_seen <= 3, "mesh cap exceeded: {}", c.max_mesh_seen);
+    let mut dialed = 0;
     for i in 1..=10 {
         let e = c.engine(i);
-        assert!(e.mesh_peer_count() >= 1, "agent {i} has mesh peers");
+        dialed += e.mesh_peer_count();
+        // A mesh link may be one the peer dialed, so count connections.
         assert!(e.peer_count() >= 2, "agent {i} is connected beyond the rendezvous");
     }
+    assert!(dialed >= 10, "the mesh re-formed: {dialed} supplementary links");
     assert!(c.converged());
 }
 

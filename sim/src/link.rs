@@ -19,10 +19,22 @@ use huskies_engine::ConnId;
 /// recognised as strangers and answered with `Close`.
 #[derive(Debug, Clone)]
 pub enum Packet {
-    Open { from: u64 },
-    Accept { to: u64, from: u64 },
-    Data { to: u64, from: u64, seq: u64, bytes: Vec<u8> },
-    Close { to: u64 },
+    Open {
+        from: u64,
+    },
+    Accept {
+        to: u64,
+        from: u64,
+    },
+    Data {
+        to: u64,
+        from: u64,
+        seq: u64,
+        bytes: Vec<u8>,
+    },
+    Close {
+        to: u64,
+    },
     /// A user command for the node (from the scenario, as a CLI would).
     Command(huskies_engine::Command),
 }

@@ -187,8 +187,12 @@ impl Node {
         let mut events = Vec::new();
         self.links.handle_timeout(now, &mut events);
         self.link_events(events);
-        let finished: Vec<StoryId> =
-            self.runs.iter().filter(|(_, r)| r.finish_at_ms.is_some_and(|t| t <= now)).map(|(s, _)| s.clone()).collect();
+        let finished: Vec<StoryId> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.finish_at_ms.is_some_and(|t| t <= now))
+            .map(|(s, _)| s.clone())
+            .collect();
         for story in finished {
             let run = self.runs.remove(&story).expect("listed above");
             if run.outcome == RunOutcome::Succeeded {

@@ -44,11 +44,13 @@ pub struct Oracle {
     pub reclaims: u64,
     pub claim_losses: u64,
     pub rejected_peers: u64,
+    /// `HUSKIES_TRACE_STORY=id` prints every output that mentions the story.
+    pub trace_story: Option<String>,
 }
 
 impl Oracle {
     pub fn new(mesh_cap: usize) -> Oracle {
-        Oracle { mesh_cap, ..Oracle::default() }
+        Oracle { mesh_cap, trace_story: std::env::var("HUSKIES_TRACE_STORY").ok(), ..Oracle::default() }
     }
 
     fn violation(&mut self, kind: &str, what: String) {
@@ -59,6 +61,11 @@ impl Oracle {
 
     pub fn observe(&mut self, now_ms: u64, node: &NodeId, out: &Output) {
         let line = format!("{now_ms} {node} {out:?}");
+        if let Some(story) = &self.trace_story
+            && line.contains(&format!("\"{story}\""))
+        {
+            println!("trace: {line}");
+        }
         self.trace_hash = stable_hash(&[&self.trace_hash.to_be_bytes(), line.as_bytes()]);
         match out {
             Output::StartRun { story, .. } => {
@@ -100,7 +107,11 @@ impl Oracle {
             let mut starts: Vec<u64> = runners.values().map(|s| (*s).max(from)).collect();
             starts.sort_unstable();
             if starts.len() > 1 && now_ms >= starts[1] + self.duplicate_grace_ms {
-                found.push(format!("{story} has run on {:?} at once for over {} ms", runners.keys().collect::<Vec<_>>(), self.duplicate_grace_ms));
+                found.push(format!(
+                    "{story} has run on {:?} at once for over {} ms",
+                    runners.keys().collect::<Vec<_>>(),
+                    self.duplicate_grace_ms
+                ));
             }
         }
         for f in found {
@@ -160,9 +171,10 @@ impl Oracle {
         let mut views = self.views.values();
         let Some(first) = views.next() else { return false };
         views.all(|v| v.heads == first.heads)
-            && self.added.iter().all(|s| {
-                first.stories.get(s).is_some_and(|st| !worked.contains(&st.stage) || st.failed)
-            })
+            && self
+                .added
+                .iter()
+                .all(|s| first.stories.get(s).is_some_and(|st| !worked.contains(&st.stage) || st.failed))
     }
 
     /// Checks on the converged end state.
@@ -173,8 +185,7 @@ impl Oracle {
         for (n, v) in self.views.clone() {
             if v.heads != first.heads {
                 self.violation("LIVENESS", format!("{n} did not converge with {first_node}"));
-            }
-            if v.stories != first.stories {
+            } else if v.stories != first.stories {
                 self.violation("SAFETY", format!("{n} has the same heads as {first_node} but other stories"));
             }
         }
@@ -184,27 +195,35 @@ impl Oracle {
                 continue;
             };
             if worked.contains(&st.stage) && !st.failed {
-                self.violation("LIVENESS", format!("{s} is still in {} after the heal budget", st.stage));
+                self.violation("LIVENESS", format!("{s} is still in {} after the heal budget: {st:?}", st.stage));
                 continue;
             }
             let Some(result) = &st.result else { continue };
             // The accepted result carries the story's final token and was
             // pushed by the node it names, with that token.
             if result.token != st.token {
-                self.violation("SAFETY", format!("{s}'s result carries {} but the story is at {}", result.token, st.token));
+                self.violation(
+                    "SAFETY",
+                    format!("{s}'s result carries {} but the story is at {}", result.token, st.token),
+                );
             }
             if !self.pushes.contains(&(s.clone(), result.node.clone(), result.token)) {
-                self.violation("SAFETY", format!("{s}'s accepted result by {} at {} was never pushed", result.node, result.token));
+                self.violation(
+                    "SAFETY",
+                    format!("{s}'s accepted result by {} at {} was never pushed", result.node, result.token),
+                );
             }
             // Nodes split by a partition may both finish a stage under the
             // same token; the merge keeps exactly one result. It must be one
             // that its node really produced.
-            let produced = self
-                .advances
-                .iter()
-                .any(|(story, from, token, node)| *story == s && *from == result.stage && *token == result.token && *node == result.node);
+            let produced = self.advances.iter().any(|(story, from, token, node)| {
+                *story == s && *from == result.stage && *token == result.token && *node == result.node
+            });
             if !produced {
-                self.violation("SAFETY", format!("{s}'s result names {} at {} but that node never advanced it", result.node, result.token));
+                self.violation(
+                    "SAFETY",
+                    format!("{s}'s result names {} at {} but that node never advanced it", result.node, result.token),
+                );
             }
         }
     }

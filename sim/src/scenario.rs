@@ -51,7 +51,7 @@ impl Profile {
     /// A profile drawn from the seed (swarm testing: each seed turns a
     /// different mix of faults on, so rare combinations get exercised).
     pub fn random() -> Profile {
-        let bit = || madsim::rand::random::<u64>() % 2 == 0;
+        let bit = || madsim::rand::random::<u64>().is_multiple_of(2);
         let pct = |max: u64| madsim::rand::random::<u64>() % (max + 1);
         let lat_max = 2 + madsim::rand::random::<u64>() % 60;
         Profile {
@@ -122,6 +122,7 @@ pub fn sim_config() -> Config {
         scan_interval_ms: 200,
         claim_stagger_ms: 400,
         run_timeout_ms: 8_000,
+        sync_interval_ms: 50,
         max_attempts: 6,
         retry_backoff_ms: 300,
         dial_backoff_min_ms: 100,
@@ -416,12 +417,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
             want_save_len: Mutex::new(false),
         });
         let c = ctx.clone();
-        let node = handle
-            .create_node()
-            .name(ctx.id.as_str())
-            .ip(ip(i))
-            .init(move || node::run(c.clone()))
-            .build();
+        let node = handle.create_node().name(ctx.id.as_str()).ip(ip(i)).init(move || node::run(c.clone())).build();
         nodes.push(node);
         ctxs.push(ctx);
     }
@@ -486,8 +482,9 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         if now_ms() < next_random_at {
             continue;
         }
-        next_random = now_ms() + profile.fault_every_ms / 2 + madsim::rand::random::<u64>() % profile.fault_every_ms.max(1);
-        if madsim::rand::random::<u64>() % 3 == 0 {
+        next_random =
+            now_ms() + profile.fault_every_ms / 2 + madsim::rand::random::<u64>() % profile.fault_every_ms.max(1);
+        if madsim::rand::random::<u64>().is_multiple_of(3) {
             cluster.relax();
         } else if let Some(f) = cluster.inject(&profile, &s.config, &oracle) {
             faults.push(format!("{} ms: {f}", now_ms()));
@@ -528,9 +525,11 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         let after = oracle.lock().expect("oracle").views.values().map(|v| v.save_len).max().unwrap_or(0);
         idle_save_len = Some((before, after));
         if after != before {
-            oracle.lock().expect("oracle").violations.push(format!(
-                "SAFETY: idle document grew from {before} to {after} bytes over 200 heartbeat rounds"
-            ));
+            oracle
+                .lock()
+                .expect("oracle")
+                .violations
+                .push(format!("SAFETY: idle document grew from {before} to {after} bytes over 200 heartbeat rounds"));
         }
     }
 
@@ -539,12 +538,8 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     if heal_ms.is_none() {
         o.violations.push(format!("LIVENESS: not settled within {} ms of the heal", s.heal_budget_ms));
     }
-    let stories_done = o
-        .views
-        .values()
-        .next()
-        .map(|v| v.stories.values().filter(|st| st.stage == Stage::Done).count())
-        .unwrap_or(0);
+    let stories_done =
+        o.views.values().next().map(|v| v.stories.values().filter(|st| st.stage == Stage::Done).count()).unwrap_or(0);
     if !o.violations.is_empty() {
         o.violations.push(format!("faults injected: {faults:?}"));
     }

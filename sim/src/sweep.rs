@@ -25,7 +25,15 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         let r = run_seed(scenario, seed);
         println!(
             "{} seed {seed}: sim {} ms, wall {} ms, heal {:?} ms, {} starts, {} reclaims, {} claim losses, {} done, mesh max {}",
-            r.scenario, r.sim_ms, r.wall_ms, r.heal_ms, r.starts, r.reclaims, r.claim_losses, r.stories_done, r.max_mesh_peers
+            r.scenario,
+            r.sim_ms,
+            r.wall_ms,
+            r.heal_ms,
+            r.starts,
+            r.reclaims,
+            r.claim_losses,
+            r.stories_done,
+            r.max_mesh_peers
         );
         if !r.violations.is_empty() {
             panic!(

@@ -15,7 +15,8 @@ use huskies_sim::sweep::sweep;
 #[test]
 fn clock_skew() {
     let mut s = Scenario::new("clock_skew", 5, 40);
-    s.profile = ProfileChoice::Fixed(Profile { clock_skew: true, pauses: true, fault_every_ms: 1_500, ..Profile::calm() });
+    s.profile =
+        ProfileChoice::Fixed(Profile { clock_skew: true, pauses: true, fault_every_ms: 1_500, ..Profile::calm() });
     s.fault_ms = 20_000;
     sweep(&s, "clock_skew::clock_skew", &[], 4);
 }
