@@ -1,0 +1,106 @@
+//! The CLI's HTTP client for the node API.
+
+use std::time::Duration;
+
+use huskies_net::status::{AddStory, ApiError, Joined, MoveStory, Status};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub struct Client {
+    base: String,
+    key: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// `base` is `http://host:port`; `key` the cluster key.
+    pub fn new(base: &str, key: Option<String>) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Client { base: base.trim_end_matches('/').to_owned(), key, agent }
+    }
+
+    fn auth(&self, token: Option<&str>) -> String {
+        format!("Bearer {}", token.or(self.key.as_deref()).unwrap_or(""))
+    }
+
+    fn decode<T: DeserializeOwned>(mut resp: ureq::http::Response<ureq::Body>) -> Result<T, String> {
+        let status = resp.status();
+        if status.is_success() {
+            resp.body_mut().read_json::<T>().map_err(|e| format!("bad answer from the node: {e}"))
+        } else {
+            match resp.body_mut().read_json::<ApiError>() {
+                Ok(e) => Err(e.error),
+                Err(_) => Err(format!("the node answered {status}")),
+            }
+        }
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B, token: Option<&str>) -> Result<T, String> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .agent
+            .post(&url)
+            .header("authorization", &self.auth(token))
+            .send_json(body)
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        Self::decode(resp)
+    }
+
+    pub fn status(&self) -> Result<Status, String> {
+        let url = format!("{}/api/status", self.base);
+        let resp = self
+            .agent
+            .get(&url)
+            .header("authorization", &self.auth(None))
+            .call()
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        Self::decode(resp)
+    }
+
+    pub fn add_story(&self, title: &str, id: Option<&str>, stage: &str) -> Result<String, String> {
+        let body = AddStory { title: title.to_owned(), id: id.map(str::to_owned), stage: Some(stage.to_owned()) };
+        let v: serde_json::Value = self.post("/api/stories", &body, None)?;
+        Ok(v["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub fn move_story(&self, id: &str, stage: &str) -> Result<serde_json::Value, String> {
+        self.post(&format!("/api/stories/{id}/move"), &MoveStory { stage: stage.to_owned() }, None)
+    }
+
+    pub fn join(&self, token: &str) -> Result<String, String> {
+        let j: Joined = self.post("/api/join", &serde_json::json!({}), Some(token))?;
+        Ok(j.cluster_key)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.agent.get(format!("{}/healthz", self.base)).call().is_ok_and(|r| r.status().is_success())
+    }
+}
+
+/// `ws://host:port/crdt-sync` → `http://host:port`.
+pub fn http_base(ws_url: &str) -> Result<String, String> {
+    let rest = ws_url
+        .strip_prefix("ws://")
+        .map(|r| ("http://", r))
+        .or_else(|| ws_url.strip_prefix("wss://").map(|r| ("https://", r)))
+        .ok_or_else(|| format!("{ws_url:?} is not a ws:// or wss:// URL"))?;
+    let host = rest.1.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("{ws_url:?} has no host"));
+    }
+    Ok(format!("{}{host}", rest.0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_base_from_ws() {
+        assert_eq!(super::http_base("ws://10.0.0.1:3001/crdt-sync").unwrap(), "http://10.0.0.1:3001");
+        assert!(super::http_base("http://x").is_err());
+        assert!(super::http_base("ws:///crdt-sync").is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! `huskies demo`: a real local cluster in one command. It makes a scratch
+//! git repo and bare remote, starts a server and three agents as separate
+//! processes on loopback, adds stories, shows live progress, kills one
+//! agent midway to show reclaim, and prints a summary.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use huskies_net::auth;
+
+use crate::client::Client;
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Stories to add.
+    #[arg(long, default_value_t = 20)]
+    stories: usize,
+    /// Agents to start.
+    #[arg(long, default_value_t = 3)]
+    agents: usize,
+    /// A real agent command instead of the stand-in, e.g. "claude -p {title}"
+    /// (split on whitespace; {id}, {title}, {stage} are replaced).
+    #[arg(long)]
+    agent_cmd: Option<String>,
+    /// Stand-in failure rate.
+    #[arg(long, default_value_t = 0.1)]
+    fail_rate: f64,
+    /// Do not kill an agent midway.
+    #[arg(long)]
+    no_kill: bool,
+    /// Keep the scratch directory (repos, logs, data) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+/// Child processes, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Procs(Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        #[allow(clippy::disallowed_methods)] // wall-clock wait for real processes
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (_, c) in &mut self.0 {
+            #[allow(clippy::disallowed_methods)]
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn git_fixture(scratch: &Path) -> Result<PathBuf, String> {
+    let err = |e: git2::Error| e.message().to_owned();
+    let seed = scratch.join("seed");
+    let repo = git2::Repository::init(&seed).map_err(err)?;
+    std::fs::write(seed.join("README.md"), "# demo project\n").map_err(|e| e.to_string())?;
+    let mut idx = repo.index().map_err(err)?;
+    idx.add_path(Path::new("README.md")).map_err(err)?;
+    let tree = repo.find_tree(idx.write_tree().map_err(err)?).map_err(err)?;
+    let sig = git2::Signature::now("huskies demo", "demo@huskies.invalid").map_err(err)?;
+    repo.commit(Some("HEAD"), &sig, &sig, "initial commit", &tree, &[]).map_err(err)?;
+    let remote = scratch.join("remote.git");
+    let seed_url = seed.to_str().ok_or("scratch path is not UTF-8")?;
+    git2::build::RepoBuilder::new().bare(true).clone(seed_url, &remote).map_err(err)?;
+    Ok(remote)
+}
+
+fn project_toml(cmd: &str, args: &[String]) -> String {
+    let args = args.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    let mut s = String::from("capacity = 2\nclaim_timeout_ms = 4000\nscan_interval_ms = 250\n");
+    for stage in ["current", "qa", "merge"] {
+        s.push_str(&format!("\n[agents.{stage}]\ncommand = {cmd:?}\nargs = [{args}]\n"));
+    }
+    s
+}
+
+fn wait_healthy(client: &Client, what: &str) -> Result<(), String> {
+    for _ in 0..200 {
+        if client.healthy() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{what} did not come up"))
+}
+
+pub fn run(a: DemoArgs) -> Result<(), String> {
+    #[allow(clippy::disallowed_methods)] // wall time of a real run
+    let started = Instant::now();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let scratch = std::env::temp_dir().join(format!("huskies-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let result = run_in(&a, &exe, &scratch, started);
+    if a.keep || result.is_err() {
+        println!("scratch directory kept: {}", scratch.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    result
+}
+
+fn spawn(exe: &Path, args: &[String], log: &Path) -> Result<Child, String> {
+    let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))
+}
+
+fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<(), String> {
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    println!("huskies demo: {} agents, {} stories, scratch {}", a.agents, a.stories, scratch.display());
+    let remote = git_fixture(scratch)?;
+    let journal = scratch.join("journal.log");
+    let (cmd, args) = match &a.agent_cmd {
+        Some(c) => {
+            let mut parts = c.split_whitespace().map(str::to_owned);
+            let cmd = parts.next().ok_or("--agent-cmd is empty")?;
+            (cmd, parts.collect())
+        }
+        None => (
+            s(exe),
+            vec![
+                "stand-in".into(),
+                "--duration-ms".into(),
+                "600".into(),
+                "--jitter-ms".into(),
+                "900".into(),
+                "--fail-rate".into(),
+                a.fail_rate.to_string(),
+                "--journal".into(),
+                s(&journal),
+            ],
+        ),
+    };
+
+    // The server.
+    let port = free_port()?;
+    let server_data = scratch.join("server-data");
+    let server_root = scratch.join("server");
+    std::fs::create_dir_all(server_root.join(".huskies")).map_err(|e| e.to_string())?;
+    // Everyone must agree on when a silent node counts as dead.
+    std::fs::write(server_root.join(".huskies/project.toml"), "claim_timeout_ms = 4000\nscan_interval_ms = 250\n")
+        .map_err(|e| e.to_string())?;
+    let mut procs = Procs(Vec::new());
+    let server_args = vec![
+        "server".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        s(&server_data),
+        "--project-root".into(),
+        s(&server_root),
+        "--node-id".into(),
+        "rendezvous".into(),
+    ];
+    procs.0.push(("server".into(), spawn(exe, &server_args, &scratch.join("server.log"))?));
+    let key = {
+        let mut key = None;
+        for _ in 0..200 {
+            if let Ok(Some(k)) = auth::read_key(&server_data) {
+                key = Some(k);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        key.ok_or("the server did not create its cluster key")?
+    };
+    let server = Client::new(&format!("http://127.0.0.1:{port}"), Some(key.clone()));
+    wait_healthy(&server, "the server")?;
+
+    // The agents, each with its own clone, joining with a one-time token.
+    let mut agent_ports = BTreeMap::new();
+    for i in 1..=a.agents {
+        let root = scratch.join(format!("agent-{i}"));
+        git2::Repository::clone(&s(&remote), &root).map_err(|e| e.message().to_owned())?;
+        std::fs::create_dir_all(root.join(".huskies")).map_err(|e| e.to_string())?;
+        std::fs::write(root.join(".huskies/project.toml"), project_toml(&cmd, &args)).map_err(|e| e.to_string())?;
+        #[allow(clippy::disallowed_methods)] // token expiry is wall-clock time
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let token = auth::create_join_token(&server_data, 600, now).map_err(|e| e.to_string())?;
+        let aport = free_port()?;
+        let agent_args = vec![
+            "agent".into(),
+            "--rendezvous".into(),
+            format!("ws://127.0.0.1:{port}/crdt-sync"),
+            "--port".into(),
+            aport.to_string(),
+            "--project-root".into(),
+            s(&root),
+            "--join-token".into(),
+            token,
+            "--node-id".into(),
+            format!("agent-{i}"),
+        ];
+        procs.0.push((format!("agent-{i}"), spawn(exe, &agent_args, &scratch.join(format!("agent-{i}.log")))?));
+        agent_ports.insert(format!("agent-{i}"), aport);
+    }
+    for (name, p) in &agent_ports {
+        wait_healthy(&Client::new(&format!("http://127.0.0.1:{p}"), None), name)?;
+    }
+
+    for k in 0..a.stories {
+        let title = format!("Demo story {k}: make the widget {}", ["faster", "safer", "smaller", "clearer"][k % 4]);
+        server.add_story(&title, Some(&format!("story-{k:02}")), "current")?;
+    }
+    println!("added {} stories; agents at work (runs fail {}% of the time on purpose)", a.stories, a.fail_rate * 100.0);
+
+    let tty = std::io::stdout().is_terminal();
+    let mut killed: Option<String> = None;
+    let mut last_counts = String::new();
+    let mut last_print = Duration::ZERO;
+    let done = loop {
+        let st = server.status()?;
+        let count = |stage: &str| st.stories.iter().filter(|x| x.stage == stage).count();
+        let done = count("done");
+        let failed = st.stories.iter().filter(|x| x.failed).count();
+        let alive = st.nodes.iter().filter(|n| n.alive && n.id != "rendezvous").count();
+        let claims = st.stories.iter().filter(|x| x.holder.is_some()).count();
+        let counts = format!(
+            "current {:>2} | qa {:>2} | merge {:>2} | done {:>2}/{} | failed {} | agents alive {} | claims {}",
+            count("current"),
+            count("qa"),
+            count("merge"),
+            done,
+            a.stories,
+            failed,
+            alive,
+            claims
+        );
+        let line = format!("[{:>5.1}s] {counts}", started.elapsed().as_secs_f64());
+        if tty {
+            print!("\r\x1b[2K{line}");
+            let _ = std::io::stdout().flush();
+        } else if counts != last_counts && started.elapsed() >= last_print + Duration::from_secs(2) {
+            // Piped output: a line every couple of seconds, only on change.
+            println!("{line}");
+            last_print = started.elapsed();
+            last_counts = counts;
+        }
+        if killed.is_none() && !a.no_kill && done * 4 >= a.stories && a.agents > 1 {
+            // Kill the busiest agent with -9: its claims must be reclaimed.
+            let mut holders: BTreeMap<&str, usize> = BTreeMap::new();
+            for x in &st.stories {
+                if let Some(h) = &x.holder {
+                    *holders.entry(h.as_str()).or_default() += 1;
+                }
+            }
+            let victim = holders.iter().max_by_key(|(_, n)| **n).map(|(h, _)| h.to_string());
+            if let Some(v) = victim
+                && let Some((_, child)) = procs.0.iter_mut().find(|(name, _)| *name == v)
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                let held = holders[v.as_str()];
+                if tty {
+                    println!();
+                }
+                println!("kill -9 {v} while it holds {held} claims; the others reclaim them after the 4 s timeout");
+                killed = Some(v);
+            }
+        }
+        if done + failed >= a.stories {
+            break done;
+        }
+        if started.elapsed() > Duration::from_secs(a.timeout_secs) {
+            if tty {
+                println!();
+            }
+            return Err(format!("timed out after {} s with {done}/{} done", a.timeout_secs, a.stories));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if tty {
+        println!();
+    }
+
+    let mut reclaims = 0;
+    let mut losses = 0;
+    let mut stopped = 0;
+    for (name, p) in &agent_ports {
+        if Some(name) == killed.as_ref() {
+            continue;
+        }
+        if let Ok(st) = Client::new(&format!("http://127.0.0.1:{p}"), Some(key.clone())).status() {
+            reclaims += st.counters.reclaims;
+            losses += st.counters.claim_losses;
+            stopped += st.counters.runs_stopped;
+        }
+    }
+    let branches = git2::Repository::open_bare(&remote)
+        .and_then(|r| r.references_glob("refs/heads/huskies/*").map(|refs| refs.count()))
+        .map_err(|e| e.message().to_owned())?;
+    let mut starts: BTreeMap<(String, String), u32> = BTreeMap::new();
+    let runs = std::fs::read_to_string(&journal).unwrap_or_default();
+    for l in runs.lines() {
+        let mut w = l.split_whitespace();
+        if let (Some(s1), Some(s2)) = (w.next(), w.next()) {
+            *starts.entry((s1.to_owned(), s2.to_owned())).or_default() += 1;
+        }
+    }
+    let total_runs: u32 = starts.values().sum();
+    let extra: u32 = starts.values().map(|n| n - 1).sum();
+    println!("summary:");
+    println!("  stories done       {done}/{}", a.stories);
+    println!("  branches pushed    {branches}");
+    println!(
+        "  agent runs         {total_runs} for {} story-stages ({extra} retries after failures or reclaims)",
+        starts.len()
+    );
+    println!("  reclaims           {reclaims}");
+    println!("  duplicate claims   {losses} (concurrent claims that lost; most never started a run)");
+    println!("  duplicate starts   {stopped} (runs stopped because another node won the claim)");
+    println!("  killed             {}", killed.as_deref().unwrap_or("none"));
+    println!("  wall time          {:.1} s", started.elapsed().as_secs_f64());
+    if done == a.stories { Ok(()) } else { Err(format!("{} stories failed for good", a.stories - done)) }
+}

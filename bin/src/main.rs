@@ -1,0 +1,161 @@
+//! `huskies`: coordinate a fleet of headless build agents.
+
+mod client;
+mod demo;
+mod run;
+mod standin;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "huskies", version, about = "Coordinate a fleet of headless build agents over a CRDT pipeline")]
+struct Cli {
+    /// Log format (level via RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the rendezvous node (runs no agents).
+    Server {
+        #[arg(long, default_value = "127.0.0.1:3001")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = ".")]
+        project_root: PathBuf,
+        /// Address agents dial, if not ws://<listen>/crdt-sync.
+        #[arg(long)]
+        advertise: Option<String>,
+        #[arg(long)]
+        node_id: Option<String>,
+    },
+    /// Run a build agent.
+    Agent {
+        /// The rendezvous, e.g. ws://10.0.0.1:3001/crdt-sync.
+        #[arg(long)]
+        rendezvous: String,
+        /// Port for this agent's /crdt-sync (mesh peers dial it).
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = ".")]
+        project_root: PathBuf,
+        /// Defaults to <project-root>/.huskies/data.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// One-time token from `huskies token create` on the server.
+        #[arg(long, env = "HUSKIES_JOIN_TOKEN")]
+        join_token: Option<String>,
+        /// Interface to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        node_id: Option<String>,
+    },
+    /// Add, list or move stories.
+    Story {
+        #[command(flatten)]
+        target: run::Target,
+        #[command(subcommand)]
+        action: StoryCmd,
+    },
+    /// The pipeline by stage, nodes alive, claims.
+    Status {
+        #[command(flatten)]
+        target: run::Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenCmd,
+    },
+    /// Start a real local cluster (server + 3 agents) and watch it work.
+    Demo(demo::DemoArgs),
+    /// The built-in stand-in agent: edits and commits a file (used by demo).
+    #[command(hide = true)]
+    StandIn(standin::StandInArgs),
+}
+
+#[derive(Subcommand)]
+enum StoryCmd {
+    Add {
+        title: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "backlog")]
+        stage: String,
+    },
+    List,
+    Move {
+        id: String,
+        stage: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print a one-time join token (run on the server machine).
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Lifetime, e.g. 30m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = run::parse_ttl)]
+        ttl: u64,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Server { listen, data_dir, project_root, advertise, node_id } => {
+            init_logs(cli.log_format);
+            run::server(listen, data_dir, project_root, advertise, node_id)
+        }
+        Cmd::Agent { rendezvous, port, project_root, data_dir, join_token, host, label, node_id } => {
+            init_logs(cli.log_format);
+            run::agent(run::AgentArgs { rendezvous, port, project_root, data_dir, join_token, host, label, node_id })
+        }
+        Cmd::Story { target, action } => match action {
+            StoryCmd::Add { title, id, stage } => run::story_add(&target, &title, id.as_deref(), &stage),
+            StoryCmd::List => run::story_list(&target),
+            StoryCmd::Move { id, stage } => run::story_move(&target, &id, &stage),
+        },
+        Cmd::Status { target, json } => run::status(&target, json),
+        Cmd::Token { action: TokenCmd::Create { data_dir, ttl } } => run::token_create(&data_dir, ttl),
+        Cmd::Demo(args) => demo::run(args),
+        Cmd::StandIn(args) => standin::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

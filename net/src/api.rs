@@ -1,0 +1,162 @@
+//! The HTTP surface: `/crdt-sync` (websocket), `/healthz`, and the API the
+//! CLI uses. Everything but `/healthz` and `/api/join` needs the cluster key
+//! as a bearer token, checked before a single sync byte is read.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use huskies_engine::{Command, CommandError, Reply, Stage, StoryId};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::auth::{self, Redeem};
+use crate::node::{NodeHandle, NodeMsg};
+use crate::status::{AddStory, ApiError, Joined, MoveStory};
+use crate::ws;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub node: NodeHandle,
+    pub key: Arc<String>,
+    /// Set on the server: where join tokens live.
+    pub join_dir: Option<PathBuf>,
+    pub join_lock: Arc<Mutex<()>>,
+    pub max_message_bytes: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/crdt-sync", get(crdt_sync))
+        .route("/api/status", get(status))
+        .route("/api/stories", post(add_story))
+        .route("/api/stories/{id}/move", post(move_story))
+        .route("/api/join", post(join))
+        .with_state(state)
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(ApiError { error: msg.into() })).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+/// `None` when the request carries the cluster key, else the 401 to send.
+fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    match bearer(headers) {
+        Some(t) if auth::constant_time_eq(t, &state.key) => None,
+        _ => Some(error(StatusCode::UNAUTHORIZED, "missing or wrong cluster key")),
+    }
+}
+
+async fn crdt_sync(State(state): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    let node = state.node.tx.clone();
+    upgrade.max_message_size(state.max_message_bytes).max_frame_size(state.max_message_bytes).on_upgrade(
+        move |socket| async move {
+            let (out_tx, out_rx) = mpsc::channel(ws::OUTBOX_FRAMES);
+            let (reply_tx, reply_rx) = oneshot::channel();
+            if node.send(NodeMsg::Accept { out: out_tx, reply: reply_tx }).await.is_err() {
+                return;
+            }
+            if let Ok(conn) = reply_rx.await {
+                ws::pump_accepted(socket, conn, out_rx, node).await;
+            }
+        },
+    )
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    match state.node.status().await {
+        Some(s) => Json(s).into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
+    }
+}
+
+async fn run(state: &AppState, command: Command) -> Response {
+    match state.node.command(command).await {
+        Some(Ok(Reply::Added { id })) => {
+            (StatusCode::CREATED, Json(serde_json::json!({ "id": id.as_str() }))).into_response()
+        }
+        Some(Ok(Reply::Moved { id, from, to, token })) => Json(serde_json::json!({
+            "id": id.as_str(), "from": from.as_str(), "to": to.as_str(), "token": token.0
+        }))
+        .into_response(),
+        Some(Err(e @ CommandError::UnknownStory(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Some(Err(e @ CommandError::StoryExists(_))) => error(StatusCode::CONFLICT, e.to_string()),
+        Some(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
+    }
+}
+
+async fn add_story(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<AddStory>) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    let id = match body.id.map(StoryId::new).transpose() {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let stage = match body.stage.as_deref().unwrap_or("backlog").parse::<Stage>() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    run(&state, Command::AddStory { id, title: body.title, stage }).await
+}
+
+async fn move_story(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<MoveStory>,
+) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    let id = match StoryId::new(id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match body.stage.parse::<Stage>() {
+        Ok(stage) => run(&state, Command::MoveStory { id, stage }).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn join(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(dir) = &state.join_dir else {
+        return error(StatusCode::NOT_FOUND, "join tokens are redeemed at the server");
+    };
+    let Some(token) = bearer(&headers) else { return error(StatusCode::UNAUTHORIZED, "no join token") };
+    let _guard = state.join_lock.lock().await;
+    #[allow(clippy::disallowed_methods)] // token expiry is wall-clock time on one machine
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    match auth::redeem_join_token(dir, token, now) {
+        Ok(Redeem::Ok) => Json(Joined { cluster_key: state.key.to_string() }).into_response(),
+        Ok(Redeem::AlreadyUsed) => error(StatusCode::FORBIDDEN, "join token already used"),
+        Ok(Redeem::Expired) => error(StatusCode::FORBIDDEN, "join token expired"),
+        Ok(Redeem::Unknown) => error(StatusCode::UNAUTHORIZED, "unknown join token"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("token store: {e}")),
+    }
+}
+
+/// Serves the router on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

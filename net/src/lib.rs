@@ -1,0 +1,19 @@
+//! # huskies-net: the production driver
+//!
+//! Runs one [`huskies_engine::Engine`] per process on tokio: serves
+//! `/crdt-sync` (websocket), `/healthz` and the HTTP API with axum, dials
+//! peers with tokio-tungstenite, runs agent commands in git worktrees
+//! (git2), and keeps the document on disk. It turns engine outputs into I/O
+//! and I/O into engine inputs; every decision stays in the engine.
+
+pub mod api;
+pub mod auth;
+pub mod git;
+pub mod node;
+pub mod project;
+pub mod runner;
+pub mod status;
+pub mod storage;
+mod ws;
+
+pub use node::{NodeHandle, NodeOptions, run_node};

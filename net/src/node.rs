@@ -1,0 +1,361 @@
+//! The node task: owns the engine, feeds it inputs, carries out its outputs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use huskies_engine::{
+    Command, CommandError, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output, Reply,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::project::ProjectConfig;
+use crate::runner::Runner;
+use crate::status::{Counters, NodeStatus, RunStatus, Status, StoryStatus};
+use crate::storage::Storage;
+use crate::ws;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub node_id: NodeId,
+    pub label: String,
+    pub listen: SocketAddr,
+    /// What peers dial to reach us (`ws://host:port/crdt-sync`).
+    pub advertise: String,
+    pub rendezvous: Option<String>,
+    pub data_dir: PathBuf,
+    pub project_root: PathBuf,
+    pub cluster_key: String,
+    /// The rendezvous runs no agents.
+    pub is_server: bool,
+    pub project: ProjectConfig,
+}
+
+/// Messages to the node task.
+pub enum NodeMsg {
+    Input(Input),
+    Command(Command, oneshot::Sender<Result<Reply, CommandError>>),
+    Status(oneshot::Sender<Status>),
+    /// An accepted websocket wants an id and an outbox.
+    Accept {
+        out: mpsc::Sender<Vec<u8>>,
+        reply: oneshot::Sender<ConnId>,
+    },
+    /// A dial we were asked for succeeded.
+    Connected {
+        conn: ConnId,
+        out: mpsc::Sender<Vec<u8>>,
+    },
+    Shutdown,
+}
+
+/// A cloneable handle to the node task.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) tx: mpsc::Sender<NodeMsg>,
+}
+
+impl NodeHandle {
+    pub async fn command(&self, command: Command) -> Option<Result<Reply, CommandError>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(NodeMsg::Command(command, tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(NodeMsg::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(NodeMsg::Shutdown).await;
+    }
+}
+
+pub fn engine_config(opts: &NodeOptions) -> Config {
+    let p = &opts.project;
+    let mut c = Config {
+        address: Some(opts.advertise.clone()),
+        label: opts.label.clone(),
+        rendezvous: opts.rendezvous.clone(),
+        capacity: if opts.is_server { 0 } else { p.capacity },
+        stages: if opts.is_server { Vec::new() } else { p.agents.keys().copied().collect() },
+        max_mesh_peers: if opts.is_server { 0 } else { p.max_mesh_peers },
+        claim_timeout_ms: p.claim_timeout_ms,
+        heartbeat_interval_ms: (p.claim_timeout_ms / 6).max(100),
+        scan_interval_ms: p.scan_interval_ms,
+        claim_stagger_ms: (p.scan_interval_ms * 2).min(p.claim_timeout_ms / 2),
+        ..Config::default()
+    };
+    c.dial_backoff_max_ms = c.dial_backoff_max_ms.min(p.claim_timeout_ms / 2);
+    c
+}
+
+struct Node {
+    engine: Engine,
+    epoch: Instant,
+    storage: Storage,
+    runner: Runner,
+    conns: BTreeMap<ConnId, mpsc::Sender<Vec<u8>>>,
+    next_inbound: u64,
+    next_command: u64,
+    pending_replies: BTreeMap<CommandId, oneshot::Sender<Result<Reply, CommandError>>>,
+    counters: Counters,
+    tx: mpsc::Sender<NodeMsg>,
+    key: String,
+    max_message_bytes: usize,
+}
+
+/// Starts the node task; returns its handle and the task.
+pub fn run_node(opts: NodeOptions) -> std::io::Result<(NodeHandle, tokio::task::JoinHandle<()>)> {
+    let (storage, bytes) = Storage::open(&opts.data_dir)?;
+    let config = engine_config(&opts);
+    if let Err(e) = config.validate() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()));
+    }
+    let seed = u64::from_str_radix(&crate::auth::random_hex(8)?, 16).unwrap_or(0);
+    #[allow(clippy::disallowed_methods)] // the driver owns the clock; the engine only sees Millis
+    let epoch = Instant::now();
+    let max_message_bytes = config.max_message_bytes;
+    let engine = Engine::new(config, opts.node_id.clone(), seed, Millis(0));
+    let (tx, rx) = mpsc::channel(4_096);
+    let (input_tx, input_rx) = mpsc::unbounded_channel();
+    let project = Arc::new(Mutex::new(opts.project.clone()));
+    let runner = Runner::new(opts.project_root.clone(), opts.node_id.clone(), project.clone(), input_tx);
+    let mut node = Node {
+        engine,
+        epoch,
+        storage,
+        runner,
+        conns: BTreeMap::new(),
+        next_inbound: 0,
+        next_command: 0,
+        pending_replies: BTreeMap::new(),
+        counters: Counters::default(),
+        tx: tx.clone(),
+        key: opts.cluster_key.clone(),
+        max_message_bytes,
+    };
+    node.input(Input::StorageLoaded { bytes });
+    let root = opts.project_root.clone();
+    let task = tokio::spawn(async move { node.run(rx, input_rx, project, root).await });
+    Ok((NodeHandle { tx }, task))
+}
+
+impl Node {
+    fn now(&self) -> Millis {
+        Millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<NodeMsg>,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        project: Arc<Mutex<ProjectConfig>>,
+        project_root: PathBuf,
+    ) {
+        let config_path = ProjectConfig::path(&project_root);
+        let mut config_mtime = std::fs::metadata(&config_path).and_then(|m| m.modified()).ok();
+        let mut reload = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            let deadline = self.engine.poll_timeout().map(|t| self.epoch + Duration::from_millis(t.0));
+            let sleep = tokio::time::sleep_until(
+                deadline
+                    .map(tokio::time::Instant::from_std)
+                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+            );
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(NodeMsg::Shutdown) | None => break,
+                    Some(msg) => self.handle_msg(msg),
+                },
+                Some(input) = inputs.recv() => self.input(input),
+                _ = sleep => self.input(Input::Timeout),
+                _ = reload.tick() => {
+                    let mtime = std::fs::metadata(&config_path).and_then(|m| m.modified()).ok();
+                    if mtime != config_mtime {
+                        config_mtime = mtime;
+                        match ProjectConfig::load(&project_root) {
+                            Ok(p) => {
+                                tracing::info!(path = %config_path.display(), "reloaded agent commands");
+                                *project.lock().expect("project lock") = p;
+                            }
+                            Err(e) => tracing::error!(error = %e, "config change ignored"),
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!("node stopping");
+    }
+
+    fn handle_msg(&mut self, msg: NodeMsg) {
+        match msg {
+            NodeMsg::Input(Input::PeerClosed { conn }) => {
+                // Only for conns we still hold (a hang-up needs no close).
+                if self.conns.remove(&conn).is_some() || conn.is_outbound() {
+                    self.input(Input::PeerClosed { conn });
+                }
+            }
+            NodeMsg::Input(input) => self.input(input),
+            NodeMsg::Command(command, reply) => {
+                self.next_command += 1;
+                let id = CommandId(self.next_command);
+                self.pending_replies.insert(id, reply);
+                self.input(Input::Command { id, command });
+            }
+            NodeMsg::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            NodeMsg::Accept { out, reply } => {
+                self.next_inbound += 1;
+                let conn = ConnId(self.next_inbound);
+                self.conns.insert(conn, out);
+                if reply.send(conn).is_ok() {
+                    self.input(Input::PeerConnected { conn });
+                } else {
+                    self.conns.remove(&conn);
+                }
+            }
+            NodeMsg::Connected { conn, out } => {
+                self.conns.insert(conn, out);
+                self.input(Input::PeerConnected { conn });
+            }
+            NodeMsg::Shutdown => {}
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now();
+        self.engine.handle(now, input);
+        while let Some(out) = self.engine.poll_output() {
+            self.execute(out);
+        }
+    }
+
+    fn execute(&mut self, out: Output) {
+        match out {
+            Output::Persist { kind, bytes } => {
+                if let Err(e) = self.storage.persist(kind, &bytes) {
+                    // Acknowledging what we cannot store would break the
+                    // one promise storage makes; stop instead.
+                    tracing::error!(error = %e, "cannot persist the document; exiting");
+                    std::process::exit(70);
+                }
+            }
+            Output::Send { conn, bytes } => {
+                if let Some(out) = self.conns.get(&conn)
+                    && out.try_send(bytes).is_err()
+                {
+                    tracing::warn!(?conn, "peer too slow or gone; disconnecting");
+                    self.conns.remove(&conn);
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(NodeMsg::Input(Input::PeerClosed { conn })).await;
+                    });
+                }
+            }
+            Output::Dial { conn, address } => {
+                tokio::spawn(ws::dial(address, conn, self.key.clone(), self.max_message_bytes, self.tx.clone()));
+            }
+            Output::HangUp { conn } => {
+                self.conns.remove(&conn);
+            }
+            Output::StartRun { story, title, stage, token, attempt } => {
+                self.counters.runs_started += 1;
+                self.runner.start(story, title, stage, token, attempt);
+            }
+            Output::StopRun { story, token } => {
+                self.counters.runs_stopped += 1;
+                self.runner.stop(&story, token);
+            }
+            Output::Push { story, token } => {
+                self.runner.finished(&story, token);
+                self.runner.push(story, token);
+            }
+            Output::InspectWorktree { story, token } => self.runner.inspect(story, token),
+            Output::PruneWorktree { story } => self.runner.prune(story),
+            Output::Reply { id, result } => {
+                if let Some(tx) = self.pending_replies.remove(&id) {
+                    let _ = tx.send(result);
+                }
+            }
+            Output::Event(e) => self.observe(e),
+        }
+    }
+
+    fn observe(&mut self, e: Event) {
+        let c = &mut self.counters;
+        match &e {
+            Event::Claimed { reclaimed_from, .. } => {
+                c.claims += 1;
+                if reclaimed_from.is_some() {
+                    c.reclaims += 1;
+                }
+            }
+            Event::ClaimLost { .. } => c.claim_losses += 1,
+            Event::Advanced { .. } => c.advanced += 1,
+            Event::RunFailed { .. } => c.runs_failed += 1,
+            Event::StaleResult { .. } => c.stale_results += 1,
+            Event::PeerRejected { .. } => c.peers_rejected += 1,
+            _ => {}
+        }
+        match &e {
+            Event::PeerRejected { .. } | Event::StorageCorrupt { .. } | Event::RunFailed { .. } => {
+                tracing::warn!(event = ?e)
+            }
+            Event::PeerUp { .. } | Event::PeerDown { .. } | Event::StageChanged { .. } => tracing::debug!(event = ?e),
+            _ => tracing::info!(event = ?e),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let alive = self.engine.alive_nodes();
+        Status {
+            node: self.engine.node_id().to_string(),
+            label: self
+                .engine
+                .nodes()
+                .find(|(id, _)| *id == self.engine.node_id())
+                .map(|(_, r)| r.label.clone())
+                .unwrap_or_default(),
+            peers: self.engine.peer_count(),
+            mesh_peers: self.engine.mesh_peer_count(),
+            stories: self
+                .engine
+                .stories()
+                .map(|(id, v)| StoryStatus {
+                    id: id.to_string(),
+                    title: v.title.clone(),
+                    stage: v.state.stage.to_string(),
+                    token: v.state.token.0,
+                    holder: v.state.holder.as_ref().map(|h| h.to_string()),
+                    attempts: v.state.attempts,
+                    failed: v.state.failed,
+                    last_result_by: v.state.result.as_ref().map(|r| r.node.to_string()),
+                })
+                .collect(),
+            nodes: self
+                .engine
+                .nodes()
+                .map(|(id, r)| NodeStatus {
+                    id: id.to_string(),
+                    label: r.label.clone(),
+                    address: r.address.clone(),
+                    capacity: r.capacity,
+                    alive: alive.contains(id),
+                })
+                .collect(),
+            runs: self
+                .engine
+                .runs()
+                .map(|(s, t, st)| RunStatus { story: s.to_string(), stage: st.to_string(), token: t.0 })
+                .collect(),
+            counters: self.counters.clone(),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `.huskies/project.toml`: which command runs for which stage, and how the
+//! node paces itself.
+//!
+//! ```toml
+//! capacity = 2              # runs at once on this node
+//! claim_timeout_ms = 30000  # a silent node's stories are reclaimed after this
+//! scan_interval_ms = 1000
+//! max_mesh_peers = 3
+//!
+//! [agents.current]          # one table per stage this node works
+//! command = "claude"
+//! args = ["-p", "Implement story {id}: {title}"]
+//! ```
+//!
+//! `{id}`, `{title}`, `{stage}` in args are replaced; the same values are in
+//! `HUSKIES_STORY_ID`, `HUSKIES_STORY_TITLE`, `HUSKIES_STAGE`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use huskies_engine::Stage;
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCommand {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default = "default_capacity")]
+    capacity: u32,
+    #[serde(default = "default_claim_timeout")]
+    claim_timeout_ms: u64,
+    #[serde(default = "default_scan")]
+    scan_interval_ms: u64,
+    #[serde(default = "default_mesh")]
+    max_mesh_peers: usize,
+    #[serde(default)]
+    agents: BTreeMap<String, AgentCommand>,
+}
+
+fn default_capacity() -> u32 {
+    2
+}
+fn default_claim_timeout() -> u64 {
+    30_000
+}
+fn default_scan() -> u64 {
+    1_000
+}
+fn default_mesh() -> usize {
+    3
+}
+
+/// A validated project configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectConfig {
+    pub capacity: u32,
+    pub claim_timeout_ms: u64,
+    pub scan_interval_ms: u64,
+    pub max_mesh_peers: usize,
+    pub agents: BTreeMap<Stage, AgentCommand>,
+}
+
+impl Default for ProjectConfig {
+    fn default() -> Self {
+        ProjectConfig {
+            capacity: default_capacity(),
+            claim_timeout_ms: default_claim_timeout(),
+            scan_interval_ms: default_scan(),
+            max_mesh_peers: default_mesh(),
+            agents: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ProjectError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ProjectConfig {
+    pub fn path(project_root: &Path) -> PathBuf {
+        project_root.join(".huskies").join("project.toml")
+    }
+
+    /// Loads and validates; a missing file is the default (no agents).
+    pub fn load(project_root: &Path) -> Result<ProjectConfig, ProjectError> {
+        let path = Self::path(project_root);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProjectConfig::default()),
+            Err(source) => Err(ProjectError::Read { path, source }),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<ProjectConfig, ProjectError> {
+        let raw: Raw =
+            toml::from_str(text).map_err(|e| ProjectError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let invalid = |message: String| ProjectError::Invalid { path: path.to_owned(), message };
+        if raw.claim_timeout_ms < 3_000 {
+            return Err(invalid(format!("claim_timeout_ms = {} is below the 3000 ms minimum", raw.claim_timeout_ms)));
+        }
+        if raw.scan_interval_ms == 0 || raw.scan_interval_ms > raw.claim_timeout_ms {
+            return Err(invalid(format!(
+                "scan_interval_ms = {} must be within 1..=claim_timeout_ms",
+                raw.scan_interval_ms
+            )));
+        }
+        let mut agents = BTreeMap::new();
+        for (name, cmd) in raw.agents {
+            let stage: Stage = name.parse().map_err(|e| invalid(format!("[agents.{name}]: {e}")))?;
+            if !stage.is_active() {
+                return Err(invalid(format!("[agents.{name}]: agents run in current, qa or merge, not {stage}")));
+            }
+            if cmd.command.trim().is_empty() {
+                return Err(invalid(format!("[agents.{name}]: command is empty")));
+            }
+            agents.insert(stage, cmd);
+        }
+        Ok(ProjectConfig {
+            capacity: raw.capacity,
+            claim_timeout_ms: raw.claim_timeout_ms,
+            scan_interval_ms: raw.scan_interval_ms,
+            max_mesh_peers: raw.max_mesh_peers,
+            agents,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ProjectConfig, ProjectError> {
+        ProjectConfig::parse(s, Path::new("project.toml"))
+    }
+
+    #[test]
+    fn parses_and_validates() {
+        let c = parse("capacity = 3\n[agents.current]\ncommand = \"claude\"\nargs = [\"-p\", \"{title}\"]\n").unwrap();
+        assert_eq!(c.capacity, 3);
+        assert_eq!(c.agents[&Stage::Current].command, "claude");
+        assert_eq!(parse("").unwrap().max_mesh_peers, 3);
+        let e = parse("[agents.review]\ncommand = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("review") && e.contains("unknown stage"), "{e}");
+        let e = parse("[agents.done]\ncommand = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("not done"), "{e}");
+        let e = parse("capacity = \"two\"\n").unwrap_err().to_string();
+        assert!(e.contains("capacity"), "{e}");
+        let e = parse("claim_timeout_ms = 10\n").unwrap_err().to_string();
+        assert!(e.contains("3000"), "{e}");
+        assert!(parse("colour = 1\n").is_err(), "unknown keys are refused");
+    }
+}

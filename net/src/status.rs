@@ -1,0 +1,85 @@
+//! The JSON views served by `GET /api/status` and printed by the CLI.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub claims: u64,
+    pub reclaims: u64,
+    pub claim_losses: u64,
+    pub runs_started: u64,
+    /// Runs stopped by the engine: claim lost, story moved, or hung.
+    pub runs_stopped: u64,
+    pub advanced: u64,
+    pub runs_failed: u64,
+    pub stale_results: u64,
+    pub peers_rejected: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoryStatus {
+    pub id: String,
+    pub title: String,
+    pub stage: String,
+    pub token: u64,
+    pub holder: Option<String>,
+    pub attempts: u32,
+    pub failed: bool,
+    pub last_result_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub label: String,
+    pub address: Option<String>,
+    pub capacity: u32,
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub story: String,
+    pub stage: String,
+    pub token: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub label: String,
+    pub peers: usize,
+    pub mesh_peers: usize,
+    pub stories: Vec<StoryStatus>,
+    pub nodes: Vec<NodeStatus>,
+    pub runs: Vec<RunStatus>,
+    pub counters: Counters,
+}
+
+/// Body of `POST /api/stories`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddStory {
+    pub title: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub stage: Option<String>,
+}
+
+/// Body of `POST /api/stories/{id}/move`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveStory {
+    pub stage: String,
+}
+
+/// Answer to `POST /api/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Joined {
+    pub cluster_key: String,
+}
+
+/// Error body of every API error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

@@ -1,0 +1,118 @@
+//! Websocket plumbing: the pumps between a socket and the node task, for
+//! accepted (axum) and dialed (tokio-tungstenite) connections alike.
+
+use axum::extract::ws::{Message as AxMessage, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use huskies_engine::{ConnId, Input};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as TMessage;
+
+use crate::node::NodeMsg;
+
+/// Frames queued to one peer before it counts as too slow and is dropped.
+pub const OUTBOX_FRAMES: usize = 1_024;
+
+/// Pumps an accepted socket until either side ends it.
+pub async fn pump_accepted(
+    socket: WebSocket,
+    conn: ConnId,
+    mut out: mpsc::Receiver<Vec<u8>>,
+    node: mpsc::Sender<NodeMsg>,
+) {
+    let (mut tx, mut rx) = socket.split();
+    loop {
+        tokio::select! {
+            frame = out.recv() => match frame {
+                Some(bytes) => if tx.send(AxMessage::Binary(bytes.into())).await.is_err() { break },
+                // The engine hung up.
+                None => { let _ = tx.close().await; return; }
+            },
+            msg = rx.next() => match msg {
+                Some(Ok(AxMessage::Binary(b))) => {
+                    if node.send(NodeMsg::Input(Input::PeerMessage { conn, bytes: b.to_vec() })).await.is_err() { return }
+                }
+                Some(Ok(AxMessage::Ping(_) | AxMessage::Pong(_))) => {}
+                // Text frames are not part of the protocol: hand the engine
+                // something it rejects, so the peer is disconnected with a reason.
+                Some(Ok(AxMessage::Text(_))) => {
+                    let _ = node.send(NodeMsg::Input(Input::PeerMessage { conn, bytes: vec![0] })).await;
+                }
+                Some(Ok(AxMessage::Close(_))) | Some(Err(_)) | None => break,
+            },
+        }
+    }
+    let _ = node.send(NodeMsg::Input(Input::PeerClosed { conn })).await;
+}
+
+/// Pumps a dialed socket until either side ends it.
+pub async fn pump_dialed<S>(
+    socket: tokio_tungstenite::WebSocketStream<S>,
+    conn: ConnId,
+    mut out: mpsc::Receiver<Vec<u8>>,
+    node: mpsc::Sender<NodeMsg>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut tx, mut rx) = socket.split();
+    loop {
+        tokio::select! {
+            frame = out.recv() => match frame {
+                Some(bytes) => if tx.send(TMessage::Binary(bytes.into())).await.is_err() { break },
+                None => { let _ = tx.close().await; return; }
+            },
+            msg = rx.next() => match msg {
+                Some(Ok(TMessage::Binary(b))) => {
+                    if node.send(NodeMsg::Input(Input::PeerMessage { conn, bytes: b.to_vec() })).await.is_err() { return }
+                }
+                Some(Ok(TMessage::Ping(_) | TMessage::Pong(_) | TMessage::Frame(_))) => {}
+                Some(Ok(TMessage::Text(_))) => {
+                    let _ = node.send(NodeMsg::Input(Input::PeerMessage { conn, bytes: vec![0] })).await;
+                }
+                Some(Ok(TMessage::Close(_))) | Some(Err(_)) | None => break,
+            },
+        }
+    }
+    let _ = node.send(NodeMsg::Input(Input::PeerClosed { conn })).await;
+}
+
+/// Dials `address` with the cluster key; reports `Connected` or `PeerClosed`.
+pub async fn dial(address: String, conn: ConnId, key: String, max_message_bytes: usize, node: mpsc::Sender<NodeMsg>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = match address.as_str().into_client_request() {
+        Ok(mut r) => match format!("Bearer {key}").parse() {
+            Ok(v) => {
+                r.headers_mut().insert("authorization", v);
+                r
+            }
+            Err(_) => return closed(&node, conn).await,
+        },
+        Err(e) => {
+            tracing::warn!(%address, error = %e, "bad peer address");
+            return closed(&node, conn).await;
+        }
+    };
+    let mut config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+    config.max_message_size = Some(max_message_bytes);
+    config.max_frame_size = Some(max_message_bytes);
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+        Ok(Ok((socket, _))) => {
+            let (out_tx, out_rx) = mpsc::channel(OUTBOX_FRAMES);
+            if node.send(NodeMsg::Connected { conn, out: out_tx }).await.is_ok() {
+                pump_dialed(socket, conn, out_rx, node).await;
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%address, error = %e, "dial failed");
+            closed(&node, conn).await
+        }
+        Err(_) => {
+            tracing::debug!(%address, "dial timed out");
+            closed(&node, conn).await
+        }
+    }
+}
+
+async fn closed(node: &mpsc::Sender<NodeMsg>, conn: ConnId) {
+    let _ = node.send(NodeMsg::Input(Input::PeerClosed { conn })).await;
+}
