@@ -1,1 +1,335 @@
+//! End-to-end tests: real `huskies` processes on 127.0.0.1, a real bare git
+//! remote, the built-in stand-in agent. Ports are picked free, every wait is
+//! bounded, and every process is reaped when a test ends, pass or fail.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EXE: &str = env!("CARGO_BIN_EXE_huskies");
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+/// A scratch cluster; kills its processes when dropped.
+struct Cluster {
+    dir: tempdir::TempDir,
+    port: u16,
+    procs: Vec<Proc>,
+    key: String,
+}
+
+mod tempdir {
+    /// A directory removed on drop (no extra crate for one helper).
+    pub struct TempDir(pub std::path::PathBuf);
+    impl TempDir {
+        pub fn new(tag: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("huskies-e2e-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into()
+}
+
+fn status(port: u16, key: &str) -> Option<serde_json::Value> {
+    let mut r = http()
+        .get(format!("http://127.0.0.1:{port}/api/status"))
+        .header("authorization", &format!("Bearer {key}"))
+        .call()
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.body_mut().read_json().ok()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    #[allow(clippy::disallowed_methods)] // real processes, real time
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+impl Cluster {
+    fn root(&self) -> &Path {
+        &self.dir.0
+    }
+
+    fn spawn(&mut self, name: &str, args: &[String]) {
+        let log = std::fs::File::create(self.root().join(format!("{name}.log"))).unwrap();
+        let child =
+            Command::new(EXE).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.procs.push(Proc { name: name.to_owned(), child });
+    }
+
+    fn kill(&mut self, name: &str, signal: i32) {
+        let i = self.procs.iter().position(|p| p.name == name).unwrap();
+        let mut p = self.procs.remove(i);
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(p.child.id() as i32, signal) };
+        let _ = p.child.wait();
+    }
+
+    fn start_server(&mut self) {
+        let root = self.root().to_owned();
+        std::fs::create_dir_all(root.join("server/.huskies")).unwrap();
+        std::fs::write(root.join("server/.huskies/project.toml"), "claim_timeout_ms = 3000\nscan_interval_ms = 200\n")
+            .unwrap();
+        let args: Vec<String> = vec![
+            "server".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.port),
+            "--data-dir".into(),
+            root.join("server-data").to_string_lossy().into(),
+            "--project-root".into(),
+            root.join("server").to_string_lossy().into(),
+            "--node-id".into(),
+            "rendezvous".into(),
+        ];
+        self.spawn("server", &args);
+        let port = self.port;
+        wait_for("the server", Duration::from_secs(10), || {
+            http().get(format!("http://127.0.0.1:{port}/healthz")).call().is_ok()
+        });
+        self.key = std::fs::read_to_string(root.join("server-data/cluster.key")).unwrap().trim().to_owned();
+    }
+
+    fn token(&self) -> String {
+        let out = Command::new(EXE)
+            .args(["token", "create", "--ttl", "10m", "--data-dir"])
+            .arg(self.root().join("server-data"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn start_agent(&mut self, i: usize, stand_in_ms: u64) {
+        let root = self.root().join(format!("agent-{i}"));
+        if !root.exists() {
+            git2::Repository::clone(self.root().join("remote.git").to_str().unwrap(), &root).unwrap();
+            std::fs::create_dir_all(root.join(".huskies")).unwrap();
+            let toml = format!(
+                "capacity = 2\nclaim_timeout_ms = 3000\nscan_interval_ms = 200\n[agents.current]\ncommand = {EXE:?}\nargs = [\"stand-in\", \"--duration-ms\", \"{stand_in_ms}\", \"--jitter-ms\", \"300\"]\n"
+            );
+            std::fs::write(root.join(".huskies/project.toml"), toml).unwrap();
+        }
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "--rendezvous".into(),
+            format!("ws://127.0.0.1:{}/crdt-sync", self.port),
+            "--port".into(),
+            free_port().to_string(),
+            "--project-root".into(),
+            root.to_string_lossy().into(),
+            "--join-token".into(),
+            self.token(),
+            "--node-id".into(),
+            format!("agent-{i}"),
+        ];
+        self.spawn(&format!("agent-{i}"), &args);
+    }
+
+    fn new(tag: &str) -> Cluster {
+        let dir = tempdir::TempDir::new(tag);
+        fixture(&dir.0);
+        let mut c = Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new() };
+        c.start_server();
+        c
+    }
+
+    fn add_story(&self, id: &str) {
+        let mut r = http()
+            .post(format!("http://127.0.0.1:{}/api/stories", self.port))
+            .header("authorization", &format!("Bearer {}", self.key))
+            .send_json(serde_json::json!({ "title": format!("story {id}"), "id": id, "stage": "current" }))
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{}", r.body_mut().read_to_string().unwrap_or_default());
+    }
+
+    fn stages(&self) -> Vec<(String, String, Option<String>)> {
+        let s = status(self.port, &self.key).unwrap_or_default();
+        s["stories"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        (
+                            x["id"].as_str().unwrap_or_default().to_owned(),
+                            x["stage"].as_str().unwrap_or_default().to_owned(),
+                            x["holder"].as_str().map(str::to_owned),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A bare remote with one commit.
+fn fixture(dir: &Path) -> PathBuf {
+    let seed = dir.join("seed");
+    let repo = git2::Repository::init(&seed).unwrap();
+    std::fs::write(seed.join("README.md"), "e2e\n").unwrap();
+    let mut idx = repo.index().unwrap();
+    idx.add_path(Path::new("README.md")).unwrap();
+    let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("e2e", "e2e@huskies.invalid").unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
+    let remote = dir.join("remote.git");
+    git2::build::RepoBuilder::new().bare(true).clone(seed.to_str().unwrap(), &remote).unwrap();
+    remote
+}
+
+/// Server + 3 agents + a bare remote: 20 stories all reach qa with one
+/// branch each holding the stand-in's commit, through a kill -9 of a busy
+/// agent and a restart of the server.
+#[test]
+fn cluster_finishes_through_agent_kill_and_server_restart() {
+    #[allow(clippy::disallowed_methods)]
+    let started = Instant::now();
+    let mut c = Cluster::new("cluster");
+    for i in 1..=3 {
+        c.start_agent(i, 1_500);
+    }
+    let ids: Vec<String> = (0..20).map(|k| format!("e2e-{k:02}")).collect();
+    for id in &ids {
+        c.add_story(id);
+    }
+    // Kill the agent holding the most claims while it runs them.
+    let mut victim = None;
+    wait_for("claims", Duration::from_secs(20), || {
+        let st = c.stages();
+        let mut held = std::collections::BTreeMap::new();
+        for (_, _, h) in &st {
+            if let Some(h) = h {
+                *held.entry(h.clone()).or_insert(0) += 1;
+            }
+        }
+        victim = held.into_iter().max_by_key(|(_, n)| *n).filter(|(_, n)| *n >= 2).map(|(h, _)| h);
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    c.kill(&victim, libc::SIGKILL);
+    // Restart the server mid-run: nothing it acknowledged may be lost.
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill("server", libc::SIGTERM);
+    c.start_server();
+    wait_for("all 20 stories in qa", Duration::from_secs(120), || {
+        let st = c.stages();
+        st.len() == 20 && st.iter().all(|(_, stage, _)| stage == "qa")
+    });
+    let remote = git2::Repository::open_bare(c.root().join("remote.git")).unwrap();
+    for id in &ids {
+        let r = remote.find_reference(&format!("refs/heads/huskies/{id}")).expect("one branch per story");
+        let tree = r.peel_to_commit().unwrap().tree().unwrap();
+        let entry = tree.get_path(Path::new(&format!("stories/{id}.md"))).expect("the stand-in's file");
+        let blob = remote.find_blob(entry.id()).unwrap();
+        let text = String::from_utf8_lossy(blob.content());
+        assert!(text.contains("current: done by agent-"), "{id}: {text}");
+    }
+    let branches = remote.references_glob("refs/heads/huskies/*").unwrap().count();
+    assert_eq!(branches, 20);
+    println!(
+        "e2e cluster: 20 stories through kill -9 of {victim} and a server restart in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Unauthenticated sockets, reused join tokens and malformed frames are
+/// refused, and a bad peer is disconnected without hurting the others.
+#[test]
+fn refuses_strangers_reused_tokens_and_garbage() {
+    let mut c = Cluster::new("auth");
+    c.start_agent(1, 200);
+    let port = c.port;
+    let key = c.key.clone();
+    wait_for("the agent to connect", Duration::from_secs(20), || {
+        status(port, &key).is_some_and(|s| s["peers"].as_u64() == Some(1))
+    });
+
+    // No key, wrong key: 401 before any sync byte.
+    for auth in [None, Some("Bearer wrong")] {
+        let mut req = http().get(format!("http://127.0.0.1:{port}/crdt-sync"));
+        req = req.header("connection", "upgrade").header("upgrade", "websocket").header("sec-websocket-version", "13");
+        req = req.header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        assert_eq!(req.call().unwrap().status().as_u16(), 401);
+    }
+    assert_eq!(http().get(format!("http://127.0.0.1:{port}/api/status")).call().unwrap().status().as_u16(), 401);
+
+    // A join token works once.
+    let token = c.token();
+    let join = |t: &str| {
+        http()
+            .post(format!("http://127.0.0.1:{port}/api/join"))
+            .header("authorization", &format!("Bearer {t}"))
+            .send_json(serde_json::json!({}))
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(join(&token), 200);
+    assert_eq!(join(&token), 403, "a reused join token is refused");
+    assert_eq!(join("hj_made_up"), 401);
+
+    // A malformed frame from an authenticated peer: that peer is dropped.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+        let mut req = format!("ws://127.0.0.1:{port}/crdt-sync").into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::Binary(vec![0xde, 0xad, 0xbe, 0xef].into())).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(m) = ws.next().await {
+                if matches!(m, Ok(Message::Close(_)) | Err(_)) {
+                    return true;
+                }
+            }
+            true
+        })
+        .await;
+        assert_eq!(closed, Ok(true), "the bad peer was disconnected");
+    });
+    let s = status(port, &key).unwrap();
+    assert_eq!(s["peers"].as_u64(), Some(1), "the good agent is still connected");
+    assert!(s["counters"]["peers_rejected"].as_u64().unwrap_or(0) >= 1);
+}
