@@ -226,6 +226,16 @@ impl Cluster {
         self.crashed.push(i);
     }
 
+    /// Starts node `i` afresh. madsim's `restart` does not release a live
+    /// node's sockets (only `kill` does), so a restart of a running node
+    /// could never bind again: kill first, always.
+    fn restart(&mut self, i: usize, oracle: &Mutex<Oracle>) {
+        self.handle.kill(self.nodes[i].id());
+        oracle.lock().expect("oracle").node_crashed(&self.ctxs[i].id);
+        self.handle.restart(self.nodes[i].id());
+        self.crashed.retain(|n| *n != i);
+    }
+
     fn heal(&mut self) {
         for (a, b) in std::mem::take(&mut self.clogged_links) {
             self.net.unclog_link(self.nodes[a].id(), self.nodes[b].id());
@@ -235,9 +245,6 @@ impl Cluster {
         }
         for i in std::mem::take(&mut self.paused) {
             self.handle.resume(self.nodes[i].id());
-        }
-        for i in std::mem::take(&mut self.crashed) {
-            self.handle.restart(self.nodes[i].id());
         }
     }
 
@@ -333,10 +340,7 @@ impl Cluster {
                 self.clogged_nodes.retain(|n| *n != i);
             }
             Scripted::Crash(i) => self.crash(i, oracle),
-            Scripted::Restart(i) => {
-                self.handle.restart(id(self, i));
-                self.crashed.retain(|n| *n != i);
-            }
+            Scripted::Restart(i) => self.restart(i, oracle),
             Scripted::Pause(i) => {
                 self.handle.pause(id(self, i));
                 self.paused.push(i);
@@ -349,7 +353,7 @@ impl Cluster {
     }
 
     /// Undoes some faults (in random order, like a swizzle restore).
-    fn relax(&mut self) {
+    fn relax(&mut self, oracle: &Mutex<Oracle>) {
         if !self.clogged_links.is_empty() && self.rand(2) == 0 {
             let k = self.rand(self.clogged_links.len());
             let (a, b) = self.clogged_links.swap_remove(k);
@@ -365,8 +369,8 @@ impl Cluster {
             self.handle.resume(self.nodes[i].id());
         }
         if !self.crashed.is_empty() && self.rand(2) == 0 {
-            let i = self.crashed.swap_remove(self.rand(self.crashed.len()));
-            self.handle.restart(self.nodes[i].id());
+            let i = self.crashed[self.rand(self.crashed.len())];
+            self.restart(i, oracle);
         }
     }
 }
@@ -485,7 +489,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         next_random =
             now_ms() + profile.fault_every_ms / 2 + madsim::rand::random::<u64>() % profile.fault_every_ms.max(1);
         if madsim::rand::random::<u64>().is_multiple_of(3) {
-            cluster.relax();
+            cluster.relax(&oracle);
         } else if let Some(f) = cluster.inject(&profile, &s.config, &oracle) {
             faults.push(format!("{} ms: {f}", now_ms()));
         }
@@ -494,6 +498,9 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     // Heal phase: everything back; from one claim timeout (plus a scan and
     // a heartbeat of slack) on, no story may run twice at once.
     cluster.heal();
+    for i in std::mem::take(&mut cluster.crashed) {
+        cluster.restart(i, &oracle);
+    }
     let heal_at = now_ms();
     let slack = s.config.claim_timeout_ms + 2 * s.config.scan_interval_ms + 4 * s.config.heartbeat_interval_ms;
     {

@@ -17,7 +17,9 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         (Some(seed), _) => vec![seed],
         (None, count) => {
             let base = env_u64("HUSKIES_SEED_BASE").unwrap_or(1);
-            regression.iter().copied().chain(base..base + count.unwrap_or(default_seeds)).collect()
+            let mut seeds: Vec<u64> = regression.to_vec();
+            seeds.extend((base..base + count.unwrap_or(default_seeds)).filter(|s| !regression.contains(s)));
+            seeds
         }
     };
     let mut reports = Vec::new();
