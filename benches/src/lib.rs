@@ -1,0 +1,160 @@
+//! Fixtures shared by the benches: documents of N stories, claim-shaped
+//! changes, and a fake peer that speaks the engine's wire protocol, so that
+//! the engine and raw Automerge can be driven through the same sync path.
+//!
+//! Everything here runs outside the timed closures.
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, ObjType, ReadDoc};
+use huskies_engine::wire::Envelope;
+use huskies_engine::{Config, ConnId, Engine, Input, Millis, NodeId, Output, Stage, StoryState, Token};
+
+/// The bench engine's config: a hub (every link at full pace) with sync
+/// pacing off, so the benches measure CPU, not waiting.
+pub fn config(capacity: u32) -> Config {
+    Config { capacity, sync_interval_ms: 0, mesh_sync_interval_ms: 0, claim_settle_ms: 0, ..Config::default() }
+}
+
+pub fn node(name: &str) -> NodeId {
+    NodeId::new(name).expect("valid bench node id")
+}
+
+/// Drains an engine's outputs.
+pub fn drain(e: &mut Engine) -> Vec<Output> {
+    std::iter::from_fn(|| e.poll_output()).collect()
+}
+
+/// The bytes of a document holding `stories` stories in `current`, built in
+/// one change (fast even for 100,000) on top of the shared genesis.
+pub fn doc_with_stories(stories: usize) -> Vec<u8> {
+    let mut e = Engine::new(config(0), node("fixture-origin"), 1, Millis(0));
+    e.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut e);
+    let mut doc = AutoCommit::load(&e.save()).expect("engine saves load");
+    doc.set_actor(ActorId::from(b"fixture".as_slice()));
+    let (_, root) = doc.get(automerge::ROOT, "stories").expect("read").expect("genesis has stories");
+    let state = StoryState::new(Stage::Current).encode();
+    for i in 0..stories {
+        let obj = doc.put_object(&root, story_id(i), ObjType::Map).expect("put");
+        doc.put(&obj, "title", format!("story {i}")).expect("put");
+        doc.put(&obj, "state", state.as_str()).expect("put");
+    }
+    doc.commit_with(CommitOptions::default().with_time(0));
+    doc.save()
+}
+
+pub fn story_id(i: usize) -> String {
+    format!("s{i:06}")
+}
+
+/// An engine loaded from `bytes`.
+pub fn engine_from(bytes: &[u8], name: &str, capacity: u32) -> Engine {
+    let mut e = Engine::new(config(capacity), node(name), 7, Millis(0));
+    e.handle(Millis(0), Input::StorageLoaded { bytes: bytes.to_vec() });
+    drain(&mut e);
+    e
+}
+
+/// A raw Automerge replica loaded from `bytes`, writing as `actor`.
+pub fn raw_from(bytes: &[u8], actor: &str) -> AutoCommit {
+    let mut d = AutoCommit::load(bytes).expect("fixture loads");
+    d.set_actor(ActorId::from(actor.as_bytes()));
+    d
+}
+
+/// Writes `n` claims on stories `from..from + n` into `doc`, one change
+/// each, exactly as the engine writes them (the state value as JSON).
+pub fn write_claims(doc: &mut AutoCommit, holder: &str, from: usize, n: usize) {
+    let (_, root) = doc.get(automerge::ROOT, "stories").expect("read").expect("stories");
+    for i in from..from + n {
+        let (_, obj) = doc.get(&root, story_id(i)).expect("read").expect("story exists");
+        let mut s = StoryState::new(Stage::Current);
+        s.token = Token(1);
+        s.holder = Some(node(holder));
+        doc.put(&obj, "state", s.encode()).expect("put");
+        doc.commit_with(CommitOptions::default().with_time(0));
+    }
+}
+
+/// The engine's conn to the fake peer.
+pub const PEER: ConnId = ConnId(1);
+
+/// Connects a fake peer called `name` to the engine (hello exchanged).
+pub fn connect(e: &mut Engine, name: &str) -> ConnId {
+    connect_as(e, name, PEER)
+}
+
+pub fn connect_as(e: &mut Engine, name: &str, conn: ConnId) -> ConnId {
+    e.handle(Millis(0), Input::PeerConnected { conn });
+    e.handle(Millis(0), Input::PeerMessage { conn, bytes: Envelope::Hello { node: node(name) }.encode() });
+    drain(e);
+    conn
+}
+
+/// What a sync exchange cost.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Exchange {
+    pub round_trips: u32,
+    pub bytes_to_engine: usize,
+    pub bytes_from_engine: usize,
+}
+
+/// Syncs a raw peer with the engine over the wire protocol until neither
+/// has anything to say.
+pub fn sync_with_engine(peer: &mut AutoCommit, state: &mut sync::State, e: &mut Engine, conn: ConnId) -> Exchange {
+    let mut x = Exchange::default();
+    let mut now = 1;
+    loop {
+        let msg = peer.sync().generate_sync_message(state);
+        let sent = msg.is_some();
+        if let Some(m) = msg {
+            let bytes = Envelope::Sync(m.encode()).encode();
+            x.bytes_to_engine += bytes.len();
+            e.handle(Millis(now), Input::PeerMessage { conn, bytes });
+            x.round_trips += 1;
+        } else {
+            e.handle(Millis(now), Input::Timeout);
+        }
+        now += 1;
+        let mut replied = false;
+        for out in drain(e) {
+            if let Output::Send { conn: c, bytes } = out
+                && c == conn
+                && let Ok(Envelope::Sync(raw)) = Envelope::decode(&bytes, usize::MAX)
+            {
+                x.bytes_from_engine += bytes.len();
+                let m = sync::Message::decode(&raw).expect("engine sends valid sync messages");
+                peer.sync().receive_sync_message(state, m).expect("engine changes apply");
+                replied = true;
+            }
+        }
+        if !sent && !replied {
+            return x;
+        }
+    }
+}
+
+/// The same exchange between two raw replicas.
+pub fn sync_raw(a: &mut AutoCommit, sa: &mut sync::State, b: &mut AutoCommit, sb: &mut sync::State) -> Exchange {
+    let mut x = Exchange::default();
+    loop {
+        let mut progressed = false;
+        if let Some(m) = a.sync().generate_sync_message(sa) {
+            let bytes = m.encode();
+            x.bytes_to_engine += bytes.len();
+            b.sync().receive_sync_message(sb, sync::Message::decode(&bytes).expect("valid")).expect("applies");
+            x.round_trips += 1;
+            progressed = true;
+        }
+        if let Some(m) = b.sync().generate_sync_message(sb) {
+            let bytes = m.encode();
+            x.bytes_from_engine += bytes.len();
+            a.sync().receive_sync_message(sa, sync::Message::decode(&bytes).expect("valid")).expect("applies");
+            progressed = true;
+        }
+        if !progressed {
+            return x;
+        }
+    }
+}
