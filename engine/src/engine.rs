@@ -1,5 +1,6 @@
 //! The engine: state, the `handle`/`poll_*` contract, and the local index.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::ActorId;
@@ -50,8 +51,9 @@ pub struct Engine {
     pub(crate) stories: BTreeMap<StoryId, StoryView>,
     pub(crate) nodes: BTreeMap<NodeId, NodeRecord>,
     pub(crate) by_holder: BTreeMap<NodeId, BTreeSet<StoryId>>,
-    /// Stories in an active stage, not failed, held by nobody.
-    pub(crate) free: BTreeSet<StoryId>,
+    /// Stories in an active stage, not failed, held by nobody; later
+    /// stages first, then by id.
+    pub(crate) free: BTreeSet<(Reverse<Stage>, StoryId)>,
     /// Stories whose state key holds concurrent values. Automerge's patches
     /// report a conflict appearing, but not a further concurrent value
     /// joining an existing conflict, so these are re-read on every merge.
@@ -310,7 +312,9 @@ impl Engine {
                 self.by_holder.remove(holder);
             }
         }
-        self.free.remove(id);
+        if let Some(old) = &old {
+            self.free.remove(&(Reverse(old.state.stage), id.clone()));
+        }
         let Some(view) = view else {
             self.conflicted.remove(id);
             return;
@@ -326,7 +330,7 @@ impl Engine {
                 self.by_holder.entry(h.clone()).or_default().insert(id.clone());
             }
             None if state.is_claimable_stage() => {
-                self.free.insert(id.clone());
+                self.free.insert((Reverse(state.stage), id.clone()));
             }
             None => {}
         }
