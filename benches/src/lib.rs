@@ -64,7 +64,8 @@ pub fn raw_from(bytes: &[u8], actor: &str) -> AutoCommit {
 }
 
 /// Writes `n` claims on stories `from..from + n` into `doc`, one change
-/// each, exactly as the engine writes them (the state value as JSON).
+/// each, exactly as the engine writes them (the state value as JSON, the
+/// commit labelled with the story).
 pub fn write_claims(doc: &mut AutoCommit, holder: &str, from: usize, n: usize) {
     let (_, root) = doc.get(automerge::ROOT, "stories").expect("read").expect("stories");
     for i in from..from + n {
@@ -73,7 +74,7 @@ pub fn write_claims(doc: &mut AutoCommit, holder: &str, from: usize, n: usize) {
         s.token = Token(1);
         s.holder = Some(node(holder));
         doc.put(&obj, "state", s.encode()).expect("put");
-        doc.commit_with(CommitOptions::default().with_time(0));
+        doc.commit_with(CommitOptions::default().with_time(0).with_message(format!("s:{}", story_id(i))));
     }
 }
 
