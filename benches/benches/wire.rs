@@ -6,7 +6,9 @@ use huskies_benches::*;
 use huskies_engine::{Input, Millis, Output};
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    // `cargo bench` passes --bench; `cargo test --benches` does not, and
+    // a test run must not spend minutes here.
+    if !std::env::args().any(|a| a == "--bench") {
         return;
     }
     println!("## wire cost per claim (batch of 100 claims synced to one peer)");
@@ -56,7 +58,8 @@ fn main() {
         let conn = connect(&mut e, "peer");
         let (mut p, mut sp) = (raw_from(&right, "peer"), sync::State::new());
         let ex = sync_with_engine(&mut p, &mut sp, &mut e, conn);
-        let (mut a, mut sa, mut b, mut sb) = (raw_from(&right, "peer"), sync::State::new(), raw_from(&left, "r"), sync::State::new());
+        let (mut a, mut sa, mut b, mut sb) =
+            (raw_from(&right, "peer"), sync::State::new(), raw_from(&left, "r"), sync::State::new());
         let rx = sync_raw(&mut a, &mut sa, &mut b, &mut sb);
         assert_eq!(p.get_heads().len(), a.get_heads().len());
         println!("| {n} | {} | {} |", ex.round_trips, rx.round_trips);

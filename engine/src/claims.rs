@@ -105,7 +105,8 @@ impl Engine {
         // Every node sees the same window, and rendezvous ranking spreads
         // the window's stories over the nodes.
         let window = (slots as usize).saturating_mul(SCAN_WINDOW_PER_SLOT).max(MIN_SCAN_WINDOW);
-        let free = self.free.iter().filter(|(_, id)| self.claimable(id).is_some()).take(window).map(|(_, id)| id.clone());
+        let free =
+            self.free.iter().filter(|(_, id)| self.claimable(id).is_some()).take(window).map(|(_, id)| id.clone());
         let mut candidates: BTreeSet<StoryId> = free.chain(dead_held).collect();
         candidates.retain(|id| self.claimable(id).is_some());
         // Forget stories that stopped being claimable, so the stagger
