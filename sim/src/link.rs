@@ -74,6 +74,22 @@ pub struct Links {
     pub outbox: Vec<(SocketAddr, Packet)>,
 }
 
+impl Link {
+    fn new(peer: SocketAddr, remote: Option<u64>, conn: ConnId, now_ms: u64) -> Link {
+        Link {
+            peer,
+            remote,
+            conn,
+            next_send: 0,
+            next_recv: 0,
+            reorder: BTreeMap::new(),
+            gap_since_ms: None,
+            last_heard_ms: now_ms,
+            opened_ms: now_ms,
+        }
+    }
+}
+
 impl Links {
     pub fn new(prefix: u32, idle_timeout_ms: u64) -> Links {
         Links {
@@ -107,18 +123,7 @@ impl Links {
 
     pub fn dial(&mut self, conn: ConnId, peer: SocketAddr, now_ms: u64) {
         let id = self.alloc();
-        let link = Link {
-            peer,
-            remote: None,
-            conn,
-            next_send: 0,
-            next_recv: 0,
-            reorder: BTreeMap::new(),
-            gap_since_ms: None,
-            last_heard_ms: now_ms,
-            opened_ms: now_ms,
-        };
-        self.insert(id, link);
+        self.insert(id, Link::new(peer, None, conn, now_ms));
         self.outbox.push((peer, Packet::Open { from: id }));
     }
 
@@ -156,18 +161,7 @@ impl Links {
                 let id = self.alloc();
                 self.next_inbound += 1;
                 let conn = ConnId(self.next_inbound);
-                let link = Link {
-                    peer: from,
-                    remote: Some(remote),
-                    conn,
-                    next_send: 0,
-                    next_recv: 0,
-                    reorder: BTreeMap::new(),
-                    gap_since_ms: None,
-                    last_heard_ms: now_ms,
-                    opened_ms: now_ms,
-                };
-                self.insert(id, link);
+                self.insert(id, Link::new(from, Some(remote), conn, now_ms));
                 self.outbox.push((from, Packet::Accept { to: remote, from: id }));
                 events.push(LinkEvent::Connected(conn));
             }
