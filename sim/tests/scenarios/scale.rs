@@ -1,5 +1,6 @@
 //! Scale: 200 nodes × 10,000 stories (ignored by default; run with
-//! `cargo test --release -p huskies-sim --test scenarios -- scale --ignored --nocapture`).
+//! `cargo test --release -p huskies-sim --test scenarios -- scale --ignored --nocapture`;
+//! `HUSKIES_SCALE_NODES` and `HUSKIES_SCALE_STORIES` pick another size).
 //!
 //! Goal: the engine and the mesh hold up at fleet size. Method: a calm
 //! network, all stories added at once. Properties: everything done and
@@ -11,7 +12,8 @@ use huskies_sim::sweep::sweep;
 #[test]
 #[ignore = "minutes of wall time; run explicitly"]
 fn scale() {
-    let mut s = Scenario::new("scale", 200, 10_000);
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let mut s = Scenario::new("scale", env("HUSKIES_SCALE_NODES", 200), env("HUSKIES_SCALE_STORIES", 10_000));
     s.fault_ms = 0;
     s.heal_budget_ms = 3_600_000;
     s.publish_every_ms = 10_000;
