@@ -105,6 +105,9 @@ struct Node {
     next_command: u64,
     pending_replies: BTreeMap<CommandId, oneshot::Sender<Result<Reply, CommandError>>>,
     counters: Counters,
+    /// Inputs raised while executing outputs (a peer dropped for being
+    /// slow), fed in once the current batch is done.
+    deferred: Vec<Input>,
     tx: mpsc::Sender<NodeMsg>,
     key: String,
     max_message_bytes: usize,
@@ -136,6 +139,7 @@ pub fn run_node(opts: NodeOptions) -> std::io::Result<(NodeHandle, tokio::task::
         next_command: 0,
         pending_replies: BTreeMap::new(),
         counters: Counters::default(),
+        deferred: Vec::new(),
         tx: tx.clone(),
         key: opts.cluster_key.clone(),
         max_message_bytes,
@@ -230,10 +234,13 @@ impl Node {
     }
 
     fn input(&mut self, input: Input) {
-        let now = self.now();
-        self.engine.handle(now, input);
-        while let Some(out) = self.engine.poll_output() {
-            self.execute(out);
+        let mut next = Some(input);
+        while let Some(input) = next.take().or_else(|| self.deferred.pop()) {
+            let now = self.now();
+            self.engine.handle(now, input);
+            while let Some(out) = self.engine.poll_output() {
+                self.execute(out);
+            }
         }
     }
 
@@ -252,11 +259,10 @@ impl Node {
                     && out.try_send(bytes).is_err()
                 {
                     tracing::warn!(?conn, "peer too slow or gone; disconnecting");
+                    // Dropping the sender closes the socket; the engine
+                    // hears of it right after this batch of outputs.
                     self.conns.remove(&conn);
-                    let tx = self.tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx.send(NodeMsg::Input(Input::PeerClosed { conn })).await;
-                    });
+                    self.deferred.push(Input::PeerClosed { conn });
                 }
             }
             Output::Dial { conn, address } => {
