@@ -171,9 +171,22 @@ impl Links {
                     link.last_heard_ms = now_ms;
                     events.push(LinkEvent::Connected(link.conn));
                 }
+                // Already accepted by the peer's first data (it overtook
+                // this accept).
+                Some(link) if link.peer == from && link.remote == Some(remote) => {}
                 _ => self.outbox.push((from, Packet::Close { to: remote })),
             },
             Packet::Data { to, from: remote, seq, bytes } => {
+                // Datagrams reorder: the peer's first data can overtake its
+                // accept. It names the peer's link, so it accepts our dial
+                // just as well (a TCP handshake never loses this race).
+                if let Some(link) = self.links.get_mut(&to)
+                    && link.peer == from
+                    && link.remote.is_none()
+                {
+                    link.remote = Some(remote);
+                    events.push(LinkEvent::Connected(link.conn));
+                }
                 let Some(link) = self.links.get_mut(&to).filter(|l| l.peer == from && l.remote == Some(remote)) else {
                     // A stranger (we restarted, or already closed): reset it.
                     self.outbox.push((from, Packet::Close { to: remote }));
@@ -254,6 +267,29 @@ mod tests {
                 a.handle_packet(addr(2), p, now, ev_a);
             }
         }
+    }
+
+    #[test]
+    fn data_overtaking_the_accept_connects() {
+        let (mut a, mut b) = (Links::new(1, 1_000), Links::new(2, 1_000));
+        let (mut ea, mut eb) = (Vec::new(), Vec::new());
+        let conn = ConnId(1 << 63 | 1);
+        a.dial(conn, addr(2), 0);
+        for (_, p) in std::mem::take(&mut a.outbox) {
+            b.handle_packet(addr(1), p, 0, &mut eb);
+        }
+        let inbound = match eb[0] {
+            LinkEvent::Connected(c) => c,
+            _ => panic!(),
+        };
+        b.send(inbound, vec![7]);
+        let mut pkts = std::mem::take(&mut b.outbox);
+        pkts.reverse(); // the data first, then the accept
+        for (_, p) in pkts {
+            a.handle_packet(addr(2), p, 1, &mut ea);
+        }
+        assert_eq!(ea, vec![LinkEvent::Connected(conn), LinkEvent::Message(conn, vec![7])]);
+        assert!(a.outbox.is_empty(), "no reset sent");
     }
 
     #[test]

@@ -18,7 +18,7 @@ fn swarm() {
     s.profile = ProfileChoice::Random;
     s.fault_ms = 20_000;
     s.check_idle_growth = true;
-    for r in sweep(&s, "swarm::swarm", &[2, 111], 8) {
+    for r in sweep(&s, "swarm::swarm", &[2, 111, 196], 8) {
         if let Some((before, after)) = r.idle_save_len {
             assert_eq!(before, after);
         }
