@@ -33,6 +33,21 @@ impl Profile {
     pub const CALM_AGENT: AgentProfile =
         AgentProfile { run_min_ms: 300, run_max_ms: 1_500, fail_pct: 0, hang_pct: 0, push_fail_pct: 0 };
 
+    /// The random faults this profile turns on.
+    pub fn fault_kinds(&self) -> Vec<&'static str> {
+        [
+            (self.partitions, "partition"),
+            (self.asymmetric, "asymmetric"),
+            (self.swizzle, "swizzle"),
+            (self.crashes, "crash"),
+            (self.pauses, "pause"),
+            (self.clock_skew, "clock-jump"),
+        ]
+        .into_iter()
+        .filter_map(|(on, kind)| on.then_some(kind))
+        .collect()
+    }
+
     /// No faults at all.
     pub fn calm() -> Profile {
         Profile {
@@ -250,25 +265,7 @@ impl Cluster {
 
     /// Injects one fault allowed by the profile; returns what it did.
     fn inject(&mut self, p: &Profile, cfg: &Config, oracle: &Mutex<Oracle>) -> Option<String> {
-        let mut kinds = Vec::new();
-        if p.partitions {
-            kinds.push("partition");
-        }
-        if p.asymmetric {
-            kinds.push("asymmetric");
-        }
-        if p.swizzle {
-            kinds.push("swizzle");
-        }
-        if p.crashes {
-            kinds.push("crash");
-        }
-        if p.pauses {
-            kinds.push("pause");
-        }
-        if p.clock_skew {
-            kinds.push("clock-jump");
-        }
+        let kinds = p.fault_kinds();
         let kind = *kinds.get(self.rand(kinds.len()))?;
         let n = self.nodes.len();
         Some(match kind {
@@ -461,12 +458,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     let mut script = s.script.clone();
     script.sort_by_key(|(t, _)| *t);
     let mut script = script.into_iter().peekable();
-    let any_random = profile.partitions
-        || profile.asymmetric
-        || profile.swizzle
-        || profile.crashes
-        || profile.pauses
-        || profile.clock_skew;
+    let any_random = !profile.fault_kinds().is_empty();
     let mut next_random = start + profile.fault_every_ms;
     while now_ms() < fault_end || script.peek().is_some() {
         let next_script = script.peek().map(|(t, _)| start + t).unwrap_or(u64::MAX);
