@@ -51,6 +51,15 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Incremental persists between full snapshots.
     pub snapshot_every: u32,
+    /// Budget of one sync message: its change bytes plus everything they
+    /// inflate to. Stored bytes get 16 times this.
+    pub max_inflated_bytes: usize,
+    /// Sustained bytes per second one peer may send; bursts of up to one
+    /// maximum message on top are allowed. Over it, the peer is refused.
+    pub peer_bytes_per_sec: u64,
+    /// Sustained messages per second one peer may send (bursts of twice
+    /// that are allowed).
+    pub peer_messages_per_sec: u64,
 }
 
 /// Stages a default agent works: every active stage.
@@ -80,6 +89,9 @@ impl Default for Config {
             dial_backoff_max_ms: 30_000,
             max_message_bytes: 32 << 20,
             snapshot_every: 512,
+            max_inflated_bytes: 64 << 20,
+            peer_bytes_per_sec: 16 << 20,
+            peer_messages_per_sec: 2_000,
         }
     }
 }
@@ -95,6 +107,8 @@ impl Config {
             ("dial_backoff_min_ms", self.dial_backoff_min_ms),
             ("snapshot_every", u64::from(self.snapshot_every)),
             ("max_peers", self.max_peers as u64),
+            ("peer_bytes_per_sec", self.peer_bytes_per_sec),
+            ("peer_messages_per_sec", self.peer_messages_per_sec),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { field });
@@ -108,6 +122,12 @@ impl Config {
         }
         if self.dial_backoff_min_ms > self.dial_backoff_max_ms {
             return Err(ConfigError::BackoffRange { min: self.dial_backoff_min_ms, max: self.dial_backoff_max_ms });
+        }
+        if self.max_inflated_bytes < self.max_message_bytes {
+            return Err(ConfigError::InflationBelowMessageCap {
+                inflated: self.max_inflated_bytes,
+                message: self.max_message_bytes,
+            });
         }
         if self.max_message_bytes < 64 << 10 {
             return Err(ConfigError::MessageCapTooSmall(self.max_message_bytes));

@@ -43,6 +43,13 @@ pub struct Engine {
     pub(crate) now: Millis,
     pub(crate) ready: bool,
     pub(crate) doc: Doc,
+    /// Our Automerge actor, kept to rebuild the document after a panic.
+    pub(crate) actor: ActorId,
+    /// A copy of everything persisted (last snapshot plus appends): the
+    /// document as of the end of the last input. See `defence.rs`.
+    pub(crate) persisted: Vec<u8>,
+    /// Sorted heads of `persisted`.
+    pub(crate) persisted_heads: Vec<automerge::ChangeHash>,
     /// Set by every write or merge; cleared when persisted.
     pub(crate) dirty: bool,
     pub(crate) appends_since_snapshot: u32,
@@ -107,8 +114,12 @@ impl Engine {
         actor.push(0);
         actor.extend_from_slice(&incarnation.to_be_bytes());
         let liveness = Liveness::new(config.claim_timeout_ms);
+        let actor = ActorId::from(actor);
         Engine {
-            doc: Doc::new(ActorId::from(actor)),
+            doc: Doc::new(actor.clone()),
+            actor,
+            persisted: Vec::new(),
+            persisted_heads: Vec::new(),
             config,
             node,
             rng,
@@ -212,14 +223,35 @@ impl Engine {
             return;
         }
         if !bytes.is_empty() {
+            // Stored bytes get the checks peer bytes get (a disk can be
+            // written by anyone with access to the data dir), with a larger
+            // inflation budget: a whole document is stored, not one message.
+            let budget = self.config.max_inflated_bytes.saturating_mul(16);
+            let (good, refused) = crate::guard::valid_chunks(bytes, budget);
+            if let Some(e) = refused {
+                let error = format!("stored chunk refused after {} good bytes: {e}", good.len());
+                self.emit(Event::StorageCorrupt { error });
+            }
             // `load_incremental` skips what it cannot parse without saying
             // so; a strict load first tells us whether storage is damaged.
-            if let Err(e) = automerge::Automerge::load(bytes) {
-                self.emit(Event::StorageCorrupt { error: e.to_string() });
+            let strict = std::panic::catch_unwind(|| automerge::Automerge::load(&good).map(|_| ()));
+            match strict {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.emit(Event::StorageCorrupt { error: e.to_string() }),
+                Err(p) => {
+                    let error = format!("automerge panicked loading storage: {}", crate::defence::panic_text(p.as_ref()));
+                    self.emit(Event::StorageCorrupt { error });
+                }
             }
             // Keep whatever loads; peers will fill in the rest.
-            if let Err(e) = self.doc.automerge().load_incremental(bytes) {
-                self.emit(Event::StorageCorrupt { error: e.to_string() });
+            let doc = &mut self.doc;
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.automerge().load_incremental(&good))) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => self.emit(Event::StorageCorrupt { error: e.to_string() }),
+                Err(_) => {
+                    self.emit(Event::StorageCorrupt { error: "automerge panicked loading storage; starting empty".into() });
+                    self.doc = Doc::new(self.actor.clone());
+                }
             }
         }
         let (stories, nodes, bad) = self.doc.read_all();
@@ -244,7 +276,7 @@ impl Engine {
         self.ready = true;
         // Compact storage on every start: one snapshot replaces the log.
         let snapshot = self.doc.automerge().save();
-        self.outputs.push_back(Output::Persist { kind: PersistKind::Snapshot, bytes: snapshot });
+        self.persist(PersistKind::Snapshot, snapshot);
         self.dirty = false;
         self.emit(Event::Ready { stories: self.stories.len(), unreadable: bad.keys });
         if let Some(addr) = self.config.rendezvous.clone() {
@@ -265,7 +297,7 @@ impl Engine {
                 (PersistKind::Append, self.doc.automerge().save_incremental())
             };
             if !bytes.is_empty() {
-                self.outputs.push_back(Output::Persist { kind, bytes });
+                self.persist(kind, bytes);
             }
             self.sync_due.extend(self.conns.iter().filter(|(_, c)| c.node.is_some()).map(|(id, _)| *id));
         }
@@ -276,6 +308,17 @@ impl Engine {
         }
         self.outputs.extend(self.pending.drain(..));
         self.flush_sync();
+    }
+
+    /// Emits a `Persist` and keeps the copy that recovery reloads.
+    fn persist(&mut self, kind: PersistKind, bytes: Vec<u8>) {
+        match kind {
+            PersistKind::Snapshot => self.persisted.clone_from(&bytes),
+            PersistKind::Append => self.persisted.extend_from_slice(&bytes),
+        }
+        self.persisted_heads = self.doc.heads();
+        self.persisted_heads.sort();
+        self.outputs.push_back(Output::Persist { kind, bytes });
     }
 
     pub(crate) fn emit(&mut self, event: Event) {

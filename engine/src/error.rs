@@ -53,6 +53,8 @@ pub enum ConfigError {
     HeartbeatTooSlow { heartbeat_ms: u64, timeout_ms: u64 },
     #[error("dial_backoff_min_ms ({min}) exceeds dial_backoff_max_ms ({max})")]
     BackoffRange { min: u64, max: u64 },
+    #[error("max_inflated_bytes ({inflated}) is below max_message_bytes ({message})")]
+    InflationBelowMessageCap { inflated: usize, message: usize },
     #[error("max_message_bytes ({0}) is below the 64 KiB minimum")]
     MessageCapTooSmall(usize),
 }

@@ -46,9 +46,11 @@
 mod claims;
 mod commands;
 mod config;
+mod defence;
 mod doc;
 mod engine;
 mod error;
+pub mod guard;
 pub mod hash;
 mod ids;
 mod io;

@@ -43,6 +43,8 @@ pub(crate) struct Conn {
     /// Sync messages to this peer are paced: at most one per
     /// `sync_interval_ms`, carrying everything that changed meanwhile.
     pub next_sync_at: Millis,
+    /// What this peer may still send (bytes and messages per second).
+    pub budget: crate::defence::PeerBudget,
 }
 
 impl Engine {
@@ -67,7 +69,9 @@ impl Engine {
             }
             None
         };
-        self.conns.insert(conn, Conn { target, node: None, sync: sync::State::new(), next_sync_at: self.now });
+        let ((_, bytes_cap), (_, messages_cap)) = self.budget_caps();
+        let budget = crate::defence::PeerBudget::new(self.now, bytes_cap, messages_cap);
+        self.conns.insert(conn, Conn { target, node: None, sync: sync::State::new(), next_sync_at: self.now, budget });
         let hello = Envelope::Hello { node: self.node.clone() }.encode();
         self.pending.push(Output::Send { conn, bytes: hello });
     }
@@ -106,6 +110,9 @@ impl Engine {
     }
 
     pub(crate) fn handle_peer_message(&mut self, conn: ConnId, bytes: &[u8]) {
+        if !self.charge_peer(conn, bytes.len()) {
+            return;
+        }
         let Some(c) = self.conns.get(&conn) else { return };
         let established = c.node.clone();
         let env = match Envelope::decode(bytes, self.config.max_message_bytes) {
@@ -152,15 +159,25 @@ impl Engine {
     }
 
     fn handle_sync(&mut self, conn: ConnId, raw: &[u8]) {
-        let msg = match sync::Message::decode(raw) {
-            Ok(m) => m,
-            Err(e) => return self.reject(conn, format!("bad sync message: {e}")),
+        // Automerge trusts the fields of a sync message; hold them to what
+        // an honest peer sends before it sees a byte.
+        if let Err(e) = crate::guard::check_sync_message(raw, self.config.max_inflated_bytes) {
+            return self.reject(conn, format!("sync message refused: {e}"));
+        }
+        let msg = match self.shielded(conn, "decode", |_| sync::Message::decode(raw)) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return self.reject(conn, format!("bad sync message: {e}")),
+            None => return,
         };
         let heads_before = self.doc.heads();
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        let result = self.doc.automerge().sync().receive_sync_message(&mut c.sync, msg);
-        if let Err(e) = result {
-            return self.reject(conn, format!("sync message rejected: {e}"));
+        let received = self.shielded(conn, "receive_sync_message", |engine| {
+            let c = engine.conns.get_mut(&conn)?;
+            Some(engine.doc.automerge().sync().receive_sync_message(&mut c.sync, msg))
+        });
+        match received {
+            Some(Some(Ok(()))) => {}
+            Some(Some(Err(e))) => return self.reject(conn, format!("sync message rejected: {e}")),
+            Some(None) | None => return,
         }
         if self.doc.heads() != heads_before {
             self.dirty = true;
@@ -209,7 +226,13 @@ impl Engine {
             return;
         }
         c.next_sync_at = now.saturating_add_ms(interval);
-        if let Some(msg) = self.doc.automerge().sync().generate_sync_message(&mut c.sync) {
+        // The peer's last message shaped this sync state (its bloom filter
+        // is probed here): a panic is that peer's doing.
+        let generated = self.shielded(conn, "generate_sync_message", |engine| {
+            let c = engine.conns.get_mut(&conn)?;
+            engine.doc.automerge().sync().generate_sync_message(&mut c.sync)
+        });
+        if let Some(msg) = generated.flatten() {
             let bytes = Envelope::Sync(msg.encode()).encode();
             self.outputs.push_back(Output::Send { conn, bytes });
         }

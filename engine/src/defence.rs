@@ -1,0 +1,170 @@
+//! The engine's defences against hostile or buggy peers, beyond the checks
+//! of [`crate::guard`]: per-peer rate budgets, and the last line of defence
+//! for Automerge panics on peer data.
+//!
+//! Recovery after a caught panic: the engine keeps a copy of exactly what
+//! it has made durable (the last snapshot plus the appends since), which is
+//! the whole document as of the end of the previous input, because every
+//! input ends by persisting what it changed. A panic inside Automerge may
+//! leave the in-memory document half-updated, so it is thrown away and
+//! rebuilt from that copy, and the rebuilt heads are compared with the
+//! heads recorded before the bad input. Equal heads prove the document is
+//! the one every peer's sync state refers to; the offending peer alone is
+//! disconnected.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::doc::Doc;
+use crate::{ConnId, Engine, Event, Millis};
+
+/// A token bucket of bytes and messages for one peer.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerBudget {
+    bytes: u64,
+    messages: u64,
+    refilled_at: Millis,
+}
+
+impl PeerBudget {
+    pub fn new(now: Millis, bytes_cap: u64, messages_cap: u64) -> PeerBudget {
+        PeerBudget { bytes: bytes_cap, messages: messages_cap, refilled_at: now }
+    }
+
+    /// Charges one message of `len` bytes; `Err` says which budget ran out.
+    pub fn charge(
+        &mut self,
+        now: Millis,
+        len: usize,
+        (bytes_per_sec, bytes_cap): (u64, u64),
+        (messages_per_sec, messages_cap): (u64, u64),
+    ) -> Result<(), String> {
+        let elapsed_ms = now.saturating_sub(self.refilled_at);
+        if elapsed_ms > 0 {
+            self.refilled_at = now;
+            let refill = |per_sec: u64| per_sec.saturating_mul(elapsed_ms) / 1_000;
+            self.bytes = self.bytes.saturating_add(refill(bytes_per_sec)).min(bytes_cap);
+            self.messages = self.messages.saturating_add(refill(messages_per_sec)).min(messages_cap);
+        }
+        let len = len as u64;
+        if self.bytes < len {
+            return Err(format!("over its budget of {bytes_per_sec} bytes/s"));
+        }
+        if self.messages == 0 {
+            return Err(format!("over its budget of {messages_per_sec} messages/s"));
+        }
+        self.bytes -= len;
+        self.messages -= 1;
+        Ok(())
+    }
+}
+
+/// Text of a caught panic's payload.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic".to_owned())
+}
+
+impl Engine {
+    /// Byte and message caps of a new peer's budget.
+    pub(crate) fn budget_caps(&self) -> ((u64, u64), (u64, u64)) {
+        let c = &self.config;
+        let bytes_cap = c.peer_bytes_per_sec.saturating_add(c.max_message_bytes as u64);
+        ((c.peer_bytes_per_sec, bytes_cap), (c.peer_messages_per_sec, c.peer_messages_per_sec.saturating_mul(2)))
+    }
+
+    /// Charges `len` bytes to the peer on `conn`; false if it was refused.
+    pub(crate) fn charge_peer(&mut self, conn: ConnId, len: usize) -> bool {
+        let (bytes, messages) = self.budget_caps();
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&conn) else { return false };
+        match c.budget.charge(now, len, bytes, messages) {
+            Ok(()) => true,
+            Err(why) => {
+                self.reject(conn, format!("peer is {why}"));
+                false
+            }
+        }
+    }
+
+    /// Runs `f` (Automerge work on data from `conn`) and catches a panic.
+    /// After a panic the peer is rejected and the document is rebuilt from
+    /// what was persisted; `None` is returned.
+    pub(crate) fn shielded<T>(&mut self, conn: ConnId, what: &str, f: impl FnOnce(&mut Engine) -> T) -> Option<T> {
+        let heads_before = self.persisted_heads.clone();
+        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(v) => Some(v),
+            Err(payload) => {
+                let text = panic_text(payload.as_ref());
+                let verified = self.rebuild_document(&heads_before);
+                self.reject(
+                    conn,
+                    format!(
+                        "automerge panicked in {what} on its data ({text}); document rebuilt from storage, heads {}",
+                        if verified { "verified" } else { "DIFFER" }
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Replaces the in-memory document by one loaded from the persisted
+    /// copy; true when its heads equal `expected`.
+    fn rebuild_document(&mut self, expected: &[automerge::ChangeHash]) -> bool {
+        let mut doc = Doc::new(self.actor.clone());
+        let loaded = catch_unwind(AssertUnwindSafe(|| doc.automerge().load_incremental(&self.persisted)));
+        if !matches!(loaded, Ok(Ok(_))) {
+            self.emit(Event::StorageCorrupt { error: "the persisted copy did not reload after a panic".into() });
+        }
+        let mut heads = doc.heads();
+        heads.sort();
+        let verified = heads == expected;
+        self.doc = doc;
+        // The index is rebuilt from scratch: nothing half-applied survives.
+        let (stories, nodes, _) = self.doc.read_all();
+        self.doc.skip_touched();
+        self.nodes = nodes;
+        let gone: Vec<_> = self.stories.keys().filter(|id| !stories.contains_key(*id)).cloned().collect();
+        for id in gone {
+            self.apply_story(&id, None);
+        }
+        for (id, view) in stories {
+            self.apply_story(&id, Some(view));
+        }
+        self.dirty = false;
+        if !verified {
+            // Not the document peers' sync states describe: start them over.
+            for c in self.conns.values_mut() {
+                c.sync = automerge::sync::State::new();
+            }
+        }
+        verified
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_refills_with_time_and_caps_bursts() {
+        let bytes = (1_000, 1_500);
+        let msgs = (10, 20);
+        let mut b = PeerBudget::new(Millis(0), 1_500, 20);
+        assert!(b.charge(Millis(0), 1_500, bytes, msgs).is_ok(), "a full burst");
+        assert!(b.charge(Millis(0), 1, bytes, msgs).unwrap_err().contains("bytes/s"));
+        assert!(b.charge(Millis(100), 100, bytes, msgs).is_ok(), "100 ms refill 100 bytes");
+        assert!(b.charge(Millis(100), 1, bytes, msgs).is_err());
+        let mut b = PeerBudget::new(Millis(0), 1_500, 20);
+        for _ in 0..20 {
+            b.charge(Millis(0), 1, bytes, msgs).unwrap();
+        }
+        assert!(b.charge(Millis(0), 1, bytes, msgs).unwrap_err().contains("messages/s"));
+        assert!(b.charge(Millis(1_000_000), 1, bytes, msgs).is_ok(), "refill stops at the cap");
+        assert_eq!(b.bytes, 1_499);
+        assert_eq!(b.messages, 19);
+    }
+}
