@@ -7,6 +7,8 @@
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ObjType, ReadDoc};
+use huskies_engine::Credentials;
+use huskies_engine::identity::PeerHandshake;
 use huskies_engine::wire::Envelope;
 use huskies_engine::{Config, ConnId, Engine, Input, Millis, NodeId, Output, Stage, StoryState, Token};
 
@@ -88,7 +90,16 @@ pub fn connect(e: &mut Engine, name: &str) -> ConnId {
 
 pub fn connect_as(e: &mut Engine, name: &str, conn: ConnId) -> ConnId {
     e.handle(Millis(0), Input::PeerConnected { conn });
-    e.handle(Millis(0), Input::PeerMessage { conn, bytes: Envelope::Hello { node: node(name) }.encode() });
+    let theirs = drain(e)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Send { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .expect("the engine greets a new peer");
+    let peer = PeerHandshake { node: node(name), creds: Credentials::dev(&node(name)), nonce: [7; 32] };
+    e.handle(Millis(0), Input::PeerMessage { conn, bytes: peer.hello() });
+    e.handle(Millis(0), Input::PeerMessage { conn, bytes: peer.answer(&theirs).expect("a hello") });
     drain(e);
     conn
 }

@@ -90,7 +90,7 @@ impl Engine {
 
     pub(crate) fn scan_claims(&mut self) {
         let mut slots = self.free_slots();
-        if slots == 0 {
+        if slots == 0 || self.self_revoked {
             return;
         }
         let now = self.now;

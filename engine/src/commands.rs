@@ -16,6 +16,7 @@ impl Engine {
         match command {
             Command::AddStory { id, title, stage } => self.add_story(id, title, stage),
             Command::MoveStory { id, stage } => self.move_story(id, stage),
+            Command::RevokeNode { node } => self.revoke_node(node),
         }
     }
 

@@ -60,6 +60,10 @@ pub struct Config {
     /// Sustained messages per second one peer may send (bursts of twice
     /// that are allowed).
     pub peer_messages_per_sec: u64,
+    /// This node's key, its certificate and the cluster CA to check peers
+    /// against. `None` gives dev credentials derived from the node id (see
+    /// `identity.rs`): for tests and simulations only.
+    pub credentials: Option<crate::identity::Credentials>,
 }
 
 /// Stages a default agent works: every active stage.
@@ -92,6 +96,7 @@ impl Default for Config {
             max_inflated_bytes: 64 << 20,
             peer_bytes_per_sec: 16 << 20,
             peer_messages_per_sec: 2_000,
+            credentials: None,
         }
     }
 }

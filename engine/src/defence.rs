@@ -126,7 +126,9 @@ impl Engine {
         // The index is rebuilt from scratch: nothing half-applied survives.
         let (stories, nodes, _) = self.doc.read_all();
         self.doc.skip_touched();
-        self.nodes = nodes;
+        for (id, rec) in nodes {
+            self.learn_node(id, rec);
+        }
         let gone: Vec<_> = self.stories.keys().filter(|id| !stories.contains_key(*id)).cloned().collect();
         for id in gone {
             self.apply_story(&id, None);

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
 
+use crate::identity::{Cert, PublicKey, Sig, hex, unhex};
 use crate::story::StoryState;
 use crate::{NodeId, StoryId};
 
@@ -32,7 +33,22 @@ pub struct NodeRecord {
     pub address: Option<String>,
     pub label: String,
     pub capacity: u32,
+    /// The node's key and the CA's signature of it. Checked by every
+    /// reader: anyone can write a record, only the CA can sign one.
+    pub cert: Option<Cert>,
 }
+
+/// A CA-signed revocation of one node key, kept at the document root under
+/// `revoked/<node>/<key hex>`: a scalar per key, so concurrent writers
+/// never race to create a map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub node: NodeId,
+    pub key: PublicKey,
+    pub sig: Sig,
+}
+
+const REVOKED_PREFIX: &str = "revoked/";
 
 pub struct Doc {
     am: AutoCommit,
@@ -105,10 +121,18 @@ impl Doc {
 
     /// The stories and nodes touched since the last call; Automerge computes
     /// this from its patch log, in time proportional to the new changes.
-    pub fn take_touched(&mut self) -> (BTreeSet<StoryId>, BTreeSet<NodeId>) {
+    /// The third value says whether a revocation arrived.
+    pub fn take_touched(&mut self) -> (BTreeSet<StoryId>, BTreeSet<NodeId>, bool) {
         let mut stories = BTreeSet::new();
         let mut nodes = BTreeSet::new();
+        let mut revocations = false;
         for patch in self.am.diff_incremental() {
+            if patch.obj == automerge::ROOT
+                && let automerge::PatchAction::PutMap { key, .. } = &patch.action
+            {
+                revocations |= key.starts_with(REVOKED_PREFIX);
+                continue;
+            }
             // The key under `stories` or `nodes` is either the patched key
             // (when the patch is on the root map itself) or the second path
             // element (when it is inside a story's or node's map).
@@ -131,7 +155,37 @@ impl Doc {
                 nodes.insert(id);
             }
         }
-        (stories, nodes)
+        (stories, nodes, revocations)
+    }
+
+    /// Every well-formed revocation (signatures are checked by the caller).
+    pub fn read_revocations(&mut self) -> Vec<Revocation> {
+        let keys: Vec<String> = self.am.keys(automerge::ROOT).filter(|k| k.starts_with(REVOKED_PREFIX)).collect();
+        let mut out = Vec::new();
+        for k in keys {
+            let Some((node, key)) = k[REVOKED_PREFIX.len()..].split_once('/') else { continue };
+            let (Ok(node), Some(key)) = (NodeId::new(node), unhex(key).and_then(|b| PublicKey::try_from(b).ok()))
+            else {
+                continue;
+            };
+            let sig = match self.am.get(automerge::ROOT, k.as_str()) {
+                Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                    ScalarValue::Str(t) => unhex(t).and_then(|b| Sig::try_from(b).ok()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(sig) = sig {
+                out.push(Revocation { node, key, sig });
+            }
+        }
+        out
+    }
+
+    pub fn put_revocation(&mut self, r: &Revocation) {
+        let key = format!("{REVOKED_PREFIX}{}/{}", r.node.as_str(), hex(&r.key));
+        self.am.put(automerge::ROOT, key, hex(&r.sig)).expect("put revocation");
+        self.commit();
     }
 
     /// Marks everything so far as seen by [`Doc::take_touched`]. Used after
@@ -193,7 +247,8 @@ impl Doc {
             },
             _ => return None,
         };
-        Some(NodeRecord { address: text(&self.am, "address"), label: text(&self.am, "label")?, capacity })
+        let cert = text(&self.am, "cert").and_then(|c| Cert::from_hex(&c));
+        Some(NodeRecord { address: text(&self.am, "address"), label: text(&self.am, "label")?, capacity, cert })
     }
 
     /// Creates `stories/<id>` in one change. Caller checked it is new.
@@ -224,6 +279,9 @@ impl Doc {
         }
         self.am.put(&obj, "label", rec.label.as_str()).expect("put label");
         self.am.put(&obj, "capacity", u64::from(rec.capacity)).expect("put capacity");
+        if let Some(c) = &rec.cert {
+            self.am.put(&obj, "cert", c.to_hex()).expect("put cert");
+        }
         self.commit();
     }
 }
@@ -258,8 +316,8 @@ mod tests {
         }
         b.am.merge(&mut a.am).unwrap();
         a.am.merge(&mut b.am).unwrap();
-        let (ta, _) = a.take_touched();
-        let (tb, _) = b.take_touched();
+        let (ta, _, _) = a.take_touched();
+        let (tb, _, _) = b.take_touched();
         assert!(ta.contains(&id), "a sees the conflict");
         assert!(tb.contains(&id), "b sees the conflict");
         assert_eq!(a.read_story(&id).unwrap().concurrent, 2);

@@ -74,6 +74,16 @@ pub struct Engine {
     pub(crate) liveness: Liveness,
     pub(crate) dead: BTreeSet<NodeId>,
 
+    // Identity.
+    pub(crate) creds: crate::identity::Credentials,
+    /// Verified keys of nodes: from certificates in node records and from
+    /// authenticated handshakes. Heartbeats are checked against these.
+    pub(crate) keys: BTreeMap<NodeId, crate::identity::PublicKey>,
+    /// Node keys with a valid CA revocation in the document.
+    pub(crate) revoked: BTreeSet<(NodeId, crate::identity::PublicKey)>,
+    /// Our own key was revoked: we run and claim nothing more.
+    pub(crate) self_revoked: bool,
+
     // Peers.
     pub(crate) conns: BTreeMap<ConnId, Conn>,
     pub(crate) targets: BTreeMap<String, DialTarget>,
@@ -114,6 +124,7 @@ impl Engine {
         actor.push(0);
         actor.extend_from_slice(&incarnation.to_be_bytes());
         let liveness = Liveness::new(config.claim_timeout_ms);
+        let creds = config.credentials.clone().unwrap_or_else(|| crate::identity::Credentials::dev(&node));
         let actor = ActorId::from(actor);
         Engine {
             doc: Doc::new(actor.clone()),
@@ -139,6 +150,10 @@ impl Engine {
             worktrees: BTreeSet::new(),
             liveness,
             dead: BTreeSet::new(),
+            creds,
+            keys: BTreeMap::new(),
+            revoked: BTreeSet::new(),
+            self_revoked: false,
             conns: BTreeMap::new(),
             targets: BTreeMap::new(),
             next_conn: 0,
@@ -239,7 +254,8 @@ impl Engine {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => self.emit(Event::StorageCorrupt { error: e.to_string() }),
                 Err(p) => {
-                    let error = format!("automerge panicked loading storage: {}", crate::defence::panic_text(p.as_ref()));
+                    let error =
+                        format!("automerge panicked loading storage: {}", crate::defence::panic_text(p.as_ref()));
                     self.emit(Event::StorageCorrupt { error });
                 }
             }
@@ -249,14 +265,19 @@ impl Engine {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => self.emit(Event::StorageCorrupt { error: e.to_string() }),
                 Err(_) => {
-                    self.emit(Event::StorageCorrupt { error: "automerge panicked loading storage; starting empty".into() });
+                    self.emit(Event::StorageCorrupt {
+                        error: "automerge panicked loading storage; starting empty".into(),
+                    });
                     self.doc = Doc::new(self.actor.clone());
                 }
             }
         }
         let (stories, nodes, bad) = self.doc.read_all();
         self.doc.skip_touched();
-        self.nodes = nodes;
+        for (id, rec) in nodes {
+            self.learn_node(id, rec);
+        }
+        self.absorb_revocations();
         for (id, view) in stories {
             self.apply_story(&id, Some(view));
         }
@@ -264,6 +285,7 @@ impl Engine {
             address: self.config.address.clone(),
             label: self.config.label.clone(),
             capacity: self.config.capacity,
+            cert: Some(self.creds.cert),
         };
         if self.nodes.get(&self.node) != Some(&own) {
             self.doc.put_node(&self.node, &own);
@@ -420,7 +442,7 @@ impl Engine {
 
     /// Re-reads everything a merge touched.
     pub(crate) fn absorb_remote_changes(&mut self) {
-        let (mut stories, nodes) = self.doc.take_touched();
+        let (mut stories, nodes, revocations) = self.doc.take_touched();
         stories.extend(self.conflicted.iter().cloned());
         for id in stories {
             let view = self.doc.read_story(&id);
@@ -428,9 +450,14 @@ impl Engine {
         }
         for id in nodes {
             match self.doc.read_node(&id) {
-                Some(rec) => self.nodes.insert(id, rec),
-                None => self.nodes.remove(&id),
+                Some(rec) => self.learn_node(id, rec),
+                None => {
+                    self.nodes.remove(&id);
+                }
             };
+        }
+        if revocations {
+            self.absorb_revocations();
         }
     }
 

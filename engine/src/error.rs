@@ -39,6 +39,12 @@ pub enum CommandError {
     IllegalMove { story: StoryId, from: Stage, to: Stage, why: &'static str },
     #[error("the node has not loaded its storage yet")]
     NotReady,
+    #[error("no node {0} with a certificate is known")]
+    UnknownNode(crate::NodeId),
+    #[error("only the server, which holds the cluster CA key, can revoke nodes")]
+    NotAuthority,
+    #[error("a node cannot revoke itself")]
+    RevokeSelf,
 }
 
 /// An invalid [`crate::Config`].

@@ -42,12 +42,16 @@ pub enum Command {
     /// Moves a story; bumps its token so that any run of it is fenced off,
     /// and clears its attempts and failed mark.
     MoveStory { id: StoryId, stage: Stage },
+    /// Revokes the node's current key (server only): every node refuses it
+    /// from then on and its stories are reclaimed at once.
+    RevokeNode { node: NodeId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Added { id: StoryId },
     Moved { id: StoryId, from: Stage, to: Stage, token: Token },
+    Revoked { node: NodeId },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +145,10 @@ pub enum Event {
         reason: String,
     },
     NodeDead {
+        node: NodeId,
+    },
+    /// A CA-signed revocation of the node's key took effect here.
+    NodeRevoked {
         node: NodeId,
     },
     StoryAdded {

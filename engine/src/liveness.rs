@@ -36,12 +36,41 @@ pub enum News {
 #[derive(Debug, Default)]
 pub struct Liveness {
     beats: BTreeMap<NodeId, Beat>,
+    /// Revoked nodes: dead at once and for good, whatever arrives.
+    revoked: std::collections::BTreeSet<NodeId>,
     timeout_ms: u64,
 }
 
 impl Liveness {
     pub fn new(timeout_ms: u64) -> Liveness {
-        Liveness { beats: BTreeMap::new(), timeout_ms }
+        Liveness { beats: BTreeMap::new(), revoked: Default::default(), timeout_ms }
+    }
+
+    /// Would `hb` be news? Checked before its signature is verified, so
+    /// the flood of duplicates costs no cryptography.
+    pub fn is_news(&self, hb: &Heartbeat) -> bool {
+        if self.revoked.contains(&hb.node) {
+            return false;
+        }
+        match self.beats.get(&hb.node) {
+            None => true,
+            Some(b) => match b.incarnation {
+                None => true,
+                Some(inc) if inc == hb.incarnation => hb.seq > b.seq,
+                Some(_) => b.previous_incarnation != Some(hb.incarnation),
+            },
+        }
+    }
+
+    /// The node is dead from now on: no beat or grace brings it back.
+    pub fn revoke(&mut self, node: &NodeId) {
+        self.beats.remove(node);
+        self.revoked.insert(node.clone());
+    }
+
+    /// A revoked node re-enrolled with a new key.
+    pub fn unrevoke(&mut self, node: &NodeId) {
+        self.revoked.remove(node);
     }
 
     /// Records a heartbeat and says whether it is news to relay.
@@ -49,6 +78,9 @@ impl Liveness {
     /// flood. A beat is urgent when it changes what claim ranking sees (a
     /// node's free slots, or a node we had not heard).
     pub fn handle_heartbeat(&mut self, hb: &Heartbeat, now: Millis) -> News {
+        if self.revoked.contains(&hb.node) {
+            return News::Stale;
+        }
         let Some(beat) = self.beats.get_mut(&hb.node) else {
             self.beats.insert(
                 hb.node.clone(),
@@ -85,6 +117,9 @@ impl Liveness {
     /// Starts the grace period of a node seen (e.g. holding a claim) but
     /// never heard: it is presumed alive for one timeout from now.
     pub fn note_seen(&mut self, node: &NodeId, now: Millis) {
+        if self.revoked.contains(node) {
+            return;
+        }
         self.beats.entry(node.clone()).or_insert(Beat {
             incarnation: None,
             seq: 0,
@@ -117,7 +152,7 @@ mod tests {
     use super::*;
 
     fn hb(inc: u64, seq: u64) -> Heartbeat {
-        Heartbeat { node: NodeId::new("n").unwrap(), incarnation: inc, seq, free_slots: 1 }
+        Heartbeat { node: NodeId::new("n").unwrap(), incarnation: inc, seq, free_slots: 1, sig: [0; 64] }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use automerge::sync::{self, SyncDoc};
 
 use crate::hash::stable_hash;
+use crate::identity::{self, Cert, PublicKey};
 use crate::liveness::News;
 use crate::wire::{Envelope, Heartbeat};
 use crate::{ConnId, Engine, Event, Millis, NodeId, Output};
@@ -35,8 +36,16 @@ impl DialTarget {
 pub(crate) struct Conn {
     /// The address key in `targets` for outbound conns.
     pub target: Option<String>,
-    /// Known after the peer's hello; only then do we sync.
+    /// Known once the peer proved its key (hello, then auth); only then do
+    /// we sync or take its heartbeats.
     pub node: Option<NodeId>,
+    /// The challenge we sent in our hello.
+    pub our_nonce: [u8; 32],
+    /// The peer's hello, certificate checked, until its auth arrives:
+    /// node, key, its nonce.
+    pub hello: Option<(NodeId, PublicKey, [u8; 32])>,
+    /// The key the peer proved.
+    pub peer_key: Option<PublicKey>,
     /// Fresh per connection: reusing sync state across reconnects can stop
     /// peers from converging.
     pub sync: sync::State,
@@ -71,8 +80,24 @@ impl Engine {
         };
         let ((_, bytes_cap), (_, messages_cap)) = self.budget_caps();
         let budget = crate::defence::PeerBudget::new(self.now, bytes_cap, messages_cap);
-        self.conns.insert(conn, Conn { target, node: None, sync: sync::State::new(), next_sync_at: self.now, budget });
-        let hello = Envelope::Hello { node: self.node.clone() }.encode();
+        let mut our_nonce = [0u8; 32];
+        for chunk in our_nonce.chunks_mut(8) {
+            chunk.copy_from_slice(&self.random_u64().to_be_bytes());
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                target,
+                node: None,
+                our_nonce,
+                hello: None,
+                peer_key: None,
+                sync: sync::State::new(),
+                next_sync_at: self.now,
+                budget,
+            },
+        );
+        let hello = Envelope::Hello { node: self.node.clone(), nonce: our_nonce, cert: self.creds.cert }.encode();
         self.pending.push(Output::Send { conn, bytes: hello });
     }
 
@@ -114,45 +139,79 @@ impl Engine {
             return;
         }
         let Some(c) = self.conns.get(&conn) else { return };
-        let established = c.node.clone();
+        let (established, greeted) = (c.node.is_some(), c.hello.is_some());
         let env = match Envelope::decode(bytes, self.config.max_message_bytes) {
             Ok(env) => env,
             Err(e) => return self.reject(conn, e.to_string()),
         };
-        match (env, established) {
-            (Envelope::Hello { node }, None) => self.handle_hello(conn, node),
-            (Envelope::Hello { .. }, Some(_)) => self.reject(conn, "second hello".into()),
-            (_, None) => self.reject(conn, "message before hello".into()),
-            (Envelope::Sync(raw), Some(_)) => self.handle_sync(conn, &raw),
-            (Envelope::Heartbeats(beats), Some(_)) => {
+        match env {
+            Envelope::Hello { node, nonce, cert } if !established && !greeted => {
+                self.handle_hello(conn, node, nonce, cert)
+            }
+            Envelope::Hello { .. } => self.reject(conn, "second hello".into()),
+            Envelope::Auth { sig } if greeted && !established => self.handle_auth(conn, &sig),
+            Envelope::Auth { .. } => self.reject(conn, "auth without a hello, or twice".into()),
+            _ if !established => self.reject(conn, "message before the handshake completed".into()),
+            Envelope::Sync(raw) => self.handle_sync(conn, &raw),
+            Envelope::Heartbeats(beats) => {
                 for hb in beats {
+                    if !self.conns.contains_key(&conn) {
+                        break; // rejected by an earlier beat
+                    }
                     self.handle_heartbeat(conn, hb);
                 }
             }
         }
     }
 
-    fn handle_hello(&mut self, conn: ConnId, node: NodeId) {
+    /// The peer says who it is: check its certificate and answer its
+    /// challenge. It counts as that node only once its own proof arrives.
+    fn handle_hello(&mut self, conn: ConnId, node: NodeId, nonce: [u8; 32], cert: Cert) {
         if node == self.node {
             return self.reject(conn, "peer claims our own node id".into());
         }
+        if !identity::verify_cert(&self.creds.ca, &node, &cert) {
+            return self.reject(conn, format!("hello from {node} carries no certificate of this cluster's CA"));
+        }
+        if self.is_revoked(&node, &cert.key) {
+            return self.reject(conn, format!("node {node} was revoked"));
+        }
         let target = self.conns.get(&conn).and_then(|c| c.target.clone());
+        if let Some(t) = target.as_ref().and_then(|a| self.targets.get(a))
+            && let Purpose::Mesh(expected) = &t.purpose
+            && *expected != node
+        {
+            let reason = format!("dialed {expected} but {node} answered");
+            return self.reject(conn, reason);
+        }
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.hello = Some((node.clone(), cert.key, nonce));
+        let proof = identity::auth_message(&nonce, &c.our_nonce, &self.node, &node);
+        let sig = self.creds.sign(&proof);
+        self.pending.push(Output::Send { conn, bytes: Envelope::Auth { sig }.encode() });
+    }
+
+    /// The peer's proof that it holds the key its hello named.
+    fn handle_auth(&mut self, conn: ConnId, sig: &identity::Sig) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let Some((node, key, their_nonce)) = c.hello.clone() else { return };
+        if !identity::verify_auth(&key, sig, &their_nonce, &c.our_nonce, &self.node, &node) {
+            return self.reject(conn, format!("{node} failed to prove its key"));
+        }
+        let target = c.target.clone();
         if let Some(addr) = &target
             && let Some(t) = self.targets.get_mut(addr)
         {
-            match &t.purpose {
-                Purpose::Mesh(expected) if *expected != node => {
-                    let reason = format!("dialed {expected} but {node} answered");
-                    return self.reject(conn, reason);
-                }
-                Purpose::Rendezvous => self.rendezvous_node = Some(node.clone()),
-                _ => {}
+            if t.purpose == Purpose::Rendezvous {
+                self.rendezvous_node = Some(node.clone());
             }
             t.failures = 0;
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.node = Some(node.clone());
+            c.peer_key = Some(key);
         }
+        self.learn_key(&node, key);
         self.liveness.note_seen(&node, self.now);
         self.emit(Event::PeerUp { conn, node });
         self.sync_due.insert(conn);
@@ -239,8 +298,16 @@ impl Engine {
     }
 
     fn handle_heartbeat(&mut self, from: ConnId, hb: Heartbeat) {
-        if hb.node == self.node {
+        if hb.node == self.node || !self.liveness.is_news(&hb) {
             return;
+        }
+        // Only beats signed by their node count or travel on. A beat of a
+        // node whose key we have not learned yet is dropped (its record is
+        // on its way); a beat that fails its key's check was forged or
+        // corrupted by the peer that sent it, since relays check first.
+        let Some(key) = self.keys.get(&hb.node) else { return };
+        if !identity::verify_beat(key, &hb) {
+            return self.reject(from, format!("heartbeat of {} with a bad signature", hb.node));
         }
         match self.liveness.handle_heartbeat(&hb, self.now) {
             News::Stale => {}
@@ -271,11 +338,18 @@ impl Engine {
     pub(crate) fn send_heartbeat(&mut self, with_relays: bool) {
         self.heartbeat_seq += 1;
         self.advertised_free_slots = self.free_slots();
+        let sig = self.creds.sign(&identity::beat_message(
+            &self.node,
+            self.incarnation,
+            self.heartbeat_seq,
+            self.advertised_free_slots,
+        ));
         let own = Heartbeat {
             node: self.node.clone(),
             incarnation: self.incarnation,
             seq: self.heartbeat_seq,
             free_slots: self.advertised_free_slots,
+            sig,
         };
         let relay = if with_relays { std::mem::take(&mut self.relay) } else { Default::default() };
         let to: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node.is_some()).map(|(id, _)| *id).collect();

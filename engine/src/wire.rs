@@ -1,25 +1,32 @@
 //! The envelope spoken over `/crdt-sync`: one binary frame per envelope.
 //!
 //! ```text
-//! byte 0      protocol version (1)
-//! byte 1      kind: 1 hello, 2 sync, 3 heartbeat
-//! hello       u8 len, node id
+//! byte 0      protocol version (2)
+//! byte 1      kind: 1 hello, 2 sync, 3 heartbeat, 4 auth
+//! hello       u8 len, node id, 32-byte nonce, 32-byte public key, 64-byte
+//!             CA signature of the key (the node's certificate)
+//! auth        64-byte signature proving the key (see `identity.rs`)
 //! sync        the rest is an Automerge sync message
 //! heartbeats  u16 count (1..=MAX_HEARTBEATS), then per beat: u8 len, node
-//!             id, u64 incarnation, u64 seq, u32 free slots (big endian)
+//!             id, u64 incarnation, u64 seq, u32 free slots (big endian),
+//!             64-byte signature by the beat's node
 //! ```
+//!
+//! Version 1 (unsigned hellos and beats) is refused with a clear error.
 //!
 //! Every length is checked before it is used; decoding never panics.
 
 use thiserror::Error;
 
 use crate::NodeId;
+use crate::identity::{Cert, Sig};
 
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 const KIND_HELLO: u8 = 1;
 const KIND_SYNC: u8 = 2;
 const KIND_HEARTBEAT: u8 = 3;
+const KIND_AUTH: u8 = 4;
 
 /// Most beats one envelope may carry (one per node of a large fleet).
 pub const MAX_HEARTBEATS: usize = 4_096;
@@ -33,12 +40,21 @@ pub struct Heartbeat {
     pub seq: u64,
     /// How many more runs the node would take; ranks candidates for claims.
     pub free_slots: u32,
+    /// The node's signature over the fields above.
+    pub sig: Sig,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Envelope {
+    /// First message each way: who we are, and a fresh challenge.
     Hello {
         node: NodeId,
+        nonce: [u8; 32],
+        cert: Cert,
+    },
+    /// Answer to the peer's hello: proof we hold the certified key.
+    Auth {
+        sig: Sig,
     },
     Sync(Vec<u8>),
     /// Our own beat and the beats we relay, batched per interval.
@@ -52,6 +68,8 @@ pub enum WireError {
     TooLarge { len: usize, max: usize },
     #[error("message is truncated")]
     Truncated,
+    #[error("node id is not UTF-8")]
+    NotUtf8,
     #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
     Version(u8),
     #[error("unknown message kind {0}")]
@@ -68,9 +86,16 @@ impl Envelope {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![PROTOCOL_VERSION];
         match self {
-            Envelope::Hello { node } => {
+            Envelope::Hello { node, nonce, cert } => {
                 out.push(KIND_HELLO);
                 put_id(&mut out, node);
+                out.extend_from_slice(nonce);
+                out.extend_from_slice(&cert.key);
+                out.extend_from_slice(&cert.sig);
+            }
+            Envelope::Auth { sig } => {
+                out.push(KIND_AUTH);
+                out.extend_from_slice(sig);
             }
             Envelope::Sync(bytes) => {
                 out.reserve(bytes.len());
@@ -86,6 +111,7 @@ impl Envelope {
                     out.extend_from_slice(&hb.incarnation.to_be_bytes());
                     out.extend_from_slice(&hb.seq.to_be_bytes());
                     out.extend_from_slice(&hb.free_slots.to_be_bytes());
+                    out.extend_from_slice(&hb.sig);
                 }
             }
         }
@@ -102,7 +128,10 @@ impl Envelope {
             return Err(WireError::Version(version));
         }
         let env = match r.u8()? {
-            KIND_HELLO => Envelope::Hello { node: r.id()? },
+            KIND_HELLO => {
+                Envelope::Hello { node: r.id()?, nonce: r.array()?, cert: Cert { key: r.array()?, sig: r.array()? } }
+            }
+            KIND_AUTH => Envelope::Auth { sig: r.array()? },
             KIND_SYNC => return Ok(Envelope::Sync(r.0.to_vec())),
             KIND_HEARTBEAT => {
                 let count = usize::from(u16::from_be_bytes(r.array()?));
@@ -116,6 +145,7 @@ impl Envelope {
                         incarnation: u64::from_be_bytes(r.array()?),
                         seq: u64::from_be_bytes(r.array()?),
                         free_slots: u32::from_be_bytes(r.array()?),
+                        sig: r.array()?,
                     });
                 }
                 Envelope::Heartbeats(beats)
@@ -162,7 +192,7 @@ impl Reader<'_> {
     fn id(&mut self) -> Result<NodeId, WireError> {
         let len = usize::from(self.u8()?);
         let raw = self.take(len)?;
-        let s = std::str::from_utf8(raw).map_err(|_| WireError::Truncated)?;
+        let s = std::str::from_utf8(raw).map_err(|_| WireError::NotUtf8)?;
         Ok(NodeId::new(s)?)
     }
 }
@@ -178,11 +208,12 @@ mod tests {
     #[test]
     fn roundtrip() {
         for env in [
-            Envelope::Hello { node: node("agent-1") },
+            Envelope::Hello { node: node("agent-1"), nonce: [3; 32], cert: Cert { key: [4; 32], sig: [5; 64] } },
+            Envelope::Auth { sig: [6; 64] },
             Envelope::Sync(vec![1, 2, 3]),
             Envelope::Heartbeats(vec![
-                Heartbeat { node: node("n"), incarnation: 7, seq: u64::MAX, free_slots: 2 },
-                Heartbeat { node: node("m"), incarnation: 1, seq: 3, free_slots: 0 },
+                Heartbeat { node: node("n"), incarnation: 7, seq: u64::MAX, free_slots: 2, sig: [1; 64] },
+                Heartbeat { node: node("m"), incarnation: 1, seq: 3, free_slots: 0, sig: [2; 64] },
             ]),
         ] {
             assert_eq!(Envelope::decode(&env.encode(), 1 << 20), Ok(env));
@@ -193,17 +224,27 @@ mod tests {
     fn rejects_garbage_without_panicking() {
         assert_eq!(Envelope::decode(&[], 100), Err(WireError::Truncated));
         assert_eq!(Envelope::decode(&[9, 1], 100), Err(WireError::Version(9)));
-        assert_eq!(Envelope::decode(&[1, 77], 100), Err(WireError::Kind(77)));
-        assert_eq!(Envelope::decode(&[1, 1, 5, b'a'], 100), Err(WireError::Truncated));
-        assert!(matches!(Envelope::decode(&[1, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
-        assert_eq!(Envelope::decode(&[1, 1, 1, b'a', 0], 100), Err(WireError::Trailing(1)));
-        assert_eq!(Envelope::decode(&[1, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
+        assert_eq!(Envelope::decode(&[1, 1, 1, b'a'], 100), Err(WireError::Version(1)), "v1 peers are refused");
+        assert_eq!(Envelope::decode(&[2, 77], 100), Err(WireError::Kind(77)));
+        assert_eq!(Envelope::decode(&[2, 1, 5, b'a'], 100), Err(WireError::Truncated));
+        assert!(matches!(Envelope::decode(&[2, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
+        assert_eq!(Envelope::decode(&[2, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
+        let mut auth = Envelope::Auth { sig: [0; 64] }.encode();
+        auth.push(0);
+        assert_eq!(Envelope::decode(&auth, 100), Err(WireError::Trailing(1)));
+        assert_eq!(Envelope::decode(&[2, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
         assert!(matches!(Envelope::decode(&[0; 200], 100), Err(WireError::TooLarge { .. })));
     }
 
     #[test]
     fn every_prefix_and_bitflip_is_handled() {
-        let hb = Envelope::Heartbeats(vec![Heartbeat { node: node("abc"), incarnation: 1, seq: 2, free_slots: 3 }]);
+        let hb = Envelope::Heartbeats(vec![Heartbeat {
+            node: node("abc"),
+            incarnation: 1,
+            seq: 2,
+            free_slots: 3,
+            sig: [9; 64],
+        }]);
         let bytes = hb.encode();
         for cut in 0..bytes.len() {
             let _ = Envelope::decode(&bytes[..cut], 1 << 20);

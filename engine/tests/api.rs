@@ -1,7 +1,9 @@
 //! The engine contract seen from a driver: bad peers are disconnected,
 //! bad commands get clear errors, persistence precedes what it covers.
 
-use huskies_engine::wire::Envelope;
+use huskies_engine::Credentials;
+use huskies_engine::identity::PeerHandshake;
+use huskies_engine::wire::{Envelope, Heartbeat};
 use huskies_engine::{
     Command, CommandError, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output, PersistKind, Reply,
     Stage, StoryId,
@@ -18,6 +20,36 @@ fn drain(e: &mut Engine) -> Vec<Output> {
     std::iter::from_fn(|| e.poll_output()).collect()
 }
 
+fn peer(name: &str) -> PeerHandshake {
+    let node = NodeId::new(name).unwrap();
+    PeerHandshake { creds: Credentials::dev(&node), node, nonce: [9; 32] }
+}
+
+/// Connects `conn` and returns the engine's hello to it.
+fn connect(e: &mut Engine, conn: ConnId) -> Vec<u8> {
+    e.handle(Millis(1), Input::PeerConnected { conn });
+    drain(e)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Send { conn: c, bytes } if c == conn => Some(bytes),
+            _ => None,
+        })
+        .expect("the engine greets a new peer")
+}
+
+/// Connects `conn` and completes the handshake as the fake peer `name`.
+fn handshake(e: &mut Engine, conn: ConnId, name: &str) {
+    let theirs = connect(e, conn);
+    let p = peer(name);
+    e.handle(Millis(2), Input::PeerMessage { conn, bytes: p.hello() });
+    e.handle(Millis(2), Input::PeerMessage { conn, bytes: p.answer(&theirs).unwrap() });
+    let outs = drain(e);
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::Event(Event::PeerUp { conn: c, .. }) if *c == conn)),
+        "handshake of {name} completes: {outs:?}"
+    );
+}
+
 fn rejected(outs: &[Output], conn: ConnId) -> bool {
     outs.iter().any(|o| matches!(o, Output::HangUp { conn: c } if *c == conn))
         && outs.iter().any(|o| matches!(o, Output::Event(Event::PeerRejected { conn: c, .. }) if *c == conn))
@@ -27,12 +59,9 @@ fn rejected(outs: &[Output], conn: ConnId) -> bool {
 fn malformed_peer_bytes_disconnect_only_that_peer() {
     let mut e = engine();
     let (good, bad) = (ConnId(1), ConnId(2));
-    for conn in [good, bad] {
-        e.handle(Millis(1), Input::PeerConnected { conn });
-    }
-    let hello = |n: &str| Envelope::Hello { node: NodeId::new(n).unwrap() }.encode();
-    e.handle(Millis(2), Input::PeerMessage { conn: good, bytes: hello("good") });
-    drain(&mut e);
+    connect(&mut e, bad);
+    let hello = |n: &str| peer(n).hello();
+    handshake(&mut e, good, "good");
     // Sync before hello, garbage, a corrupt sync message, a second hello.
     e.handle(Millis(3), Input::PeerMessage { conn: bad, bytes: Envelope::Sync(vec![1, 2]).encode() });
     assert!(rejected(&drain(&mut e), bad));
@@ -40,11 +69,11 @@ fn malformed_peer_bytes_disconnect_only_that_peer() {
         [vec![0xff; 10], Envelope::Sync(vec![0x42, 0, 1, 2, 3]).encode(), hello("good")].into_iter().enumerate()
     {
         let conn = ConnId(10 + i as u64);
-        e.handle(Millis(4), Input::PeerConnected { conn });
         if i > 0 {
-            e.handle(Millis(4), Input::PeerMessage { conn, bytes: hello(&format!("p{i}")) });
+            handshake(&mut e, conn, &format!("p{i}"));
+        } else {
+            connect(&mut e, conn);
         }
-        drain(&mut e);
         e.handle(Millis(5), Input::PeerMessage { conn, bytes });
         assert!(rejected(&drain(&mut e), conn), "case {i}");
     }
@@ -147,4 +176,224 @@ fn restart_from_persisted_bytes_keeps_acknowledged_stories() {
     broken.handle(Millis(0), Input::StorageLoaded { bytes: b"not an automerge document".to_vec() });
     assert!(drain(&mut broken).iter().any(|o| matches!(o, Output::Event(Event::StorageCorrupt { .. }))));
     assert!(broken.is_ready());
+}
+
+fn uleb(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            return out.push(byte);
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Sync messages that crashed or bloated Automerge 0.12 before they were
+/// validated; each is refused, only its sender is disconnected, and the
+/// node keeps syncing with a good peer.
+#[test]
+fn hostile_sync_messages_are_refused_before_automerge() {
+    let mut e = engine();
+    handshake(&mut e, ConnId(1), "good");
+    let have = |bloom: &[u8]| {
+        let mut m = vec![0x42, 0, 0, 1, 0];
+        uleb(&mut m, bloom.len() as u64);
+        m.extend_from_slice(bloom);
+        m.push(0);
+        m
+    };
+    let mut probes = vec![1, 10];
+    uleb(&mut probes, u64::from(u32::MAX));
+    probes.extend_from_slice(&[0, 0]);
+    let bomb = {
+        use std::io::Write;
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 256 << 20]).unwrap();
+        let deflated = enc.finish().unwrap();
+        let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
+        uleb(&mut chunk, deflated.len() as u64);
+        chunk.extend_from_slice(&deflated);
+        let mut m = vec![0x42, 0, 0, 0, 1];
+        uleb(&mut m, chunk.len() as u64);
+        m.extend_from_slice(&chunk);
+        m
+    };
+    let mut heads = vec![0x42];
+    uleb(&mut heads, 1 << 40);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("zero-bit bloom (remainder by zero)", have(&[5, 0, 7]), "bits per entry"),
+        ("bloom with 2^32-1 probes (allocation)", have(&probes), "probes"),
+        ("256 MiB deflate bomb", bomb, "inflates past"),
+        ("2^40 heads", heads, "heads"),
+    ];
+    for (i, (name, msg, expect)) in cases.into_iter().enumerate() {
+        let conn = ConnId(10 + i as u64);
+        handshake(&mut e, conn, &format!("bad{i}"));
+        e.handle(Millis(3), Input::PeerMessage { conn, bytes: Envelope::Sync(msg).encode() });
+        let outs = drain(&mut e);
+        assert!(rejected(&outs, conn), "{name}");
+        let reason = outs.iter().find_map(|o| match o {
+            Output::Event(Event::PeerRejected { reason, .. }) => Some(reason.clone()),
+            _ => None,
+        });
+        assert!(reason.as_deref().is_some_and(|r| r.contains(expect)), "{name}: {reason:?}");
+        // A later timeout would have probed a stored bloom filter.
+        e.handle(Millis(4), Input::Timeout);
+        drain(&mut e);
+    }
+    assert_eq!(e.peer_count(), 1, "only the good peer is left");
+}
+
+/// A peer that floods is cut off by its budget, others are not.
+#[test]
+fn a_flooding_peer_runs_out_of_budget() {
+    let mut e = engine();
+    handshake(&mut e, ConnId(1), "good");
+    handshake(&mut e, ConnId(2), "flood");
+    let beat = peer("flood").heartbeat(1, 1, 0);
+    let bytes = Envelope::Heartbeats(vec![beat]).encode();
+    let mut refused_after = None;
+    for i in 0..10_000 {
+        e.handle(Millis(10), Input::PeerMessage { conn: ConnId(2), bytes: bytes.clone() });
+        if rejected(&drain(&mut e), ConnId(2)) {
+            refused_after = Some(i);
+            break;
+        }
+    }
+    let n = refused_after.expect("the flood is cut off");
+    assert!((3_000..=4_100).contains(&n), "the burst allowance is twice the per-second budget: {n}");
+    assert_eq!(e.peer_count(), 1);
+}
+
+fn reason(outs: &[Output]) -> String {
+    outs.iter()
+        .find_map(|o| match o {
+            Output::Event(Event::PeerRejected { reason, .. }) => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Hellos that name another node, carry a foreign CA's certificate or fail
+/// the key proof are refused; so are forged heartbeats.
+#[test]
+fn impersonation_and_forged_heartbeats_are_refused() {
+    let mut e = engine();
+    handshake(&mut e, ConnId(1), "good");
+    // 1. A hello naming "victim" with the attacker's own (valid) cert.
+    let theirs = connect(&mut e, ConnId(2));
+    let attacker = peer("attacker");
+    let victim = NodeId::new("victim").unwrap();
+    let fake = Envelope::Hello { node: victim.clone(), nonce: [1; 32], cert: attacker.creds.cert }.encode();
+    e.handle(Millis(3), Input::PeerMessage { conn: ConnId(2), bytes: fake });
+    let outs = drain(&mut e);
+    assert!(rejected(&outs, ConnId(2)) && reason(&outs).contains("certificate"), "{outs:?}");
+    // 2. The victim's real cert (public, it is in the document) without
+    // its key: the proof fails.
+    let _ = theirs;
+    let theirs = connect(&mut e, ConnId(3));
+    let stolen = PeerHandshake {
+        node: victim.clone(),
+        creds: Credentials { secret: [42; 32], ..Credentials::dev(&victim) },
+        nonce: [2; 32],
+    };
+    e.handle(Millis(3), Input::PeerMessage { conn: ConnId(3), bytes: stolen.hello() });
+    e.handle(Millis(3), Input::PeerMessage { conn: ConnId(3), bytes: stolen.answer(&theirs).unwrap() });
+    let outs = drain(&mut e);
+    assert!(rejected(&outs, ConnId(3)) && reason(&outs).contains("failed to prove"), "{outs:?}");
+    // 3. A cert from another CA.
+    let theirs = connect(&mut e, ConnId(4));
+    let rogue_node = NodeId::new("rogue").unwrap();
+    let rogue =
+        PeerHandshake { creds: Credentials::issue(&[9; 32], &rogue_node, [8; 32]), node: rogue_node, nonce: [3; 32] };
+    e.handle(Millis(3), Input::PeerMessage { conn: ConnId(4), bytes: rogue.hello() });
+    let outs = drain(&mut e);
+    assert!(rejected(&outs, ConnId(4)), "{outs:?}");
+    let _ = theirs;
+    // 4. "good" forwards a beat of "victim" it signed itself: refused.
+    let victim_key_known = peer("victim");
+    handshake(&mut e, ConnId(5), "victim");
+    let mut forged = peer("good").heartbeat(1, 1, 3);
+    forged.node = victim.clone();
+    e.handle(Millis(3), Input::PeerMessage { conn: ConnId(1), bytes: Envelope::Heartbeats(vec![forged]).encode() });
+    let outs = drain(&mut e);
+    assert!(rejected(&outs, ConnId(1)) && reason(&outs).contains("bad signature"), "{outs:?}");
+    // 5. The victim's own signed beat keeps it alive; silence kills it.
+    let real: Heartbeat = victim_key_known.heartbeat(1, 1, 3);
+    e.handle(Millis(3), Input::PeerMessage { conn: ConnId(5), bytes: Envelope::Heartbeats(vec![real]).encode() });
+    drain(&mut e);
+    assert!(e.alive_nodes().contains(&victim));
+    let late = Millis(3 + Config::default().claim_timeout_ms);
+    e.handle(late, Input::Timeout);
+    drain(&mut e);
+    assert!(!e.alive_nodes().contains(&victim), "only the victim's own beats extend its life");
+}
+
+/// A revoked node is refused by a node that reads the revocation, and
+/// counts as dead at once.
+#[test]
+fn revoked_nodes_are_refused_everywhere() {
+    let mut server = engine();
+    handshake(&mut server, ConnId(1), "agent-1");
+    let p = peer("agent-1");
+    server.handle(
+        Millis(3),
+        Input::PeerMessage { conn: ConnId(1), bytes: Envelope::Heartbeats(vec![p.heartbeat(1, 1, 2)]).encode() },
+    );
+    drain(&mut server);
+    let agent = NodeId::new("agent-1").unwrap();
+    assert!(server.alive_nodes().contains(&agent));
+    // Revoking needs a certificate on record: the agent's own record.
+    let r = |e: &mut Engine, node: &str| {
+        e.handle(
+            Millis(4),
+            Input::Command { id: CommandId(9), command: Command::RevokeNode { node: NodeId::new(node).unwrap() } },
+        );
+        drain(e)
+    };
+    let outs = r(&mut server, "agent-1");
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::Reply { result: Err(CommandError::UnknownNode(_)), .. })),
+        "{outs:?}"
+    );
+    // Bring the agent's record in, as a merge would.
+    let mut a = Engine::new(Config::default(), agent.clone(), 2, Millis(0));
+    a.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut a);
+    let mut other = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
+    other.handle(Millis(0), Input::StorageLoaded { bytes: a.save() });
+    drain(&mut other);
+    let mut server = other;
+    handshake(&mut server, ConnId(1), "agent-1");
+    let outs = r(&mut server, "agent-1");
+    assert!(outs.iter().any(|o| matches!(o, Output::Reply { result: Ok(Reply::Revoked { .. }), .. })), "{outs:?}");
+    assert!(rejected(&outs, ConnId(1)), "its live connection is cut: {outs:?}");
+    assert!(outs.iter().any(|o| matches!(o, Output::Event(Event::NodeRevoked { .. }))));
+    // It cannot come back, and a fresh node learns the revocation from the
+    // document alone.
+    let theirs = connect(&mut server, ConnId(2));
+    server.handle(Millis(5), Input::PeerMessage { conn: ConnId(2), bytes: p.hello() });
+    let outs = drain(&mut server);
+    assert!(rejected(&outs, ConnId(2)) && reason(&outs).contains("revoked"), "{outs:?}");
+    let _ = theirs;
+    let mut fresh = Engine::new(Config::default(), NodeId::new("fresh").unwrap(), 3, Millis(0));
+    fresh.handle(Millis(0), Input::StorageLoaded { bytes: server.save() });
+    drain(&mut fresh);
+    let theirs = connect(&mut fresh, ConnId(1));
+    fresh.handle(Millis(5), Input::PeerMessage { conn: ConnId(1), bytes: p.hello() });
+    let outs = drain(&mut fresh);
+    assert!(rejected(&outs, ConnId(1)), "{outs:?}");
+    let _ = theirs;
+    // A node without the CA secret cannot revoke.
+    let creds = Credentials::issue(&[5; 32], &NodeId::new("x").unwrap(), [6; 32]);
+    let mut plain =
+        Engine::new(Config { credentials: Some(creds), ..Config::default() }, NodeId::new("x").unwrap(), 4, Millis(0));
+    plain.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut plain);
+    let outs = r(&mut plain, "agent-1");
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::Reply { result: Err(CommandError::NotAuthority), .. })),
+        "{outs:?}"
+    );
 }

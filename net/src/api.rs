@@ -94,7 +94,10 @@ async fn run(state: &AppState, command: Command) -> Response {
             "id": id.as_str(), "from": from.as_str(), "to": to.as_str(), "token": token.0
         }))
         .into_response(),
-        Some(Err(e @ CommandError::UnknownStory(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Some(Ok(Reply::Revoked { node })) => Json(serde_json::json!({ "revoked": node.as_str() })).into_response(),
+        Some(Err(e @ (CommandError::UnknownStory(_) | CommandError::UnknownNode(_)))) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
         Some(Err(e @ CommandError::StoryExists(_))) => error(StatusCode::CONFLICT, e.to_string()),
         Some(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
