@@ -125,7 +125,7 @@ impl Cluster {
         wait_for("the server", Duration::from_secs(10), || {
             http().get(format!("http://127.0.0.1:{port}/healthz")).call().is_ok()
         });
-        self.key = std::fs::read_to_string(root.join("server-data/cluster.key")).unwrap().trim().to_owned();
+        self.key = std::fs::read_to_string(root.join("server-data/admin.key")).unwrap().trim().to_owned();
     }
 
     fn token(&self) -> String {
@@ -156,6 +156,8 @@ impl Cluster {
             free_port().to_string(),
             "--project-root".into(),
             root.to_string_lossy().into(),
+            "--data-dir".into(),
+            self.root().join(format!("agent-{i}-data")).to_string_lossy().into(),
             "--join-token".into(),
             self.token(),
             "--node-id".into(),
@@ -282,8 +284,9 @@ fn refuses_strangers_reused_tokens_and_garbage() {
         status(port, &key).is_some_and(|s| s["peers"].as_u64() == Some(1))
     });
 
-    // No key, wrong key: 401 before any sync byte.
-    for auth in [None, Some("Bearer wrong")] {
+    // No node credentials, or the admin key instead: 401 before any sync byte.
+    let admin = format!("Bearer {key}");
+    for auth in [None, Some(admin.as_str())] {
         let mut req = http().get(format!("http://127.0.0.1:{port}/crdt-sync"));
         req = req.header("connection", "upgrade").header("upgrade", "websocket").header("sec-websocket-version", "13");
         req = req.header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
@@ -300,7 +303,7 @@ fn refuses_strangers_reused_tokens_and_garbage() {
         http()
             .post(format!("http://127.0.0.1:{port}/api/join"))
             .header("authorization", &format!("Bearer {t}"))
-            .send_json(serde_json::json!({}))
+            .send_json(serde_json::json!({ "node": "joiner", "key": "00".repeat(32) }))
             .unwrap()
             .status()
             .as_u16()
@@ -310,13 +313,12 @@ fn refuses_strangers_reused_tokens_and_garbage() {
     assert_eq!(join("hj_made_up"), 401);
 
     // A malformed frame from an authenticated peer: that peer is dropped.
+    let peer = hostile::Peer::join(port, &c.token(), "mallory");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         use futures_util::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
-        let mut req = format!("ws://127.0.0.1:{port}/crdt-sync").into_client_request().unwrap();
-        req.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        use tokio_tungstenite::tungstenite::Message;
+        let mut ws = peer.connect(port).await.expect("an enrolled node may connect");
         ws.send(Message::Binary(vec![0xde, 0xad, 0xbe, 0xef].into())).await.unwrap();
         let closed = tokio::time::timeout(Duration::from_secs(5), async {
             while let Some(m) = ws.next().await {
@@ -332,4 +334,126 @@ fn refuses_strangers_reused_tokens_and_garbage() {
     let s = status(port, &key).unwrap();
     assert_eq!(s["peers"].as_u64(), Some(1), "the good agent is still connected");
     assert!(s["counters"]["peers_rejected"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[path = "hostile.rs"]
+mod hostile;
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The slowest `/healthz` answer over `n` tries.
+fn healthz_worst(port: u16, n: usize) -> Duration {
+    (0..n)
+        .map(|_| {
+            #[allow(clippy::disallowed_methods)] // real processes, real time
+            let t = Instant::now();
+            let ok = http().get(format!("http://127.0.0.1:{port}/healthz")).call().is_ok_and(|r| r.status() == 200);
+            assert!(ok, "/healthz answers");
+            t.elapsed()
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+/// A running server meets an enrolled but hostile node: crafted sync
+/// messages, a flood of maximum-size frames, an impersonated hello, a
+/// forged heartbeat, and finally revocation. Throughout, `/healthz` answers
+/// within 100 ms, RSS stays under 256 MiB, and a good agent keeps finishing
+/// stories.
+#[test]
+fn hostile_peer_cannot_stop_the_node() {
+    use futures_util::SinkExt;
+    use huskies_engine::NodeId;
+    use huskies_engine::wire::Envelope;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut c = Cluster::new("hostile");
+    c.start_agent(1, 300);
+    let port = c.port;
+    let server_pid = c.procs.iter().find(|p| p.name == "server").unwrap().child.id();
+    for i in 0..6 {
+        c.add_story(&format!("h{i}"));
+    }
+    let mallory = hostile::Peer::join(port, &c.token(), "mallory");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut worst = Duration::ZERO;
+    for (what, msg) in hostile::attacks() {
+        let frame = Envelope::Sync(msg).encode();
+        rt.block_on(async {
+            let mut ws = mallory.connect(port).await.unwrap();
+            ws.send(Message::Binary(frame.into())).await.unwrap();
+            assert!(hostile::closed(&mut ws).await, "{what}: the sender is disconnected");
+        });
+        worst = worst.max(healthz_worst(port, 5));
+        let rss = rss_kib(server_pid);
+        eprintln!("attack: {what}: disconnected; healthz worst {worst:?}; server RSS {} MiB", rss / 1024);
+        assert!(rss < 256 * 1024, "{what}: RSS {rss} KiB");
+    }
+    // A flood: four connections each sending 30 MiB frames as fast as the
+    // socket takes them, while /healthz is timed.
+    let flood = rt.spawn({
+        let frames: Vec<Vec<u8>> = hostile::attacks().into_iter().map(|(_, m)| Envelope::Sync(m).encode()).collect();
+        let peer = hostile::Peer { hs: mallory.hs_clone() };
+        async move {
+            let mut sent = 0usize;
+            for _ in 0..4 {
+                let Ok(mut ws) = peer.connect(port).await else { continue };
+                for f in frames.iter().cycle().take(8) {
+                    if ws.send(Message::Binary(f.clone().into())).await.is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+            }
+            sent
+        }
+    });
+    worst = worst.max(healthz_worst(port, 40));
+    let sent = rt.block_on(flood).unwrap();
+    eprintln!("flood: {sent} frames sent; healthz worst {worst:?}; RSS {} MiB", rss_kib(server_pid) / 1024);
+    assert!(worst < Duration::from_millis(100), "healthz worst {worst:?}");
+    assert!(rss_kib(server_pid) < 256 * 1024);
+    rt.block_on(async {
+        // An impersonated hello: our own certificate headers, another id.
+        let mut ws = mallory.open(port).await.unwrap();
+        let fake =
+            Envelope::Hello { node: NodeId::new("agent-1").unwrap(), nonce: [1; 32], cert: mallory.hs.creds.cert };
+        let _ = mallory.handshake(&mut ws, &fake.encode()).await;
+        assert!(hostile::closed(&mut ws).await, "an impersonated hello is refused");
+        // A heartbeat of agent-1 signed by mallory.
+        let mut ws = mallory.connect(port).await.unwrap();
+        let mut forged = mallory.hs.heartbeat(1, 1 << 40, 9);
+        forged.node = NodeId::new("agent-1").unwrap();
+        ws.send(Message::Binary(Envelope::Heartbeats(vec![forged]).encode().into())).await.unwrap();
+        assert!(hostile::closed(&mut ws).await, "a forged heartbeat is refused");
+    });
+    // Revoke mallory with the CLI, as an admin would.
+    let out = Command::new(EXE)
+        .args(["node", "revoke", "mallory", "--server", &format!("http://127.0.0.1:{port}"), "--key", &c.key])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(EXE)
+        .args(["node", "list", "--server", &format!("http://127.0.0.1:{port}"), "--key", &c.key])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.lines().any(|l| l.starts_with("mallory") && l.contains("revoked")), "{list}");
+    let refused = rt.block_on(mallory.open(port));
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("403")),
+        "a revoked node is refused at the upgrade: {refused:?}"
+    );
+    // Through all of it the good agent kept working.
+    wait_for("the good agent to finish every story", Duration::from_secs(60), || {
+        let s = c.stages();
+        s.len() == 6 && s.iter().all(|(_, stage, _)| stage == "qa")
+    });
+    let s = status(port, &c.key).unwrap();
+    assert!(s["counters"]["peers_rejected"].as_u64().unwrap_or(0) >= 7, "{}", s["counters"]);
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use huskies_net::status::{AddStory, ApiError, Joined, MoveStory, Status};
+use huskies_net::status::{AddStory, ApiError, JoinRequest, Joined, MoveStory, NodeStatus, Status};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -71,9 +71,23 @@ impl Client {
         self.post(&format!("/api/stories/{id}/move"), &MoveStory { stage: stage.to_owned() }, None)
     }
 
-    pub fn join(&self, token: &str) -> Result<String, String> {
-        let j: Joined = self.post("/api/join", &serde_json::json!({}), Some(token))?;
-        Ok(j.cluster_key)
+    pub fn join(&self, token: &str, node: &str, key_hex: &str) -> Result<Joined, String> {
+        self.post("/api/join", &JoinRequest { node: node.to_owned(), key: key_hex.to_owned() }, Some(token))
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeStatus>, String> {
+        let url = format!("{}/api/nodes", self.base);
+        let resp = self
+            .agent
+            .get(&url)
+            .header("authorization", &self.auth(None))
+            .call()
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        Self::decode(resp)
+    }
+
+    pub fn revoke(&self, node: &str) -> Result<serde_json::Value, String> {
+        self.post(&format!("/api/nodes/{node}/revoke"), &serde_json::json!({}), None)
     }
 
     pub fn healthy(&self) -> bool {

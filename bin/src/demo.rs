@@ -208,6 +208,8 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
             aport.to_string(),
             "--project-root".into(),
             s(&root),
+            "--data-dir".into(),
+            s(&scratch.join(format!("agent-{i}-data"))),
             "--join-token".into(),
             token,
             "--node-id".into(),

@@ -32,8 +32,10 @@ enum Cmd {
     Server {
         #[arg(long, default_value = "127.0.0.1:3001")]
         listen: std::net::SocketAddr,
+        /// Holds the cluster CA, the admin key and the document (mode 0600)
+        /// [default: ~/.local/state/huskies/server].
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         #[arg(long, default_value = ".")]
         project_root: PathBuf,
         /// Address agents dial, if not ws://<listen>/crdt-sync.
@@ -52,7 +54,8 @@ enum Cmd {
         port: u16,
         #[arg(long, default_value = ".")]
         project_root: PathBuf,
-        /// Defaults to <project-root>/.huskies/data.
+        /// Holds this node's key and the document (mode 0600), outside the
+        /// project [default: ~/.local/state/huskies/agent-<port>].
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// One-time token from `huskies token create` on the server.
@@ -85,6 +88,13 @@ enum Cmd {
         #[command(subcommand)]
         action: TokenCmd,
     },
+    /// List or revoke nodes.
+    Node {
+        #[command(flatten)]
+        target: run::Target,
+        #[command(subcommand)]
+        action: NodeCmd,
+    },
     /// Start a real local cluster (server + 3 agents) and watch it work.
     Demo(demo::DemoArgs),
     /// The built-in stand-in agent: edits and commits a file (used by demo).
@@ -109,11 +119,24 @@ enum StoryCmd {
 }
 
 #[derive(Subcommand)]
+enum NodeCmd {
+    /// Every node in the document: alive, silent or revoked, and its key.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a node's key: every node refuses it from then on, and its
+    /// stories are reclaimed at once. Ask the server (it holds the CA).
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
 enum TokenCmd {
     /// Print a one-time join token (run on the server machine).
     Create {
+        /// The server's data dir [default: ~/.local/state/huskies/server].
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         /// Lifetime, e.g. 30m, 1h, 2d.
         #[arg(long, default_value = "1h", value_parser = run::parse_ttl)]
         ttl: u64,
@@ -147,7 +170,11 @@ fn main() -> ExitCode {
             StoryCmd::Move { id, stage } => run::story_move(&target, &id, &stage),
         },
         Cmd::Status { target, json } => run::status(&target, json),
-        Cmd::Token { action: TokenCmd::Create { data_dir, ttl } } => run::token_create(&data_dir, ttl),
+        Cmd::Token { action: TokenCmd::Create { data_dir, ttl } } => run::token_create(data_dir, ttl),
+        Cmd::Node { target, action } => match action {
+            NodeCmd::List { json } => run::node_list(&target, json),
+            NodeCmd::Revoke { id } => run::node_revoke(&target, &id),
+        },
         Cmd::Demo(args) => demo::run(args),
         Cmd::StandIn(args) => standin::run(args),
     };

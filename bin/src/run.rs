@@ -4,37 +4,57 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use huskies_engine::Credentials;
 use huskies_engine::NodeId;
-use huskies_net::api::AppState;
+use huskies_net::api::{AppState, Enroll};
 use huskies_net::project::ProjectConfig;
 use huskies_net::{NodeOptions, auth, run_node};
 
 use crate::client::{Client, http_base};
 
-/// Where the CLI finds a node and its key.
+/// Where the CLI finds a node and the admin key.
 #[derive(clap::Args)]
 pub struct Target {
-    /// The node's HTTP address.
-    #[arg(long, env = "HUSKIES_SERVER", default_value = "http://127.0.0.1:3001")]
+    /// The node's HTTP address (the server's, or any agent's).
+    #[arg(long, global = true, env = "HUSKIES_SERVER", default_value = "http://127.0.0.1:3001")]
     pub server: String,
-    /// Data dir holding the cluster key (the server's or an agent's).
-    #[arg(long, env = "HUSKIES_DATA_DIR", default_value = ".huskies/data")]
-    pub data_dir: PathBuf,
-    /// The cluster key itself, instead of reading it from the data dir.
-    #[arg(long, env = "HUSKIES_KEY", hide_env_values = true)]
+    /// The server's data dir, which holds the admin key [default:
+    /// ~/.local/state/huskies/server].
+    #[arg(long, global = true, env = "HUSKIES_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The admin key itself, instead of reading it from the data dir.
+    #[arg(long, global = true, env = "HUSKIES_ADMIN_KEY", hide_env_values = true)]
     pub key: Option<String>,
 }
 
 impl Target {
-    fn client(&self) -> Result<Client, String> {
+    pub fn client(&self) -> Result<Client, String> {
         let key = match &self.key {
             Some(k) => k.clone(),
-            None => auth::read_key(&self.data_dir)
-                .map_err(|e| format!("cannot read the cluster key in {}: {e}", self.data_dir.display()))?
-                .ok_or_else(|| format!("no cluster key in {} (pass --data-dir or --key)", self.data_dir.display()))?,
+            None => {
+                let dir = self.data_dir.clone().map_or_else(|| state_dir("server"), Ok)?;
+                auth::read_key(&dir)
+                    .map_err(|e| format!("cannot read the admin key in {}: {e}", dir.display()))?
+                    .ok_or_else(|| {
+                        format!("no admin key in {} (pass the server's --data-dir, or --key)", dir.display())
+                    })?
+            }
         };
         Ok(Client::new(&self.server, Some(key)))
     }
+}
+
+/// `$XDG_STATE_HOME/huskies/<name>`, else `~/.local/state/huskies/<name>`:
+/// outside any project, so no credential sits in a tree an agent works in.
+pub fn state_dir(name: &str) -> Result<PathBuf, String> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").ok_or("neither XDG_STATE_HOME nor HOME is set; pass --data-dir")?)
+                .join(".local/state")
+        }
+    };
+    Ok(base.join("huskies").join(name))
 }
 
 pub fn parse_ttl(s: &str) -> Result<u64, String> {
@@ -64,7 +84,7 @@ fn node_id(data_dir: &Path, given: Option<String>, prefix: &str) -> Result<NodeI
     let path = data_dir.join("node-id");
     if let Some(g) = given {
         let id = NodeId::new(g).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+        auth::private_dir(data_dir).map_err(|e| e.to_string())?;
         std::fs::write(&path, id.as_str()).map_err(|e| e.to_string())?;
         return Ok(id);
     }
@@ -73,7 +93,7 @@ fn node_id(data_dir: &Path, given: Option<String>, prefix: &str) -> Result<NodeI
     }
     let suffix = auth::random_hex(3).map_err(|e| e.to_string())?;
     let id = NodeId::new(format!("{prefix}-{suffix}")).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+    auth::private_dir(data_dir).map_err(|e| e.to_string())?;
     std::fs::write(&path, id.as_str()).map_err(|e| e.to_string())?;
     Ok(id)
 }
@@ -93,19 +113,22 @@ async fn shutdown_signal() {
     }
 }
 
-fn serve(opts: NodeOptions, join_dir: Option<PathBuf>) -> Result<(), String> {
+fn serve(opts: NodeOptions, admin_sha256: String, enroll: Option<Enroll>) -> Result<(), String> {
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
-        let key = Arc::new(opts.cluster_key.clone());
-        let (handle, task) = run_node(opts.clone()).map_err(|e| format!("cannot start the node: {e}"))?;
+        let revoked: huskies_net::node::Revoked = Default::default();
+        let ca = opts.credentials.ca;
+        let (handle, task) =
+            run_node(opts.clone(), revoked.clone()).map_err(|e| format!("cannot start the node: {e}"))?;
         let state = AppState {
             node: handle.clone(),
-            key,
-            join_dir,
-            join_lock: Default::default(),
+            admin_sha256: Arc::new(admin_sha256),
+            enroll,
+            ca,
+            revoked,
             max_message_bytes: huskies_engine::Config::default().max_message_bytes,
         };
         tracing::info!(node = %opts.node_id, listen = %opts.listen, advertise = %opts.advertise, "huskies node up");
@@ -118,13 +141,26 @@ fn serve(opts: NodeOptions, join_dir: Option<PathBuf>) -> Result<(), String> {
 
 pub fn server(
     listen: SocketAddr,
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     project_root: PathBuf,
     advertise: Option<String>,
     node_id_arg: Option<String>,
 ) -> Result<(), String> {
-    let key = auth::server_key(&data_dir).map_err(|e| format!("cluster key in {}: {e}", data_dir.display()))?;
+    let data_dir = data_dir.map_or_else(|| state_dir("server"), Ok)?;
+    let key = auth::server_key(&data_dir).map_err(|e| format!("admin key in {}: {e}", data_dir.display()))?;
+    let ca = auth::server_ca(&data_dir).map_err(|e| format!("cluster CA in {}: {e}", data_dir.display()))?;
     let node_id = node_id(&data_dir, node_id_arg, "server")?;
+    let stored = auth::load_node(&data_dir).map_err(|e| e.to_string())?;
+    let credentials = match stored {
+        Some((n, c, _)) if n == node_id && c.ca == huskies_engine::identity::public_key(&ca) => c,
+        _ => {
+            // The server certifies its own key with the CA it holds.
+            let c = Credentials::issue(&ca, &node_id, auth::random_32().map_err(|e| e.to_string())?);
+            auth::store_node(&data_dir, &node_id, &c, &auth::hash(&key)).map_err(|e| e.to_string())?;
+            c
+        }
+    };
+    let credentials = Credentials { ca_secret: Some(ca), ..credentials };
     let project = ProjectConfig::load(&project_root).map_err(|e| e.to_string())?;
     let opts = NodeOptions {
         label: format!("server {listen}"),
@@ -134,11 +170,12 @@ pub fn server(
         rendezvous: None,
         data_dir: data_dir.clone(),
         project_root,
-        cluster_key: key,
+        credentials,
         is_server: true,
         project,
     };
-    serve(opts, Some(data_dir))
+    let enroll = Enroll { dir: data_dir, lock: Default::default(), ca_secret: ca };
+    serve(opts, auth::hash(&key), Some(enroll))
 }
 
 pub struct AgentArgs {
@@ -168,21 +205,40 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
             ProjectConfig::path(&project_root).display()
         ));
     }
-    let data_dir = a.data_dir.unwrap_or_else(|| project_root.join(".huskies").join("data"));
-    let key = match auth::read_key(&data_dir).map_err(|e| e.to_string())? {
-        Some(k) => k,
+    let data_dir = a.data_dir.map_or_else(|| state_dir(&format!("agent-{}", a.port)), Ok)?;
+    let (node_id, credentials, admin_sha256) = match auth::load_node(&data_dir).map_err(|e| e.to_string())? {
+        Some((n, _, _)) if a.node_id.as_deref().is_some_and(|want| want != n.as_str()) => {
+            return Err(format!(
+                "{} holds the credentials of node {n}; use another --data-dir for another node id",
+                data_dir.display()
+            ));
+        }
+        Some(stored) => stored,
         None => {
             let token = a.join_token.ok_or_else(|| {
-                "this agent has no cluster credential yet: pass --join-token (make one on the server with `huskies token create --data-dir <server data dir>`)".to_owned()
+                "this agent has no credentials yet: pass --join-token (make one on the server with `huskies token create`)"
+                    .to_owned()
             })?;
-            let key =
-                Client::new(&http_base(&a.rendezvous)?, None).join(&token).map_err(|e| format!("join refused: {e}"))?;
-            auth::write_key(&data_dir, &key).map_err(|e| e.to_string())?;
-            key
+            let node_id = node_id(&data_dir, a.node_id, "agent")?;
+            let secret = auth::random_32().map_err(|e| e.to_string())?;
+            let key = huskies_engine::identity::public_key(&secret);
+            let joined = Client::new(&http_base(&a.rendezvous)?, None)
+                .join(&token, node_id.as_str(), &huskies_engine::identity::hex(&key))
+                .map_err(|e| format!("join refused: {e}"))?;
+            let bad = || "the server answered the join with malformed credentials".to_owned();
+            let ca = huskies_engine::identity::unhex(&joined.ca)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(bad)?;
+            let cert = huskies_engine::Cert::from_hex(&joined.cert).filter(|c| c.key == key).ok_or_else(bad)?;
+            if !huskies_engine::identity::verify_cert(&ca, &node_id, &cert) {
+                return Err(bad());
+            }
+            let creds = Credentials { ca, secret, cert, ca_secret: None };
+            auth::store_node(&data_dir, &node_id, &creds, &joined.admin_sha256).map_err(|e| e.to_string())?;
+            (node_id, creds, joined.admin_sha256)
         }
     };
     let listen: SocketAddr = format!("{}:{}", a.host, a.port).parse().map_err(|e| format!("bad --host/--port: {e}"))?;
-    let node_id = node_id(&data_dir, a.node_id, "agent")?;
     let opts = NodeOptions {
         label: a.label.unwrap_or_else(|| node_id.to_string()),
         node_id,
@@ -191,14 +247,15 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
         rendezvous: Some(a.rendezvous),
         data_dir,
         project_root,
-        cluster_key: key,
+        credentials,
         is_server: false,
         project,
     };
-    serve(opts, None)
+    serve(opts, admin_sha256, None)
 }
 
-pub fn token_create(data_dir: &Path, ttl: u64) -> Result<(), String> {
+pub fn token_create(data_dir: Option<PathBuf>, ttl: u64) -> Result<(), String> {
+    let data_dir = &data_dir.map_or_else(|| state_dir("server"), Ok)?;
     auth::server_key(data_dir).map_err(|e| e.to_string())?;
     let token = auth::create_join_token(data_dir, ttl, unix_now()).map_err(|e| e.to_string())?;
     println!("{token}");
@@ -224,6 +281,32 @@ pub fn story_list(t: &Target) -> Result<(), String> {
         let failed = if st.failed { " FAILED" } else { "" };
         println!("{:<28} {:<9} {}{holder}{failed}", st.id, st.stage, st.title);
     }
+    Ok(())
+}
+
+pub fn node_list(t: &Target, json: bool) -> Result<(), String> {
+    let nodes = t.client()?.nodes()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&nodes).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    for n in nodes {
+        let state = if n.revoked {
+            "revoked"
+        } else if n.alive {
+            "alive"
+        } else {
+            "silent"
+        };
+        let key = n.key.as_deref().map_or("-", |k| &k[..16.min(k.len())]);
+        println!("{:<24} {:<8} key {key}  {}  {}", n.id, state, n.address.as_deref().unwrap_or("-"), n.label);
+    }
+    Ok(())
+}
+
+pub fn node_revoke(t: &Target, id: &str) -> Result<(), String> {
+    t.client()?.revoke(id)?;
+    println!("{id}: revoked; every node refuses it and its stories are reclaimed");
     Ok(())
 }
 

@@ -84,9 +84,12 @@ impl Engine {
     /// holding the CA secret (the server) can.
     pub(crate) fn revoke_node(&mut self, node: NodeId) -> Result<Reply, CommandError> {
         let Some(ca_secret) = self.creds.ca_secret else { return Err(CommandError::NotAuthority) };
-        let Some(key) = self.nodes.get(&node).and_then(|r| r.cert).map(|c| c.key) else {
-            return Err(CommandError::UnknownNode(node));
-        };
+        // The key it proved to us, else the one its record certifies.
+        let key = self.keys.get(&node).copied().or_else(|| {
+            let cert = self.nodes.get(&node).and_then(|r| r.cert)?;
+            identity::verify_cert(&self.creds.ca, &node, &cert).then_some(cert.key)
+        });
+        let Some(key) = key else { return Err(CommandError::UnknownNode(node)) };
         if node == self.node {
             return Err(CommandError::RevokeSelf);
         }

@@ -46,6 +46,16 @@ impl Engine {
         self.conns.values().filter(|c| c.node.is_some()).count()
     }
 
+    /// Keys this node believes (certified, not revoked), by node.
+    pub fn node_keys(&self) -> &std::collections::BTreeMap<NodeId, crate::identity::PublicKey> {
+        &self.keys
+    }
+
+    /// Node keys with a valid revocation in the document.
+    pub fn revoked_keys(&self) -> std::collections::BTreeSet<(NodeId, crate::identity::PublicKey)> {
+        self.revoked.clone()
+    }
+
     pub fn now(&self) -> Millis {
         self.now
     }

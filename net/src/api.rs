@@ -1,6 +1,12 @@
 //! The HTTP surface: `/crdt-sync` (websocket), `/healthz`, and the API the
-//! CLI uses. Everything but `/healthz` and `/api/join` needs the cluster key
-//! as a bearer token, checked before a single sync byte is read.
+//! CLI uses.
+//!
+//! - `/crdt-sync` takes nodes only: the upgrade request must carry a node id
+//!   and a certificate of this cluster's CA that is not revoked (checked
+//!   before the upgrade); the engine's handshake then makes the node prove
+//!   it holds the certified key.
+//! - `/api/*` takes the admin key as a bearer token (`/api/join` takes a
+//!   one-time join token instead). Agents check it against its SHA-256.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,21 +17,33 @@ use axum::extract::{Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use huskies_engine::{Command, CommandError, Reply, Stage, StoryId};
+use huskies_engine::{Cert, Command, CommandError, NodeId, Reply, Stage, StoryId};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::auth::{self, Redeem};
-use crate::node::{NodeHandle, NodeMsg};
-use crate::status::{AddStory, ApiError, Joined, MoveStory};
+use crate::node::{NodeHandle, NodeMsg, Revoked};
+use crate::status::{AddStory, ApiError, JoinRequest, Joined, MoveStory};
 use crate::ws;
+
+/// What the server needs to admit new nodes.
+#[derive(Clone)]
+pub struct Enroll {
+    /// Where join tokens live.
+    pub dir: PathBuf,
+    pub lock: Arc<Mutex<()>>,
+    pub ca_secret: [u8; 32],
+}
 
 #[derive(Clone)]
 pub struct AppState {
     pub node: NodeHandle,
-    pub key: Arc<String>,
-    /// Set on the server: where join tokens live.
-    pub join_dir: Option<PathBuf>,
-    pub join_lock: Arc<Mutex<()>>,
+    /// SHA-256 (hex) of the admin key.
+    pub admin_sha256: Arc<String>,
+    /// Set on the server.
+    pub enroll: Option<Enroll>,
+    /// The cluster CA's public key.
+    pub ca: [u8; 32],
+    pub revoked: Revoked,
     pub max_message_bytes: usize,
 }
 
@@ -36,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/status", get(status))
         .route("/api/stories", post(add_story))
         .route("/api/stories/{id}/move", post(move_story))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{id}/revoke", post(revoke_node))
         .route("/api/join", post(join))
         .with_state(state)
 }
@@ -48,16 +68,34 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
-/// `None` when the request carries the cluster key, else the 401 to send.
+/// `None` when the request carries the admin key, else the 401 to send.
 fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     match bearer(headers) {
-        Some(t) if auth::constant_time_eq(t, &state.key) => None,
-        _ => Some(error(StatusCode::UNAUTHORIZED, "missing or wrong cluster key")),
+        Some(t) if auth::constant_time_eq(&auth::hash(t), &state.admin_sha256) => None,
+        _ => Some(error(StatusCode::UNAUTHORIZED, "missing or wrong admin key")),
     }
 }
 
+/// `None` when the upgrade request names a node with a valid, unrevoked
+/// certificate of this cluster.
+fn refused_node(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(node), Some(cert)) = (header(ws::NODE_HEADER), header(ws::CERT_HEADER)) else {
+        return Some(error(StatusCode::UNAUTHORIZED, "no node credentials (x-huskies-node, x-huskies-cert)"));
+    };
+    let Ok(node) = NodeId::new(node) else { return Some(error(StatusCode::UNAUTHORIZED, "bad node id")) };
+    let Some(cert) = Cert::from_hex(cert) else { return Some(error(StatusCode::UNAUTHORIZED, "bad certificate")) };
+    if !huskies_engine::identity::verify_cert(&state.ca, &node, &cert) {
+        return Some(error(StatusCode::UNAUTHORIZED, "certificate not issued by this cluster"));
+    }
+    if state.revoked.read().is_ok_and(|r| r.contains(&(node.clone(), cert.key))) {
+        return Some(error(StatusCode::FORBIDDEN, format!("node {node} was revoked")));
+    }
+    None
+}
+
 async fn crdt_sync(State(state): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
-    if let Some(r) = refused(&state, &headers) {
+    if let Some(r) = refused_node(&state, &headers) {
         return r;
     }
     let node = state.node.tx.clone();
@@ -99,6 +137,7 @@ async fn run(state: &AppState, command: Command) -> Response {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
         Some(Err(e @ CommandError::StoryExists(_))) => error(StatusCode::CONFLICT, e.to_string()),
+        Some(Err(e @ CommandError::NotAuthority)) => error(StatusCode::FORBIDDEN, e.to_string()),
         Some(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
     }
@@ -138,16 +177,52 @@ async fn move_story(
     }
 }
 
-async fn join(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(dir) = &state.join_dir else {
+async fn nodes(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    match state.node.status().await {
+        Some(s) => Json(s.nodes).into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
+    }
+}
+
+async fn revoke_node(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    match NodeId::new(id) {
+        Ok(node) => run(&state, Command::RevokeNode { node }).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn join(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<JoinRequest>) -> Response {
+    let Some(enroll) = &state.enroll else {
         return error(StatusCode::NOT_FOUND, "join tokens are redeemed at the server");
     };
     let Some(token) = bearer(&headers) else { return error(StatusCode::UNAUTHORIZED, "no join token") };
-    let _guard = state.join_lock.lock().await;
+    let node = match NodeId::new(body.node) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let Some(key) = huskies_engine::identity::unhex(&body.key).and_then(|k| <[u8; 32]>::try_from(k).ok()) else {
+        return error(StatusCode::BAD_REQUEST, "key must be 32 bytes of hex");
+    };
+    let _guard = enroll.lock.lock().await;
     #[allow(clippy::disallowed_methods)] // token expiry is wall-clock time on one machine
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    match auth::redeem_join_token(dir, token, now) {
-        Ok(Redeem::Ok) => Json(Joined { cluster_key: state.key.to_string() }).into_response(),
+    match auth::redeem_join_token(&enroll.dir, token, now) {
+        Ok(Redeem::Ok) => {
+            let cert = huskies_engine::identity::certify(&enroll.ca_secret, &node, &key);
+            tracing::info!(%node, "node joined");
+            Json(Joined {
+                ca: huskies_engine::identity::hex(&state.ca),
+                cert: cert.to_hex(),
+                admin_sha256: state.admin_sha256.to_string(),
+            })
+            .into_response()
+        }
         Ok(Redeem::AlreadyUsed) => error(StatusCode::FORBIDDEN, "join token already used"),
         Ok(Redeem::Expired) => error(StatusCode::FORBIDDEN, "join token expired"),
         Ok(Redeem::Unknown) => error(StatusCode::UNAUTHORIZED, "unknown join token"),

@@ -1,19 +1,27 @@
-//! Join tokens and the cluster key.
+//! Credentials on disk: the cluster CA, node keys, the admin key, join
+//! tokens.
 //!
-//! The server keeps a random cluster key in its data dir. `huskies token
-//! create` writes a one-time join token, stored only as a SHA-256 hash with
-//! an expiry. An agent presents it once (`POST /api/join`, token in the
-//! Authorization header, never in a URL) and receives the cluster key, which
-//! it keeps in its own data dir (mode 0600) and presents as a bearer token
-//! on every websocket and API call. Tokens never appear in logs.
+//! The server keeps the cluster CA secret (`ca.key`) and the admin key
+//! (`admin.key`, the bearer for the HTTP API and CLI) in its data dir.
+//! `huskies token create` writes a one-time join token, stored only as a
+//! SHA-256 hash with an expiry. A joining agent makes its own ed25519 key,
+//! presents the token once (`POST /api/join`, token in the Authorization
+//! header, never in a URL) with its node id and public key, and gets back
+//! the CA's certificate of that key. It keeps its secret and certificate in
+//! `node.json` (mode 0600); it never learns the CA secret or the admin key,
+//! only the admin key's SHA-256 so that its own API can check the admin.
+//! Secrets never appear in logs.
 
 use std::io::{self, Read};
 use std::path::Path;
 
+use huskies_engine::Credentials;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-const KEY_FILE: &str = "cluster.key";
+const KEY_FILE: &str = "admin.key";
+const CA_FILE: &str = "ca.key";
+const NODE_FILE: &str = "node.json";
 const TOKENS_FILE: &str = "join-tokens.json";
 
 pub fn random_hex(bytes: usize) -> io::Result<String> {
@@ -22,8 +30,93 @@ pub fn random_hex(bytes: usize) -> io::Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn hash(token: &str) -> String {
+pub fn random_32() -> io::Result<[u8; 32]> {
+    let mut buf = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// SHA-256 of a secret, hex: what is stored instead of the secret.
+pub fn hash(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn bad_data(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Creates `dir` (and parents) readable by the owner only.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// The cluster CA secret in the server's data dir, created on first use.
+pub fn server_ca(data_dir: &Path) -> io::Result<[u8; 32]> {
+    let path = data_dir.join(CA_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => huskies_engine::identity::unhex(s.trim())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| bad_data(format!("{} is not a 32-byte hex key", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let secret = random_32()?;
+            private_dir(data_dir)?;
+            write_private(&path, &huskies_engine::identity::hex(&secret))?;
+            Ok(secret)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A node's credentials as kept in its data dir.
+#[derive(Serialize, Deserialize)]
+struct NodeFile {
+    node: String,
+    secret: String,
+    cert: String,
+    ca: String,
+    /// SHA-256 of the admin key, so this node's API can check the admin.
+    admin_sha256: String,
+}
+
+/// A node's stored credentials and the admin key hash, if it has joined.
+pub fn load_node(data_dir: &Path) -> io::Result<Option<(huskies_engine::NodeId, Credentials, String)>> {
+    use huskies_engine::identity::unhex;
+    let path = data_dir.join(NODE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |what: &str| bad_data(format!("{}: bad {what}", path.display()));
+    let f: NodeFile = serde_json::from_str(&text).map_err(|e| bad_data(format!("{}: {e}", path.display())))?;
+    let node = huskies_engine::NodeId::new(f.node).map_err(|_| bad("node id"))?;
+    let key32 = |s: &str| unhex(s).and_then(|b| <[u8; 32]>::try_from(b).ok());
+    let secret = key32(&f.secret).ok_or_else(|| bad("secret"))?;
+    let ca = key32(&f.ca).ok_or_else(|| bad("ca"))?;
+    let cert = huskies_engine::Cert::from_hex(&f.cert).ok_or_else(|| bad("cert"))?;
+    if cert.key != huskies_engine::identity::public_key(&secret) {
+        return Err(bad("cert: it certifies another key"));
+    }
+    Ok(Some((node, Credentials { ca, secret, cert, ca_secret: None }, f.admin_sha256)))
+}
+
+pub fn store_node(
+    data_dir: &Path,
+    node: &huskies_engine::NodeId,
+    creds: &Credentials,
+    admin_sha256: &str,
+) -> io::Result<()> {
+    use huskies_engine::identity::hex;
+    let f = NodeFile {
+        node: node.to_string(),
+        secret: hex(&creds.secret),
+        cert: creds.cert.to_hex(),
+        ca: hex(&creds.ca),
+        admin_sha256: admin_sha256.to_owned(),
+    };
+    private_dir(data_dir)?;
+    write_private(&data_dir.join(NODE_FILE), &serde_json::to_string_pretty(&f).map_err(io::Error::other)?)
 }
 
 /// Compares without an early exit, so timing does not leak the key.
@@ -53,11 +146,11 @@ pub fn read_key(data_dir: &Path) -> io::Result<Option<String>> {
 }
 
 pub fn write_key(data_dir: &Path, key: &str) -> io::Result<()> {
-    std::fs::create_dir_all(data_dir)?;
+    private_dir(data_dir)?;
     write_private(&data_dir.join(KEY_FILE), key)
 }
 
-/// The server's key, created on first use.
+/// The server's admin key, created on first use.
 pub fn server_key(data_dir: &Path) -> io::Result<String> {
     if let Some(k) = read_key(data_dir)? {
         return Ok(k);
@@ -83,7 +176,7 @@ fn load_tokens(data_dir: &Path) -> io::Result<Vec<StoredToken>> {
 }
 
 fn store_tokens(data_dir: &Path, tokens: &[StoredToken]) -> io::Result<()> {
-    std::fs::create_dir_all(data_dir)?;
+    private_dir(data_dir)?;
     let json = serde_json::to_string_pretty(tokens).map_err(io::Error::other)?;
     write_private(&data_dir.join(TOKENS_FILE), &json)
 }
@@ -140,5 +233,25 @@ mod tests {
         let k = server_key(dir.path()).unwrap();
         assert_eq!(server_key(dir.path()).unwrap(), k, "the key is stable");
         assert!(constant_time_eq(&k, &k) && !constant_time_eq(&k, "x"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn node_credentials_roundtrip_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = server_ca(dir.path()).unwrap();
+        assert_eq!(server_ca(dir.path()).unwrap(), ca, "the CA is stable");
+        let node = huskies_engine::NodeId::new("agent-1").unwrap();
+        let creds = Credentials::issue(&ca, &node, random_32().unwrap());
+        store_node(dir.path(), &node, &creds, "abc").unwrap();
+        let (n, c, admin) = load_node(dir.path()).unwrap().unwrap();
+        assert_eq!((n, c, admin.as_str()), (node, creds, "abc"));
+        use std::os::unix::fs::PermissionsExt;
+        for f in [CA_FILE, NODE_FILE] {
+            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
     }
 }

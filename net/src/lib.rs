@@ -14,6 +14,6 @@ pub mod project;
 pub mod runner;
 pub mod status;
 pub mod storage;
-mod ws;
+pub mod ws;
 
 pub use node::{NodeHandle, NodeOptions, run_node};

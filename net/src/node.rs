@@ -28,7 +28,9 @@ pub struct NodeOptions {
     pub rendezvous: Option<String>,
     pub data_dir: PathBuf,
     pub project_root: PathBuf,
-    pub cluster_key: String,
+    /// This node's key and certificate, and the CA (plus the CA secret on
+    /// the server).
+    pub credentials: huskies_engine::Credentials,
     /// The rendezvous runs no agents.
     pub is_server: bool,
     pub project: ProjectConfig,
@@ -76,9 +78,14 @@ impl NodeHandle {
     }
 }
 
+/// Node keys revoked in the document, shared with the HTTP layer so a
+/// revoked node is refused at the websocket upgrade.
+pub type Revoked = Arc<std::sync::RwLock<std::collections::BTreeSet<(NodeId, [u8; 32])>>>;
+
 pub fn engine_config(opts: &NodeOptions) -> Config {
     let p = &opts.project;
     let mut c = Config {
+        credentials: Some(opts.credentials.clone()),
         address: Some(opts.advertise.clone()),
         label: opts.label.clone(),
         rendezvous: opts.rendezvous.clone(),
@@ -109,12 +116,28 @@ struct Node {
     /// slow), fed in once the current batch is done.
     deferred: Vec<Input>,
     tx: mpsc::Sender<NodeMsg>,
-    key: String,
+    /// `x-huskies-node` and `x-huskies-cert` for our dials.
+    dial_identity: (String, String),
     max_message_bytes: usize,
+    revoked: Revoked,
+    /// The main runtime: dials and agent runs live there, not on the
+    /// engine's own thread.
+    rt: tokio::runtime::Handle,
 }
 
-/// Starts the node task; returns its handle and the task.
-pub fn run_node(opts: NodeOptions) -> std::io::Result<(NodeHandle, tokio::task::JoinHandle<()>)> {
+/// Starts the node task on a thread of its own; returns its handle and a
+/// task that ends with it. Must be called inside a tokio runtime.
+///
+/// The engine gets its own thread because Automerge work on a large sync
+/// message takes milliseconds to seconds of CPU: on the shared runtime it
+/// stalled `/healthz` and the socket pumps of every other peer.
+pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHandle, tokio::task::JoinHandle<()>)> {
+    if opts.credentials.is_dev() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "refusing dev credentials (their CA secret is public)",
+        ));
+    }
     let (storage, bytes) = Storage::open(&opts.data_dir)?;
     let config = engine_config(&opts);
     if let Err(e) = config.validate() {
@@ -128,7 +151,8 @@ pub fn run_node(opts: NodeOptions) -> std::io::Result<(NodeHandle, tokio::task::
     let (tx, rx) = mpsc::channel(4_096);
     let (input_tx, input_rx) = mpsc::unbounded_channel();
     let project = Arc::new(Mutex::new(opts.project.clone()));
-    let runner = Runner::new(opts.project_root.clone(), opts.node_id.clone(), project.clone(), input_tx);
+    let rt = tokio::runtime::Handle::current();
+    let runner = Runner::new(opts.project_root.clone(), opts.node_id.clone(), project.clone(), input_tx, rt.clone());
     let mut node = Node {
         engine,
         epoch,
@@ -141,12 +165,26 @@ pub fn run_node(opts: NodeOptions) -> std::io::Result<(NodeHandle, tokio::task::
         counters: Counters::default(),
         deferred: Vec::new(),
         tx: tx.clone(),
-        key: opts.cluster_key.clone(),
+        dial_identity: (opts.node_id.to_string(), opts.credentials.cert.to_hex()),
         max_message_bytes,
+        revoked,
+        rt,
     };
     node.input(Input::StorageLoaded { bytes });
+    node.share_revocations();
     let root = opts.project_root.clone();
-    let task = tokio::spawn(async move { node.run(rx, input_rx, project, root).await });
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new().name("huskies-engine".into()).spawn(move || {
+        let local = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        match local {
+            Ok(local) => local.block_on(node.run(rx, input_rx, project, root)),
+            Err(e) => tracing::error!(error = %e, "cannot start the engine thread's runtime"),
+        }
+        let _ = done_tx.send(());
+    })?;
+    let task = tokio::spawn(async move {
+        let _ = done_rx.await;
+    });
     Ok((NodeHandle { tx }, task))
 }
 
@@ -266,7 +304,8 @@ impl Node {
                 }
             }
             Output::Dial { conn, address } => {
-                tokio::spawn(ws::dial(address, conn, self.key.clone(), self.max_message_bytes, self.tx.clone()));
+                let identity = self.dial_identity.clone();
+                self.rt.spawn(ws::dial(address, conn, identity, self.max_message_bytes, self.tx.clone()));
             }
             Output::HangUp { conn } => {
                 self.conns.remove(&conn);
@@ -308,6 +347,7 @@ impl Node {
             Event::RunFailed { .. } => c.runs_failed += 1,
             Event::StaleResult { .. } => c.stale_results += 1,
             Event::PeerRejected { .. } => c.peers_rejected += 1,
+            Event::NodeRevoked { .. } => self.share_revocations(),
             _ => {}
         }
         match &e {
@@ -319,8 +359,44 @@ impl Node {
         }
     }
 
+    fn share_revocations(&self) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.clone_from(&self.engine.revoked_keys());
+        }
+    }
+
     fn status(&self) -> Status {
         let alive = self.engine.alive_nodes();
+        let revoked = self.engine.revoked_keys();
+        let mut nodes: Vec<NodeStatus> = self
+            .engine
+            .nodes()
+            .map(|(id, r)| NodeStatus {
+                id: id.to_string(),
+                label: r.label.clone(),
+                address: r.address.clone(),
+                capacity: r.capacity,
+                alive: alive.contains(id),
+                key: r.cert.map(|c| huskies_engine::identity::hex(&c.key)),
+                revoked: r.cert.is_some_and(|c| revoked.contains(&(id.clone(), c.key))),
+            })
+            .collect();
+        // Nodes known only by a handshake or a revocation, without a record.
+        let bare = self.engine.node_keys().iter().map(|(id, k)| (id.clone(), *k, false));
+        for (id, key, is_revoked) in bare.chain(revoked.iter().map(|(id, k)| (id.clone(), *k, true))) {
+            if !nodes.iter().any(|n| n.id == id.as_str()) {
+                nodes.push(NodeStatus {
+                    id: id.to_string(),
+                    label: String::new(),
+                    address: None,
+                    capacity: 0,
+                    alive: alive.contains(&id),
+                    key: Some(huskies_engine::identity::hex(&key)),
+                    revoked: is_revoked,
+                });
+            }
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Status {
             node: self.engine.node_id().to_string(),
             label: self
@@ -345,17 +421,7 @@ impl Node {
                     last_result_by: v.state.result.as_ref().map(|r| r.node.to_string()),
                 })
                 .collect(),
-            nodes: self
-                .engine
-                .nodes()
-                .map(|(id, r)| NodeStatus {
-                    id: id.to_string(),
-                    label: r.label.clone(),
-                    address: r.address.clone(),
-                    capacity: r.capacity,
-                    alive: alive.contains(id),
-                })
-                .collect(),
+            nodes,
             runs: self
                 .engine
                 .runs()

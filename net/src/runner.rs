@@ -16,12 +16,17 @@ use crate::project::ProjectConfig;
 
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Environment variables that may carry a huskies secret; removed from
+/// every agent child's environment.
+pub const SECRET_VARS: [&str; 3] = ["HUSKIES_KEY", "HUSKIES_JOIN_TOKEN", "HUSKIES_ADMIN_KEY"];
+
 pub struct Runner {
     project_root: PathBuf,
     node: NodeId,
     pub project: Arc<Mutex<ProjectConfig>>,
     inputs: mpsc::UnboundedSender<Input>,
     stops: BTreeMap<(StoryId, Token), oneshot::Sender<()>>,
+    rt: tokio::runtime::Handle,
 }
 
 /// Replaces `{id}`, `{title}` and `{stage}` in one argument.
@@ -35,8 +40,9 @@ impl Runner {
         node: NodeId,
         project: Arc<Mutex<ProjectConfig>>,
         inputs: mpsc::UnboundedSender<Input>,
+        rt: tokio::runtime::Handle,
     ) -> Runner {
-        Runner { project_root, node, project, inputs, stops: BTreeMap::new() }
+        Runner { project_root, node, project, inputs, stops: BTreeMap::new(), rt }
     }
 
     pub fn start(&mut self, story: StoryId, title: String, stage: Stage, token: Token, attempt: u32) {
@@ -46,7 +52,7 @@ impl Runner {
         let root = self.project_root.clone();
         let node = self.node.clone();
         let inputs = self.inputs.clone();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             let outcome = match cmd {
                 None => Some(RunOutcome::Failed { reason: format!("no agent configured for stage {stage}") }),
                 Some(cmd) => {
@@ -73,7 +79,7 @@ impl Runner {
     pub fn push(&self, story: StoryId, token: Token) {
         let root = self.project_root.clone();
         let inputs = self.inputs.clone();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             let s = story.clone();
             let outcome = tokio::task::spawn_blocking(move || git::push(&root, s.as_str()))
                 .await
@@ -86,7 +92,7 @@ impl Runner {
     pub fn inspect(&self, story: StoryId, token: Token) {
         let root = self.project_root.clone();
         let inputs = self.inputs.clone();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             let s = story.clone();
             let committed =
                 tokio::task::spawn_blocking(move || git::has_unpushed_work(&root, s.as_str())).await.unwrap_or(false);
@@ -96,7 +102,7 @@ impl Runner {
 
     pub fn prune(&self, story: StoryId) {
         let root = self.project_root.clone();
-        tokio::task::spawn_blocking(move || {
+        self.rt.spawn_blocking(move || {
             if let Err(e) = git::prune(&root, story.as_str()) {
                 tracing::warn!(%story, error = %e, "worktree prune failed");
             }
@@ -136,7 +142,14 @@ impl Run {
             Err(e) => return failed(format!("log file: {e}")),
         };
         let args: Vec<String> = cmd.args.iter().map(|a| expand(a, &self.story, &self.title, self.stage)).collect();
-        let mut child = match Command::new(&cmd.command)
+        let mut command = Command::new(&cmd.command);
+        // No credential of ours reaches the agent: it runs code we do not
+        // control. (Our own secrets live in files outside the worktree;
+        // these are the variables that could carry one.)
+        for var in SECRET_VARS {
+            command.env_remove(var);
+        }
+        let mut child = match command
             .args(&args)
             .current_dir(&worktree)
             .env("HUSKIES_STORY_ID", self.story.as_str())

@@ -35,6 +35,11 @@ pub struct NodeStatus {
     pub address: Option<String>,
     pub capacity: u32,
     pub alive: bool,
+    /// The node's certified public key (hex).
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,10 +77,20 @@ pub struct MoveStory {
     pub stage: String,
 }
 
-/// Answer to `POST /api/join`.
+/// Body of `POST /api/join`: who is joining, and its public key (hex).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub node: String,
+    pub key: String,
+}
+
+/// Answer to `POST /api/join`: the CA's public key, the node's certificate,
+/// and the admin key's SHA-256 (for the node's own API).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Joined {
-    pub cluster_key: String,
+    pub ca: String,
+    pub cert: String,
+    pub admin_sha256: String,
 }
 
 /// Error body of every API error.

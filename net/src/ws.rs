@@ -9,6 +9,10 @@ use tokio_tungstenite::tungstenite::Message as TMessage;
 
 use crate::node::NodeMsg;
 
+/// Headers a dialing node presents at the websocket upgrade.
+pub const NODE_HEADER: &str = "x-huskies-node";
+pub const CERT_HEADER: &str = "x-huskies-cert";
+
 /// Frames queued to one peer before it counts as too slow and is dropped.
 pub const OUTBOX_FRAMES: usize = 1_024;
 
@@ -75,16 +79,25 @@ pub async fn pump_dialed<S>(
     let _ = node.send(NodeMsg::Input(Input::PeerClosed { conn })).await;
 }
 
-/// Dials `address` with the cluster key; reports `Connected` or `PeerClosed`.
-pub async fn dial(address: String, conn: ConnId, key: String, max_message_bytes: usize, node: mpsc::Sender<NodeMsg>) {
+/// Dials `address` presenting our node id and certificate (checked at the
+/// upgrade; the key itself is proven in the handshake that follows);
+/// reports `Connected` or `PeerClosed`.
+pub async fn dial(
+    address: String,
+    conn: ConnId,
+    (node_id, cert): (String, String),
+    max_message_bytes: usize,
+    node: mpsc::Sender<NodeMsg>,
+) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let request = match address.as_str().into_client_request() {
-        Ok(mut r) => match format!("Bearer {key}").parse() {
-            Ok(v) => {
-                r.headers_mut().insert("authorization", v);
+        Ok(mut r) => match (node_id.parse(), cert.parse()) {
+            (Ok(n), Ok(c)) => {
+                r.headers_mut().insert(NODE_HEADER, n);
+                r.headers_mut().insert(CERT_HEADER, c);
                 r
             }
-            Err(_) => return closed(&node, conn).await,
+            _ => return closed(&node, conn).await,
         },
         Err(e) => {
             tracing::warn!(%address, error = %e, "bad peer address");
