@@ -350,13 +350,18 @@ mod tests {
         m
     }
 
+    fn doc(actor: &[u8]) -> AutoCommit {
+        #[allow(clippy::disallowed_methods)] // a fixed actor is set right away
+        AutoCommit::new().with_actor(automerge::ActorId::from(actor))
+    }
+
     fn real_messages() -> Vec<Vec<u8>> {
-        let mut a = AutoCommit::new();
+        let mut a = doc(b"a");
         for i in 0..300 {
             a.put(automerge::ROOT, format!("k{i}"), "x".repeat(i % 40)).unwrap();
             a.commit();
         }
-        let mut b = AutoCommit::new();
+        let mut b = doc(b"b");
         let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
         let mut out = Vec::new();
         for _ in 0..10 {
@@ -435,7 +440,7 @@ mod tests {
 
     #[test]
     fn saved_documents_pass_as_storage() {
-        let mut a = AutoCommit::new();
+        let mut a = doc(b"a");
         for i in 0..500 {
             a.put(automerge::ROOT, format!("key{i}"), i as u64).unwrap();
         }
