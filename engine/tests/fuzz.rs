@@ -116,7 +116,10 @@ fn handshake(e: &mut Engine, conn: ConnId, now: Millis) {
 
 /// Real sync messages, envelopes and saved documents from two engines
 /// that sync a few stories.
-fn corpus() -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+/// Sync messages, envelopes, saved documents.
+type Corpora = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+fn corpus() -> Corpora {
     let (mut a, mut b) = (engine("alpha", 1), engine("beta", 2));
     for i in 0..12 {
         let id = StoryId::new(format!("s{i}")).unwrap();
