@@ -352,7 +352,7 @@ fn revoked_nodes_are_refused_everywhere() {
         );
         drain(e)
     };
-    let outs = r(&mut server, "agent-1");
+    let outs = r(&mut server, "nobody");
     assert!(
         outs.iter().any(|o| matches!(o, Output::Reply { result: Err(CommandError::UnknownNode(_)), .. })),
         "{outs:?}"
