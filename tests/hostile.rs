@@ -115,7 +115,7 @@ pub fn attacks() -> Vec<(&'static str, Vec<u8>)> {
     let bomb = {
         use std::io::Write;
         let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(&vec![0u8; 1 << 30]).unwrap();
+        enc.write_all(&vec![0u8; 256 << 20]).unwrap();
         let deflated = enc.finish().unwrap();
         let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
         uleb(&mut chunk, deflated.len() as u64);
@@ -133,7 +133,7 @@ pub fn attacks() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("bloom filter with entries and zero bits (remainder by zero)", have(&[5, 0, 7])),
         ("bloom filter with 2^32-1 probes (16 GiB allocation)", have(&probes)),
-        ("1 GiB deflate bomb in a compressed change chunk", bomb),
+        ("256 MiB deflate bomb in a compressed change chunk", bomb),
         ("2^40 heads announced", heads),
         ("30 MiB change chunk of garbage", big),
     ]
