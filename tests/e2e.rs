@@ -34,6 +34,11 @@ mod tempdir {
     }
     impl Drop for TempDir {
         fn drop(&mut self) {
+            // A failed test keeps its logs and data for a post-mortem.
+            if std::thread::panicking() {
+                eprintln!("kept for inspection: {}", self.0.display());
+                return;
+            }
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
@@ -134,7 +139,7 @@ impl Cluster {
             .arg(self.root().join("server-data"))
             .output()
             .unwrap();
-        assert!(out.status.success());
+        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 

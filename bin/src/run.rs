@@ -174,7 +174,7 @@ pub fn server(
         is_server: true,
         project,
     };
-    let enroll = Enroll { dir: data_dir, lock: Default::default(), ca_secret: ca };
+    let enroll = Enroll { dir: data_dir, ca_secret: ca };
     serve(opts, auth::hash(&key), Some(enroll))
 }
 

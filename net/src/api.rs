@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use huskies_engine::{Cert, Command, CommandError, NodeId, Reply, Stage, StoryId};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{self, Redeem};
 use crate::node::{NodeHandle, NodeMsg, Revoked};
@@ -28,9 +28,8 @@ use crate::ws;
 /// What the server needs to admit new nodes.
 #[derive(Clone)]
 pub struct Enroll {
-    /// Where join tokens live.
+    /// Where join tokens live (`auth` locks the store across processes).
     pub dir: PathBuf,
-    pub lock: Arc<Mutex<()>>,
     pub ca_secret: [u8; 32],
 }
 
@@ -209,7 +208,6 @@ async fn join(State(state): State<AppState>, headers: HeaderMap, Json(body): Jso
     let Some(key) = huskies_engine::identity::unhex(&body.key).and_then(|k| <[u8; 32]>::try_from(k).ok()) else {
         return error(StatusCode::BAD_REQUEST, "key must be 32 bytes of hex");
     };
-    let _guard = enroll.lock.lock().await;
     #[allow(clippy::disallowed_methods)] // token expiry is wall-clock time on one machine
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     match auth::redeem_join_token(&enroll.dir, token, now) {

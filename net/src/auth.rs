@@ -126,7 +126,11 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
 
 fn write_private(path: &Path, contents: &str) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    // A temp name of our own: two processes (the server redeeming, the CLI
+    // creating) must never write through one temp file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
@@ -181,8 +185,28 @@ fn store_tokens(data_dir: &Path, tokens: &[StoredToken]) -> io::Result<()> {
     write_private(&data_dir.join(TOKENS_FILE), &json)
 }
 
+/// Runs `f` holding an exclusive lock on the token store, across
+/// processes: the server redeems while `huskies token create` adds, and
+/// either read-modify-write could otherwise undo the other's (a lost
+/// "used" mark would let a token be spent twice).
+fn with_token_lock<T>(data_dir: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    use std::os::fd::AsRawFd;
+    private_dir(data_dir)?;
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(data_dir.join("join-tokens.lock"))?;
+    // SAFETY: flock(2) on a descriptor we own; released when `lock` drops.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    f()
+}
+
 /// Creates a one-time join token valid for `ttl_secs` from `now_unix`.
 pub fn create_join_token(data_dir: &Path, ttl_secs: u64, now_unix: u64) -> io::Result<String> {
+    with_token_lock(data_dir, || create_join_token_locked(data_dir, ttl_secs, now_unix))
+}
+
+fn create_join_token_locked(data_dir: &Path, ttl_secs: u64, now_unix: u64) -> io::Result<String> {
     let token = format!("hj_{}", random_hex(24)?);
     let mut tokens = load_tokens(data_dir)?;
     tokens.retain(|t| !t.used && t.expires_unix > now_unix);
@@ -199,8 +223,12 @@ pub enum Redeem {
     AlreadyUsed,
 }
 
-/// Spends a join token. Callers serialise calls (the server holds a lock).
+/// Spends a join token.
 pub fn redeem_join_token(data_dir: &Path, token: &str, now_unix: u64) -> io::Result<Redeem> {
+    with_token_lock(data_dir, || redeem_join_token_locked(data_dir, token, now_unix))
+}
+
+fn redeem_join_token_locked(data_dir: &Path, token: &str, now_unix: u64) -> io::Result<Redeem> {
     let mut tokens = load_tokens(data_dir)?;
     let h = hash(token);
     let Some(t) = tokens.iter_mut().find(|t| constant_time_eq(&t.sha256, &h)) else { return Ok(Redeem::Unknown) };
@@ -230,6 +258,19 @@ mod tests {
         assert_eq!(redeem_join_token(dir.path(), &t, 1_002).unwrap(), Redeem::AlreadyUsed);
         let t2 = create_join_token(dir.path(), 60, 1_000).unwrap();
         assert_eq!(redeem_join_token(dir.path(), &t2, 1_060).unwrap(), Redeem::Expired);
+        // Creators and redeemers racing from many threads lose nothing.
+        let made: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| create_join_token(dir.path(), 60, 2_000).unwrap())).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        std::thread::scope(|s| {
+            for t in &made {
+                s.spawn(|| assert_eq!(redeem_join_token(dir.path(), t, 2_001).unwrap(), Redeem::Ok));
+            }
+        });
+        for t in &made {
+            assert_eq!(redeem_join_token(dir.path(), t, 2_002).unwrap(), Redeem::AlreadyUsed);
+        }
         let k = server_key(dir.path()).unwrap();
         assert_eq!(server_key(dir.path()).unwrap(), k, "the key is stable");
         assert!(constant_time_eq(&k, &k) && !constant_time_eq(&k, "x"));
