@@ -89,52 +89,8 @@ pub async fn closed(ws: &mut Ws) -> bool {
     .is_ok()
 }
 
-pub fn uleb(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            return out.push(byte);
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// Every crafted sync message: (what it is, its bytes).
+/// Every crafted sync message: (what it is, its bytes). The bomb inflates
+/// to 256 MiB, the garbage is 30 MiB (near the frame cap).
 pub fn attacks() -> Vec<(&'static str, Vec<u8>)> {
-    let have = |bloom: &[u8]| {
-        let mut m = vec![0x42, 0, 0, 1, 0];
-        uleb(&mut m, bloom.len() as u64);
-        m.extend_from_slice(bloom);
-        m.push(0);
-        m
-    };
-    let mut probes = vec![1, 10];
-    uleb(&mut probes, u64::from(u32::MAX));
-    probes.extend_from_slice(&[0, 0]);
-    let bomb = {
-        use std::io::Write;
-        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(&vec![0u8; 256 << 20]).unwrap();
-        let deflated = enc.finish().unwrap();
-        let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
-        uleb(&mut chunk, deflated.len() as u64);
-        chunk.extend_from_slice(&deflated);
-        let mut m = vec![0x42, 0, 0, 0, 1];
-        uleb(&mut m, chunk.len() as u64);
-        m.extend_from_slice(&chunk);
-        m
-    };
-    let mut heads = vec![0x42];
-    uleb(&mut heads, 1 << 40);
-    let mut big = vec![0x42, 0, 0, 0, 1];
-    uleb(&mut big, 30 << 20);
-    big.resize(big.len() + (30 << 20), 0x85);
-    vec![
-        ("bloom filter with entries and zero bits (remainder by zero)", have(&[5, 0, 7])),
-        ("bloom filter with 2^32-1 probes (16 GiB allocation)", have(&probes)),
-        ("256 MiB deflate bomb in a compressed change chunk", bomb),
-        ("2^40 heads announced", heads),
-        ("30 MiB change chunk of garbage", big),
-    ]
+    huskies_engine::hostile::sync_attacks(256 << 20, 30 << 20).into_iter().map(|a| (a.name, a.message)).collect()
 }

@@ -50,8 +50,8 @@ impl Client {
         Self::decode(resp)
     }
 
-    pub fn status(&self) -> Result<Status, String> {
-        let url = format!("{}/api/status", self.base);
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        let url = format!("{}{path}", self.base);
         let resp = self
             .agent
             .get(&url)
@@ -59,6 +59,10 @@ impl Client {
             .call()
             .map_err(|e| format!("cannot reach {url}: {e}"))?;
         Self::decode(resp)
+    }
+
+    pub fn status(&self) -> Result<Status, String> {
+        self.get("/api/status")
     }
 
     pub fn add_story(&self, title: &str, id: Option<&str>, stage: &str) -> Result<String, String> {
@@ -76,14 +80,7 @@ impl Client {
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeStatus>, String> {
-        let url = format!("{}/api/nodes", self.base);
-        let resp = self
-            .agent
-            .get(&url)
-            .header("authorization", &self.auth(None))
-            .call()
-            .map_err(|e| format!("cannot reach {url}: {e}"))?;
-        Self::decode(resp)
+        self.get("/api/nodes")
     }
 
     pub fn revoke(&self, node: &str) -> Result<serde_json::Value, String> {

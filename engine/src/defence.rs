@@ -93,12 +93,14 @@ impl Engine {
     /// After a panic the peer is rejected and the document is rebuilt from
     /// what was persisted; `None` is returned.
     pub(crate) fn shielded<T>(&mut self, conn: ConnId, what: &str, f: impl FnOnce(&mut Engine) -> T) -> Option<T> {
-        let heads_before = self.persisted_heads.clone();
         match catch_unwind(AssertUnwindSafe(|| f(self))) {
             Ok(v) => Some(v),
             Err(payload) => {
                 let text = panic_text(payload.as_ref());
-                let verified = self.rebuild_document(&heads_before);
+                // Persisting happens only at the end of an input, so these
+                // are still the heads from before the bad message.
+                let expected = self.persisted_heads.clone();
+                let verified = self.rebuild_document(&expected);
                 self.reject(
                     conn,
                     format!(
@@ -150,6 +152,44 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::{Command, CommandId, Config, Input, NodeId, Output, Stage};
+    use automerge::transaction::Transactable;
+
+    /// A panic in the middle of Automerge work leaves a half-made change in
+    /// memory; recovery throws it away, proves the heads, and keeps every
+    /// acknowledged story.
+    #[test]
+    fn a_panic_on_peer_data_rebuilds_the_document_from_storage() {
+        let mut e = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
+        e.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+        for i in 0..5 {
+            let command = Command::AddStory { id: None, title: format!("story {i}"), stage: Stage::Current };
+            e.handle(Millis(1), Input::Command { id: CommandId(i), command });
+        }
+        while e.poll_output().is_some() {}
+        let heads = e.heads();
+        let out: Option<()> = e.shielded(ConnId(7), "test", |e| {
+            e.doc.automerge().put(automerge::ROOT, "half-applied", "junk").unwrap();
+            panic!("boom");
+        });
+        assert!(out.is_none());
+        assert_eq!(e.heads(), heads, "the half-made change is gone");
+        assert_eq!(e.stories().count(), 5);
+        assert!(e.index_drift().is_empty());
+        e.finish_input();
+        let outs: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+        let reason = outs.iter().find_map(|o| match o {
+            Output::Event(Event::PeerRejected { conn: ConnId(7), reason }) => Some(reason.clone()),
+            _ => None,
+        });
+        assert!(reason.as_deref().is_some_and(|r| r.contains("boom") && r.contains("heads verified")), "{reason:?}");
+        assert!(!outs.iter().any(|o| matches!(o, Output::Persist { .. })), "nothing new to persist");
+        // The node goes on: a new story persists and reads back.
+        let command = Command::AddStory { id: None, title: "after".into(), stage: Stage::Current };
+        e.handle(Millis(2), Input::Command { id: CommandId(9), command });
+        assert_eq!(e.stories().count(), 6);
+    }
 
     #[test]
     fn budget_refills_with_time_and_caps_bursts() {

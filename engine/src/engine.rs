@@ -308,7 +308,7 @@ impl Engine {
     }
 
     /// Persist what changed, then release the outputs it covers, then sync.
-    fn finish_input(&mut self) {
+    pub(crate) fn finish_input(&mut self) {
         if self.dirty {
             self.dirty = false;
             self.appends_since_snapshot += 1;

@@ -329,26 +329,7 @@ mod tests {
     use automerge::transaction::Transactable;
     use automerge::{AutoCommit, sync};
 
-    fn uleb(out: &mut Vec<u8>, mut v: u64) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-
-    /// A sync message with one `have` holding `bloom`.
-    fn with_bloom(bloom: &[u8]) -> Vec<u8> {
-        let mut m = vec![0x42, 0, 0, 1, 0];
-        uleb(&mut m, bloom.len() as u64);
-        m.extend_from_slice(bloom);
-        m.push(0);
-        m
-    }
+    use crate::hostile::{deflate_bomb, uleb, with_bloom, with_change};
 
     fn doc(actor: &[u8]) -> AutoCommit {
         #[allow(clippy::disallowed_methods)] // a fixed actor is set right away
@@ -420,18 +401,10 @@ mod tests {
 
     #[test]
     fn inflation_is_bounded() {
-        use std::io::Write;
-        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(&vec![0u8; 8 << 20]).unwrap();
-        let bomb = enc.finish().unwrap();
-        assert!(bomb.len() < 16 << 10, "8 MiB of zeros deflate to {} bytes", bomb.len());
-        let mut chunk = MAGIC.to_vec();
-        chunk.extend_from_slice(&[0, 0, 0, 0, CHUNK_COMPRESSED]);
-        uleb(&mut chunk, bomb.len() as u64);
-        chunk.extend_from_slice(&bomb);
-        let mut m = vec![0x42, 0, 0, 0, 1];
-        uleb(&mut m, chunk.len() as u64);
-        m.extend_from_slice(&chunk);
+        let chunk = deflate_bomb(8 << 20);
+        assert!(chunk.len() < 16 << 10, "8 MiB of zeros deflate to {} bytes", chunk.len());
+        assert_eq!((&chunk[..4], chunk[8]), (&MAGIC[..], CHUNK_COMPRESSED));
+        let m = with_change(&chunk);
         assert_eq!(check_sync_message(&m, 1 << 20), Err(GuardError::Inflation(1 << 20)));
         check_sync_message(&m, 16 << 20).unwrap();
         let (kept, err) = valid_chunks(&chunk, 1 << 20);

@@ -52,6 +52,7 @@ mod engine;
 mod error;
 pub mod guard;
 pub mod hash;
+pub mod hostile;
 pub mod identity;
 mod ids;
 mod io;

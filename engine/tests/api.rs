@@ -178,17 +178,6 @@ fn restart_from_persisted_bytes_keeps_acknowledged_stories() {
     assert!(broken.is_ready());
 }
 
-fn uleb(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            return out.push(byte);
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// Sync messages that crashed or bloated Automerge 0.12 before they were
 /// validated; each is refused, only its sender is disconnected, and the
 /// node keeps syncing with a good peer.
@@ -196,38 +185,8 @@ fn uleb(out: &mut Vec<u8>, mut v: u64) {
 fn hostile_sync_messages_are_refused_before_automerge() {
     let mut e = engine();
     handshake(&mut e, ConnId(1), "good");
-    let have = |bloom: &[u8]| {
-        let mut m = vec![0x42, 0, 0, 1, 0];
-        uleb(&mut m, bloom.len() as u64);
-        m.extend_from_slice(bloom);
-        m.push(0);
-        m
-    };
-    let mut probes = vec![1, 10];
-    uleb(&mut probes, u64::from(u32::MAX));
-    probes.extend_from_slice(&[0, 0]);
-    let bomb = {
-        use std::io::Write;
-        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(&vec![0u8; 256 << 20]).unwrap();
-        let deflated = enc.finish().unwrap();
-        let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
-        uleb(&mut chunk, deflated.len() as u64);
-        chunk.extend_from_slice(&deflated);
-        let mut m = vec![0x42, 0, 0, 0, 1];
-        uleb(&mut m, chunk.len() as u64);
-        m.extend_from_slice(&chunk);
-        m
-    };
-    let mut heads = vec![0x42];
-    uleb(&mut heads, 1 << 40);
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("zero-bit bloom (remainder by zero)", have(&[5, 0, 7]), "bits per entry"),
-        ("bloom with 2^32-1 probes (allocation)", have(&probes), "probes"),
-        ("256 MiB deflate bomb", bomb, "inflates past"),
-        ("2^40 heads", heads, "heads"),
-    ];
-    for (i, (name, msg, expect)) in cases.into_iter().enumerate() {
+    for (i, attack) in huskies_engine::hostile::sync_attacks(256 << 20, 4 << 20).into_iter().enumerate() {
+        let (name, msg, expect) = (attack.name, attack.message, attack.refusal);
         let conn = ConnId(10 + i as u64);
         handshake(&mut e, conn, &format!("bad{i}"));
         e.handle(Millis(3), Input::PeerMessage { conn, bytes: Envelope::Sync(msg).encode() });

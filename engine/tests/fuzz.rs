@@ -159,6 +159,9 @@ fn corpus() -> Corpora {
         b.handle(Millis(t * 10), Input::Timeout);
     }
     assert_eq!(a.heads(), b.heads(), "the corpus run converged");
+    // The known attacks seed the corpus too (small sizes: mutations of a
+    // big bomb would only cost time).
+    syncs.extend(huskies_engine::hostile::sync_attacks(1 << 20, 256).into_iter().map(|a| a.message));
     assert!(syncs.len() >= 4, "captured {} sync messages", syncs.len());
     (syncs, envelopes, vec![a.save(), b.save()])
 }
