@@ -19,6 +19,11 @@ pub struct StandInArgs {
     /// Share of runs that fail (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
+    /// From this attempt on, never fail on purpose (0: no such limit). The
+    /// demo passes the agents' `max_attempts`, so its injected failures show
+    /// retries but never give a story up.
+    #[arg(long, default_value_t = 0)]
+    succeed_from_attempt: u32,
     /// Append "story stage token node" here when a run starts.
     #[arg(long)]
     journal: Option<std::path::PathBuf>,
@@ -44,7 +49,8 @@ pub fn run(a: StandInArgs) -> Result<(), String> {
     let h = stable_hash(&[story.as_bytes(), stage.as_bytes(), token.as_bytes(), node.as_bytes(), attempt.as_bytes()]);
     let jitter = if a.jitter_ms > 0 { h % a.jitter_ms } else { 0 };
     std::thread::sleep(Duration::from_millis(a.duration_ms + jitter));
-    if ((h >> 32) as f64 / u32::MAX as f64) < a.fail_rate {
+    let spared = a.succeed_from_attempt > 0 && attempt.parse::<u32>().is_ok_and(|n| n >= a.succeed_from_attempt);
+    if !spared && ((h >> 32) as f64 / u32::MAX as f64) < a.fail_rate {
         return Err(format!("stand-in failed {story} ({stage}) on purpose"));
     }
     commit(Path::new("."), &story, &stage, &token, &node).map_err(|e| format!("commit: {}", e.message()))
