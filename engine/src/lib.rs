@@ -42,6 +42,12 @@
 //!   non-preferred nodes wait `claim_stagger_ms` per rank.
 //! - At most `max_mesh_peers` supplementary connections, chosen by a hash of
 //!   the node pair among live peers.
+//! - Peers are nodes with a CA-certified key that answered our challenge
+//!   (`identity.rs`); heartbeats are signed by their node; a CA-signed
+//!   revocation in the document shuts a node out everywhere.
+//! - Peer bytes are checked before Automerge sees them (`guard.rs`), each
+//!   peer has a rate budget, and an Automerge panic on peer data rebuilds
+//!   the document from what was persisted (`defence.rs`).
 
 mod claims;
 mod commands;
