@@ -449,6 +449,14 @@ fn hostile_peer_cannot_stop_the_node() {
         .unwrap();
     let list = String::from_utf8_lossy(&out.stdout);
     assert!(list.lines().any(|l| l.starts_with("mallory") && l.contains("revoked")), "{list}");
+    // A node that joined but never connected can be revoked too.
+    let eve = hostile::Peer::join(port, &c.token(), "eve");
+    let out = Command::new(EXE)
+        .args(["node", "revoke", "eve", "--server", &format!("http://127.0.0.1:{port}"), "--key", &c.key])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rt.block_on(eve.open(port)).is_err_and(|e| e.contains("403")), "eve is refused at the upgrade");
     let refused = rt.block_on(mallory.open(port));
     assert!(
         refused.as_ref().is_err_and(|e| e.contains("403")),

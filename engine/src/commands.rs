@@ -17,6 +17,7 @@ impl Engine {
             Command::AddStory { id, title, stage } => self.add_story(id, title, stage),
             Command::MoveStory { id, stage } => self.move_story(id, stage),
             Command::RevokeNode { node } => self.revoke_node(node),
+            Command::EnrollNode { node, cert } => self.enroll_node(node, cert),
         }
     }
 

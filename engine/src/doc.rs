@@ -38,17 +38,38 @@ pub struct NodeRecord {
     pub cert: Option<Cert>,
 }
 
-/// A CA-signed revocation of one node key, kept at the document root under
-/// `revoked/<node>/<key hex>`: a scalar per key, so concurrent writers
-/// never race to create a map.
+/// A CA-signed statement about one node key, kept at the document root
+/// under `<kind>/<node>/<key hex>`: a scalar per key, so concurrent writers
+/// never race to create a map (and the genesis change stays as it was).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Revocation {
+pub struct Signed {
+    pub kind: SignedKind,
     pub node: NodeId,
     pub key: PublicKey,
+    /// The CA's signature: a certificate for `Enrolled`, a revocation for
+    /// `Revoked`.
     pub sig: Sig,
 }
 
-const REVOKED_PREFIX: &str = "revoked/";
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignedKind {
+    /// The server admitted the node with this key (its certificate), so
+    /// every node knows the key before the node ever connects.
+    Enrolled,
+    /// The key is revoked.
+    Revoked,
+}
+
+impl SignedKind {
+    const ALL: [SignedKind; 2] = [SignedKind::Enrolled, SignedKind::Revoked];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            SignedKind::Enrolled => "enrolled/",
+            SignedKind::Revoked => "revoked/",
+        }
+    }
+}
 
 pub struct Doc {
     am: AutoCommit,
@@ -121,16 +142,16 @@ impl Doc {
 
     /// The stories and nodes touched since the last call; Automerge computes
     /// this from its patch log, in time proportional to the new changes.
-    /// The third value says whether a revocation arrived.
+    /// The third value says whether an enrollment or revocation arrived.
     pub fn take_touched(&mut self) -> (BTreeSet<StoryId>, BTreeSet<NodeId>, bool) {
         let mut stories = BTreeSet::new();
         let mut nodes = BTreeSet::new();
-        let mut revocations = false;
+        let mut signed = false;
         for patch in self.am.diff_incremental() {
             if patch.obj == automerge::ROOT
                 && let automerge::PatchAction::PutMap { key, .. } = &patch.action
             {
-                revocations |= key.starts_with(REVOKED_PREFIX);
+                signed |= SignedKind::ALL.iter().any(|k| key.starts_with(k.prefix()));
                 continue;
             }
             // The key under `stories` or `nodes` is either the patched key
@@ -155,36 +176,41 @@ impl Doc {
                 nodes.insert(id);
             }
         }
-        (stories, nodes, revocations)
+        (stories, nodes, signed)
     }
 
-    /// Every well-formed revocation (signatures are checked by the caller).
-    pub fn read_revocations(&mut self) -> Vec<Revocation> {
-        let keys: Vec<String> = self.am.keys(automerge::ROOT).filter(|k| k.starts_with(REVOKED_PREFIX)).collect();
+    /// Every well-formed signed entry, enrollments first (signatures are
+    /// checked by the caller).
+    pub fn read_signed(&mut self) -> Vec<Signed> {
         let mut out = Vec::new();
-        for k in keys {
-            let Some((node, key)) = k[REVOKED_PREFIX.len()..].split_once('/') else { continue };
-            let (Ok(node), Some(key)) = (NodeId::new(node), unhex(key).and_then(|b| PublicKey::try_from(b).ok()))
-            else {
-                continue;
-            };
-            let sig = match self.am.get(automerge::ROOT, k.as_str()) {
-                Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-                    ScalarValue::Str(t) => unhex(t).and_then(|b| Sig::try_from(b).ok()),
-                    _ => None,
-                },
-                _ => None,
-            };
-            if let Some(sig) = sig {
-                out.push(Revocation { node, key, sig });
+        for kind in SignedKind::ALL {
+            let keys: Vec<String> = self.am.keys(automerge::ROOT).filter(|k| k.starts_with(kind.prefix())).collect();
+            for k in keys {
+                if let Some(entry) = self.read_signed_entry(kind, &k) {
+                    out.push(entry);
+                }
             }
         }
         out
     }
 
-    pub fn put_revocation(&mut self, r: &Revocation) {
-        let key = format!("{REVOKED_PREFIX}{}/{}", r.node.as_str(), hex(&r.key));
-        self.am.put(automerge::ROOT, key, hex(&r.sig)).expect("put revocation");
+    fn read_signed_entry(&mut self, kind: SignedKind, k: &str) -> Option<Signed> {
+        let (node, key) = k[kind.prefix().len()..].split_once('/')?;
+        let node = NodeId::new(node).ok()?;
+        let key = unhex(key).and_then(|b| PublicKey::try_from(b).ok())?;
+        let sig = match self.am.get(automerge::ROOT, k) {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                ScalarValue::Str(t) => unhex(t).and_then(|b| Sig::try_from(b).ok()),
+                _ => None,
+            },
+            _ => None,
+        }?;
+        Some(Signed { kind, node, key, sig })
+    }
+
+    pub fn put_signed(&mut self, e: &Signed) {
+        let key = format!("{}{}/{}", e.kind.prefix(), e.node.as_str(), hex(&e.key));
+        self.am.put(automerge::ROOT, key, hex(&e.sig)).expect("put signed entry");
         self.commit();
     }
 

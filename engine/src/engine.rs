@@ -78,7 +78,7 @@ pub struct Engine {
     pub(crate) creds: crate::identity::Credentials,
     /// Verified keys of nodes: from certificates in node records and from
     /// authenticated handshakes. Heartbeats are checked against these.
-    pub(crate) keys: BTreeMap<NodeId, crate::identity::PublicKey>,
+    pub(crate) keys: BTreeMap<NodeId, BTreeSet<crate::identity::PublicKey>>,
     /// Node keys with a valid CA revocation in the document.
     pub(crate) revoked: BTreeSet<(NodeId, crate::identity::PublicKey)>,
     /// Our own key was revoked: we run and claim nothing more.
@@ -277,7 +277,7 @@ impl Engine {
         for (id, rec) in nodes {
             self.learn_node(id, rec);
         }
-        self.absorb_revocations();
+        self.absorb_signed();
         for (id, view) in stories {
             self.apply_story(&id, Some(view));
         }
@@ -442,7 +442,7 @@ impl Engine {
 
     /// Re-reads everything a merge touched.
     pub(crate) fn absorb_remote_changes(&mut self) {
-        let (mut stories, nodes, revocations) = self.doc.take_touched();
+        let (mut stories, nodes, signed) = self.doc.take_touched();
         stories.extend(self.conflicted.iter().cloned());
         for id in stories {
             let view = self.doc.read_story(&id);
@@ -456,8 +456,8 @@ impl Engine {
                 }
             };
         }
-        if revocations {
-            self.absorb_revocations();
+        if signed {
+            self.absorb_signed();
         }
     }
 

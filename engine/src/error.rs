@@ -43,6 +43,8 @@ pub enum CommandError {
     UnknownNode(crate::NodeId),
     #[error("only the server, which holds the cluster CA key, can revoke nodes")]
     NotAuthority,
+    #[error("the certificate of {0} is not signed by this cluster's CA")]
+    BadCertificate(crate::NodeId),
     #[error("a node cannot revoke itself")]
     RevokeSelf,
 }

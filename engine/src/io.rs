@@ -45,6 +45,9 @@ pub enum Command {
     /// Revokes the node's current key (server only): every node refuses it
     /// from then on and its stories are reclaimed at once.
     RevokeNode { node: NodeId },
+    /// Records that `node` joined with `cert` (server, at join), so every
+    /// node knows its key before it connects.
+    EnrollNode { node: NodeId, cert: crate::identity::Cert },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,7 @@ pub enum Reply {
     Added { id: StoryId },
     Moved { id: StoryId, from: Stage, to: Stage, token: Token },
     Revoked { node: NodeId },
+    Enrolled { node: NodeId },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

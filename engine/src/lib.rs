@@ -71,7 +71,7 @@ pub mod wire;
 
 pub use commands::MAX_TITLE_LEN;
 pub use config::{ACTIVE_STAGES, Config};
-pub use doc::{NodeRecord, Revocation, StoryView};
+pub use doc::{NodeRecord, Signed, SignedKind, StoryView};
 pub use engine::Engine;
 pub use error::{CommandError, ConfigError, IdError};
 pub use identity::{Cert, Credentials};

@@ -1,13 +1,16 @@
-//! Membership: which node keys we believe, and revocations.
+//! Membership: which node keys we believe, enrollments and revocations.
 //!
 //! A key is believed when the cluster CA signed it for that node id (its
-//! certificate, in the node's record or its handshake) and no CA-signed
-//! revocation of it is in the document. Revoking a node hangs up its
+//! certificate: in the enrollment the server writes when the node joins, in
+//! the node's record, or in its handshake) and no CA-signed revocation of
+//! it is in the document. A node may have several believed keys (it joined
+//! again); its heartbeats may be signed by any of them. Revoking a node hangs up its
 //! connections on every node that learns of it, makes it dead at once (its
 //! stories are reclaimed on the next scan, without waiting for the claim
 //! timeout), and stops its own runs if it hears of it itself.
 
-use crate::doc::{NodeRecord, Revocation};
+use crate::doc::{NodeRecord, Signed, SignedKind};
+use crate::identity::Cert;
 use crate::identity::{self, PublicKey};
 use crate::{CommandError, Engine, Event, NodeId, Output, Reply};
 
@@ -29,29 +32,62 @@ impl Engine {
     }
 
     pub(crate) fn learn_key(&mut self, id: &NodeId, key: PublicKey) {
-        if self.keys.insert(id.clone(), key) != Some(key) {
+        if self.keys.entry(id.clone()).or_default().insert(key) {
             // A new, unrevoked key: a node that re-enrolled after a
             // revocation of its old key lives again.
             self.liveness.unrevoke(id);
         }
     }
 
-    /// Reads the revocations in the document and applies new valid ones.
-    pub(crate) fn absorb_revocations(&mut self) {
-        for r in self.doc.read_revocations() {
-            if self.is_revoked(&r.node, &r.key) || !identity::verify_revocation(&self.creds.ca, &r.node, &r.key, &r.sig)
-            {
+    /// Reads the enrollments and revocations in the document and applies
+    /// the new valid ones (enrollments first, so a revocation of a key
+    /// enrolled in the same merge wins).
+    pub(crate) fn absorb_signed(&mut self) {
+        for Signed { kind, node, key, sig } in self.doc.read_signed() {
+            if self.is_revoked(&node, &key) {
                 continue;
             }
-            self.apply_revocation(r.node, r.key);
+            match kind {
+                SignedKind::Enrolled => {
+                    if identity::verify_cert(&self.creds.ca, &node, &Cert { key, sig }) {
+                        self.learn_key(&node, key);
+                    }
+                }
+                SignedKind::Revoked => {
+                    if identity::verify_revocation(&self.creds.ca, &node, &key, &sig) {
+                        self.apply_revocation(node, key);
+                    }
+                }
+            }
         }
+    }
+
+    /// Records, at the server, that `node` joined with `cert`: every node
+    /// learns the key before the node connects, and it can be revoked even
+    /// if it never does.
+    pub(crate) fn enroll_node(&mut self, node: NodeId, cert: Cert) -> Result<Reply, CommandError> {
+        if !identity::verify_cert(&self.creds.ca, &node, &cert) {
+            return Err(CommandError::BadCertificate(node));
+        }
+        let known = self.keys.get(&node).is_some_and(|k| k.contains(&cert.key));
+        if !known && !self.is_revoked(&node, &cert.key) {
+            let entry = Signed { kind: SignedKind::Enrolled, node: node.clone(), key: cert.key, sig: cert.sig };
+            self.doc.put_signed(&entry);
+            self.doc.skip_touched();
+            self.dirty = true;
+            self.learn_key(&node, cert.key);
+        }
+        Ok(Reply::Enrolled { node })
     }
 
     fn apply_revocation(&mut self, node: NodeId, key: PublicKey) {
         self.revoked.insert((node.clone(), key));
-        let current = self.keys.get(&node) == Some(&key);
-        if current {
+        let believed = self.keys.get_mut(&node).is_some_and(|k| k.remove(&key));
+        if self.keys.get(&node).is_some_and(|k| k.is_empty()) {
             self.keys.remove(&node);
+        }
+        // Dead at once when no believed key is left.
+        if believed && !self.keys.contains_key(&node) {
             self.liveness.revoke(&node);
             self.dead.insert(node.clone());
             self.relay.remove(&node);
@@ -80,22 +116,20 @@ impl Engine {
         self.emit(Event::NodeRevoked { node });
     }
 
-    /// Signs and writes a revocation of `node`'s current key. Only a node
-    /// holding the CA secret (the server) can.
+    /// Signs and writes a revocation of every believed key of `node`. Only
+    /// a node holding the CA secret (the server) can.
     pub(crate) fn revoke_node(&mut self, node: NodeId) -> Result<Reply, CommandError> {
         let Some(ca_secret) = self.creds.ca_secret else { return Err(CommandError::NotAuthority) };
-        // The key it proved to us, else the one its record certifies.
-        let key = self.keys.get(&node).copied().or_else(|| {
-            let cert = self.nodes.get(&node).and_then(|r| r.cert)?;
-            identity::verify_cert(&self.creds.ca, &node, &cert).then_some(cert.key)
-        });
-        let Some(key) = key else { return Err(CommandError::UnknownNode(node)) };
         if node == self.node {
             return Err(CommandError::RevokeSelf);
         }
-        if !self.is_revoked(&node, &key) {
+        let keys = self.keys.get(&node).cloned().unwrap_or_default();
+        if keys.is_empty() && !self.revoked.iter().any(|(n, _)| *n == node) {
+            return Err(CommandError::UnknownNode(node));
+        }
+        for key in keys {
             let sig = identity::sign_revocation(&ca_secret, &node, &key);
-            self.doc.put_revocation(&Revocation { node: node.clone(), key, sig });
+            self.doc.put_signed(&Signed { kind: SignedKind::Revoked, node: node.clone(), key, sig });
             self.doc.skip_touched();
             self.dirty = true;
             self.apply_revocation(node.clone(), key);

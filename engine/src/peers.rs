@@ -305,8 +305,8 @@ impl Engine {
         // node whose key we have not learned yet is dropped (its record is
         // on its way); a beat that fails its key's check was forged or
         // corrupted by the peer that sent it, since relays check first.
-        let Some(key) = self.keys.get(&hb.node) else { return };
-        if !identity::verify_beat(key, &hb) {
+        let Some(keys) = self.keys.get(&hb.node) else { return };
+        if !keys.iter().any(|k| identity::verify_beat(k, &hb)) {
             return self.reject(from, format!("heartbeat of {} with a bad signature", hb.node));
         }
         match self.liveness.handle_heartbeat(&hb, self.now) {

@@ -47,7 +47,9 @@ impl Engine {
     }
 
     /// Keys this node believes (certified, not revoked), by node.
-    pub fn node_keys(&self) -> &std::collections::BTreeMap<NodeId, crate::identity::PublicKey> {
+    pub fn node_keys(
+        &self,
+    ) -> &std::collections::BTreeMap<NodeId, std::collections::BTreeSet<crate::identity::PublicKey>> {
         &self.keys
     }
 

@@ -356,3 +356,59 @@ fn revoked_nodes_are_refused_everywhere() {
         "{outs:?}"
     );
 }
+
+/// The server records each join: a node that never connected can be
+/// revoked, a fresh node learns enrolled keys from the document, and a node
+/// that joins again with a new key after a revocation lives again.
+#[test]
+fn enrollments_make_keys_known_and_revocable() {
+    let mut server = engine();
+    let eve = NodeId::new("eve").unwrap();
+    let old = Credentials::dev(&eve);
+    let cmd = |e: &mut Engine, command| {
+        e.handle(Millis(3), Input::Command { id: CommandId(1), command });
+        drain(e)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Reply { result, .. } => Some(result),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let forged = huskies_engine::Cert { key: old.cert.key, sig: [0; 64] };
+    assert!(matches!(
+        cmd(&mut server, Command::EnrollNode { node: eve.clone(), cert: forged }),
+        Err(CommandError::BadCertificate(_))
+    ));
+    assert!(cmd(&mut server, Command::EnrollNode { node: eve.clone(), cert: old.cert }).is_ok());
+    // A fresh node knows eve's key from the document alone: it credits a
+    // beat of eve relayed by someone else.
+    let mut fresh = Engine::new(Config::default(), NodeId::new("fresh").unwrap(), 3, Millis(0));
+    fresh.handle(Millis(0), Input::StorageLoaded { bytes: server.save() });
+    drain(&mut fresh);
+    handshake(&mut fresh, ConnId(1), "relay");
+    let p = PeerHandshake { node: eve.clone(), creds: old.clone(), nonce: [1; 32] };
+    let beat = Envelope::Heartbeats(vec![p.heartbeat(1, 1, 1)]).encode();
+    fresh.handle(Millis(4), Input::PeerMessage { conn: ConnId(1), bytes: beat });
+    drain(&mut fresh);
+    assert!(fresh.alive_nodes().contains(&eve));
+    // Eve never connected to the server, yet can be revoked.
+    assert!(matches!(cmd(&mut server, Command::RevokeNode { node: eve.clone() }), Ok(Reply::Revoked { .. })));
+    let theirs = connect(&mut server, ConnId(2));
+    server.handle(Millis(5), Input::PeerMessage { conn: ConnId(2), bytes: p.hello() });
+    assert!(rejected(&drain(&mut server), ConnId(2)));
+    let _ = theirs;
+    // Re-enrolled with a new key, eve is admitted again; the old key stays out.
+    let new = Credentials::issue(&old.ca_secret.unwrap(), &eve, [77; 32]);
+    assert!(cmd(&mut server, Command::EnrollNode { node: eve.clone(), cert: new.cert }).is_ok());
+    let q = PeerHandshake { node: eve.clone(), creds: new, nonce: [2; 32] };
+    let theirs = connect(&mut server, ConnId(3));
+    server.handle(Millis(6), Input::PeerMessage { conn: ConnId(3), bytes: q.hello() });
+    server.handle(Millis(6), Input::PeerMessage { conn: ConnId(3), bytes: q.answer(&theirs).unwrap() });
+    let outs = drain(&mut server);
+    assert!(outs.iter().any(|o| matches!(o, Output::Event(Event::PeerUp { .. }))), "{outs:?}");
+    let theirs = connect(&mut server, ConnId(4));
+    server.handle(Millis(6), Input::PeerMessage { conn: ConnId(4), bytes: p.hello() });
+    assert!(rejected(&drain(&mut server), ConnId(4)), "the old key is still revoked");
+    let _ = theirs;
+}

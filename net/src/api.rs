@@ -132,6 +132,7 @@ async fn run(state: &AppState, command: Command) -> Response {
         }))
         .into_response(),
         Some(Ok(Reply::Revoked { node })) => Json(serde_json::json!({ "revoked": node.as_str() })).into_response(),
+        Some(Ok(Reply::Enrolled { node })) => Json(serde_json::json!({ "enrolled": node.as_str() })).into_response(),
         Some(Err(e @ (CommandError::UnknownStory(_) | CommandError::UnknownNode(_)))) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
@@ -213,6 +214,13 @@ async fn join(State(state): State<AppState>, headers: HeaderMap, Json(body): Jso
     match auth::redeem_join_token(&enroll.dir, token, now) {
         Ok(Redeem::Ok) => {
             let cert = huskies_engine::identity::certify(&enroll.ca_secret, &node, &key);
+            // Recorded (and persisted) before the node hears it joined, so
+            // the server can always revoke it, connected or not.
+            match state.node.command(Command::EnrollNode { node: node.clone(), cert }).await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                None => return error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
+            }
             tracing::info!(%node, "node joined");
             Json(Joined {
                 ca: huskies_engine::identity::hex(&state.ca),

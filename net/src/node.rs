@@ -382,7 +382,7 @@ impl Node {
             })
             .collect();
         // Nodes known only by a handshake or a revocation, without a record.
-        let bare = self.engine.node_keys().iter().map(|(id, k)| (id.clone(), *k, false));
+        let bare = self.engine.node_keys().iter().flat_map(|(id, ks)| ks.iter().map(|k| (id.clone(), *k, false)));
         for (id, key, is_revoked) in bare.chain(revoked.iter().map(|(id, k)| (id.clone(), *k, true))) {
             if !nodes.iter().any(|n| n.id == id.as_str()) {
                 nodes.push(NodeStatus {
