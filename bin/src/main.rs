@@ -38,7 +38,8 @@ enum Cmd {
         data_dir: Option<PathBuf>,
         #[arg(long, default_value = ".")]
         project_root: PathBuf,
-        /// Address agents dial, if not ws://<listen>/crdt-sync.
+        /// Address agents dial [default: ws://<listen>/crdt-sync; required
+        /// when listening on 0.0.0.0 or ::].
         #[arg(long)]
         advertise: Option<String>,
         #[arg(long)]
@@ -64,6 +65,11 @@ enum Cmd {
         /// Interface to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
+        /// Address mesh peers dial, e.g. ws://10.0.0.5:3101/crdt-sync
+        /// [default: ws://<host>:<port>/crdt-sync; required with --host
+        /// 0.0.0.0 or ::].
+        #[arg(long)]
+        advertise: Option<String>,
         #[arg(long)]
         label: Option<String>,
         #[arg(long)]
@@ -160,9 +166,10 @@ fn main() -> ExitCode {
             init_logs(cli.log_format);
             run::server(listen, data_dir, project_root, advertise, node_id)
         }
-        Cmd::Agent { rendezvous, port, project_root, data_dir, join_token, host, label, node_id } => {
+        Cmd::Agent { rendezvous, port, project_root, data_dir, join_token, host, advertise, label, node_id } => {
             init_logs(cli.log_format);
-            run::agent(run::AgentArgs { rendezvous, port, project_root, data_dir, join_token, host, label, node_id })
+            let args = run::AgentArgs { rendezvous, port, project_root, data_dir, join_token, host, advertise, label, node_id };
+            run::agent(args)
         }
         Cmd::Story { target, action } => match action {
             StoryCmd::Add { title, id, stage } => run::story_add(&target, &title, id.as_deref(), &stage),

@@ -57,6 +57,35 @@ pub fn state_dir(name: &str) -> Result<PathBuf, String> {
     Ok(base.join("huskies").join(name))
 }
 
+/// The address peers dial to reach a node listening on `listen`: `given`
+/// (checked), else `ws://<listen>/crdt-sync` when that address is specific.
+/// An unspecified address (0.0.0.0, ::) is refused: peers on other machines
+/// would dial themselves.
+pub fn advertise_url(listen: SocketAddr, given: Option<&str>) -> Result<String, String> {
+    let Some(url) = given else {
+        if listen.ip().is_unspecified() {
+            return Err(format!(
+                "listening on {listen} (every interface), peers need an address they can reach: pass --advertise ws://<this machine's address>:{}/crdt-sync",
+                listen.port()
+            ));
+        }
+        return Ok(format!("ws://{listen}/crdt-sync"));
+    };
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or_else(|| format!("--advertise {url:?} must start with ws:// or wss://"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']']);
+    if host.is_empty() {
+        return Err(format!("--advertise {url:?} has no host"));
+    }
+    if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return Err(format!("--advertise {url:?} names no machine; give an address peers can reach"));
+    }
+    Ok(url.to_owned())
+}
+
 pub fn parse_ttl(s: &str) -> Result<u64, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a number then s, m, h or d (e.g. 1h)"))?;
@@ -166,7 +195,7 @@ pub fn server(
         label: format!("server {listen}"),
         node_id,
         listen,
-        advertise: advertise.unwrap_or_else(|| format!("ws://{listen}/crdt-sync")),
+        advertise: advertise_url(listen, advertise.as_deref())?,
         rendezvous: None,
         data_dir: data_dir.clone(),
         project_root,
@@ -185,11 +214,15 @@ pub struct AgentArgs {
     pub data_dir: Option<PathBuf>,
     pub join_token: Option<String>,
     pub host: String,
+    pub advertise: Option<String>,
     pub label: Option<String>,
     pub node_id: Option<String>,
 }
 
 pub fn agent(a: AgentArgs) -> Result<(), String> {
+    // Checked before anything else, so a bad address spends no join token.
+    let listen: SocketAddr = format!("{}:{}", a.host, a.port).parse().map_err(|e| format!("bad --host/--port: {e}"))?;
+    let advertise = advertise_url(listen, a.advertise.as_deref())?;
     let project_root = a.project_root.canonicalize().map_err(|e| format!("{}: {e}", a.project_root.display()))?;
     git2::Repository::open(&project_root).map_err(|e| {
         format!(
@@ -238,12 +271,11 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
             (node_id, creds, joined.admin_sha256)
         }
     };
-    let listen: SocketAddr = format!("{}:{}", a.host, a.port).parse().map_err(|e| format!("bad --host/--port: {e}"))?;
     let opts = NodeOptions {
         label: a.label.unwrap_or_else(|| node_id.to_string()),
         node_id,
         listen,
-        advertise: format!("ws://{listen}/crdt-sync"),
+        advertise,
         rendezvous: Some(a.rendezvous),
         data_dir,
         project_root,
@@ -335,6 +367,21 @@ pub fn status(t: &Target, json: bool) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn advertise() {
+        use super::advertise_url;
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(advertise_url(at("10.0.0.5:3101"), None).unwrap(), "ws://10.0.0.5:3101/crdt-sync");
+        assert!(advertise_url(at("0.0.0.0:3101"), None).unwrap_err().contains("--advertise ws://"));
+        assert!(advertise_url(at("[::]:3101"), None).is_err());
+        let given = "wss://agent-7.example.com:443/crdt-sync";
+        assert_eq!(advertise_url(at("0.0.0.0:3101"), Some(given)).unwrap(), given);
+        assert!(advertise_url(at("0.0.0.0:1"), Some("ws://0.0.0.0:1/crdt-sync")).is_err());
+        assert!(advertise_url(at("0.0.0.0:1"), Some("ws://[::]:1/crdt-sync")).is_err());
+        assert!(advertise_url(at("0.0.0.0:1"), Some("http://x:1/")).is_err());
+        assert!(advertise_url(at("0.0.0.0:1"), Some("ws:///crdt-sync")).is_err());
+    }
+
     #[test]
     fn ttl() {
         assert_eq!(super::parse_ttl("1h"), Ok(3600));
