@@ -66,8 +66,12 @@ fn http() -> ureq::Agent {
 }
 
 fn status(port: u16, key: &str) -> Option<serde_json::Value> {
+    status_at("127.0.0.1", port, key)
+}
+
+fn status_at(host: &str, port: u16, key: &str) -> Option<serde_json::Value> {
     let mut r = http()
-        .get(format!("http://127.0.0.1:{port}/api/status"))
+        .get(format!("http://{host}:{port}/api/status"))
         .header("authorization", &format!("Bearer {key}"))
         .call()
         .ok()?;
@@ -144,6 +148,12 @@ impl Cluster {
     }
 
     fn start_agent(&mut self, i: usize, stand_in_ms: u64) {
+        self.start_agent_at(i, stand_in_ms, "127.0.0.1");
+    }
+
+    /// Starts agent `i` listening on `host` (another loopback address
+    /// stands in for another machine); returns its API port.
+    fn start_agent_at(&mut self, i: usize, stand_in_ms: u64, host: &str) -> u16 {
         let root = self.root().join(format!("agent-{i}"));
         if !root.exists() {
             git2::Repository::clone(self.root().join("remote.git").to_str().unwrap(), &root).unwrap();
@@ -153,12 +163,15 @@ impl Cluster {
             );
             std::fs::write(root.join(".huskies/project.toml"), toml).unwrap();
         }
+        let port = std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
         let args: Vec<String> = vec![
             "agent".into(),
             "--rendezvous".into(),
             format!("ws://127.0.0.1:{}/crdt-sync", self.port),
+            "--host".into(),
+            host.into(),
             "--port".into(),
-            free_port().to_string(),
+            port.to_string(),
             "--project-root".into(),
             root.to_string_lossy().into(),
             "--data-dir".into(),
@@ -169,6 +182,7 @@ impl Cluster {
             format!("agent-{i}"),
         ];
         self.spawn(&format!("agent-{i}"), &args);
+        port
     }
 
     fn new(tag: &str) -> Cluster {
@@ -469,4 +483,55 @@ fn hostile_peer_cannot_stop_the_node() {
     });
     let s = status(port, &c.key).unwrap();
     assert!(s["counters"]["peers_rejected"].as_u64().unwrap_or(0) >= 7, "{}", s["counters"]);
+}
+
+/// Agents on distinct loopback addresses, as if on distinct machines:
+/// mesh links form between them from the addresses they advertise, and
+/// stories added while the rendezvous is down still finish.
+#[test]
+fn mesh_across_addresses_survives_the_rendezvous() {
+    let mut c = Cluster::new("mesh");
+    let agents: Vec<(String, u16)> = (1..=3)
+        .map(|i| {
+            let host = format!("127.0.0.{}", i + 1);
+            let port = c.start_agent_at(i, 300, &host);
+            (host, port)
+        })
+        .collect();
+    let key = c.key.clone();
+    let connected = |host: &str, port: u16| -> Vec<String> {
+        status_at(host, port, &key)
+            .and_then(|s| serde_json::from_value(s["connected"].clone()).ok())
+            .unwrap_or_default()
+    };
+    wait_for("every agent linked to the rendezvous and both other agents", Duration::from_secs(30), || {
+        agents.iter().all(|(h, p)| connected(h, *p).len() == 3)
+    });
+    for (i, (h, p)) in agents.iter().enumerate() {
+        let peers = connected(h, *p);
+        let others: Vec<String> = (1..=3).filter(|j| *j != i + 1).map(|j| format!("agent-{j}")).collect();
+        assert!(others.iter().all(|o| peers.contains(o)), "agent-{} on {h}: {peers:?}", i + 1);
+        let s = status_at(h, *p, &key).unwrap();
+        let me =
+            s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == format!("agent-{}", i + 1)).cloned().unwrap();
+        assert_eq!(me["address"], format!("ws://{h}:{p}/crdt-sync"), "it advertises its own address");
+    }
+    c.kill("server", libc::SIGKILL);
+    // Stories go in through an agent (its API takes the admin key).
+    let (h, p) = &agents[0];
+    for k in 0..6 {
+        let mut r = http()
+            .post(format!("http://{h}:{p}/api/stories"))
+            .header("authorization", &format!("Bearer {key}"))
+            .send_json(serde_json::json!({ "title": format!("mesh {k}"), "id": format!("m{k}"), "stage": "current" }))
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{}", r.body_mut().read_to_string().unwrap_or_default());
+    }
+    let (h3, p3) = &agents[2];
+    wait_for("6 stories in qa with the rendezvous down", Duration::from_secs(60), || {
+        status_at(h3, *p3, &key).is_some_and(|s| {
+            let st = s["stories"].as_array().cloned().unwrap_or_default();
+            st.len() == 6 && st.iter().all(|x| x["stage"] == "qa")
+        })
+    });
 }

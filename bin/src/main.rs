@@ -168,7 +168,17 @@ fn main() -> ExitCode {
         }
         Cmd::Agent { rendezvous, port, project_root, data_dir, join_token, host, advertise, label, node_id } => {
             init_logs(cli.log_format);
-            let args = run::AgentArgs { rendezvous, port, project_root, data_dir, join_token, host, advertise, label, node_id };
+            let args = run::AgentArgs {
+                rendezvous,
+                port,
+                project_root,
+                data_dir,
+                join_token,
+                host,
+                advertise,
+                label,
+                node_id,
+            };
             run::agent(args)
         }
         Cmd::Story { target, action } => match action {

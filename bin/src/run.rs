@@ -348,7 +348,7 @@ pub fn status(t: &Target, json: bool) -> Result<(), String> {
         println!("{}", serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?);
         return Ok(());
     }
-    println!("node {} ({}), {} peers", s.node, s.label, s.peers);
+    println!("node {} ({}), {} peers: {}", s.node, s.label, s.peers, s.connected.join(", "));
     println!("pipeline:");
     for stage in huskies_engine::Stage::ALL {
         let n = s.stories.iter().filter(|st| st.stage == stage.as_str()).count();

@@ -41,9 +41,17 @@ impl Engine {
         self.runs.iter().map(|(id, r)| (id, r.token, r.stage))
     }
 
-    /// Connections that finished the hello.
+    /// Connections that finished the handshake.
     pub fn peer_count(&self) -> usize {
         self.conns.values().filter(|c| c.node.is_some()).count()
+    }
+
+    /// The nodes at the other end of finished handshakes, in id order.
+    pub fn connected_nodes(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.conns.values().filter_map(|c| c.node.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Keys this node believes (certified, not revoked), by node.

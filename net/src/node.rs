@@ -406,6 +406,7 @@ impl Node {
                 .map(|(_, r)| r.label.clone())
                 .unwrap_or_default(),
             peers: self.engine.peer_count(),
+            connected: self.engine.connected_nodes().iter().map(|n| n.to_string()).collect(),
             mesh_peers: self.engine.mesh_peer_count(),
             stories: self
                 .engine

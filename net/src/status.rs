@@ -54,6 +54,9 @@ pub struct Status {
     pub node: String,
     pub label: String,
     pub peers: usize,
+    /// The nodes this one is connected to (rendezvous and mesh).
+    #[serde(default)]
+    pub connected: Vec<String>,
     pub mesh_peers: usize,
     pub stories: Vec<StoryStatus>,
     pub nodes: Vec<NodeStatus>,
