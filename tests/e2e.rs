@@ -535,3 +535,193 @@ fn mesh_across_addresses_survives_the_rendezvous() {
         })
     });
 }
+
+/// A CA and certificates made in the test, as a cluster with its own CA
+/// would have them.
+mod certs {
+    use std::path::{Path, PathBuf};
+
+    pub struct Ca {
+        params: rcgen::CertificateParams,
+        key: rcgen::KeyPair,
+        pub pem: PathBuf,
+    }
+
+    impl Ca {
+        pub fn new(dir: &Path) -> Ca {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, "huskies e2e CA");
+            let cert = params.self_signed(&key).unwrap();
+            let pem = dir.join("ca.pem");
+            std::fs::write(&pem, cert.pem()).unwrap();
+            Ca { params, key, pem }
+        }
+
+        /// A leaf for `names` (DNS names or IP addresses); its PEM files.
+        pub fn issue(&self, dir: &Path, tag: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params =
+                rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            let (c, k) = (dir.join(format!("{tag}.pem")), dir.join(format!("{tag}.key")));
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            (c, k)
+        }
+    }
+}
+
+/// Runs the CLI; its stdout, or a panic with its stderr.
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(EXE).args(args).output().unwrap();
+    assert!(out.status.success(), "huskies {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The whole flow over TLS with the cluster's own CA: the server serves
+/// https and wss, agents on 127.0.0.2-4 join over https, dial wss (the
+/// rendezvous and each other, from the wss addresses they advertise) and
+/// serve wss themselves; the CLI adds stories and reads status over https.
+/// Plain http to a TLS port, and a client that does not trust the CA, get
+/// nothing.
+#[test]
+fn whole_flow_over_tls() {
+    #[allow(clippy::disallowed_methods)]
+    let started = Instant::now();
+    let dir = tempdir::TempDir::new("tls");
+    let root = dir.0.clone();
+    fixture(&root);
+    let ca = certs::Ca::new(&root);
+    let (server_cert, server_key) = ca.issue(&root, "server", &["localhost", "127.0.0.1"]);
+    let mut c = Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new() };
+    std::fs::create_dir_all(root.join("server/.huskies")).unwrap();
+    std::fs::write(root.join("server/.huskies/project.toml"), "claim_timeout_ms = 3000\nscan_interval_ms = 200\n")
+        .unwrap();
+    let server_data = root.join("server-data");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    c.spawn(
+        "server",
+        &[
+            "server".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", c.port),
+            "--data-dir".into(),
+            s(&server_data),
+            "--project-root".into(),
+            s(&root.join("server")),
+            "--tls-cert".into(),
+            s(&server_cert),
+            "--tls-key".into(),
+            s(&server_key),
+        ],
+    );
+    let api = format!("https://127.0.0.1:{}", c.port);
+    let (ca_pem, data) = (s(&ca.pem), s(&server_data));
+    let status = || -> Option<serde_json::Value> {
+        let out = Command::new(EXE)
+            .args(["status", "--json", "--server", &api, "--ca-cert", &ca_pem, "--data-dir", &data])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    wait_for("the server over https", Duration::from_secs(10), || status().is_some());
+
+    // Nothing in clear: plain http to the TLS port gets no answer, and a
+    // client without the cluster's CA refuses the server.
+    assert!(http().get(format!("http://127.0.0.1:{}/healthz", c.port)).call().is_err(), "plain http refused");
+    let out = Command::new(EXE).args(["status", "--server", &api, "--data-dir", &data]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.to_lowercase().contains("certificate"), "untrusted server: {err}");
+
+    let mut agents = Vec::new();
+    for i in 1..=3 {
+        let host = format!("127.0.0.{}", i + 1);
+        let (cert, key) = ca.issue(&root, &format!("agent-{i}"), &[host.as_str()]);
+        let work = root.join(format!("agent-{i}"));
+        git2::Repository::clone(root.join("remote.git").to_str().unwrap(), &work).unwrap();
+        std::fs::create_dir_all(work.join(".huskies")).unwrap();
+        let toml = format!(
+            "capacity = 2\nclaim_timeout_ms = 3000\nscan_interval_ms = 200\n[agents.current]\ncommand = {EXE:?}\nargs = [\"stand-in\", \"--duration-ms\", \"300\", \"--jitter-ms\", \"100\"]\n"
+        );
+        std::fs::write(work.join(".huskies/project.toml"), toml).unwrap();
+        let token = cli(&["token", "create", "--ttl", "10m", "--data-dir", &data]).trim().to_owned();
+        let port = std::net::TcpListener::bind((host.as_str(), 0)).unwrap().local_addr().unwrap().port();
+        c.spawn(
+            &format!("agent-{i}"),
+            &[
+                "agent".into(),
+                "--rendezvous".into(),
+                format!("wss://127.0.0.1:{}/crdt-sync", c.port),
+                "--host".into(),
+                host.clone(),
+                "--port".into(),
+                port.to_string(),
+                "--project-root".into(),
+                s(&work),
+                "--data-dir".into(),
+                s(&root.join(format!("agent-{i}-data"))),
+                "--join-token".into(),
+                token,
+                "--node-id".into(),
+                format!("agent-{i}"),
+                "--tls-cert".into(),
+                s(&cert),
+                "--tls-key".into(),
+                s(&key),
+                "--ca-cert".into(),
+                ca_pem.clone(),
+            ],
+        );
+        agents.push((host, port));
+    }
+    // Each agent links to the rendezvous and both others, over wss.
+    let connected = |host: &str, port: u16| -> Vec<String> {
+        let out = Command::new(EXE)
+            .args(["status", "--json", "--server", &format!("https://{host}:{port}"), "--ca-cert", &ca_pem])
+            .args(["--data-dir", &data])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|s| serde_json::from_value(s["connected"].clone()).ok())
+            .unwrap_or_default()
+    };
+    wait_for("every agent linked to 3 peers over wss", Duration::from_secs(30), || {
+        agents.iter().all(|(h, p)| connected(h, *p).len() == 3)
+    });
+    let nodes = status().unwrap()["nodes"].clone();
+    for (i, (h, p)) in agents.iter().enumerate() {
+        let me = nodes.as_array().unwrap().iter().find(|n| n["id"] == format!("agent-{}", i + 1)).cloned().unwrap();
+        assert_eq!(me["address"], format!("wss://{h}:{p}/crdt-sync"));
+    }
+    // Stories go in with the CLI, flags after the subcommand as the README writes them.
+    for k in 0..6 {
+        let title = format!("tls {k}");
+        let id = cli(&[
+            "story",
+            "add",
+            &title,
+            "--stage",
+            "current",
+            "--server",
+            &api,
+            "--ca-cert",
+            &ca_pem,
+            "--data-dir",
+            &data,
+        ]);
+        assert!(id.starts_with("tls-"), "story add prints the new id: {id:?}");
+    }
+    wait_for("6 stories in qa over TLS", Duration::from_secs(60), || {
+        status().is_some_and(|s| {
+            let st = s["stories"].as_array().cloned().unwrap_or_default();
+            st.len() == 6 && st.iter().all(|x| x["stage"] == "qa")
+        })
+    });
+    let remote = git2::Repository::open_bare(root.join("remote.git")).unwrap();
+    assert_eq!(remote.references_glob("refs/heads/huskies/*").unwrap().count(), 6);
+    println!("e2e tls: 3 agents over wss, 6 stories to qa in {:.1} s", started.elapsed().as_secs_f64());
+}

@@ -1,10 +1,12 @@
 //! The CLI's HTTP client for the node API.
 
+use std::path::Path;
 use std::time::Duration;
 
 use huskies_net::status::{AddStory, ApiError, JoinRequest, Joined, MoveStory, NodeStatus, Status};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 pub struct Client {
     base: String,
@@ -13,14 +15,25 @@ pub struct Client {
 }
 
 impl Client {
-    /// `base` is `http://host:port`; `key` the cluster key.
-    pub fn new(base: &str, key: Option<String>) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        Client { base: base.trim_end_matches('/').to_owned(), key, agent }
+    /// `base` is `http://host:port` or `https://host:port`; `key` the
+    /// admin key; https verifies against the system roots plus `ca_cert`.
+    pub fn new(base: &str, key: Option<String>, ca_cert: Option<&Path>) -> Result<Client, String> {
+        let mut config =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10)));
+        // Reading the system roots costs a few ms: only when TLS is used.
+        if base.starts_with("https://") {
+            let roots = huskies_net::tls::client_roots(ca_cert).map_err(|e| format!("--ca-cert: {e}"))?;
+            let roots: Vec<Certificate<'static>> =
+                roots.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
+            config = config.tls_config(
+                TlsConfig::builder()
+                    .provider(TlsProvider::Rustls)
+                    .root_certs(RootCerts::new_with_certs(&roots))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
+        Ok(Client { base: base.trim_end_matches('/').to_owned(), key, agent })
     }
 
     fn auth(&self, token: Option<&str>) -> String {

@@ -190,7 +190,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         }
         key.ok_or("the server did not create its cluster key")?
     };
-    let server = Client::new(&format!("http://127.0.0.1:{port}"), Some(key.clone()));
+    let server = Client::new(&format!("http://127.0.0.1:{port}"), Some(key.clone()), None)?;
     wait_healthy(&server, "the server")?;
 
     // The agents, each with its own clone, joining with a one-time token.
@@ -223,7 +223,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         agent_ports.insert(format!("agent-{i}"), aport);
     }
     for (name, p) in &agent_ports {
-        wait_healthy(&Client::new(&format!("http://127.0.0.1:{p}"), None), name)?;
+        wait_healthy(&Client::new(&format!("http://127.0.0.1:{p}"), None, None)?, name)?;
     }
 
     for k in 0..a.stories {
@@ -308,7 +308,8 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         if Some(name) == killed.as_ref() {
             continue;
         }
-        if let Ok(st) = Client::new(&format!("http://127.0.0.1:{p}"), Some(key.clone())).status() {
+        if let Ok(st) = Client::new(&format!("http://127.0.0.1:{p}"), Some(key.clone()), None).and_then(|c| c.status())
+        {
             reclaims += st.counters.reclaims;
             losses += st.counters.claim_losses;
             stopped += st.counters.runs_stopped;

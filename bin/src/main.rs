@@ -44,6 +44,8 @@ enum Cmd {
         advertise: Option<String>,
         #[arg(long)]
         node_id: Option<String>,
+        #[command(flatten)]
+        tls: run::TlsArgs,
     },
     /// Run a build agent.
     Agent {
@@ -74,6 +76,8 @@ enum Cmd {
         label: Option<String>,
         #[arg(long)]
         node_id: Option<String>,
+        #[command(flatten)]
+        tls: run::TlsArgs,
     },
     /// Add, list or move stories.
     Story {
@@ -162,11 +166,11 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Server { listen, data_dir, project_root, advertise, node_id } => {
+        Cmd::Server { listen, data_dir, project_root, advertise, node_id, tls } => {
             init_logs(cli.log_format);
-            run::server(listen, data_dir, project_root, advertise, node_id)
+            run::server(listen, data_dir, project_root, advertise, node_id, tls)
         }
-        Cmd::Agent { rendezvous, port, project_root, data_dir, join_token, host, advertise, label, node_id } => {
+        Cmd::Agent { rendezvous, port, project_root, data_dir, join_token, host, advertise, label, node_id, tls } => {
             init_logs(cli.log_format);
             let args = run::AgentArgs {
                 rendezvous,
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
                 advertise,
                 label,
                 node_id,
+                tls,
             };
             run::agent(args)
         }

@@ -8,16 +8,48 @@ use huskies_engine::Credentials;
 use huskies_engine::NodeId;
 use huskies_net::api::{AppState, Enroll};
 use huskies_net::project::ProjectConfig;
-use huskies_net::{NodeOptions, auth, run_node};
+use huskies_net::{NodeOptions, auth, run_node, tls};
 
 use crate::client::{Client, http_base};
+
+/// TLS for a node's `/crdt-sync` and API, and the roots it trusts.
+#[derive(clap::Args, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM certificate chain: serve wss:// and https:// instead of ws:// and http://.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate(s) trusted besides the system roots, for a cluster
+    /// with its own CA.
+    #[arg(long, env = "HUSKIES_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn server_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => tls::server_config(c, k).map(Some).map_err(|e| format!("--tls-cert/--tls-key: {e}")),
+            _ => Ok(None),
+        }
+    }
+
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        tls::client_config(self.ca_cert.as_deref()).map_err(|e| format!("--ca-cert: {e}"))
+    }
+}
 
 /// Where the CLI finds a node and the admin key.
 #[derive(clap::Args)]
 pub struct Target {
-    /// The node's HTTP address (the server's, or any agent's).
+    /// The node's HTTP address (the server's, or any agent's): http:// or https://.
     #[arg(long, global = true, env = "HUSKIES_SERVER", default_value = "http://127.0.0.1:3001")]
     pub server: String,
+    /// PEM certificate(s) trusted besides the system roots, for an https
+    /// node whose certificate comes from the cluster's own CA.
+    #[arg(long, global = true, env = "HUSKIES_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// The server's data dir, which holds the admin key [default:
     /// ~/.local/state/huskies/server].
     #[arg(long, global = true, env = "HUSKIES_DATA_DIR")]
@@ -40,7 +72,7 @@ impl Target {
                     })?
             }
         };
-        Ok(Client::new(&self.server, Some(key)))
+        Client::new(&self.server, Some(key), self.ca_cert.as_deref())
     }
 }
 
@@ -61,15 +93,16 @@ pub fn state_dir(name: &str) -> Result<PathBuf, String> {
 /// (checked), else `ws://<listen>/crdt-sync` when that address is specific.
 /// An unspecified address (0.0.0.0, ::) is refused: peers on other machines
 /// would dial themselves.
-pub fn advertise_url(listen: SocketAddr, given: Option<&str>) -> Result<String, String> {
+pub fn advertise_url(listen: SocketAddr, given: Option<&str>, tls: bool) -> Result<String, String> {
+    let scheme = if tls { "wss" } else { "ws" };
     let Some(url) = given else {
         if listen.ip().is_unspecified() {
             return Err(format!(
-                "listening on {listen} (every interface), peers need an address they can reach: pass --advertise ws://<this machine's address>:{}/crdt-sync",
+                "listening on {listen} (every interface), peers need an address they can reach: pass --advertise {scheme}://<this machine's address>:{}/crdt-sync",
                 listen.port()
             ));
         }
-        return Ok(format!("ws://{listen}/crdt-sync"));
+        return Ok(format!("{scheme}://{listen}/crdt-sync"));
     };
     let rest = url
         .strip_prefix("ws://")
@@ -82,6 +115,12 @@ pub fn advertise_url(listen: SocketAddr, given: Option<&str>) -> Result<String, 
     }
     if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
         return Err(format!("--advertise {url:?} names no machine; give an address peers can reach"));
+    }
+    if tls != url.starts_with("wss://") {
+        return Err(format!(
+            "--advertise {url:?}: this node serves {}, so peers must dial {scheme}://",
+            if tls { "TLS (--tls-cert)" } else { "no TLS" }
+        ));
     }
     Ok(url.to_owned())
 }
@@ -142,7 +181,12 @@ async fn shutdown_signal() {
     }
 }
 
-fn serve(opts: NodeOptions, admin_sha256: String, enroll: Option<Enroll>) -> Result<(), String> {
+fn serve(
+    opts: NodeOptions,
+    admin_sha256: String,
+    enroll: Option<Enroll>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<(), String> {
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -161,7 +205,14 @@ fn serve(opts: NodeOptions, admin_sha256: String, enroll: Option<Enroll>) -> Res
             max_message_bytes: huskies_engine::Config::default().max_message_bytes,
         };
         tracing::info!(node = %opts.node_id, listen = %opts.listen, advertise = %opts.advertise, "huskies node up");
-        let result = huskies_net::api::serve(listener, state, shutdown_signal()).await.map_err(|e| e.to_string());
+        let result = match tls {
+            Some(config) => {
+                let listener = tls::TlsListener::new(listener, config).map_err(|e| e.to_string())?;
+                huskies_net::api::serve(listener, state, shutdown_signal()).await
+            }
+            None => huskies_net::api::serve(listener, state, shutdown_signal()).await,
+        };
+        let result = result.map_err(|e| e.to_string());
         handle.shutdown().await;
         let _ = task.await;
         result
@@ -174,7 +225,11 @@ pub fn server(
     project_root: PathBuf,
     advertise: Option<String>,
     node_id_arg: Option<String>,
+    tls_args: TlsArgs,
 ) -> Result<(), String> {
+    let tls = tls_args.server_config()?;
+    let advertise = advertise_url(listen, advertise.as_deref(), tls.is_some())?;
+    let tls_client = tls_args.client_config()?;
     let data_dir = data_dir.map_or_else(|| state_dir("server"), Ok)?;
     let key = auth::server_key(&data_dir).map_err(|e| format!("admin key in {}: {e}", data_dir.display()))?;
     let ca = auth::server_ca(&data_dir).map_err(|e| format!("cluster CA in {}: {e}", data_dir.display()))?;
@@ -195,16 +250,17 @@ pub fn server(
         label: format!("server {listen}"),
         node_id,
         listen,
-        advertise: advertise_url(listen, advertise.as_deref())?,
+        advertise,
         rendezvous: None,
         data_dir: data_dir.clone(),
         project_root,
         credentials,
         is_server: true,
         project,
+        tls_client,
     };
     let enroll = Enroll { dir: data_dir, ca_secret: ca };
-    serve(opts, auth::hash(&key), Some(enroll))
+    serve(opts, auth::hash(&key), Some(enroll), tls)
 }
 
 pub struct AgentArgs {
@@ -217,12 +273,15 @@ pub struct AgentArgs {
     pub advertise: Option<String>,
     pub label: Option<String>,
     pub node_id: Option<String>,
+    pub tls: TlsArgs,
 }
 
 pub fn agent(a: AgentArgs) -> Result<(), String> {
     // Checked before anything else, so a bad address spends no join token.
     let listen: SocketAddr = format!("{}:{}", a.host, a.port).parse().map_err(|e| format!("bad --host/--port: {e}"))?;
-    let advertise = advertise_url(listen, a.advertise.as_deref())?;
+    let tls = a.tls.server_config()?;
+    let tls_client = a.tls.client_config()?;
+    let advertise = advertise_url(listen, a.advertise.as_deref(), tls.is_some())?;
     let project_root = a.project_root.canonicalize().map_err(|e| format!("{}: {e}", a.project_root.display()))?;
     git2::Repository::open(&project_root).map_err(|e| {
         format!(
@@ -255,7 +314,7 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
             let node_id = node_id(&data_dir, a.node_id, "agent")?;
             let secret = auth::random_32().map_err(|e| e.to_string())?;
             let key = huskies_engine::identity::public_key(&secret);
-            let joined = Client::new(&http_base(&a.rendezvous)?, None)
+            let joined = Client::new(&http_base(&a.rendezvous)?, None, a.tls.ca_cert.as_deref())?
                 .join(&token, node_id.as_str(), &huskies_engine::identity::hex(&key))
                 .map_err(|e| format!("join refused: {e}"))?;
             let bad = || "the server answered the join with malformed credentials".to_owned();
@@ -282,8 +341,9 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
         credentials,
         is_server: false,
         project,
+        tls_client,
     };
-    serve(opts, admin_sha256, None)
+    serve(opts, admin_sha256, None, tls)
 }
 
 pub fn token_create(data_dir: Option<PathBuf>, ttl: u64) -> Result<(), String> {
@@ -371,15 +431,19 @@ mod tests {
     fn advertise() {
         use super::advertise_url;
         let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
-        assert_eq!(advertise_url(at("10.0.0.5:3101"), None).unwrap(), "ws://10.0.0.5:3101/crdt-sync");
-        assert!(advertise_url(at("0.0.0.0:3101"), None).unwrap_err().contains("--advertise ws://"));
-        assert!(advertise_url(at("[::]:3101"), None).is_err());
+        assert_eq!(advertise_url(at("10.0.0.5:3101"), None, false).unwrap(), "ws://10.0.0.5:3101/crdt-sync");
+        assert_eq!(advertise_url(at("10.0.0.5:3101"), None, true).unwrap(), "wss://10.0.0.5:3101/crdt-sync");
+        assert!(advertise_url(at("0.0.0.0:3101"), None, false).unwrap_err().contains("--advertise ws://"));
+        assert!(advertise_url(at("0.0.0.0:3101"), None, true).unwrap_err().contains("--advertise wss://"));
+        assert!(advertise_url(at("[::]:3101"), None, false).is_err());
         let given = "wss://agent-7.example.com:443/crdt-sync";
-        assert_eq!(advertise_url(at("0.0.0.0:3101"), Some(given)).unwrap(), given);
-        assert!(advertise_url(at("0.0.0.0:1"), Some("ws://0.0.0.0:1/crdt-sync")).is_err());
-        assert!(advertise_url(at("0.0.0.0:1"), Some("ws://[::]:1/crdt-sync")).is_err());
-        assert!(advertise_url(at("0.0.0.0:1"), Some("http://x:1/")).is_err());
-        assert!(advertise_url(at("0.0.0.0:1"), Some("ws:///crdt-sync")).is_err());
+        assert_eq!(advertise_url(at("0.0.0.0:3101"), Some(given), true).unwrap(), given);
+        assert!(advertise_url(at("0.0.0.0:3101"), Some(given), false).unwrap_err().contains("no TLS"));
+        assert!(advertise_url(at("0.0.0.0:1"), Some("ws://a:1/crdt-sync"), true).unwrap_err().contains("wss://"));
+        assert!(advertise_url(at("0.0.0.0:1"), Some("ws://0.0.0.0:1/crdt-sync"), false).is_err());
+        assert!(advertise_url(at("0.0.0.0:1"), Some("ws://[::]:1/crdt-sync"), false).is_err());
+        assert!(advertise_url(at("0.0.0.0:1"), Some("http://x:1/"), false).is_err());
+        assert!(advertise_url(at("0.0.0.0:1"), Some("ws:///crdt-sync"), false).is_err());
     }
 
     #[test]

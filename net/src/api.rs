@@ -236,11 +236,16 @@ async fn join(State(state): State<AppState>, headers: HeaderMap, Json(body): Jso
     }
 }
 
-/// Serves the router on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serves the router on `listener` (plain TCP, or [`crate::tls::TlsListener`])
+/// until `shutdown` completes.
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use git2::{BranchType, Cred, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository, WorktreeAddOptions};
+use git2::{BranchType, FetchOptions, Oid, PushOptions, Repository, WorktreeAddOptions};
+
+use crate::gitauth::{GitCredentials, Tried, callbacks, redact};
 
 pub fn branch_name(story: &str) -> String {
     format!("huskies/{story}")
@@ -13,29 +15,21 @@ pub fn worktree_path(project_root: &Path, story: &str) -> PathBuf {
     project_root.join(".huskies").join("worktrees").join(story)
 }
 
-/// Credentials come from the environment or an ssh agent, never from the
-/// remote URL.
-fn callbacks<'a>() -> RemoteCallbacks<'a> {
-    let mut cb = RemoteCallbacks::new();
-    cb.credentials(|_url, username, allowed| {
-        if allowed.is_ssh_key()
-            && let Some(user) = username
-        {
-            return Cred::ssh_key_from_agent(user);
-        }
-        match (std::env::var("HUSKIES_GIT_USERNAME"), std::env::var("HUSKIES_GIT_PASSWORD")) {
-            (Ok(u), Ok(p)) => Cred::userpass_plaintext(&u, &p),
-            _ => Cred::default(),
-        }
-    });
-    cb
+/// A remote operation failed: says where (without secrets), why, and which
+/// credential sources were tried.
+fn remote_error(what: &str, remote: &git2::Remote<'_>, e: &git2::Error, tried: &Tried) -> git2::Error {
+    let url = remote.url().map_or_else(|_| "?".to_owned(), redact);
+    git2::Error::from_str(&format!("{what} {url} failed: {} (credentials tried: {})", e.message(), tried.describe()))
 }
 
-fn fetch(repo: &Repository) -> Result<(), git2::Error> {
+fn fetch(repo: &Repository, creds: &GitCredentials) -> Result<(), git2::Error> {
     let mut remote = repo.find_remote("origin")?;
     let mut opts = FetchOptions::new();
-    opts.remote_callbacks(callbacks());
-    remote.fetch(&["+refs/heads/*:refs/remotes/origin/*"], Some(&mut opts), None)
+    let tried = Tried::default();
+    opts.remote_callbacks(callbacks(creds, repo.config().ok(), tried.clone()));
+    remote
+        .fetch(&["+refs/heads/*:refs/remotes/origin/*"], Some(&mut opts), None)
+        .map_err(|e| remote_error("fetch from", &remote, &e, &tried))
 }
 
 /// The commit a story's work starts from: its branch on the remote if an
@@ -70,9 +64,13 @@ fn remove_worktree(repo: &Repository, project_root: &Path, story: &str) -> Resul
 }
 
 /// A fresh worktree for a run; returns its path and base commit.
-pub fn prepare_worktree(project_root: &Path, story: &str) -> Result<(PathBuf, Oid), git2::Error> {
+pub fn prepare_worktree(
+    project_root: &Path,
+    story: &str,
+    creds: &GitCredentials,
+) -> Result<(PathBuf, Oid), git2::Error> {
     let repo = Repository::open(project_root)?;
-    if let Err(e) = fetch(&repo) {
+    if let Err(e) = fetch(&repo, creds) {
         tracing::warn!(%story, error = %e, "fetch failed; starting from what we have");
     }
     let base = base_commit(&repo, story)?;
@@ -92,21 +90,36 @@ pub fn prepare_worktree(project_root: &Path, story: &str) -> Result<(PathBuf, Oi
 
 /// Force-pushes the story's branch to origin (a reclaimed run replaces the
 /// fenced one's push).
-pub fn push(project_root: &Path, story: &str) -> Result<(), git2::Error> {
+pub fn push(project_root: &Path, story: &str, creds: &GitCredentials) -> Result<(), git2::Error> {
     let repo = Repository::open(project_root)?;
     let mut remote = repo.find_remote("origin")?;
     let mut opts = PushOptions::new();
-    opts.remote_callbacks(callbacks());
+    let tried = Tried::default();
+    let mut cb = callbacks(creds, repo.config().ok(), tried.clone());
+    // libgit2 reports a ref the remote refused here, not as an error.
+    let refused = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let refused_cb = refused.clone();
+    cb.push_update_reference(move |name, status| {
+        if let Some(why) = status {
+            *refused_cb.borrow_mut() = Some(format!("{name}: {why}"));
+        }
+        Ok(())
+    });
+    opts.remote_callbacks(cb);
     let spec = format!("+refs/heads/{b}:refs/heads/{b}", b = branch_name(story));
-    remote.push(&[spec.as_str()], Some(&mut opts))
+    remote.push(&[spec.as_str()], Some(&mut opts)).map_err(|e| remote_error("push to", &remote, &e, &tried))?;
+    match refused.borrow_mut().take() {
+        Some(why) => Err(remote_error("push to", &remote, &git2::Error::from_str(&format!("refused {why}")), &tried)),
+        None => Ok(()),
+    }
 }
 
 /// Does the story's worktree hold commits the remote does not have?
-pub fn has_unpushed_work(project_root: &Path, story: &str) -> bool {
+pub fn has_unpushed_work(project_root: &Path, story: &str, creds: &GitCredentials) -> bool {
     let Ok(repo) = Repository::open(project_root) else { return false };
     let Ok(local) = repo.find_branch(&branch_name(story), BranchType::Local) else { return false };
     let Some(head) = local.get().target() else { return false };
-    let _ = fetch(&repo);
+    let _ = fetch(&repo, creds);
     match base_commit(&repo, story) {
         Ok(remote) => head != remote && !repo.graph_descendant_of(remote, head).unwrap_or(false),
         Err(_) => false,
@@ -147,8 +160,9 @@ mod tests {
     fn worktree_commit_push_inspect_prune() {
         let dir = tempfile::tempdir().unwrap();
         let work = fixture(dir.path());
-        let (wt, base) = prepare_worktree(&work, "s1").unwrap();
-        assert!(!has_unpushed_work(&work, "s1"));
+        let creds = GitCredentials::default();
+        let (wt, base) = prepare_worktree(&work, "s1", &creds).unwrap();
+        assert!(!has_unpushed_work(&work, "s1", &creds));
         let repo = Repository::open(&wt).unwrap();
         std::fs::write(wt.join("s1.txt"), "done\n").unwrap();
         let mut idx = repo.index().unwrap();
@@ -157,13 +171,13 @@ mod tests {
         let sig = git2::Signature::now("t", "t@example.com").unwrap();
         let parent = repo.find_commit(base).unwrap();
         repo.commit(Some("HEAD"), &sig, &sig, "work", &tree, &[&parent]).unwrap();
-        assert!(has_unpushed_work(&work, "s1"));
-        push(&work, "s1").unwrap();
-        assert!(!has_unpushed_work(&work, "s1"));
+        assert!(has_unpushed_work(&work, "s1", &creds));
+        push(&work, "s1", &creds).unwrap();
+        assert!(!has_unpushed_work(&work, "s1", &creds));
         let remote = Repository::open_bare(dir.path().join("remote.git")).unwrap();
         assert!(remote.find_reference("refs/heads/huskies/s1").is_ok());
         // The next stage starts from the pushed branch.
-        let (_, base2) = prepare_worktree(&work, "s1").unwrap();
+        let (_, base2) = prepare_worktree(&work, "s1", &creds).unwrap();
         assert_ne!(base2, base);
         prune(&work, "s1").unwrap();
         assert!(!worktree_path(&work, "s1").exists());

@@ -9,11 +9,13 @@
 pub mod api;
 pub mod auth;
 pub mod git;
+pub mod gitauth;
 pub mod node;
 pub mod project;
 pub mod runner;
 pub mod status;
 pub mod storage;
+pub mod tls;
 pub mod ws;
 
 pub use node::{NodeHandle, NodeOptions, run_node};

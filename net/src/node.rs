@@ -34,6 +34,8 @@ pub struct NodeOptions {
     /// The rendezvous runs no agents.
     pub is_server: bool,
     pub project: ProjectConfig,
+    /// Roots for `wss://` dials: the system's plus `--ca-cert`.
+    pub tls_client: Arc<rustls::ClientConfig>,
 }
 
 /// Messages to the node task.
@@ -116,9 +118,7 @@ struct Node {
     /// slow), fed in once the current batch is done.
     deferred: Vec<Input>,
     tx: mpsc::Sender<NodeMsg>,
-    /// `x-huskies-node` and `x-huskies-cert` for our dials.
-    dial_identity: (String, String),
-    max_message_bytes: usize,
+    dialer: Arc<ws::Dialer>,
     revoked: Revoked,
     /// The main runtime: dials and agent runs live there, not on the
     /// engine's own thread.
@@ -165,8 +165,11 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
         counters: Counters::default(),
         deferred: Vec::new(),
         tx: tx.clone(),
-        dial_identity: (opts.node_id.to_string(), opts.credentials.cert.to_hex()),
-        max_message_bytes,
+        dialer: Arc::new(ws::Dialer {
+            identity: (opts.node_id.to_string(), opts.credentials.cert.to_hex()),
+            max_message_bytes,
+            tls: opts.tls_client.clone(),
+        }),
         revoked,
         rt,
     };
@@ -304,8 +307,7 @@ impl Node {
                 }
             }
             Output::Dial { conn, address } => {
-                let identity = self.dial_identity.clone();
-                self.rt.spawn(ws::dial(address, conn, identity, self.max_message_bytes, self.tx.clone()));
+                self.rt.spawn(ws::dial(self.dialer.clone(), address, conn, self.tx.clone()));
             }
             Output::HangUp { conn } => {
                 self.conns.remove(&conn);

@@ -12,6 +12,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::git;
+use crate::gitauth::GitCredentials;
 use crate::project::ProjectConfig;
 
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -27,6 +28,8 @@ pub struct Runner {
     inputs: mpsc::UnboundedSender<Input>,
     stops: BTreeMap<(StoryId, Token), oneshot::Sender<()>>,
     rt: tokio::runtime::Handle,
+    /// Read from the environment once, at start.
+    git_creds: Arc<GitCredentials>,
 }
 
 /// Replaces `{id}`, `{title}` and `{stage}` in one argument.
@@ -42,7 +45,15 @@ impl Runner {
         inputs: mpsc::UnboundedSender<Input>,
         rt: tokio::runtime::Handle,
     ) -> Runner {
-        Runner { project_root, node, project, inputs, stops: BTreeMap::new(), rt }
+        Runner {
+            project_root,
+            node,
+            project,
+            inputs,
+            stops: BTreeMap::new(),
+            rt,
+            git_creds: Arc::new(GitCredentials::from_env()),
+        }
     }
 
     pub fn start(&mut self, story: StoryId, title: String, stage: Stage, token: Token, attempt: u32) {
@@ -52,11 +63,12 @@ impl Runner {
         let root = self.project_root.clone();
         let node = self.node.clone();
         let inputs = self.inputs.clone();
+        let git_creds = self.git_creds.clone();
         self.rt.spawn(async move {
             let outcome = match cmd {
                 None => Some(RunOutcome::Failed { reason: format!("no agent configured for stage {stage}") }),
                 Some(cmd) => {
-                    let run = Run { root, node, story: story.clone(), title, stage, token, attempt };
+                    let run = Run { root, node, story: story.clone(), title, stage, token, attempt, git_creds };
                     run.execute(cmd, stop_rx).await
                 }
             };
@@ -79,9 +91,10 @@ impl Runner {
     pub fn push(&self, story: StoryId, token: Token) {
         let root = self.project_root.clone();
         let inputs = self.inputs.clone();
+        let creds = self.git_creds.clone();
         self.rt.spawn(async move {
             let s = story.clone();
-            let outcome = tokio::task::spawn_blocking(move || git::push(&root, s.as_str()))
+            let outcome = tokio::task::spawn_blocking(move || git::push(&root, s.as_str(), &creds))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.message().to_owned()));
@@ -92,10 +105,12 @@ impl Runner {
     pub fn inspect(&self, story: StoryId, token: Token) {
         let root = self.project_root.clone();
         let inputs = self.inputs.clone();
+        let creds = self.git_creds.clone();
         self.rt.spawn(async move {
             let s = story.clone();
-            let committed =
-                tokio::task::spawn_blocking(move || git::has_unpushed_work(&root, s.as_str())).await.unwrap_or(false);
+            let committed = tokio::task::spawn_blocking(move || git::has_unpushed_work(&root, s.as_str(), &creds))
+                .await
+                .unwrap_or(false);
             let _ = inputs.send(Input::WorktreeInspected { story, token, committed });
         });
     }
@@ -118,14 +133,15 @@ struct Run {
     stage: Stage,
     token: Token,
     attempt: u32,
+    git_creds: Arc<GitCredentials>,
 }
 
 impl Run {
     /// Runs the agent; `None` when stopped (the engine needs no answer).
     async fn execute(self, cmd: crate::project::AgentCommand, mut stop: oneshot::Receiver<()>) -> Option<RunOutcome> {
         let failed = |reason: String| Some(RunOutcome::Failed { reason });
-        let (root, story) = (self.root.clone(), self.story.clone());
-        let prepared = tokio::task::spawn_blocking(move || git::prepare_worktree(&root, story.as_str())).await;
+        let (root, story, creds) = (self.root.clone(), self.story.clone(), self.git_creds.clone());
+        let prepared = tokio::task::spawn_blocking(move || git::prepare_worktree(&root, story.as_str(), &creds)).await;
         let worktree = match prepared {
             Ok(Ok((path, _base))) => path,
             Ok(Err(e)) => return failed(format!("worktree: {}", e.message())),
@@ -146,7 +162,7 @@ impl Run {
         // No credential of ours reaches the agent: it runs code we do not
         // control. (Our own secrets live in files outside the worktree;
         // these are the variables that could carry one.)
-        for var in SECRET_VARS {
+        for var in SECRET_VARS.iter().chain(&crate::gitauth::SECRET_VARS) {
             command.env_remove(var);
         }
         let mut child = match command

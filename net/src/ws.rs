@@ -79,17 +79,21 @@ pub async fn pump_dialed<S>(
     let _ = node.send(NodeMsg::Input(Input::PeerClosed { conn })).await;
 }
 
+/// What every dial of a node presents and enforces.
+pub struct Dialer {
+    /// `x-huskies-node` and `x-huskies-cert`.
+    pub identity: (String, String),
+    pub max_message_bytes: usize,
+    /// Verifies `wss://` peers.
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
+}
+
 /// Dials `address` presenting our node id and certificate (checked at the
 /// upgrade; the key itself is proven in the handshake that follows);
 /// reports `Connected` or `PeerClosed`.
-pub async fn dial(
-    address: String,
-    conn: ConnId,
-    (node_id, cert): (String, String),
-    max_message_bytes: usize,
-    node: mpsc::Sender<NodeMsg>,
-) {
+pub async fn dial(dialer: std::sync::Arc<Dialer>, address: String, conn: ConnId, node: mpsc::Sender<NodeMsg>) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (node_id, cert) = &dialer.identity;
     let request = match address.as_str().into_client_request() {
         Ok(mut r) => match (node_id.parse(), cert.parse()) {
             (Ok(n), Ok(c)) => {
@@ -105,9 +109,11 @@ pub async fn dial(
         }
     };
     let mut config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
-    config.max_message_size = Some(max_message_bytes);
-    config.max_frame_size = Some(max_message_bytes);
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    config.max_message_size = Some(dialer.max_message_bytes);
+    config.max_frame_size = Some(dialer.max_message_bytes);
+    // Used for wss:// only; ws:// stays plain.
+    let connector = tokio_tungstenite::Connector::Rustls(dialer.tls.clone());
+    let connect = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, Some(connector));
     match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
         Ok(Ok((socket, _))) => {
             let (out_tx, out_rx) = mpsc::channel(OUTBOX_FRAMES);
@@ -116,7 +122,13 @@ pub async fn dial(
             }
         }
         Ok(Err(e)) => {
-            tracing::debug!(%address, error = %e, "dial failed");
+            // A certificate the roots do not vouch for lands here too:
+            // worth a warning, it will not fix itself.
+            if matches!(e, tokio_tungstenite::tungstenite::Error::Tls(_)) {
+                tracing::warn!(%address, error = %e, "TLS to peer failed");
+            } else {
+                tracing::debug!(%address, error = %e, "dial failed");
+            }
             closed(&node, conn).await
         }
         Err(_) => {

@@ -1,0 +1,184 @@
+//! Pushes and fetches over real network transports on loopback: `git
+//! daemon --enable=receive-pack` (git://) and smart HTTP (`git
+//! http-backend` behind a small server that demands a token). Checks that
+//! refused pushes say which remote and which credential sources were tried,
+//! and that no secret reaches an error message.
+
+mod githttp;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use git2::Repository;
+use huskies_net::git;
+use huskies_net::gitauth::GitCredentials;
+
+/// A scratch dir removed on drop, kept when the test failed.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("huskies-git-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for inspection: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_listening(port: u16) {
+    #[allow(clippy::disallowed_methods)] // real processes, real time
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `repos/remote.git` (bare, one commit on main) and a pre-receive hook
+/// that refuses `huskies/denied`, as a protected branch would.
+fn remote(root: &Path) -> PathBuf {
+    let seed = root.join("seed");
+    let repo = Repository::init(&seed).unwrap();
+    std::fs::write(seed.join("README.md"), "hello\n").unwrap();
+    let mut idx = repo.index().unwrap();
+    idx.add_path(Path::new("README.md")).unwrap();
+    let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@example.com").unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
+    let repos = root.join("repos");
+    let bare = repos.join("remote.git");
+    git2::build::RepoBuilder::new().bare(true).clone(seed.to_str().unwrap(), &bare).unwrap();
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nwhile read old new ref; do\n  [ \"$ref\" = refs/heads/huskies/denied ] && { echo 'protected branch' >&2; exit 1; }\ndone\nexit 0\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    repos
+}
+
+/// A clone of the remote (by path) whose `origin` is then `url`.
+fn work_tree(root: &Path, name: &str, repos: &Path, url: &str) -> PathBuf {
+    let work = root.join(name);
+    let repo = Repository::clone(repos.join("remote.git").to_str().unwrap(), &work).unwrap();
+    repo.remote_set_url("origin", url).unwrap();
+    work
+}
+
+/// One run's work: a worktree from the remote, a commit, a push.
+fn commit_and_push(work: &Path, story: &str, creds: &GitCredentials) -> Result<git2::Oid, git2::Error> {
+    let (wt, base) = git::prepare_worktree(work, story, creds)?;
+    let repo = Repository::open(&wt).unwrap();
+    std::fs::write(wt.join(format!("{story}.txt")), "done\n").unwrap();
+    let mut idx = repo.index().unwrap();
+    idx.add_path(Path::new(&format!("{story}.txt"))).unwrap();
+    let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@example.com").unwrap();
+    let parent = repo.find_commit(base).unwrap();
+    let oid = repo.commit(Some("HEAD"), &sig, &sig, story, &tree, &[&parent]).unwrap();
+    git::push(work, story, creds)?;
+    Ok(oid)
+}
+
+fn remote_tip(repos: &Path, story: &str) -> Option<git2::Oid> {
+    let bare = Repository::open_bare(repos.join("remote.git")).unwrap();
+    bare.find_reference(&format!("refs/heads/huskies/{story}")).ok()?.target()
+}
+
+#[test]
+fn push_over_git_daemon() {
+    let dir = Scratch::new("daemon");
+    let repos = remote(&dir.0);
+    let port = free_port();
+    let daemon = Command::new("git")
+        .args(["daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", "--listen=127.0.0.1"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", repos.display()))
+        .arg(&repos)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("git daemon (Debian package git)");
+    let _daemon = Daemon(daemon);
+    wait_listening(port);
+    let url = format!("git://127.0.0.1:{port}/remote.git");
+    let work = work_tree(&dir.0, "work", &repos, &url);
+    let creds = GitCredentials::default();
+
+    let oid = commit_and_push(&work, "s1", &creds).unwrap();
+    assert_eq!(remote_tip(&repos, "s1"), Some(oid));
+    // The next stage, on another machine, starts from the pushed branch:
+    // a fetch over git://.
+    let other = work_tree(&dir.0, "other", &repos, &url);
+    let (_, base) = git::prepare_worktree(&other, "s1", &creds).unwrap();
+    assert_eq!(base, oid);
+    assert!(!git::has_unpushed_work(&other, "s1", &creds));
+
+    // A ref the remote refuses is an error that names the remote.
+    let e = commit_and_push(&work, "denied", &creds).unwrap_err().message().to_owned();
+    assert!(e.contains(&url) && e.contains("refs/heads/huskies/denied"), "{e}");
+    assert_eq!(remote_tip(&repos, "denied"), None);
+}
+
+#[test]
+fn push_over_smart_http_with_a_token() {
+    let dir = Scratch::new("http");
+    let repos = remote(&dir.0);
+    let token = "hgt_5ecret-token-value";
+    let port = githttp::serve(repos.clone(), Some(token.to_owned()));
+    let url = format!("http://127.0.0.1:{port}/remote.git");
+    let work = work_tree(&dir.0, "work", &repos, &url);
+
+    let creds = GitCredentials { token: Some(token.to_owned()), ..Default::default() };
+    let oid = commit_and_push(&work, "s1", &creds).unwrap();
+    assert_eq!(remote_tip(&repos, "s1"), Some(oid));
+    let other = work_tree(&dir.0, "other", &repos, &url);
+    let (_, base) = git::prepare_worktree(&other, "s1", &creds).unwrap();
+    assert_eq!(base, oid, "fetched the pushed branch over http");
+
+    // No credential at all: the error says which sources were asked.
+    let none = GitCredentials::default();
+    let e = commit_and_push(&work, "s2", &none).unwrap_err().message().to_owned();
+    assert!(e.contains(&format!("push to {url}")), "{e}");
+    assert!(e.contains("credentials tried"), "{e}");
+    assert_eq!(remote_tip(&repos, "s2"), None);
+
+    // A wrong token: refused, named as the source tried, never printed.
+    let wrong = GitCredentials { token: Some("hgt_wrong-secret".into()), ..Default::default() };
+    let e = commit_and_push(&work, "s3", &wrong).unwrap_err().message().to_owned();
+    assert!(e.contains("HUSKIES_GIT_TOKEN") && e.contains(&url), "{e}");
+    assert!(!e.contains("hgt_wrong-secret"), "secret in error: {e}");
+
+    // A token written into the remote URL by the user stays out of errors.
+    let leaky = format!("http://x-access-token:hgt_url-secret@127.0.0.1:{port}/remote.git");
+    Repository::open(&work).unwrap().remote_set_url("origin", &leaky).unwrap();
+    let e = commit_and_push(&work, "s4", &none).unwrap_err().message().to_owned();
+    assert!(!e.contains("hgt_url-secret"), "secret in error: {e}");
+    assert!(e.contains(&url), "{e}");
+}
