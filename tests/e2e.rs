@@ -725,3 +725,52 @@ fn whole_flow_over_tls() {
     assert_eq!(remote.references_glob("refs/heads/huskies/*").unwrap().count(), 6);
     println!("e2e tls: 3 agents over wss, 6 stories to qa in {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// The settings that must agree come from the server's project.toml: an
+/// agent whose own file says otherwise warns and uses the cluster's, and an
+/// edit of the server's file reaches the agent without a restart, as does
+/// an edit of the agent's stages.
+#[test]
+fn cluster_settings_come_from_the_server_and_reload() {
+    let mut c = Cluster::new("settings");
+    let port = c.start_agent_at(1, 200, "127.0.0.1");
+    let agent_toml = c.root().join("agent-1/.huskies/project.toml");
+    // The agent's own file asks for a 30 s claim timeout; the server's for 3 s.
+    let text =
+        std::fs::read_to_string(&agent_toml).unwrap().replace("claim_timeout_ms = 3000", "claim_timeout_ms = 30000");
+    std::fs::write(&agent_toml, text).unwrap();
+    let key = c.key.clone();
+    let setting = |p: u16| {
+        status_at("127.0.0.1", p, &key).and_then(|s| {
+            let st = s["settings"].clone();
+            Some((st["revision"].as_u64()?, st["claim_timeout_ms"].as_u64()?, s["stages"].clone()))
+        })
+    };
+    wait_for("the agent to adopt the server's settings", Duration::from_secs(20), || {
+        setting(port).is_some_and(|(_, t, _)| t == 3_000)
+    });
+    wait_for("a warning in the agent's log", Duration::from_secs(10), || {
+        std::fs::read_to_string(c.root().join("agent-1.log")).is_ok_and(|l| {
+            l.contains("disagrees with the cluster settings") && l.contains("claim_timeout_ms: 30000 vs 3000")
+        })
+    });
+    let (rev, _, _) = setting(port).unwrap();
+    // Edit the server's file: the agent follows, no restart.
+    let server_toml = c.root().join("server/.huskies/project.toml");
+    let text =
+        std::fs::read_to_string(&server_toml).unwrap().replace("claim_timeout_ms = 3000", "claim_timeout_ms = 4500");
+    std::fs::write(&server_toml, text).unwrap();
+    wait_for("the new timeout at the agent", Duration::from_secs(10), || {
+        setting(port).is_some_and(|(r, t, _)| t == 4_500 && r == rev + 1)
+    });
+    // Edit the agent's stages: it now works qa too.
+    let text = std::fs::read_to_string(&agent_toml).unwrap();
+    std::fs::write(&agent_toml, format!("{text}[agents.qa]\ncommand = {EXE:?}\nargs = [\"stand-in\"]\n")).unwrap();
+    wait_for("the agent to work current and qa", Duration::from_secs(10), || {
+        setting(port).is_some_and(|(_, _, st)| st == serde_json::json!(["current", "qa"]))
+    });
+    c.add_story("set-1");
+    wait_for("the story through current and qa", Duration::from_secs(30), || {
+        c.stages().iter().any(|(id, stage, _)| id == "set-1" && stage == "merge")
+    });
+}

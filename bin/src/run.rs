@@ -409,6 +409,16 @@ pub fn status(t: &Target, json: bool) -> Result<(), String> {
         return Ok(());
     }
     println!("node {} ({}), {} peers: {}", s.node, s.label, s.peers, s.connected.join(", "));
+    match &s.settings {
+        Some(c) => println!(
+            "cluster settings (revision {}): claim timeout {} ms, heartbeat {} ms, stagger {} ms, sync {} ms",
+            c.revision, c.claim_timeout_ms, c.heartbeat_interval_ms, c.claim_stagger_ms, c.sync_interval_ms
+        ),
+        None => println!("cluster settings: none from the server yet (using this node's project.toml)"),
+    }
+    if !s.stages.is_empty() {
+        println!("works stages: {}", s.stages.join(", "));
+    }
     println!("pipeline:");
     for stage in huskies_engine::Stage::ALL {
         let n = s.stories.iter().filter(|st| st.stage == stage.as_str()).count();

@@ -18,6 +18,8 @@ impl Engine {
             Command::MoveStory { id, stage } => self.move_story(id, stage),
             Command::RevokeNode { node } => self.revoke_node(node),
             Command::EnrollNode { node, cert } => self.enroll_node(node, cert),
+            Command::SetClusterSettings { settings } => self.set_cluster_settings(settings),
+            Command::SetStages { stages } => self.set_stages(stages),
         }
     }
 

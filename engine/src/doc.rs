@@ -15,6 +15,8 @@ use crate::story::StoryState;
 use crate::{NodeId, StoryId};
 
 const GENESIS_ACTOR: &[u8] = b"huskies-genesis";
+/// Root key of the CA-signed cluster settings (a scalar: no map to race on).
+const SETTINGS_KEY: &str = "settings";
 
 /// A story as this replica currently sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +71,16 @@ impl SignedKind {
             SignedKind::Revoked => "revoked/",
         }
     }
+}
+
+/// What a merge touched, from Automerge's patch log.
+pub struct Touched {
+    pub stories: BTreeSet<StoryId>,
+    pub nodes: BTreeSet<NodeId>,
+    /// An enrollment or revocation arrived.
+    pub signed: bool,
+    /// Cluster settings arrived.
+    pub settings: bool,
 }
 
 pub struct Doc {
@@ -142,16 +154,16 @@ impl Doc {
 
     /// The stories and nodes touched since the last call; Automerge computes
     /// this from its patch log, in time proportional to the new changes.
-    /// The third value says whether an enrollment or revocation arrived.
-    pub fn take_touched(&mut self) -> (BTreeSet<StoryId>, BTreeSet<NodeId>, bool) {
+    pub fn take_touched(&mut self) -> Touched {
         let mut stories = BTreeSet::new();
         let mut nodes = BTreeSet::new();
-        let mut signed = false;
+        let (mut signed, mut settings) = (false, false);
         for patch in self.am.diff_incremental() {
             if patch.obj == automerge::ROOT
                 && let automerge::PatchAction::PutMap { key, .. } = &patch.action
             {
                 signed |= SignedKind::ALL.iter().any(|k| key.starts_with(k.prefix()));
+                settings |= key == SETTINGS_KEY;
                 continue;
             }
             // The key under `stories` or `nodes` is either the patched key
@@ -176,7 +188,7 @@ impl Doc {
                 nodes.insert(id);
             }
         }
-        (stories, nodes, signed)
+        Touched { stories, nodes, signed, settings }
     }
 
     /// Every well-formed signed entry, enrollments first (signatures are
@@ -206,6 +218,27 @@ impl Doc {
             _ => None,
         }?;
         Some(Signed { kind, node, key, sig })
+    }
+
+    /// Every value at root `settings` (concurrent writes included);
+    /// signatures are checked by the caller.
+    pub fn read_settings(&mut self) -> Vec<String> {
+        let values = self.am.get_all(automerge::ROOT, SETTINGS_KEY).unwrap_or_default();
+        values
+            .into_iter()
+            .filter_map(|(v, _)| match v {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Str(t) => Some(t.to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn put_settings(&mut self, value: &str) {
+        self.am.put(automerge::ROOT, SETTINGS_KEY, value).expect("put settings");
+        self.commit();
     }
 
     pub fn put_signed(&mut self, e: &Signed) {
@@ -342,8 +375,8 @@ mod tests {
         }
         b.am.merge(&mut a.am).unwrap();
         a.am.merge(&mut b.am).unwrap();
-        let (ta, _, _) = a.take_touched();
-        let (tb, _, _) = b.take_touched();
+        let ta = a.take_touched().stories;
+        let tb = b.take_touched().stories;
         assert!(ta.contains(&id), "a sees the conflict");
         assert!(tb.contains(&id), "b sees the conflict");
         assert_eq!(a.read_story(&id).unwrap().concurrent, 2);

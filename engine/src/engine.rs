@@ -83,6 +83,8 @@ pub struct Engine {
     pub(crate) revoked: BTreeSet<(NodeId, crate::identity::PublicKey)>,
     /// Our own key was revoked: we run and claim nothing more.
     pub(crate) self_revoked: bool,
+    /// CA-signed cluster settings in force (applied to `config`).
+    pub(crate) settings: Option<crate::ClusterSettings>,
 
     // Peers.
     pub(crate) conns: BTreeMap<ConnId, Conn>,
@@ -153,6 +155,7 @@ impl Engine {
             creds,
             keys: BTreeMap::new(),
             revoked: BTreeSet::new(),
+            settings: None,
             self_revoked: false,
             conns: BTreeMap::new(),
             targets: BTreeMap::new(),
@@ -278,6 +281,7 @@ impl Engine {
             self.learn_node(id, rec);
         }
         self.absorb_signed();
+        self.absorb_settings();
         for (id, view) in stories {
             self.apply_story(&id, Some(view));
         }
@@ -442,7 +446,7 @@ impl Engine {
 
     /// Re-reads everything a merge touched.
     pub(crate) fn absorb_remote_changes(&mut self) {
-        let (mut stories, nodes, signed) = self.doc.take_touched();
+        let crate::doc::Touched { mut stories, nodes, signed, settings } = self.doc.take_touched();
         stories.extend(self.conflicted.iter().cloned());
         for id in stories {
             let view = self.doc.read_story(&id);
@@ -458,6 +462,9 @@ impl Engine {
         }
         if signed {
             self.absorb_signed();
+        }
+        if settings {
+            self.absorb_settings();
         }
     }
 

@@ -41,12 +41,14 @@ pub enum CommandError {
     NotReady,
     #[error("no node {0} with a certificate is known")]
     UnknownNode(crate::NodeId),
-    #[error("only the server, which holds the cluster CA key, can revoke nodes")]
+    #[error("only the server, which holds the cluster CA key, can revoke nodes or set cluster settings")]
     NotAuthority,
     #[error("the certificate of {0} is not signed by this cluster's CA")]
     BadCertificate(crate::NodeId),
     #[error("a node cannot revoke itself")]
     RevokeSelf,
+    #[error("cluster settings refused: {0}")]
+    BadSettings(String),
 }
 
 /// An invalid [`crate::Config`].

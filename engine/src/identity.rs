@@ -25,6 +25,7 @@ const CERT_CONTEXT: &[u8] = b"huskies-cert-v1\0";
 const AUTH_CONTEXT: &[u8] = b"huskies-auth-v1\0";
 const BEAT_CONTEXT: &[u8] = b"huskies-beat-v1\0";
 const REVOKE_CONTEXT: &[u8] = b"huskies-revoke-v1\0";
+const SETTINGS_CONTEXT: &[u8] = b"huskies-settings-v1\0";
 const DEV_CA_SEED: [u8; 32] = *b"huskies-dev-ca-not-for-real-use!";
 
 pub type PublicKey = [u8; 32];
@@ -202,6 +203,14 @@ pub(crate) fn sign_revocation(ca_secret: &[u8; 32], node: &NodeId, key: &PublicK
 
 pub(crate) fn verify_revocation(ca: &PublicKey, node: &NodeId, key: &PublicKey, sig: &Sig) -> bool {
     verify(ca, &revoke_message(node, key), sig)
+}
+
+pub(crate) fn sign_settings(ca_secret: &[u8; 32], json: &[u8]) -> Sig {
+    SigningKey::from_bytes(ca_secret).sign(&[SETTINGS_CONTEXT, json].concat()).to_bytes()
+}
+
+pub(crate) fn verify_settings(ca: &PublicKey, json: &[u8], sig: &Sig) -> bool {
+    verify(ca, &[SETTINGS_CONTEXT, json].concat(), sig)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -48,14 +48,37 @@ pub enum Command {
     /// Records that `node` joined with `cert` (server, at join), so every
     /// node knows its key before it connects.
     EnrollNode { node: NodeId, cert: crate::identity::Cert },
+    /// Writes the cluster settings every node adopts (server only; the
+    /// revision is assigned). Equal values write nothing.
+    SetClusterSettings { settings: crate::ClusterSettings },
+    /// The stages this node runs agents for (its configuration changed).
+    SetStages { stages: Vec<Stage> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Added { id: StoryId },
-    Moved { id: StoryId, from: Stage, to: Stage, token: Token },
-    Revoked { node: NodeId },
-    Enrolled { node: NodeId },
+    Added {
+        id: StoryId,
+    },
+    Moved {
+        id: StoryId,
+        from: Stage,
+        to: Stage,
+        token: Token,
+    },
+    Revoked {
+        node: NodeId,
+    },
+    Enrolled {
+        node: NodeId,
+    },
+    /// The cluster settings revision now in force.
+    Settings {
+        revision: u64,
+    },
+    Stages {
+        stages: Vec<Stage>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +177,15 @@ pub enum Event {
     /// A CA-signed revocation of the node's key took effect here.
     NodeRevoked {
         node: NodeId,
+    },
+    /// Cluster settings of a newer revision are in force here.
+    SettingsAdopted {
+        settings: crate::ClusterSettings,
+    },
+    /// CA-signed settings that do not validate here were ignored.
+    SettingsRejected {
+        revision: u64,
+        reason: String,
     },
     StoryAdded {
         story: StoryId,

@@ -46,6 +46,12 @@ impl Liveness {
         Liveness { beats: BTreeMap::new(), revoked: Default::default(), timeout_ms }
     }
 
+    /// The cluster's claim timeout changed.
+    pub fn set_timeout_ms(&mut self, timeout_ms: u64) {
+        assert!(timeout_ms > 0, "a zero claim timeout was validated away");
+        self.timeout_ms = timeout_ms;
+    }
+
     /// Would `hb` be news? Checked before its signature is verified, so
     /// the flood of duplicates costs no cryptography.
     pub fn is_news(&self, hb: &Heartbeat) -> bool {

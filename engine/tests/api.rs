@@ -412,3 +412,41 @@ fn enrollments_make_keys_known_and_revocable() {
     assert!(rejected(&drain(&mut server), ConnId(4)), "the old key is still revoked");
     let _ = theirs;
 }
+
+/// Cluster settings count only when this cluster's CA signed them: a node
+/// of another CA (or one that edits the value) cannot set them, and a node
+/// without the CA secret cannot write them at all.
+#[test]
+fn cluster_settings_need_the_ca() {
+    use huskies_engine::ClusterSettings;
+    let settings = ClusterSettings { claim_timeout_ms: 30_000, ..ClusterSettings::of(&Config::default()) };
+    let set = |e: &mut Engine| {
+        e.handle(
+            Millis(1),
+            Input::Command { id: CommandId(1), command: Command::SetClusterSettings { settings: settings.clone() } },
+        );
+        drain(e)
+    };
+    // Another cluster's CA signs settings into its document...
+    let id = NodeId::new("elsewhere").unwrap();
+    let creds = Credentials { ca_secret: Some([5; 32]), ..Credentials::issue(&[5; 32], &id, [6; 32]) };
+    let mut foreign = Engine::new(Config { credentials: Some(creds), ..Config::default() }, id, 1, Millis(0));
+    foreign.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut foreign);
+    let outs = set(&mut foreign);
+    assert!(outs.iter().any(|o| matches!(o, Output::Reply { result: Ok(Reply::Settings { revision: 1 }), .. })));
+    assert_eq!(foreign.cluster_settings().map(|s| s.claim_timeout_ms), Some(30_000));
+    // ...which a node of ours ignores.
+    let mut ours = Engine::new(Config::default(), NodeId::new("ours").unwrap(), 2, Millis(0));
+    ours.handle(Millis(0), Input::StorageLoaded { bytes: foreign.save() });
+    drain(&mut ours);
+    assert_eq!(ours.cluster_settings(), None, "settings signed by another CA are ignored");
+    // A node holding no CA secret cannot write them.
+    let id = NodeId::new("x").unwrap();
+    let creds = Credentials::issue(&[5; 32], &id, [6; 32]);
+    let mut plain = Engine::new(Config { credentials: Some(creds), ..Config::default() }, id, 4, Millis(0));
+    plain.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut plain);
+    let outs = set(&mut plain);
+    assert!(outs.iter().any(|o| matches!(o, Output::Reply { result: Err(CommandError::NotAuthority), .. })));
+}

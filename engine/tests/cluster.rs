@@ -205,3 +205,50 @@ fn crash_restart_reconciles_own_claims() {
     assert!(inspected >= 4);
     let _ = Millis(0);
 }
+
+/// Cluster settings set at the server reach every node, survive a restart
+/// from storage, and change behaviour there: with the claim timeout raised
+/// from 2 s to 6 s, a crashed agent's story is not reclaimed at 3 s, and is
+/// by 8 s.
+#[test]
+fn cluster_settings_reach_every_node_and_take_effect() {
+    use huskies_engine::{ClusterSettings, CommandError, Reply};
+    let mut c = Cluster::new(3, 5, fast_config());
+    c.run_for(1_000);
+    let raised = ClusterSettings { claim_timeout_ms: 6_000, ..ClusterSettings::of(&fast_config()) };
+    let set = |c: &mut Cluster, s: &ClusterSettings| c.command(0, Command::SetClusterSettings { settings: s.clone() });
+    assert_eq!(set(&mut c, &raised), Ok(Reply::Settings { revision: 1 }));
+    assert_eq!(set(&mut c, &raised), Ok(Reply::Settings { revision: 1 }), "same values: no new revision");
+    // One that cannot work (heartbeats slower than a third of the timeout)
+    // is refused and changes nothing.
+    let bad = ClusterSettings { heartbeat_interval_ms: 5_000, ..raised.clone() };
+    assert!(matches!(set(&mut c, &bad), Err(CommandError::BadSettings(_))));
+    c.run_for(1_000);
+    for i in 0..=3 {
+        let s = c.engine(i).cluster_settings().cloned();
+        assert_eq!(s.map(|s| (s.revision, s.claim_timeout_ms)), Some((1, 6_000)), "node {i}");
+    }
+    c.crash(3);
+    c.start(3);
+    assert_eq!(c.engine(3).cluster_settings().map(|s| s.claim_timeout_ms), Some(6_000), "kept in storage");
+    c.run_for(1_000);
+
+    // A held story, then its holder dies.
+    c.add_stories(0, 1, Stage::Current);
+    let mut holder = None;
+    for _ in 0..40 {
+        c.run_for(100);
+        holder = c.engine(0).stories().find_map(|(_, v)| v.state.holder.clone());
+        if holder.is_some() {
+            break;
+        }
+    }
+    let holder = holder.expect("the story was claimed");
+    let i: usize = holder.as_str().trim_start_matches("agent-").parse().unwrap();
+    c.crash(i);
+    let reclaims = |c: &Cluster| c.count_events(|e| matches!(e, Event::Claimed { reclaimed_from: Some(_), .. }));
+    c.run_for(3_000);
+    assert_eq!(reclaims(&c), 0, "not reclaimed within the old 2 s timeout");
+    c.run_for(5_000);
+    assert!(reclaims(&c) >= 1, "reclaimed after the new 6 s timeout");
+}

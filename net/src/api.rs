@@ -133,6 +133,12 @@ async fn run(state: &AppState, command: Command) -> Response {
         .into_response(),
         Some(Ok(Reply::Revoked { node })) => Json(serde_json::json!({ "revoked": node.as_str() })).into_response(),
         Some(Ok(Reply::Enrolled { node })) => Json(serde_json::json!({ "enrolled": node.as_str() })).into_response(),
+        Some(Ok(Reply::Settings { revision })) => {
+            Json(serde_json::json!({ "settings_revision": revision })).into_response()
+        }
+        Some(Ok(Reply::Stages { stages })) => {
+            Json(serde_json::json!({ "stages": stages.iter().map(|s| s.as_str()).collect::<Vec<_>>() })).into_response()
+        }
         Some(Err(e @ (CommandError::UnknownStory(_) | CommandError::UnknownNode(_)))) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use huskies_engine::{
-    Command, CommandError, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output, Reply,
+    ClusterSettings, Command, CommandError, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output,
+    Reply,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -97,9 +98,13 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
         claim_timeout_ms: p.claim_timeout_ms,
         heartbeat_interval_ms: (p.claim_timeout_ms / 6).max(100),
         scan_interval_ms: p.scan_interval_ms,
-        claim_stagger_ms: (p.scan_interval_ms * 2).min(p.claim_timeout_ms / 2),
+        claim_stagger_ms: p.claim_stagger_ms.unwrap_or((p.scan_interval_ms * 2).min(p.claim_timeout_ms / 2)),
         ..Config::default()
     };
+    if let Some(ms) = p.sync_interval_ms {
+        c.sync_interval_ms = ms;
+        c.mesh_sync_interval_ms = c.mesh_sync_interval_ms.max(ms);
+    }
     c.dial_backoff_max_ms = c.dial_backoff_max_ms.min(p.claim_timeout_ms / 2);
     c
 }
@@ -123,6 +128,10 @@ struct Node {
     /// The main runtime: dials and agent runs live there, not on the
     /// engine's own thread.
     rt: tokio::runtime::Handle,
+    /// As started, with the project as last reloaded.
+    opts: NodeOptions,
+    /// The cluster settings this node's own project.toml asks for.
+    local_settings: ClusterSettings,
 }
 
 /// Starts the node task on a thread of its own; returns its handle and a
@@ -147,6 +156,7 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
     #[allow(clippy::disallowed_methods)] // the driver owns the clock; the engine only sees Millis
     let epoch = Instant::now();
     let max_message_bytes = config.max_message_bytes;
+    let config_copy = config.clone();
     let engine = Engine::new(config, opts.node_id.clone(), seed, Millis(0));
     let (tx, rx) = mpsc::channel(4_096);
     let (input_tx, input_rx) = mpsc::unbounded_channel();
@@ -172,9 +182,15 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
         }),
         revoked,
         rt,
+        local_settings: ClusterSettings::of(&config_copy),
+        opts: opts.clone(),
     };
     node.input(Input::StorageLoaded { bytes });
     node.share_revocations();
+    if opts.is_server {
+        // The server's project.toml sets what every node adopts.
+        node.internal_command(Command::SetClusterSettings { settings: node.local_settings.clone() });
+    }
     let root = opts.project_root.clone();
     let (done_tx, done_rx) = oneshot::channel::<()>();
     std::thread::Builder::new().name("huskies-engine".into()).spawn(move || {
@@ -204,8 +220,13 @@ impl Node {
         project_root: PathBuf,
     ) {
         let config_path = ProjectConfig::path(&project_root);
+        // Config changes arrive from a file watcher; where one cannot be
+        // set up (inotify limits), a poll every 2 s stands in.
+        let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+        let watcher = watch_config(&config_path, changed_tx);
+        let polling = watcher.is_none();
         let mut config_mtime = std::fs::metadata(&config_path).and_then(|m| m.modified()).ok();
-        let mut reload = tokio::time::interval(Duration::from_secs(2));
+        let mut poll = tokio::time::interval(Duration::from_secs(2));
         loop {
             let deadline = self.engine.poll_timeout().map(|t| self.epoch + Duration::from_millis(t.0));
             let sleep = tokio::time::sleep_until(
@@ -220,22 +241,76 @@ impl Node {
                 },
                 Some(input) = inputs.recv() => self.input(input),
                 _ = sleep => self.input(Input::Timeout),
-                _ = reload.tick() => {
+                Some(()) = changed.recv() => {
+                    // Editors write in steps (truncate, write, rename): let
+                    // them finish, then read once.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while changed.try_recv().is_ok() {}
+                    self.reload(&project_root, &project);
+                }
+                _ = poll.tick(), if polling => {
                     let mtime = std::fs::metadata(&config_path).and_then(|m| m.modified()).ok();
                     if mtime != config_mtime {
                         config_mtime = mtime;
-                        match ProjectConfig::load(&project_root) {
-                            Ok(p) => {
-                                tracing::info!(path = %config_path.display(), "reloaded agent commands");
-                                *project.lock().expect("project lock") = p;
-                            }
-                            Err(e) => tracing::error!(error = %e, "config change ignored"),
-                        }
+                        self.reload(&project_root, &project);
                     }
                 }
             }
         }
+        drop(watcher);
         tracing::info!("node stopping");
+    }
+
+    /// `project.toml` changed: agent commands and stages take effect at
+    /// once; cluster settings are written by the server, and compared with
+    /// the cluster's at an agent.
+    fn reload(&mut self, project_root: &std::path::Path, project: &Arc<Mutex<ProjectConfig>>) {
+        let p = match ProjectConfig::load(project_root) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "config change ignored");
+                return;
+            }
+        };
+        tracing::info!(path = %ProjectConfig::path(project_root).display(), "reloaded project.toml");
+        let opts = NodeOptions { project: p.clone(), ..self.opts.clone() };
+        self.local_settings = ClusterSettings::of(&engine_config(&opts));
+        *project.lock().expect("project lock") = p.clone();
+        self.opts = opts;
+        if self.opts.is_server {
+            self.internal_command(Command::SetClusterSettings { settings: self.local_settings.clone() });
+        } else {
+            self.internal_command(Command::SetStages { stages: p.agents.keys().copied().collect() });
+            self.compare_settings();
+        }
+    }
+
+    /// A command of the node's own (not from the API); its reply is logged.
+    fn internal_command(&mut self, command: Command) {
+        self.next_command += 1;
+        let id = CommandId(self.next_command);
+        let (tx, mut rx) = oneshot::channel();
+        self.pending_replies.insert(id, tx);
+        self.input(Input::Command { id, command });
+        // The engine answers within `handle`, so the reply is here now.
+        match rx.try_recv() {
+            Ok(Ok(reply)) => tracing::debug!(?reply, "internal command"),
+            Ok(Err(e)) => tracing::error!(error = %e, "internal command refused"),
+            Err(_) => {}
+        }
+    }
+
+    /// Warns when this node's own file disagrees with the cluster's settings.
+    fn compare_settings(&self) {
+        let Some(cluster) = self.engine.cluster_settings() else { return };
+        let diff = self.local_settings.differences(cluster);
+        if !diff.is_empty() {
+            tracing::warn!(
+                revision = cluster.revision,
+                differences = %diff.join(", "),
+                "project.toml disagrees with the cluster settings the server set (local vs cluster); using the cluster's"
+            );
+        }
     }
 
     fn handle_msg(&mut self, msg: NodeMsg) {
@@ -350,10 +425,14 @@ impl Node {
             Event::StaleResult { .. } => c.stale_results += 1,
             Event::PeerRejected { .. } => c.peers_rejected += 1,
             Event::NodeRevoked { .. } => self.share_revocations(),
+            Event::SettingsAdopted { .. } if !self.opts.is_server => self.compare_settings(),
             _ => {}
         }
         match &e {
-            Event::PeerRejected { .. } | Event::StorageCorrupt { .. } | Event::RunFailed { .. } => {
+            Event::PeerRejected { .. }
+            | Event::StorageCorrupt { .. }
+            | Event::RunFailed { .. }
+            | Event::SettingsRejected { .. } => {
                 tracing::warn!(event = ?e)
             }
             Event::PeerUp { .. } | Event::PeerDown { .. } | Event::StageChanged { .. } => tracing::debug!(event = ?e),
@@ -431,6 +510,42 @@ impl Node {
                 .map(|(s, t, st)| RunStatus { story: s.to_string(), stage: st.to_string(), token: t.0 })
                 .collect(),
             counters: self.counters.clone(),
+            settings: self.engine.cluster_settings().cloned(),
+            stages: self.engine.stages().iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Watches `project.toml` (its directory, since editors replace the file by
+/// rename); sends on `changed` for every event touching it. `None` when no
+/// watcher can be set up.
+fn watch_config(path: &std::path::Path, changed: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = path.parent()?.to_owned();
+    let name = path.file_name()?.to_owned();
+    if !dir.is_dir() {
+        // No .huskies yet: poll until one appears.
+        return None;
+    }
+    let handler = move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res
+            && event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+        {
+            let _ = changed.send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for config changes; polling");
+            return None;
+        }
+    };
+    match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for config changes; polling");
+            None
         }
     }
 }

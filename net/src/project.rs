@@ -6,6 +6,16 @@
 //! claim_timeout_ms = 30000  # a silent node's stories are reclaimed after this
 //! scan_interval_ms = 1000
 //! max_mesh_peers = 3
+//! # claim_stagger_ms = 2000 # default: 2 scans, at most half the claim timeout
+//! # sync_interval_ms = 20   # least time between two sync messages to a peer
+//! ```
+//!
+//! `claim_timeout_ms`, `claim_stagger_ms` and `sync_interval_ms` must agree
+//! across the cluster: the server's file sets them for every node (they
+//! travel in the document, signed by the cluster CA); an agent whose own
+//! file disagrees logs a warning and uses the cluster's.
+//!
+//! ```toml
 //!
 //! [agents.current]          # one table per stage this node works
 //! command = "claude"
@@ -42,6 +52,10 @@ struct Raw {
     #[serde(default = "default_mesh")]
     max_mesh_peers: usize,
     #[serde(default)]
+    claim_stagger_ms: Option<u64>,
+    #[serde(default)]
+    sync_interval_ms: Option<u64>,
+    #[serde(default)]
     agents: BTreeMap<String, AgentCommand>,
 }
 
@@ -65,6 +79,10 @@ pub struct ProjectConfig {
     pub claim_timeout_ms: u64,
     pub scan_interval_ms: u64,
     pub max_mesh_peers: usize,
+    /// `None`: derived from the scan interval and claim timeout.
+    pub claim_stagger_ms: Option<u64>,
+    /// `None`: the engine's default.
+    pub sync_interval_ms: Option<u64>,
     pub agents: BTreeMap<Stage, AgentCommand>,
 }
 
@@ -75,6 +93,8 @@ impl Default for ProjectConfig {
             claim_timeout_ms: default_claim_timeout(),
             scan_interval_ms: default_scan(),
             max_mesh_peers: default_mesh(),
+            claim_stagger_ms: None,
+            sync_interval_ms: None,
             agents: BTreeMap::new(),
         }
     }
@@ -119,6 +139,12 @@ impl ProjectConfig {
                 raw.scan_interval_ms
             )));
         }
+        if raw.claim_stagger_ms.is_some_and(|s| s > raw.claim_timeout_ms) {
+            return Err(invalid("claim_stagger_ms must not exceed claim_timeout_ms".into()));
+        }
+        if raw.sync_interval_ms.is_some_and(|s| s == 0 || s > raw.claim_timeout_ms / 3) {
+            return Err(invalid("sync_interval_ms must be within 1..=claim_timeout_ms/3".into()));
+        }
         let mut agents = BTreeMap::new();
         for (name, cmd) in raw.agents {
             let stage: Stage = name.parse().map_err(|e| invalid(format!("[agents.{name}]: {e}")))?;
@@ -135,6 +161,8 @@ impl ProjectConfig {
             claim_timeout_ms: raw.claim_timeout_ms,
             scan_interval_ms: raw.scan_interval_ms,
             max_mesh_peers: raw.max_mesh_peers,
+            claim_stagger_ms: raw.claim_stagger_ms,
+            sync_interval_ms: raw.sync_interval_ms,
             agents,
         })
     }

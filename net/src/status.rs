@@ -62,6 +62,12 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
     pub runs: Vec<RunStatus>,
     pub counters: Counters,
+    /// The cluster settings in force here (set by the server).
+    #[serde(default)]
+    pub settings: Option<huskies_engine::ClusterSettings>,
+    /// The stages this node runs agents for.
+    #[serde(default)]
+    pub stages: Vec<String>,
 }
 
 /// Body of `POST /api/stories`.
