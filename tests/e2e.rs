@@ -774,3 +774,144 @@ fn cluster_settings_come_from_the_server_and_reload() {
         c.stages().iter().any(|(id, stage, _)| id == "set-1" && stage == "merge")
     });
 }
+
+/// The fenced blocks of one README section, as (language, text).
+fn readme_blocks(from: &str, to: &str) -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let start = readme.find(from).unwrap_or_else(|| panic!("README has no {from:?}"));
+    let end = start + readme[start..].find(to).unwrap_or_else(|| panic!("README has no {to:?} after {from:?}"));
+    let mut blocks = Vec::new();
+    let mut lines = readme[start..end].lines();
+    while let Some(line) = lines.next() {
+        if let Some(lang) = line.strip_prefix("```").filter(|l| !l.is_empty()) {
+            let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+            blocks.push((lang.to_owned(), body.join("\n")));
+        }
+    }
+    blocks
+}
+
+/// The shell commands of a block: continuation lines joined.
+fn shell_lines(block: &str) -> Vec<String> {
+    block.replace("\\\n", " ").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
+}
+
+/// The README's "Run a real cluster" commands, as written, on loopback:
+/// only `SERVER`, `THIS-MACHINE`, the ports, the data dir, the join token
+/// and the example ids are filled in, and `claude` on the PATH is a
+/// stand-in that commits a file.
+#[test]
+fn readme_cluster_commands_work_as_written() {
+    let blocks = readme_blocks("## Run a real cluster", "### Cluster settings");
+    let sh: Vec<&String> = blocks.iter().filter(|(l, _)| l == "sh").map(|(_, b)| b).collect();
+    let toml = &blocks.iter().find(|(l, _)| l == "toml").expect("a project.toml block").1;
+    assert_eq!(sh.len(), 3, "server, agent and admin blocks: {blocks:?}");
+
+    let dir = tempdir::TempDir::new("readme");
+    let root = dir.0.clone();
+    fixture(&root);
+    let (server_port, agent_port) = (free_port(), free_port());
+    let data = root.join("var-lib-huskies");
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(EXE, bin.join("huskies")).unwrap();
+    let claude = bin.join("claude");
+    std::fs::write(&claude, format!("#!/bin/sh\nexec {EXE:?} stand-in --duration-ms 200 --jitter-ms 100\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut env: Vec<(String, String)> =
+        vec![("PATH".into(), path), ("XDG_STATE_HOME".into(), root.join("state").to_string_lossy().into())];
+    let mut fill = vec![
+        ("://SERVER:".to_owned(), "://127.0.0.1:".to_owned()),
+        ("THIS-MACHINE".into(), "127.0.0.2".into()),
+        (":3001".into(), format!(":{server_port}")),
+        ("3101".into(), agent_port.to_string()),
+        ("/var/lib/huskies".into(), data.to_string_lossy().into()),
+    ];
+    let filled = |line: &str, fill: &[(String, String)]| {
+        fill.iter().fold(line.to_owned(), |l, (from, to)| l.replace(from.as_str(), to))
+    };
+    let sh_command = |line: &str, cwd: &Path, env: &[(String, String)]| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(line).current_dir(cwd).envs(env.iter().map(|(k, v)| (k, v)));
+        c
+    };
+    let mut c = Cluster { dir, port: server_port, procs: Vec::new(), key: String::new() };
+    let spawn = |c: &mut Cluster, name: &str, mut cmd: Command| {
+        let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        c.procs.push(Proc { name: name.to_owned(), child });
+    };
+    let run = |line: &str, env: &[(String, String)]| {
+        let out = sh_command(line, &root, env).output().unwrap();
+        assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // The server machine: its directory holds the README's project.toml.
+    let server_dir = root.join("server");
+    std::fs::create_dir_all(server_dir.join(".huskies")).unwrap();
+    std::fs::write(server_dir.join(".huskies/project.toml"), toml).unwrap();
+    let server_block = shell_lines(sh[0]);
+    assert!(server_block[0].starts_with("huskies server ") && server_block[1].starts_with("huskies token create "));
+    spawn(&mut c, "server", sh_command(&format!("exec {}", filled(&server_block[0], &fill)), &server_dir, &env));
+    wait_for("the server", Duration::from_secs(10), || {
+        http().get(format!("http://127.0.0.1:{server_port}/healthz")).call().is_ok()
+    });
+    let token = run(&filled(&server_block[1], &fill), &env).trim().to_owned();
+    assert!(token.starts_with("hj_"), "{token}");
+    fill.push(("hj_...".into(), token));
+
+    // The agent machine: a clone whose origin is the shared remote.
+    let work = root.join("agent");
+    git2::Repository::clone(root.join("remote.git").to_str().unwrap(), &work).unwrap();
+    std::fs::create_dir_all(work.join(".huskies")).unwrap();
+    std::fs::write(work.join(".huskies/project.toml"), toml).unwrap();
+    let agent_block = shell_lines(sh[1]);
+    assert_eq!(agent_block.len(), 1);
+    spawn(&mut c, "agent", sh_command(&format!("exec {}", filled(&agent_block[0], &fill)), &work, &env));
+
+    // Anywhere with the admin key.
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let mut story = String::new();
+    for line in shell_lines(sh[2]) {
+        let line = filled(&line, &fill);
+        if let Some((k, v)) = line.strip_prefix("export ").and_then(|kv| kv.split_once('=')) {
+            env.push((k.to_owned(), v.to_owned()));
+            continue;
+        }
+        let out = run(&line, &env);
+        if line.starts_with("huskies story add ") {
+            story = out.trim().to_owned();
+            fill.push(("fix-the-login-form-1a2b".into(), story.clone()));
+            // Let the agent do the work before the block moves it back.
+            wait_for("the README's story in qa", Duration::from_secs(60), || {
+                status(server_port, &key).is_some_and(|s| {
+                    s["stories"].as_array().is_some_and(|a| a.iter().any(|x| x["id"] == story && x["stage"] == "qa"))
+                })
+            });
+            let agent = status(server_port, &key).unwrap()["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|n| n["id"].as_str().filter(|id| id.starts_with("agent-")).map(str::to_owned))
+                .expect("the agent's record");
+            fill.push(("agent-7".into(), agent));
+        }
+        if line.starts_with("huskies story list") {
+            assert!(out.contains(&story) && out.contains("qa"), "{out}");
+        }
+        if line.starts_with("huskies status") {
+            assert!(out.contains("cluster settings (revision 1): claim timeout 30000 ms"), "{out}");
+        }
+        if line.starts_with("huskies node revoke") {
+            assert!(out.contains("revoked"), "{out}");
+        }
+    }
+    let remote = git2::Repository::open_bare(root.join("remote.git")).unwrap();
+    assert!(remote.find_reference(&format!("refs/heads/huskies/{story}")).is_ok(), "the agent pushed its branch");
+    let s = status(server_port, &key).unwrap();
+    let st = s["stories"].as_array().unwrap().iter().find(|x| x["id"] == story).cloned().unwrap();
+    assert_eq!(st["stage"], "backlog", "moved back by the README's command");
+}
