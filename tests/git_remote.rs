@@ -182,3 +182,91 @@ fn push_over_smart_http_with_a_token() {
     assert!(!e.contains("hgt_url-secret"), "secret in error: {e}");
     assert!(e.contains(&url), "{e}");
 }
+
+/// Kills the sshd on drop.
+struct Sshd(Child);
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Over ssh to an sshd on loopback with a key made in the test (Debian
+/// package openssh-server; `.ci/run` installs it). Without sshd the test
+/// says why it did not run.
+#[test]
+fn push_over_ssh_with_a_key_file() {
+    let sshd_bin = Path::new("/usr/sbin/sshd");
+    if !sshd_bin.exists() {
+        eprintln!("SKIPPED push_over_ssh_with_a_key_file: no /usr/sbin/sshd (apt-get install openssh-server)");
+        return;
+    }
+    let dir = Scratch::new("ssh");
+    let repos = remote(&dir.0);
+    let keygen = |name: &str| {
+        let path = dir.0.join(name);
+        let ok = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&path).status();
+        assert!(ok.is_ok_and(|s| s.success()), "ssh-keygen");
+        path
+    };
+    let host_key = keygen("host_key");
+    let client_key = keygen("client_key");
+    std::fs::copy(dir.0.join("client_key.pub"), dir.0.join("authorized_keys")).unwrap();
+    let port = free_port();
+    let config = dir.0.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {}\n",
+            host_key.display(),
+            dir.0.join("authorized_keys").display(),
+            dir.0.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    // sshd's privilege separation directory.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = Command::new(sshd_bin)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.0.join("sshd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _sshd = Sshd(child);
+    wait_listening(port);
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let url = format!("ssh://{user}@127.0.0.1:{port}{}", repos.join("remote.git").display());
+    let work = work_tree(&dir.0, "work", &repos, &url);
+
+    // An unknown host key is refused, with what to do about it.
+    let known_hosts = dir.0.join("known_hosts");
+    std::fs::write(&known_hosts, "# nothing yet\n").unwrap();
+    let creds = GitCredentials {
+        ssh_keys: vec![client_key.clone()],
+        known_hosts: Some(known_hosts.clone()),
+        ..Default::default()
+    };
+    let e = commit_and_push(&work, "s0", &creds).unwrap_err().message().to_owned();
+    assert!(e.contains("hostkey") && e.contains("HUSKIES_GIT_KNOWN_HOSTS"), "{e}");
+    // Once the host's key is listed, as ssh-keyscan writes it, the push goes through.
+    let host_pub = std::fs::read_to_string(dir.0.join("host_key.pub")).unwrap();
+    let mut parts = host_pub.split_whitespace();
+    let (kind, b64) = (parts.next().unwrap(), parts.next().unwrap());
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {b64}\n")).unwrap();
+    let oid = commit_and_push(&work, "s1", &creds).unwrap();
+    assert_eq!(remote_tip(&repos, "s1"), Some(oid));
+    // The next stage fetches it over ssh.
+    let other = work_tree(&dir.0, "other", &repos, &url);
+    assert_eq!(git::prepare_worktree(&other, "s1", &creds).unwrap().1, oid);
+
+    // A key the server does not know: refused, and the key tried is named.
+    let stranger = keygen("stranger_key");
+    let creds =
+        GitCredentials { ssh_keys: vec![stranger.clone()], known_hosts: Some(known_hosts), ..Default::default() };
+    let e = commit_and_push(&work, "s2", &creds).unwrap_err().message().to_owned();
+    assert!(e.contains(&format!("ssh key {}", stranger.display())), "{e}");
+    assert_eq!(remote_tip(&repos, "s2"), None);
+}

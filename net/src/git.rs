@@ -19,7 +19,16 @@ pub fn worktree_path(project_root: &Path, story: &str) -> PathBuf {
 /// credential sources were tried.
 fn remote_error(what: &str, remote: &git2::Remote<'_>, e: &git2::Error, tried: &Tried) -> git2::Error {
     let url = remote.url().map_or_else(|_| "?".to_owned(), redact);
-    git2::Error::from_str(&format!("{what} {url} failed: {} (credentials tried: {})", e.message(), tried.describe()))
+    let hint = if e.message().contains("hostkey") {
+        "; add the host to ~/.ssh/known_hosts (ssh-keyscan) or point HUSKIES_GIT_KNOWN_HOSTS at a file that lists it"
+    } else {
+        ""
+    };
+    git2::Error::from_str(&format!(
+        "{what} {url} failed: {}{hint} (credentials tried: {})",
+        e.message(),
+        tried.describe()
+    ))
 }
 
 fn fetch(repo: &Repository, creds: &GitCredentials) -> Result<(), git2::Error> {

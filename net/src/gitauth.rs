@@ -8,6 +8,10 @@
 //!   `HUSKIES_GIT_USERNAME` with `HUSKIES_GIT_PASSWORD`, then git's
 //!   credential helpers from the user's git config.
 //!
+//! ssh host keys are checked by libgit2 against `~/.ssh/known_hosts`; with
+//! `HUSKIES_GIT_KNOWN_HOSTS` set, against that file instead (plain
+//! `host key-type base64` lines; `[host]:port` entries match the host).
+//!
 //! A secret is never put in a URL or a log line: errors name the remote
 //! with any user info cut out and list the sources tried, not their values.
 
@@ -31,6 +35,9 @@ pub struct GitCredentials {
     pub password: Option<String>,
     /// Ask git's credential helpers (from the repository's git config).
     pub git_helpers: bool,
+    /// Check ssh host keys against this known_hosts file instead of
+    /// libgit2's default (`~/.ssh/known_hosts`).
+    pub known_hosts: Option<PathBuf>,
 }
 
 /// Secrets stay out of `{:?}` too.
@@ -43,6 +50,7 @@ impl fmt::Debug for GitCredentials {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("git_helpers", &self.git_helpers)
+            .field("known_hosts", &self.known_hosts)
             .finish()
     }
 }
@@ -65,7 +73,24 @@ impl GitCredentials {
             username: env("HUSKIES_GIT_USERNAME"),
             password: env("HUSKIES_GIT_PASSWORD"),
             git_helpers: true,
+            known_hosts: env("HUSKIES_GIT_KNOWN_HOSTS").map(PathBuf::from),
         }
+    }
+
+    /// Is `key` (the raw ssh key blob) listed for `host` in our known_hosts?
+    fn host_key_known(&self, path: &std::path::Path, host: &str, key: &[u8]) -> bool {
+        use base64::Engine as _;
+        let Ok(text) = std::fs::read_to_string(path) else { return false };
+        text.lines().filter(|l| !l.trim_start().starts_with('#')).any(|line| {
+            let mut fields = line.split_whitespace();
+            let (Some(hosts), Some(_kind), Some(b64)) = (fields.next(), fields.next(), fields.next()) else {
+                return false;
+            };
+            let host_matches = hosts.split(',').any(|h| {
+                h == host || h.strip_prefix('[').and_then(|r| r.split_once("]:")).is_some_and(|(h, _)| h == host)
+            });
+            host_matches && base64::engine::general_purpose::STANDARD.decode(b64).is_ok_and(|k| k == key)
+        })
     }
 
     /// Every source that fits the request, in order, as (label, credential).
@@ -147,6 +172,19 @@ pub fn callbacks<'a>(creds: &'a GitCredentials, config: Option<Config>, tried: T
         }
         Err(git2::Error::from_str("no more credentials to try"))
     });
+    if let Some(path) = &creds.known_hosts {
+        cb.certificate_check(move |cert, host| {
+            let Some(key) = cert.as_hostkey().and_then(|h| h.hostkey()) else {
+                // Not ssh: TLS certificates get libgit2's own checks.
+                return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+            };
+            if creds.host_key_known(path, host, key) {
+                Ok(git2::CertificateCheckStatus::CertificateOk)
+            } else {
+                Err(git2::Error::from_str(&format!("ssh host key of {host} is not in {}", path.display())))
+            }
+        });
+    }
     cb
 }
 
