@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use huskies_net::status::{AddStory, ApiError, JoinRequest, Joined, MoveStory, NodeStatus, Status};
+use huskies_net::status::{
+    AddStory, ApiError, EditStory, JoinRequest, Joined, LogSlice, MoveStory, NodeStatus, Status, StoryDetail,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
@@ -78,10 +80,30 @@ impl Client {
         self.get("/api/status")
     }
 
-    pub fn add_story(&self, title: &str, id: Option<&str>, stage: &str) -> Result<String, String> {
-        let body = AddStory { title: title.to_owned(), id: id.map(str::to_owned), stage: Some(stage.to_owned()) };
-        let v: serde_json::Value = self.post("/api/stories", &body, None)?;
+    pub fn add_story(&self, story: &AddStory) -> Result<String, String> {
+        let v: serde_json::Value = self.post("/api/stories", story, None)?;
         Ok(v["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub fn story(&self, id: &str) -> Result<StoryDetail, String> {
+        self.get(&format!("/api/stories/{id}"))
+    }
+
+    pub fn edit_story(&self, id: &str, edit: &EditStory) -> Result<serde_json::Value, String> {
+        self.post(&format!("/api/stories/{id}/edit"), edit, None)
+    }
+
+    pub fn remove_story(&self, id: &str) -> Result<serde_json::Value, String> {
+        self.post(&format!("/api/stories/{id}/remove"), &serde_json::json!({}), None)
+    }
+
+    pub fn retry_story(&self, id: &str) -> Result<serde_json::Value, String> {
+        self.post(&format!("/api/stories/{id}/retry"), &serde_json::json!({}), None)
+    }
+
+    pub fn log(&self, id: &str, stage: Option<&str>, offset: u64) -> Result<LogSlice, String> {
+        let stage = stage.map(|s| format!("&stage={s}")).unwrap_or_default();
+        self.get(&format!("/api/logs/{id}?offset={offset}{stage}"))
     }
 
     pub fn move_story(&self, id: &str, stage: &str) -> Result<serde_json::Value, String> {

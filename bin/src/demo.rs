@@ -228,7 +228,14 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
 
     for k in 0..a.stories {
         let title = format!("Demo story {k}: make the widget {}", ["faster", "safer", "smaller", "clearer"][k % 4]);
-        server.add_story(&title, Some(&format!("story-{k:02}")), "current")?;
+        let story = huskies_net::status::AddStory {
+            title: title.clone(),
+            id: Some(format!("story-{k:02}")),
+            stage: Some("current".into()),
+            body: String::new(),
+            priority: 0,
+        };
+        server.add_story(&story)?;
     }
     println!("added {} stories; agents at work (runs fail {}% of the time on purpose)", a.stories, a.fail_rate * 100.0);
 

@@ -4,6 +4,7 @@ mod client;
 mod demo;
 mod run;
 mod standin;
+mod stories;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,7 +80,19 @@ enum Cmd {
         #[command(flatten)]
         tls: run::TlsArgs,
     },
-    /// Add, list or move stories.
+    /// A run's log, fetched from the node that ran it.
+    Logs {
+        #[command(flatten)]
+        target: run::Target,
+        id: String,
+        /// The run of this stage (default: the newest run).
+        #[arg(long)]
+        stage: Option<String>,
+        /// Keep printing as the log grows.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Add, edit, show, list, move, remove or retry stories.
     Story {
         #[command(flatten)]
         target: run::Target,
@@ -114,17 +127,51 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum StoryCmd {
+    /// Add a story (prints its id).
     Add {
         title: String,
         #[arg(long)]
         id: Option<String>,
         #[arg(long, default_value = "backlog")]
         stage: String,
+        #[command(flatten)]
+        body: stories::BodyArgs,
+        /// Higher is claimed first; then oldest first.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
     },
-    List,
+    /// Change a story's title, body or priority.
+    Edit {
+        id: String,
+        #[arg(long)]
+        title: Option<String>,
+        #[command(flatten)]
+        body: stories::BodyArgs,
+        #[arg(long, allow_negative_numbers = true)]
+        priority: Option<i64>,
+    },
+    /// A story in full: state, body, and the record of every run.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        /// Include removed stories.
+        #[arg(long)]
+        all: bool,
+    },
     Move {
         id: String,
         stage: String,
+    },
+    /// Remove a story: a run of it is stopped, a tombstone stays.
+    Rm {
+        id: String,
+    },
+    /// Give a failed story new attempts in its stage.
+    Retry {
+        id: String,
     },
 }
 
@@ -187,10 +234,17 @@ fn main() -> ExitCode {
             run::agent(args)
         }
         Cmd::Story { target, action } => match action {
-            StoryCmd::Add { title, id, stage } => run::story_add(&target, &title, id.as_deref(), &stage),
-            StoryCmd::List => run::story_list(&target),
-            StoryCmd::Move { id, stage } => run::story_move(&target, &id, &stage),
+            StoryCmd::Add { title, id, stage, body, priority } => {
+                stories::add(&target, &title, id.as_deref(), &stage, &body, priority)
+            }
+            StoryCmd::Edit { id, title, body, priority } => stories::edit(&target, &id, title, &body, priority),
+            StoryCmd::Show { id, json } => stories::show(&target, &id, json),
+            StoryCmd::List { all } => stories::list(&target, all),
+            StoryCmd::Move { id, stage } => stories::move_to(&target, &id, &stage),
+            StoryCmd::Rm { id } => stories::remove(&target, &id),
+            StoryCmd::Retry { id } => stories::retry(&target, &id),
         },
+        Cmd::Logs { target, id, stage, follow } => stories::logs(&target, &id, stage.as_deref(), follow),
         Cmd::Status { target, json } => run::status(&target, json),
         Cmd::Token { action: TokenCmd::Create { data_dir, ttl } } => run::token_create(data_dir, ttl),
         Cmd::Node { target, action } => match action {

@@ -61,6 +61,11 @@ pub struct Target {
 
 impl Target {
     pub fn client(&self) -> Result<Client, String> {
+        Client::new(&self.server, self.key_value()?, self.ca_cert.as_deref())
+    }
+
+    /// The admin key: `--key`, else read from the data dir.
+    pub fn key_value(&self) -> Result<Option<String>, String> {
         let key = match &self.key {
             Some(k) => k.clone(),
             None => {
@@ -72,7 +77,7 @@ impl Target {
                     })?
             }
         };
-        Client::new(&self.server, Some(key), self.ca_cert.as_deref())
+        Ok(Some(key))
     }
 }
 
@@ -203,6 +208,7 @@ fn serve(
             ca,
             revoked,
             max_message_bytes: huskies_engine::Config::default().max_message_bytes,
+            project_root: opts.project_root.clone(),
         };
         tracing::info!(node = %opts.node_id, listen = %opts.listen, advertise = %opts.advertise, "huskies node up");
         let result = match tls {
@@ -351,28 +357,6 @@ pub fn token_create(data_dir: Option<PathBuf>, ttl: u64) -> Result<(), String> {
     auth::server_key(data_dir).map_err(|e| e.to_string())?;
     let token = auth::create_join_token(data_dir, ttl, unix_now()).map_err(|e| e.to_string())?;
     println!("{token}");
-    Ok(())
-}
-
-pub fn story_add(t: &Target, title: &str, id: Option<&str>, stage: &str) -> Result<(), String> {
-    let id = t.client()?.add_story(title, id, stage)?;
-    println!("{id}");
-    Ok(())
-}
-
-pub fn story_move(t: &Target, id: &str, stage: &str) -> Result<(), String> {
-    let v = t.client()?.move_story(id, stage)?;
-    println!("{id}: {} -> {}", v["from"].as_str().unwrap_or("?"), v["to"].as_str().unwrap_or("?"));
-    Ok(())
-}
-
-pub fn story_list(t: &Target) -> Result<(), String> {
-    let s = t.client()?.status()?;
-    for st in s.stories {
-        let holder = st.holder.map(|h| format!(" [{h}]")).unwrap_or_default();
-        let failed = if st.failed { " FAILED" } else { "" };
-        println!("{:<28} {:<9} {}{holder}{failed}", st.id, st.stage, st.title);
-    }
     Ok(())
 }
 

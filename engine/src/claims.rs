@@ -38,7 +38,9 @@ impl Engine {
                 token,
                 stage: state.stage,
                 phase: Phase::Inspecting,
-                deadline: self.now.saturating_add_ms(self.config.run_timeout_ms),
+                deadline: self.now.saturating_add_ms(self.config.run_timeout_for(state.stage)),
+                attempt: state.attempts + 1,
+                report: None,
             };
             self.runs.insert(story.clone(), run);
             self.worktrees.insert(story.clone());
@@ -99,14 +101,13 @@ impl Engine {
             .iter()
             .filter(|(h, _)| **h != self.node && !self.liveness.is_alive(h, now))
             .flat_map(|(_, s)| s.iter().cloned());
-        // A scan looks at a bounded window of free stories (later stages
-        // first, then by id), not all of them: ranking every free story
+        // A scan looks at a bounded window of free stories (in claim order:
+        // later stages, higher priority, older first), not all of them: ranking every free story
         // made a scan of 10,000 free stories cost 4x the claims it made.
         // Every node sees the same window, and rendezvous ranking spreads
         // the window's stories over the nodes.
         let window = (slots as usize).saturating_mul(SCAN_WINDOW_PER_SLOT).max(MIN_SCAN_WINDOW);
-        let free =
-            self.free.iter().filter(|(_, id)| self.claimable(id).is_some()).take(window).map(|(_, id)| id.clone());
+        let free = self.free.iter().filter(|k| self.claimable(&k.id).is_some()).take(window).map(|k| k.id.clone());
         let mut candidates: BTreeSet<StoryId> = free.chain(dead_held).collect();
         candidates.retain(|id| self.claimable(id).is_some());
         // Forget stories that stopped being claimable, so the stagger
@@ -118,13 +119,19 @@ impl Engine {
             let since = *self.free_since.entry(id.clone()).or_insert(now);
             let (rank, affinity) = self.rank(id);
             if now.saturating_sub(since) >= rank.saturating_mul(stagger) {
-                ready.push((Reverse(self.stories[id].state.stage), rank, Reverse(affinity), id.clone()));
+                let v = &self.stories[id];
+                let order = (Reverse(v.state.stage), Reverse(v.priority), v.created_ms);
+                ready.push((order, rank, Reverse(affinity), id.clone()));
             }
         }
-        // Finish work before starting work (later stages first), then the
-        // stories we are most preferred for. Ordering by our own hash, not
-        // by id, keeps nodes that free up together from all picking the
-        // same first story when heartbeats still say everyone is busy.
+        // Among the stories we may claim now (the stagger already held
+        // back those others are preferred for): finish work before
+        // starting work (later stages first), higher priority, older, then
+        // the stories we are most preferred for. Ordering by our own hash,
+        // not by id, keeps nodes that free up together from all picking
+        // the same first story when heartbeats still say everyone is busy
+        // (stories added in one batch share a creation time rarely, but
+        // tests and imports do).
         ready.sort();
         for (_, _, _, id) in ready {
             if slots == 0 {
@@ -147,7 +154,8 @@ impl Engine {
         // made before ours was visible arrives within that window, and the
         // loser then never starts at all.
         let deadline = self.now.saturating_add_ms(self.config.claim_settle_ms);
-        self.runs.insert(id.clone(), Run { token, stage, phase: Phase::Settling, deadline });
+        let attempt = self.stories[id].state.attempts + 1;
+        self.runs.insert(id.clone(), Run { token, stage, phase: Phase::Settling, deadline, attempt, report: None });
         self.emit(Event::Claimed { story: id.clone(), stage, token, reclaimed_from });
     }
 
@@ -161,15 +169,17 @@ impl Engine {
             .map(|(id, _)| id.clone())
             .collect();
         for id in settled {
-            let deadline = now.saturating_add_ms(self.config.run_timeout_ms);
+            let Some(stage) = self.runs.get(&id).map(|r| r.stage) else { continue };
+            let deadline = now.saturating_add_ms(self.config.run_timeout_for(stage));
             let Some(run) = self.runs.get_mut(&id) else { continue };
             run.phase = Phase::Running;
             run.deadline = deadline;
-            let (token, stage) = (run.token, run.stage);
+            let (token, attempt) = (run.token, run.attempt);
             let view = &self.stories[&id];
-            let (title, attempt) = (view.title.clone(), view.state.attempts + 1);
+            let (title, last_failure) = (view.title.clone(), view.state.reason.clone());
+            let body = self.doc.read_body(&id);
             self.worktrees.insert(id.clone());
-            self.pending.push(Output::StartRun { story: id, title, stage, token, attempt });
+            self.pending.push(Output::StartRun { story: id, title, stage, token, attempt, body, last_failure });
         }
     }
 
@@ -188,7 +198,8 @@ impl Engine {
     }
 
     fn enter_push(&mut self, story: &StoryId, token: Token) {
-        let deadline = self.now.saturating_add_ms(self.config.run_timeout_ms);
+        let stage = self.runs.get(story).map_or(crate::Stage::Current, |r| r.stage);
+        let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(stage));
         if let Some(run) = self.runs.get_mut(story) {
             run.phase = Phase::Pushing;
             run.deadline = deadline;
@@ -196,9 +207,18 @@ impl Engine {
         self.pending.push(Output::Push { story: story.clone(), token });
     }
 
-    pub(crate) fn handle_run_finished(&mut self, story: StoryId, token: Token, outcome: RunOutcome) {
+    pub(crate) fn handle_run_finished(
+        &mut self,
+        story: StoryId,
+        token: Token,
+        outcome: RunOutcome,
+        report: crate::runs::RunReport,
+    ) {
         if !self.live_run(&story, token, Phase::Running) {
             return;
+        }
+        if let Some(run) = self.runs.get_mut(&story) {
+            run.report = Some(report);
         }
         match outcome {
             RunOutcome::Succeeded => self.enter_push(&story, token),
@@ -248,8 +268,11 @@ impl Engine {
             attempts: 0,
             failed: false,
             result: Some(RunResult { node: self.node.clone(), token: run.token, stage: from }),
+            reason: None,
+            removed: false,
         };
         self.write_state(story, state);
+        self.record_run(story, &run, crate::runs::RunOutcomeKind::Succeeded, None);
         self.emit(Event::Advanced { story: story.clone(), from, to, token: run.token });
     }
 
@@ -265,9 +288,11 @@ impl Engine {
         // had already stopped (seen in the swarm sim, seed 2).
         state.token = state.token.next();
         state.attempts += 1;
-        state.failed = state.attempts >= self.config.max_attempts;
+        state.failed = state.attempts >= self.config.max_attempts_for(run.stage);
+        state.reason = Some(crate::story::short_reason(&reason));
         let (attempts, gave_up) = (state.attempts, state.failed);
         self.write_state(story, state);
+        self.record_run(story, &run, crate::runs::RunOutcomeKind::Failed, Some(crate::story::short_reason(&reason)));
         self.emit(Event::RunFailed { story: story.clone(), token: run.token, attempts, gave_up, reason });
     }
 

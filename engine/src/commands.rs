@@ -1,10 +1,13 @@
 //! User commands: adding and moving stories.
 
+use crate::doc::StoryView;
 use crate::story::StoryState;
-use crate::{Command, CommandError, CommandId, Engine, Event, Output, Reply, Stage, StoryId};
+use crate::{Command, CommandError, CommandId, Engine, Event, NewStory, Output, Reply, Stage, StoryId};
 
 /// Longest story title, in bytes.
 pub const MAX_TITLE_LEN: usize = 1_000;
+/// Longest story body, in bytes.
+pub const MAX_BODY_LEN: usize = 64 << 10;
 
 impl Engine {
     pub(crate) fn handle_command(&mut self, id: CommandId, command: Command) {
@@ -14,7 +17,10 @@ impl Engine {
 
     fn run_command(&mut self, command: Command) -> Result<Reply, CommandError> {
         match command {
-            Command::AddStory { id, title, stage } => self.add_story(id, title, stage),
+            Command::AddStory(new) => self.add_story(new),
+            Command::EditStory { id, title, body, priority } => self.edit_story(id, title, body, priority),
+            Command::RemoveStory { id } => self.remove_story(id),
+            Command::RetryStory { id } => self.retry_story(id),
             Command::MoveStory { id, stage } => self.move_story(id, stage),
             Command::RevokeNode { node } => self.revoke_node(node),
             Command::EnrollNode { node, cert } => self.enroll_node(node, cert),
@@ -23,7 +29,7 @@ impl Engine {
         }
     }
 
-    fn add_story(&mut self, id: Option<StoryId>, title: String, stage: Stage) -> Result<Reply, CommandError> {
+    fn check_title(title: &str) -> Result<String, CommandError> {
         let title = title.trim().to_owned();
         if title.is_empty() {
             return Err(CommandError::EmptyTitle);
@@ -31,18 +37,95 @@ impl Engine {
         if title.len() > MAX_TITLE_LEN {
             return Err(CommandError::TitleTooLong { len: title.len(), max: MAX_TITLE_LEN });
         }
-        let id = match id {
+        Ok(title)
+    }
+
+    fn check_body(body: &str) -> Result<(), CommandError> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(CommandError::BodyTooLong { len: body.len(), max: MAX_BODY_LEN });
+        }
+        Ok(())
+    }
+
+    fn add_story(&mut self, new: NewStory) -> Result<Reply, CommandError> {
+        let title = Self::check_title(&new.title)?;
+        Self::check_body(&new.body)?;
+        let id = match new.id {
             Some(id) if self.stories.contains_key(&id) => return Err(CommandError::StoryExists(id)),
             Some(id) => id,
             None => self.fresh_story_id(&title),
         };
-        let state = StoryState::new(stage);
-        self.doc.add_story(&id, &title, &state);
+        let state = StoryState::new(new.stage);
+        let view = StoryView { title, priority: new.priority, created_ms: new.created_ms, state, concurrent: 1 };
+        self.doc.add_story(&id, &view, &new.body);
         self.doc.skip_touched();
         self.dirty = true;
-        self.apply_story(&id, Some(crate::doc::StoryView { title, state, concurrent: 1 }));
-        self.emit(Event::StoryAdded { story: id.clone(), stage });
+        self.apply_story(&id, Some(view));
+        self.emit(Event::StoryAdded { story: id.clone(), stage: new.stage });
         Ok(Reply::Added { id })
+    }
+
+    /// A story that exists and was not removed.
+    fn live_story(&self, id: &StoryId) -> Result<&StoryView, CommandError> {
+        match self.stories.get(id) {
+            None => Err(CommandError::UnknownStory(id.clone())),
+            Some(v) if v.state.removed => Err(CommandError::Removed(id.clone())),
+            Some(v) => Ok(v),
+        }
+    }
+
+    fn edit_story(
+        &mut self,
+        id: StoryId,
+        title: Option<String>,
+        body: Option<String>,
+        priority: Option<i64>,
+    ) -> Result<Reply, CommandError> {
+        let view = self.live_story(&id)?.clone();
+        let title = title.map(|t| Self::check_title(&t)).transpose()?;
+        if let Some(b) = &body {
+            Self::check_body(b)?;
+        }
+        self.doc.put_fields(&id, title.as_deref(), body.as_deref(), priority);
+        self.doc.skip_touched();
+        self.dirty = true;
+        let view = StoryView {
+            title: title.unwrap_or(view.title.clone()),
+            priority: priority.unwrap_or(view.priority),
+            ..view
+        };
+        self.apply_story(&id, Some(view));
+        Ok(Reply::Edited { id })
+    }
+
+    /// A tombstone at the next token: the holder's run is fenced and, on
+    /// every node that reads it, stopped.
+    fn remove_story(&mut self, id: StoryId) -> Result<Reply, CommandError> {
+        let view = self.live_story(&id)?;
+        let state = StoryState { token: view.state.token.next(), holder: None, removed: true, ..view.state.clone() };
+        let token = state.token;
+        self.write_state(&id, state);
+        self.cooldown.remove(&id);
+        Ok(Reply::Removed { id, token })
+    }
+
+    fn retry_story(&mut self, id: StoryId) -> Result<Reply, CommandError> {
+        let view = self.live_story(&id)?;
+        if !view.state.failed {
+            return Err(CommandError::NotFailed(id));
+        }
+        let state = StoryState {
+            token: view.state.token.next(),
+            holder: None,
+            attempts: 0,
+            failed: false,
+            reason: None,
+            ..view.state.clone()
+        };
+        let token = state.token;
+        self.write_state(&id, state);
+        self.cooldown.remove(&id);
+        Ok(Reply::Retried { id, token })
     }
 
     /// `slug-of-title-xxxx`, with a random suffix so two nodes adding the
@@ -72,7 +155,7 @@ impl Engine {
     }
 
     fn move_story(&mut self, id: StoryId, to: Stage) -> Result<Reply, CommandError> {
-        let Some(view) = self.stories.get(&id) else { return Err(CommandError::UnknownStory(id)) };
+        let view = self.live_story(&id)?;
         let from = view.state.stage;
         if let Err(why) = from.check_move(to) {
             return Err(CommandError::IllegalMove { story: id, from, to, why });
@@ -85,6 +168,8 @@ impl Engine {
             attempts: 0,
             failed: false,
             result: view.state.result.clone(),
+            reason: None,
+            removed: false,
         };
         let token = state.token;
         self.write_state(&id, state);

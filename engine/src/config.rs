@@ -64,6 +64,15 @@ pub struct Config {
     /// against. `None` gives dev credentials derived from the node id (see
     /// `identity.rs`): for tests and simulations only.
     pub credentials: Option<crate::identity::Credentials>,
+    /// Per-stage overrides of `max_attempts` and `run_timeout_ms`.
+    pub stage_limits: std::collections::BTreeMap<Stage, StageLimits>,
+}
+
+/// Limits of one stage's runs; `None` keeps the node-wide value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageLimits {
+    pub max_attempts: Option<u32>,
+    pub run_timeout_ms: Option<u64>,
 }
 
 /// Stages a default agent works: every active stage.
@@ -97,11 +106,20 @@ impl Default for Config {
             peer_bytes_per_sec: 16 << 20,
             peer_messages_per_sec: 2_000,
             credentials: None,
+            stage_limits: std::collections::BTreeMap::new(),
         }
     }
 }
 
 impl Config {
+    pub fn max_attempts_for(&self, stage: Stage) -> u32 {
+        self.stage_limits.get(&stage).and_then(|l| l.max_attempts).unwrap_or(self.max_attempts)
+    }
+
+    pub fn run_timeout_for(&self, stage: Stage) -> u64 {
+        self.stage_limits.get(&stage).and_then(|l| l.run_timeout_ms).unwrap_or(self.run_timeout_ms)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, v) in [
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
@@ -133,6 +151,14 @@ impl Config {
                 inflated: self.max_inflated_bytes,
                 message: self.max_message_bytes,
             });
+        }
+        for l in self.stage_limits.values() {
+            if l.max_attempts == Some(0) {
+                return Err(ConfigError::Zero { field: "max_attempts" });
+            }
+            if l.run_timeout_ms == Some(0) {
+                return Err(ConfigError::Zero { field: "run_timeout_ms" });
+            }
         }
         if self.max_message_bytes < 64 << 10 {
             return Err(ConfigError::MessageCapTooSmall(self.max_message_bytes));

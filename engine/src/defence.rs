@@ -164,7 +164,12 @@ mod tests {
         let mut e = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
         e.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
         for i in 0..5 {
-            let command = Command::AddStory { id: None, title: format!("story {i}"), stage: Stage::Current };
+            let command = Command::AddStory(crate::NewStory {
+                id: None,
+                title: format!("story {i}"),
+                stage: Stage::Current,
+                ..Default::default()
+            });
             e.handle(Millis(1), Input::Command { id: CommandId(i), command });
         }
         while e.poll_output().is_some() {}
@@ -186,7 +191,12 @@ mod tests {
         assert!(reason.as_deref().is_some_and(|r| r.contains("boom") && r.contains("heads verified")), "{reason:?}");
         assert!(!outs.iter().any(|o| matches!(o, Output::Persist { .. })), "nothing new to persist");
         // The node goes on: a new story persists and reads back.
-        let command = Command::AddStory { id: None, title: "after".into(), stage: Stage::Current };
+        let command = Command::AddStory(crate::NewStory {
+            id: None,
+            title: "after".into(),
+            stage: Stage::Current,
+            ..Default::default()
+        });
         e.handle(Millis(2), Input::Command { id: CommandId(9), command });
         assert_eq!(e.stories().count(), 6);
     }

@@ -15,6 +15,8 @@ use crate::story::StoryState;
 use crate::{NodeId, StoryId};
 
 const GENESIS_ACTOR: &[u8] = b"huskies-genesis";
+/// Prefix of run-record keys in a story's map: `run/<token>/<node>`.
+const RUN_PREFIX: &str = "run/";
 /// Root key of the CA-signed cluster settings (a scalar: no map to race on).
 const SETTINGS_KEY: &str = "settings";
 
@@ -22,6 +24,12 @@ const SETTINGS_KEY: &str = "settings";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoryView {
     pub title: String,
+    /// Higher is claimed first.
+    pub priority: i64,
+    /// When it was added (unix ms, from the adding node's clock); older is
+    /// claimed first among equal priorities. Only an order, never compared
+    /// with this node's time.
+    pub created_ms: u64,
     /// The winning state among concurrent writes.
     pub state: StoryState,
     /// How many concurrent state values the document holds right now (1
@@ -284,7 +292,78 @@ impl Doc {
                 _ => None,
             })
             .max_by(|a, b| a.precedence(id.as_str(), b))?;
-        Some(StoryView { title, state, concurrent })
+        let int = |am: &AutoCommit, key: &str| match am.get(&obj, key) {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                ScalarValue::Int(n) => Some(*n),
+                ScalarValue::Uint(n) => i64::try_from(*n).ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let priority = int(&self.am, "priority").unwrap_or(0);
+        let created_ms = int(&self.am, "created").and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        Some(StoryView { title, priority, created_ms, state, concurrent })
+    }
+
+    /// The story's body (markdown), empty when it has none.
+    pub fn read_body(&mut self, id: &StoryId) -> String {
+        let Some(obj) = self.story_obj(id) else { return String::new() };
+        match self.am.get(&obj, "body") {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                ScalarValue::Str(t) => t.to_string(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        }
+    }
+
+    /// Sets some of a story's user fields in one change.
+    pub fn put_fields(&mut self, id: &StoryId, title: Option<&str>, body: Option<&str>, priority: Option<i64>) {
+        let obj = match self.story_objs.get(id) {
+            Some(obj) => obj.clone(),
+            None => self.story_obj(id).expect("put_fields on a story the index holds"),
+        };
+        if let Some(t) = title {
+            self.am.put(&obj, "title", t).expect("put title");
+        }
+        if let Some(b) = body {
+            self.am.put(&obj, "body", b).expect("put body");
+        }
+        if let Some(p) = priority {
+            self.am.put(&obj, "priority", p).expect("put priority");
+        }
+        self.commit();
+    }
+
+    /// The run records of a story, oldest first (malformed ones skipped).
+    pub fn read_runs(&mut self, id: &StoryId) -> Vec<crate::runs::RunRecord> {
+        let Some(obj) = self.story_obj(id) else { return Vec::new() };
+        let keys: Vec<String> = self.am.keys(&obj).filter(|k| k.starts_with(RUN_PREFIX)).collect();
+        keys.iter()
+            .filter_map(|k| match self.am.get(&obj, k.as_str()) {
+                Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                    ScalarValue::Str(t) => crate::runs::RunRecord::decode(t),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Adds a run record, and deletes the oldest beyond `keep`, in one
+    /// change. Keys sort by token, so "oldest" is the same on every replica.
+    pub fn put_run(&mut self, id: &StoryId, record: &crate::runs::RunRecord, keep: usize) {
+        let obj = match self.story_objs.get(id) {
+            Some(obj) => obj.clone(),
+            None => self.story_obj(id).expect("put_run on a story the index holds"),
+        };
+        let key = format!("{RUN_PREFIX}{:020}/{}", record.token.0, record.node.as_str());
+        self.am.put(&obj, key.as_str(), record.encode()).expect("put run");
+        let keys: Vec<String> = self.am.keys(&obj).filter(|k| k.starts_with(RUN_PREFIX)).collect();
+        for old in keys.iter().take(keys.len().saturating_sub(keep)) {
+            self.am.delete(&obj, old.as_str()).expect("delete run");
+        }
+        self.commit();
     }
 
     pub fn read_node(&mut self, id: &NodeId) -> Option<NodeRecord> {
@@ -311,11 +390,18 @@ impl Doc {
     }
 
     /// Creates `stories/<id>` in one change. Caller checked it is new.
-    pub fn add_story(&mut self, id: &StoryId, title: &str, state: &StoryState) {
+    pub fn add_story(&mut self, id: &StoryId, view: &StoryView, body: &str) {
         // Writes to our own in-memory document with valid object ids cannot fail.
         let obj = self.am.put_object(&self.stories_obj, id.as_str(), ObjType::Map).expect("put story");
-        self.am.put(&obj, "title", title).expect("put title");
-        self.am.put(&obj, "state", state.encode()).expect("put state");
+        self.am.put(&obj, "title", view.title.as_str()).expect("put title");
+        self.am.put(&obj, "state", view.state.encode()).expect("put state");
+        if !body.is_empty() {
+            self.am.put(&obj, "body", body).expect("put body");
+        }
+        if view.priority != 0 {
+            self.am.put(&obj, "priority", view.priority).expect("put priority");
+        }
+        self.am.put(&obj, "created", view.created_ms).expect("put created");
         self.story_objs.insert(id.clone(), obj);
         self.commit();
     }
@@ -361,7 +447,14 @@ mod tests {
     fn concurrent_losing_write_is_touched() {
         let id = StoryId::new("s").unwrap();
         let mut a = doc("a");
-        a.add_story(&id, "t", &StoryState::new(Stage::Current));
+        let view = StoryView {
+            title: "t".into(),
+            priority: 0,
+            created_ms: 0,
+            state: StoryState::new(Stage::Current),
+            concurrent: 1,
+        };
+        a.add_story(&id, &view, "");
         let mut b = doc("b");
         b.am.merge(&mut a.am).unwrap();
         b.read_all();

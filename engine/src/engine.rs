@@ -31,6 +31,31 @@ pub(crate) struct Run {
     pub phase: Phase,
     /// When the phase is given up as hung.
     pub deadline: Millis,
+    /// Which attempt in this stage (1 = first).
+    pub attempt: u32,
+    /// What the driver reported when the run ended, for its record.
+    pub report: Option<crate::runs::RunReport>,
+}
+
+/// The order free stories are claimed in: later stages first (finish work
+/// before starting work), then higher priority, then older, then by id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct FreeKey {
+    pub stage: Reverse<Stage>,
+    pub priority: Reverse<i64>,
+    pub created_ms: u64,
+    pub id: StoryId,
+}
+
+impl FreeKey {
+    pub fn of(id: &StoryId, v: &StoryView) -> FreeKey {
+        FreeKey {
+            stage: Reverse(v.state.stage),
+            priority: Reverse(v.priority),
+            created_ms: v.created_ms,
+            id: id.clone(),
+        }
+    }
 }
 
 /// The sans-IO state machine of one node. See the crate docs for the
@@ -60,7 +85,7 @@ pub struct Engine {
     pub(crate) by_holder: BTreeMap<NodeId, BTreeSet<StoryId>>,
     /// Stories in an active stage, not failed, held by nobody; later
     /// stages first, then by id.
-    pub(crate) free: BTreeSet<(Reverse<Stage>, StoryId)>,
+    pub(crate) free: BTreeSet<FreeKey>,
     /// Stories whose state key holds concurrent values. Automerge's patches
     /// report a conflict appearing, but not a further concurrent value
     /// joining an existing conflict, so these are re-read on every merge.
@@ -183,7 +208,9 @@ impl Engine {
             Input::PeerConnected { conn } => self.handle_peer_connected(conn),
             Input::PeerMessage { conn, bytes } => self.handle_peer_message(conn, &bytes),
             Input::PeerClosed { conn } => self.handle_peer_closed(conn),
-            Input::RunFinished { story, token, outcome } => self.handle_run_finished(story, token, outcome),
+            Input::RunFinished { story, token, outcome, report } => {
+                self.handle_run_finished(story, token, outcome, report)
+            }
             Input::PushFinished { story, token, outcome } => self.handle_push_finished(story, token, outcome),
             Input::WorktreeInspected { story, token, committed } => {
                 self.handle_worktree_inspected(story, token, committed)
@@ -362,8 +389,11 @@ impl Engine {
         self.doc.put_state(id, &state);
         self.doc.skip_touched();
         self.dirty = true;
-        let title = self.stories.get(id).map(|v| v.title.clone()).unwrap_or_default();
-        self.apply_story(id, Some(StoryView { title, state, concurrent: 1 }));
+        let view = match self.stories.get(id) {
+            Some(v) => StoryView { state, concurrent: 1, ..v.clone() },
+            None => StoryView { title: String::new(), priority: 0, created_ms: 0, state, concurrent: 1 },
+        };
+        self.apply_story(id, Some(view));
     }
 
     /// Brings the index up to date with `view` and reacts to what changed:
@@ -382,7 +412,7 @@ impl Engine {
             }
         }
         if let Some(old) = &old {
-            self.free.remove(&(Reverse(old.state.stage), id.clone()));
+            self.free.remove(&FreeKey::of(id, old));
         }
         let Some(view) = view else {
             self.conflicted.remove(id);
@@ -399,7 +429,7 @@ impl Engine {
                 self.by_holder.entry(h.clone()).or_default().insert(id.clone());
             }
             None if state.is_claimable_stage() => {
-                self.free.insert((Reverse(state.stage), id.clone()));
+                self.free.insert(FreeKey::of(id, &view));
             }
             None => {}
         }

@@ -29,6 +29,12 @@ pub enum CommandError {
     EmptyTitle,
     #[error("story title is {len} bytes long, the limit is {max}")]
     TitleTooLong { len: usize, max: usize },
+    #[error("story body is {len} bytes long, the limit is {max}")]
+    BodyTooLong { len: usize, max: usize },
+    #[error("story {0} was removed")]
+    Removed(StoryId),
+    #[error("story {0} has not failed; nothing to retry")]
+    NotFailed(StoryId),
     #[error("story {0} already exists")]
     StoryExists(StoryId),
     #[error("no story {0}")]

@@ -17,7 +17,7 @@ pub enum Input {
     /// The connection is gone, or a `Dial` failed.
     PeerClosed { conn: ConnId },
     /// The agent command for a started run exited (or was stopped).
-    RunFinished { story: StoryId, token: Token, outcome: RunOutcome },
+    RunFinished { story: StoryId, token: Token, outcome: RunOutcome, report: crate::runs::RunReport },
     /// The push asked for by `Output::Push` completed.
     PushFinished { story: StoryId, token: Token, outcome: Result<(), String> },
     /// Answer to `Output::InspectWorktree`: does the story's worktree hold
@@ -38,7 +38,15 @@ pub enum RunOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Adds a story; the id is derived from the title when not given.
-    AddStory { id: Option<StoryId>, title: String, stage: Stage },
+    AddStory(NewStory),
+    /// Changes a story's title, body or priority (what is `Some`).
+    EditStory { id: StoryId, title: Option<String>, body: Option<String>, priority: Option<i64> },
+    /// Removes a story: any run of it is fenced off and stopped, and a
+    /// tombstone stays (listed as removed, never claimed).
+    RemoveStory { id: StoryId },
+    /// Clears a story's failed mark and attempts with a new token, so it is
+    /// claimed again in its stage.
+    RetryStory { id: StoryId },
     /// Moves a story; bumps its token so that any run of it is fenced off,
     /// and clears its attempts and failed mark.
     MoveStory { id: StoryId, stage: Stage },
@@ -55,10 +63,36 @@ pub enum Command {
     SetStages { stages: Vec<Stage> },
 }
 
+/// A story to add.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewStory {
+    /// Derived from the title when `None`.
+    pub id: Option<StoryId>,
+    pub title: String,
+    pub stage: Stage,
+    /// Markdown, at most [`crate::MAX_BODY_LEN`] bytes.
+    pub body: String,
+    /// Higher is claimed first.
+    pub priority: i64,
+    /// Unix ms at the adding node (an order for "oldest first").
+    pub created_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Added {
         id: StoryId,
+    },
+    Edited {
+        id: StoryId,
+    },
+    Removed {
+        id: StoryId,
+        token: Token,
+    },
+    Retried {
+        id: StoryId,
+        token: Token,
     },
     Moved {
         id: StoryId,
@@ -119,6 +153,10 @@ pub enum Output {
         stage: Stage,
         token: Token,
         attempt: u32,
+        /// The story's body (markdown).
+        body: String,
+        /// Why the previous attempt in this stage failed.
+        last_failure: Option<String>,
     },
     /// Stop a run: another node won the claim, a user moved the story, or it
     /// hung past `run_timeout_ms`. No `RunFinished` is needed afterwards.

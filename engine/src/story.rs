@@ -17,9 +17,10 @@ use crate::hash::stable_hash;
 use crate::{CommandError, NodeId, Token};
 
 /// Pipeline stages, in order.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
+    #[default]
     Backlog,
     Current,
     Qa,
@@ -113,6 +114,25 @@ pub struct StoryState {
     pub failed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<RunResult>,
+    /// Why the last attempt in this stage failed (cleared by an advance,
+    /// a move or a retry), at most [`MAX_REASON_LEN`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Removed by a user: a tombstone, never claimed again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
+}
+
+/// Longest failure reason kept in a story's state.
+pub const MAX_REASON_LEN: usize = 500;
+
+/// `reason` cut to [`MAX_REASON_LEN`] bytes at a character boundary.
+pub fn short_reason(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -121,7 +141,16 @@ fn is_zero(n: &u32) -> bool {
 
 impl StoryState {
     pub fn new(stage: Stage) -> StoryState {
-        StoryState { stage, token: Token(0), holder: None, attempts: 0, failed: false, result: None }
+        StoryState {
+            stage,
+            token: Token(0),
+            holder: None,
+            attempts: 0,
+            failed: false,
+            result: None,
+            reason: None,
+            removed: false,
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -137,7 +166,7 @@ impl StoryState {
 
     /// Is the story waiting for an agent (ignoring liveness of the holder)?
     pub fn is_claimable_stage(&self) -> bool {
-        self.stage.is_active() && !self.failed
+        self.stage.is_active() && !self.failed && !self.removed
     }
 
     /// Total order used to pick the winner among concurrent writes. The

@@ -99,23 +99,53 @@ fn commands_give_clear_errors_and_persist_before_reply() {
             .unwrap()
     };
     let id = StoryId::new("fix-login").unwrap();
-    let outs =
-        cmd(&mut e, Command::AddStory { id: Some(id.clone()), title: "Fix login".into(), stage: Stage::Backlog });
+    let outs = cmd(
+        &mut e,
+        Command::AddStory(huskies_engine::NewStory {
+            id: Some(id.clone()),
+            title: "Fix login".into(),
+            stage: Stage::Backlog,
+            ..Default::default()
+        }),
+    );
     let persist = outs.iter().position(|o| matches!(o, Output::Persist { kind: PersistKind::Append, .. }));
     let rep = outs.iter().position(|o| matches!(o, Output::Reply { .. }));
     assert!(persist.unwrap() < rep.unwrap(), "persist before acknowledging");
     assert_eq!(reply(&outs), Ok(Reply::Added { id: id.clone() }));
 
-    let outs = cmd(&mut e, Command::AddStory { id: Some(id.clone()), title: "again".into(), stage: Stage::Backlog });
+    let outs = cmd(
+        &mut e,
+        Command::AddStory(huskies_engine::NewStory {
+            id: Some(id.clone()),
+            title: "again".into(),
+            stage: Stage::Backlog,
+            ..Default::default()
+        }),
+    );
     assert_eq!(reply(&outs), Err(CommandError::StoryExists(id.clone())));
-    let outs = cmd(&mut e, Command::AddStory { id: None, title: "  ".into(), stage: Stage::Backlog });
+    let outs = cmd(
+        &mut e,
+        Command::AddStory(huskies_engine::NewStory {
+            id: None,
+            title: "  ".into(),
+            stage: Stage::Backlog,
+            ..Default::default()
+        }),
+    );
     assert_eq!(reply(&outs), Err(CommandError::EmptyTitle));
     let outs = cmd(&mut e, Command::MoveStory { id: StoryId::new("nope").unwrap(), stage: Stage::Qa });
     assert!(reply(&outs).unwrap_err().to_string().contains("no story nope"));
     let outs = cmd(&mut e, Command::MoveStory { id: id.clone(), stage: Stage::Backlog });
     assert!(matches!(reply(&outs), Err(CommandError::IllegalMove { .. })));
-    let outs =
-        cmd(&mut e, Command::AddStory { id: None, title: "Add OAuth: Google & GitHub!".into(), stage: Stage::Qa });
+    let outs = cmd(
+        &mut e,
+        Command::AddStory(huskies_engine::NewStory {
+            id: None,
+            title: "Add OAuth: Google & GitHub!".into(),
+            stage: Stage::Qa,
+            ..Default::default()
+        }),
+    );
     match reply(&outs) {
         Ok(Reply::Added { id }) => assert!(id.as_str().starts_with("add-oauth-google-github-"), "{id}"),
         other => panic!("{other:?}"),
@@ -156,7 +186,12 @@ fn restart_from_persisted_bytes_keeps_acknowledged_stories() {
             Millis(1),
             Input::Command {
                 id: CommandId(k),
-                command: Command::AddStory { id: Some(id), title: "t".into(), stage: Stage::Backlog },
+                command: Command::AddStory(huskies_engine::NewStory {
+                    id: Some(id),
+                    title: "t".into(),
+                    stage: Stage::Backlog,
+                    ..Default::default()
+                }),
             },
         );
         for o in drain(&mut e) {

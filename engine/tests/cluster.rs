@@ -92,8 +92,16 @@ fn offline_node_reconnects_and_merges() {
     c.run_for(500);
     let add = |c: &mut Cluster, at: usize, id: &str| {
         let id = StoryId::new(id).unwrap();
-        c.command(at, Command::AddStory { id: Some(id.clone()), title: id.to_string(), stage: Stage::Current })
-            .unwrap();
+        c.command(
+            at,
+            Command::AddStory(huskies_engine::NewStory {
+                id: Some(id.clone()),
+                title: id.to_string(),
+                stage: Stage::Current,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
         id
     };
     let offline = add(&mut c, 3, "offline-work");
@@ -251,4 +259,109 @@ fn cluster_settings_reach_every_node_and_take_effect() {
     assert_eq!(reclaims(&c), 0, "not reclaimed within the old 2 s timeout");
     c.run_for(5_000);
     assert!(reclaims(&c) >= 1, "reclaimed after the new 6 s timeout");
+}
+
+fn add(c: &mut Cluster, id: &str, priority: i64, created_ms: u64) -> StoryId {
+    let id = StoryId::new(id).unwrap();
+    let new = huskies_engine::NewStory {
+        id: Some(id.clone()),
+        title: format!("story {id}"),
+        stage: Stage::Current,
+        body: format!("body of {id}"),
+        priority,
+        created_ms,
+    };
+    c.command(0, Command::AddStory(new)).expect("add");
+    id
+}
+
+/// Free stories are claimed by priority, then age; every run leaves a
+/// record (node, token, stage, attempt, outcome) in the story's history,
+/// replicated to every node; the body reaches the run.
+#[test]
+fn claims_follow_priority_then_age_and_runs_are_recorded() {
+    let config = huskies_engine::Config { capacity: 1, ..fast_config() };
+    let mut c = Cluster::new(1, 3, config);
+    c.run_for(1_000);
+    let low = add(&mut c, "low", 0, 300);
+    let old = add(&mut c, "old", 0, 100);
+    let high = add(&mut c, "high", 5, 200);
+    c.run_until_settled(60_000).expect("settles");
+    let order: Vec<StoryId> = c
+        .events
+        .iter()
+        .filter_map(|(_, _, e)| match e {
+            Event::Claimed { story, stage: Stage::Current, .. } => Some(story.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec![high.clone(), old, low], "priority first, then oldest");
+    for i in 0..=1 {
+        let runs = c.engine(i).story_runs(&high);
+        let stages: Vec<Stage> = runs.iter().map(|r| r.stage).collect();
+        assert_eq!(stages, vec![Stage::Current, Stage::Qa, Stage::Merge], "node {i}");
+        assert!(runs.iter().all(|r| r.outcome == huskies_engine::RunOutcomeKind::Succeeded && r.attempt == 1));
+        assert!(runs.iter().all(|r| r.node.as_str() == "agent-1"));
+        assert_eq!(c.engine(i).story_body(&high), "body of high");
+    }
+}
+
+/// Edit changes title, body and priority everywhere; a failed story keeps
+/// its reason and is claimed again after a retry; rm stops a held story's
+/// run and leaves a tombstone nobody claims.
+#[test]
+fn edit_retry_and_remove() {
+    use huskies_engine::{CommandError, Reply};
+    let config = huskies_engine::Config { capacity: 1, max_attempts: 2, stages: vec![Stage::Current], ..fast_config() };
+    let mut c = Cluster::new(1, 4, config);
+    c.run_for(1_000);
+    c.agent.fail_one_in = 1;
+    let s = add(&mut c, "flaky", 0, 1);
+    let edit = Command::EditStory {
+        id: s.clone(),
+        title: Some("Flaky, renamed".into()),
+        body: Some("new body".into()),
+        priority: Some(3),
+    };
+    assert_eq!(c.command(0, edit), Ok(Reply::Edited { id: s.clone() }));
+    c.run_for(10_000);
+    let view = c.engine(1).stories().find(|(id, _)| **id == s).map(|(_, v)| v.clone()).unwrap();
+    assert_eq!((view.title.as_str(), view.priority), ("Flaky, renamed", 3));
+    assert_eq!(c.engine(1).story_body(&s), "new body");
+    assert!(view.state.failed, "gave up after 2 attempts");
+    assert_eq!(view.state.reason.as_deref(), Some("simulated failure"));
+    let runs = c.engine(0).story_runs(&s);
+    assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(runs.iter().all(|r| r.reason.as_deref() == Some("simulated failure")));
+
+    // Retry: new attempts, and this time the agent succeeds.
+    c.agent.fail_one_in = 0;
+    assert!(matches!(c.command(0, Command::RetryStory { id: s.clone() }), Ok(Reply::Retried { .. })));
+    assert!(matches!(c.command(0, Command::RetryStory { id: s.clone() }), Err(CommandError::NotFailed(_))));
+    c.run_for(10_000);
+    let state = c.engine(0).stories().find(|(id, _)| **id == s).map(|(_, v)| v.state.clone()).unwrap();
+    assert_eq!((state.stage, state.failed, state.reason), (Stage::Qa, false, None));
+
+    // Remove a story while it runs: the run stops, nobody claims it again.
+    c.agent.run_ms = 5_000;
+    let r = add(&mut c, "doomed", 0, 2);
+    let mut held = false;
+    for _ in 0..50 {
+        c.run_for(100);
+        if c.nodes[1].runs.contains_key(&r) {
+            held = true;
+            break;
+        }
+    }
+    assert!(held, "the agent started it");
+    assert!(matches!(c.command(0, Command::RemoveStory { id: r.clone() }), Ok(Reply::Removed { .. })));
+    c.run_for(1_000);
+    assert!(!c.nodes[1].runs.contains_key(&r), "the run was stopped");
+    c.run_for(10_000);
+    let state = c.engine(1).stories().find(|(id, _)| **id == r).map(|(_, v)| v.state.clone()).unwrap();
+    assert!(state.removed && state.holder.is_none() && state.stage == Stage::Current);
+    assert!(matches!(
+        c.command(0, Command::MoveStory { id: r.clone(), stage: Stage::Qa }),
+        Err(CommandError::Removed(_))
+    ));
 }

@@ -46,7 +46,7 @@ proptest! {
             match op {
                 Op::Add { node, story } => {
                     let id = StoryId::new(format!("p{story}")).unwrap();
-                    let _ = c.command(node, Command::AddStory { id: Some(id), title: "t".into(), stage: Stage::Current });
+                    let _ = c.command(node, Command::AddStory(huskies_engine::NewStory { id: Some(id), title: "t".into(), stage: Stage::Current, ..Default::default() }));
                 }
                 Op::Move { node, story, stage } => {
                     let id = StoryId::new(format!("p{story}")).unwrap();

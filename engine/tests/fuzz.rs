@@ -123,7 +123,12 @@ fn corpus() -> Corpora {
     let (mut a, mut b) = (engine("alpha", 1), engine("beta", 2));
     for i in 0..12 {
         let id = StoryId::new(format!("s{i}")).unwrap();
-        let command = Command::AddStory { id: Some(id), title: format!("story {i}"), stage: Stage::Current };
+        let command = Command::AddStory(huskies_engine::NewStory {
+            id: Some(id),
+            title: format!("story {i}"),
+            stage: Stage::Current,
+            ..Default::default()
+        });
         a.handle(Millis(1), Input::Command { id: CommandId(i), command });
         drain(&mut a);
     }

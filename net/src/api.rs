@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{self, Redeem};
 use crate::node::{NodeHandle, NodeMsg, Revoked};
-use crate::status::{AddStory, ApiError, JoinRequest, Joined, MoveStory};
+use crate::status::{AddStory, ApiError, EditStory, JoinRequest, Joined, LogSlice, MoveStory};
 use crate::ws;
 
 /// What the server needs to admit new nodes.
@@ -44,6 +44,8 @@ pub struct AppState {
     pub ca: [u8; 32],
     pub revoked: Revoked,
     pub max_message_bytes: usize,
+    /// Where this node's run logs are (`.huskies/logs`).
+    pub project_root: PathBuf,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -52,7 +54,12 @@ pub fn router(state: AppState) -> Router {
         .route("/crdt-sync", get(crdt_sync))
         .route("/api/status", get(status))
         .route("/api/stories", post(add_story))
+        .route("/api/stories/{id}", get(show_story))
         .route("/api/stories/{id}/move", post(move_story))
+        .route("/api/stories/{id}/edit", post(edit_story))
+        .route("/api/stories/{id}/remove", post(remove_story))
+        .route("/api/stories/{id}/retry", post(retry_story))
+        .route("/api/logs/{id}", get(logs))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{id}/revoke", post(revoke_node))
         .route("/api/join", post(join))
@@ -133,6 +140,13 @@ async fn run(state: &AppState, command: Command) -> Response {
         .into_response(),
         Some(Ok(Reply::Revoked { node })) => Json(serde_json::json!({ "revoked": node.as_str() })).into_response(),
         Some(Ok(Reply::Enrolled { node })) => Json(serde_json::json!({ "enrolled": node.as_str() })).into_response(),
+        Some(Ok(Reply::Edited { id })) => Json(serde_json::json!({ "edited": id.as_str() })).into_response(),
+        Some(Ok(Reply::Removed { id, token })) => {
+            Json(serde_json::json!({ "removed": id.as_str(), "token": token.0 })).into_response()
+        }
+        Some(Ok(Reply::Retried { id, token })) => {
+            Json(serde_json::json!({ "retried": id.as_str(), "token": token.0 })).into_response()
+        }
         Some(Ok(Reply::Settings { revision })) => {
             Json(serde_json::json!({ "settings_revision": revision })).into_response()
         }
@@ -142,7 +156,9 @@ async fn run(state: &AppState, command: Command) -> Response {
         Some(Err(e @ (CommandError::UnknownStory(_) | CommandError::UnknownNode(_)))) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
-        Some(Err(e @ CommandError::StoryExists(_))) => error(StatusCode::CONFLICT, e.to_string()),
+        Some(Err(e @ (CommandError::StoryExists(_) | CommandError::Removed(_) | CommandError::NotFailed(_)))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         Some(Err(e @ CommandError::NotAuthority)) => error(StatusCode::FORBIDDEN, e.to_string()),
         Some(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
@@ -161,7 +177,12 @@ async fn add_story(State(state): State<AppState>, headers: HeaderMap, Json(body)
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    run(&state, Command::AddStory { id, title: body.title, stage }).await
+    #[allow(clippy::disallowed_methods)] // creation time orders stories; wall clock of the adding node
+    let created_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let new =
+        huskies_engine::NewStory { id, title: body.title, stage, body: body.body, priority: body.priority, created_ms };
+    run(&state, Command::AddStory(new)).await
 }
 
 async fn move_story(
@@ -180,6 +201,112 @@ async fn move_story(
     match body.stage.parse::<Stage>() {
         Ok(stage) => run(&state, Command::MoveStory { id, stage }).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+fn story_id(id: String) -> Result<StoryId, Box<Response>> {
+    StoryId::new(id).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))
+}
+
+async fn show_story(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    let id = match story_id(id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match state.node.story(id.clone()).await {
+        Some(Some(detail)) => Json(detail).into_response(),
+        Some(None) => error(StatusCode::NOT_FOUND, format!("no story {id}")),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
+    }
+}
+
+async fn edit_story(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<EditStory>,
+) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    match story_id(id) {
+        Ok(id) => {
+            run(&state, Command::EditStory { id, title: body.title, body: body.body, priority: body.priority }).await
+        }
+        Err(r) => *r,
+    }
+}
+
+async fn remove_story(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    match story_id(id) {
+        Ok(id) => run(&state, Command::RemoveStory { id }).await,
+        Err(r) => *r,
+    }
+}
+
+async fn retry_story(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    match story_id(id) {
+        Ok(id) => run(&state, Command::RetryStory { id }).await,
+        Err(r) => *r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    stage: Option<String>,
+    #[serde(default)]
+    offset: u64,
+}
+
+/// Largest slice of a log one request returns.
+const LOG_SLICE_BYTES: u64 = 1 << 20;
+
+/// The newest log this node kept of a story's runs.
+async fn logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<LogQuery>,
+) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    let id = match story_id(id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    if let Some(stage) = &q.stage
+        && stage.parse::<Stage>().is_err()
+    {
+        return error(StatusCode::BAD_REQUEST, format!("unknown stage {stage:?}"));
+    }
+    let root = state.project_root.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let path = crate::runlog::newest_log(&root, id.as_str(), q.stage.as_deref())?;
+        let read = crate::runlog::read_log(&path, q.offset, LOG_SLICE_BYTES);
+        Some((path, read))
+    })
+    .await;
+    match found {
+        Ok(Some((path, Ok((bytes, total))))) => Json(LogSlice {
+            file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            offset: q.offset.min(total),
+            total,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+        .into_response(),
+        Ok(Some((_, Err(e)))) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the log: {e}")),
+        Ok(None) => error(StatusCode::NOT_FOUND, "this node has no log of that story"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

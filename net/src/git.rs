@@ -123,6 +123,13 @@ pub fn push(project_root: &Path, story: &str, creds: &GitCredentials) -> Result<
     }
 }
 
+/// The tip of the story's local branch.
+pub fn branch_head(project_root: &Path, story: &str) -> Option<Oid> {
+    let repo = Repository::open(project_root).ok()?;
+    let branch = repo.find_branch(&branch_name(story), BranchType::Local).ok()?;
+    branch.get().target()
+}
+
 /// Does the story's worktree hold commits the remote does not have?
 pub fn has_unpushed_work(project_root: &Path, story: &str, creds: &GitCredentials) -> bool {
     let Ok(repo) = Repository::open(project_root) else { return false };

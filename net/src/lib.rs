@@ -12,6 +12,7 @@ pub mod git;
 pub mod gitauth;
 pub mod node;
 pub mod project;
+pub mod runlog;
 pub mod runner;
 pub mod status;
 pub mod storage;

@@ -44,6 +44,8 @@ pub enum NodeMsg {
     Input(Input),
     Command(Command, oneshot::Sender<Result<Reply, CommandError>>),
     Status(oneshot::Sender<Status>),
+    /// One story in full: body and run history.
+    Story(huskies_engine::StoryId, oneshot::Sender<Option<crate::status::StoryDetail>>),
     /// An accepted websocket wants an id and an outbox.
     Accept {
         out: mpsc::Sender<Vec<u8>>,
@@ -67,6 +69,12 @@ impl NodeHandle {
     pub async fn command(&self, command: Command) -> Option<Result<Reply, CommandError>> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(NodeMsg::Command(command, tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn story(&self, id: huskies_engine::StoryId) -> Option<Option<crate::status::StoryDetail>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(NodeMsg::Story(id, tx)).await.ok()?;
         rx.await.ok()
     }
 
@@ -101,6 +109,13 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
         claim_stagger_ms: p.claim_stagger_ms.unwrap_or((p.scan_interval_ms * 2).min(p.claim_timeout_ms / 2)),
         ..Config::default()
     };
+    c.stage_limits = p
+        .agents
+        .iter()
+        .map(|(stage, a)| {
+            (*stage, huskies_engine::StageLimits { max_attempts: a.max_attempts, run_timeout_ms: a.run_timeout_ms })
+        })
+        .collect();
     if let Some(ms) = p.sync_interval_ms {
         c.sync_interval_ms = ms;
         c.mesh_sync_interval_ms = c.mesh_sync_interval_ms.max(ms);
@@ -331,6 +346,9 @@ impl Node {
             NodeMsg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            NodeMsg::Story(id, reply) => {
+                let _ = reply.send(self.story_detail(&id));
+            }
             NodeMsg::Accept { out, reply } => {
                 self.next_inbound += 1;
                 let conn = ConnId(self.next_inbound);
@@ -387,9 +405,10 @@ impl Node {
             Output::HangUp { conn } => {
                 self.conns.remove(&conn);
             }
-            Output::StartRun { story, title, stage, token, attempt } => {
+            Output::StartRun { story, title, stage, token, attempt, body, last_failure } => {
                 self.counters.runs_started += 1;
-                self.runner.start(story, title, stage, token, attempt);
+                let ctx = crate::runner::RunContext { body, last_failure };
+                self.runner.start(story, title, stage, token, attempt, ctx);
             }
             Output::StopRun { story, token } => {
                 self.counters.runs_stopped += 1;
@@ -446,6 +465,15 @@ impl Node {
         }
     }
 
+    fn story_detail(&mut self, id: &huskies_engine::StoryId) -> Option<crate::status::StoryDetail> {
+        let view = self.engine.stories().find(|(s, _)| *s == id).map(|(_, v)| v.clone())?;
+        Some(crate::status::StoryDetail {
+            story: StoryStatus::of(id, &view),
+            body: self.engine.story_body(id),
+            runs: self.engine.story_runs(id),
+        })
+    }
+
     fn status(&self) -> Status {
         let alive = self.engine.alive_nodes();
         let revoked = self.engine.revoked_keys();
@@ -489,20 +517,7 @@ impl Node {
             peers: self.engine.peer_count(),
             connected: self.engine.connected_nodes().iter().map(|n| n.to_string()).collect(),
             mesh_peers: self.engine.mesh_peer_count(),
-            stories: self
-                .engine
-                .stories()
-                .map(|(id, v)| StoryStatus {
-                    id: id.to_string(),
-                    title: v.title.clone(),
-                    stage: v.state.stage.to_string(),
-                    token: v.state.token.0,
-                    holder: v.state.holder.as_ref().map(|h| h.to_string()),
-                    attempts: v.state.attempts,
-                    failed: v.state.failed,
-                    last_result_by: v.state.result.as_ref().map(|r| r.node.to_string()),
-                })
-                .collect(),
+            stories: self.engine.stories().map(|(id, v)| StoryStatus::of(id, v)).collect(),
             nodes,
             runs: self
                 .engine

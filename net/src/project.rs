@@ -38,6 +38,22 @@ pub struct AgentCommand {
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
+    /// Fail a run that exits 0 without a new commit ("no commits").
+    /// Default: on for `current`, off for the stages after it.
+    #[serde(default)]
+    pub require_commit: Option<bool>,
+    /// Failed attempts in this stage before the story is given up.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// A run of this stage is stopped and failed after this long.
+    #[serde(default)]
+    pub run_timeout_ms: Option<u64>,
+}
+
+impl AgentCommand {
+    pub fn require_commit(&self, stage: Stage) -> bool {
+        self.require_commit.unwrap_or(stage == Stage::Current)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -153,6 +169,9 @@ impl ProjectConfig {
             }
             if cmd.command.trim().is_empty() {
                 return Err(invalid(format!("[agents.{name}]: command is empty")));
+            }
+            if cmd.max_attempts == Some(0) || cmd.run_timeout_ms == Some(0) {
+                return Err(invalid(format!("[agents.{name}]: max_attempts and run_timeout_ms must be positive")));
             }
             agents.insert(stage, cmd);
         }

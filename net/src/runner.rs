@@ -7,13 +7,14 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use huskies_engine::{Input, NodeId, RunOutcome, Stage, StoryId, Token};
+use huskies_engine::{Input, NodeId, RunOutcome, RunReport, Stage, StoryId, Token};
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::git;
 use crate::gitauth::GitCredentials;
 use crate::project::ProjectConfig;
+use crate::runlog;
 
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -30,11 +31,6 @@ pub struct Runner {
     rt: tokio::runtime::Handle,
     /// Read from the environment once, at start.
     git_creds: Arc<GitCredentials>,
-}
-
-/// Replaces `{id}`, `{title}` and `{stage}` in one argument.
-fn expand(arg: &str, story: &StoryId, title: &str, stage: Stage) -> String {
-    arg.replace("{id}", story.as_str()).replace("{title}", title).replace("{stage}", stage.as_str())
 }
 
 impl Runner {
@@ -56,7 +52,7 @@ impl Runner {
         }
     }
 
-    pub fn start(&mut self, story: StoryId, title: String, stage: Stage, token: Token, attempt: u32) {
+    pub fn start(&mut self, story: StoryId, title: String, stage: Stage, token: Token, attempt: u32, ctx: RunContext) {
         let (stop_tx, stop_rx) = oneshot::channel();
         self.stops.insert((story.clone(), token), stop_tx);
         let cmd = self.project.lock().expect("project lock").agents.get(&stage).cloned();
@@ -65,15 +61,18 @@ impl Runner {
         let inputs = self.inputs.clone();
         let git_creds = self.git_creds.clone();
         self.rt.spawn(async move {
-            let outcome = match cmd {
-                None => Some(RunOutcome::Failed { reason: format!("no agent configured for stage {stage}") }),
+            let finished = match cmd {
+                None => Some((
+                    RunOutcome::Failed { reason: format!("no agent configured for stage {stage}") },
+                    RunReport::default(),
+                )),
                 Some(cmd) => {
-                    let run = Run { root, node, story: story.clone(), title, stage, token, attempt, git_creds };
+                    let run = Run { root, node, story: story.clone(), title, stage, token, attempt, git_creds, ctx };
                     run.execute(cmd, stop_rx).await
                 }
             };
-            if let Some(outcome) = outcome {
-                let _ = inputs.send(Input::RunFinished { story, token, outcome });
+            if let Some((outcome, report)) = finished {
+                let _ = inputs.send(Input::RunFinished { story, token, outcome, report });
             }
         });
     }
@@ -134,30 +133,65 @@ struct Run {
     token: Token,
     attempt: u32,
     git_creds: Arc<GitCredentials>,
+    ctx: RunContext,
+}
+
+/// What a run is told of its story beyond the id and title.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    pub body: String,
+    pub last_failure: Option<String>,
+}
+
+/// Where a run's story file goes: inside `.huskies/`, outside any
+/// worktree's tracked tree.
+pub fn story_file_path(project_root: &std::path::Path, story: &StoryId) -> PathBuf {
+    project_root.join(".huskies").join("stories").join(format!("{story}.md"))
 }
 
 impl Run {
+    /// The story file an agent reads: id, title, stage, attempt, the last
+    /// failure, then the body.
+    fn story_file(&self) -> String {
+        let last = self.ctx.last_failure.as_deref().unwrap_or("none");
+        format!(
+            "# {title}\n\n- id: {id}\n- stage: {stage}\n- attempt: {attempt}\n- previous attempt failed: {last}\n\n{body}\n",
+            title = self.title,
+            id = self.story,
+            stage = self.stage,
+            attempt = self.attempt,
+            body = self.ctx.body,
+        )
+    }
     /// Runs the agent; `None` when stopped (the engine needs no answer).
-    async fn execute(self, cmd: crate::project::AgentCommand, mut stop: oneshot::Receiver<()>) -> Option<RunOutcome> {
-        let failed = |reason: String| Some(RunOutcome::Failed { reason });
+    async fn execute(
+        self,
+        cmd: crate::project::AgentCommand,
+        mut stop: oneshot::Receiver<()>,
+    ) -> Option<(RunOutcome, RunReport)> {
+        let failed = |reason: String| Some((RunOutcome::Failed { reason }, RunReport::default()));
         let (root, story, creds) = (self.root.clone(), self.story.clone(), self.git_creds.clone());
         let prepared = tokio::task::spawn_blocking(move || git::prepare_worktree(&root, story.as_str(), &creds)).await;
-        let worktree = match prepared {
-            Ok(Ok((path, _base))) => path,
+        let (worktree, base) = match prepared {
+            Ok(Ok(p)) => p,
             Ok(Err(e)) => return failed(format!("worktree: {}", e.message())),
             Err(e) => return failed(format!("worktree: {e}")),
         };
-        let logs = self.root.join(".huskies").join("logs");
-        let log_path = logs.join(format!("{}-{}-{}.log", self.story, self.stage, self.token));
-        let log = match std::fs::create_dir_all(&logs).and_then(|_| std::fs::File::create(&log_path)) {
-            Ok(f) => f,
+        let story_file = story_file_path(&self.root, &self.story);
+        let written = story_file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&story_file, self.story_file()));
+        if let Err(e) = written {
+            return failed(format!("story file {}: {e}", story_file.display()));
+        }
+        let log_path = runlog::log_path(&self.root, self.story.as_str(), self.stage.as_str(), self.token.0);
+        let log = match runlog::CappedLog::create(log_path.clone(), runlog::LOG_CAP_BYTES) {
+            Ok(l) => Arc::new(Mutex::new(l)),
             Err(e) => return failed(format!("log file {}: {e}", log_path.display())),
         };
-        let err_log = match log.try_clone() {
-            Ok(f) => f,
-            Err(e) => return failed(format!("log file: {e}")),
-        };
-        let args: Vec<String> = cmd.args.iter().map(|a| expand(a, &self.story, &self.title, self.stage)).collect();
+        let vars = Vars { run: &self, story_file: &story_file };
+        let args: Vec<String> = cmd.args.iter().map(|a| vars.expand(a)).collect();
         let mut command = Command::new(&cmd.command);
         // No credential of ours reaches the agent: it runs code we do not
         // control. (Our own secrets live in files outside the worktree;
@@ -165,18 +199,22 @@ impl Run {
         for var in SECRET_VARS.iter().chain(&crate::gitauth::SECRET_VARS) {
             command.env_remove(var);
         }
+        #[allow(clippy::disallowed_methods)] // a run's duration is wall time
+        let started = std::time::Instant::now();
         let mut child = match command
             .args(&args)
             .current_dir(&worktree)
             .env("HUSKIES_STORY_ID", self.story.as_str())
             .env("HUSKIES_STORY_TITLE", &self.title)
+            .env("HUSKIES_STORY_FILE", &story_file)
             .env("HUSKIES_STAGE", self.stage.as_str())
             .env("HUSKIES_TOKEN", self.token.0.to_string())
             .env("HUSKIES_ATTEMPT", self.attempt.to_string())
             .env("HUSKIES_NODE", self.node.as_str())
+            .env("HUSKIES_WORKTREE", &worktree)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
@@ -184,13 +222,14 @@ impl Run {
             Ok(c) => c,
             Err(e) => return failed(format!("cannot start {:?}: {e}", cmd.command)),
         };
+        let tail = Arc::new(Mutex::new(runlog::Tail::new(huskies_engine::runs::MAX_STDERR_TAIL)));
+        let pumps = [
+            child.stdout.take().map(|o| tokio::spawn(runlog::pump(o, log.clone(), None))),
+            child.stderr.take().map(|e| tokio::spawn(runlog::pump(e, log.clone(), Some(tail.clone())))),
+        ];
         tracing::info!(story = %self.story, stage = %self.stage, token = %self.token, log = %log_path.display(), "agent started");
-        tokio::select! {
-            status = child.wait() => match status {
-                Ok(s) if s.success() => Some(RunOutcome::Succeeded),
-                Ok(s) => failed(format!("agent exited with {s}; see {}", log_path.display())),
-                Err(e) => failed(format!("waiting for agent: {e}")),
-            },
+        let status = tokio::select! {
+            status = child.wait() => status,
             _ = &mut stop => {
                 if let Some(pid) = child.id() {
                     // SAFETY: kill(2) with a negative pid signals the
@@ -201,8 +240,56 @@ impl Run {
                     let _ = child.kill().await;
                 }
                 tracing::info!(story = %self.story, token = %self.token, "agent stopped");
-                None
+                return None;
             }
+        };
+        // The pipes close when the agent (and what it left running) exits.
+        for p in pumps.into_iter().flatten() {
+            let _ = tokio::time::timeout(STOP_GRACE, p).await;
         }
+        let root = self.root.clone();
+        let story = self.story.clone();
+        let head = tokio::task::spawn_blocking(move || git::branch_head(&root, story.as_str())).await.ok().flatten();
+        let mut report = RunReport {
+            exit_code: status.as_ref().ok().and_then(|s| s.code()),
+            duration_ms: started.elapsed().as_millis() as u64,
+            commit: head.map(|h| h.to_string()),
+            stderr_tail: tail.lock().map(|t| t.text()).unwrap_or_default(),
+        };
+        let outcome = match status {
+            Ok(s) if s.success() => {
+                if cmd.require_commit(self.stage) && head == Some(base) {
+                    RunOutcome::Failed { reason: "no commits: the agent exited 0 without committing".into() }
+                } else {
+                    RunOutcome::Succeeded
+                }
+            }
+            Ok(s) => RunOutcome::Failed { reason: format!("agent exited with {s}; see {}", log_path.display()) },
+            Err(e) => RunOutcome::Failed { reason: format!("waiting for agent: {e}") },
+        };
+        if report.commit.as_deref() == Some(base.to_string().as_str()) {
+            report.commit = None;
+        }
+        Some((outcome, report))
+    }
+}
+
+/// The placeholders of an agent's args.
+struct Vars<'a> {
+    run: &'a Run,
+    story_file: &'a std::path::Path,
+}
+
+impl Vars<'_> {
+    /// Replaces `{id}`, `{title}`, `{stage}`, `{attempt}`, `{story_file}`
+    /// and `{body}` in one argument (no shell ever sees it).
+    fn expand(&self, arg: &str) -> String {
+        let r = self.run;
+        arg.replace("{id}", r.story.as_str())
+            .replace("{title}", &r.title)
+            .replace("{stage}", r.stage.as_str())
+            .replace("{attempt}", &r.attempt.to_string())
+            .replace("{story_file}", &self.story_file.to_string_lossy())
+            .replace("{body}", &r.ctx.body)
     }
 }

@@ -26,6 +26,64 @@ pub struct StoryStatus {
     pub attempts: u32,
     pub failed: bool,
     pub last_result_by: Option<String>,
+    /// Why the last attempt failed.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub removed: bool,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub created_ms: u64,
+}
+
+impl StoryStatus {
+    pub fn of(id: &huskies_engine::StoryId, v: &huskies_engine::StoryView) -> StoryStatus {
+        StoryStatus {
+            id: id.to_string(),
+            title: v.title.clone(),
+            stage: v.state.stage.to_string(),
+            token: v.state.token.0,
+            holder: v.state.holder.as_ref().map(|h| h.to_string()),
+            attempts: v.state.attempts,
+            failed: v.state.failed,
+            last_result_by: v.state.result.as_ref().map(|r| r.node.to_string()),
+            reason: v.state.reason.clone(),
+            removed: v.state.removed,
+            priority: v.priority,
+            created_ms: v.created_ms,
+        }
+    }
+}
+
+/// `GET /api/stories/{id}`: a story with its body and run history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoryDetail {
+    #[serde(flatten)]
+    pub story: StoryStatus,
+    pub body: String,
+    pub runs: Vec<huskies_engine::RunRecord>,
+}
+
+/// Body of `POST /api/stories/{id}/edit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EditStory {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+}
+
+/// Answer of `GET /api/logs/{story}`: a slice of the newest run log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogSlice {
+    pub file: String,
+    pub offset: u64,
+    /// Bytes of log kept so far (the next offset to ask for when following).
+    pub total: u64,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +136,10 @@ pub struct AddStory {
     pub id: Option<String>,
     #[serde(default)]
     pub stage: Option<String>,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub priority: i64,
 }
 
 /// Body of `POST /api/stories/{id}/move`.

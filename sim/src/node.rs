@@ -199,7 +199,12 @@ impl Node {
                 self.ctx.worktrees.lock().expect("worktrees lock").insert(story.clone(), run.token);
             }
             self.oracle().run_ended(&self.ctx.id, &story);
-            self.input(Input::RunFinished { story, token: run.token, outcome: run.outcome });
+            self.input(Input::RunFinished {
+                story,
+                token: run.token,
+                outcome: run.outcome,
+                report: Default::default(),
+            });
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later).into_iter().partition(|(t, _)| *t <= now);
         self.later = later;

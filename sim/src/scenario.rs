@@ -444,7 +444,12 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
             let ep = Endpoint::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 1)).await.expect("bind");
             for k in 0..n_stories {
                 let id = StoryId::new(format!("s{k:05}")).expect("valid id");
-                let cmd = Command::AddStory { id: Some(id), title: format!("story {k}"), stage: Stage::Current };
+                let cmd = Command::AddStory(huskies_engine::NewStory {
+                    id: Some(id),
+                    title: format!("story {k}"),
+                    stage: Stage::Current,
+                    ..Default::default()
+                });
                 let _ = ep.send_to_raw(target, TAG, Box::new(Packet::Command(cmd))).await;
             }
         })

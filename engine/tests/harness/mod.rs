@@ -190,7 +190,12 @@ impl Cluster {
         (0..n)
             .map(|k| {
                 let id = StoryId::new(format!("s{k:04}")).unwrap();
-                let cmd = Command::AddStory { id: Some(id.clone()), title: format!("story {k}"), stage };
+                let cmd = Command::AddStory(huskies_engine::NewStory {
+                    id: Some(id.clone()),
+                    title: format!("story {k}"),
+                    stage,
+                    ..Default::default()
+                });
                 self.command(at, cmd).expect("add story");
                 id
             })
@@ -393,7 +398,7 @@ impl Cluster {
                 } else {
                     RunOutcome::Succeeded
                 };
-                self.input(i, Input::RunFinished { story, token, outcome });
+                self.input(i, Input::RunFinished { story, token, outcome, report: Default::default() });
             }
             let due = self.nodes[i].engine.as_ref().and_then(|e| e.poll_timeout()).is_some_and(|t| t <= now);
             if due {

@@ -1,0 +1,137 @@
+//! Run records: what each finished, failed or fenced run of a story did,
+//! kept in the story's map so anyone can read a story's history.
+//!
+//! One scalar per run at `run/<token>/<node>` (a key no other writer uses,
+//! so records never conflict), the newest [`MAX_RUN_RECORDS`] kept.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, Stage, StoryId, Token};
+
+/// Records kept per story; older ones are deleted as new ones arrive.
+pub const MAX_RUN_RECORDS: usize = 20;
+/// Bytes of the agent's stderr a record keeps (its tail).
+pub const MAX_STDERR_TAIL: usize = 2 << 10;
+
+/// What the driver learned of a run: given with `Input::RunFinished`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The process's exit code; `None` when killed by a signal or never started.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// The branch head after the run.
+    pub commit: Option<String>,
+    /// The tail of the agent's stderr (cut to [`MAX_STDERR_TAIL`] here).
+    pub stderr_tail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcomeKind {
+    /// Pushed, and the story advanced.
+    Succeeded,
+    /// The run, its push or its deadline failed; see `reason`.
+    Failed,
+}
+
+/// One run, as the story's history shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub node: NodeId,
+    pub token: Token,
+    pub stage: Stage,
+    pub attempt: u32,
+    pub outcome: RunOutcomeKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(flatten)]
+    pub report: RunReport,
+}
+
+impl RunRecord {
+    pub fn encode(&self) -> String {
+        // Plain data with derived impls: serialisation cannot fail.
+        serde_json::to_string(self).expect("run record serialises")
+    }
+
+    /// Peers are untrusted: what does not parse is skipped by the caller.
+    pub fn decode(s: &str) -> Option<RunRecord> {
+        serde_json::from_str(s).ok()
+    }
+}
+
+/// `s` cut to its last `max` bytes at a character boundary.
+pub fn tail(s: &str, max: usize) -> String {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_owned()
+}
+
+impl crate::Engine {
+    /// A story's run records, oldest first.
+    pub fn story_runs(&mut self, id: &StoryId) -> Vec<RunRecord> {
+        self.doc.read_runs(id)
+    }
+
+    /// A story's body.
+    pub fn story_body(&mut self, id: &StoryId) -> String {
+        self.doc.read_body(id)
+    }
+
+    /// Writes the record of our run of `story` that just ended.
+    pub(crate) fn record_run(
+        &mut self,
+        story: &StoryId,
+        run: &crate::engine::Run,
+        outcome: RunOutcomeKind,
+        reason: Option<String>,
+    ) {
+        let mut report = run.report.clone().unwrap_or_default();
+        report.stderr_tail = tail(&report.stderr_tail, MAX_STDERR_TAIL);
+        if let Some(c) = &report.commit {
+            report.commit = Some(tail(c, 64));
+        }
+        let record = RunRecord {
+            node: self.node.clone(),
+            token: run.token,
+            stage: run.stage,
+            attempt: run.attempt,
+            outcome,
+            reason,
+            report,
+        };
+        self.doc.put_run(story, &record, MAX_RUN_RECORDS);
+        self.doc.skip_touched();
+        self.dirty = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_char_boundaries() {
+        assert_eq!(tail("abcdef", 3), "def");
+        assert_eq!(tail("ab", 3), "ab");
+        assert_eq!(tail("aé", 1), "");
+        assert_eq!(tail("aéb", 2), "b");
+    }
+
+    #[test]
+    fn record_roundtrip_and_garbage() {
+        let r = RunRecord {
+            node: NodeId::new("agent-1").unwrap(),
+            token: Token(4),
+            stage: Stage::Current,
+            attempt: 2,
+            outcome: RunOutcomeKind::Failed,
+            reason: Some("no commits".into()),
+            report: RunReport { exit_code: Some(0), duration_ms: 1200, commit: None, stderr_tail: "x".into() },
+        };
+        assert_eq!(RunRecord::decode(&r.encode()), Some(r));
+        assert_eq!(RunRecord::decode("{\"node\":1}"), None);
+    }
+}
