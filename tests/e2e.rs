@@ -2,239 +2,14 @@
 //! remote, the built-in stand-in agent. Ports are picked free, every wait is
 //! bounded, and every process is reaped when a test ends, pass or fail.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "support.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const EXE: &str = env!("CARGO_BIN_EXE_huskies");
-
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-/// A scratch cluster; kills its processes when dropped.
-struct Cluster {
-    dir: tempdir::TempDir,
-    port: u16,
-    procs: Vec<Proc>,
-    key: String,
-}
-
-mod tempdir {
-    /// A directory removed on drop (no extra crate for one helper).
-    pub struct TempDir(pub std::path::PathBuf);
-    impl TempDir {
-        pub fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("huskies-e2e-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            // A failed test keeps its logs and data for a post-mortem.
-            if std::thread::panicking() {
-                eprintln!("kept for inspection: {}", self.0.display());
-                return;
-            }
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into()
-}
-
-fn status(port: u16, key: &str) -> Option<serde_json::Value> {
-    status_at("127.0.0.1", port, key)
-}
-
-fn status_at(host: &str, port: u16, key: &str) -> Option<serde_json::Value> {
-    let mut r = http()
-        .get(format!("http://{host}:{port}/api/status"))
-        .header("authorization", &format!("Bearer {key}"))
-        .call()
-        .ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.body_mut().read_json().ok()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    #[allow(clippy::disallowed_methods)] // real processes, real time
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-impl Cluster {
-    fn root(&self) -> &Path {
-        &self.dir.0
-    }
-
-    fn spawn(&mut self, name: &str, args: &[String]) {
-        let log = std::fs::File::create(self.root().join(format!("{name}.log"))).unwrap();
-        let child =
-            Command::new(EXE).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        self.procs.push(Proc { name: name.to_owned(), child });
-    }
-
-    fn kill(&mut self, name: &str, signal: i32) {
-        let i = self.procs.iter().position(|p| p.name == name).unwrap();
-        let mut p = self.procs.remove(i);
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(p.child.id() as i32, signal) };
-        let _ = p.child.wait();
-    }
-
-    fn start_server(&mut self) {
-        let root = self.root().to_owned();
-        std::fs::create_dir_all(root.join("server/.huskies")).unwrap();
-        std::fs::write(root.join("server/.huskies/project.toml"), "claim_timeout_ms = 3000\nscan_interval_ms = 200\n")
-            .unwrap();
-        let args: Vec<String> = vec![
-            "server".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", self.port),
-            "--data-dir".into(),
-            root.join("server-data").to_string_lossy().into(),
-            "--project-root".into(),
-            root.join("server").to_string_lossy().into(),
-            "--node-id".into(),
-            "rendezvous".into(),
-        ];
-        self.spawn("server", &args);
-        let port = self.port;
-        wait_for("the server", Duration::from_secs(10), || {
-            http().get(format!("http://127.0.0.1:{port}/healthz")).call().is_ok()
-        });
-        self.key = std::fs::read_to_string(root.join("server-data/admin.key")).unwrap().trim().to_owned();
-    }
-
-    fn token(&self) -> String {
-        let out = Command::new(EXE)
-            .args(["token", "create", "--ttl", "10m", "--data-dir"])
-            .arg(self.root().join("server-data"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    fn start_agent(&mut self, i: usize, stand_in_ms: u64) {
-        self.start_agent_at(i, stand_in_ms, "127.0.0.1");
-    }
-
-    /// Starts agent `i` listening on `host` (another loopback address
-    /// stands in for another machine); returns its API port.
-    fn start_agent_at(&mut self, i: usize, stand_in_ms: u64, host: &str) -> u16 {
-        let root = self.root().join(format!("agent-{i}"));
-        if !root.exists() {
-            git2::Repository::clone(self.root().join("remote.git").to_str().unwrap(), &root).unwrap();
-            std::fs::create_dir_all(root.join(".huskies")).unwrap();
-            let toml = format!(
-                "capacity = 2\nclaim_timeout_ms = 3000\nscan_interval_ms = 200\n[agents.current]\ncommand = {EXE:?}\nargs = [\"stand-in\", \"--duration-ms\", \"{stand_in_ms}\", \"--jitter-ms\", \"300\"]\n"
-            );
-            std::fs::write(root.join(".huskies/project.toml"), toml).unwrap();
-        }
-        let port = std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
-        let args: Vec<String> = vec![
-            "agent".into(),
-            "--rendezvous".into(),
-            format!("ws://127.0.0.1:{}/crdt-sync", self.port),
-            "--host".into(),
-            host.into(),
-            "--port".into(),
-            port.to_string(),
-            "--project-root".into(),
-            root.to_string_lossy().into(),
-            "--data-dir".into(),
-            self.root().join(format!("agent-{i}-data")).to_string_lossy().into(),
-            "--join-token".into(),
-            self.token(),
-            "--node-id".into(),
-            format!("agent-{i}"),
-        ];
-        self.spawn(&format!("agent-{i}"), &args);
-        port
-    }
-
-    fn new(tag: &str) -> Cluster {
-        let dir = tempdir::TempDir::new(tag);
-        fixture(&dir.0);
-        let mut c = Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new() };
-        c.start_server();
-        c
-    }
-
-    fn add_story(&self, id: &str) {
-        let mut r = http()
-            .post(format!("http://127.0.0.1:{}/api/stories", self.port))
-            .header("authorization", &format!("Bearer {}", self.key))
-            .send_json(serde_json::json!({ "title": format!("story {id}"), "id": id, "stage": "current" }))
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "{}", r.body_mut().read_to_string().unwrap_or_default());
-    }
-
-    fn stages(&self) -> Vec<(String, String, Option<String>)> {
-        let s = status(self.port, &self.key).unwrap_or_default();
-        s["stories"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|x| {
-                        (
-                            x["id"].as_str().unwrap_or_default().to_owned(),
-                            x["stage"].as_str().unwrap_or_default().to_owned(),
-                            x["holder"].as_str().map(str::to_owned),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// A bare remote with one commit.
-fn fixture(dir: &Path) -> PathBuf {
-    let seed = dir.join("seed");
-    let repo = git2::Repository::init(&seed).unwrap();
-    std::fs::write(seed.join("README.md"), "e2e\n").unwrap();
-    let mut idx = repo.index().unwrap();
-    idx.add_path(Path::new("README.md")).unwrap();
-    let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
-    let sig = git2::Signature::now("e2e", "e2e@huskies.invalid").unwrap();
-    repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
-    let remote = dir.join("remote.git");
-    git2::build::RepoBuilder::new().bare(true).clone(seed.to_str().unwrap(), &remote).unwrap();
-    remote
-}
+use support::*;
 
 /// Server + 3 agents + a bare remote: 20 stories all reach qa with one
 /// branch each holding the stand-in's commit, through a kill -9 of a busy
@@ -574,13 +349,6 @@ mod certs {
     }
 }
 
-/// Runs the CLI; its stdout, or a panic with its stderr.
-fn cli(args: &[&str]) -> String {
-    let out = Command::new(EXE).args(args).output().unwrap();
-    assert!(out.status.success(), "huskies {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The whole flow over TLS with the cluster's own CA: the server serves
 /// https and wss, agents on 127.0.0.2-4 join over https, dial wss (the
 /// rendezvous and each other, from the wss addresses they advertise) and
@@ -596,7 +364,7 @@ fn whole_flow_over_tls() {
     fixture(&root);
     let ca = certs::Ca::new(&root);
     let (server_cert, server_key) = ca.issue(&root, "server", &["localhost", "127.0.0.1"]);
-    let mut c = Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new() };
+    let mut c = Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new(), env: Vec::new() };
     std::fs::create_dir_all(root.join("server/.huskies")).unwrap();
     std::fs::write(root.join("server/.huskies/project.toml"), "claim_timeout_ms = 3000\nscan_interval_ms = 200\n")
         .unwrap();
@@ -802,7 +570,7 @@ fn shell_lines(block: &str) -> Vec<String> {
 /// stand-in that commits a file.
 #[test]
 fn readme_cluster_commands_work_as_written() {
-    let blocks = readme_blocks("## Run a real cluster", "### Cluster settings");
+    let blocks = readme_blocks("## Run a real cluster", "### Stories and runs");
     let sh: Vec<&String> = blocks.iter().filter(|(l, _)| l == "sh").map(|(_, b)| b).collect();
     let toml = &blocks.iter().find(|(l, _)| l == "toml").expect("a project.toml block").1;
     assert_eq!(sh.len(), 3, "server, agent and admin blocks: {blocks:?}");
@@ -837,7 +605,7 @@ fn readme_cluster_commands_work_as_written() {
         c.arg("-c").arg(line).current_dir(cwd).envs(env.iter().map(|(k, v)| (k, v)));
         c
     };
-    let mut c = Cluster { dir, port: server_port, procs: Vec::new(), key: String::new() };
+    let mut c = Cluster { dir, port: server_port, procs: Vec::new(), key: String::new(), env: Vec::new() };
     let spawn = |c: &mut Cluster, name: &str, mut cmd: Command| {
         let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();

@@ -21,10 +21,15 @@ pub struct DemoArgs {
     /// Agents to start.
     #[arg(long, default_value_t = 3)]
     agents: usize,
-    /// A real agent command instead of the stand-in, e.g. "claude -p {title}"
-    /// (split on whitespace; {id}, {title}, {stage} are replaced).
+    /// A real agent command instead of the stand-in, e.g.
+    /// 'claude -p "Implement the story in {story_file}, then commit"'
+    /// (split with shell quoting rules, no shell runs it; {id}, {title},
+    /// {stage}, {attempt}, {story_file} and {body} are replaced).
     #[arg(long)]
     agent_cmd: Option<String>,
+    /// Varies which stand-in runs fail on purpose.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Stand-in failure rate.
     #[arg(long, default_value_t = 0.1)]
     fail_rate: f64,
@@ -131,10 +136,10 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     let s = |p: &Path| p.to_string_lossy().into_owned();
     println!("huskies demo: {} agents, {} stories, scratch {}", a.agents, a.stories, scratch.display());
     let remote = git_fixture(scratch)?;
-    let journal = scratch.join("journal.log");
     let (cmd, args) = match &a.agent_cmd {
         Some(c) => {
-            let mut parts = c.split_whitespace().map(str::to_owned);
+            let parts = shlex::split(c).ok_or_else(|| format!("--agent-cmd {c:?}: unbalanced quotes"))?;
+            let mut parts = parts.into_iter();
             let cmd = parts.next().ok_or("--agent-cmd is empty")?;
             (cmd, parts.collect())
         }
@@ -152,8 +157,8 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
                 // green every time (3 failures in a row went red 1 run in 16).
                 "--succeed-from-attempt".into(),
                 huskies_engine::Config::default().max_attempts.to_string(),
-                "--journal".into(),
-                s(&journal),
+                "--seed".into(),
+                a.seed.to_string(),
             ],
         ),
     };
@@ -325,23 +330,19 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     let branches = git2::Repository::open_bare(&remote)
         .and_then(|r| r.references_glob("refs/heads/huskies/*").map(|refs| refs.count()))
         .map_err(|e| e.message().to_owned())?;
-    let mut starts: BTreeMap<(String, String), u32> = BTreeMap::new();
-    let runs = std::fs::read_to_string(&journal).unwrap_or_default();
-    for l in runs.lines() {
-        let mut w = l.split_whitespace();
-        if let (Some(s1), Some(s2)) = (w.next(), w.next()) {
-            *starts.entry((s1.to_owned(), s2.to_owned())).or_default() += 1;
-        }
+    // Runs as the document records them (the killed agent's unfinished
+    // runs left no record: it never reported them).
+    let (mut total_runs, mut failed_runs, mut stages) = (0, 0, 0);
+    for k in 0..a.stories {
+        let d = server.story(&format!("story-{k:02}"))?;
+        total_runs += d.runs.len();
+        failed_runs += d.runs.iter().filter(|r| r.outcome == huskies_engine::RunOutcomeKind::Failed).count();
+        stages += d.runs.iter().map(|r| r.stage).collect::<std::collections::BTreeSet<_>>().len();
     }
-    let total_runs: u32 = starts.values().sum();
-    let extra: u32 = starts.values().map(|n| n - 1).sum();
     println!("summary:");
     println!("  stories done       {done}/{}", a.stories);
     println!("  branches pushed    {branches}");
-    println!(
-        "  agent runs         {total_runs} for {} story-stages ({extra} retries after failures or reclaims)",
-        starts.len()
-    );
+    println!("  agent runs         {total_runs} recorded for {stages} story-stages ({failed_runs} failed and retried)");
     println!("  reclaims           {reclaims}");
     println!("  duplicate claims   {losses} (concurrent claims that lost; most never started a run)");
     println!("  duplicate starts   {stopped} (runs stopped because another node won the claim)");

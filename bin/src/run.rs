@@ -405,10 +405,17 @@ pub fn status(t: &Target, json: bool) -> Result<(), String> {
     }
     println!("pipeline:");
     for stage in huskies_engine::Stage::ALL {
-        let n = s.stories.iter().filter(|st| st.stage == stage.as_str()).count();
-        let failed = s.stories.iter().filter(|st| st.stage == stage.as_str() && st.failed).count();
+        let n = s.stories.iter().filter(|st| st.stage == stage.as_str() && !st.removed).count();
+        let failed = s.stories.iter().filter(|st| st.stage == stage.as_str() && st.failed && !st.removed).count();
         let failed = if failed > 0 { format!(" ({failed} failed)") } else { String::new() };
         println!("  {:<9} {n}{failed}", stage.as_str());
+    }
+    let failed: Vec<_> = s.stories.iter().filter(|st| st.failed && !st.removed).collect();
+    if !failed.is_empty() {
+        println!("failed (huskies story retry ID gives new attempts):");
+        for st in failed {
+            println!("  {:<28} {:<8} {}", st.id, st.stage, st.reason.as_deref().unwrap_or("no reason recorded"));
+        }
     }
     println!("nodes:");
     for n in &s.nodes {

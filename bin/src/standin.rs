@@ -27,6 +27,10 @@ pub struct StandInArgs {
     /// Append "story stage token node" here when a run starts.
     #[arg(long)]
     journal: Option<std::path::PathBuf>,
+    /// Mixed into the choice of runs that fail, so another seed fails
+    /// other runs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 fn env(name: &str) -> Result<String, String> {
@@ -46,7 +50,14 @@ pub fn run(a: StandInArgs) -> Result<(), String> {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(j).map_err(|e| e.to_string())?;
         f.write_all(format!("{story} {stage} {token} {node}\n").as_bytes()).map_err(|e| e.to_string())?;
     }
-    let h = stable_hash(&[story.as_bytes(), stage.as_bytes(), token.as_bytes(), node.as_bytes(), attempt.as_bytes()]);
+    let h = stable_hash(&[
+        story.as_bytes(),
+        stage.as_bytes(),
+        token.as_bytes(),
+        node.as_bytes(),
+        attempt.as_bytes(),
+        &a.seed.to_be_bytes(),
+    ]);
     let jitter = if a.jitter_ms > 0 { h % a.jitter_ms } else { 0 };
     std::thread::sleep(Duration::from_millis(a.duration_ms + jitter));
     let spared = a.succeed_from_attempt > 0 && attempt.parse::<u32>().is_ok_and(|n| n >= a.succeed_from_attempt);

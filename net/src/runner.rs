@@ -190,7 +190,7 @@ impl Run {
             Ok(l) => Arc::new(Mutex::new(l)),
             Err(e) => return failed(format!("log file {}: {e}", log_path.display())),
         };
-        let vars = Vars { run: &self, story_file: &story_file };
+        let vars = Vars { run: &self, story_file: &story_file, story: &self.story_file() };
         let args: Vec<String> = cmd.args.iter().map(|a| vars.expand(a)).collect();
         let mut command = Command::new(&cmd.command);
         // No credential of ours reaches the agent: it runs code we do not
@@ -278,18 +278,70 @@ impl Run {
 struct Vars<'a> {
     run: &'a Run,
     story_file: &'a std::path::Path,
+    /// The story file's text.
+    story: &'a str,
 }
 
 impl Vars<'_> {
-    /// Replaces `{id}`, `{title}`, `{stage}`, `{attempt}`, `{story_file}`
-    /// and `{body}` in one argument (no shell ever sees it).
+    /// Replaces `{id}`, `{title}`, `{stage}`, `{attempt}`, `{story_file}`,
+    /// `{story}` (the story file's text) and `{body}` in one argument, in
+    /// one pass: text that comes in through a placeholder is never taken
+    /// for another. No shell ever sees the result.
     fn expand(&self, arg: &str) -> String {
         let r = self.run;
-        arg.replace("{id}", r.story.as_str())
-            .replace("{title}", &r.title)
-            .replace("{stage}", r.stage.as_str())
-            .replace("{attempt}", &r.attempt.to_string())
-            .replace("{story_file}", &self.story_file.to_string_lossy())
-            .replace("{body}", &r.ctx.body)
+        let mut out = String::with_capacity(arg.len());
+        let mut rest = arg;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open..];
+            let close = after.find('}').map(|c| c + 1);
+            let value = close.and_then(|c| match &after[..c] {
+                "{id}" => Some(r.story.as_str().to_owned()),
+                "{title}" => Some(r.title.clone()),
+                "{stage}" => Some(r.stage.as_str().to_owned()),
+                "{attempt}" => Some(r.attempt.to_string()),
+                "{story_file}" => Some(self.story_file.to_string_lossy().into_owned()),
+                "{story}" => Some(self.story.to_owned()),
+                "{body}" => Some(r.ctx.body.clone()),
+                _ => None,
+            });
+            match (value, close) {
+                (Some(v), Some(c)) => {
+                    out.push_str(&v);
+                    rest = &after[c..];
+                }
+                _ => {
+                    out.push('{');
+                    rest = &after[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_expand_in_one_pass() {
+        let run = Run {
+            root: PathBuf::from("/p"),
+            node: NodeId::new("agent-1").unwrap(),
+            story: StoryId::new("s1").unwrap(),
+            title: "Title with {id} in it".into(),
+            stage: Stage::Current,
+            token: Token(7),
+            attempt: 2,
+            git_creds: Arc::new(GitCredentials::default()),
+            ctx: RunContext { body: "body mentions {title} and {".into(), last_failure: None },
+        };
+        let vars = Vars { run: &run, story_file: std::path::Path::new("/p/.huskies/stories/s1.md"), story: "STORY" };
+        assert_eq!(vars.expand("{id}/{stage}/{attempt}"), "s1/current/2");
+        assert_eq!(vars.expand("{title}"), "Title with {id} in it", "no second pass");
+        assert_eq!(vars.expand("x {body} y"), "x body mentions {title} and { y");
+        assert_eq!(vars.expand("{story_file} {story} {unknown} {"), "/p/.huskies/stories/s1.md STORY {unknown} {");
     }
 }

@@ -1,0 +1,253 @@
+//! End-to-end tests of stories and runs with real processes on loopback:
+//! a body reaching the agent and the pushed branch, runs that must commit,
+//! edit / retry / rm, logs fetched from the node that ran the story, the
+//! README's Claude Code recipe checked by a fake `claude`, and the demo
+//! green for several seeds.
+
+#[path = "support.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+/// The CLI against this cluster's server, with its admin key.
+fn run(c: &Cluster, args: &[&str]) -> std::process::Output {
+    let server = format!("http://127.0.0.1:{}", c.port);
+    Command::new(EXE).args(args).args(["--server", &server, "--key", &c.key]).output().unwrap()
+}
+
+fn ok(c: &Cluster, args: &[&str]) -> String {
+    let out = run(c, args);
+    assert!(out.status.success(), "huskies {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn story_json(c: &Cluster, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(c, &["story", "show", id, "--json"])).unwrap()
+}
+
+fn wait_stage(c: &Cluster, id: &str, stage: &str, secs: u64) {
+    wait_for(&format!("{id} in {stage}"), Duration::from_secs(secs), || {
+        c.stages().iter().any(|(s, st, _)| s == id && st == stage)
+    });
+}
+
+/// A committing shell agent: `script` runs in the worktree, then
+/// everything it wrote is committed.
+fn sh_agent(stage: &str, script: &str, extra: &str) -> String {
+    let script = format!(
+        "{script} && git add -A && git -c user.name=agent -c user.email=agent@example.com commit -qm \"$HUSKIES_STORY_ID\""
+    );
+    format!("[agents.{stage}]\ncommand = \"sh\"\nargs = [\"-c\", {script:?}, \"sh\", \"{{body}}\"]\n{extra}")
+}
+
+fn branch_file(c: &Cluster, story: &str, file: &str) -> Option<String> {
+    let remote = git2::Repository::open_bare(c.root().join("remote.git")).unwrap();
+    let r = remote.find_reference(&format!("refs/heads/huskies/{story}")).ok()?;
+    let tree = r.peel_to_commit().unwrap().tree().unwrap();
+    let entry = tree.get_path(Path::new(file)).ok()?;
+    Some(String::from_utf8_lossy(remote.find_blob(entry.id()).unwrap().content()).into_owned())
+}
+
+/// A story's body reaches the agent (story file and `{body}`), which writes
+/// it into the repository and commits; the pushed branch holds it, and the
+/// run's record names the commit.
+#[test]
+fn body_reaches_the_agent_and_the_pushed_branch() {
+    let mut c = Cluster::new("body");
+    c.start_agent_with(
+        1,
+        "127.0.0.1",
+        &sh_agent("current", "cp \"$HUSKIES_STORY_FILE\" story.md && printf '%s' \"$1\" > body.md", ""),
+    );
+    let body =
+        "## Acceptance\n\n- the login form says *why* it failed\n- \"quotes\", {title} and $HOME stay as written\n";
+    let file = c.root().join("body.md");
+    std::fs::write(&file, body).unwrap();
+    let id = ok(&c, &["story", "add", "Login errors", "--body-file", file.to_str().unwrap(), "--stage", "current"]);
+    let id = id.trim();
+    wait_stage(&c, id, "qa", 30);
+    assert_eq!(branch_file(&c, id, "body.md").as_deref(), Some(body), "{{body}} reached the agent verbatim");
+    let story = branch_file(&c, id, "story.md").unwrap();
+    for want in [format!("- id: {id}"), "# Login errors".into(), "- stage: current".into(), "- attempt: 1".into()] {
+        assert!(story.contains(&want), "story file lacks {want:?}:\n{story}");
+    }
+    assert!(story.contains(body), "{story}");
+    let d = story_json(&c, id);
+    assert_eq!(d["body"], body);
+    let runs = d["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    let remote = git2::Repository::open_bare(c.root().join("remote.git")).unwrap();
+    let tip = remote.find_reference(&format!("refs/heads/huskies/{id}")).unwrap().target().unwrap().to_string();
+    assert_eq!((runs[0]["outcome"].as_str(), runs[0]["exit_code"].as_i64()), (Some("succeeded"), Some(0)));
+    assert_eq!(runs[0]["commit"], tip, "the record names the pushed commit");
+    println!("{}", ok(&c, &["story", "show", id]));
+}
+
+/// A run that exits 0 without committing fails with "no commits" and the
+/// story does not advance; after `max_attempts` it is failed, `status`
+/// lists it with the reason. An edit and a retry (with an agent that now
+/// commits) take it through.
+#[test]
+fn no_commits_fails_then_edit_and_retry() {
+    let mut c = Cluster::new("nocommit");
+    c.start_agent_with(1, "127.0.0.1", "[agents.current]\ncommand = \"true\"\nmax_attempts = 2\n");
+    ok(&c, &["story", "add", "Nothing happens", "--id", "idle", "--stage", "current"]);
+    wait_for("idle to fail for good", Duration::from_secs(40), || story_json(&c, "idle")["failed"] == true);
+    let show = ok(&c, &["story", "show", "idle"]);
+    assert!(show.contains("no commits") && show.contains("FAILED after 2 attempts"), "{show}");
+    assert_eq!(story_json(&c, "idle")["stage"], "current", "it did not advance");
+    let runs = story_json(&c, "idle")["runs"].clone();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    assert!(runs.as_array().unwrap().iter().all(|r| r["outcome"] == "failed" && r["exit_code"] == 0));
+    let status = ok(&c, &["status"]);
+    assert!(
+        status.contains("failed (") && status.lines().any(|l| l.contains("idle") && l.contains("no commits")),
+        "{status}"
+    );
+
+    // A retry is refused while nothing failed... and works after a fix.
+    let agent_toml = c.root().join("agent-1/.huskies/project.toml");
+    let fixed = format!(
+        "capacity = 2\nclaim_timeout_ms = 3000\nscan_interval_ms = 200\n{}",
+        sh_agent("current", "echo work > work.md", "")
+    );
+    std::fs::write(&agent_toml, fixed).unwrap();
+    ok(&c, &["story", "edit", "idle", "--title", "Something happens", "--priority", "3", "--body", "now with a body"]);
+    let d = story_json(&c, "idle");
+    assert_eq!(
+        (d["title"].as_str(), d["priority"].as_i64(), d["body"].as_str()),
+        (Some("Something happens"), Some(3), Some("now with a body"))
+    );
+    std::thread::sleep(Duration::from_millis(500)); // the agent reloads its project.toml
+    ok(&c, &["story", "retry", "idle"]);
+    wait_stage(&c, "idle", "qa", 30);
+    let d = story_json(&c, "idle");
+    let outcomes: Vec<&str> = d["runs"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["failed", "failed", "succeeded"]);
+    assert_eq!(d["reason"], serde_json::Value::Null, "an advance clears the reason");
+    let again = run(&c, &["story", "retry", "idle"]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("has not failed"));
+}
+
+/// `story rm` stops the run of a held story and leaves a tombstone that is
+/// listed only with `--all` and never claimed or moved again.
+#[test]
+fn rm_stops_a_held_story_and_leaves_a_tombstone() {
+    let mut c = Cluster::new("rm");
+    let port = c.start_agent_with(1, "127.0.0.1", "[agents.current]\ncommand = \"sleep\"\nargs = [\"30\"]\n");
+    ok(&c, &["story", "add", "Long job", "--id", "long", "--stage", "current"]);
+    let key = c.key.clone();
+    let running =
+        || status_at("127.0.0.1", port, &key).is_some_and(|s| s["runs"].as_array().is_some_and(|r| !r.is_empty()));
+    wait_for("the agent to run it", Duration::from_secs(20), running);
+    let out = ok(&c, &["story", "rm", "long"]);
+    assert!(out.contains("removed"), "{out}");
+    wait_for("the run to stop", Duration::from_secs(10), || !running());
+    let d = story_json(&c, "long");
+    assert_eq!((d["removed"].as_bool(), d["holder"].is_null()), (Some(true), true));
+    assert!(!ok(&c, &["story", "list"]).contains("long"));
+    assert!(ok(&c, &["story", "list", "--all"]).lines().any(|l| l.starts_with("long") && l.contains("REMOVED")));
+    let mv = run(&c, &["story", "move", "long", "qa"]);
+    assert!(String::from_utf8_lossy(&mv.stderr).contains("was removed"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!running(), "a tombstone is never claimed");
+}
+
+/// `huskies logs` asks the server which node ran the story and fetches the
+/// log from that node's API; once that node is gone it says so.
+#[test]
+fn logs_come_from_the_node_that_ran_the_story() {
+    let mut c = Cluster::new("logs");
+    c.start_agent_with(
+        1,
+        "127.0.0.2",
+        &sh_agent(
+            "current",
+            "echo \"hello from $HUSKIES_STORY_ID on $HUSKIES_NODE\" && echo 'warning: to stderr' >&2 && echo x > x.md",
+            "",
+        ),
+    );
+    ok(&c, &["story", "add", "Chatty", "--id", "chatty", "--stage", "current"]);
+    wait_stage(&c, "chatty", "qa", 30);
+    let log = ok(&c, &["logs", "chatty"]);
+    assert!(log.contains("hello from chatty on agent-1") && log.contains("warning: to stderr"), "{log}");
+    assert_eq!(ok(&c, &["logs", "chatty", "--stage", "current"]), log);
+    let d = story_json(&c, "chatty");
+    assert!(d["runs"][0]["stderr_tail"].as_str().unwrap().contains("warning: to stderr"));
+    c.kill("agent-1", libc::SIGKILL);
+    wait_for("the server to see agent-1 dead", Duration::from_secs(15), || {
+        status(c.port, &c.key)
+            .is_some_and(|s| s["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "agent-1" && n["alive"] == false))
+    });
+    let out = run(&c, &["logs", "chatty"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("agent-1") && err.contains("offline"), "{err}");
+}
+
+/// The README's Claude Code recipe, as written, with a fake `claude` on the
+/// PATH that checks the flags and the prompt it gets, then commits.
+#[test]
+fn claude_recipe_from_the_readme_works_as_written() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let section = &readme[readme.find("### Claude Code").expect("a Claude Code section")..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let recipe = &section[start..start + section[start..].find("```").unwrap()];
+    let mut c = Cluster::new("claude");
+    let bin = c.root().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = r#"#!/bin/sh
+fail() { echo "fake claude: $1" >&2; exit 3; }
+[ "$1" = "-p" ] || fail "expected -p first, got $1"
+prompt="$2"; shift 2
+case "$prompt" in *"- id: $HUSKIES_STORY_ID"*) ;; *) fail "the prompt lacks the story file" ;; esac
+case "$prompt" in *"Make the button blue"*) ;; *) fail "the prompt lacks the body" ;; esac
+case "$prompt" in *"git commit"*) ;; *) fail "the prompt does not ask for a commit" ;; esac
+args=" $* "
+case "$args" in *" --permission-mode acceptEdits "*) ;; *) fail "no --permission-mode acceptEdits" ;; esac
+case "$args" in *"--allowedTools "*"Bash(git commit:*)"*) ;; *) fail "git commit is not an allowed tool" ;; esac
+case "$args" in *"Edit"*) ;; *) fail "Edit is not an allowed tool" ;; esac
+echo "blue" > button.css
+git add -A && git -c user.name=claude -c user.email=claude@example.com commit -qm "$HUSKIES_STORY_ID: fake claude"
+"#;
+    let claude = bin.join("claude");
+    std::fs::write(&claude, fake).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    c.env.push(("PATH".into(), format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())));
+    c.start_agent_with(1, "127.0.0.1", recipe);
+    ok(&c, &["story", "add", "Blue button", "--id", "blue", "--body", "Make the button blue.", "--stage", "current"]);
+    wait_for("the fake claude's run to finish", Duration::from_secs(30), || {
+        story_json(&c, "blue")["runs"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    let d = story_json(&c, "blue");
+    assert_eq!(d["runs"][0]["outcome"], "succeeded", "the fake claude refused: {}", d["runs"][0]);
+    wait_stage(&c, "blue", "qa", 10);
+    assert_eq!(branch_file(&c, "blue", "button.css").as_deref(), Some("blue\n"));
+}
+
+/// The demo's front door: green for several seeds, with injected failures
+/// at 50% (retries happen, a story is never given up).
+#[test]
+fn demo_is_green_for_several_seeds() {
+    let demos: Vec<_> = (1..=3)
+        .map(|seed| {
+            Command::new(EXE)
+                .args(["demo", "--stories", "4", "--agents", "2", "--no-kill", "--fail-rate", "0.5"])
+                .args(["--seed", &seed.to_string(), "--timeout-secs", "100"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (seed, d) in (1..=3).zip(demos) {
+        let out = d.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "demo --seed {seed}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("stories done       4/4"), "{text}");
+    }
+}
