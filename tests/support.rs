@@ -175,7 +175,9 @@ impl Cluster {
         if !root.exists() {
             git2::Repository::clone(self.root().join("remote.git").to_str().unwrap(), &root).unwrap();
             std::fs::create_dir_all(root.join(".huskies")).unwrap();
-            let toml = format!("capacity = 2\nclaim_timeout_ms = 3000\nscan_interval_ms = 200\n{agents}");
+            let toml = format!(
+                "capacity = 2\nclaim_timeout_ms = 3000\nscan_interval_ms = 200\nretry_backoff_ms = 500\n{agents}"
+            );
             std::fs::write(root.join(".huskies/project.toml"), toml).unwrap();
         }
         let port = std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();

@@ -89,7 +89,10 @@ fn git_fixture(scratch: &Path) -> Result<PathBuf, String> {
 
 fn project_toml(cmd: &str, args: &[String]) -> String {
     let args = args.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
-    let mut s = String::from("capacity = 2\nclaim_timeout_ms = 4000\nscan_interval_ms = 250\n");
+    // Retries after 1 s (doubling), not 5 s: injected failures show
+    // retries without stalling the demo.
+    let mut s =
+        String::from("capacity = 2\nclaim_timeout_ms = 4000\nscan_interval_ms = 250\nretry_backoff_ms = 1000\n");
     for stage in ["current", "qa", "merge"] {
         s.push_str(&format!("\n[agents.{stage}]\ncommand = {cmd:?}\nargs = [{args}]\n"));
     }

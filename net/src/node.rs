@@ -116,6 +116,9 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
             (*stage, huskies_engine::StageLimits { max_attempts: a.max_attempts, run_timeout_ms: a.run_timeout_ms })
         })
         .collect();
+    if let Some(ms) = p.retry_backoff_ms {
+        c.retry_backoff_ms = ms;
+    }
     if let Some(ms) = p.sync_interval_ms {
         c.sync_interval_ms = ms;
         c.mesh_sync_interval_ms = c.mesh_sync_interval_ms.max(ms);

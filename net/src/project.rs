@@ -6,6 +6,7 @@
 //! claim_timeout_ms = 30000  # a silent node's stories are reclaimed after this
 //! scan_interval_ms = 1000
 //! max_mesh_peers = 3
+//! # retry_backoff_ms = 5000 # before this node retries a story that failed here; doubles
 //! # claim_stagger_ms = 2000 # default: 2 scans, at most half the claim timeout
 //! # sync_interval_ms = 20   # least time between two sync messages to a peer
 //! ```
@@ -68,6 +69,8 @@ struct Raw {
     #[serde(default = "default_mesh")]
     max_mesh_peers: usize,
     #[serde(default)]
+    retry_backoff_ms: Option<u64>,
+    #[serde(default)]
     claim_stagger_ms: Option<u64>,
     #[serde(default)]
     sync_interval_ms: Option<u64>,
@@ -95,6 +98,9 @@ pub struct ProjectConfig {
     pub claim_timeout_ms: u64,
     pub scan_interval_ms: u64,
     pub max_mesh_peers: usize,
+    /// Wait before this node retries a story that failed here (doubles
+    /// per attempt); `None`: the engine's default (5 s).
+    pub retry_backoff_ms: Option<u64>,
     /// `None`: derived from the scan interval and claim timeout.
     pub claim_stagger_ms: Option<u64>,
     /// `None`: the engine's default.
@@ -109,6 +115,7 @@ impl Default for ProjectConfig {
             claim_timeout_ms: default_claim_timeout(),
             scan_interval_ms: default_scan(),
             max_mesh_peers: default_mesh(),
+            retry_backoff_ms: None,
             claim_stagger_ms: None,
             sync_interval_ms: None,
             agents: BTreeMap::new(),
@@ -180,6 +187,7 @@ impl ProjectConfig {
             claim_timeout_ms: raw.claim_timeout_ms,
             scan_interval_ms: raw.scan_interval_ms,
             max_mesh_peers: raw.max_mesh_peers,
+            retry_backoff_ms: raw.retry_backoff_ms,
             claim_stagger_ms: raw.claim_stagger_ms,
             sync_interval_ms: raw.sync_interval_ms,
             agents,
