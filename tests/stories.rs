@@ -129,6 +129,7 @@ fn no_commits_fails_then_edit_and_retry() {
     let outcomes: Vec<&str> = d["runs"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["failed", "failed", "succeeded"]);
     assert_eq!(d["reason"], serde_json::Value::Null, "an advance clears the reason");
+    println!("{}", ok(&c, &["story", "show", "idle"]));
     let again = run(&c, &["story", "retry", "idle"]);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("has not failed"));
 }
