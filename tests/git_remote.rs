@@ -102,8 +102,14 @@ fn commit_and_push(work: &Path, story: &str, creds: &GitCredentials) -> Result<g
     let sig = git2::Signature::now("t", "t@example.com").unwrap();
     let parent = repo.find_commit(base).unwrap();
     let oid = repo.commit(Some("HEAD"), &sig, &sig, story, &tree, &[&parent]).unwrap();
-    git::push(work, story, creds)?;
-    Ok(oid)
+    git::push(work, story, git::Claim { stage: "current", token: 1, node: "agent-1" }, creds)?;
+    // What lands is huskies' seal commit on top of the agent's.
+    let tip = git::branch_head(work, story).expect("a local branch");
+    let sealed = Repository::open(work).unwrap();
+    let seal = sealed.find_commit(tip).unwrap();
+    assert_eq!(seal.parent_id(0).unwrap(), oid);
+    assert!(seal.message().unwrap().contains(&format!("Huskies-Claim: {story} current 1 agent-1")));
+    Ok(tip)
 }
 
 fn remote_tip(repos: &Path, story: &str) -> Option<git2::Oid> {
@@ -165,7 +171,7 @@ fn push_over_smart_http_with_a_token() {
     // No credential at all: the error says which sources were asked.
     let none = GitCredentials::default();
     let e = commit_and_push(&work, "s2", &none).unwrap_err().message().to_owned();
-    assert!(e.contains(&format!("push to {url}")), "{e}");
+    assert!(e.contains(&format!("from {url}")) || e.contains(&format!("to {url}")), "{e}");
     assert!(e.contains("credentials tried"), "{e}");
     assert_eq!(remote_tip(&repos, "s2"), None);
 

@@ -28,7 +28,7 @@ impl Engine {
             .get(&self.node)
             .into_iter()
             .flatten()
-            .filter(|id| !self.runs.contains_key(*id))
+            .filter(|id| !self.runs.contains_key(*id) && !self.fenced_by.contains_key(*id))
             .cloned()
             .collect();
         for story in orphans {
@@ -66,6 +66,9 @@ impl Engine {
         let view = self.stories.get(id)?;
         let s = &view.state;
         if !s.is_claimable_stage() || !self.config.stages.contains(&s.stage) || self.runs.contains_key(id) {
+            return None;
+        }
+        if self.fenced_by.contains_key(id) {
             return None;
         }
         if self.cooldown.get(id).is_some_and(|until| *until > self.now) {
@@ -198,13 +201,13 @@ impl Engine {
     }
 
     fn enter_push(&mut self, story: &StoryId, token: Token) {
-        let stage = self.runs.get(story).map_or(crate::Stage::Current, |r| r.stage);
+        let Some(stage) = self.runs.get(story).map(|r| r.stage) else { return };
         let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(stage));
         if let Some(run) = self.runs.get_mut(story) {
             run.phase = Phase::Pushing;
             run.deadline = deadline;
         }
-        self.pending.push(Output::Push { story: story.clone(), token });
+        self.pending.push(Output::Push { story: story.clone(), token, stage });
     }
 
     pub(crate) fn handle_run_finished(
@@ -226,14 +229,36 @@ impl Engine {
         }
     }
 
-    pub(crate) fn handle_push_finished(&mut self, story: StoryId, token: Token, outcome: Result<(), String>) {
+    pub(crate) fn handle_push_finished(&mut self, story: StoryId, token: Token, outcome: Result<(), crate::PushError>) {
         if !self.live_run(&story, token, Phase::Pushing) {
             return;
         }
         match outcome {
             Ok(()) => self.advance(&story),
-            Err(e) => self.fail(&story, format!("push failed: {e}")),
+            Err(e @ crate::PushError::Fenced { by_token: Some(_), .. }) => self.fenced(&story, e),
+            // Commits huskies did not push hold the branch: no newer claim
+            // to defer to, so this is a failed attempt (the next run starts
+            // from those commits and fast-forwards).
+            Err(e) => self.fail(&story, e.to_string()),
         }
+    }
+
+    /// The remote fenced our push: a newer claim holds the story. We drop
+    /// the run and leave the story's state alone (the newer claim's state
+    /// arrives by sync; writing a release here could only compete with
+    /// it). The run's record says where its work was kept.
+    fn fenced(&mut self, story: &StoryId, e: crate::PushError) {
+        let Some(run) = self.runs.remove(story) else { return };
+        let reason = e.to_string();
+        self.record_run(story, &run, crate::runs::RunOutcomeKind::Fenced, Some(crate::story::short_reason(&reason)));
+        let (by, kept) = match e {
+            crate::PushError::Fenced { by_token, kept } => (by_token, kept),
+            crate::PushError::Failed(_) => (None, String::new()),
+        };
+        if let Some(by) = by {
+            self.fenced_by.insert(story.clone(), by);
+        }
+        self.emit(Event::Fenced { story: story.clone(), token: run.token, kept });
     }
 
     pub(crate) fn handle_worktree_inspected(&mut self, story: StoryId, token: Token, committed: bool) {

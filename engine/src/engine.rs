@@ -110,6 +110,10 @@ pub struct Engine {
     pub(crate) self_revoked: bool,
     /// CA-signed cluster settings in force (applied to `config`).
     pub(crate) settings: Option<crate::ClusterSettings>,
+    /// Stories whose push the remote fenced, with the newer claim's token
+    /// it showed: we neither adopt nor claim them until our replica has
+    /// caught up with that claim.
+    pub(crate) fenced_by: BTreeMap<StoryId, Token>,
 
     // Peers.
     pub(crate) conns: BTreeMap<ConnId, Conn>,
@@ -181,6 +185,7 @@ impl Engine {
             keys: BTreeMap::new(),
             revoked: BTreeSet::new(),
             settings: None,
+            fenced_by: BTreeMap::new(),
             self_revoked: false,
             conns: BTreeMap::new(),
             targets: BTreeMap::new(),
@@ -424,6 +429,9 @@ impl Engine {
             self.conflicted.remove(id);
         }
         let state = &view.state;
+        if self.fenced_by.get(id).is_some_and(|t| state.token >= *t) {
+            self.fenced_by.remove(id);
+        }
         match &state.holder {
             Some(h) => {
                 self.by_holder.entry(h.clone()).or_default().insert(id.clone());

@@ -19,7 +19,7 @@ pub enum Input {
     /// The agent command for a started run exited (or was stopped).
     RunFinished { story: StoryId, token: Token, outcome: RunOutcome, report: crate::runs::RunReport },
     /// The push asked for by `Output::Push` completed.
-    PushFinished { story: StoryId, token: Token, outcome: Result<(), String> },
+    PushFinished { story: StoryId, token: Token, outcome: Result<(), PushError> },
     /// Answer to `Output::InspectWorktree`: does the story's worktree hold
     /// committed work from before a restart?
     WorktreeInspected { story: StoryId, token: Token, committed: bool },
@@ -33,6 +33,30 @@ pub enum Input {
 pub enum RunOutcome {
     Succeeded,
     Failed { reason: String },
+}
+
+/// Why a push did not land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushError {
+    /// A newer claim (or work huskies did not push) holds the story's
+    /// branch at the remote: ours was kept on the side ref `kept`.
+    Fenced { by_token: Option<Token>, kept: String },
+    /// The remote could not be reached or refused for another reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Fenced { by_token: Some(t), kept } => {
+                write!(f, "fenced at the remote by token {t}; this run's work is kept on {kept}")
+            }
+            PushError::Fenced { by_token: None, kept } => {
+                write!(f, "fenced at the remote by commits huskies did not push; this run's work is kept on {kept}")
+            }
+            PushError::Failed(why) => write!(f, "push failed: {why}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,10 +188,13 @@ pub enum Output {
         story: StoryId,
         token: Token,
     },
-    /// Push the story's branch; answer with `PushFinished`.
+    /// Push the story's branch under this claim (the remote's tip decides
+    /// against `token`: a newer claim there fences this push); answer with
+    /// `PushFinished`.
     Push {
         story: StoryId,
         token: Token,
+        stage: Stage,
     },
     /// Answer with `WorktreeInspected`.
     InspectWorktree {
@@ -248,6 +275,13 @@ pub enum Event {
         token: Token,
         now_held_by: Option<NodeId>,
         now_token: Token,
+    },
+    /// Our push was fenced at the remote: a newer claim holds the branch.
+    /// The run is dropped without touching the story's state.
+    Fenced {
+        story: StoryId,
+        token: Token,
+        kept: String,
     },
     /// We advanced a story: a result was accepted locally.
     Advanced {

@@ -32,6 +32,9 @@ pub enum RunOutcomeKind {
     Succeeded,
     /// The run, its push or its deadline failed; see `reason`.
     Failed,
+    /// Its push was fenced at the remote by a newer claim; `reason` names
+    /// the side ref that keeps its work.
+    Fenced,
 }
 
 /// One run, as the story's history shows it.

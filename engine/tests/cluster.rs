@@ -77,7 +77,48 @@ fn partition_reclaim_heal_fences_the_zombie() {
     let zombie_advances =
         c.events.iter().filter(|(_, n, e)| *n == holder && matches!(e, Event::Advanced { .. })).count();
     assert_eq!(zombie_advances, 1, "the zombie did finish, and was fenced");
+    // At the remote: the zombie pushed first; the winner's push replaced
+    // its tip and kept it on a side ref.
+    assert_eq!(c.branch.get(&story), Some(&winner_view.token), "the branch holds the winner's push");
+    assert!(c.kept.contains(&(story.clone(), token)), "the zombie's tip is kept: {:?}", c.kept);
+    c.assert_no_work_lost();
     let _ = start;
+}
+
+/// The zombie finishes after the winner pushed: the remote fences its
+/// push, it does not advance on its own replica, its work is kept on a side
+/// ref and its run recorded as fenced; after the heal all agree on the
+/// winner.
+#[test]
+fn a_zombie_push_after_the_winner_is_fenced_at_the_remote() {
+    let mut cfg = fast_config();
+    cfg.stages = vec![Stage::Current];
+    let mut c = Cluster::new(3, 12, cfg);
+    c.agent.run_ms = 8_000;
+    c.run_for(2_000);
+    let story = c.add_stories(0, 1, Stage::Current).remove(0);
+    c.run_for(1_000);
+    let holder = (1..=3).find(|&i| c.engine(i).runs().count() == 1).expect("someone claimed");
+    let token = c.engine(holder).runs().next().unwrap().1;
+    c.isolate(holder);
+    // The winner's run is quick; the zombie's (started before) is not.
+    c.agent.run_ms = 500;
+    c.run_for(12_000);
+    let fenced = c.events.iter().any(|(_, n, e)| {
+        *n == holder && matches!(e, Event::Fenced { story: s, token: t, .. } if *s == story && *t == token)
+    });
+    assert!(fenced, "the zombie's push was fenced");
+    let zombie_view = c.engine(holder).story(&story).unwrap().state.clone();
+    assert_eq!(zombie_view.stage, Stage::Current, "the zombie did not advance");
+    assert!(c.kept.contains(&(story.clone(), token)));
+    c.heal();
+    c.run_until_settled(60_000).expect("converges after heal");
+    let winner = c.engine(0).story(&story).unwrap().state.clone();
+    assert_eq!(c.branch.get(&story), Some(&winner.token));
+    assert_ne!(winner.result.unwrap().node, c.nodes[holder].id);
+    let runs = c.engine(0).story_runs(&story);
+    assert!(runs.iter().any(|r| r.outcome == huskies_engine::RunOutcomeKind::Fenced && r.token == token), "{runs:?}");
+    c.assert_no_work_lost();
 }
 
 /// A node goes offline, work is added on both sides, it comes back: both

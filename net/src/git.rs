@@ -97,15 +97,95 @@ pub fn prepare_worktree(
     Ok((path, base))
 }
 
-/// Force-pushes the story's branch to origin (a reclaimed run replaces the
-/// fenced one's push).
-pub fn push(project_root: &Path, story: &str, creds: &GitCredentials) -> Result<(), git2::Error> {
-    let repo = Repository::open(project_root)?;
-    let mut remote = repo.find_remote("origin")?;
-    let mut opts = PushOptions::new();
+/// The claim a push is made under: it goes into the trailer of the seal
+/// commit, and decides against the remote's tip.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub stage: &'a str,
+    pub token: u64,
+    pub node: &'a str,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// The story's branch now ends in our seal commit. `replaced` names the
+    /// side ref that keeps a tip of an older claim we displaced.
+    Landed { tip: Oid, replaced: Option<String> },
+    /// A newer claim (or commits huskies did not push) holds the branch:
+    /// ours went to `kept` instead.
+    Fenced { by_token: Option<u64>, kept: String },
+}
+
+/// The trailer every seal commit carries.
+const TRAILER: &str = "Huskies-Claim:";
+
+/// Where a superseded tip of `story`'s branch is kept.
+pub fn fenced_ref(story: &str, token: u64) -> String {
+    format!("refs/heads/huskies-fenced/{story}/{token}")
+}
+
+/// The claim token in `commit`'s `Huskies-Claim` trailer for `story`.
+fn claim_token(commit: &git2::Commit<'_>, story: &str) -> Option<u64> {
+    let msg = commit.message().ok()?;
+    msg.lines().rev().find_map(|l| {
+        let mut w = l.strip_prefix(TRAILER)?.split_whitespace();
+        (w.next()? == story).then_some(())?;
+        let _stage = w.next()?;
+        w.next()?.parse().ok()
+    })
+}
+
+/// Seals the local branch: an empty commit on top whose trailer names the
+/// claim (once per claim: a retried push reuses it).
+fn seal(repo: &Repository, story: &str, claim: Claim<'_>) -> Result<Oid, git2::Error> {
+    let mut branch = repo.find_branch(&branch_name(story), BranchType::Local)?;
+    let head = branch.get().peel_to_commit()?;
+    if claim_token(&head, story) == Some(claim.token) {
+        return Ok(head.id());
+    }
+    let sig = git2::Signature::now("huskies", "huskies@localhost")?;
+    let msg = format!(
+        "huskies: {stage} of {story} by {node} (token {token})\n\n{TRAILER} {story} {stage} {token} {node}\n",
+        stage = claim.stage,
+        node = claim.node,
+        token = claim.token
+    );
+    let oid = repo.commit(None, &sig, &sig, &msg, &head.tree()?, &[&head])?;
+    branch.get_mut().set_target(oid, "huskies: seal")?;
+    Ok(oid)
+}
+
+/// What the last fetch saw of the remote's `refs/heads/...` ref.
+fn remote_value(repo: &Repository, remote_ref: &str) -> Option<Oid> {
+    let name = remote_ref.strip_prefix("refs/heads/")?;
+    repo.refname_to_id(&format!("refs/remotes/origin/{name}")).ok()
+}
+
+/// Pushes `updates` (local ref -> remote ref) with a lease on each:
+/// the push goes through only if every remote ref is still at the value
+/// given (zero: absent). The remote's receive-pack checks the old value
+/// atomically, so two pushes racing cannot both win.
+fn push_leased(
+    repo: &Repository,
+    remote: &mut git2::Remote<'_>,
+    creds: &GitCredentials,
+    updates: &[(String, String, Oid)],
+) -> Result<Result<(), String>, git2::Error> {
     let tried = Tried::default();
     let mut cb = callbacks(creds, repo.config().ok(), tried.clone());
-    // libgit2 reports a ref the remote refused here, not as an error.
+    let expected: Vec<(String, Oid)> = updates.iter().map(|(_, dst, old)| (dst.clone(), *old)).collect();
+    cb.push_negotiation(move |proposed| {
+        for u in proposed {
+            let dst = u.dst_refname().unwrap_or_default();
+            if let Some((_, old)) = expected.iter().find(|(d, _)| d == dst)
+                && u.src() != *old
+            {
+                return Err(git2::Error::from_str(&format!("lease broken: {dst} moved to {}", u.src())));
+            }
+        }
+        Ok(())
+    });
     let refused = std::rc::Rc::new(std::cell::RefCell::new(None));
     let refused_cb = refused.clone();
     cb.push_update_reference(move |name, status| {
@@ -114,13 +194,89 @@ pub fn push(project_root: &Path, story: &str, creds: &GitCredentials) -> Result<
         }
         Ok(())
     });
+    let mut opts = PushOptions::new();
     opts.remote_callbacks(cb);
-    let spec = format!("+refs/heads/{b}:refs/heads/{b}", b = branch_name(story));
-    remote.push(&[spec.as_str()], Some(&mut opts)).map_err(|e| remote_error("push to", &remote, &e, &tried))?;
-    match refused.borrow_mut().take() {
-        Some(why) => Err(remote_error("push to", &remote, &git2::Error::from_str(&format!("refused {why}")), &tried)),
-        None => Ok(()),
+    let specs: Vec<String> = updates.iter().map(|(src, dst, _)| format!("+{src}:{dst}")).collect();
+    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    match remote.push(&specs, Some(&mut opts)) {
+        Err(e) if e.message().contains("lease broken") => return Ok(Err(e.message().to_owned())),
+        Err(e) => return Err(remote_error("push to", remote, &e, &tried)),
+        Ok(()) => {}
     }
+    let why = refused.borrow_mut().take();
+    match why {
+        None => Ok(Ok(())),
+        // The ref moved under us: a race to retry, not a refusal.
+        Some(why)
+            if ["stale", "expected", "lock", "fetch first", "non-fast-forward"].iter().any(|m| why.contains(m)) =>
+        {
+            Ok(Err(why))
+        }
+        Some(why) => Err(remote_error("push to", remote, &git2::Error::from_str(&format!("refused {why}")), &tried)),
+    }
+}
+
+/// Pushes the story's branch under `claim`, never blindly: the remote's
+/// tip decides.
+///
+/// - It descends from nothing of ours we would drop (our tip contains it):
+///   a compare-and-swap fast-forward.
+/// - It carries a claim of an older token: it is kept on
+///   [`fenced_ref`] and replaced by ours, by compare-and-swap.
+/// - It carries a newer claim, or commits huskies did not push: our tip
+///   goes to [`fenced_ref`] and the branch is left alone (`Fenced`).
+///
+/// A lost race (the remote moved between fetch and push) starts over.
+pub fn push(project_root: &Path, story: &str, claim: Claim<'_>, creds: &GitCredentials) -> Result<Pushed, git2::Error> {
+    let repo = Repository::open(project_root)?;
+    let ours = seal(&repo, story, claim)?;
+    let branch_ref = format!("refs/heads/{}", branch_name(story));
+    let tracking = format!("refs/remotes/origin/{}", branch_name(story));
+    for _ in 0..4 {
+        fetch(&repo, creds)?;
+        let mut remote = repo.find_remote("origin")?;
+        let theirs = repo.refname_to_id(&tracking).ok();
+        let their_token = theirs.and_then(|t| repo.find_commit(t).ok()).and_then(|c| claim_token(&c, story));
+        let contains = |t: Oid| t == ours || repo.graph_descendant_of(ours, t).unwrap_or(false);
+        let zero = Oid::ZERO_SHA1;
+        let outcome = match theirs {
+            None => push_leased(&repo, &mut remote, creds, &[(branch_ref.clone(), branch_ref.clone(), zero)])?
+                .map(|()| None),
+            Some(t) if contains(t) => {
+                push_leased(&repo, &mut remote, creds, &[(branch_ref.clone(), branch_ref.clone(), t)])?.map(|()| None)
+            }
+            Some(t) if their_token.is_some_and(|tok| tok < claim.token) => {
+                // An older claim's work: keep it, then take the branch.
+                let keep = fenced_ref(story, their_token.unwrap_or(0));
+                let local_keep = format!("refs/huskies/keep/{story}");
+                repo.reference(&local_keep, t, true, "huskies: keep a superseded tip")?;
+                // The side ref may exist from an earlier try of ours.
+                let kept_before = remote_value(&repo, &keep).unwrap_or(zero);
+                let updates = [(local_keep, keep.clone(), kept_before), (branch_ref.clone(), branch_ref.clone(), t)];
+                push_leased(&repo, &mut remote, creds, &updates)?.map(|()| Some(keep))
+            }
+            Some(_) => {
+                // A newer claim holds the branch (or a person pushed to it):
+                // our work is kept beside it, never over it.
+                let kept = fenced_ref(story, claim.token);
+                let local = format!("refs/huskies/keep/{story}");
+                repo.reference(&local, ours, true, "huskies: keep fenced work")?;
+                let before = remote_value(&repo, &kept).unwrap_or(zero);
+                match push_leased(&repo, &mut remote, creds, &[(local, kept.clone(), before)])? {
+                    Ok(()) => return Ok(Pushed::Fenced { by_token: their_token, kept }),
+                    Err(why) => {
+                        tracing::debug!(%story, %why, "keeping fenced work raced; trying again");
+                        continue;
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(replaced) => return Ok(Pushed::Landed { tip: ours, replaced }),
+            Err(why) => tracing::debug!(%story, %why, "the remote moved during the push; trying again"),
+        }
+    }
+    Err(git2::Error::from_str(&format!("push of {branch_ref}: the remote kept moving; gave up after 4 tries")))
 }
 
 /// The tip of the story's local branch.
@@ -188,7 +344,8 @@ mod tests {
         let parent = repo.find_commit(base).unwrap();
         repo.commit(Some("HEAD"), &sig, &sig, "work", &tree, &[&parent]).unwrap();
         assert!(has_unpushed_work(&work, "s1", &creds));
-        push(&work, "s1", &creds).unwrap();
+        let claim = Claim { stage: "current", token: 1, node: "agent-1" };
+        assert!(matches!(push(&work, "s1", claim, &creds).unwrap(), Pushed::Landed { replaced: None, .. }));
         assert!(!has_unpushed_work(&work, "s1", &creds));
         let remote = Repository::open_bare(dir.path().join("remote.git")).unwrap();
         assert!(remote.find_reference("refs/heads/huskies/s1").is_ok());
@@ -197,5 +354,71 @@ mod tests {
         assert_ne!(base2, base);
         prune(&work, "s1").unwrap();
         assert!(!worktree_path(&work, "s1").exists());
+    }
+
+    /// A clone of the fixture's remote at `dir/name` with one commit on
+    /// story `story`'s branch, made as a run from the remote's tip would.
+    fn run_commits(dir: &Path, name: &str, story: &str) -> PathBuf {
+        let work = dir.join(name);
+        Repository::clone(dir.join("remote.git").to_str().unwrap(), &work).unwrap();
+        let creds = GitCredentials::default();
+        let (wt, base) = prepare_worktree(&work, story, &creds).unwrap();
+        let repo = Repository::open(&wt).unwrap();
+        std::fs::write(wt.join(format!("{name}.txt")), name).unwrap();
+        let mut idx = repo.index().unwrap();
+        idx.add_path(Path::new(&format!("{name}.txt"))).unwrap();
+        let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let parent = repo.find_commit(base).unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, name, &tree, &[&parent]).unwrap();
+        work
+    }
+
+    fn remote_ref(dir: &Path, name: &str) -> Option<Oid> {
+        Repository::open_bare(dir.join("remote.git")).unwrap().refname_to_id(name).ok()
+    }
+
+    /// The zombie pushes after the newer claim: fenced, its work on the
+    /// side ref. The zombie pushes first: the newer claim replaces it and
+    /// keeps it on the side ref. A later stage fast-forwards.
+    #[test]
+    fn pushes_are_fenced_by_the_claim_token() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let creds = GitCredentials::default();
+        let (zombie, winner) =
+            (Claim { stage: "current", token: 1, node: "a1" }, Claim { stage: "current", token: 2, node: "a2" });
+
+        let (a, b) = (run_commits(dir.path(), "a", "s"), run_commits(dir.path(), "b", "s"));
+        let won = push(&b, "s", winner, &creds).unwrap();
+        assert!(matches!(won, Pushed::Landed { replaced: None, .. }));
+        let lost = push(&a, "s", zombie, &creds).unwrap();
+        assert_eq!(lost, Pushed::Fenced { by_token: Some(2), kept: "refs/heads/huskies-fenced/s/1".into() });
+        assert_eq!(remote_ref(dir.path(), "refs/heads/huskies/s"), branch_head(&b, "s"), "the winner's tip stands");
+        assert_eq!(
+            remote_ref(dir.path(), "refs/heads/huskies-fenced/s/1"),
+            branch_head(&a, "s"),
+            "the zombie's is kept"
+        );
+
+        let (a, b) = (run_commits(dir.path(), "a2", "t"), run_commits(dir.path(), "b2", "t"));
+        assert!(matches!(push(&a, "t", zombie, &creds).unwrap(), Pushed::Landed { replaced: None, .. }));
+        let won = push(&b, "t", winner, &creds).unwrap();
+        assert!(
+            matches!(won, Pushed::Landed { replaced: Some(ref r), .. } if r == "refs/heads/huskies-fenced/t/1"),
+            "{won:?}"
+        );
+        assert_eq!(remote_ref(dir.path(), "refs/heads/huskies/t"), branch_head(&b, "t"));
+        assert_eq!(remote_ref(dir.path(), "refs/heads/huskies-fenced/t/1"), branch_head(&a, "t"));
+
+        // The next stage starts from the winner's tip: a fast-forward.
+        let qa = run_commits(dir.path(), "qa", "t");
+        let next = Claim { stage: "qa", token: 3, node: "a1" };
+        assert!(matches!(push(&qa, "t", next, &creds).unwrap(), Pushed::Landed { replaced: None, .. }));
+        assert_eq!(remote_ref(dir.path(), "refs/heads/huskies/t"), branch_head(&qa, "t"));
+        // A push retried under the same claim seals once and changes nothing.
+        let again = push(&qa, "t", next, &creds).unwrap();
+        assert!(matches!(again, Pushed::Landed { replaced: None, .. }));
+        assert_eq!(remote_ref(dir.path(), "refs/heads/huskies/t"), branch_head(&qa, "t"));
     }
 }

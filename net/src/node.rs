@@ -417,9 +417,9 @@ impl Node {
                 self.counters.runs_stopped += 1;
                 self.runner.stop(&story, token);
             }
-            Output::Push { story, token } => {
+            Output::Push { story, token, stage } => {
                 self.runner.finished(&story, token);
-                self.runner.push(story, token);
+                self.runner.push(story, token, stage);
             }
             Output::InspectWorktree { story, token } => self.runner.inspect(story, token),
             Output::PruneWorktree { story } => self.runner.prune(story),
@@ -445,6 +445,7 @@ impl Node {
             Event::Advanced { .. } => c.advanced += 1,
             Event::RunFailed { .. } => c.runs_failed += 1,
             Event::StaleResult { .. } => c.stale_results += 1,
+            Event::Fenced { .. } => c.fenced += 1,
             Event::PeerRejected { .. } => c.peers_rejected += 1,
             Event::NodeRevoked { .. } => self.share_revocations(),
             Event::SettingsAdopted { .. } if !self.opts.is_server => self.compare_settings(),
@@ -454,7 +455,8 @@ impl Node {
             Event::PeerRejected { .. }
             | Event::StorageCorrupt { .. }
             | Event::RunFailed { .. }
-            | Event::SettingsRejected { .. } => {
+            | Event::SettingsRejected { .. }
+            | Event::Fenced { .. } => {
                 tracing::warn!(event = ?e)
             }
             Event::PeerUp { .. } | Event::PeerDown { .. } | Event::StageChanged { .. } => tracing::debug!(event = ?e),

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use huskies_engine::{Input, NodeId, RunOutcome, RunReport, Stage, StoryId, Token};
+use huskies_engine::{Input, NodeId, PushError, RunOutcome, RunReport, Stage, StoryId, Token};
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
@@ -87,16 +87,31 @@ impl Runner {
         self.stops.remove(&(story.clone(), token));
     }
 
-    pub fn push(&self, story: StoryId, token: Token) {
+    pub fn push(&self, story: StoryId, token: Token, stage: Stage) {
         let root = self.project_root.clone();
         let inputs = self.inputs.clone();
         let creds = self.git_creds.clone();
+        let node = self.node.clone();
         self.rt.spawn(async move {
             let s = story.clone();
-            let outcome = tokio::task::spawn_blocking(move || git::push(&root, s.as_str(), &creds))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.message().to_owned()));
+            let pushed = tokio::task::spawn_blocking(move || {
+                let claim = git::Claim { stage: stage.as_str(), token: token.0, node: node.as_str() };
+                git::push(&root, s.as_str(), claim, &creds)
+            })
+            .await;
+            let outcome = match pushed {
+                Ok(Ok(git::Pushed::Landed { replaced, .. })) => {
+                    if let Some(kept) = replaced {
+                        tracing::warn!(%story, %token, %kept, "replaced an older claim's tip at the remote; it is kept");
+                    }
+                    Ok(())
+                }
+                Ok(Ok(git::Pushed::Fenced { by_token, kept })) => {
+                    Err(PushError::Fenced { by_token: by_token.map(Token), kept })
+                }
+                Ok(Err(e)) => Err(PushError::Failed(e.message().to_owned())),
+                Err(e) => Err(PushError::Failed(e.to_string())),
+            };
             let _ = inputs.send(Input::PushFinished { story, token, outcome });
         });
     }

@@ -14,6 +14,9 @@ pub struct Counters {
     pub runs_failed: u64,
     pub stale_results: u64,
     pub peers_rejected: u64,
+    /// Our pushes a newer claim fenced at the remote.
+    #[serde(default)]
+    pub fenced: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -278,10 +278,10 @@ impl Node {
                     self.runs.remove(&story);
                 }
             }
-            Output::Push { story, token } => {
+            Output::Push { story, token, .. } => {
                 let fail = self.random() % 100 < self.ctx.agent.push_fail_pct;
                 let outcome = if fail {
-                    Err("simulated push failure".to_owned())
+                    Err(huskies_engine::PushError::Failed("simulated push failure".to_owned()))
                 } else {
                     self.oracle().pushes.insert((story.clone(), self.ctx.id.clone(), token));
                     self.ctx.worktrees.lock().expect("worktrees lock").remove(&story);

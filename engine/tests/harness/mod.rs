@@ -66,7 +66,17 @@ pub struct Cluster {
     next_inbound: u64,
     /// Unordered node pairs that cannot talk.
     pub cut: BTreeSet<(usize, usize)>,
+    /// Every push that landed, in order.
     pub remote: Vec<Pushed>,
+    /// The git remote, modelled: per story the token of the commit its
+    /// branch ends in; a commit's parent (the tip its run started from);
+    /// tips kept on side refs (fenced pushes, and superseded tips a newer
+    /// claim replaced).
+    pub branch: BTreeMap<StoryId, Token>,
+    pub parent: BTreeMap<(StoryId, Token), Option<Token>>,
+    pub kept: Vec<(StoryId, Token)>,
+    /// The branch tip each run started from.
+    bases: BTreeMap<(usize, StoryId, Token), Option<Token>>,
     pub events: Vec<(Millis, usize, Event)>,
     /// StartRun count per (story, stage).
     pub starts: BTreeMap<(StoryId, Stage), u32>,
@@ -112,6 +122,10 @@ impl Cluster {
             next_inbound: 0,
             cut: BTreeSet::new(),
             remote: Vec::new(),
+            branch: BTreeMap::new(),
+            parent: BTreeMap::new(),
+            kept: Vec::new(),
+            bases: BTreeMap::new(),
             events: Vec::new(),
             starts: BTreeMap::new(),
             trace_hash: 0,
@@ -167,6 +181,66 @@ impl Cluster {
             self.deliveries.iter().filter(|(_, Delivery::Input(n, _))| *n == i).map(|(k, _)| *k).collect();
         for k in dead {
             self.deliveries.remove(&k);
+        }
+    }
+
+    /// The remote's rule, as `net::git::push` applies it: a push whose
+    /// commit descends from the branch tip lands (fast-forward); one that
+    /// does not lands only over an older claim's tip (kept on a side ref);
+    /// else it is fenced and kept on a side ref.
+    fn push_to_remote(&mut self, i: usize, story: &StoryId, token: Token) -> Result<(), huskies_engine::PushError> {
+        let base = self.bases.get(&(i, story.clone(), token)).copied().flatten();
+        self.parent.insert((story.clone(), token), base);
+        let tip = self.branch.get(story).copied();
+        let descends = |mut at: Option<Token>| loop {
+            if at == tip {
+                return true;
+            }
+            match at {
+                Some(t) => at = self.parent.get(&(story.clone(), t)).copied().flatten(),
+                None => return false,
+            }
+        };
+        let lands = tip.is_none() || descends(Some(token)) || tip.is_some_and(|t| t < token);
+        if !lands {
+            self.kept.push((story.clone(), token));
+            let by_token = tip;
+            return Err(huskies_engine::PushError::Fenced {
+                by_token,
+                kept: format!("refs/heads/huskies-fenced/{story}/{}", token.0),
+            });
+        }
+        if let Some(t) = tip
+            && !descends(Some(token))
+        {
+            self.kept.push((story.clone(), t));
+        }
+        self.branch.insert(story.clone(), token);
+        self.remote.push(Pushed { story: story.clone(), node: self.nodes[i].id.clone(), token });
+        Ok(())
+    }
+
+    /// Every commit a run pushed is reachable from the story's branch or a
+    /// side ref: no finished work is lost.
+    pub fn assert_no_work_lost(&self) {
+        for (story, token) in self.parent.keys() {
+            let reachable = |from: Option<Token>| {
+                let mut at = from;
+                while let Some(t) = at {
+                    if t == *token {
+                        return true;
+                    }
+                    at = self.parent.get(&(story.clone(), t)).copied().flatten();
+                }
+                false
+            };
+            let tips = self
+                .branch
+                .get(story)
+                .copied()
+                .into_iter()
+                .chain(self.kept.iter().filter(|(s, _)| s == story).map(|(_, t)| *t));
+            assert!(tips.into_iter().any(|t| reachable(Some(t))), "{story} at {token:?}: pushed work lost");
         }
     }
 
@@ -320,6 +394,7 @@ impl Cluster {
             Output::HangUp { conn } => self.drop_link(i, conn, false),
             Output::StartRun { story, stage, token, .. } => {
                 *self.starts.entry((story.clone(), stage)).or_default() += 1;
+                self.bases.insert((i, story.clone(), token), self.branch.get(&story).copied());
                 let done = self.now.saturating_add_ms(self.agent.run_ms);
                 self.nodes[i].runs.insert(story, (token, done));
             }
@@ -328,9 +403,9 @@ impl Cluster {
                     self.nodes[i].runs.remove(&story);
                 }
             }
-            Output::Push { story, token } => {
-                self.remote.push(Pushed { story: story.clone(), node: self.nodes[i].id.clone(), token });
-                self.schedule(i, Input::PushFinished { story, token, outcome: Ok(()) }, 1);
+            Output::Push { story, token, .. } => {
+                let outcome = self.push_to_remote(i, &story, token);
+                self.schedule(i, Input::PushFinished { story, token, outcome }, 1);
             }
             Output::InspectWorktree { story, token } => {
                 self.schedule(i, Input::WorktreeInspected { story, token, committed: false }, 1);
