@@ -93,7 +93,7 @@ fn work_tree(root: &Path, name: &str, repos: &Path, url: &str) -> PathBuf {
 
 /// One run's work: a worktree from the remote, a commit, a push.
 fn commit_and_push(work: &Path, story: &str, creds: &GitCredentials) -> Result<git2::Oid, git2::Error> {
-    let (wt, base) = git::prepare_worktree(work, story, creds)?;
+    let (wt, base, _) = git::prepare_worktree(work, story, creds, None)?;
     let repo = Repository::open(&wt).unwrap();
     std::fs::write(wt.join(format!("{story}.txt")), "done\n").unwrap();
     let mut idx = repo.index().unwrap();
@@ -142,7 +142,7 @@ fn push_over_git_daemon() {
     // The next stage, on another machine, starts from the pushed branch:
     // a fetch over git://.
     let other = work_tree(&dir.0, "other", &repos, &url);
-    let (_, base) = git::prepare_worktree(&other, "s1", &creds).unwrap();
+    let (_, base, _) = git::prepare_worktree(&other, "s1", &creds, None).unwrap();
     assert_eq!(base, oid);
     assert!(!git::has_unpushed_work(&other, "s1", &creds));
 
@@ -165,7 +165,7 @@ fn push_over_smart_http_with_a_token() {
     let oid = commit_and_push(&work, "s1", &creds).unwrap();
     assert_eq!(remote_tip(&repos, "s1"), Some(oid));
     let other = work_tree(&dir.0, "other", &repos, &url);
-    let (_, base) = git::prepare_worktree(&other, "s1", &creds).unwrap();
+    let (_, base, _) = git::prepare_worktree(&other, "s1", &creds, None).unwrap();
     assert_eq!(base, oid, "fetched the pushed branch over http");
 
     // No credential at all: the error says which sources were asked.
@@ -266,7 +266,7 @@ fn push_over_ssh_with_a_key_file() {
     assert_eq!(remote_tip(&repos, "s1"), Some(oid));
     // The next stage fetches it over ssh.
     let other = work_tree(&dir.0, "other", &repos, &url);
-    assert_eq!(git::prepare_worktree(&other, "s1", &creds).unwrap().1, oid);
+    assert_eq!(git::prepare_worktree(&other, "s1", &creds, None).unwrap().1, oid);
 
     // A key the server does not know: refused, and the key tried is named.
     let stranger = keygen("stranger_key");

@@ -252,3 +252,92 @@ fn demo_is_green_for_several_seeds() {
         assert!(text.contains("stories done       4/4"), "{text}");
     }
 }
+
+/// Fencing at the remote with real processes and real git: agent-1 is cut
+/// off from the cluster (a proxy between it and the server drops every
+/// connection) but not from the remote, past the claim timeout, while its
+/// run goes on. agent-2 reclaims, finishes and pushes. agent-1's run then
+/// ends and its push is fenced; after the heal the branch holds agent-2's
+/// work and agent-1's is on its side ref.
+#[test]
+fn a_cut_off_agent_cannot_overwrite_the_winner_at_the_remote() {
+    let mut c = Cluster::new("fence");
+    let proxy = Proxy::new(c.port);
+    let slow = sh_agent("current", "sleep 8 && echo from-agent-1 > work.md", "");
+    let port1 = c.start_agent_via(1, "127.0.0.1", "max_mesh_peers = 0\n", &slow, proxy.port);
+    ok(&c, &["story", "add", "Contested", "--id", "contested", "--stage", "current"]);
+    let key = c.key.clone();
+    let running_on =
+        |p: u16| status_at("127.0.0.1", p, &key).is_some_and(|s| s["runs"].as_array().is_some_and(|r| !r.is_empty()));
+    wait_for("agent-1 to run the story", Duration::from_secs(20), || running_on(port1));
+    let fast = sh_agent("current", "echo from-agent-2 > work.md", "");
+    c.start_agent_via(2, "127.0.0.1", "max_mesh_peers = 0\n", &fast, c.port);
+    proxy.cut();
+    // agent-2 reclaims after the claim timeout, finishes and pushes.
+    wait_stage(&c, "contested", "qa", 30);
+    let winner_token = story_json(&c, "contested")["runs"][0]["token"].as_u64().unwrap();
+    // agent-1's run ends meanwhile; its push meets agent-2's tip.
+    wait_for("agent-1's push to be fenced", Duration::from_secs(30), || {
+        status_at("127.0.0.1", port1, &key).is_some_and(|s| s["counters"]["fenced"] == 1)
+    });
+    proxy.heal();
+    wait_for("agent-1's fenced run in the story's history", Duration::from_secs(30), || {
+        story_json(&c, "contested")["runs"].as_array().is_some_and(|r| r.iter().any(|r| r["outcome"] == "fenced"))
+    });
+    let remote = git2::Repository::open_bare(c.root().join("remote.git")).unwrap();
+    let tip = remote.find_reference("refs/heads/huskies/contested").unwrap().peel_to_commit().unwrap();
+    assert!(
+        tip.message().unwrap().contains(&format!("Huskies-Claim: contested current {winner_token} agent-2")),
+        "{:?}",
+        tip.message()
+    );
+    assert_eq!(branch_file(&c, "contested", "work.md").as_deref(), Some("from-agent-2\n"));
+    let d = story_json(&c, "contested");
+    let fenced = d["runs"].as_array().unwrap().iter().find(|r| r["outcome"] == "fenced").cloned().unwrap();
+    let kept = format!("refs/heads/huskies-fenced/contested/{}", fenced["token"]);
+    assert!(fenced["reason"].as_str().unwrap().contains(&kept), "{fenced}");
+    let loser = remote.find_reference(&kept).unwrap().peel_to_commit().unwrap();
+    assert!(loser.message().unwrap().contains("agent-1"));
+    let blob = loser.tree().unwrap().get_path(Path::new("work.md")).unwrap().id();
+    assert_eq!(remote.find_blob(blob).unwrap().content(), b"from-agent-1\n", "agent-1's work is kept");
+    assert_eq!(d["stage"], "qa", "the story advanced once, on agent-2's account");
+    let refs = Command::new("git")
+        .args(["for-each-ref", "--format=%(refname) %(objectname:short) %(subject)"])
+        .current_dir(c.root().join("remote.git"))
+        .output()
+        .unwrap();
+    println!("refs on the remote after a fenced push:\n{}", String::from_utf8_lossy(&refs.stdout));
+    let status = ok(&c, &["status"]);
+    assert!(status.contains("fenced runs") && status.contains(&kept), "{status}");
+    println!("{}", ok(&c, &["story", "show", "contested"]));
+}
+
+/// Reclaim keeps progress: agent-1 pushes work in progress, then dies
+/// (kill -9). agent-2 reclaims, starts from that progress, and is told it
+/// resumes (`HUSKIES_RESUME`, the previous node and token).
+#[test]
+fn a_reclaim_resumes_from_pushed_progress() {
+    let mut c = Cluster::new("resume");
+    let first = sh_agent(
+        "current",
+        "echo step-1 > progress.md && git add -A && git -c user.name=a -c user.email=a@example.com commit -qm progress && sleep 60",
+        "wip_push_interval_ms = 300\n",
+    );
+    c.start_agent_with(1, "127.0.0.1", &first);
+    ok(&c, &["story", "add", "Long haul", "--id", "haul", "--stage", "current"]);
+    let remote = git2::Repository::open_bare(c.root().join("remote.git")).unwrap();
+    wait_for("agent-1's work in progress on the remote", Duration::from_secs(20), || {
+        remote.find_reference("refs/heads/huskies-wip/haul/1").is_ok()
+    });
+    let resumed = sh_agent(
+        "current",
+        "test \"$HUSKIES_RESUME\" = 1 && test -f progress.md && echo \"resumed from $HUSKIES_PREVIOUS_NODE token $HUSKIES_PREVIOUS_TOKEN\" > resumed.md && grep -q 'resuming: the work of agent-1' \"$HUSKIES_STORY_FILE\"",
+        "",
+    );
+    c.start_agent_with(2, "127.0.0.1", &resumed);
+    c.kill("agent-1", libc::SIGKILL);
+    wait_stage(&c, "haul", "qa", 30);
+    assert_eq!(branch_file(&c, "haul", "progress.md").as_deref(), Some("step-1\n"), "agent-1's progress is in");
+    assert_eq!(branch_file(&c, "haul", "resumed.md").as_deref(), Some("resumed from agent-1 token 1\n"));
+    println!("{}", ok(&c, &["story", "show", "haul"]));
+}

@@ -171,12 +171,19 @@ impl Cluster {
     /// Starts agent `i` on `host` with `agents` as the `[agents.*]` part of
     /// its project.toml (kept if the agent ran before); returns its port.
     pub fn start_agent_with(&mut self, i: usize, host: &str, agents: &str) -> u16 {
+        let port = self.port;
+        self.start_agent_via(i, host, "", agents, port)
+    }
+
+    /// As [`Cluster::start_agent_with`], with `top` added to the top-level
+    /// settings and the rendezvous dialled at `rendezvous_port`.
+    pub fn start_agent_via(&mut self, i: usize, host: &str, top: &str, agents: &str, rendezvous_port: u16) -> u16 {
         let root = self.root().join(format!("agent-{i}"));
         if !root.exists() {
             git2::Repository::clone(self.root().join("remote.git").to_str().unwrap(), &root).unwrap();
             std::fs::create_dir_all(root.join(".huskies")).unwrap();
             let toml = format!(
-                "capacity = 2\nclaim_timeout_ms = 3000\nscan_interval_ms = 200\nretry_backoff_ms = 500\n{agents}"
+                "capacity = 2\nclaim_timeout_ms = 3000\nscan_interval_ms = 200\nretry_backoff_ms = 500\n{top}{agents}"
             );
             std::fs::write(root.join(".huskies/project.toml"), toml).unwrap();
         }
@@ -184,7 +191,7 @@ impl Cluster {
         let args: Vec<String> = vec![
             "agent".into(),
             "--rendezvous".into(),
-            format!("ws://127.0.0.1:{}/crdt-sync", self.port),
+            format!("ws://127.0.0.1:{rendezvous_port}/crdt-sync"),
             "--host".into(),
             host.into(),
             "--port".into(),
@@ -258,4 +265,81 @@ pub fn cli(args: &[&str]) -> String {
     let out = Command::new(EXE).args(args).output().unwrap();
     assert!(out.status.success(), "huskies {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP proxy on loopback in front of `target`, that can cut every
+/// connection through it and refuse new ones (a network partition between
+/// whoever dials it and the target) and heal again.
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    pub fn new(target: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(AtomicBool::new(false));
+        let generation = std::sync::Arc::new(AtomicU64::new(0));
+        let (c, g) = (cut.clone(), generation.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+                let born = g.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    let (c, g) = (c.clone(), g.clone());
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            if c.load(Ordering::SeqCst) || g.load(Ordering::SeqCst) != born {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Write);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, generation }
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }

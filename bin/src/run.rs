@@ -417,6 +417,12 @@ pub fn status(t: &Target, json: bool) -> Result<(), String> {
             println!("  {:<28} {:<8} {}", st.id, st.stage, st.reason.as_deref().unwrap_or("no reason recorded"));
         }
     }
+    if !s.fenced.is_empty() {
+        println!("fenced runs (a newer claim's result stands; this work is kept beside it):");
+        for f in &s.fenced {
+            println!("  {:<28} {:<8} token {:<4} {:<12} {}", f.story, f.stage, f.token, f.node, f.reason);
+        }
+    }
     println!("nodes:");
     for n in &s.nodes {
         let claims = s.stories.iter().filter(|st| st.holder.as_deref() == Some(n.id.as_str())).count();

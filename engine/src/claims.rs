@@ -41,6 +41,7 @@ impl Engine {
                 deadline: self.now.saturating_add_ms(self.config.run_timeout_for(state.stage)),
                 attempt: state.attempts + 1,
                 report: None,
+                resume: None,
             };
             self.runs.insert(story.clone(), run);
             self.worktrees.insert(story.clone());
@@ -149,6 +150,7 @@ impl Engine {
 
     fn claim(&mut self, id: &StoryId, reclaimed_from: Option<NodeId>) {
         let mut state = self.stories[id].state.clone();
+        let resume = reclaimed_from.clone().map(|n| (n, state.token));
         state.token = state.token.next();
         state.holder = Some(self.node.clone());
         let (stage, token) = (state.stage, state.token);
@@ -158,7 +160,8 @@ impl Engine {
         // loser then never starts at all.
         let deadline = self.now.saturating_add_ms(self.config.claim_settle_ms);
         let attempt = self.stories[id].state.attempts + 1;
-        self.runs.insert(id.clone(), Run { token, stage, phase: Phase::Settling, deadline, attempt, report: None });
+        let run = Run { token, stage, phase: Phase::Settling, deadline, attempt, report: None, resume };
+        self.runs.insert(id.clone(), run);
         self.emit(Event::Claimed { story: id.clone(), stage, token, reclaimed_from });
     }
 
@@ -177,12 +180,12 @@ impl Engine {
             let Some(run) = self.runs.get_mut(&id) else { continue };
             run.phase = Phase::Running;
             run.deadline = deadline;
-            let (token, attempt) = (run.token, run.attempt);
+            let (token, attempt, resume) = (run.token, run.attempt, run.resume.clone());
             let view = &self.stories[&id];
             let (title, last_failure) = (view.title.clone(), view.state.reason.clone());
             let body = self.doc.read_body(&id);
             self.worktrees.insert(id.clone());
-            self.pending.push(Output::StartRun { story: id, title, stage, token, attempt, body, last_failure });
+            self.pending.push(Output::StartRun { story: id, title, stage, token, attempt, body, last_failure, resume });
         }
     }
 

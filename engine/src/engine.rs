@@ -35,6 +35,8 @@ pub(crate) struct Run {
     pub attempt: u32,
     /// What the driver reported when the run ended, for its record.
     pub report: Option<crate::runs::RunReport>,
+    /// Reclaimed from this dead holder, whose claim had this token.
+    pub resume: Option<(NodeId, Token)>,
 }
 
 /// The order free stories are claimed in: later stages first (finish work

@@ -49,7 +49,7 @@ impl std::fmt::Display for PushError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PushError::Fenced { by_token: Some(t), kept } => {
-                write!(f, "fenced at the remote by token {t}; this run's work is kept on {kept}")
+                write!(f, "fenced at the remote by token {}; this run's work is kept on {kept}", t.0)
             }
             PushError::Fenced { by_token: None, kept } => {
                 write!(f, "fenced at the remote by commits huskies did not push; this run's work is kept on {kept}")
@@ -181,6 +181,9 @@ pub enum Output {
         body: String,
         /// Why the previous attempt in this stage failed.
         last_failure: Option<String>,
+        /// A reclaim: the dead holder and its claim's token, so the run
+        /// can start from that claim's pushed progress and say it resumes.
+        resume: Option<(NodeId, Token)>,
     },
     /// Stop a run: another node won the claim, a user moved the story, or it
     /// hung past `run_timeout_ms`. No `RunFinished` is needed afterwards.

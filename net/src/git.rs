@@ -41,6 +41,21 @@ fn fetch(repo: &Repository, creds: &GitCredentials) -> Result<(), git2::Error> {
         .map_err(|e| remote_error("fetch from", &remote, &e, &tried))
 }
 
+/// Where a run of `story` under claim `token` pushes its work in progress.
+pub fn wip_ref(story: &str, token: u64) -> String {
+    format!("refs/heads/huskies-wip/{story}/{token}")
+}
+
+/// The work in progress a dead holder pushed under `token`, if it builds on
+/// the story's branch (or there is none yet): a reclaim resumes from it.
+fn resume_point(repo: &Repository, story: &str, token: u64) -> Option<Oid> {
+    let wip = repo.refname_to_id(&format!("refs/remotes/origin/huskies-wip/{story}/{token}")).ok()?;
+    match repo.refname_to_id(&format!("refs/remotes/origin/{}", branch_name(story))) {
+        Ok(tip) if tip != wip && !repo.graph_descendant_of(wip, tip).unwrap_or(false) => None,
+        _ => Some(wip),
+    }
+}
+
 /// The commit a story's work starts from: its branch on the remote if an
 /// earlier stage pushed one, else the remote's default branch, else HEAD.
 fn base_commit(repo: &Repository, story: &str) -> Result<Oid, git2::Error> {
@@ -72,17 +87,23 @@ fn remove_worktree(repo: &Repository, project_root: &Path, story: &str) -> Resul
     Ok(())
 }
 
-/// A fresh worktree for a run; returns its path and base commit.
+/// A fresh worktree for a run; returns its path, its base commit, and
+/// whether that base is the pushed progress of `resume_token`'s claim.
 pub fn prepare_worktree(
     project_root: &Path,
     story: &str,
     creds: &GitCredentials,
-) -> Result<(PathBuf, Oid), git2::Error> {
+    resume_token: Option<u64>,
+) -> Result<(PathBuf, Oid, bool), git2::Error> {
     let repo = Repository::open(project_root)?;
     if let Err(e) = fetch(&repo, creds) {
         tracing::warn!(%story, error = %e, "fetch failed; starting from what we have");
     }
-    let base = base_commit(&repo, story)?;
+    let resumed = resume_token.and_then(|t| resume_point(&repo, story, t));
+    let base = match resumed {
+        Some(wip) => wip,
+        None => base_commit(&repo, story)?,
+    };
     remove_worktree(&repo, project_root, story)?;
     let commit = repo.find_commit(base)?;
     let branch = repo.branch(&branch_name(story), &commit, true)?;
@@ -94,7 +115,31 @@ pub fn prepare_worktree(
     let reference = branch.into_reference();
     opts.reference(Some(&reference));
     repo.worktree(story, &path, Some(&opts))?;
-    Ok((path, base))
+    Ok((path, base, resumed.is_some()))
+}
+
+/// Pushes the story's branch, as it is now, to this claim's
+/// work-in-progress ref (a namespace of its own: no other claim writes
+/// there). Returns whether there was anything new to push.
+pub fn push_wip(project_root: &Path, story: &str, token: u64, creds: &GitCredentials) -> Result<bool, git2::Error> {
+    let repo = Repository::open(project_root)?;
+    let Some(head) = branch_head(project_root, story) else { return Ok(false) };
+    let wip = wip_ref(story, token);
+    if remote_value(&repo, &wip) == Some(head) {
+        return Ok(false);
+    }
+    let local = format!("refs/huskies/wip/{story}");
+    repo.reference(&local, head, true, "huskies: work in progress")?;
+    let mut remote = repo.find_remote("origin")?;
+    let tried = Tried::default();
+    let mut opts = PushOptions::new();
+    opts.remote_callbacks(callbacks(creds, repo.config().ok(), tried.clone()));
+    remote
+        .push(&[format!("+{local}:{wip}").as_str()], Some(&mut opts))
+        .map_err(|e| remote_error("push to", &remote, &e, &tried))?;
+    // Remember what the remote has, so an unchanged branch is not pushed again.
+    repo.reference(&format!("refs/remotes/origin/{}", &wip["refs/heads/".len()..]), head, true, "huskies: wip pushed")?;
+    Ok(true)
 }
 
 /// The claim a push is made under: it goes into the trailer of the seal
@@ -333,7 +378,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let work = fixture(dir.path());
         let creds = GitCredentials::default();
-        let (wt, base) = prepare_worktree(&work, "s1", &creds).unwrap();
+        let (wt, base, _) = prepare_worktree(&work, "s1", &creds, None).unwrap();
         assert!(!has_unpushed_work(&work, "s1", &creds));
         let repo = Repository::open(&wt).unwrap();
         std::fs::write(wt.join("s1.txt"), "done\n").unwrap();
@@ -350,7 +395,7 @@ mod tests {
         let remote = Repository::open_bare(dir.path().join("remote.git")).unwrap();
         assert!(remote.find_reference("refs/heads/huskies/s1").is_ok());
         // The next stage starts from the pushed branch.
-        let (_, base2) = prepare_worktree(&work, "s1", &creds).unwrap();
+        let (_, base2, _) = prepare_worktree(&work, "s1", &creds, None).unwrap();
         assert_ne!(base2, base);
         prune(&work, "s1").unwrap();
         assert!(!worktree_path(&work, "s1").exists());
@@ -362,7 +407,7 @@ mod tests {
         let work = dir.join(name);
         Repository::clone(dir.join("remote.git").to_str().unwrap(), &work).unwrap();
         let creds = GitCredentials::default();
-        let (wt, base) = prepare_worktree(&work, story, &creds).unwrap();
+        let (wt, base, _) = prepare_worktree(&work, story, &creds, None).unwrap();
         let repo = Repository::open(&wt).unwrap();
         std::fs::write(wt.join(format!("{name}.txt")), name).unwrap();
         let mut idx = repo.index().unwrap();

@@ -408,9 +408,9 @@ impl Node {
             Output::HangUp { conn } => {
                 self.conns.remove(&conn);
             }
-            Output::StartRun { story, title, stage, token, attempt, body, last_failure } => {
+            Output::StartRun { story, title, stage, token, attempt, body, last_failure, resume } => {
                 self.counters.runs_started += 1;
-                let ctx = crate::runner::RunContext { body, last_failure };
+                let ctx = crate::runner::RunContext { body, last_failure, resume };
                 self.runner.start(story, title, stage, token, attempt, ctx);
             }
             Output::StopRun { story, token } => {
@@ -479,7 +479,7 @@ impl Node {
         })
     }
 
-    fn status(&self) -> Status {
+    fn status(&mut self) -> Status {
         let alive = self.engine.alive_nodes();
         let revoked = self.engine.revoked_keys();
         let mut nodes: Vec<NodeStatus> = self
@@ -511,7 +511,24 @@ impl Node {
             }
         }
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<huskies_engine::StoryId> = self.engine.stories().map(|(id, _)| id.clone()).collect();
+        let mut fenced = Vec::new();
+        for id in ids {
+            for r in self.engine.story_runs(&id) {
+                if r.outcome == huskies_engine::RunOutcomeKind::Fenced {
+                    let kept = r.reason.clone().unwrap_or_default();
+                    fenced.push(crate::status::FencedRun {
+                        story: id.to_string(),
+                        node: r.node.to_string(),
+                        token: r.token.0,
+                        stage: r.stage.to_string(),
+                        reason: kept,
+                    });
+                }
+            }
+        }
         Status {
+            fenced,
             node: self.engine.node_id().to_string(),
             label: self
                 .engine

@@ -49,6 +49,12 @@ pub struct AgentCommand {
     /// A run of this stage is stopped and failed after this long.
     #[serde(default)]
     pub run_timeout_ms: Option<u64>,
+    /// While a run goes on, push its branch this often to
+    /// `refs/heads/huskies-wip/<story>/<token>`, so a node that reclaims
+    /// the story after this one dies resumes from that progress. Off by
+    /// default.
+    #[serde(default)]
+    pub wip_push_interval_ms: Option<u64>,
 }
 
 impl AgentCommand {
@@ -177,8 +183,10 @@ impl ProjectConfig {
             if cmd.command.trim().is_empty() {
                 return Err(invalid(format!("[agents.{name}]: command is empty")));
             }
-            if cmd.max_attempts == Some(0) || cmd.run_timeout_ms == Some(0) {
-                return Err(invalid(format!("[agents.{name}]: max_attempts and run_timeout_ms must be positive")));
+            if cmd.max_attempts == Some(0) || cmd.run_timeout_ms == Some(0) || cmd.wip_push_interval_ms == Some(0) {
+                return Err(invalid(format!(
+                    "[agents.{name}]: max_attempts, run_timeout_ms and wip_push_interval_ms must be positive"
+                )));
             }
             agents.insert(stage, cmd);
         }

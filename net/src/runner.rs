@@ -156,6 +156,8 @@ struct Run {
 pub struct RunContext {
     pub body: String,
     pub last_failure: Option<String>,
+    /// A reclaim: the dead holder and its claim's token.
+    pub resume: Option<(NodeId, Token)>,
 }
 
 /// Where a run's story file goes: inside `.huskies/`, outside any
@@ -167,10 +169,19 @@ pub fn story_file_path(project_root: &std::path::Path, story: &StoryId) -> PathB
 impl Run {
     /// The story file an agent reads: id, title, stage, attempt, the last
     /// failure, then the body.
-    fn story_file(&self) -> String {
+    fn story_file(&self, resumed_from_wip: bool) -> String {
         let last = self.ctx.last_failure.as_deref().unwrap_or("none");
+        let resume = match &self.ctx.resume {
+            Some((node, token)) if resumed_from_wip => {
+                format!("- resuming: the work of {node} (token {}), from the progress it pushed\n", token.0)
+            }
+            Some((node, token)) => {
+                format!("- resuming: the work of {node} (token {}); it pushed no progress\n", token.0)
+            }
+            None => String::new(),
+        };
         format!(
-            "# {title}\n\n- id: {id}\n- stage: {stage}\n- attempt: {attempt}\n- previous attempt failed: {last}\n\n{body}\n",
+            "# {title}\n\n- id: {id}\n- stage: {stage}\n- attempt: {attempt}\n- previous attempt failed: {last}\n{resume}\n{body}\n",
             title = self.title,
             id = self.story,
             stage = self.stage,
@@ -186,8 +197,11 @@ impl Run {
     ) -> Option<(RunOutcome, RunReport)> {
         let failed = |reason: String| Some((RunOutcome::Failed { reason }, RunReport::default()));
         let (root, story, creds) = (self.root.clone(), self.story.clone(), self.git_creds.clone());
-        let prepared = tokio::task::spawn_blocking(move || git::prepare_worktree(&root, story.as_str(), &creds)).await;
-        let (worktree, base) = match prepared {
+        let resume_token = self.ctx.resume.as_ref().map(|(_, t)| t.0);
+        let prepared =
+            tokio::task::spawn_blocking(move || git::prepare_worktree(&root, story.as_str(), &creds, resume_token))
+                .await;
+        let (worktree, base, from_wip) = match prepared {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => return failed(format!("worktree: {}", e.message())),
             Err(e) => return failed(format!("worktree: {e}")),
@@ -196,7 +210,7 @@ impl Run {
         let written = story_file
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| std::fs::write(&story_file, self.story_file()));
+            .and_then(|_| std::fs::write(&story_file, self.story_file(from_wip)));
         if let Err(e) = written {
             return failed(format!("story file {}: {e}", story_file.display()));
         }
@@ -205,7 +219,8 @@ impl Run {
             Ok(l) => Arc::new(Mutex::new(l)),
             Err(e) => return failed(format!("log file {}: {e}", log_path.display())),
         };
-        let vars = Vars { run: &self, story_file: &story_file, story: &self.story_file() };
+        let story_text = self.story_file(from_wip);
+        let vars = Vars { run: &self, story_file: &story_file, story: &story_text };
         let args: Vec<String> = cmd.args.iter().map(|a| vars.expand(a)).collect();
         let mut command = Command::new(&cmd.command);
         // No credential of ours reaches the agent: it runs code we do not
@@ -227,6 +242,9 @@ impl Run {
             .env("HUSKIES_ATTEMPT", self.attempt.to_string())
             .env("HUSKIES_NODE", self.node.as_str())
             .env("HUSKIES_WORKTREE", &worktree)
+            .env("HUSKIES_RESUME", if self.ctx.resume.is_some() { "1" } else { "0" })
+            .env("HUSKIES_PREVIOUS_NODE", self.ctx.resume.as_ref().map_or(String::new(), |(n, _)| n.to_string()))
+            .env("HUSKIES_PREVIOUS_TOKEN", self.ctx.resume.as_ref().map_or(String::new(), |(_, t)| t.0.to_string()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -243,19 +261,34 @@ impl Run {
             child.stderr.take().map(|e| tokio::spawn(runlog::pump(e, log.clone(), Some(tail.clone())))),
         ];
         tracing::info!(story = %self.story, stage = %self.stage, token = %self.token, log = %log_path.display(), "agent started");
-        let status = tokio::select! {
-            status = child.wait() => status,
-            _ = &mut stop => {
-                if let Some(pid) = child.id() {
-                    // SAFETY: kill(2) with a negative pid signals the
-                    // process group we created; no memory is involved.
-                    unsafe { libc::kill(-(pid as i32), libc::SIGTERM) };
+        let wip_every = cmd.wip_push_interval_ms.map(Duration::from_millis);
+        let mut wip = tokio::time::interval(wip_every.unwrap_or(Duration::from_secs(3600)));
+        wip.tick().await;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = wip.tick(), if wip_every.is_some() => {
+                    // Progress a reclaim can resume from, should we die.
+                    let (root, story, creds, token) = (self.root.clone(), self.story.clone(), self.git_creds.clone(), self.token.0);
+                    match tokio::task::spawn_blocking(move || git::push_wip(&root, story.as_str(), token, &creds)).await {
+                        Ok(Ok(true)) => tracing::info!(story = %self.story, token = %self.token, "pushed work in progress"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::warn!(story = %self.story, error = %e.message(), "work-in-progress push failed"),
+                        Err(e) => tracing::warn!(story = %self.story, error = %e, "work-in-progress push failed"),
+                    }
                 }
-                if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
-                    let _ = child.kill().await;
+                _ = &mut stop => {
+                    if let Some(pid) = child.id() {
+                        // SAFETY: kill(2) with a negative pid signals the
+                        // process group we created; no memory is involved.
+                        unsafe { libc::kill(-(pid as i32), libc::SIGTERM) };
+                    }
+                    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+                        let _ = child.kill().await;
+                    }
+                    tracing::info!(story = %self.story, token = %self.token, "agent stopped");
+                    return None;
                 }
-                tracing::info!(story = %self.story, token = %self.token, "agent stopped");
-                return None;
             }
         };
         // The pipes close when the agent (and what it left running) exits.
@@ -351,7 +384,7 @@ mod tests {
             token: Token(7),
             attempt: 2,
             git_creds: Arc::new(GitCredentials::default()),
-            ctx: RunContext { body: "body mentions {title} and {".into(), last_failure: None },
+            ctx: RunContext { body: "body mentions {title} and {".into(), last_failure: None, resume: None },
         };
         let vars = Vars { run: &run, story_file: std::path::Path::new("/p/.huskies/stories/s1.md"), story: "STORY" };
         assert_eq!(vars.expand("{id}/{stage}/{attempt}"), "s1/current/2");

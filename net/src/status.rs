@@ -129,6 +129,19 @@ pub struct Status {
     /// The stages this node runs agents for.
     #[serde(default)]
     pub stages: Vec<String>,
+    /// Runs whose push a newer claim fenced at the remote: their work is
+    /// kept on a side ref, named in `reason`.
+    #[serde(default)]
+    pub fenced: Vec<FencedRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FencedRun {
+    pub story: String,
+    pub node: String,
+    pub token: u64,
+    pub stage: String,
+    pub reason: String,
 }
 
 /// Body of `POST /api/stories`.
