@@ -294,7 +294,7 @@ fn a_cut_off_agent_cannot_overwrite_the_winner_at_the_remote() {
     assert_eq!(branch_file(&c, "contested", "work.md").as_deref(), Some("from-agent-2\n"));
     let d = story_json(&c, "contested");
     let fenced = d["runs"].as_array().unwrap().iter().find(|r| r["outcome"] == "fenced").cloned().unwrap();
-    let kept = format!("refs/heads/huskies-fenced/contested/{}", fenced["token"]);
+    let kept = format!("refs/heads/huskies-fenced/contested/{}-agent-1", fenced["token"]);
     assert!(fenced["reason"].as_str().unwrap().contains(&kept), "{fenced}");
     let loser = remote.find_reference(&kept).unwrap().peel_to_commit().unwrap();
     assert!(loser.message().unwrap().contains("agent-1"));

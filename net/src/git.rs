@@ -165,20 +165,27 @@ pub enum Pushed {
 /// The trailer every seal commit carries.
 const TRAILER: &str = "Huskies-Claim:";
 
-/// Where a superseded tip of `story`'s branch is kept.
-pub fn fenced_ref(story: &str, token: u64) -> String {
-    format!("refs/heads/huskies-fenced/{story}/{token}")
+/// Where a superseded tip of `story`'s branch, pushed under `token` by
+/// `node`, is kept (token and node together: claims made on both sides of
+/// a partition can share a token).
+pub fn fenced_ref(story: &str, token: u64, node: &str) -> String {
+    format!("refs/heads/huskies-fenced/{story}/{token}-{node}")
 }
 
-/// The claim token in `commit`'s `Huskies-Claim` trailer for `story`.
-fn claim_token(commit: &git2::Commit<'_>, story: &str) -> Option<u64> {
+/// The claim (token, node) in `commit`'s `Huskies-Claim` trailer for `story`.
+fn claim_of(commit: &git2::Commit<'_>, story: &str) -> Option<(u64, String)> {
     let msg = commit.message().ok()?;
     msg.lines().rev().find_map(|l| {
         let mut w = l.strip_prefix(TRAILER)?.split_whitespace();
         (w.next()? == story).then_some(())?;
         let _stage = w.next()?;
-        w.next()?.parse().ok()
+        let token = w.next()?.parse().ok()?;
+        Some((token, w.next()?.to_owned()))
     })
+}
+
+fn claim_token(commit: &git2::Commit<'_>, story: &str) -> Option<u64> {
+    claim_of(commit, story).map(|(t, _)| t)
 }
 
 /// Seals the local branch: an empty commit on top whose trailer names the
@@ -264,12 +271,14 @@ fn push_leased(
 /// Pushes the story's branch under `claim`, never blindly: the remote's
 /// tip decides.
 ///
-/// - It descends from nothing of ours we would drop (our tip contains it):
-///   a compare-and-swap fast-forward.
-/// - It carries a claim of an older token: it is kept on
-///   [`fenced_ref`] and replaced by ours, by compare-and-swap.
-/// - It carries a newer claim, or commits huskies did not push: our tip
-///   goes to [`fenced_ref`] and the branch is left alone (`Fenced`).
+/// - It carries a newer claim: our tip goes to [`fenced_ref`] and the
+///   branch is left alone (`Fenced`), even if ours builds on it: a
+///   superseded claim never lands.
+/// - Our tip contains it: a compare-and-swap fast-forward.
+/// - It carries an older (or our) claim: it is kept on [`fenced_ref`] and
+///   replaced by ours, by compare-and-swap.
+/// - It is commits huskies did not push, and ours does not contain them:
+///   `Fenced` as well; nothing of a person's is overwritten.
 ///
 /// A lost race (the remote moved between fetch and push) starts over.
 pub fn push(project_root: &Path, story: &str, claim: Claim<'_>, creds: &GitCredentials) -> Result<Pushed, git2::Error> {
@@ -281,18 +290,21 @@ pub fn push(project_root: &Path, story: &str, claim: Claim<'_>, creds: &GitCrede
         fetch(&repo, creds)?;
         let mut remote = repo.find_remote("origin")?;
         let theirs = repo.refname_to_id(&tracking).ok();
-        let their_token = theirs.and_then(|t| repo.find_commit(t).ok()).and_then(|c| claim_token(&c, story));
+        let their_claim = theirs.and_then(|t| repo.find_commit(t).ok()).and_then(|c| claim_of(&c, story));
+        let their_token = their_claim.as_ref().map(|(t, _)| *t);
         let contains = |t: Oid| t == ours || repo.graph_descendant_of(ours, t).unwrap_or(false);
         let zero = Oid::ZERO_SHA1;
+        let newer_holds = their_token.is_some_and(|tok| tok > claim.token);
         let outcome = match theirs {
             None => push_leased(&repo, &mut remote, creds, &[(branch_ref.clone(), branch_ref.clone(), zero)])?
                 .map(|()| None),
-            Some(t) if contains(t) => {
+            Some(t) if !newer_holds && contains(t) => {
                 push_leased(&repo, &mut remote, creds, &[(branch_ref.clone(), branch_ref.clone(), t)])?.map(|()| None)
             }
-            Some(t) if their_token.is_some_and(|tok| tok < claim.token) => {
+            Some(t) if their_token.is_some() && !newer_holds => {
                 // An older claim's work: keep it, then take the branch.
-                let keep = fenced_ref(story, their_token.unwrap_or(0));
+                let (tok, node) = their_claim.clone().unwrap_or_default();
+                let keep = fenced_ref(story, tok, &node);
                 let local_keep = format!("refs/huskies/keep/{story}");
                 repo.reference(&local_keep, t, true, "huskies: keep a superseded tip")?;
                 // The side ref may exist from an earlier try of ours.
@@ -303,7 +315,7 @@ pub fn push(project_root: &Path, story: &str, claim: Claim<'_>, creds: &GitCrede
             Some(_) => {
                 // A newer claim holds the branch (or a person pushed to it):
                 // our work is kept beside it, never over it.
-                let kept = fenced_ref(story, claim.token);
+                let kept = fenced_ref(story, claim.token, claim.node);
                 let local = format!("refs/huskies/keep/{story}");
                 repo.reference(&local, ours, true, "huskies: keep fenced work")?;
                 let before = remote_value(&repo, &kept).unwrap_or(zero);
@@ -438,10 +450,10 @@ mod tests {
         let won = push(&b, "s", winner, &creds).unwrap();
         assert!(matches!(won, Pushed::Landed { replaced: None, .. }));
         let lost = push(&a, "s", zombie, &creds).unwrap();
-        assert_eq!(lost, Pushed::Fenced { by_token: Some(2), kept: "refs/heads/huskies-fenced/s/1".into() });
+        assert_eq!(lost, Pushed::Fenced { by_token: Some(2), kept: "refs/heads/huskies-fenced/s/1-a1".into() });
         assert_eq!(remote_ref(dir.path(), "refs/heads/huskies/s"), branch_head(&b, "s"), "the winner's tip stands");
         assert_eq!(
-            remote_ref(dir.path(), "refs/heads/huskies-fenced/s/1"),
+            remote_ref(dir.path(), "refs/heads/huskies-fenced/s/1-a1"),
             branch_head(&a, "s"),
             "the zombie's is kept"
         );
@@ -450,11 +462,11 @@ mod tests {
         assert!(matches!(push(&a, "t", zombie, &creds).unwrap(), Pushed::Landed { replaced: None, .. }));
         let won = push(&b, "t", winner, &creds).unwrap();
         assert!(
-            matches!(won, Pushed::Landed { replaced: Some(ref r), .. } if r == "refs/heads/huskies-fenced/t/1"),
+            matches!(won, Pushed::Landed { replaced: Some(ref r), .. } if r == "refs/heads/huskies-fenced/t/1-a1"),
             "{won:?}"
         );
         assert_eq!(remote_ref(dir.path(), "refs/heads/huskies/t"), branch_head(&b, "t"));
-        assert_eq!(remote_ref(dir.path(), "refs/heads/huskies-fenced/t/1"), branch_head(&a, "t"));
+        assert_eq!(remote_ref(dir.path(), "refs/heads/huskies-fenced/t/1-a1"), branch_head(&a, "t"));
 
         // The next stage starts from the winner's tip: a fast-forward.
         let qa = run_commits(dir.path(), "qa", "t");

@@ -24,6 +24,7 @@ pub mod link;
 pub mod node;
 #[cfg(madsim)]
 pub mod oracle;
+pub mod remote;
 #[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]

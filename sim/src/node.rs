@@ -260,6 +260,7 @@ impl Node {
             },
             Output::HangUp { conn } => self.links.hang_up(conn),
             Output::StartRun { story, token, .. } => {
+                self.oracle().remote.run_started(&story, token, &self.ctx.id);
                 let a = self.ctx.agent;
                 let roll = self.random() % 100;
                 let span = a.run_max_ms.saturating_sub(a.run_min_ms).max(1);
@@ -283,9 +284,16 @@ impl Node {
                 let outcome = if fail {
                     Err(huskies_engine::PushError::Failed("simulated push failure".to_owned()))
                 } else {
-                    self.oracle().pushes.insert((story.clone(), self.ctx.id.clone(), token));
+                    let id = self.ctx.id.clone();
+                    let pushed = self.oracle().remote.push(&story, token, &id);
+                    match &pushed {
+                        Ok(()) => {
+                            self.oracle().pushes.insert((story.clone(), id, token));
+                        }
+                        Err(_) => self.oracle().fenced += 1,
+                    }
                     self.ctx.worktrees.lock().expect("worktrees lock").remove(&story);
-                    Ok(())
+                    pushed
                 };
                 self.later.push((now + 20, Input::PushFinished { story, token, outcome }));
             }

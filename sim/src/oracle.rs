@@ -39,6 +39,10 @@ pub struct Oracle {
     pub advances: Vec<(StoryId, Stage, Token, NodeId)>,
     /// Pushes that reached the simulated git remote.
     pub pushes: BTreeSet<(StoryId, NodeId, Token)>,
+    /// The simulated git remote, with compare-and-swap by claim token.
+    pub remote: crate::remote::Remote,
+    /// Pushes the remote fenced.
+    pub fenced: u64,
     pub views: BTreeMap<NodeId, View>,
     pub starts: u64,
     pub reclaims: u64,
@@ -179,6 +183,9 @@ impl Oracle {
 
     /// Checks on the converged end state.
     pub fn check_final(&mut self, worked: &[Stage]) {
+        for (story, commit) in self.remote.lost() {
+            self.violation("SAFETY", format!("{story}: the commit of claim {commit:?} is reachable from no ref"));
+        }
         let Some((first_node, first)) = self.views.iter().next().map(|(n, v)| (n.clone(), v.clone())) else {
             return self.violation("LIVENESS", "no node published a view".into());
         };
@@ -206,6 +213,15 @@ impl Oracle {
                 self.violation(
                     "SAFETY",
                     format!("{s}'s result carries {} but the story is at {}", result.token, st.token),
+                );
+            }
+            // The branch ends in the accepted result's claim: no
+            // superseded claim's push ends it. (Claims made on both sides
+            // of a partition can share a token; the remote keeps one.)
+            if st.stage == Stage::Done && self.remote.tip(&s).map(|(t, _)| *t) != Some(result.token) {
+                self.violation(
+                    "SAFETY",
+                    format!("{s}'s branch ends in {:?}, not in its result at {}", self.remote.tip(&s), result.token),
                 );
             }
             if !self.pushes.contains(&(s.clone(), result.node.clone(), result.token)) {

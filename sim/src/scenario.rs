@@ -177,6 +177,8 @@ pub struct Report {
     pub starts: u64,
     pub reclaims: u64,
     pub claim_losses: u64,
+    /// Pushes the simulated remote fenced (a newer claim ended the branch).
+    pub fenced: u64,
     pub max_mesh_peers: usize,
     pub brief_overlaps_after_heal: u64,
     pub stories_done: usize,
@@ -559,6 +561,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         starts: o.starts,
         reclaims: o.reclaims,
         claim_losses: o.claim_losses,
+        fenced: o.fenced,
         max_mesh_peers: o.max_mesh_peers,
         brief_overlaps_after_heal: o.brief_overlaps_after_heal,
         stories_done,

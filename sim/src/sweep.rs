@@ -26,7 +26,7 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
     for seed in seeds {
         let r = run_seed(scenario, seed);
         println!(
-            "{} seed {seed}: sim {} ms, wall {} ms, heal {:?} ms, {} starts, {} reclaims, {} claim losses, {} done, mesh max {}",
+            "{} seed {seed}: sim {} ms, wall {} ms, heal {:?} ms, {} starts, {} reclaims, {} claim losses, {} fenced pushes, {} done, mesh max {}",
             r.scenario,
             r.sim_ms,
             r.wall_ms,
@@ -34,6 +34,7 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
             r.starts,
             r.reclaims,
             r.claim_losses,
+            r.fenced,
             r.stories_done,
             r.max_mesh_peers
         );

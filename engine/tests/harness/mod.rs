@@ -184,10 +184,10 @@ impl Cluster {
         }
     }
 
-    /// The remote's rule, as `net::git::push` applies it: a push whose
-    /// commit descends from the branch tip lands (fast-forward); one that
-    /// does not lands only over an older claim's tip (kept on a side ref);
-    /// else it is fenced and kept on a side ref.
+    /// The remote's rule, as `net::git::push` applies it: a push lands
+    /// unless a newer claim's commit ends the branch (then it is fenced and
+    /// kept on a side ref); a tip it does not descend from is kept on a
+    /// side ref.
     fn push_to_remote(&mut self, i: usize, story: &StoryId, token: Token) -> Result<(), huskies_engine::PushError> {
         let base = self.bases.get(&(i, story.clone(), token)).copied().flatten();
         self.parent.insert((story.clone(), token), base);
@@ -201,13 +201,14 @@ impl Cluster {
                 None => return false,
             }
         };
-        let lands = tip.is_none() || descends(Some(token)) || tip.is_some_and(|t| t < token);
+        // A superseded claim never lands, even as a fast-forward.
+        let lands = tip.is_none_or(|t| t <= token);
         if !lands {
             self.kept.push((story.clone(), token));
             let by_token = tip;
             return Err(huskies_engine::PushError::Fenced {
                 by_token,
-                kept: format!("refs/heads/huskies-fenced/{story}/{}", token.0),
+                kept: format!("refs/heads/huskies-fenced/{story}/{}-{}", token.0, self.nodes[i].id),
             });
         }
         if let Some(t) = tip
