@@ -341,3 +341,58 @@ fn a_reclaim_resumes_from_pushed_progress() {
     assert_eq!(branch_file(&c, "haul", "resumed.md").as_deref(), Some("resumed from agent-1 token 1\n"));
     println!("{}", ok(&c, &["story", "show", "haul"]));
 }
+
+/// A graceful stop (SIGTERM) announces the node is leaving: with a 20 s
+/// claim timeout, its story is reclaimed and finished by another agent in
+/// a few seconds.
+#[test]
+fn a_stopped_agent_is_reclaimed_at_once() {
+    let mut c = Cluster::with_settings("leave", "claim_timeout_ms = 20000\nscan_interval_ms = 200\n");
+    let port1 = c.start_agent_with(1, "127.0.0.1", "[agents.current]\ncommand = \"sleep\"\nargs = [\"60\"]\n");
+    ok(&c, &["story", "add", "Handed over", "--id", "handover", "--stage", "current"]);
+    let key = c.key.clone();
+    wait_for("agent-1 to run it", Duration::from_secs(20), || {
+        status_at("127.0.0.1", port1, &key).is_some_and(|s| s["runs"].as_array().is_some_and(|r| !r.is_empty()))
+    });
+    c.start_agent_with(2, "127.0.0.1", &sh_agent("current", "echo done > done.md", ""));
+    wait_for("agent-2 to be up", Duration::from_secs(20), || {
+        status(c.port, &key)
+            .is_some_and(|s| s["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "agent-2" && n["alive"] == true))
+    });
+    #[allow(clippy::disallowed_methods)] // real processes, real time
+    let stopped = std::time::Instant::now();
+    c.kill("agent-1", libc::SIGTERM);
+    wait_stage(&c, "handover", "qa", 15);
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(10), "reclaimed {took:?} after the stop; the claim timeout is 20 s");
+    println!("reclaimed and finished {took:?} after SIGTERM (claim timeout 20 s)");
+}
+
+/// A busy agent process never delays the heartbeat: a run that keeps a
+/// core spinning for 6 s (twice the claim timeout) is never counted dead
+/// or reclaimed.
+#[test]
+fn a_busy_run_does_not_starve_heartbeats() {
+    let mut c = Cluster::new("busy");
+    c.start_agent_with(
+        1,
+        "127.0.0.1",
+        &sh_agent("current", "timeout 6 sh -c 'while :; do :; done' ; echo spun > spun.md", ""),
+    );
+    ok(&c, &["story", "add", "Spin", "--id", "spin", "--stage", "current"]);
+    let key = c.key.clone();
+    let alive = || {
+        status(c.port, &key)
+            .is_some_and(|s| s["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "agent-1" && n["alive"] == true))
+    };
+    wait_for("agent-1 up", Duration::from_secs(20), alive);
+    #[allow(clippy::disallowed_methods)] // real processes, real time
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(7) {
+        assert!(alive(), "agent-1 counted dead while its run spun ({:?} in)", start.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_stage(&c, "spin", "qa", 20);
+    let d = story_json(&c, "spin");
+    assert_eq!(d["runs"].as_array().unwrap().len(), 1, "one run, never reclaimed: {}", d["runs"]);
+}

@@ -124,8 +124,10 @@ impl Cluster {
     pub fn start_server(&mut self) {
         let root = self.root().to_owned();
         std::fs::create_dir_all(root.join("server/.huskies")).unwrap();
-        std::fs::write(root.join("server/.huskies/project.toml"), "claim_timeout_ms = 3000\nscan_interval_ms = 200\n")
-            .unwrap();
+        let toml = root.join("server/.huskies/project.toml");
+        if !toml.exists() {
+            std::fs::write(toml, "claim_timeout_ms = 3000\nscan_interval_ms = 200\n").unwrap();
+        }
         let args: Vec<String> = vec![
             "server".into(),
             "--listen".into(),
@@ -207,6 +209,17 @@ impl Cluster {
         ];
         self.spawn(&format!("agent-{i}"), &args);
         port
+    }
+
+    /// A cluster whose server's project.toml (the cluster settings) is `toml`.
+    pub fn with_settings(tag: &str, toml: &str) -> Cluster {
+        let dir = tempdir::TempDir::new(tag);
+        fixture(&dir.0);
+        std::fs::create_dir_all(dir.0.join("server/.huskies")).unwrap();
+        std::fs::write(dir.0.join("server/.huskies/project.toml"), toml).unwrap();
+        let mut c = Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new(), env: Vec::new() };
+        c.start_server();
+        c
     }
 
     pub fn new(tag: &str) -> Cluster {

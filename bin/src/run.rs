@@ -221,6 +221,9 @@ fn serve(
         let result = result.map_err(|e| e.to_string());
         handle.shutdown().await;
         let _ = task.await;
+        // Let the goodbye the node queued reach its peers before the
+        // runtime (and the sockets) go away.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         result
     })
 }

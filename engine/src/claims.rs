@@ -96,7 +96,7 @@ impl Engine {
 
     pub(crate) fn scan_claims(&mut self) {
         let mut slots = self.free_slots();
-        if slots == 0 || self.self_revoked {
+        if slots == 0 || self.self_revoked || self.leaving {
             return;
         }
         let now = self.now;

@@ -26,6 +26,7 @@ impl Engine {
             Command::EnrollNode { node, cert } => self.enroll_node(node, cert),
             Command::SetClusterSettings { settings } => self.set_cluster_settings(settings),
             Command::SetStages { stages } => self.set_stages(stages),
+            Command::Leave => self.leave(),
         }
     }
 

@@ -116,6 +116,8 @@ pub struct Engine {
     /// it showed: we neither adopt nor claim them until our replica has
     /// caught up with that claim.
     pub(crate) fenced_by: BTreeMap<StoryId, Token>,
+    /// We announced we are leaving: no more claims or beats.
+    pub(crate) leaving: bool,
 
     // Peers.
     pub(crate) conns: BTreeMap<ConnId, Conn>,
@@ -188,6 +190,7 @@ impl Engine {
             revoked: BTreeSet::new(),
             settings: None,
             fenced_by: BTreeMap::new(),
+            leaving: false,
             self_revoked: false,
             conns: BTreeMap::new(),
             targets: BTreeMap::new(),

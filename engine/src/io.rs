@@ -85,6 +85,9 @@ pub enum Command {
     SetClusterSettings { settings: crate::ClusterSettings },
     /// The stages this node runs agents for (its configuration changed).
     SetStages { stages: Vec<Stage> },
+    /// The node is shutting down: tell every peer (a signed last beat), so
+    /// its stories are reclaimed at once, and stop claiming and running.
+    Leave,
 }
 
 /// A story to add.
@@ -137,6 +140,7 @@ pub enum Reply {
     Stages {
         stages: Vec<Stage>,
     },
+    Left,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

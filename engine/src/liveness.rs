@@ -20,7 +20,14 @@ struct Beat {
     previous_incarnation: Option<u64>,
     advanced_at: Millis,
     free_slots: u32,
+    /// The node said it is leaving (its last beat): dead at once, until a
+    /// new incarnation beats.
+    left: bool,
 }
+
+/// The sequence number of a node's last beat: "I am leaving". Signed like
+/// any beat, so no node can make another leave.
+pub const LEAVING_SEQ: u64 = u64::MAX;
 
 /// What a heartbeat told us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +103,7 @@ impl Liveness {
                     previous_incarnation: None,
                     advanced_at: now,
                     free_slots: hb.free_slots,
+                    left: hb.seq == LEAVING_SEQ,
                 },
             );
             return News::Urgent;
@@ -112,11 +120,13 @@ impl Liveness {
         if !news {
             return News::Stale;
         }
-        let urgent = beat.incarnation.is_none() || beat.free_slots != hb.free_slots;
+        let leaving = hb.seq == LEAVING_SEQ;
+        let urgent = beat.incarnation.is_none() || beat.free_slots != hb.free_slots || leaving;
         beat.incarnation = Some(hb.incarnation);
         beat.seq = hb.seq;
         beat.advanced_at = now;
         beat.free_slots = hb.free_slots;
+        beat.left = leaving;
         if urgent { News::Urgent } else { News::Routine }
     }
 
@@ -132,6 +142,7 @@ impl Liveness {
             previous_incarnation: None,
             advanced_at: now,
             free_slots: 0,
+            left: false,
         });
     }
 
@@ -140,7 +151,7 @@ impl Liveness {
     }
 
     fn fresh(&self, b: &Beat, now: Millis) -> bool {
-        now.saturating_sub(b.advanced_at) < self.timeout_ms
+        !b.left && now.saturating_sub(b.advanced_at) < self.timeout_ms
     }
 
     /// Live nodes that have heartbeated, with their advertised free slots,

@@ -320,7 +320,13 @@ impl Engine {
             // A node that freed a slot must be known at once, or two nodes
             // that both think the other busy claim the same story.
             News::Urgent => {
-                self.dead.remove(&hb.node);
+                if hb.seq == crate::liveness::LEAVING_SEQ {
+                    // Its stories are free now: scan at once, not at the
+                    // next interval.
+                    self.next_scan_at = self.now;
+                } else {
+                    self.dead.remove(&hb.node);
+                }
                 self.relay.remove(&hb.node);
                 let bytes = Envelope::Heartbeats(vec![hb]).encode();
                 let to: Vec<ConnId> =
@@ -335,7 +341,25 @@ impl Engine {
     /// Sends our beat, plus the relays gathered since the last one when
     /// `with_relays` (the periodic beat; a beat sent early because our free
     /// slots changed carries only our own).
+    /// Our last beat, to every peer: we are leaving, our stories are free.
+    pub(crate) fn leave(&mut self) -> Result<crate::Reply, crate::CommandError> {
+        self.leaving = true;
+        self.heartbeat_seq = crate::liveness::LEAVING_SEQ - 1;
+        self.send_heartbeat(false);
+        // Stop what runs here; the driver stops its processes too.
+        let runs = std::mem::take(&mut self.runs);
+        for (story, run) in runs {
+            if run.phase == crate::engine::Phase::Running {
+                self.pending.push(Output::StopRun { story, token: run.token });
+            }
+        }
+        Ok(crate::Reply::Left)
+    }
+
     pub(crate) fn send_heartbeat(&mut self, with_relays: bool) {
+        if self.leaving && self.heartbeat_seq == crate::liveness::LEAVING_SEQ {
+            return; // we said goodbye; a later beat would be refused anyway
+        }
         self.heartbeat_seq += 1;
         self.advertised_free_slots = self.free_slots();
         let sig = self.creds.sign(&identity::beat_message(

@@ -406,3 +406,34 @@ fn edit_retry_and_remove() {
         Err(CommandError::Removed(_))
     ));
 }
+
+/// A node that leaves says so with a signed last beat: the others count it
+/// dead at once and reclaim its story well inside the claim timeout.
+#[test]
+fn a_leaving_node_is_reclaimed_at_once() {
+    let mut cfg = fast_config();
+    cfg.stages = vec![Stage::Current];
+    cfg.claim_timeout_ms = 10_000;
+    cfg.heartbeat_interval_ms = 1_000;
+    let mut c = Cluster::new(3, 21, cfg);
+    c.agent.run_ms = 30_000;
+    c.run_for(3_000);
+    let story = c.add_stories(0, 1, Stage::Current).remove(0);
+    c.run_for(1_000);
+    let holder = (1..=3).find(|&i| c.engine(i).runs().count() == 1).expect("someone claimed");
+    assert_eq!(c.command(holder, Command::Leave), Ok(huskies_engine::Reply::Left));
+    let left_at = c.now;
+    c.run_for(50);
+    c.crash(holder);
+    c.run_for(2_000);
+    let reclaimed = c.events.iter().find_map(|(t, _, e)| match e {
+        Event::Claimed { story: s, reclaimed_from: Some(_), .. } if *s == story => Some(*t),
+        _ => None,
+    });
+    let at = reclaimed.expect("reclaimed");
+    assert!(
+        at.saturating_sub(left_at) < 2_000,
+        "reclaimed {} ms after leaving; the timeout is 10 s",
+        at.saturating_sub(left_at)
+    );
+}

@@ -147,6 +147,7 @@ async fn run(state: &AppState, command: Command) -> Response {
         Some(Ok(Reply::Retried { id, token })) => {
             Json(serde_json::json!({ "retried": id.as_str(), "token": token.0 })).into_response()
         }
+        Some(Ok(Reply::Left)) => Json(serde_json::json!({ "left": true })).into_response(),
         Some(Ok(Reply::Settings { revision })) => {
             Json(serde_json::json!({ "settings_revision": revision })).into_response()
         }

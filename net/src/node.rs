@@ -254,7 +254,13 @@ impl Node {
             );
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(NodeMsg::Shutdown) | None => break,
+                    Some(NodeMsg::Shutdown) => {
+                        // A signed last beat to every peer: our stories
+                        // are reclaimed now, not after the claim timeout.
+                        self.internal_command(Command::Leave);
+                        break;
+                    }
+                    None => break,
                     Some(msg) => self.handle_msg(msg),
                 },
                 Some(input) = inputs.recv() => self.input(input),
