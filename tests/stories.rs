@@ -81,9 +81,12 @@ fn body_reaches_the_agent_and_the_pushed_branch() {
     let runs = d["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 1);
     let remote = git2::Repository::open_bare(c.root().join("remote.git")).unwrap();
-    let tip = remote.find_reference(&format!("refs/heads/huskies/{id}")).unwrap().target().unwrap().to_string();
+    // The branch ends in huskies' seal commit; the record names the
+    // agent's commit beneath it.
+    let seal = remote.find_reference(&format!("refs/heads/huskies/{id}")).unwrap().peel_to_commit().unwrap();
+    assert!(seal.message().unwrap().contains(&format!("Huskies-Claim: {id} current 1 agent-1")));
     assert_eq!((runs[0]["outcome"].as_str(), runs[0]["exit_code"].as_i64()), (Some("succeeded"), Some(0)));
-    assert_eq!(runs[0]["commit"], tip, "the record names the pushed commit");
+    assert_eq!(runs[0]["commit"], seal.parent_id(0).unwrap().to_string(), "the record names the agent's commit");
     println!("{}", ok(&c, &["story", "show", id]));
 }
 
