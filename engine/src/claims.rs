@@ -247,19 +247,33 @@ impl Engine {
     }
 
     /// The remote fenced our push: a newer claim holds the story. We drop
-    /// the run and leave the story's state alone (the newer claim's state
-    /// arrives by sync; writing a release here could only compete with
-    /// it). The run's record says where its work was kept.
+    /// the run and release our claim at the next token. The release cannot
+    /// beat the newer claim's state (that has a higher token, or the same
+    /// token with a held claim or a later stage, each of which outranks a
+    /// release), but it frees the story when that state never reaches us:
+    /// a story added twice under one id while apart keeps only one of its
+    /// two maps, and the remote may hold the hidden one's push. We do not
+    /// claim it again ourselves until our replica has caught up with that
+    /// claim.
     fn fenced(&mut self, story: &StoryId, e: crate::PushError) {
         let Some(run) = self.runs.remove(story) else { return };
         let reason = e.to_string();
+        let mut state = self.stories[story].state.clone();
+        let mut released = None;
+        if state.holder.as_ref() == Some(&self.node) && state.token == run.token {
+            state.holder = None;
+            state.token = state.token.next();
+            state.reason = Some(crate::story::short_reason(&reason));
+            released = Some(state.clone());
+            self.write_state(story, state);
+        }
         self.record_run(story, &run, crate::runs::RunOutcomeKind::Fenced, Some(crate::story::short_reason(&reason)));
         let (by, kept) = match e {
             crate::PushError::Fenced { by_token, kept } => (by_token, kept),
             crate::PushError::Failed(_) => (None, String::new()),
         };
         if let Some(by) = by {
-            self.fenced_by.insert(story.clone(), by);
+            self.fenced_by.insert(story.clone(), (by, released));
         }
         self.emit(Event::Fenced { story: story.clone(), token: run.token, kept });
     }

@@ -113,9 +113,10 @@ pub struct Engine {
     /// CA-signed cluster settings in force (applied to `config`).
     pub(crate) settings: Option<crate::ClusterSettings>,
     /// Stories whose push the remote fenced, with the newer claim's token
-    /// it showed: we neither adopt nor claim them until our replica has
-    /// caught up with that claim.
-    pub(crate) fenced_by: BTreeMap<StoryId, Token>,
+    /// it showed and the release we wrote: we neither adopt nor claim them
+    /// until our replica shows a state past that claim and not our own
+    /// release (the newer claim's, or a later one's).
+    pub(crate) fenced_by: BTreeMap<StoryId, (Token, Option<crate::StoryState>)>,
     /// We announced we are leaving: no more claims or beats.
     pub(crate) leaving: bool,
 
@@ -434,7 +435,7 @@ impl Engine {
             self.conflicted.remove(id);
         }
         let state = &view.state;
-        if self.fenced_by.get(id).is_some_and(|t| state.token >= *t) {
+        if self.fenced_by.get(id).is_some_and(|(by, ours)| state.token >= *by && ours.as_ref() != Some(state)) {
             self.fenced_by.remove(id);
         }
         match &state.holder {
