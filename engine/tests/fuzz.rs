@@ -5,7 +5,7 @@
 //! storage load, and id validation. A panic escaping a target fails.
 //!
 //! `cargo test` runs a short smoke pass. The long run:
-//! `HUSKIES_FUZZ_EXECS=1000000 cargo test --release -p huskies-engine --test fuzz -- --nocapture`
+//! `HUSKIES_FUZZ_EXECS=1000000 cargo test --test fuzz -- --nocapture`
 //! (`HUSKIES_FUZZ_SEED` picks another seed).
 
 use huskies_engine::identity::PeerHandshake;

@@ -40,7 +40,7 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         );
         if !r.violations.is_empty() {
             panic!(
-                "{} seed {seed} failed\nprofile: {}\n{}\nreplay: HUSKIES_SEED={seed} cargo test -p huskies-sim --test scenarios -- {test} --exact --nocapture",
+                "{} seed {seed} failed\nprofile: {}\n{}\nreplay: HUSKIES_SEED={seed} cargo test --test scenarios -- {test} --exact --nocapture",
                 r.scenario,
                 r.profile,
                 r.violations.join("\n"),

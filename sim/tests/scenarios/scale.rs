@@ -1,5 +1,5 @@
 //! Scale: 200 nodes × 10,000 stories (ignored by default; run with
-//! `cargo test --release -p huskies-sim --test scenarios -- scale --ignored --nocapture`;
+//! `cargo test --release --test scenarios -- scale --ignored --nocapture`;
 //! `HUSKIES_SCALE_NODES` and `HUSKIES_SCALE_STORIES` pick another size).
 //!
 //! Goal: the engine and the mesh hold up at fleet size. Method: a calm
