@@ -230,35 +230,37 @@ async fn edit_story(
     Path(id): Path<String>,
     Json(body): Json<EditStory>,
 ) -> Response {
-    if let Some(r) = refused(&state, &headers) {
+    story_command(&state, &headers, id, |id| Command::EditStory {
+        id,
+        title: body.title,
+        body: body.body,
+        priority: body.priority,
+    })
+    .await
+}
+
+/// An admin command on one story named in the path.
+async fn story_command(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: String,
+    command: impl FnOnce(StoryId) -> Command,
+) -> Response {
+    if let Some(r) = refused(state, headers) {
         return r;
     }
     match story_id(id) {
-        Ok(id) => {
-            run(&state, Command::EditStory { id, title: body.title, body: body.body, priority: body.priority }).await
-        }
+        Ok(id) => run(state, command(id)).await,
         Err(r) => *r,
     }
 }
 
 async fn remove_story(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Some(r) = refused(&state, &headers) {
-        return r;
-    }
-    match story_id(id) {
-        Ok(id) => run(&state, Command::RemoveStory { id }).await,
-        Err(r) => *r,
-    }
+    story_command(&state, &headers, id, |id| Command::RemoveStory { id }).await
 }
 
 async fn retry_story(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Some(r) = refused(&state, &headers) {
-        return r;
-    }
-    match story_id(id) {
-        Ok(id) => run(&state, Command::RetryStory { id }).await,
-        Err(r) => *r,
-    }
+    story_command(&state, &headers, id, |id| Command::RetryStory { id }).await
 }
 
 #[derive(serde::Deserialize)]
