@@ -3,7 +3,7 @@
 mod harness;
 
 use harness::{Cluster, fast_config};
-use huskies_engine::{Command, Event, Millis, Stage, StoryId};
+use huskies_engine::{Command, Event, Millis, Stage, StoryId, Token};
 
 fn done_advances(c: &Cluster, story: &StoryId) -> usize {
     c.count_events(|e| matches!(e, Event::Advanced { story: s, to: Stage::Done, .. } if s == story))
@@ -39,20 +39,25 @@ fn claim_storm_five_nodes_fifty_stories() {
     assert!(c.remote.len() >= 150);
 }
 
-/// Node A holds a story when it is cut off; the others reclaim it after the
-/// timeout and finish it. A's own result, produced while cut off, loses on
-/// every replica after the heal.
-#[test]
-fn partition_reclaim_heal_fences_the_zombie() {
-    let mut cfg = fast_config();
-    cfg.stages = vec![Stage::Current];
-    let mut c = Cluster::new(3, 11, cfg);
-    c.agent.run_ms = 5_000;
+/// A cluster of 3 agents that work `current` only, with one story claimed
+/// and running: the cluster, the story, its holder and the claim's token.
+fn one_story_running(seed: u64, run_ms: u64, cfg: huskies_engine::Config) -> (Cluster, StoryId, usize, Token) {
+    let mut c = Cluster::new(3, seed, huskies_engine::Config { stages: vec![Stage::Current], ..cfg });
+    c.agent.run_ms = run_ms;
     c.run_for(2_000);
     let story = c.add_stories(0, 1, Stage::Current).remove(0);
     c.run_for(1_000);
     let holder = (1..=3).find(|&i| c.engine(i).runs().count() == 1).expect("someone claimed");
     let token = c.engine(holder).runs().next().unwrap().1;
+    (c, story, holder, token)
+}
+
+/// Node A holds a story when it is cut off; the others reclaim it after the
+/// timeout and finish it. A's own result, produced while cut off, loses on
+/// every replica after the heal.
+#[test]
+fn partition_reclaim_heal_fences_the_zombie() {
+    let (mut c, story, holder, token) = one_story_running(11, 5_000, fast_config());
     c.isolate(holder);
     // The others declare it dead, reclaim and finish while it is away; the
     // zombie also finishes its run (5 s) and advances in its own replica.
@@ -91,15 +96,7 @@ fn partition_reclaim_heal_fences_the_zombie() {
 /// winner.
 #[test]
 fn a_zombie_push_after_the_winner_is_fenced_at_the_remote() {
-    let mut cfg = fast_config();
-    cfg.stages = vec![Stage::Current];
-    let mut c = Cluster::new(3, 12, cfg);
-    c.agent.run_ms = 8_000;
-    c.run_for(2_000);
-    let story = c.add_stories(0, 1, Stage::Current).remove(0);
-    c.run_for(1_000);
-    let holder = (1..=3).find(|&i| c.engine(i).runs().count() == 1).expect("someone claimed");
-    let token = c.engine(holder).runs().next().unwrap().1;
+    let (mut c, story, holder, token) = one_story_running(12, 8_000, fast_config());
     c.isolate(holder);
     // The winner's run is quick; the zombie's (started before) is not.
     c.agent.run_ms = 500;
@@ -411,16 +408,8 @@ fn edit_retry_and_remove() {
 /// dead at once and reclaim its story well inside the claim timeout.
 #[test]
 fn a_leaving_node_is_reclaimed_at_once() {
-    let mut cfg = fast_config();
-    cfg.stages = vec![Stage::Current];
-    cfg.claim_timeout_ms = 10_000;
-    cfg.heartbeat_interval_ms = 1_000;
-    let mut c = Cluster::new(3, 21, cfg);
-    c.agent.run_ms = 30_000;
-    c.run_for(3_000);
-    let story = c.add_stories(0, 1, Stage::Current).remove(0);
-    c.run_for(1_000);
-    let holder = (1..=3).find(|&i| c.engine(i).runs().count() == 1).expect("someone claimed");
+    let cfg = huskies_engine::Config { claim_timeout_ms: 10_000, heartbeat_interval_ms: 1_000, ..fast_config() };
+    let (mut c, story, holder, _) = one_story_running(21, 30_000, cfg);
     assert_eq!(c.command(holder, Command::Leave), Ok(huskies_engine::Reply::Left));
     let left_at = c.now;
     c.run_for(50);
