@@ -21,6 +21,8 @@ pub struct Cluster {
     pub key: String,
     /// Extra environment for processes started from now on.
     pub env: Vec<(String, String)>,
+    /// Extra flags for the server.
+    pub server_args: Vec<String>,
 }
 
 pub mod tempdir {
@@ -139,6 +141,7 @@ impl Cluster {
             "--node-id".into(),
             "rendezvous".into(),
         ];
+        let args = [args, self.server_args.clone()].concat();
         self.spawn("server", &args);
         let port = self.port;
         wait_for("the server", Duration::from_secs(10), || {
@@ -217,7 +220,25 @@ impl Cluster {
         fixture(&dir.0);
         std::fs::create_dir_all(dir.0.join("server/.huskies")).unwrap();
         std::fs::write(dir.0.join("server/.huskies/project.toml"), toml).unwrap();
-        let mut c = Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new(), env: Vec::new() };
+        let mut c = Cluster {
+            dir,
+            port: free_port(),
+            procs: Vec::new(),
+            key: String::new(),
+            env: Vec::new(),
+            server_args: Vec::new(),
+        };
+        c.start_server();
+        c
+    }
+
+    /// A cluster whose server is started with `args` besides the usual.
+    pub fn with_server_args(tag: &str, args: &[&str]) -> Cluster {
+        let dir = tempdir::TempDir::new(tag);
+        fixture(&dir.0);
+        let server_args = args.iter().map(|a| a.to_string()).collect();
+        let mut c =
+            Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new(), env: Vec::new(), server_args };
         c.start_server();
         c
     }
@@ -225,7 +246,14 @@ impl Cluster {
     pub fn new(tag: &str) -> Cluster {
         let dir = tempdir::TempDir::new(tag);
         fixture(&dir.0);
-        let mut c = Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new(), env: Vec::new() };
+        let mut c = Cluster {
+            dir,
+            port: free_port(),
+            procs: Vec::new(),
+            key: String::new(),
+            env: Vec::new(),
+            server_args: Vec::new(),
+        };
         c.start_server();
         c
     }

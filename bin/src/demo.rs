@@ -36,7 +36,8 @@ pub struct DemoArgs {
     /// Do not kill an agent midway.
     #[arg(long)]
     no_kill: bool,
-    /// Keep the scratch directory (repos, logs, data) afterwards.
+    /// Keep the cluster up after the summary (watch it on the dashboard;
+    /// Ctrl-C stops it), and keep the scratch directory (repos, logs, data).
     #[arg(long)]
     keep: bool,
     /// Give up after this many seconds.
@@ -200,6 +201,9 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     };
     let server = Client::new(&format!("http://127.0.0.1:{port}"), Some(key.clone()), None)?;
     wait_healthy(&server, "the server")?;
+    // The key rides in the fragment: the page trades it for a session
+    // cookie, and fragments never reach a server or its logs.
+    println!("dashboard: http://127.0.0.1:{port}/#key={key}");
 
     // The agents, each with its own clone, joining with a one-time token.
     let mut agent_ports = BTreeMap::new();
@@ -351,5 +355,26 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     println!("  duplicate starts   {stopped} (runs stopped because another node won the claim)");
     println!("  killed             {}", killed.as_deref().unwrap_or("none"));
     println!("  wall time          {:.1} s", started.elapsed().as_secs_f64());
+    if a.keep {
+        println!("cluster kept up: dashboard http://127.0.0.1:{port}/#key={key}");
+        println!(
+            "(add stories there or with `huskies story add --server http://127.0.0.1:{port} --key {key} TITLE`; Ctrl-C stops the cluster)"
+        );
+        wait_for_ctrl_c()?;
+    }
     if done == a.stories { Ok(()) } else { Err(format!("{} stories failed for good", a.stories - done)) }
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_ctrl_c() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("cannot wait for signals: {e}"))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok(())
+    })
 }

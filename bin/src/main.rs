@@ -47,6 +47,8 @@ enum Cmd {
         node_id: Option<String>,
         #[command(flatten)]
         tls: run::TlsArgs,
+        #[command(flatten)]
+        web: run::WebArgs,
     },
     /// Run a build agent.
     Agent {
@@ -79,6 +81,8 @@ enum Cmd {
         node_id: Option<String>,
         #[command(flatten)]
         tls: run::TlsArgs,
+        #[command(flatten)]
+        web: run::WebArgs,
     },
     /// A run's log, fetched from the node that ran it.
     Logs {
@@ -117,6 +121,12 @@ enum Cmd {
         target: run::Target,
         #[command(subcommand)]
         action: NodeCmd,
+    },
+    /// Print a link that logs a browser into the node's web dashboard
+    /// (the admin key rides in the URL fragment, which is never sent).
+    Dashboard {
+        #[command(flatten)]
+        target: run::Target,
     },
     /// Start a real local cluster (server + 3 agents) and watch it work.
     Demo(demo::DemoArgs),
@@ -213,11 +223,23 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Server { listen, data_dir, project_root, advertise, node_id, tls } => {
+        Cmd::Server { listen, data_dir, project_root, advertise, node_id, tls, web } => {
             init_logs(cli.log_format);
-            run::server(listen, data_dir, project_root, advertise, node_id, tls)
+            run::server(listen, data_dir, project_root, advertise, node_id, tls, web)
         }
-        Cmd::Agent { rendezvous, port, project_root, data_dir, join_token, host, advertise, label, node_id, tls } => {
+        Cmd::Agent {
+            rendezvous,
+            port,
+            project_root,
+            data_dir,
+            join_token,
+            host,
+            advertise,
+            label,
+            node_id,
+            tls,
+            web,
+        } => {
             init_logs(cli.log_format);
             let args = run::AgentArgs {
                 rendezvous,
@@ -230,6 +252,7 @@ fn main() -> ExitCode {
                 label,
                 node_id,
                 tls,
+                web,
             };
             run::agent(args)
         }
@@ -246,6 +269,7 @@ fn main() -> ExitCode {
         },
         Cmd::Logs { target, id, stage, follow } => stories::logs(&target, &id, stage.as_deref(), follow),
         Cmd::Status { target, json } => run::status(&target, json),
+        Cmd::Dashboard { target } => run::dashboard_link(&target),
         Cmd::Token { action: TokenCmd::Create { data_dir, ttl } } => run::token_create(data_dir, ttl),
         Cmd::Node { target, action } => match action {
             NodeCmd::List { json } => run::node_list(&target, json),

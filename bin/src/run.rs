@@ -27,6 +27,20 @@ pub struct TlsArgs {
     pub ca_cert: Option<PathBuf>,
 }
 
+/// The dashboard and metrics.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct WebArgs {
+    /// Let anyone who reaches this node's address read the dashboard (and
+    /// the read API: status, stories, logs, metrics) without logging in.
+    /// Actions still need the admin key.
+    #[arg(long)]
+    pub read_only_dashboard: bool,
+    /// Also serve `/metrics` alone, unauthenticated, on this address (for
+    /// Prometheus; keep it on a private interface), e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
 impl TlsArgs {
     fn server_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
         match (&self.tls_cert, &self.tls_key) {
@@ -191,6 +205,7 @@ fn serve(
     admin_sha256: String,
     enroll: Option<Enroll>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    web: WebArgs,
 ) -> Result<(), String> {
     let rt = runtime()?;
     rt.block_on(async move {
@@ -209,7 +224,19 @@ fn serve(
             revoked,
             max_message_bytes: huskies_engine::Config::default().max_message_bytes,
             project_root: opts.project_root.clone(),
+            dashboard: Arc::new(huskies_net::dashboard::Dashboard::new(
+                &opts.node_id,
+                web.read_only_dashboard,
+                tls.is_some(),
+            )),
+            node_id: opts.node_id.to_string(),
         };
+        if let Some(addr) = web.metrics_listen {
+            huskies_net::api::serve_metrics(addr, handle.clone())
+                .await
+                .map_err(|e| format!("cannot listen on --metrics-listen {addr}: {e}"))?;
+            tracing::info!(%addr, "serving /metrics");
+        }
         tracing::info!(node = %opts.node_id, listen = %opts.listen, advertise = %opts.advertise, "huskies node up");
         let result = match tls {
             Some(config) => {
@@ -235,6 +262,7 @@ pub fn server(
     advertise: Option<String>,
     node_id_arg: Option<String>,
     tls_args: TlsArgs,
+    web: WebArgs,
 ) -> Result<(), String> {
     let tls = tls_args.server_config()?;
     let advertise = advertise_url(listen, advertise.as_deref(), tls.is_some())?;
@@ -269,7 +297,7 @@ pub fn server(
         tls_client,
     };
     let enroll = Enroll { dir: data_dir, ca_secret: ca };
-    serve(opts, auth::hash(&key), Some(enroll), tls)
+    serve(opts, auth::hash(&key), Some(enroll), tls, web)
 }
 
 pub struct AgentArgs {
@@ -283,6 +311,7 @@ pub struct AgentArgs {
     pub label: Option<String>,
     pub node_id: Option<String>,
     pub tls: TlsArgs,
+    pub web: WebArgs,
 }
 
 pub fn agent(a: AgentArgs) -> Result<(), String> {
@@ -352,7 +381,7 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
         project,
         tls_client,
     };
-    serve(opts, admin_sha256, None, tls)
+    serve(opts, admin_sha256, None, tls, a.web)
 }
 
 pub fn token_create(data_dir: Option<PathBuf>, ttl: u64) -> Result<(), String> {
@@ -432,6 +461,18 @@ pub fn status(t: &Target, json: bool) -> Result<(), String> {
         let state = if n.alive { "alive" } else { "silent" };
         println!("  {:<20} {:<7} capacity {} claims {claims}  {}", n.id, state, n.capacity, n.label);
     }
+    Ok(())
+}
+
+/// `huskies dashboard`: the node's dashboard URL with the admin key in the
+/// fragment (the page trades it for a session cookie and drops it).
+pub fn dashboard_link(target: &Target) -> Result<(), String> {
+    let key = target.key_value()?.ok_or("no admin key")?;
+    let base = target.server.trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(format!("--server {base:?}: expected an http:// or https:// address"));
+    }
+    println!("{base}/#key={key}");
     Ok(())
 }
 

@@ -15,7 +15,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::doc::Doc;
-use crate::{ConnId, Engine, Event, Millis};
+use crate::{ConnId, Engine, Event, Millis, RejectKind};
 
 /// A token bucket of bytes and messages for one peer.
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ impl Engine {
         match c.budget.charge(now, len, bytes, messages) {
             Ok(()) => true,
             Err(why) => {
-                self.reject(conn, format!("peer is {why}"));
+                self.reject(conn, RejectKind::Budget, format!("peer is {why}"));
                 false
             }
         }
@@ -103,6 +103,7 @@ impl Engine {
                 let verified = self.rebuild_document(&expected);
                 self.reject(
                     conn,
+                    RejectKind::Sync,
                     format!(
                         "automerge panicked in {what} on its data ({text}); document rebuilt from storage, heads {}",
                         if verified { "verified" } else { "DIFFER" }
@@ -185,7 +186,7 @@ mod tests {
         e.finish_input();
         let outs: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
         let reason = outs.iter().find_map(|o| match o {
-            Output::Event(Event::PeerRejected { conn: ConnId(7), reason }) => Some(reason.clone()),
+            Output::Event(Event::PeerRejected { conn: ConnId(7), reason, .. }) => Some(reason.clone()),
             _ => None,
         });
         assert!(reason.as_deref().is_some_and(|r| r.contains("boom") && r.contains("heads verified")), "{reason:?}");

@@ -241,6 +241,7 @@ pub enum Event {
     /// A peer broke the protocol and was disconnected.
     PeerRejected {
         conn: ConnId,
+        kind: RejectKind,
         reason: String,
     },
     NodeDead {
@@ -310,4 +311,52 @@ pub enum Event {
         story: StoryId,
         token: Token,
     },
+}
+
+/// Why a peer was disconnected, in a few fixed kinds (metrics label them;
+/// the `reason` text of [`Event::PeerRejected`] has the detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectKind {
+    /// An envelope that does not decode.
+    Malformed,
+    /// Messages out of order: a second hello, data before the handshake.
+    Protocol,
+    /// No certificate of this cluster, a wrong node, a failed key proof.
+    Identity,
+    Revoked,
+    /// This node already has as many peers as it takes.
+    PeerLimit,
+    /// Over its byte or message budget.
+    Budget,
+    /// A sync message the guard or Automerge refused, or one that made
+    /// Automerge panic.
+    Sync,
+    /// A heartbeat with a bad signature.
+    Heartbeat,
+}
+
+impl RejectKind {
+    pub const ALL: [RejectKind; 8] = [
+        RejectKind::Malformed,
+        RejectKind::Protocol,
+        RejectKind::Identity,
+        RejectKind::Revoked,
+        RejectKind::PeerLimit,
+        RejectKind::Budget,
+        RejectKind::Sync,
+        RejectKind::Heartbeat,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Malformed => "malformed",
+            RejectKind::Protocol => "protocol",
+            RejectKind::Identity => "identity",
+            RejectKind::Revoked => "revoked",
+            RejectKind::PeerLimit => "peer_limit",
+            RejectKind::Budget => "budget",
+            RejectKind::Sync => "sync",
+            RejectKind::Heartbeat => "heartbeat",
+        }
+    }
 }

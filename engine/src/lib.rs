@@ -78,7 +78,7 @@ pub use engine::Engine;
 pub use error::{CommandError, ConfigError, IdError};
 pub use identity::{Cert, Credentials};
 pub use ids::{CommandId, ConnId, MAX_ID_LEN, Millis, NodeId, StoryId, Token};
-pub use io::{Command, Event, Input, NewStory, Output, PersistKind, PushError, Reply, RunOutcome};
+pub use io::{Command, Event, Input, NewStory, Output, PersistKind, PushError, RejectKind, Reply, RunOutcome};
 pub use runs::{RunOutcomeKind, RunRecord, RunReport};
 pub use settings::ClusterSettings;
 pub use story::{RunResult, Stage, StoryState};

@@ -154,6 +154,14 @@ impl Liveness {
         !b.left && now.saturating_sub(b.advanced_at) < self.timeout_ms
     }
 
+    /// Every node with a beat on record: when its newest beat arrived here
+    /// and the free slots it advertised, in id order. A node seen only in
+    /// the document has no beat (its grace period starts at `advanced_at`
+    /// but nothing was heard).
+    pub fn heard(&self) -> impl Iterator<Item = (&NodeId, Millis, u32)> + '_ {
+        self.beats.iter().filter(|(_, b)| b.incarnation.is_some()).map(|(n, b)| (n, b.advanced_at, b.free_slots))
+    }
+
     /// Live nodes that have heartbeated, with their advertised free slots,
     /// in id order.
     pub fn alive(&self, now: Millis) -> impl Iterator<Item = (&NodeId, u32)> + '_ {

@@ -12,7 +12,7 @@
 use crate::doc::{NodeRecord, Signed, SignedKind};
 use crate::identity::Cert;
 use crate::identity::{self, PublicKey};
-use crate::{CommandError, Engine, Event, NodeId, Output, Reply};
+use crate::{CommandError, Engine, Event, NodeId, Output, RejectKind, Reply};
 
 impl Engine {
     /// Is `key` a believed key of `node`?
@@ -102,7 +102,7 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for conn in conns {
-            self.reject(conn, format!("node {node} was revoked"));
+            self.reject(conn, RejectKind::Revoked, format!("node {node} was revoked"));
         }
         if node == self.node && key == self.creds.cert.key {
             self.self_revoked = true;

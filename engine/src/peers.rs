@@ -7,7 +7,7 @@ use crate::hash::stable_hash;
 use crate::identity::{self, Cert, PublicKey};
 use crate::liveness::News;
 use crate::wire::{Envelope, Heartbeat};
-use crate::{ConnId, Engine, Event, Millis, NodeId, Output};
+use crate::{ConnId, Engine, Event, Millis, NodeId, Output, RejectKind};
 
 /// Why we keep an outbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl Engine {
             }
         } else {
             if self.conns.len() >= self.config.max_peers {
-                self.reject(conn, format!("peer limit {} reached", self.config.max_peers));
+                self.reject(conn, RejectKind::PeerLimit, format!("peer limit {} reached", self.config.max_peers));
                 return;
             }
             None
@@ -125,13 +125,13 @@ impl Engine {
     }
 
     /// Disconnects a peer that broke the protocol. The node keeps running.
-    pub(crate) fn reject(&mut self, conn: ConnId, reason: String) {
+    pub(crate) fn reject(&mut self, conn: ConnId, kind: RejectKind, reason: String) {
         tracing::warn!(node = %self.node, ?conn, %reason, "disconnecting peer");
         // A misbehaving peer is retried only after the longest backoff.
         self.back_off(conn, Some(self.config.dial_backoff_max_ms));
         self.conns.remove(&conn);
         self.pending.push(Output::HangUp { conn });
-        self.emit(Event::PeerRejected { conn, reason });
+        self.emit(Event::PeerRejected { conn, kind, reason });
     }
 
     pub(crate) fn handle_peer_message(&mut self, conn: ConnId, bytes: &[u8]) {
@@ -142,16 +142,18 @@ impl Engine {
         let (established, greeted) = (c.node.is_some(), c.hello.is_some());
         let env = match Envelope::decode(bytes, self.config.max_message_bytes) {
             Ok(env) => env,
-            Err(e) => return self.reject(conn, e.to_string()),
+            Err(e) => return self.reject(conn, RejectKind::Malformed, e.to_string()),
         };
         match env {
             Envelope::Hello { node, nonce, cert } if !established && !greeted => {
                 self.handle_hello(conn, node, nonce, cert)
             }
-            Envelope::Hello { .. } => self.reject(conn, "second hello".into()),
+            Envelope::Hello { .. } => self.reject(conn, RejectKind::Protocol, "second hello".into()),
             Envelope::Auth { sig } if greeted && !established => self.handle_auth(conn, &sig),
-            Envelope::Auth { .. } => self.reject(conn, "auth without a hello, or twice".into()),
-            _ if !established => self.reject(conn, "message before the handshake completed".into()),
+            Envelope::Auth { .. } => self.reject(conn, RejectKind::Protocol, "auth without a hello, or twice".into()),
+            _ if !established => {
+                self.reject(conn, RejectKind::Protocol, "message before the handshake completed".into())
+            }
             Envelope::Sync(raw) => self.handle_sync(conn, &raw),
             Envelope::Heartbeats(beats) => {
                 for hb in beats {
@@ -168,13 +170,17 @@ impl Engine {
     /// challenge. It counts as that node only once its own proof arrives.
     fn handle_hello(&mut self, conn: ConnId, node: NodeId, nonce: [u8; 32], cert: Cert) {
         if node == self.node {
-            return self.reject(conn, "peer claims our own node id".into());
+            return self.reject(conn, RejectKind::Identity, "peer claims our own node id".into());
         }
         if !identity::verify_cert(&self.creds.ca, &node, &cert) {
-            return self.reject(conn, format!("hello from {node} carries no certificate of this cluster's CA"));
+            return self.reject(
+                conn,
+                RejectKind::Identity,
+                format!("hello from {node} carries no certificate of this cluster's CA"),
+            );
         }
         if self.is_revoked(&node, &cert.key) {
-            return self.reject(conn, format!("node {node} was revoked"));
+            return self.reject(conn, RejectKind::Revoked, format!("node {node} was revoked"));
         }
         let target = self.conns.get(&conn).and_then(|c| c.target.clone());
         if let Some(t) = target.as_ref().and_then(|a| self.targets.get(a))
@@ -182,7 +188,7 @@ impl Engine {
             && *expected != node
         {
             let reason = format!("dialed {expected} but {node} answered");
-            return self.reject(conn, reason);
+            return self.reject(conn, RejectKind::Identity, reason);
         }
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.hello = Some((node.clone(), cert.key, nonce));
@@ -196,7 +202,7 @@ impl Engine {
         let Some(c) = self.conns.get(&conn) else { return };
         let Some((node, key, their_nonce)) = c.hello.clone() else { return };
         if !identity::verify_auth(&key, sig, &their_nonce, &c.our_nonce, &self.node, &node) {
-            return self.reject(conn, format!("{node} failed to prove its key"));
+            return self.reject(conn, RejectKind::Identity, format!("{node} failed to prove its key"));
         }
         let target = c.target.clone();
         if let Some(addr) = &target
@@ -221,11 +227,11 @@ impl Engine {
         // Automerge trusts the fields of a sync message; hold them to what
         // an honest peer sends before it sees a byte.
         if let Err(e) = crate::guard::check_sync_message(raw, self.config.max_inflated_bytes) {
-            return self.reject(conn, format!("sync message refused: {e}"));
+            return self.reject(conn, RejectKind::Sync, format!("sync message refused: {e}"));
         }
         let msg = match self.shielded(conn, "decode", |_| sync::Message::decode(raw)) {
             Some(Ok(m)) => m,
-            Some(Err(e)) => return self.reject(conn, format!("bad sync message: {e}")),
+            Some(Err(e)) => return self.reject(conn, RejectKind::Sync, format!("bad sync message: {e}")),
             None => return,
         };
         let heads_before = self.doc.heads();
@@ -235,7 +241,7 @@ impl Engine {
         });
         match received {
             Some(Some(Ok(()))) => {}
-            Some(Some(Err(e))) => return self.reject(conn, format!("sync message rejected: {e}")),
+            Some(Some(Err(e))) => return self.reject(conn, RejectKind::Sync, format!("sync message rejected: {e}")),
             Some(None) | None => return,
         }
         if self.doc.heads() != heads_before {
@@ -307,7 +313,7 @@ impl Engine {
         // corrupted by the peer that sent it, since relays check first.
         let Some(keys) = self.keys.get(&hb.node) else { return };
         if !keys.iter().any(|k| identity::verify_beat(k, &hb)) {
-            return self.reject(from, format!("heartbeat of {} with a bad signature", hb.node));
+            return self.reject(from, RejectKind::Heartbeat, format!("heartbeat of {} with a bad signature", hb.node));
         }
         match self.liveness.handle_heartbeat(&hb, self.now) {
             News::Stale => {}

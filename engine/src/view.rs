@@ -36,6 +36,18 @@ impl Engine {
         v
     }
 
+    /// Nodes heard from: when their newest heartbeat arrived (this node's
+    /// clock) and the free slots it advertised, in id order.
+    pub fn heartbeats(&self) -> impl Iterator<Item = (&NodeId, Millis, u32)> + '_ {
+        self.liveness.heard()
+    }
+
+    /// Changes in the document's history (a walk of the change graph's
+    /// metadata: cheap next to a save, but linear in the history).
+    pub fn change_count(&mut self) -> usize {
+        self.doc.automerge().get_changes_meta(&[]).len()
+    }
+
     /// Stories this node holds a claim on, with token and stage.
     pub fn runs(&self) -> impl Iterator<Item = (&StoryId, Token, Stage)> {
         self.runs.iter().map(|(id, r)| (id, r.token, r.stage))

@@ -6,7 +6,12 @@
 //!   before the upgrade); the engine's handshake then makes the node prove
 //!   it holds the certified key.
 //! - `/api/*` takes the admin key as a bearer token (`/api/join` takes a
-//!   one-time join token instead). Agents check it against its SHA-256.
+//!   one-time join token instead), or a dashboard session cookie (with its
+//!   CSRF token for actions); see [`crate::dashboard`]. Agents check the
+//!   key against its SHA-256.
+//! - `/metrics` (Prometheus) takes what reads take; `--metrics-listen`
+//!   serves it alone, unauthenticated, on an address of its own.
+//! - `/` and `/ui/*` are the dashboard.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,10 +51,30 @@ pub struct AppState {
     pub max_message_bytes: usize,
     /// Where this node's run logs are (`.huskies/logs`).
     pub project_root: PathBuf,
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
+    pub node_id: String,
+}
+
+/// What a request does: reads may be open to all (`--read-only-dashboard`);
+/// writes made with a session cookie need its CSRF token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
 }
 
 pub fn router(state: AppState) -> Router {
+    use crate::dashboard as ui;
     Router::new()
+        .route("/", get(ui::index))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
+        .route("/ui/session", get(ui::session))
+        .route("/ui/login", post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/events", get(ui::events))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/crdt-sync", get(crdt_sync))
         .route("/api/status", get(status))
@@ -63,10 +88,41 @@ pub fn router(state: AppState) -> Router {
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{id}/revoke", post(revoke_node))
         .route("/api/join", post(join))
+        .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)
 }
 
-fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+/// Serves only `/metrics` (and `/healthz`), unauthenticated, on `addr`:
+/// for `--metrics-listen` on an address Prometheus reaches and the world
+/// does not. Runs until the process ends.
+pub async fn serve_metrics(addr: std::net::SocketAddr, node: NodeHandle) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let router = Router::new()
+        .route("/metrics", get(move || async move { metrics_text(&node).await }))
+        .route("/healthz", get(|| async { "ok" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&state, &headers, Access::Read) {
+        return r;
+    }
+    metrics_text(&state.node).await
+}
+
+async fn metrics_text(node: &NodeHandle) -> Response {
+    match node.metrics().await {
+        Some(text) => ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
+    }
+}
+
+pub(crate) fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(ApiError { error: msg.into() })).into_response()
 }
 
@@ -74,11 +130,29 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
-/// `None` when the request carries the admin key, else the 401 to send.
-fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    match bearer(headers) {
-        Some(t) if auth::constant_time_eq(&auth::hash(t), &state.admin_sha256) => None,
-        _ => Some(error(StatusCode::UNAUTHORIZED, "missing or wrong admin key")),
+/// `None` when the request may go on, else the 401 or 403 to send: the
+/// admin key as a bearer token, or a dashboard session (with its CSRF token
+/// in `x-csrf-token` for writes), or a read while reads are open to all.
+pub(crate) fn refused(state: &AppState, headers: &HeaderMap, access: Access) -> Option<Response> {
+    if let Some(t) = bearer(headers) {
+        return match auth::constant_time_eq(&auth::hash(t), &state.admin_sha256) {
+            true => None,
+            false => Some(error(StatusCode::UNAUTHORIZED, "missing or wrong admin key")),
+        };
+    }
+    #[allow(clippy::disallowed_methods)] // session expiry is wall time on this machine
+    let now = std::time::Instant::now();
+    match (state.dashboard.session_csrf(headers, now), access) {
+        (Some(_), Access::Read) => None,
+        (Some(csrf), Access::Write) => {
+            let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+            match auth::constant_time_eq(sent, &csrf) {
+                true => None,
+                false => Some(error(StatusCode::FORBIDDEN, "missing or wrong CSRF token")),
+            }
+        }
+        (None, Access::Read) if state.dashboard.read_only_public => None,
+        (None, _) => Some(error(StatusCode::UNAUTHORIZED, "missing or wrong admin key")),
     }
 }
 
@@ -120,7 +194,7 @@ async fn crdt_sync(State(state): State<AppState>, headers: HeaderMap, upgrade: W
 }
 
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&state, &headers) {
+    if let Some(r) = refused(&state, &headers, Access::Read) {
         return r;
     }
     match state.node.status().await {
@@ -167,7 +241,7 @@ async fn run(state: &AppState, command: Command) -> Response {
 }
 
 async fn add_story(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<AddStory>) -> Response {
-    if let Some(r) = refused(&state, &headers) {
+    if let Some(r) = refused(&state, &headers, Access::Write) {
         return r;
     }
     let id = match body.id.map(StoryId::new).transpose() {
@@ -192,7 +266,7 @@ async fn move_story(
     Path(id): Path<String>,
     Json(body): Json<MoveStory>,
 ) -> Response {
-    if let Some(r) = refused(&state, &headers) {
+    if let Some(r) = refused(&state, &headers, Access::Write) {
         return r;
     }
     let id = match StoryId::new(id) {
@@ -210,7 +284,7 @@ fn story_id(id: String) -> Result<StoryId, Box<Response>> {
 }
 
 async fn show_story(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Some(r) = refused(&state, &headers) {
+    if let Some(r) = refused(&state, &headers, Access::Read) {
         return r;
     }
     let id = match story_id(id) {
@@ -246,7 +320,7 @@ async fn story_command(
     id: String,
     command: impl FnOnce(StoryId) -> Command,
 ) -> Response {
-    if let Some(r) = refused(state, headers) {
+    if let Some(r) = refused(state, headers, Access::Write) {
         return r;
     }
     match story_id(id) {
@@ -268,6 +342,8 @@ struct LogQuery {
     stage: Option<String>,
     #[serde(default)]
     offset: u64,
+    /// The last this many bytes instead (overrides `offset`).
+    tail: Option<u64>,
 }
 
 /// Largest slice of a log one request returns.
@@ -280,7 +356,7 @@ async fn logs(
     Path(id): Path<String>,
     axum::extract::Query(q): axum::extract::Query<LogQuery>,
 ) -> Response {
-    if let Some(r) = refused(&state, &headers) {
+    if let Some(r) = refused(&state, &headers, Access::Read) {
         return r;
     }
     let id = match story_id(id) {
@@ -295,14 +371,19 @@ async fn logs(
     let root = state.project_root.clone();
     let found = tokio::task::spawn_blocking(move || {
         let path = crate::runlog::newest_log(&root, id.as_str(), q.stage.as_deref())?;
-        let read = crate::runlog::read_log(&path, q.offset, LOG_SLICE_BYTES);
+        let read = match q.tail {
+            Some(tail) => crate::runlog::read_log(&path, u64::MAX, 0).and_then(|(_, total)| {
+                crate::runlog::read_log(&path, total.saturating_sub(tail), LOG_SLICE_BYTES.min(tail))
+            }),
+            None => crate::runlog::read_log(&path, q.offset, LOG_SLICE_BYTES),
+        };
         Some((path, read))
     })
     .await;
     match found {
         Ok(Some((path, Ok((bytes, total))))) => Json(LogSlice {
             file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
-            offset: q.offset.min(total),
+            offset: q.tail.map_or(q.offset, |t| total.saturating_sub(t)).min(total),
             total,
             text: String::from_utf8_lossy(&bytes).into_owned(),
         })
@@ -314,7 +395,7 @@ async fn logs(
 }
 
 async fn nodes(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&state, &headers) {
+    if let Some(r) = refused(&state, &headers, Access::Read) {
         return r;
     }
     match state.node.status().await {
@@ -324,7 +405,7 @@ async fn nodes(State(state): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn revoke_node(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Some(r) = refused(&state, &headers) {
+    if let Some(r) = refused(&state, &headers, Access::Write) {
         return r;
     }
     match NodeId::new(id) {

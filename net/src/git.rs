@@ -111,6 +111,10 @@ pub fn prepare_worktree(
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| git2::Error::from_str(&e.to_string()))?;
     }
+    // libgit2 makes `.git/worktrees` with a plain mkdir that fails when it
+    // exists: two first runs starting at once raced on it ("failed to make
+    // directory ... directory exists", seen on the dashboard of a demo).
+    std::fs::create_dir_all(repo.path().join("worktrees")).map_err(|e| git2::Error::from_str(&e.to_string()))?;
     let mut opts = WorktreeAddOptions::new();
     let reference = branch.into_reference();
     opts.reference(Some(&reference));
@@ -411,6 +415,29 @@ mod tests {
         assert_ne!(base2, base);
         prune(&work, "s1").unwrap();
         assert!(!worktree_path(&work, "s1").exists());
+    }
+
+    /// First runs of several stories starting at once in a fresh clone
+    /// (no `.git/worktrees` yet) all get their worktree.
+    #[test]
+    fn first_worktrees_made_at_once() {
+        for round in 0..8 {
+            let dir = tempfile::tempdir().unwrap();
+            let work = fixture(dir.path());
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let threads: Vec<_> = (0..4)
+                .map(|i| {
+                    let (work, barrier) = (work.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        prepare_worktree(&work, &format!("s{i}"), &GitCredentials::default(), None).map(|_| ())
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
     }
 
     /// A clone of the fixture's remote at `dir/name` with one commit on

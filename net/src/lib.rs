@@ -8,8 +8,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod git;
 pub mod gitauth;
+pub mod metrics;
 pub mod node;
 pub mod project;
 pub mod runlog;

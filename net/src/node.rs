@@ -10,11 +10,12 @@ use huskies_engine::{
     ClusterSettings, Command, CommandError, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output,
     Reply,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::metrics::{Metrics, RunEnd};
 use crate::project::ProjectConfig;
 use crate::runner::Runner;
-use crate::status::{Counters, NodeStatus, RunStatus, Status, StoryStatus};
+use crate::status::{Board, BoardNode, NodeStatus, RunStatus, Status, StoryStatus};
 use crate::storage::Storage;
 use crate::ws;
 
@@ -44,6 +45,10 @@ pub enum NodeMsg {
     Input(Input),
     Command(Command, oneshot::Sender<Result<Reply, CommandError>>),
     Status(oneshot::Sender<Status>),
+    /// What the dashboard shows: stories, nodes, links, counters.
+    Board(oneshot::Sender<Board>),
+    /// The metrics in Prometheus text format, gauges set as of now.
+    Metrics(oneshot::Sender<String>),
     /// One story in full: body and run history.
     Story(huskies_engine::StoryId, oneshot::Sender<Option<crate::status::StoryDetail>>),
     /// An accepted websocket wants an id and an outbox.
@@ -63,6 +68,9 @@ pub enum NodeMsg {
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) tx: mpsc::Sender<NodeMsg>,
+    /// Bumped after every input that produced an engine event: watchers
+    /// (the dashboard's feed) wake on it instead of polling.
+    pub changes: watch::Receiver<u64>,
 }
 
 impl NodeHandle {
@@ -81,6 +89,18 @@ impl NodeHandle {
     pub async fn status(&self) -> Option<Status> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(NodeMsg::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn board(&self) -> Option<Board> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(NodeMsg::Board(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn metrics(&self) -> Option<String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(NodeMsg::Metrics(tx)).await.ok()?;
         rx.await.ok()
     }
 
@@ -136,7 +156,11 @@ struct Node {
     next_inbound: u64,
     next_command: u64,
     pending_replies: BTreeMap<CommandId, oneshot::Sender<Result<Reply, CommandError>>>,
-    counters: Counters,
+    metrics: Arc<Metrics>,
+    /// Set when an input produced an event; `changes` is bumped once the
+    /// input is done.
+    changed: bool,
+    changes: watch::Sender<u64>,
     /// Inputs raised while executing outputs (a peer dropped for being
     /// slow), fed in once the current batch is done.
     deferred: Vec<Input>,
@@ -177,6 +201,7 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
     let config_copy = config.clone();
     let engine = Engine::new(config, opts.node_id.clone(), seed, Millis(0));
     let (tx, rx) = mpsc::channel(4_096);
+    let (changes_tx, changes) = watch::channel(0u64);
     let (input_tx, input_rx) = mpsc::unbounded_channel();
     let project = Arc::new(Mutex::new(opts.project.clone()));
     let rt = tokio::runtime::Handle::current();
@@ -190,7 +215,9 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
         next_inbound: 0,
         next_command: 0,
         pending_replies: BTreeMap::new(),
-        counters: Counters::default(),
+        metrics: Arc::new(Metrics::new()),
+        changed: false,
+        changes: changes_tx,
         deferred: Vec::new(),
         tx: tx.clone(),
         dialer: Arc::new(ws::Dialer {
@@ -222,7 +249,7 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
     let task = tokio::spawn(async move {
         let _ = done_rx.await;
     });
-    Ok((NodeHandle { tx }, task))
+    Ok((NodeHandle { tx, changes }, task))
 }
 
 impl Node {
@@ -355,6 +382,15 @@ impl Node {
             NodeMsg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            NodeMsg::Board(reply) => {
+                let _ = reply.send(self.board());
+            }
+            NodeMsg::Metrics(reply) => {
+                let changes = self.engine.change_count();
+                let stories = self.engine.stories().map(|(_, v)| (v.state.stage, v.state.failed, v.state.removed));
+                self.metrics.set_state(stories, self.engine.peer_count(), self.storage.bytes_on_disk(), changes);
+                let _ = reply.send(self.metrics.encode());
+            }
             NodeMsg::Story(id, reply) => {
                 let _ = reply.send(self.story_detail(&id));
             }
@@ -379,11 +415,17 @@ impl Node {
     fn input(&mut self, input: Input) {
         let mut next = Some(input);
         while let Some(input) = next.take().or_else(|| self.deferred.pop()) {
+            if let Input::PeerMessage { bytes, .. } = &input {
+                self.metrics.sync_received(bytes.len());
+            }
             let now = self.now();
             self.engine.handle(now, input);
             while let Some(out) = self.engine.poll_output() {
                 self.execute(out);
             }
+        }
+        if std::mem::take(&mut self.changed) {
+            self.changes.send_modify(|n| *n += 1);
         }
     }
 
@@ -398,6 +440,7 @@ impl Node {
                 }
             }
             Output::Send { conn, bytes } => {
+                let len = bytes.len();
                 if let Some(out) = self.conns.get(&conn)
                     && out.try_send(bytes).is_err()
                 {
@@ -406,6 +449,8 @@ impl Node {
                     // hears of it right after this batch of outputs.
                     self.conns.remove(&conn);
                     self.deferred.push(Input::PeerClosed { conn });
+                } else {
+                    self.metrics.sync_sent(len);
                 }
             }
             Output::Dial { conn, address } => {
@@ -415,12 +460,14 @@ impl Node {
                 self.conns.remove(&conn);
             }
             Output::StartRun { story, title, stage, token, attempt, body, last_failure, resume } => {
-                self.counters.runs_started += 1;
+                #[allow(clippy::disallowed_methods)] // run durations are wall time
+                self.metrics.run_started(&story, token, Instant::now());
                 let ctx = crate::runner::RunContext { body, last_failure, resume };
                 self.runner.start(story, title, stage, token, attempt, ctx);
             }
             Output::StopRun { story, token } => {
-                self.counters.runs_stopped += 1;
+                #[allow(clippy::disallowed_methods)]
+                self.metrics.run_ended(&story, token, RunEnd::Stopped, Instant::now());
                 self.runner.stop(&story, token);
             }
             Output::Push { story, token, stage } => {
@@ -439,20 +486,10 @@ impl Node {
     }
 
     fn observe(&mut self, e: Event) {
-        let c = &mut self.counters;
+        self.changed = true;
+        #[allow(clippy::disallowed_methods)] // run durations are wall time
+        self.metrics.observe(&e, Instant::now());
         match &e {
-            Event::Claimed { reclaimed_from, .. } => {
-                c.claims += 1;
-                if reclaimed_from.is_some() {
-                    c.reclaims += 1;
-                }
-            }
-            Event::ClaimLost { .. } => c.claim_losses += 1,
-            Event::Advanced { .. } => c.advanced += 1,
-            Event::RunFailed { .. } => c.runs_failed += 1,
-            Event::StaleResult { .. } => c.stale_results += 1,
-            Event::Fenced { .. } => c.fenced += 1,
-            Event::PeerRejected { .. } => c.peers_rejected += 1,
             Event::NodeRevoked { .. } => self.share_revocations(),
             Event::SettingsAdopted { .. } if !self.opts.is_server => self.compare_settings(),
             _ => {}
@@ -483,6 +520,56 @@ impl Node {
             body: self.engine.story_body(id),
             runs: self.engine.story_runs(id),
         })
+    }
+
+    fn board(&mut self) -> Board {
+        let now = self.now();
+        let me = self.engine.node_id().clone();
+        let alive = self.engine.alive_nodes();
+        let revoked = self.engine.revoked_keys();
+        let connected = self.engine.connected_nodes();
+        let heard: BTreeMap<NodeId, (Millis, u32)> =
+            self.engine.heartbeats().map(|(n, at, free)| (n.clone(), (at, free))).collect();
+        let mut holding: BTreeMap<&str, u32> = BTreeMap::new();
+        for (_, v) in self.engine.stories() {
+            if let Some(h) = &v.state.holder {
+                *holding.entry(h.as_str()).or_default() += 1;
+            }
+        }
+        let nodes = self
+            .engine
+            .nodes()
+            .map(|(id, r)| {
+                let is_self = *id == me;
+                let beat = heard.get(id);
+                BoardNode {
+                    id: id.to_string(),
+                    label: r.label.clone(),
+                    address: r.address.clone(),
+                    capacity: r.capacity,
+                    alive: alive.contains(id),
+                    revoked: r.cert.is_some_and(|c| revoked.contains(&(id.clone(), c.key))),
+                    holding: holding.get(id.as_str()).copied().unwrap_or(0),
+                    free_slots: if is_self {
+                        Some(r.capacity.saturating_sub(self.engine.runs().count() as u32))
+                    } else {
+                        beat.map(|(_, free)| *free)
+                    },
+                    heartbeat_age_ms: if is_self { Some(0) } else { beat.map(|(at, _)| now.0.saturating_sub(at.0)) },
+                    linked: connected.contains(id),
+                    is_self,
+                }
+            })
+            .collect();
+        Board {
+            node: me.to_string(),
+            is_server: self.opts.is_server,
+            stages: huskies_engine::Stage::ALL.iter().map(|s| s.to_string()).collect(),
+            stories: self.engine.stories().map(|(id, v)| StoryStatus::of(id, v)).collect(),
+            nodes,
+            connected: connected.iter().map(|n| n.to_string()).collect(),
+            counters: self.metrics.counters(),
+        }
     }
 
     fn status(&mut self) -> Status {
@@ -552,7 +639,7 @@ impl Node {
                 .runs()
                 .map(|(s, t, st)| RunStatus { story: s.to_string(), stage: st.to_string(), token: t.0 })
                 .collect(),
-            counters: self.counters.clone(),
+            counters: self.metrics.counters(),
             settings: self.engine.cluster_settings().cloned(),
             stages: self.engine.stages().iter().map(|s| s.to_string()).collect(),
         }

@@ -135,6 +135,39 @@ pub struct Status {
     pub fenced: Vec<FencedRun>,
 }
 
+/// What the dashboard shows of the cluster, as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Board {
+    pub node: String,
+    pub is_server: bool,
+    /// Every stage, in pipeline order (the board's columns).
+    pub stages: Vec<String>,
+    pub stories: Vec<StoryStatus>,
+    pub nodes: Vec<BoardNode>,
+    /// The nodes this one has a finished handshake with.
+    pub connected: Vec<String>,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BoardNode {
+    pub id: String,
+    pub label: String,
+    pub address: Option<String>,
+    pub capacity: u32,
+    pub alive: bool,
+    pub revoked: bool,
+    /// Stories it holds a claim on.
+    pub holding: u32,
+    /// Free agent slots, as its last heartbeat advertised.
+    pub free_slots: Option<u32>,
+    /// Since its newest heartbeat reached this node; `None`: never heard.
+    pub heartbeat_age_ms: Option<u64>,
+    /// This node has a live link to it.
+    pub linked: bool,
+    pub is_self: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FencedRun {
     pub story: String,

@@ -16,6 +16,8 @@ use huskies_engine::hash::stable_hash;
 pub struct Storage {
     dir: PathBuf,
     log: File,
+    snapshot_bytes: u64,
+    log_bytes: u64,
 }
 
 const SNAPSHOT: &str = "doc.snapshot";
@@ -56,7 +58,8 @@ impl Storage {
             log.set_len(pos as u64)?;
             log.sync_all()?;
         }
-        Ok((Storage { dir: dir.to_owned(), log }, bytes))
+        let snapshot_bytes = fs::metadata(dir.join(SNAPSHOT)).map(|m| m.len()).unwrap_or(0);
+        Ok((Storage { dir: dir.to_owned(), log, snapshot_bytes, log_bytes: pos as u64 }, bytes))
     }
 
     /// Makes `bytes` durable before returning.
@@ -68,7 +71,9 @@ impl Storage {
                 rec.extend_from_slice(&stable_hash(&[bytes]).to_be_bytes());
                 rec.extend_from_slice(bytes);
                 self.log.write_all(&rec)?;
-                self.log.sync_data()
+                self.log.sync_data()?;
+                self.log_bytes += rec.len() as u64;
+                Ok(())
             }
             PersistKind::Snapshot => {
                 let tmp = self.dir.join("doc.snapshot.tmp");
@@ -77,11 +82,19 @@ impl Storage {
                 f.sync_all()?;
                 fs::rename(&tmp, self.dir.join(SNAPSHOT))?;
                 sync_dir(&self.dir)?;
+                self.snapshot_bytes = bytes.len() as u64;
                 // The snapshot covers everything logged so far.
                 self.log.set_len(0)?;
-                self.log.sync_all()
+                self.log.sync_all()?;
+                self.log_bytes = 0;
+                Ok(())
             }
         }
+    }
+
+    /// The document's size on disk: snapshot plus log.
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.snapshot_bytes + self.log_bytes
     }
 }
 
