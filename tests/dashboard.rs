@@ -252,7 +252,13 @@ impl Browser {
             if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
                 return v;
             }
-            assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+            if start.elapsed() > timeout {
+                let page = self
+                    .js("return [document.getElementById('feed').textContent, \
+                         [...document.querySelectorAll('[data-story]')].map(c => c.closest('.column').dataset.stage + ': ' + c.textContent)]")
+                    .await;
+                panic!("timed out after {timeout:?} waiting for {what}; the page shows {page:#}");
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -456,6 +462,8 @@ async fn dashboard_in_a_real_browser() {
 async fn screenshot_of_a_running_demo() {
     let url = std::env::var("HUSKIES_DASHBOARD_URL").expect("HUSKIES_DASHBOARD_URL");
     let Some(b) = browser().await else { return };
+    // Tall enough for the nodes under the board.
+    b.c().set_window_size(1400, 1250).await.unwrap();
     b.c().goto(&url).await.unwrap();
     b.until("the board", Duration::from_secs(10), "return document.querySelectorAll('[data-story]').length > 0").await;
     tokio::time::sleep(Duration::from_millis(500)).await;

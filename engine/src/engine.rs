@@ -92,6 +92,9 @@ pub struct Engine {
     /// report a conflict appearing, but not a further concurrent value
     /// joining an existing conflict, so these are re-read on every merge.
     pub(crate) conflicted: BTreeSet<StoryId>,
+    /// Bumped whenever a story or node record in the index changes (locally
+    /// or by merge): drivers watch it to refresh what they show.
+    pub(crate) index_version: u64,
 
     // Local, never replicated.
     pub(crate) free_since: BTreeMap<StoryId, Millis>,
@@ -180,6 +183,7 @@ impl Engine {
             by_holder: BTreeMap::new(),
             free: BTreeSet::new(),
             conflicted: BTreeSet::new(),
+            index_version: 0,
             free_since: BTreeMap::new(),
             cooldown: BTreeMap::new(),
             runs: BTreeMap::new(),
@@ -414,6 +418,9 @@ impl Engine {
             Some(v) => self.stories.insert(id.clone(), v.clone()),
             None => self.stories.remove(id),
         };
+        if old != view {
+            self.index_version += 1;
+        }
         if let Some(holder) = old.as_ref().and_then(|o| o.state.holder.as_ref())
             && let Some(set) = self.by_holder.get_mut(holder)
         {
@@ -497,6 +504,7 @@ impl Engine {
             self.apply_story(&id, view);
         }
         for id in nodes {
+            self.index_version += 1;
             match self.doc.read_node(&id) {
                 Some(rec) => self.learn_node(id, rec),
                 None => {

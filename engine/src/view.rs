@@ -36,6 +36,13 @@ impl Engine {
         v
     }
 
+    /// Changes whenever a story or node record this replica shows changed
+    /// (locally or by merge); compare it across inputs to know when to
+    /// refresh a view.
+    pub fn index_version(&self) -> u64 {
+        self.index_version
+    }
+
     /// Nodes heard from: when their newest heartbeat arrived (this node's
     /// clock) and the free slots it advertised, in id order.
     pub fn heartbeats(&self) -> impl Iterator<Item = (&NodeId, Millis, u32)> + '_ {

@@ -87,6 +87,9 @@ fn remove_worktree(repo: &Repository, project_root: &Path, story: &str) -> Resul
     Ok(())
 }
 
+/// Held while worktrees are made or removed (see [`prepare_worktree`]).
+static WORKTREES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A fresh worktree for a run; returns its path, its base commit, and
 /// whether that base is the pushed progress of `resume_token`'s claim.
 pub fn prepare_worktree(
@@ -104,6 +107,11 @@ pub fn prepare_worktree(
         Some(wip) => wip,
         None => base_commit(&repo, story)?,
     };
+    // libgit2's worktree calls are not safe to run at once on one
+    // repository: a worktree being made reads as "already checked out" to
+    // the other, and `.git/worktrees` itself was raced for. Runs of one
+    // node start at once (capacity > 1), so they take turns here.
+    let _turn = WORKTREES.lock().unwrap_or_else(|p| p.into_inner());
     remove_worktree(&repo, project_root, story)?;
     let commit = repo.find_commit(base)?;
     let branch = repo.branch(&branch_name(story), &commit, true)?;
@@ -111,10 +119,6 @@ pub fn prepare_worktree(
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| git2::Error::from_str(&e.to_string()))?;
     }
-    // libgit2 makes `.git/worktrees` with a plain mkdir that fails when it
-    // exists: two first runs starting at once raced on it ("failed to make
-    // directory ... directory exists", seen on the dashboard of a demo).
-    std::fs::create_dir_all(repo.path().join("worktrees")).map_err(|e| git2::Error::from_str(&e.to_string()))?;
     let mut opts = WorktreeAddOptions::new();
     let reference = branch.into_reference();
     opts.reference(Some(&reference));
@@ -361,6 +365,7 @@ pub fn has_unpushed_work(project_root: &Path, story: &str, creds: &GitCredential
 
 pub fn prune(project_root: &Path, story: &str) -> Result<(), git2::Error> {
     let repo = Repository::open(project_root)?;
+    let _turn = WORKTREES.lock().unwrap_or_else(|p| p.into_inner());
     remove_worktree(&repo, project_root, story)?;
     if let Ok(mut b) = repo.find_branch(&branch_name(story), BranchType::Local) {
         b.delete()?;
@@ -417,8 +422,9 @@ mod tests {
         assert!(!worktree_path(&work, "s1").exists());
     }
 
-    /// First runs of several stories starting at once in a fresh clone
-    /// (no `.git/worktrees` yet) all get their worktree.
+    /// Runs of several stories starting at once all get their worktree
+    /// (libgit2 raced for `.git/worktrees`, and saw a worktree being made
+    /// as "already checked out": both seen on a demo's dashboard).
     #[test]
     fn first_worktrees_made_at_once() {
         for round in 0..8 {

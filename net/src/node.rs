@@ -158,7 +158,7 @@ struct Node {
     pending_replies: BTreeMap<CommandId, oneshot::Sender<Result<Reply, CommandError>>>,
     metrics: Arc<Metrics>,
     /// Set when an input produced an event; `changes` is bumped once the
-    /// input is done.
+    /// input is done (also when the engine's index changed).
     changed: bool,
     changes: watch::Sender<u64>,
     /// Inputs raised while executing outputs (a peer dropped for being
@@ -413,6 +413,7 @@ impl Node {
     }
 
     fn input(&mut self, input: Input) {
+        let version = self.engine.index_version();
         let mut next = Some(input);
         while let Some(input) = next.take().or_else(|| self.deferred.pop()) {
             if let Input::PeerMessage { bytes, .. } = &input {
@@ -424,7 +425,9 @@ impl Node {
                 self.execute(out);
             }
         }
-        if std::mem::take(&mut self.changed) {
+        // Events, and merges that change what stories or nodes show (a
+        // claim by another node raises no event here).
+        if std::mem::take(&mut self.changed) | (self.engine.index_version() != version) {
             self.changes.send_modify(|n| *n += 1);
         }
     }
