@@ -297,7 +297,13 @@ async fn dashboard_in_a_real_browser() {
     let Some(b) = browser().await else { return };
     let mut c = Cluster::new("dashboard");
     c.start_agent(1, 1500);
-    c.start_agent(2, 1500);
+    // agent-2 also works qa, where every run fails: stories end up failed.
+    let exe = support::EXE;
+    let agents = format!(
+        "[agents.current]\ncommand = {exe:?}\nargs = [\"stand-in\", \"--duration-ms\", \"1500\", \"--jitter-ms\", \"300\"]\n\
+         [agents.qa]\ncommand = {exe:?}\nargs = [\"stand-in\", \"--duration-ms\", \"100\", \"--fail-rate\", \"1\"]\n"
+    );
+    c.start_agent_with(2, "127.0.0.1", &agents);
     add(&c, "xss", HOSTILE_TITLE, "backlog");
     add(&c, "lat", "latency probe", "backlog");
     let base = format!("http://127.0.0.1:{}/", c.port);
@@ -397,12 +403,23 @@ async fn dashboard_in_a_real_browser() {
     .await;
     assert!(c.stages().iter().any(|(id, stage, _)| id == "lat" && stage == "merge"));
 
-    // The detail of a story an agent ran: its runs and the node keeping its log.
+    // Every qa run fails: live-1 gives up there and stands out as failed.
+    b.until(
+        "live-1 failed",
+        Duration::from_secs(30),
+        "const c = document.querySelector('.column[data-stage=\"qa\"] [data-story=\"live-1\"]'); \
+         return c && c.classList.contains('failed') && c.querySelector('.badge').textContent === 'FAILED';",
+    )
+    .await;
+
+    // Its detail: the runs (one success in current, failures in qa), where
+    // its log is, and a Retry that clears the failure.
     b.c().find(Locator::Css("[data-story=\"live-1\"]")).await.unwrap().click().await.unwrap();
     b.until(
         "live-1's runs",
         Duration::from_secs(10),
-        "return document.querySelectorAll('#detail-runs tbody tr.outcome-succeeded').length === 1",
+        "return document.querySelectorAll('#detail-runs tbody tr.outcome-succeeded').length === 1 \
+         && document.querySelectorAll('#detail-runs tbody tr.outcome-failed').length >= 1",
     )
     .await;
     b.until(
@@ -411,6 +428,13 @@ async fn dashboard_in_a_real_browser() {
         "return /kept by agent-/.test(document.getElementById('detail-log').textContent)",
     )
     .await;
+    b.until("the retry button", Duration::from_secs(10), "return !document.getElementById('detail-retry').hidden")
+        .await;
+    b.c().find(Locator::Id("detail-retry")).await.unwrap().click().await.unwrap();
+    wait_for("live-1 retried", Duration::from_secs(10), || {
+        let s = support::status(c.port, &c.key).unwrap_or_default();
+        s["stories"].as_array().into_iter().flatten().any(|x| x["id"] == "live-1" && x["failed"] == false)
+    });
 
     // Nodes: both agents alive and linked; one killed shows dead.
     b.until(
@@ -440,13 +464,18 @@ async fn dashboard_in_a_real_browser() {
         .js("return performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource')) \
              .map(e => [e.name, e.transferSize, e.encodedBodySize]);")
         .await;
-    let mut total = 0;
+    let (mut load, mut total) = (0, 0);
     for e in weight.as_array().unwrap() {
         println!("fetched {} {} bytes on the wire ({} body)", e[0], e[1], e[2]);
-        total += e[1].as_u64().unwrap_or(0);
+        let bytes = e[1].as_u64().unwrap_or(0);
+        total += bytes;
+        let name = e[0].as_str().unwrap_or_default();
+        if name == base || name.ends_with("/ui/app.js") || name.ends_with("/ui/app.css") {
+            load += bytes;
+        }
     }
-    println!("page weight {total} bytes (without the live feed)");
-    assert!(total < 200_000, "the page stays light: {total} bytes");
+    println!("page load {load} bytes on the wire (page, script, style); {total} bytes over the whole test");
+    assert!(load < 100_000, "the page stays light: {load} bytes");
     assert_eq!(b.column_of("xss").await, json!("backlog"));
     let client = b.client.clone();
     if let Some(client) = client {

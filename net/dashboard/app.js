@@ -119,6 +119,7 @@ function applyUpdate(u) {
   state.nodes = u.nodes;
   state.connected = u.connected;
   state.counters = u.counters;
+  state.isServer = u.is_server;
   state.receivedAt = Date.now();
   setFeed('live');
   renderBoard();
@@ -207,9 +208,14 @@ function renderCounters() {
   const stories = [...state.stories.values()];
   const failed = stories.filter((s) => s.failed && !s.removed).length;
   const archived = stories.filter((s) => s.stage === 'archived' && !s.removed).length;
-  $('counters').textContent =
-    `${stories.length} stories · ${failed} failed · ${archived} archived · claims ${c.claims} · reclaims ${c.reclaims} · ` +
-    `conflicts ${c.claim_losses} · fenced ${c.fenced}`;
+  const held = stories.filter((s) => s.holder && !s.removed).length;
+  let text = `${stories.length} stories · ${held} held · ${failed} failed · ${archived} archived`;
+  // Claims and runs are counted by the node that made them: the server
+  // runs nothing, so its own counters would only say zero.
+  if (!state.isServer) {
+    text += ` · this node: claims ${c.claims}, reclaims ${c.reclaims}, conflicts ${c.claim_losses}, fenced ${c.fenced}`;
+  }
+  $('counters').textContent = text;
 }
 
 function fillStageSelect(select, current) {
