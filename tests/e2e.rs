@@ -697,3 +697,46 @@ fn readme_cluster_commands_work_as_written() {
     let st = s["stories"].as_array().unwrap().iter().find(|x| x["id"] == story).cloned().unwrap();
     assert_eq!(st["stage"], "backlog", "moved back by the README's command");
 }
+
+/// A write the server cannot make stops it with the reason, and loses
+/// nothing it acknowledged: a directory where the next snapshot's temp file
+/// goes makes the 512th write fail.
+#[test]
+fn storage_failure_stops_the_node_and_loses_no_acknowledged_story() {
+    let mut c = Cluster::new("storage-failure");
+    let blocker = c.root().join("server-data/doc.snapshot.tmp");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..600 {
+        let id = format!("s{i:03}");
+        let r = http()
+            .post(format!("http://127.0.0.1:{}/api/stories", c.port))
+            .header("authorization", &format!("Bearer {}", c.key))
+            .send_json(serde_json::json!({ "title": format!("story {id}"), "id": id, "stage": "backlog" }));
+        match r {
+            Ok(r) if r.status().as_u16() == 201 => acked.push(id),
+            _ => break,
+        }
+    }
+    assert!((100..600).contains(&acked.len()), "the write that snapshots fails: {} acknowledged", acked.len());
+    let server = c.procs.iter_mut().find(|p| p.name == "server").unwrap();
+    let mut exit = None;
+    wait_for("the server to stop", Duration::from_secs(10), || {
+        exit = server.child.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert!(!exit.unwrap().success(), "a storage failure is an error exit");
+    let log = std::fs::read_to_string(c.root().join("server.log")).unwrap();
+    assert!(log.contains("node stopped: cannot persist the document in"), "{log}");
+
+    // Restarted with room to write, it has every acknowledged story.
+    std::fs::remove_dir(&blocker).unwrap();
+    c.procs.retain(|p| p.name != "server");
+    c.start_server();
+    let st = status(c.port, &c.key).unwrap();
+    let ids: std::collections::BTreeSet<&str> =
+        st["stories"].as_array().unwrap().iter().filter_map(|s| s["id"].as_str()).collect();
+    for id in &acked {
+        assert!(ids.contains(id.as_str()), "acknowledged story {id} lost");
+    }
+}

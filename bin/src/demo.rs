@@ -94,7 +94,7 @@ fn project_toml(cmd: &str, args: &[String]) -> String {
     // retries without stalling the demo.
     let mut s =
         String::from("capacity = 2\nclaim_timeout_ms = 4000\nscan_interval_ms = 250\nretry_backoff_ms = 1000\n");
-    for stage in ["current", "qa", "merge"] {
+    for stage in huskies_engine::Stage::ACTIVE.map(|s| s.as_str()) {
         s.push_str(&format!("\n[agents.{stage}]\ncommand = {cmd:?}\nargs = [{args}]\n"));
     }
     s
@@ -352,7 +352,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     println!("  agent runs         {total_runs} recorded for {stages} story-stages ({failed_runs} failed and retried)");
     println!("  reclaims           {reclaims}");
     println!("  duplicate claims   {losses} (concurrent claims that lost; most never started a run)");
-    println!("  duplicate starts   {stopped} (runs stopped because another node won the claim)");
+    println!("  runs stopped       {stopped} (claim lost to another node, story moved, or run hung)");
     println!("  killed             {}", killed.as_deref().unwrap_or("none"));
     println!("  wall time          {:.1} s", started.elapsed().as_secs_f64());
     if a.keep {

@@ -238,16 +238,34 @@ fn serve(
             tracing::info!(%addr, "serving /metrics");
         }
         tracing::info!(node = %opts.node_id, listen = %opts.listen, advertise = %opts.advertise, "huskies node up");
+        // The HTTP server stops on a signal, or when the node stops on its
+        // own (its storage failed): then the error is what we report.
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let node_done = tokio::spawn(async move {
+            let r = task.await;
+            let _ = stopped_tx.send(());
+            r
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = stopped_rx => {}
+            }
+        };
         let result = match tls {
             Some(config) => {
                 let listener = tls::TlsListener::new(listener, config).map_err(|e| e.to_string())?;
-                huskies_net::api::serve(listener, state, shutdown_signal()).await
+                huskies_net::api::serve(listener, state, shutdown).await
             }
-            None => huskies_net::api::serve(listener, state, shutdown_signal()).await,
+            None => huskies_net::api::serve(listener, state, shutdown).await,
         };
         let result = result.map_err(|e| e.to_string());
         handle.shutdown().await;
-        let _ = task.await;
+        match node_done.await {
+            Ok(Ok(Err(e))) => return Err(format!("node stopped: {e}")),
+            Ok(Err(e)) | Err(e) => return Err(format!("node task failed: {e}")),
+            Ok(Ok(Ok(()))) => {}
+        }
         // Let the goodbye the node queued reach its peers before the
         // runtime (and the sockets) go away.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

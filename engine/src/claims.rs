@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use crate::engine::{Phase, Run};
+use crate::engine::{ActiveRun, Phase};
 use crate::hash::stable_hash;
 use crate::story::{RunResult, StoryState};
 use crate::{Engine, Event, NodeId, Output, RunOutcome, StoryId, Token};
@@ -34,7 +34,7 @@ impl Engine {
         for story in orphans {
             let state = &self.stories[&story].state;
             let token = state.token;
-            let run = Run {
+            let run = ActiveRun {
                 token,
                 stage: state.stage,
                 phase: Phase::Inspecting,
@@ -160,7 +160,7 @@ impl Engine {
         // loser then never starts at all.
         let deadline = self.now.saturating_add_ms(self.config.claim_settle_ms);
         let attempt = self.stories[id].state.attempts + 1;
-        let run = Run { token, stage, phase: Phase::Settling, deadline, attempt, report: None, resume };
+        let run = ActiveRun { token, stage, phase: Phase::Settling, deadline, attempt, report: None, resume };
         self.runs.insert(id.clone(), run);
         self.emit(Event::Claimed { story: id.clone(), stage, token, reclaimed_from });
     }
@@ -342,7 +342,7 @@ impl Engine {
     /// pushes or inspections the driver never answered).
     pub(crate) fn expire_runs(&mut self) {
         let now = self.now;
-        let hung: Vec<(StoryId, Run)> =
+        let hung: Vec<(StoryId, ActiveRun)> =
             self.runs.iter().filter(|(_, r)| r.deadline <= now).map(|(id, r)| (id.clone(), r.clone())).collect();
         for (story, run) in hung {
             if run.phase == Phase::Running {

@@ -54,7 +54,7 @@ impl Engine {
         let id = match new.id {
             Some(id) if self.stories.contains_key(&id) => return Err(CommandError::StoryExists(id)),
             Some(id) => id,
-            None => self.fresh_story_id(&title),
+            None => self.fresh_story_id(&title)?,
         };
         let state = StoryState::new(new.stage);
         let view = StoryView { title, priority: new.priority, created_ms: new.created_ms, state, concurrent: 1 };
@@ -131,7 +131,10 @@ impl Engine {
 
     /// `slug-of-title-xxxx`, with a random suffix so two nodes adding the
     /// same title while apart do not collide.
-    fn fresh_story_id(&mut self, title: &str) -> StoryId {
+    /// `<slug>-<random hex>`: 16 bits of suffix while they find a free id
+    /// quickly, then 32, then 64, so a slug whose short suffixes are all
+    /// taken still gets an id, after a bounded number of tries.
+    fn fresh_story_id(&mut self, title: &str) -> Result<StoryId, CommandError> {
         let mut slug = String::new();
         for c in title.chars().flat_map(char::to_lowercase) {
             if slug.len() >= 40 {
@@ -145,14 +148,21 @@ impl Engine {
         }
         let slug = slug.trim_end_matches('-');
         let slug = if slug.is_empty() { "story" } else { slug };
-        loop {
-            let suffix = self.random_u64() & 0xffff;
-            // The slug is [a-z0-9-] starting alphanumeric, at most 40 bytes.
-            let id = StoryId::new(format!("{slug}-{suffix:04x}")).expect("generated ids are valid");
-            if !self.stories.contains_key(&id) {
-                return id;
+        const TRIES_PER_WIDTH: usize = 32;
+        for (mask, width) in [(0xffff, 4), (0xffff_ffff, 8), (u64::MAX, 16)] {
+            for _ in 0..TRIES_PER_WIDTH {
+                let suffix = self.random_u64() & mask;
+                // The slug is [a-z0-9-] starting alphanumeric, at most 40
+                // bytes: with a 17-byte suffix, within MAX_ID_LEN.
+                let id = StoryId::new(format!("{slug}-{suffix:0width$x}")).expect("generated ids are valid");
+                if !self.stories.contains_key(&id) {
+                    return Ok(id);
+                }
             }
         }
+        // 32 collisions in a row on 64 random bits: the index is corrupt
+        // or the generator broken, not merely full.
+        Err(CommandError::NoFreeId(slug.to_owned()))
     }
 
     fn move_story(&mut self, id: StoryId, to: Stage) -> Result<Reply, CommandError> {
@@ -176,5 +186,31 @@ impl Engine {
         self.write_state(&id, state);
         self.cooldown.remove(&id);
         Ok(Reply::Moved { id, from, to, token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Millis, NodeId};
+
+    /// Every 16-bit suffix of a slug taken: the next id still comes, with a
+    /// longer suffix, instead of a loop that never ends.
+    #[test]
+    fn fresh_ids_when_every_short_suffix_is_taken() {
+        let mut e = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
+        let view = StoryView {
+            title: "x".into(),
+            priority: 0,
+            created_ms: 0,
+            state: StoryState::new(Stage::Backlog),
+            concurrent: 1,
+        };
+        for suffix in 0..=0xffffu64 {
+            e.stories.insert(StoryId::new(format!("fix-it-{suffix:04x}")).unwrap(), view.clone());
+        }
+        let id = e.fresh_story_id("Fix it!").unwrap();
+        assert!(id.as_str().starts_with("fix-it-") && id.as_str().len() == "fix-it-".len() + 8, "{id}");
+        assert!(!e.stories.contains_key(&id));
     }
 }

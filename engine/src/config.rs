@@ -75,9 +75,6 @@ pub struct StageLimits {
     pub run_timeout_ms: Option<u64>,
 }
 
-/// Stages a default agent works: every active stage.
-pub const ACTIVE_STAGES: [Stage; 3] = [Stage::Current, Stage::Qa, Stage::Merge];
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -85,7 +82,7 @@ impl Default for Config {
             label: String::new(),
             rendezvous: None,
             capacity: 2,
-            stages: ACTIVE_STAGES.to_vec(),
+            stages: Stage::ACTIVE.to_vec(),
             max_mesh_peers: 3,
             max_peers: 256,
             heartbeat_interval_ms: 1_000,

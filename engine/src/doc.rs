@@ -1,4 +1,6 @@
-//! The replicated document and the local index built from it.
+//! The replicated document: typed reads and writes of the Automerge
+//! document, and which stories and nodes a merge touched. (The index of
+//! stories built from it lives in the engine.)
 //!
 //! Layout: `stories/<id>` → map {title, state}, `nodes/<id>` → map
 //! {address, label, capacity}. The root maps are created by one genesis
@@ -96,6 +98,9 @@ pub struct Doc {
     stories_obj: ObjId,
     nodes_obj: ObjId,
     story_objs: BTreeMap<StoryId, ObjId>,
+    /// Stories whose map was replaced by a concurrent add of the same id
+    /// since the engine last asked ([`Doc::take_replaced`]).
+    replaced: BTreeSet<StoryId>,
 }
 
 /// Things the document holds that we could not read (written by a newer or
@@ -116,7 +121,7 @@ impl Doc {
         am.commit_with(CommitOptions::default().with_time(0));
         am.set_actor(actor);
         am.update_diff_cursor();
-        Doc { am, stories_obj, nodes_obj, story_objs: BTreeMap::new() }
+        Doc { am, stories_obj, nodes_obj, story_objs: BTreeMap::new(), replaced: BTreeSet::new() }
     }
 
     pub fn automerge(&mut self) -> &mut AutoCommit {
@@ -264,11 +269,20 @@ impl Doc {
     fn story_obj(&mut self, id: &StoryId) -> Option<ObjId> {
         match self.am.get(&self.stories_obj, id.as_str()) {
             Ok(Some((Value::Object(ObjType::Map), obj))) => {
-                self.story_objs.insert(id.clone(), obj.clone());
+                if self.story_objs.insert(id.clone(), obj.clone()).is_some_and(|old| old != obj) {
+                    self.replaced.insert(id.clone());
+                }
                 Some(obj)
             }
             _ => None,
         }
+    }
+
+    /// Whether the story's map was replaced (the same id added on two sides
+    /// of a partition, and the other add won) since the last call: its
+    /// state starts over, token and all.
+    pub fn take_replaced(&mut self, id: &StoryId) -> bool {
+        self.replaced.remove(id)
     }
 
     pub fn read_story(&mut self, id: &StoryId) -> Option<StoryView> {

@@ -25,7 +25,7 @@ pub(crate) enum Phase {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct Run {
+pub(crate) struct ActiveRun {
     pub token: Token,
     pub stage: Stage,
     pub phase: Phase,
@@ -95,11 +95,13 @@ pub struct Engine {
     /// Bumped whenever a story or node record in the index changes (locally
     /// or by merge): drivers watch it to refresh what they show.
     pub(crate) index_version: u64,
+    /// Inputs handled, for the invariant checks of debug builds.
+    pub(crate) inputs_handled: u64,
 
     // Local, never replicated.
     pub(crate) free_since: BTreeMap<StoryId, Millis>,
     pub(crate) cooldown: BTreeMap<StoryId, Millis>,
-    pub(crate) runs: BTreeMap<StoryId, Run>,
+    pub(crate) runs: BTreeMap<StoryId, ActiveRun>,
     pub(crate) worktrees: BTreeSet<StoryId>,
     pub(crate) liveness: Liveness,
     pub(crate) dead: BTreeSet<NodeId>,
@@ -184,6 +186,7 @@ impl Engine {
             free: BTreeSet::new(),
             conflicted: BTreeSet::new(),
             index_version: 0,
+            inputs_handled: 0,
             free_since: BTreeMap::new(),
             cooldown: BTreeMap::new(),
             runs: BTreeMap::new(),
@@ -234,13 +237,18 @@ impl Engine {
             Input::Timeout => self.handle_timeout(),
         }
         self.finish_input();
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
     }
 
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
     /// When to feed `Input::Timeout` next.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Millis> {
         if !self.ready {
             return None;
@@ -418,8 +426,14 @@ impl Engine {
             Some(v) => self.stories.insert(id.clone(), v.clone()),
             None => self.stories.remove(id),
         };
+        // A story whose map a concurrent add of the same id replaced starts
+        // over: its token may go back (fencing at the remote copes).
+        let replaced = self.doc.take_replaced(id);
         if old != view {
             self.index_version += 1;
+            if cfg!(debug_assertions) && !replaced {
+                Self::check_story_change(id, old.as_ref(), view.as_ref());
+            }
         }
         if let Some(holder) = old.as_ref().and_then(|o| o.state.holder.as_ref())
             && let Some(set) = self.by_holder.get_mut(holder)

@@ -37,6 +37,8 @@ pub enum CommandError {
     NotFailed(StoryId),
     #[error("story {0} already exists")]
     StoryExists(StoryId),
+    #[error("no free story id for {0:?}: pass one")]
+    NoFreeId(String),
     #[error("no story {0}")]
     UnknownStory(StoryId),
     #[error("unknown stage {0:?}; stages are backlog, current, qa, merge, done, archived")]

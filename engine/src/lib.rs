@@ -61,6 +61,7 @@ pub mod hash;
 pub mod hostile;
 pub mod identity;
 mod ids;
+mod invariants;
 mod io;
 mod liveness;
 mod membership;
@@ -72,7 +73,7 @@ mod view;
 pub mod wire;
 
 pub use commands::{MAX_BODY_LEN, MAX_TITLE_LEN};
-pub use config::{ACTIVE_STAGES, Config, StageLimits};
+pub use config::{Config, StageLimits};
 pub use doc::{NodeRecord, Signed, SignedKind, StoryView};
 pub use engine::Engine;
 pub use error::{CommandError, ConfigError, IdError};

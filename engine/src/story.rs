@@ -32,9 +32,13 @@ pub enum Stage {
 impl Stage {
     pub const ALL: [Stage; 6] = [Stage::Backlog, Stage::Current, Stage::Qa, Stage::Merge, Stage::Done, Stage::Archived];
 
+    /// The stages agents work on, in pipeline order: the one place they
+    /// are listed.
+    pub const ACTIVE: [Stage; 3] = [Stage::Current, Stage::Qa, Stage::Merge];
+
     /// Active stages are the ones agents work on.
     pub fn is_active(self) -> bool {
-        matches!(self, Stage::Current | Stage::Qa | Stage::Merge)
+        Stage::ACTIVE.contains(&self)
     }
 
     /// Where a successful run in this stage moves the story.

@@ -1,4 +1,6 @@
-//! Read-only accessors for drivers, status pages and checkers.
+//! Accessors for drivers, status pages and checkers. None changes what the
+//! engine decides on; a few take `&mut self` only because Automerge needs
+//! it to read heads, save, or walk the history.
 
 use automerge::ChangeHash;
 

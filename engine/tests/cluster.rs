@@ -2,10 +2,10 @@
 
 mod harness;
 
-use harness::{Cluster, fast_config};
+use harness::{Harness, fast_config};
 use huskies_engine::{Command, Event, Millis, Stage, StoryId, Token};
 
-fn done_advances(c: &Cluster, story: &StoryId) -> usize {
+fn done_advances(c: &Harness, story: &StoryId) -> usize {
     c.count_events(|e| matches!(e, Event::Advanced { story: s, to: Stage::Done, .. } if s == story))
 }
 
@@ -13,7 +13,7 @@ fn done_advances(c: &Cluster, story: &StoryId) -> usize {
 /// the rendezvous ranking keeps duplicate starts rare.
 #[test]
 fn claim_storm_five_nodes_fifty_stories() {
-    let mut c = Cluster::new(5, 7, fast_config());
+    let mut c = Harness::new(5, 7, fast_config());
     c.jitter_ms = 10;
     c.run_for(2_000);
     let stories = c.add_stories(0, 50, Stage::Current);
@@ -41,8 +41,8 @@ fn claim_storm_five_nodes_fifty_stories() {
 
 /// A cluster of 3 agents that work `current` only, with one story claimed
 /// and running: the cluster, the story, its holder and the claim's token.
-fn one_story_running(seed: u64, run_ms: u64, cfg: huskies_engine::Config) -> (Cluster, StoryId, usize, Token) {
-    let mut c = Cluster::new(3, seed, huskies_engine::Config { stages: vec![Stage::Current], ..cfg });
+fn one_story_running(seed: u64, run_ms: u64, cfg: huskies_engine::Config) -> (Harness, StoryId, usize, Token) {
+    let mut c = Harness::new(3, seed, huskies_engine::Config { stages: vec![Stage::Current], ..cfg });
     c.agent.run_ms = run_ms;
     c.run_for(2_000);
     let story = c.add_stories(0, 1, Stage::Current).remove(0);
@@ -124,11 +124,11 @@ fn a_zombie_push_after_the_winner_is_fenced_at_the_remote() {
 fn offline_node_reconnects_and_merges() {
     let mut cfg = fast_config();
     cfg.stages = vec![Stage::Current];
-    let mut c = Cluster::new(3, 3, cfg);
+    let mut c = Harness::new(3, 3, cfg);
     c.run_for(2_000);
     c.isolate(3);
     c.run_for(500);
-    let add = |c: &mut Cluster, at: usize, id: &str| {
+    let add = |c: &mut Harness, at: usize, id: &str| {
         let id = StoryId::new(id).unwrap();
         c.command(
             at,
@@ -161,7 +161,7 @@ fn offline_node_reconnects_and_merges() {
 /// meshed again.
 #[test]
 fn mesh_cap_holds_under_churn() {
-    let mut c = Cluster::new(10, 5, fast_config());
+    let mut c = Harness::new(10, 5, fast_config());
     c.run_for(5_000);
     for i in 1..=10 {
         assert!(c.engine(i).mesh_peer_count() <= 3);
@@ -190,7 +190,7 @@ fn mesh_cap_holds_under_churn() {
 /// saved document the same size.
 #[test]
 fn heartbeats_do_not_grow_the_document() {
-    let mut c = Cluster::new(3, 1, fast_config());
+    let mut c = Harness::new(3, 1, fast_config());
     c.add_stories(0, 3, Stage::Backlog);
     c.run_for(3_000);
     let before = c.engine(1).save().len();
@@ -205,7 +205,7 @@ fn heartbeats_do_not_grow_the_document() {
 }
 
 fn storm_trace(seed: u64) -> (u64, usize) {
-    let mut c = Cluster::new(4, seed, fast_config());
+    let mut c = Harness::new(4, seed, fast_config());
     c.jitter_ms = 20;
     c.agent.fail_one_in = 5;
     c.run_for(1_000);
@@ -233,7 +233,7 @@ fn same_seed_same_trace() {
 fn crash_restart_reconciles_own_claims() {
     let mut cfg = fast_config();
     cfg.stages = vec![Stage::Current];
-    let mut c = Cluster::new(2, 9, cfg);
+    let mut c = Harness::new(2, 9, cfg);
     c.agent.run_ms = 3_000;
     c.run_for(1_000);
     let stories = c.add_stories(0, 4, Stage::Current);
@@ -259,10 +259,10 @@ fn crash_restart_reconciles_own_claims() {
 #[test]
 fn cluster_settings_reach_every_node_and_take_effect() {
     use huskies_engine::{ClusterSettings, CommandError, Reply};
-    let mut c = Cluster::new(3, 5, fast_config());
+    let mut c = Harness::new(3, 5, fast_config());
     c.run_for(1_000);
     let raised = ClusterSettings { claim_timeout_ms: 6_000, ..ClusterSettings::of(&fast_config()) };
-    let set = |c: &mut Cluster, s: &ClusterSettings| c.command(0, Command::SetClusterSettings { settings: s.clone() });
+    let set = |c: &mut Harness, s: &ClusterSettings| c.command(0, Command::SetClusterSettings { settings: s.clone() });
     assert_eq!(set(&mut c, &raised), Ok(Reply::Settings { revision: 1 }));
     assert_eq!(set(&mut c, &raised), Ok(Reply::Settings { revision: 1 }), "same values: no new revision");
     // One that cannot work (heartbeats slower than a third of the timeout)
@@ -292,14 +292,14 @@ fn cluster_settings_reach_every_node_and_take_effect() {
     let holder = holder.expect("the story was claimed");
     let i: usize = holder.as_str().trim_start_matches("agent-").parse().unwrap();
     c.crash(i);
-    let reclaims = |c: &Cluster| c.count_events(|e| matches!(e, Event::Claimed { reclaimed_from: Some(_), .. }));
+    let reclaims = |c: &Harness| c.count_events(|e| matches!(e, Event::Claimed { reclaimed_from: Some(_), .. }));
     c.run_for(3_000);
     assert_eq!(reclaims(&c), 0, "not reclaimed within the old 2 s timeout");
     c.run_for(5_000);
     assert!(reclaims(&c) >= 1, "reclaimed after the new 6 s timeout");
 }
 
-fn add(c: &mut Cluster, id: &str, priority: i64, created_ms: u64) -> StoryId {
+fn add(c: &mut Harness, id: &str, priority: i64, created_ms: u64) -> StoryId {
     let id = StoryId::new(id).unwrap();
     let new = huskies_engine::NewStory {
         id: Some(id.clone()),
@@ -319,7 +319,7 @@ fn add(c: &mut Cluster, id: &str, priority: i64, created_ms: u64) -> StoryId {
 #[test]
 fn claims_follow_priority_then_age_and_runs_are_recorded() {
     let config = huskies_engine::Config { capacity: 1, ..fast_config() };
-    let mut c = Cluster::new(1, 3, config);
+    let mut c = Harness::new(1, 3, config);
     c.run_for(1_000);
     let low = add(&mut c, "low", 0, 300);
     let old = add(&mut c, "old", 0, 100);
@@ -337,7 +337,7 @@ fn claims_follow_priority_then_age_and_runs_are_recorded() {
     for i in 0..=1 {
         let runs = c.engine(i).story_runs(&high);
         let stages: Vec<Stage> = runs.iter().map(|r| r.stage).collect();
-        assert_eq!(stages, vec![Stage::Current, Stage::Qa, Stage::Merge], "node {i}");
+        assert_eq!(stages, Stage::ACTIVE.to_vec(), "node {i}");
         assert!(runs.iter().all(|r| r.outcome == huskies_engine::RunOutcomeKind::Succeeded && r.attempt == 1));
         assert!(runs.iter().all(|r| r.node.as_str() == "agent-1"));
         assert_eq!(c.engine(i).story_body(&high), "body of high");
@@ -351,7 +351,7 @@ fn claims_follow_priority_then_age_and_runs_are_recorded() {
 fn edit_retry_and_remove() {
     use huskies_engine::{CommandError, Reply};
     let config = huskies_engine::Config { capacity: 1, max_attempts: 2, stages: vec![Stage::Current], ..fast_config() };
-    let mut c = Cluster::new(1, 4, config);
+    let mut c = Harness::new(1, 4, config);
     c.run_for(1_000);
     c.agent.fail_one_in = 1;
     let s = add(&mut c, "flaky", 0, 1);

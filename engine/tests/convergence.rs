@@ -4,7 +4,7 @@
 
 mod harness;
 
-use harness::{Cluster, fast_config};
+use harness::{Harness, fast_config};
 use huskies_engine::{Command, Stage, StoryId, StoryView};
 use proptest::prelude::*;
 
@@ -27,7 +27,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn views(c: &mut Cluster, i: usize) -> Vec<(StoryId, StoryView)> {
+fn views(c: &mut Harness, i: usize) -> Vec<(StoryId, StoryView)> {
     c.engine(i).stories().map(|(id, v)| (id.clone(), v.clone())).collect()
 }
 
@@ -38,7 +38,7 @@ proptest! {
     fn replicas_converge(seed in any::<u64>(), jitter in 0..40u64, ops in prop::collection::vec(op(), 1..40)) {
         let mut cfg = fast_config();
         cfg.capacity = 1;
-        let mut c = Cluster::new(3, seed, cfg);
+        let mut c = Harness::new(3, seed, cfg);
         c.jitter_ms = jitter;
         c.agent.run_ms = 300;
         c.run_for(500);
@@ -76,10 +76,10 @@ proptest! {
 fn one_id_added_on_both_sides_of_a_partition_settles() {
     let mut cfg = fast_config();
     cfg.capacity = 1;
-    let mut c = Cluster::new(3, 0, cfg);
+    let mut c = Harness::new(3, 0, cfg);
     c.agent.run_ms = 300;
     c.run_for(500);
-    let add = |c: &mut Cluster, node: usize, story: &str| {
+    let add = |c: &mut Harness, node: usize, story: &str| {
         let id = StoryId::new(story).unwrap();
         let new =
             huskies_engine::NewStory { id: Some(id), title: "t".into(), stage: Stage::Current, ..Default::default() };

@@ -109,6 +109,21 @@ impl NodeHandle {
     }
 }
 
+/// Why a node stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Acknowledging what cannot be stored would break the one promise
+    /// storage makes, so the node stops instead.
+    #[error("cannot persist the document in {dir}: {source}")]
+    Storage { dir: PathBuf, source: std::io::Error },
+    #[error("cannot start the engine thread's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Ends when the node task does: `Ok` after a shutdown, the error that
+/// stopped it otherwise.
+pub type NodeTask = tokio::task::JoinHandle<Result<(), NodeError>>;
+
 /// Node keys revoked in the document, shared with the HTTP layer so a
 /// revoked node is refused at the websocket upgrade.
 pub type Revoked = Arc<std::sync::RwLock<std::collections::BTreeSet<(NodeId, [u8; 32])>>>;
@@ -147,7 +162,7 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
     c
 }
 
-struct Node {
+struct NodeLoop {
     engine: Engine,
     epoch: Instant,
     storage: Storage,
@@ -161,6 +176,8 @@ struct Node {
     /// input is done (also when the engine's index changed).
     changed: bool,
     changes: watch::Sender<u64>,
+    /// Set when storage failed: the node stops.
+    failed: Option<NodeError>,
     /// Inputs raised while executing outputs (a peer dropped for being
     /// slow), fed in once the current batch is done.
     deferred: Vec<Input>,
@@ -176,13 +193,16 @@ struct Node {
     local_settings: ClusterSettings,
 }
 
+/// Run and push results waiting for the engine.
+const INPUT_QUEUE: usize = 1_024;
+
 /// Starts the node task on a thread of its own; returns its handle and a
 /// task that ends with it. Must be called inside a tokio runtime.
 ///
 /// The engine gets its own thread because Automerge work on a large sync
 /// message takes milliseconds to seconds of CPU: on the shared runtime it
 /// stalled `/healthz` and the socket pumps of every other peer.
-pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHandle, tokio::task::JoinHandle<()>)> {
+pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHandle, NodeTask)> {
     if opts.credentials.is_dev() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -202,11 +222,12 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
     let engine = Engine::new(config, opts.node_id.clone(), seed, Millis(0));
     let (tx, rx) = mpsc::channel(4_096);
     let (changes_tx, changes) = watch::channel(0u64);
-    let (input_tx, input_rx) = mpsc::unbounded_channel();
+    // Run and push results: one per run, so a few hundred at most queue.
+    let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let project = Arc::new(Mutex::new(opts.project.clone()));
     let rt = tokio::runtime::Handle::current();
     let runner = Runner::new(opts.project_root.clone(), opts.node_id.clone(), project.clone(), input_tx, rt.clone());
-    let mut node = Node {
+    let mut node = NodeLoop {
         engine,
         epoch,
         storage,
@@ -218,6 +239,7 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
         metrics: Arc::new(Metrics::new()),
         changed: false,
         changes: changes_tx,
+        failed: None,
         deferred: Vec::new(),
         tx: tx.clone(),
         dialer: Arc::new(ws::Dialer {
@@ -237,22 +259,22 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
         node.internal_command(Command::SetClusterSettings { settings: node.local_settings.clone() });
     }
     let root = opts.project_root.clone();
-    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel::<Result<(), NodeError>>();
     std::thread::Builder::new().name("huskies-engine".into()).spawn(move || {
-        let local = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        match local {
+        let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(local) => local.block_on(node.run(rx, input_rx, project, root)),
-            Err(e) => tracing::error!(error = %e, "cannot start the engine thread's runtime"),
+            Err(e) => Err(NodeError::Runtime(e)),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "node stopped");
         }
-        let _ = done_tx.send(());
+        let _ = done_tx.send(result);
     })?;
-    let task = tokio::spawn(async move {
-        let _ = done_rx.await;
-    });
+    let task = tokio::spawn(async move { done_rx.await.unwrap_or(Ok(())) });
     Ok((NodeHandle { tx, changes }, task))
 }
 
-impl Node {
+impl NodeLoop {
     fn now(&self) -> Millis {
         Millis(self.epoch.elapsed().as_millis() as u64)
     }
@@ -260,10 +282,10 @@ impl Node {
     async fn run(
         &mut self,
         mut rx: mpsc::Receiver<NodeMsg>,
-        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut inputs: mpsc::Receiver<Input>,
         project: Arc<Mutex<ProjectConfig>>,
         project_root: PathBuf,
-    ) {
+    ) -> Result<(), NodeError> {
         let config_path = ProjectConfig::path(&project_root);
         // Config changes arrive from a file watcher; where one cannot be
         // set up (inotify limits), a poll every 2 s stands in.
@@ -273,6 +295,10 @@ impl Node {
         let mut config_mtime = std::fs::metadata(&config_path).and_then(|m| m.modified()).ok();
         let mut poll = tokio::time::interval(Duration::from_secs(2));
         loop {
+            if let Some(e) = self.failed.take() {
+                drop(watcher);
+                return Err(e);
+            }
             let deadline = self.engine.poll_timeout().map(|t| self.epoch + Duration::from_millis(t.0));
             let sleep = tokio::time::sleep_until(
                 deadline
@@ -310,6 +336,7 @@ impl Node {
         }
         drop(watcher);
         tracing::info!("node stopping");
+        Ok(())
     }
 
     /// `project.toml` changed: agent commands and stages take effect at
@@ -413,6 +440,10 @@ impl Node {
     }
 
     fn input(&mut self, input: Input) {
+        if self.failed.is_some() {
+            // Storage failed: nothing more is fed or carried out.
+            return;
+        }
         let version = self.engine.index_version();
         let mut next = Some(input);
         while let Some(input) = next.take().or_else(|| self.deferred.pop()) {
@@ -422,6 +453,11 @@ impl Node {
             let now = self.now();
             self.engine.handle(now, input);
             while let Some(out) = self.engine.poll_output() {
+                if self.failed.is_some() {
+                    // Outputs after a failed write may reveal state that
+                    // was never stored: none of them goes out.
+                    break;
+                }
                 self.execute(out);
             }
         }
@@ -435,11 +471,10 @@ impl Node {
     fn execute(&mut self, out: Output) {
         match out {
             Output::Persist { kind, bytes } => {
-                if let Err(e) = self.storage.persist(kind, &bytes) {
-                    // Acknowledging what we cannot store would break the
-                    // one promise storage makes; stop instead.
-                    tracing::error!(error = %e, "cannot persist the document; exiting");
-                    std::process::exit(70);
+                if let Err(source) = self.storage.persist(kind, &bytes) {
+                    // The run loop stops the node at its next turn; the
+                    // binary reports the error and exits non-zero.
+                    self.failed = Some(NodeError::Storage { dir: self.opts.data_dir.clone(), source });
                 }
             }
             Output::Send { conn, bytes } => {

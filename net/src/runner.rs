@@ -26,7 +26,7 @@ pub struct Runner {
     project_root: PathBuf,
     node: NodeId,
     pub project: Arc<Mutex<ProjectConfig>>,
-    inputs: mpsc::UnboundedSender<Input>,
+    inputs: mpsc::Sender<Input>,
     stops: BTreeMap<(StoryId, Token), oneshot::Sender<()>>,
     rt: tokio::runtime::Handle,
     /// Read from the environment once, at start.
@@ -38,7 +38,7 @@ impl Runner {
         project_root: PathBuf,
         node: NodeId,
         project: Arc<Mutex<ProjectConfig>>,
-        inputs: mpsc::UnboundedSender<Input>,
+        inputs: mpsc::Sender<Input>,
         rt: tokio::runtime::Handle,
     ) -> Runner {
         Runner {
@@ -67,12 +67,13 @@ impl Runner {
                     RunReport::default(),
                 )),
                 Some(cmd) => {
-                    let run = Run { root, node, story: story.clone(), title, stage, token, attempt, git_creds, ctx };
+                    let run =
+                        AgentRun { root, node, story: story.clone(), title, stage, token, attempt, git_creds, ctx };
                     run.execute(cmd, stop_rx).await
                 }
             };
             if let Some((outcome, report)) = finished {
-                let _ = inputs.send(Input::RunFinished { story, token, outcome, report });
+                let _ = inputs.send(Input::RunFinished { story, token, outcome, report }).await;
             }
         });
     }
@@ -112,7 +113,7 @@ impl Runner {
                 Ok(Err(e)) => Err(PushError::Failed(e.message().to_owned())),
                 Err(e) => Err(PushError::Failed(e.to_string())),
             };
-            let _ = inputs.send(Input::PushFinished { story, token, outcome });
+            let _ = inputs.send(Input::PushFinished { story, token, outcome }).await;
         });
     }
 
@@ -125,7 +126,7 @@ impl Runner {
             let committed = tokio::task::spawn_blocking(move || git::has_unpushed_work(&root, s.as_str(), &creds))
                 .await
                 .unwrap_or(false);
-            let _ = inputs.send(Input::WorktreeInspected { story, token, committed });
+            let _ = inputs.send(Input::WorktreeInspected { story, token, committed }).await;
         });
     }
 
@@ -139,7 +140,7 @@ impl Runner {
     }
 }
 
-struct Run {
+struct AgentRun {
     root: PathBuf,
     node: NodeId,
     story: StoryId,
@@ -166,7 +167,7 @@ pub fn story_file_path(project_root: &std::path::Path, story: &StoryId) -> PathB
     project_root.join(".huskies").join("stories").join(format!("{story}.md"))
 }
 
-impl Run {
+impl AgentRun {
     /// The story file an agent reads: id, title, stage, attempt, the last
     /// failure, then the body.
     fn story_file(&self, resumed_from_wip: bool) -> String {
@@ -324,7 +325,7 @@ impl Run {
 
 /// The placeholders of an agent's args.
 struct Vars<'a> {
-    run: &'a Run,
+    run: &'a AgentRun,
     story_file: &'a std::path::Path,
     /// The story file's text.
     story: &'a str,
@@ -375,7 +376,7 @@ mod tests {
 
     #[test]
     fn placeholders_expand_in_one_pass() {
-        let run = Run {
+        let run = AgentRun {
             root: PathBuf::from("/p"),
             node: NodeId::new("agent-1").unwrap(),
             story: StoryId::new("s1").unwrap(),

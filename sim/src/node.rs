@@ -67,18 +67,18 @@ impl NodeCtx {
     }
 }
 
-struct Run {
+struct SimRun {
     token: Token,
     /// `None`: the agent hangs.
     finish_at_ms: Option<u64>,
     outcome: RunOutcome,
 }
 
-struct Node {
+struct SimNode {
     ctx: Arc<NodeCtx>,
     engine: Engine,
     links: Links,
-    runs: BTreeMap<StoryId, Run>,
+    runs: BTreeMap<StoryId, SimRun>,
     /// Driver answers due later: (due ms, input).
     later: Vec<(u64, Input)>,
     rng: u64,
@@ -104,7 +104,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     let now = ctx.local_ms();
     let engine = Engine::new(ctx.config.clone(), ctx.id.clone(), seed, Millis(now));
     let idle = ctx.config.heartbeat_interval_ms * 4;
-    let mut node = Node {
+    let mut node = SimNode {
         links: Links::new(seed as u32, idle),
         engine,
         runs: BTreeMap::new(),
@@ -142,7 +142,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     }
 }
 
-impl Node {
+impl SimNode {
     fn random(&mut self) -> u64 {
         self.rng = stable_hash(&[&self.rng.to_be_bytes()]);
         self.rng
@@ -272,7 +272,7 @@ impl Node {
                 } else {
                     (Some(now + duration), RunOutcome::Succeeded)
                 };
-                self.runs.insert(story, Run { token, finish_at_ms, outcome });
+                self.runs.insert(story, SimRun { token, finish_at_ms, outcome });
             }
             Output::StopRun { story, token } => {
                 if self.runs.get(&story).is_some_and(|r| r.token == token) {

@@ -194,8 +194,6 @@ fn node_name(i: usize) -> NodeId {
     NodeId::new(s).expect("valid node id")
 }
 
-const WORKED: [Stage; 3] = [Stage::Current, Stage::Qa, Stage::Merge];
-
 /// Runs one seed on a fresh thread (std's HashMap order is seeded per
 /// thread; a fresh thread keeps every run of a seed identical).
 pub fn run_seed(scenario: &Scenario, seed: u64) -> Report {
@@ -212,7 +210,7 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> Report {
     .unwrap_or_else(|_| panic!("seed {seed} panicked inside the simulation"))
 }
 
-struct Cluster {
+struct SimCluster {
     handle: Handle,
     net: Arc<NetSim>,
     nodes: Vec<NodeHandle>,
@@ -223,7 +221,7 @@ struct Cluster {
     clogged_links: Vec<(usize, usize)>,
 }
 
-impl Cluster {
+impl SimCluster {
     fn rand(&self, n: usize) -> usize {
         (madsim::rand::random::<u64>() % n.max(1) as u64) as usize
     }
@@ -328,7 +326,7 @@ impl Cluster {
     }
 
     fn scripted(&mut self, f: Scripted, oracle: &Mutex<Oracle>) {
-        let id = |c: &Cluster, i: usize| c.nodes[i].id();
+        let id = |c: &SimCluster, i: usize| c.nodes[i].id();
         match f {
             Scripted::Isolate(i) => {
                 self.net.clog_node(id(self, i));
@@ -424,7 +422,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         nodes.push(node);
         ctxs.push(ctx);
     }
-    let mut cluster = Cluster {
+    let mut cluster = SimCluster {
         handle: handle.clone(),
         net: net.clone(),
         nodes,
@@ -514,7 +512,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         sleep(Duration::from_millis(s.publish_every_ms.min(250))).await;
         let mut o = oracle.lock().expect("oracle");
         o.check_overlaps(now_ms());
-        if o.settled(&WORKED) {
+        if o.settled(&Stage::ACTIVE) {
             heal_ms = Some(now_ms() - heal_at);
             break;
         }
@@ -540,7 +538,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     }
 
     let mut o = oracle.lock().expect("oracle");
-    o.check_final(&WORKED);
+    o.check_final(&Stage::ACTIVE);
     if heal_ms.is_none() {
         o.violations.push(format!("LIVENESS: not settled within {} ms of the heal", s.heal_budget_ms));
     }

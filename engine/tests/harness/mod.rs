@@ -23,7 +23,7 @@ pub struct AgentModel {
     pub fail_one_in: u64,
 }
 
-pub struct Node {
+pub struct HarnessNode {
     pub id: NodeId,
     pub addr: String,
     pub config: Config,
@@ -47,9 +47,9 @@ pub struct Pushed {
     pub token: Token,
 }
 
-pub struct Cluster {
+pub struct Harness {
     pub now: Millis,
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<HarnessNode>,
     pub agent: AgentModel,
     pub latency_ms: u64,
     /// Extra per-message delay drawn from the seed, 0..jitter_ms. Links
@@ -104,10 +104,10 @@ pub fn fast_config() -> Config {
     }
 }
 
-impl Cluster {
+impl Harness {
     /// Node 0 is the rendezvous (no agents); nodes 1..=agents dial it.
-    pub fn new(agents: usize, seed: u64, config: Config) -> Cluster {
-        let mut c = Cluster {
+    pub fn new(agents: usize, seed: u64, config: Config) -> Harness {
+        let mut c = Harness {
             now: Millis(0),
             nodes: Vec::new(),
             agent: AgentModel { run_ms: 1_000, fail_one_in: 0 },
@@ -144,7 +144,7 @@ impl Cluster {
             } else {
                 cfg.rendezvous = Some(RENDEZVOUS.to_owned());
             }
-            c.nodes.push(Node {
+            c.nodes.push(HarnessNode {
                 id: node_id(i),
                 addr,
                 config: cfg,

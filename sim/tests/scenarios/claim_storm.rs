@@ -15,7 +15,7 @@ use huskies_sim::sweep::sweep;
 fn claim_storm() {
     let mut s = Scenario::new("claim_storm", 20, 500);
     // Real agent runs take minutes, far longer than a claim takes to be
-    // seen; runs of 5–15 s keep that ratio while the sim stays short.
+    // seen; runs of 1–4 s keep that ratio while the sim stays short.
     s.profile = ProfileChoice::Fixed(Profile {
         agent: AgentProfile { run_min_ms: 1_000, run_max_ms: 4_000, ..Profile::CALM_AGENT },
         ..Profile::calm()

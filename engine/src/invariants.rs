@@ -1,0 +1,75 @@
+//! Invariants checked after every input in debug builds (every test and
+//! simulation): a broken one panics at the input that broke it, not at the
+//! end of a run when an oracle notices its consequences.
+//!
+//! The checks after each input cost O(1) or O(what the input touched); the
+//! full comparison of the index with the document is O(stories), so it runs
+//! every [`FULL_CHECK_EVERY`] inputs.
+
+use crate::Engine;
+use crate::doc::StoryView;
+use crate::ids::StoryId;
+
+/// Inputs between two full index checks.
+const FULL_CHECK_EVERY: u64 = 1_024;
+
+/// Outputs one input may leave queued before something is surely looping.
+const MAX_QUEUED_OUTPUTS: usize = 1 << 20;
+
+impl Engine {
+    /// After an input: all its outputs released, the mesh within its cap,
+    /// bounded maps within their bounds, and now and then the whole index
+    /// equal to a fresh read of the document.
+    pub(crate) fn check_invariants(&mut self) {
+        assert!(self.pending.is_empty(), "outputs held past the end of an input");
+        assert!(self.outputs.len() < MAX_QUEUED_OUTPUTS, "{} outputs queued", self.outputs.len());
+        let mesh = self.mesh_peer_count();
+        assert!(mesh <= self.config.max_mesh_peers, "mesh of {mesh} over its cap {}", self.config.max_mesh_peers);
+        // Dial targets: the rendezvous and the mesh, nothing else.
+        assert!(self.targets.len() <= 1 + self.config.max_mesh_peers, "{} dial targets", self.targets.len());
+        // Inbound conns are refused at max_peers; outbound ones are ours.
+        assert!(
+            self.conns.len() <= self.config.max_peers + self.targets.len(),
+            "{} conns over the peer limit {}",
+            self.conns.len(),
+            self.config.max_peers
+        );
+        // Beats to relay come only from nodes whose key we verified.
+        assert!(self.relay.keys().all(|n| self.keys.contains_key(n)), "relaying a beat of an unknown key");
+        assert!(self.sync_due.iter().all(|c| self.conns.contains_key(c)), "sync owed to a closed conn");
+        self.inputs_handled += 1;
+        if self.inputs_handled.is_multiple_of(FULL_CHECK_EVERY) {
+            self.check_index();
+        }
+    }
+
+    /// The index against a fresh read of the whole document, and the
+    /// derived sets against the index.
+    pub(crate) fn check_index(&mut self) {
+        let drift = self.index_drift();
+        assert!(drift.is_empty(), "index differs from the document for {drift:?}");
+        for (holder, held) in &self.by_holder {
+            assert!(!held.is_empty(), "empty holder set for {holder}");
+            for id in held {
+                let state = self.stories.get(id).map(|v| &v.state);
+                assert_eq!(state.and_then(|s| s.holder.as_ref()), Some(holder), "by_holder out of step for {id}");
+            }
+        }
+        let held: usize = self.by_holder.values().map(|s| s.len()).sum();
+        let holders = self.stories.values().filter(|v| v.state.holder.is_some()).count();
+        assert_eq!(held, holders, "by_holder misses held stories");
+    }
+
+    /// A story's entry changed from `old` to `new`: its fencing token never
+    /// goes backwards.
+    pub(crate) fn check_story_change(id: &StoryId, old: Option<&StoryView>, new: Option<&StoryView>) {
+        if let (Some(old), Some(new)) = (old, new) {
+            assert!(
+                new.state.token >= old.state.token,
+                "story {id}: token went back from {} to {}",
+                old.state.token.0,
+                new.state.token.0
+            );
+        }
+    }
+}
