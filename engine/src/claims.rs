@@ -24,15 +24,13 @@ impl Engine {
     /// Without this an orphaned claim of a live node would never move.
     pub(crate) fn adopt_orphaned_claims(&mut self) {
         let orphans: Vec<StoryId> = self
-            .by_holder
-            .get(&self.node)
-            .into_iter()
-            .flatten()
+            .index
+            .held_by(&self.node)
             .filter(|id| !self.runs.contains_key(*id) && !self.fenced_by.contains_key(*id))
             .cloned()
             .collect();
         for story in orphans {
-            let state = &self.stories[&story].state;
+            let state = &self.index.known(&story).state;
             let token = state.token;
             let run = ActiveRun {
                 token,
@@ -53,7 +51,7 @@ impl Engine {
     /// and reports nodes that just died.
     pub(crate) fn scan_liveness(&mut self) {
         let now = self.now;
-        let holders: Vec<NodeId> = self.by_holder.keys().filter(|h| **h != self.node).cloned().collect();
+        let holders: Vec<NodeId> = self.index.holders().filter(|h| **h != self.node).cloned().collect();
         for h in holders {
             self.liveness.note_seen(&h, now);
             if !self.liveness.is_alive(&h, now) && self.dead.insert(h.clone()) {
@@ -64,7 +62,7 @@ impl Engine {
 
     /// Is `story` free for us to claim right now, and if reclaiming, from whom?
     fn claimable(&self, id: &StoryId) -> Option<Option<NodeId>> {
-        let view = self.stories.get(id)?;
+        let view = self.index.story(id)?;
         let s = &view.state;
         if !s.is_claimable_stage() || !self.config.stages.contains(&s.stage) || self.runs.contains_key(id) {
             return None;
@@ -101,17 +99,17 @@ impl Engine {
         }
         let now = self.now;
         let dead_held = self
-            .by_holder
-            .iter()
-            .filter(|(h, _)| **h != self.node && !self.liveness.is_alive(h, now))
-            .flat_map(|(_, s)| s.iter().cloned());
+            .index
+            .holders()
+            .filter(|h| **h != self.node && !self.liveness.is_alive(h, now))
+            .flat_map(|h| self.index.held_by(h).cloned());
         // A scan looks at a bounded window of free stories (in claim order:
         // later stages, higher priority, older first), not all of them: ranking every free story
         // made a scan of 10,000 free stories cost 4x the claims it made.
         // Every node sees the same window, and rendezvous ranking spreads
         // the window's stories over the nodes.
         let window = (slots as usize).saturating_mul(SCAN_WINDOW_PER_SLOT).max(MIN_SCAN_WINDOW);
-        let free = self.free.iter().filter(|k| self.claimable(&k.id).is_some()).take(window).map(|k| k.id.clone());
+        let free = self.index.free().filter(|k| self.claimable(&k.id).is_some()).take(window).map(|k| k.id.clone());
         let mut candidates: BTreeSet<StoryId> = free.chain(dead_held).collect();
         candidates.retain(|id| self.claimable(id).is_some());
         // Forget stories that stopped being claimable, so the stagger
@@ -123,7 +121,7 @@ impl Engine {
             let since = *self.free_since.entry(id.clone()).or_insert(now);
             let (rank, affinity) = self.rank(id);
             if now.saturating_sub(since) >= rank.saturating_mul(stagger) {
-                let v = &self.stories[id];
+                let v = &self.index.known(id);
                 let order = (Reverse(v.state.stage), Reverse(v.priority), v.created_ms);
                 ready.push((order, rank, Reverse(affinity), id.clone()));
             }
@@ -149,7 +147,7 @@ impl Engine {
     }
 
     fn claim(&mut self, id: &StoryId, reclaimed_from: Option<NodeId>) {
-        let mut state = self.stories[id].state.clone();
+        let mut state = self.index.known(id).state.clone();
         let resume = reclaimed_from.clone().map(|n| (n, state.token));
         state.token = state.token.next();
         state.holder = Some(self.node.clone());
@@ -159,7 +157,7 @@ impl Engine {
         // made before ours was visible arrives within that window, and the
         // loser then never starts at all.
         let deadline = self.now.saturating_add_ms(self.config.claim_settle_ms);
-        let attempt = self.stories[id].state.attempts + 1;
+        let attempt = self.index.known(id).state.attempts + 1;
         let run = ActiveRun { token, stage, phase: Phase::Settling, deadline, attempt, report: None, resume };
         self.runs.insert(id.clone(), run);
         self.emit(Event::Claimed { story: id.clone(), stage, token, reclaimed_from });
@@ -181,7 +179,7 @@ impl Engine {
             run.phase = Phase::Running;
             run.deadline = deadline;
             let (token, attempt, resume) = (run.token, run.attempt, run.resume.clone());
-            let view = &self.stories[&id];
+            let view = &self.index.known(&id);
             let (title, last_failure) = (view.title.clone(), view.state.reason.clone());
             let body = self.doc.read_body(&id);
             self.worktrees.insert(id.clone());
@@ -258,7 +256,7 @@ impl Engine {
     fn fenced(&mut self, story: &StoryId, e: crate::PushError) {
         let Some(run) = self.runs.remove(story) else { return };
         let reason = e.to_string();
-        let mut state = self.stories[story].state.clone();
+        let mut state = self.index.known(story).state.clone();
         let mut released = None;
         if state.holder.as_ref() == Some(&self.node) && state.token == run.token {
             state.holder = None;
@@ -287,7 +285,7 @@ impl Engine {
         } else {
             // Interrupted, not failed: release without counting an attempt.
             self.runs.remove(&story);
-            let mut state = self.stories[&story].state.clone();
+            let mut state = self.index.known(&story).state.clone();
             state.holder = None;
             state.token = state.token.next();
             self.write_state(&story, state);
@@ -298,7 +296,7 @@ impl Engine {
     /// same token, and the result records who did it with which token.
     fn advance(&mut self, story: &StoryId) {
         let Some(run) = self.runs.remove(story) else { return };
-        let mut state = self.stories[story].state.clone();
+        let mut state = self.index.known(story).state.clone();
         debug_assert_eq!(state.token, run.token);
         debug_assert_eq!(state.holder.as_ref(), Some(&self.node));
         let from = state.stage;
@@ -322,7 +320,7 @@ impl Engine {
     /// `max_attempts`. This node cools down before retrying it.
     fn fail(&mut self, story: &StoryId, reason: String) {
         let Some(run) = self.runs.remove(story) else { return };
-        let mut state = self.stories[story].state.clone();
+        let mut state = self.index.known(story).state.clone();
         state.holder = None;
         // A release takes the next token: it must outrank every claim made
         // concurrently with ours at our token. Those lost to ours, and a

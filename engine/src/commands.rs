@@ -52,7 +52,7 @@ impl Engine {
         let title = Self::check_title(&new.title)?;
         Self::check_body(&new.body)?;
         let id = match new.id {
-            Some(id) if self.stories.contains_key(&id) => return Err(CommandError::StoryExists(id)),
+            Some(id) if self.index.contains(&id) => return Err(CommandError::StoryExists(id)),
             Some(id) => id,
             None => self.fresh_story_id(&title)?,
         };
@@ -68,7 +68,7 @@ impl Engine {
 
     /// A story that exists and was not removed.
     fn live_story(&self, id: &StoryId) -> Result<&StoryView, CommandError> {
-        match self.stories.get(id) {
+        match self.index.story(id) {
             None => Err(CommandError::UnknownStory(id.clone())),
             Some(v) if v.state.removed => Err(CommandError::Removed(id.clone())),
             Some(v) => Ok(v),
@@ -155,7 +155,7 @@ impl Engine {
                 // The slug is [a-z0-9-] starting alphanumeric, at most 40
                 // bytes: with a 17-byte suffix, within MAX_ID_LEN.
                 let id = StoryId::new(format!("{slug}-{suffix:0width$x}")).expect("generated ids are valid");
-                if !self.stories.contains_key(&id) {
+                if !self.index.contains(&id) {
                     return Ok(id);
                 }
             }
@@ -207,10 +207,11 @@ mod tests {
             concurrent: 1,
         };
         for suffix in 0..=0xffffu64 {
-            e.stories.insert(StoryId::new(format!("fix-it-{suffix:04x}")).unwrap(), view.clone());
+            let id = StoryId::new(format!("fix-it-{suffix:04x}")).unwrap();
+            e.index.put_story(&id, Some(view.clone()), false);
         }
         let id = e.fresh_story_id("Fix it!").unwrap();
         assert!(id.as_str().starts_with("fix-it-") && id.as_str().len() == "fix-it-".len() + 8, "{id}");
-        assert!(!e.stories.contains_key(&id));
+        assert!(!e.index.contains(&id));
     }
 }

@@ -132,7 +132,7 @@ impl Engine {
         for (id, rec) in nodes {
             self.learn_node(id, rec);
         }
-        let gone: Vec<_> = self.stories.keys().filter(|id| !stories.contains_key(*id)).cloned().collect();
+        let gone: Vec<_> = self.index.story_ids().filter(|id| !stories.contains_key(*id)).cloned().collect();
         for id in gone {
             self.apply_story(&id, None);
         }

@@ -1,6 +1,5 @@
 //! The engine: state, the `handle`/`poll_*` contract, and the local index.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::ActorId;
@@ -8,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 
 use crate::doc::{Doc, NodeRecord, StoryView};
+use crate::index::Index;
 use crate::liveness::Liveness;
 use crate::peers::{Conn, DialTarget, Purpose};
 use crate::story::StoryState;
@@ -39,27 +39,6 @@ pub(crate) struct ActiveRun {
     pub resume: Option<(NodeId, Token)>,
 }
 
-/// The order free stories are claimed in: later stages first (finish work
-/// before starting work), then higher priority, then older, then by id.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct FreeKey {
-    pub stage: Reverse<Stage>,
-    pub priority: Reverse<i64>,
-    pub created_ms: u64,
-    pub id: StoryId,
-}
-
-impl FreeKey {
-    pub fn of(id: &StoryId, v: &StoryView) -> FreeKey {
-        FreeKey {
-            stage: Reverse(v.state.stage),
-            priority: Reverse(v.priority),
-            created_ms: v.created_ms,
-            id: id.clone(),
-        }
-    }
-}
-
 /// The sans-IO state machine of one node. See the crate docs for the
 /// contract.
 pub struct Engine {
@@ -81,20 +60,8 @@ pub struct Engine {
     pub(crate) dirty: bool,
     pub(crate) appends_since_snapshot: u32,
 
-    // Index of the document.
-    pub(crate) stories: BTreeMap<StoryId, StoryView>,
-    pub(crate) nodes: BTreeMap<NodeId, NodeRecord>,
-    pub(crate) by_holder: BTreeMap<NodeId, BTreeSet<StoryId>>,
-    /// Stories in an active stage, not failed, held by nobody; later
-    /// stages first, then by id.
-    pub(crate) free: BTreeSet<FreeKey>,
-    /// Stories whose state key holds concurrent values. Automerge's patches
-    /// report a conflict appearing, but not a further concurrent value
-    /// joining an existing conflict, so these are re-read on every merge.
-    pub(crate) conflicted: BTreeSet<StoryId>,
-    /// Bumped whenever a story or node record in the index changes (locally
-    /// or by merge): drivers watch it to refresh what they show.
-    pub(crate) index_version: u64,
+    /// What the document says of every story and node.
+    pub(crate) index: Index,
     /// Inputs handled, for the invariant checks of debug builds.
     pub(crate) inputs_handled: u64,
 
@@ -180,12 +147,7 @@ impl Engine {
             ready: false,
             dirty: false,
             appends_since_snapshot: 0,
-            stories: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            by_holder: BTreeMap::new(),
-            free: BTreeSet::new(),
-            conflicted: BTreeSet::new(),
-            index_version: 0,
+            index: Index::default(),
             inputs_handled: 0,
             free_since: BTreeMap::new(),
             cooldown: BTreeMap::new(),
@@ -341,10 +303,10 @@ impl Engine {
             capacity: self.config.capacity,
             cert: Some(self.creds.cert),
         };
-        if self.nodes.get(&self.node) != Some(&own) {
+        if self.index.node(&self.node) != Some(&own) {
             self.doc.put_node(&self.node, &own);
             self.doc.skip_touched();
-            self.nodes.insert(self.node.clone(), own);
+            self.index.put_node(self.node.clone(), Some(own));
         }
         // Claims we held before a restart: ask what the worktree holds
         // before releasing or pushing.
@@ -354,7 +316,7 @@ impl Engine {
         let snapshot = self.doc.automerge().save();
         self.persist(PersistKind::Snapshot, snapshot);
         self.dirty = false;
-        self.emit(Event::Ready { stories: self.stories.len(), unreadable: bad.keys });
+        self.emit(Event::Ready { stories: self.index.len(), unreadable: bad.keys });
         if let Some(addr) = self.config.rendezvous.clone() {
             self.targets.insert(addr, DialTarget::new(Purpose::Rendezvous, self.now));
         }
@@ -406,13 +368,13 @@ impl Engine {
     /// a state goes through here.
     pub(crate) fn write_state(&mut self, id: &StoryId, state: StoryState) {
         debug_assert!(
-            self.stories.get(id).is_none_or(|v| v.state.token <= state.token),
+            self.index.story(id).is_none_or(|v| v.state.token <= state.token),
             "a write never lowers the fencing token"
         );
         self.doc.put_state(id, &state);
         self.doc.skip_touched();
         self.dirty = true;
-        let view = match self.stories.get(id) {
+        let view = match self.index.story(id) {
             Some(v) => StoryView { state, concurrent: 1, ..v.clone() },
             None => StoryView { title: String::new(), priority: 0, created_ms: 0, state, concurrent: 1 },
         };
@@ -422,51 +384,14 @@ impl Engine {
     /// Brings the index up to date with `view` and reacts to what changed:
     /// lost claims stop runs, archived stories prune worktrees.
     pub(crate) fn apply_story(&mut self, id: &StoryId, view: Option<StoryView>) {
-        let old = match &view {
-            Some(v) => self.stories.insert(id.clone(), v.clone()),
-            None => self.stories.remove(id),
-        };
         // A story whose map a concurrent add of the same id replaced starts
         // over: its token may go back (fencing at the remote copes).
         let replaced = self.doc.take_replaced(id);
-        if old != view {
-            self.index_version += 1;
-            if cfg!(debug_assertions) && !replaced {
-                Self::check_story_change(id, old.as_ref(), view.as_ref());
-            }
-        }
-        if let Some(holder) = old.as_ref().and_then(|o| o.state.holder.as_ref())
-            && let Some(set) = self.by_holder.get_mut(holder)
-        {
-            set.remove(id);
-            if set.is_empty() {
-                self.by_holder.remove(holder);
-            }
-        }
-        if let Some(old) = &old {
-            self.free.remove(&FreeKey::of(id, old));
-        }
-        let Some(view) = view else {
-            self.conflicted.remove(id);
-            return;
-        };
-        if view.concurrent > 1 {
-            self.conflicted.insert(id.clone());
-        } else {
-            self.conflicted.remove(id);
-        }
+        let old = self.index.put_story(id, view.clone(), replaced);
+        let Some(view) = view else { return };
         let state = &view.state;
         if self.fenced_by.get(id).is_some_and(|(by, ours)| state.token >= *by && ours.as_ref() != Some(state)) {
             self.fenced_by.remove(id);
-        }
-        match &state.holder {
-            Some(h) => {
-                self.by_holder.entry(h.clone()).or_default().insert(id.clone());
-            }
-            None if state.is_claimable_stage() => {
-                self.free.insert(FreeKey::of(id, &view));
-            }
-            None => {}
         }
         if state.holder.is_some() || !state.is_claimable_stage() {
             self.free_since.remove(id);
@@ -512,18 +437,15 @@ impl Engine {
     /// Re-reads everything a merge touched.
     pub(crate) fn absorb_remote_changes(&mut self) {
         let crate::doc::Touched { mut stories, nodes, signed, settings } = self.doc.take_touched();
-        stories.extend(self.conflicted.iter().cloned());
+        stories.extend(self.index.conflicted().cloned());
         for id in stories {
             let view = self.doc.read_story(&id);
             self.apply_story(&id, view);
         }
         for id in nodes {
-            self.index_version += 1;
             match self.doc.read_node(&id) {
                 Some(rec) => self.learn_node(id, rec),
-                None => {
-                    self.nodes.remove(&id);
-                }
+                None => self.index.put_node(id, None),
             };
         }
         if signed {

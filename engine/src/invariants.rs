@@ -7,8 +7,6 @@
 //! every [`FULL_CHECK_EVERY`] inputs.
 
 use crate::Engine;
-use crate::doc::StoryView;
-use crate::ids::StoryId;
 
 /// Inputs between two full index checks.
 const FULL_CHECK_EVERY: u64 = 1_024;
@@ -43,33 +41,11 @@ impl Engine {
         }
     }
 
-    /// The index against a fresh read of the whole document, and the
-    /// derived sets against the index.
+    /// The index against a fresh read of the whole document, and its
+    /// derived sets against its entries.
     pub(crate) fn check_index(&mut self) {
         let drift = self.index_drift();
         assert!(drift.is_empty(), "index differs from the document for {drift:?}");
-        for (holder, held) in &self.by_holder {
-            assert!(!held.is_empty(), "empty holder set for {holder}");
-            for id in held {
-                let state = self.stories.get(id).map(|v| &v.state);
-                assert_eq!(state.and_then(|s| s.holder.as_ref()), Some(holder), "by_holder out of step for {id}");
-            }
-        }
-        let held: usize = self.by_holder.values().map(|s| s.len()).sum();
-        let holders = self.stories.values().filter(|v| v.state.holder.is_some()).count();
-        assert_eq!(held, holders, "by_holder misses held stories");
-    }
-
-    /// A story's entry changed from `old` to `new`: its fencing token never
-    /// goes backwards.
-    pub(crate) fn check_story_change(id: &StoryId, old: Option<&StoryView>, new: Option<&StoryView>) {
-        if let (Some(old), Some(new)) = (old, new) {
-            assert!(
-                new.state.token >= old.state.token,
-                "story {id}: token went back from {} to {}",
-                old.state.token.0,
-                new.state.token.0
-            );
-        }
+        self.index.check();
     }
 }

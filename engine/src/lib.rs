@@ -61,6 +61,7 @@ pub mod hash;
 pub mod hostile;
 pub mod identity;
 mod ids;
+mod index;
 mod invariants;
 mod io;
 mod liveness;

@@ -28,7 +28,7 @@ impl Engine {
         {
             self.learn_key(&id, cert.key);
         }
-        self.nodes.insert(id, rec);
+        self.index.put_node(id, Some(rec));
     }
 
     pub(crate) fn learn_key(&mut self, id: &NodeId, key: PublicKey) {

@@ -417,7 +417,7 @@ impl Engine {
             .alive(now)
             .filter(|(n, _)| **n != self.node && Some(*n) != self.rendezvous_node.as_ref())
             .filter_map(|(n, _)| {
-                let addr = self.nodes.get(n)?.address.clone()?;
+                let addr = self.index.node(n)?.address.clone()?;
                 if Some(addr.as_str()) == rendezvous_addr {
                     return None;
                 }

@@ -17,16 +17,16 @@ impl Engine {
 
     /// Every story as this replica sees it, in id order.
     pub fn stories(&self) -> impl Iterator<Item = (&StoryId, &StoryView)> {
-        self.stories.iter()
+        self.index.stories()
     }
 
     pub fn story(&self, id: &StoryId) -> Option<&StoryView> {
-        self.stories.get(id)
+        self.index.story(id)
     }
 
     /// Durable membership, in id order.
     pub fn nodes(&self) -> impl Iterator<Item = (&NodeId, &NodeRecord)> {
-        self.nodes.iter()
+        self.index.nodes()
     }
 
     /// Nodes whose heartbeat advanced within the claim timeout, as of the
@@ -42,7 +42,7 @@ impl Engine {
     /// (locally or by merge); compare it across inputs to know when to
     /// refresh a view.
     pub fn index_version(&self) -> u64 {
-        self.index_version
+        self.index.version()
     }
 
     /// Nodes heard from: when their newest heartbeat arrived (this node's
@@ -109,9 +109,9 @@ impl Engine {
         let (fresh, _, _) = self.doc.read_all();
         let mut drift: Vec<StoryId> = fresh
             .iter()
-            .filter(|(id, v)| self.stories.get(*id) != Some(*v))
+            .filter(|(id, v)| self.index.story(id) != Some(*v))
             .map(|(id, _)| id.clone())
-            .chain(self.stories.keys().filter(|id| !fresh.contains_key(*id)).cloned())
+            .chain(self.index.story_ids().filter(|id| !fresh.contains_key(*id)).cloned())
             .collect();
         drift.sort();
         drift.dedup();
