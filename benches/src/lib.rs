@@ -24,7 +24,7 @@ pub fn node(name: &str) -> NodeId {
 
 /// Drains an engine's outputs.
 pub fn drain(e: &mut Engine) -> Vec<Output> {
-    std::iter::from_fn(|| e.poll_output()).collect()
+    e.drain_sync_persist()
 }
 
 /// The bytes of a document holding `stories` stories in `current`, built in

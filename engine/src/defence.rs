@@ -173,7 +173,7 @@ mod tests {
             });
             e.handle(Millis(1), Input::Command { id: CommandId(i), command });
         }
-        while e.poll_output().is_some() {}
+        let _ = e.drain_sync_persist();
         let heads = e.heads();
         let out: Option<()> = e.shielded(ConnId(7), "test", |e| {
             e.doc.automerge().put(automerge::ROOT, "half-applied", "junk").unwrap();
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(e.stories().count(), 5);
         assert!(e.index_drift().is_empty());
         e.finish_input();
-        let outs: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+        let outs: Vec<Output> = e.drain_sync_persist();
         let reason = outs.iter().find_map(|o| match o {
             Output::Event(Event::PeerRejected { conn: ConnId(7), reason, .. }) => Some(reason.clone()),
             _ => None,

@@ -11,7 +11,7 @@ use crate::index::Index;
 use crate::liveness::Liveness;
 use crate::peers::{Conn, DialTarget, Purpose};
 use crate::story::StoryState;
-use crate::{Config, ConnId, Event, Input, Millis, NodeId, Output, PersistKind, Stage, StoryId, Token};
+use crate::{Config, ConnId, Event, Input, Millis, NodeId, Output, PersistKind, PersistSeq, Stage, StoryId, Token};
 
 /// What a claimed story of ours is waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +111,11 @@ pub struct Engine {
     /// Conns owed a sync message, sent once their pacing interval allows.
     pub(crate) sync_due: BTreeSet<ConnId>,
     pub(crate) outputs: VecDeque<Output>,
+    /// The last `Persist` issued, and the last the driver confirmed.
+    pub(crate) persist_seq: PersistSeq,
+    pub(crate) durable: PersistSeq,
+    /// Outputs waiting for a `Persist` (its seq) to be confirmed, in order.
+    pub(crate) held: VecDeque<(PersistSeq, Output)>,
 }
 
 impl Engine {
@@ -174,6 +179,9 @@ impl Engine {
             pending: Vec::new(),
             sync_due: BTreeSet::new(),
             outputs: VecDeque::new(),
+            persist_seq: PersistSeq(0),
+            durable: PersistSeq(0),
+            held: VecDeque::new(),
         }
     }
 
@@ -197,6 +205,7 @@ impl Engine {
             }
             Input::Command { id, command } => self.handle_command(id, command),
             Input::Timeout => self.handle_timeout(),
+            Input::Persisted { seq } => self.handle_persisted(seq),
         }
         self.finish_input();
         if cfg!(debug_assertions) {
@@ -344,8 +353,58 @@ impl Engine {
         if self.ready && self.free_slots() != self.advertised_free_slots {
             self.send_heartbeat(false);
         }
-        self.outputs.extend(self.pending.drain(..));
+        let pending = std::mem::take(&mut self.pending);
+        for out in pending {
+            self.release(out);
+        }
         self.flush_sync();
+    }
+
+    /// Hands `out` to the driver, or holds it until the last `Persist`
+    /// issued is confirmed: every output after a `Persist` may reveal the
+    /// state it saves.
+    pub(crate) fn release(&mut self, out: Output) {
+        if self.durable < self.persist_seq {
+            self.held.push_back((self.persist_seq, out));
+        } else {
+            assert!(self.held.is_empty(), "held outputs with every persist durable");
+            self.outputs.push_back(out);
+        }
+    }
+
+    fn handle_persisted(&mut self, seq: PersistSeq) {
+        assert!(seq <= self.persist_seq, "persist {} confirmed, only {} issued", seq.0, self.persist_seq.0);
+        self.durable = self.durable.max(seq);
+        while let Some((needs, _)) = self.held.front()
+            && *needs <= self.durable
+        {
+            let (_, out) = self.held.pop_front().expect("front checked");
+            self.outputs.push_back(out);
+        }
+    }
+
+    /// For drivers that make each `Persist` durable before they carry out
+    /// the next output (tests, simulations, benches): every output, each
+    /// `Persist` confirmed as it is handed over, so what it covers follows
+    /// in the same batch. Carry them out in order.
+    pub fn drain_sync_persist(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        while let Some(o) = self.poll_output() {
+            let seq = match &o {
+                Output::Persist { seq, .. } => Some(*seq),
+                _ => None,
+            };
+            out.push(o);
+            if let Some(seq) = seq {
+                self.handle(self.now, Input::Persisted { seq });
+            }
+        }
+        out
+    }
+
+    /// Outputs wait for a `Persist` the driver has not confirmed.
+    pub fn awaiting_persist(&self) -> bool {
+        self.durable < self.persist_seq
     }
 
     /// Emits a `Persist` and keeps the copy that recovery reloads.
@@ -356,7 +415,9 @@ impl Engine {
         }
         self.persisted_heads = self.doc.heads();
         self.persisted_heads.sort();
-        self.outputs.push_back(Output::Persist { kind, bytes });
+        self.persist_seq = PersistSeq(self.persist_seq.0 + 1);
+        // Persists go out at once, in order; what they cover waits.
+        self.outputs.push_back(Output::Persist { seq: self.persist_seq, kind, bytes });
     }
 
     pub(crate) fn emit(&mut self, event: Event) {

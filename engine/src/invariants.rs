@@ -21,6 +21,9 @@ impl Engine {
     pub(crate) fn check_invariants(&mut self) {
         assert!(self.pending.is_empty(), "outputs held past the end of an input");
         assert!(self.outputs.len() < MAX_QUEUED_OUTPUTS, "{} outputs queued", self.outputs.len());
+        assert!(self.held.len() < MAX_QUEUED_OUTPUTS, "{} outputs wait for a persist", self.held.len());
+        assert!(self.durable <= self.persist_seq, "more persists confirmed than issued");
+        assert!(self.held.is_empty() || self.awaiting_persist(), "outputs held with every persist durable");
         let mesh = self.mesh_peer_count();
         assert!(mesh <= self.config.max_mesh_peers, "mesh of {mesh} over its cap {}", self.config.max_mesh_peers);
         // Dial targets: the rendezvous and the mesh, nothing else.

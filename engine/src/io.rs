@@ -27,7 +27,15 @@ pub enum Input {
     Command { id: CommandId, command: Command },
     /// The time from `poll_timeout` has come (early or spurious is harmless).
     Timeout,
+    /// Every `Output::Persist` up to and including `seq` is durable. The
+    /// outputs that reveal that state are released only now.
+    Persisted { seq: PersistSeq },
 }
+
+/// Numbers the engine's `Persist` outputs, from 1, in the order they must
+/// be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct PersistSeq(pub u64);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -151,12 +159,16 @@ pub enum PersistKind {
     Append,
 }
 
-/// One output from [`crate::Engine::poll_output`]. Drivers must execute them
-/// in order: a `Persist` precedes every `Send` or `Reply` that reveals the
-/// state it saves, so it must be durable before those go out.
+/// One output from [`crate::Engine::poll_output`]. Drivers execute them in
+/// order. What depends on unsaved state cannot go out early by mistake: it
+/// is not even handed over until the driver confirms the `Persist` before
+/// it with [`Input::Persisted`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
+    /// Make `bytes` durable (in `seq` order), then feed
+    /// `Input::Persisted { seq }`.
     Persist {
+        seq: PersistSeq,
         kind: PersistKind,
         bytes: Vec<u8>,
     },

@@ -16,9 +16,13 @@
 //!   that sends garbage is disconnected ([`Output::HangUp`] and
 //!   [`Event::PeerRejected`]).
 //! - After every `handle`, drain [`Engine::poll_output`] until `None` and
-//!   carry out the outputs **in order**. An [`Output::Persist`] always comes
-//!   before any `Send`, `Reply` or `StartRun` that depends on the state it
-//!   saves: make it durable first.
+//!   carry out the outputs **in order**. Persistence before sending is a
+//!   type, not a habit: after an [`Output::Persist`] the engine hands over
+//!   nothing that reveals the state it saves (`Send`, `Reply`, `StartRun`,
+//!   events...) until the driver feeds [`Input::Persisted`] with its
+//!   sequence number. The driver may write off its event loop and keep
+//!   feeding other inputs meanwhile; their outputs queue behind.
+//!   A driver that cannot write stops the node.
 //! - Call `handle(now, Input::Timeout)` at [`Engine::poll_timeout`]. Early
 //!   or extra timeouts are harmless.
 //! - Determinism: the same config, node id, seed and sequence of
@@ -80,7 +84,9 @@ pub use engine::Engine;
 pub use error::{CommandError, ConfigError, IdError};
 pub use identity::{Cert, Credentials};
 pub use ids::{CommandId, ConnId, MAX_ID_LEN, Millis, NodeId, StoryId, Token};
-pub use io::{Command, Event, Input, NewStory, Output, PersistKind, PushError, RejectKind, Reply, RunOutcome};
+pub use io::{
+    Command, Event, Input, NewStory, Output, PersistKind, PersistSeq, PushError, RejectKind, Reply, RunOutcome,
+};
 pub use runs::{RunOutcomeKind, RunRecord, RunReport};
 pub use settings::ClusterSettings;
 pub use story::{RunResult, Stage, StoryState};

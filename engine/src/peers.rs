@@ -299,7 +299,7 @@ impl Engine {
         });
         if let Some(msg) = generated.flatten() {
             let bytes = Envelope::Sync(msg.encode()).encode();
-            self.outputs.push_back(Output::Send { conn, bytes });
+            self.release(Output::Send { conn, bytes });
         }
     }
 

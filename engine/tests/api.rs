@@ -17,7 +17,7 @@ fn engine() -> Engine {
 }
 
 fn drain(e: &mut Engine) -> Vec<Output> {
-    std::iter::from_fn(|| e.poll_output()).collect()
+    e.drain_sync_persist()
 }
 
 fn peer(name: &str) -> PeerHandshake {
@@ -195,7 +195,7 @@ fn restart_from_persisted_bytes_keeps_acknowledged_stories() {
             },
         );
         for o in drain(&mut e) {
-            if let Output::Persist { kind, bytes } = o {
+            if let Output::Persist { kind, bytes, .. } = o {
                 if kind == PersistKind::Snapshot {
                     storage.clear();
                 }
@@ -484,4 +484,44 @@ fn cluster_settings_need_the_ca() {
     drain(&mut plain);
     let outs = set(&mut plain);
     assert!(outs.iter().any(|o| matches!(o, Output::Reply { result: Err(CommandError::NotAuthority), .. })));
+}
+
+/// What a persist covers is not handed over until the driver confirms it:
+/// a driver that writes slowly (on another thread) keeps feeding inputs,
+/// and nothing revealing unsaved state can go out by mistake.
+#[test]
+fn outputs_wait_for_their_persist_to_be_confirmed() {
+    let mut e = engine();
+    handshake(&mut e, ConnId(7), "peer-a");
+    let add = |title: &str| {
+        Command::AddStory(huskies_engine::NewStory {
+            id: None,
+            title: title.into(),
+            stage: Stage::Backlog,
+            body: String::new(),
+            priority: 0,
+            created_ms: 0,
+        })
+    };
+    e.handle(Millis(10), Input::Command { id: CommandId(1), command: add("first") });
+    let first: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    let [Output::Persist { seq: s1, .. }] = first.as_slice() else { panic!("only the persist comes out: {first:?}") };
+    let s1 = *s1;
+    // A second command while the first write is in flight: its persist
+    // comes out at once, its reply waits behind the first's.
+    e.handle(Millis(11), Input::Command { id: CommandId(2), command: add("second") });
+    let second: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    let [Output::Persist { seq: s2, .. }] = second.as_slice() else { panic!("only the persist: {second:?}") };
+    let s2 = *s2;
+    assert!(s2 > s1);
+    assert!(e.awaiting_persist());
+    e.handle(Millis(12), Input::Persisted { seq: s1 });
+    let released: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    assert!(released.iter().any(|o| matches!(o, Output::Reply { id: CommandId(1), .. })), "{released:?}");
+    assert!(!released.iter().any(|o| matches!(o, Output::Reply { id: CommandId(2), .. })), "reply 2 waits");
+    assert!(e.awaiting_persist());
+    e.handle(Millis(13), Input::Persisted { seq: s2 });
+    let rest: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    assert!(rest.iter().any(|o| matches!(o, Output::Reply { id: CommandId(2), .. })), "{rest:?}");
+    assert!(!e.awaiting_persist());
 }

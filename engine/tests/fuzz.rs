@@ -87,7 +87,7 @@ impl Mutator {
 }
 
 fn drain(e: &mut Engine) -> Vec<Output> {
-    std::iter::from_fn(|| e.poll_output()).collect()
+    e.drain_sync_persist()
 }
 
 fn engine(name: &str, seed: u64) -> Engine {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use huskies_engine::{
     ClusterSettings, Command, CommandError, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output,
-    Reply,
+    PersistKind, PersistSeq, Reply,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -165,7 +165,12 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
 struct NodeLoop {
     engine: Engine,
     epoch: Instant,
-    storage: Storage,
+    /// Writes and fsyncs persists on a thread of its own, in order, and
+    /// confirms each on `persisted`; the engine keeps handling inputs
+    /// meanwhile and releases what a persist covers once it is confirmed.
+    writer: std::sync::mpsc::SyncSender<(PersistSeq, PersistKind, Vec<u8>)>,
+    /// Bytes of the document on disk, as the writer last left them.
+    disk_bytes: Arc<std::sync::atomic::AtomicU64>,
     runner: Runner,
     conns: BTreeMap<ConnId, mpsc::Sender<Vec<u8>>>,
     next_inbound: u64,
@@ -196,6 +201,37 @@ struct NodeLoop {
 /// Run and push results waiting for the engine.
 const INPUT_QUEUE: usize = 1_024;
 
+/// Persists queued for the writer before the engine thread waits.
+const WRITE_QUEUE: usize = 64;
+
+type WriteJob = (PersistSeq, PersistKind, Vec<u8>);
+
+/// The storage writer: a thread that applies persists in order, fsyncs,
+/// and confirms each (or reports the first failure and stops).
+fn start_writer(
+    mut storage: Storage,
+    disk_bytes: Arc<std::sync::atomic::AtomicU64>,
+) -> std::io::Result<(std::sync::mpsc::SyncSender<WriteJob>, mpsc::Receiver<std::io::Result<PersistSeq>>)> {
+    let (jobs_tx, jobs) = std::sync::mpsc::sync_channel::<WriteJob>(WRITE_QUEUE);
+    let (done_tx, done) = mpsc::channel(WRITE_QUEUE);
+    std::thread::Builder::new().name("huskies-storage".into()).spawn(move || {
+        let mut last = PersistSeq(0);
+        for (seq, kind, bytes) in jobs {
+            assert!(seq > last, "persists arrive in order: {} after {}", seq.0, last.0);
+            last = seq;
+            let result = storage.persist(kind, &bytes).map(|()| seq);
+            disk_bytes.store(storage.bytes_on_disk(), std::sync::atomic::Ordering::Relaxed);
+            let failed = result.is_err();
+            if done_tx.blocking_send(result).is_err() || failed {
+                // The node is gone, or storage failed: nothing after this
+                // write may be applied over it.
+                break;
+            }
+        }
+    })?;
+    Ok((jobs_tx, done))
+}
+
 /// Starts the node task on a thread of its own; returns its handle and a
 /// task that ends with it. Must be called inside a tokio runtime.
 ///
@@ -210,6 +246,8 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
         ));
     }
     let (storage, bytes) = Storage::open(&opts.data_dir)?;
+    let disk_bytes = Arc::new(std::sync::atomic::AtomicU64::new(storage.bytes_on_disk()));
+    let (writer, persisted) = start_writer(storage, disk_bytes.clone())?;
     let config = engine_config(&opts);
     if let Err(e) = config.validate() {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()));
@@ -230,7 +268,8 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
     let mut node = NodeLoop {
         engine,
         epoch,
-        storage,
+        writer,
+        disk_bytes,
         runner,
         conns: BTreeMap::new(),
         next_inbound: 0,
@@ -262,7 +301,7 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
     let (done_tx, done_rx) = oneshot::channel::<Result<(), NodeError>>();
     std::thread::Builder::new().name("huskies-engine".into()).spawn(move || {
         let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(local) => local.block_on(node.run(rx, input_rx, project, root)),
+            Ok(local) => local.block_on(node.run(rx, input_rx, persisted, project, root)),
             Err(e) => Err(NodeError::Runtime(e)),
         };
         if let Err(e) = &result {
@@ -283,6 +322,7 @@ impl NodeLoop {
         &mut self,
         mut rx: mpsc::Receiver<NodeMsg>,
         mut inputs: mpsc::Receiver<Input>,
+        mut persisted: mpsc::Receiver<std::io::Result<PersistSeq>>,
         project: Arc<Mutex<ProjectConfig>>,
         project_root: PathBuf,
     ) -> Result<(), NodeError> {
@@ -311,12 +351,21 @@ impl NodeLoop {
                         // A signed last beat to every peer: our stories
                         // are reclaimed now, not after the claim timeout.
                         self.internal_command(Command::Leave);
+                        // The goodbye waits for its persist, like any
+                        // output: see it written, then go.
+                        while self.engine.awaiting_persist() && self.failed.is_none() {
+                            match tokio::time::timeout(Duration::from_secs(2), persisted.recv()).await {
+                                Ok(Some(done)) => self.handle_persisted(done),
+                                _ => break,
+                            }
+                        }
                         break;
                     }
                     None => break,
                     Some(msg) => self.handle_msg(msg),
                 },
                 Some(input) = inputs.recv() => self.input(input),
+                Some(done) = persisted.recv() => self.handle_persisted(done),
                 _ = sleep => self.input(Input::Timeout),
                 Some(()) = changed.recv() => {
                     // Editors write in steps (truncate, write, rename): let
@@ -415,7 +464,12 @@ impl NodeLoop {
             NodeMsg::Metrics(reply) => {
                 let changes = self.engine.change_count();
                 let stories = self.engine.stories().map(|(_, v)| (v.state.stage, v.state.failed, v.state.removed));
-                self.metrics.set_state(stories, self.engine.peer_count(), self.storage.bytes_on_disk(), changes);
+                self.metrics.set_state(
+                    stories,
+                    self.engine.peer_count(),
+                    self.disk_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                    changes,
+                );
                 let _ = reply.send(self.metrics.encode());
             }
             NodeMsg::Story(id, reply) => {
@@ -470,10 +524,10 @@ impl NodeLoop {
 
     fn execute(&mut self, out: Output) {
         match out {
-            Output::Persist { kind, bytes } => {
-                if let Err(source) = self.storage.persist(kind, &bytes) {
-                    // The run loop stops the node at its next turn; the
-                    // binary reports the error and exits non-zero.
+            Output::Persist { seq, kind, bytes } => {
+                // Blocks only when 64 writes are queued: back-pressure.
+                if self.writer.send((seq, kind, bytes)).is_err() {
+                    let source = std::io::Error::other("the storage writer stopped");
                     self.failed = Some(NodeError::Storage { dir: self.opts.data_dir.clone(), source });
                 }
             }
@@ -520,6 +574,20 @@ impl NodeLoop {
                 }
             }
             Output::Event(e) => self.observe(e),
+        }
+    }
+
+    /// The writer made a persist durable (release what it covers), or
+    /// failed: then the node stops, and the binary reports the error and
+    /// exits non-zero. Nothing a failed write covers ever goes out.
+    fn handle_persisted(&mut self, done: std::io::Result<PersistSeq>) {
+        match done {
+            Ok(seq) => self.input(Input::Persisted { seq }),
+            Err(source) => {
+                if self.failed.is_none() {
+                    self.failed = Some(NodeError::Storage { dir: self.opts.data_dir.clone(), source });
+                }
+            }
         }
     }
 

@@ -236,7 +236,9 @@ impl SimNode {
         let now = self.ctx.local_ms();
         self.engine.handle(Millis(now), input);
         let sim_now = sim_ms();
-        while let Some(out) = self.engine.poll_output() {
+        // The simulated disk is written at once: each persist is durable
+        // before the outputs it covers are carried out.
+        for out in self.engine.drain_sync_persist() {
             self.oracle().observe(sim_now, &self.ctx.id, &out);
             self.execute(out, now);
         }
@@ -246,7 +248,7 @@ impl SimNode {
 
     fn execute(&mut self, out: Output, now: u64) {
         match out {
-            Output::Persist { kind, bytes } => {
+            Output::Persist { kind, bytes, .. } => {
                 let mut disk = self.ctx.disk.lock().expect("disk lock");
                 if kind == PersistKind::Snapshot {
                     disk.clear();

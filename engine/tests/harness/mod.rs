@@ -350,10 +350,9 @@ impl Harness {
         let now = self.now;
         let Some(engine) = self.nodes[i].engine.as_mut() else { return Vec::new() };
         engine.handle(now, input);
-        let mut outs = Vec::new();
-        while let Some(o) = engine.poll_output() {
-            outs.push(o);
-        }
+        // Storage here is a Vec written at once: each persist is durable
+        // before the outputs it covers are carried out.
+        let outs = engine.drain_sync_persist();
         self.max_mesh_seen = self.max_mesh_seen.max(engine.mesh_peer_count());
         for o in &outs {
             self.execute(i, o.clone());
@@ -365,7 +364,7 @@ impl Harness {
         let line = format!("{} {} {:?}", self.now.0, i, o);
         self.trace_hash = stable_hash(&[&self.trace_hash.to_be_bytes(), line.as_bytes()]);
         match o {
-            Output::Persist { kind, bytes } => {
+            Output::Persist { kind, bytes, .. } => {
                 let st = &mut self.nodes[i].storage;
                 if kind == PersistKind::Snapshot {
                     st.clear();
