@@ -52,6 +52,8 @@ impl Engine {
     pub(crate) fn scan_liveness(&mut self) {
         let now = self.now;
         let holders: Vec<NodeId> = self.index.holders().filter(|h| **h != self.node).cloned().collect();
+        self.liveness.forget_unheard(|n| holders.binary_search(n).is_ok());
+        self.dead.retain(|n| holders.binary_search(n).is_ok());
         for h in holders {
             self.liveness.note_seen(&h, now);
             if !self.liveness.is_alive(&h, now) && self.dead.insert(h.clone()) {

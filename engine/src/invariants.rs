@@ -38,6 +38,11 @@ impl Engine {
         // Beats to relay come only from nodes whose key we verified.
         assert!(self.relay.keys().all(|n| self.keys.contains_key(n)), "relaying a beat of an unknown key");
         assert!(self.sync_due.iter().all(|c| self.conns.contains_key(c)), "sync owed to a closed conn");
+        // Liveness records: nodes heard (their beats were verified against a
+        // key) plus grace periods of current holders, nothing else.
+        let holders = self.index.holders().count();
+        assert!(self.liveness.heard_count() <= self.keys.len(), "beats heard from nodes without a key");
+        assert!(self.liveness.len() <= self.keys.len() + holders, "{} liveness records", self.liveness.len());
         self.inputs_handled += 1;
         if self.inputs_handled.is_multiple_of(FULL_CHECK_EVERY) {
             self.check_index();

@@ -146,6 +146,25 @@ impl Liveness {
         });
     }
 
+    /// Drops the grace periods of nodes never heard that no longer hold
+    /// anything (`holds` says who does): they are only ever noted for
+    /// holding a story, so without this a peer writing made-up holders
+    /// would grow the map for ever. Heard nodes keep their record: it is
+    /// what makes a replayed old beat stale.
+    pub fn forget_unheard(&mut self, holds: impl Fn(&NodeId) -> bool) {
+        self.beats.retain(|n, b| b.incarnation.is_some() || holds(n));
+    }
+
+    /// Nodes with a record: heard, or on a grace period.
+    pub fn len(&self) -> usize {
+        self.beats.len()
+    }
+
+    /// Nodes heard from (a verified beat arrived).
+    pub fn heard_count(&self) -> usize {
+        self.beats.values().filter(|b| b.incarnation.is_some()).count()
+    }
+
     pub fn is_alive(&self, node: &NodeId, now: Millis) -> bool {
         self.beats.get(node).is_some_and(|b| self.fresh(b, now))
     }
@@ -205,6 +224,23 @@ mod tests {
         assert_eq!(l.handle_heartbeat(&hb(1, 51), Millis(20)), News::Stale, "old incarnation is ignored");
         assert_ne!(l.handle_heartbeat(&hb(2, 2), Millis(30)), News::Stale);
         assert!(l.is_alive(&n, Millis(1_029)));
+    }
+
+    /// Grace periods of holders that hold nothing any more are dropped;
+    /// nodes heard keep their record (it makes replayed beats stale).
+    #[test]
+    fn unheard_non_holders_are_forgotten() {
+        let mut l = Liveness::new(1_000);
+        for i in 0..100 {
+            l.note_seen(&NodeId::new(format!("made-up-{i}")).unwrap(), Millis(0));
+        }
+        assert_eq!(l.handle_heartbeat(&hb(1, 1), Millis(0)), News::Urgent);
+        assert_eq!(l.len(), 101);
+        let kept = NodeId::new("made-up-7").unwrap();
+        l.forget_unheard(|n| *n == kept);
+        assert_eq!(l.len(), 2, "the heard node and the one still holding");
+        assert_eq!(l.heard_count(), 1);
+        assert_eq!(l.handle_heartbeat(&hb(1, 1), Millis(10)), News::Stale, "its record still makes replays stale");
     }
 
     #[test]

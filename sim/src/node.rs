@@ -120,7 +120,9 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     // dropped receive is lost), so one task receives and forwards into a
     // channel, whose receive can be timed out safely.
     let ep = Arc::new(ep);
-    let (tx, rx) = async_channel::unbounded();
+    // Bounded: when the node falls behind, the receiving task waits (the
+    // endpoint keeps the datagrams) instead of a queue growing here.
+    let (tx, rx) = async_channel::bounded(1_024);
     let receiver = ep.clone();
     madsim::task::spawn(async move {
         while let Ok(got) = receiver.recv_from_raw(TAG).await {
