@@ -92,7 +92,7 @@ fn work_tree(root: &Path, name: &str, repos: &Path, url: &str) -> PathBuf {
 }
 
 /// One run's work: a worktree from the remote, a commit, a push.
-fn commit_and_push(work: &Path, story: &str, creds: &GitCredentials) -> Result<git2::Oid, git2::Error> {
+fn commit_and_push(work: &Path, story: &str, creds: &GitCredentials) -> Result<git2::Oid, git::GitError> {
     let (wt, base, _) = git::prepare_worktree(work, story, creds, None)?;
     let repo = Repository::open(&wt).unwrap();
     std::fs::write(wt.join(format!("{story}.txt")), "done\n").unwrap();
@@ -147,7 +147,7 @@ fn push_over_git_daemon() {
     assert!(!git::has_unpushed_work(&other, "s1", &creds));
 
     // A ref the remote refuses is an error that names the remote.
-    let e = commit_and_push(&work, "denied", &creds).unwrap_err().message().to_owned();
+    let e = commit_and_push(&work, "denied", &creds).unwrap_err().to_string();
     assert!(e.contains(&url) && e.contains("refs/heads/huskies/denied"), "{e}");
     assert_eq!(remote_tip(&repos, "denied"), None);
 }
@@ -170,21 +170,21 @@ fn push_over_smart_http_with_a_token() {
 
     // No credential at all: the error says which sources were asked.
     let none = GitCredentials::default();
-    let e = commit_and_push(&work, "s2", &none).unwrap_err().message().to_owned();
+    let e = commit_and_push(&work, "s2", &none).unwrap_err().to_string();
     assert!(e.contains(&format!("from {url}")) || e.contains(&format!("to {url}")), "{e}");
     assert!(e.contains("credentials tried"), "{e}");
     assert_eq!(remote_tip(&repos, "s2"), None);
 
     // A wrong token: refused, named as the source tried, never printed.
     let wrong = GitCredentials { token: Some("hgt_wrong-secret".into()), ..Default::default() };
-    let e = commit_and_push(&work, "s3", &wrong).unwrap_err().message().to_owned();
+    let e = commit_and_push(&work, "s3", &wrong).unwrap_err().to_string();
     assert!(e.contains("HUSKIES_GIT_TOKEN") && e.contains(&url), "{e}");
     assert!(!e.contains("hgt_wrong-secret"), "secret in error: {e}");
 
     // A token written into the remote URL by the user stays out of errors.
     let leaky = format!("http://x-access-token:hgt_url-secret@127.0.0.1:{port}/remote.git");
     Repository::open(&work).unwrap().remote_set_url("origin", &leaky).unwrap();
-    let e = commit_and_push(&work, "s4", &none).unwrap_err().message().to_owned();
+    let e = commit_and_push(&work, "s4", &none).unwrap_err().to_string();
     assert!(!e.contains("hgt_url-secret"), "secret in error: {e}");
     assert!(e.contains(&url), "{e}");
 }
@@ -255,7 +255,7 @@ fn push_over_ssh_with_a_key_file() {
         known_hosts: Some(known_hosts.clone()),
         ..Default::default()
     };
-    let e = commit_and_push(&work, "s0", &creds).unwrap_err().message().to_owned();
+    let e = commit_and_push(&work, "s0", &creds).unwrap_err().to_string();
     assert!(e.contains("hostkey") && e.contains("HUSKIES_GIT_KNOWN_HOSTS"), "{e}");
     // Once the host's key is listed, as ssh-keyscan writes it, the push goes through.
     let host_pub = std::fs::read_to_string(dir.0.join("host_key.pub")).unwrap();
@@ -272,7 +272,7 @@ fn push_over_ssh_with_a_key_file() {
     let stranger = keygen("stranger_key");
     let creds =
         GitCredentials { ssh_keys: vec![stranger.clone()], known_hosts: Some(known_hosts), ..Default::default() };
-    let e = commit_and_push(&work, "s2", &creds).unwrap_err().message().to_owned();
+    let e = commit_and_push(&work, "s2", &creds).unwrap_err().to_string();
     assert!(e.contains(&format!("ssh key {}", stranger.display())), "{e}");
     assert_eq!(remote_tip(&repos, "s2"), None);
 }

@@ -7,6 +7,30 @@ use git2::{BranchType, FetchOptions, Oid, PushOptions, Repository, WorktreeAddOp
 
 use crate::gitauth::{GitCredentials, Tried, callbacks, redact};
 
+/// Why a git operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("{}", .0.message())]
+    Git(#[from] git2::Error),
+    /// A file operation on the worktree failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    /// A fetch or push failed at the remote: where (without secrets), why,
+    /// and which credential sources were tried.
+    #[error("{what} {url} failed: {why}{hint} (credentials tried: {tried})")]
+    Remote { what: &'static str, url: String, why: String, hint: &'static str, tried: String },
+    #[error("no commit to start from: the repository is empty")]
+    EmptyRepository,
+    #[error("push of {branch}: the remote kept moving; gave up after {tries} tries")]
+    Contended { branch: String, tries: u32 },
+}
+
+impl GitError {
+    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> GitError + 'a {
+        move |source| GitError::Io { what, path: path.to_owned(), source }
+    }
+}
+
 pub fn branch_name(story: &str) -> String {
     format!("huskies/{story}")
 }
@@ -17,28 +41,24 @@ pub fn worktree_path(project_root: &Path, story: &str) -> PathBuf {
 
 /// A remote operation failed: says where (without secrets), why, and which
 /// credential sources were tried.
-fn remote_error(what: &str, remote: &git2::Remote<'_>, e: &git2::Error, tried: &Tried) -> git2::Error {
+fn remote_error(what: &'static str, remote: &git2::Remote<'_>, why: &str, tried: &Tried) -> GitError {
     let url = remote.url().map_or_else(|_| "?".to_owned(), redact);
-    let hint = if e.message().contains("hostkey") {
+    let hint = if why.contains("hostkey") {
         "; add the host to ~/.ssh/known_hosts (ssh-keyscan) or point HUSKIES_GIT_KNOWN_HOSTS at a file that lists it"
     } else {
         ""
     };
-    git2::Error::from_str(&format!(
-        "{what} {url} failed: {}{hint} (credentials tried: {})",
-        e.message(),
-        tried.describe()
-    ))
+    GitError::Remote { what, url, why: why.to_owned(), hint, tried: tried.describe() }
 }
 
-fn fetch(repo: &Repository, creds: &GitCredentials) -> Result<(), git2::Error> {
+fn fetch(repo: &Repository, creds: &GitCredentials) -> Result<(), GitError> {
     let mut remote = repo.find_remote("origin")?;
     let mut opts = FetchOptions::new();
     let tried = Tried::default();
     opts.remote_callbacks(callbacks(creds, repo.config().ok(), tried.clone()));
     remote
         .fetch(&["+refs/heads/*:refs/remotes/origin/*"], Some(&mut opts), None)
-        .map_err(|e| remote_error("fetch from", &remote, &e, &tried))
+        .map_err(|e| remote_error("fetch from", &remote, e.message(), &tried))
 }
 
 /// Where a run of `story` under claim `token` pushes its work in progress.
@@ -58,7 +78,7 @@ fn resume_point(repo: &Repository, story: &str, token: u64) -> Option<Oid> {
 
 /// The commit a story's work starts from: its branch on the remote if an
 /// earlier stage pushed one, else the remote's default branch, else HEAD.
-fn base_commit(repo: &Repository, story: &str) -> Result<Oid, git2::Error> {
+fn base_commit(repo: &Repository, story: &str) -> Result<Oid, GitError> {
     let candidates = [
         format!("refs/remotes/origin/{}", branch_name(story)),
         "refs/remotes/origin/HEAD".to_owned(),
@@ -71,13 +91,13 @@ fn base_commit(repo: &Repository, story: &str) -> Result<Oid, git2::Error> {
             return Ok(r.peel_to_commit()?.id());
         }
     }
-    Err(git2::Error::from_str("no commit to start from: the repository is empty"))
+    Err(GitError::EmptyRepository)
 }
 
-fn remove_worktree(repo: &Repository, project_root: &Path, story: &str) -> Result<(), git2::Error> {
+fn remove_worktree(repo: &Repository, project_root: &Path, story: &str) -> Result<(), GitError> {
     let path = worktree_path(project_root, story);
     if path.exists() {
-        std::fs::remove_dir_all(&path).map_err(|e| git2::Error::from_str(&e.to_string()))?;
+        std::fs::remove_dir_all(&path).map_err(GitError::io("removing the worktree", &path))?;
     }
     if let Ok(wt) = repo.find_worktree(story) {
         let mut opts = git2::WorktreePruneOptions::new();
@@ -97,7 +117,7 @@ pub fn prepare_worktree(
     story: &str,
     creds: &GitCredentials,
     resume_token: Option<u64>,
-) -> Result<(PathBuf, Oid, bool), git2::Error> {
+) -> Result<(PathBuf, Oid, bool), GitError> {
     let repo = Repository::open(project_root)?;
     if let Err(e) = fetch(&repo, creds) {
         tracing::warn!(%story, error = %e, "fetch failed; starting from what we have");
@@ -117,7 +137,7 @@ pub fn prepare_worktree(
     let branch = repo.branch(&branch_name(story), &commit, true)?;
     let path = worktree_path(project_root, story);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| git2::Error::from_str(&e.to_string()))?;
+        std::fs::create_dir_all(parent).map_err(GitError::io("making the worktrees directory", parent))?;
     }
     let mut opts = WorktreeAddOptions::new();
     let reference = branch.into_reference();
@@ -129,7 +149,7 @@ pub fn prepare_worktree(
 /// Pushes the story's branch, as it is now, to this claim's
 /// work-in-progress ref (a namespace of its own: no other claim writes
 /// there). Returns whether there was anything new to push.
-pub fn push_wip(project_root: &Path, story: &str, token: u64, creds: &GitCredentials) -> Result<bool, git2::Error> {
+pub fn push_wip(project_root: &Path, story: &str, token: u64, creds: &GitCredentials) -> Result<bool, GitError> {
     let repo = Repository::open(project_root)?;
     let Some(head) = branch_head(project_root, story) else { return Ok(false) };
     let wip = wip_ref(story, token);
@@ -144,7 +164,7 @@ pub fn push_wip(project_root: &Path, story: &str, token: u64, creds: &GitCredent
     opts.remote_callbacks(callbacks(creds, repo.config().ok(), tried.clone()));
     remote
         .push(&[format!("+{local}:{wip}").as_str()], Some(&mut opts))
-        .map_err(|e| remote_error("push to", &remote, &e, &tried))?;
+        .map_err(|e| remote_error("push to", &remote, e.message(), &tried))?;
     // Remember what the remote has, so an unchanged branch is not pushed again.
     repo.reference(&format!("refs/remotes/origin/{}", &wip["refs/heads/".len()..]), head, true, "huskies: wip pushed")?;
     Ok(true)
@@ -231,7 +251,7 @@ fn push_leased(
     remote: &mut git2::Remote<'_>,
     creds: &GitCredentials,
     updates: &[(String, String, Oid)],
-) -> Result<Result<(), String>, git2::Error> {
+) -> Result<Result<(), String>, GitError> {
     let tried = Tried::default();
     let mut cb = callbacks(creds, repo.config().ok(), tried.clone());
     let expected: Vec<(String, Oid)> = updates.iter().map(|(_, dst, old)| (dst.clone(), *old)).collect();
@@ -260,7 +280,7 @@ fn push_leased(
     let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
     match remote.push(&specs, Some(&mut opts)) {
         Err(e) if e.message().contains("lease broken") => return Ok(Err(e.message().to_owned())),
-        Err(e) => return Err(remote_error("push to", remote, &e, &tried)),
+        Err(e) => return Err(remote_error("push to", remote, e.message(), &tried)),
         Ok(()) => {}
     }
     let why = refused.borrow_mut().take();
@@ -272,7 +292,7 @@ fn push_leased(
         {
             Ok(Err(why))
         }
-        Some(why) => Err(remote_error("push to", remote, &git2::Error::from_str(&format!("refused {why}")), &tried)),
+        Some(why) => Err(remote_error("push to", remote, &format!("refused {why}"), &tried)),
     }
 }
 
@@ -289,12 +309,15 @@ fn push_leased(
 ///   `Fenced` as well; nothing of a person's is overwritten.
 ///
 /// A lost race (the remote moved between fetch and push) starts over.
-pub fn push(project_root: &Path, story: &str, claim: Claim<'_>, creds: &GitCredentials) -> Result<Pushed, git2::Error> {
+/// Fetch-and-push rounds before a push that keeps losing races gives up.
+const PUSH_TRIES: u32 = 4;
+
+pub fn push(project_root: &Path, story: &str, claim: Claim<'_>, creds: &GitCredentials) -> Result<Pushed, GitError> {
     let repo = Repository::open(project_root)?;
     let ours = seal(&repo, story, claim)?;
     let branch_ref = format!("refs/heads/{}", branch_name(story));
     let tracking = format!("refs/remotes/origin/{}", branch_name(story));
-    for _ in 0..4 {
+    for _ in 0..PUSH_TRIES {
         fetch(&repo, creds)?;
         let mut remote = repo.find_remote("origin")?;
         let theirs = repo.refname_to_id(&tracking).ok();
@@ -341,7 +364,7 @@ pub fn push(project_root: &Path, story: &str, claim: Claim<'_>, creds: &GitCrede
             Err(why) => tracing::debug!(%story, %why, "the remote moved during the push; trying again"),
         }
     }
-    Err(git2::Error::from_str(&format!("push of {branch_ref}: the remote kept moving; gave up after 4 tries")))
+    Err(GitError::Contended { branch: branch_ref, tries: PUSH_TRIES })
 }
 
 /// The tip of the story's local branch.
@@ -363,7 +386,7 @@ pub fn has_unpushed_work(project_root: &Path, story: &str, creds: &GitCredential
     }
 }
 
-pub fn prune(project_root: &Path, story: &str) -> Result<(), git2::Error> {
+pub fn prune(project_root: &Path, story: &str) -> Result<(), GitError> {
     let repo = Repository::open(project_root)?;
     let _turn = WORKTREES.lock().unwrap_or_else(|p| p.into_inner());
     remove_worktree(&repo, project_root, story)?;

@@ -110,7 +110,7 @@ impl Runner {
                 Ok(Ok(git::Pushed::Fenced { by_token, kept })) => {
                     Err(PushError::Fenced { by_token: by_token.map(Token), kept })
                 }
-                Ok(Err(e)) => Err(PushError::Failed(e.message().to_owned())),
+                Ok(Err(e)) => Err(PushError::Failed(e.to_string())),
                 Err(e) => Err(PushError::Failed(e.to_string())),
             };
             let _ = inputs.send(Input::PushFinished { story, token, outcome }).await;
@@ -204,7 +204,7 @@ impl AgentRun {
                 .await;
         let (worktree, base, from_wip) = match prepared {
             Ok(Ok(p)) => p,
-            Ok(Err(e)) => return failed(format!("worktree: {}", e.message())),
+            Ok(Err(e)) => return failed(format!("worktree: {e}")),
             Err(e) => return failed(format!("worktree: {e}")),
         };
         let story_file = story_file_path(&self.root, &self.story);
@@ -274,7 +274,7 @@ impl AgentRun {
                     match tokio::task::spawn_blocking(move || git::push_wip(&root, story.as_str(), token, &creds)).await {
                         Ok(Ok(true)) => tracing::info!(story = %self.story, token = %self.token, "pushed work in progress"),
                         Ok(Ok(false)) => {}
-                        Ok(Err(e)) => tracing::warn!(story = %self.story, error = %e.message(), "work-in-progress push failed"),
+                        Ok(Err(e)) => tracing::warn!(story = %self.story, error = %e, "work-in-progress push failed"),
                         Err(e) => tracing::warn!(story = %self.story, error = %e, "work-in-progress push failed"),
                     }
                 }
