@@ -167,6 +167,18 @@ fn sessions_need_the_key_and_actions_need_the_csrf_token() {
     assert_eq!(post(Some(&csrf)), 201);
     let status = http().get(format!("{base}/api/status")).header("cookie", &cookie).call().unwrap();
     assert_eq!(status.status().as_u16(), 200, "a session reads");
+    // The CLI tells a script "refused" (4) from "unreachable" (3).
+    let cli_exit = |server: &str, key: &str| {
+        let out = Command::new(support::EXE).args(["status", "--server", server, "--key", key]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = cli_exit(&base, "wrong");
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("missing or wrong admin key"), "{err}");
+    let (code, err) = cli_exit(&format!("http://127.0.0.1:{}", support::free_port()), &c.key);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+
     // Logged out, the cookie is worth nothing.
     let r =
         http().post(format!("{base}/ui/logout")).header("cookie", &cookie).header("x-csrf-token", &csrf).send_empty();

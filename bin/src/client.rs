@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
+use crate::error::CliError;
+
 pub struct Client {
     base: String,
     key: Option<String>,
@@ -19,7 +21,7 @@ pub struct Client {
 impl Client {
     /// `base` is `http://host:port` or `https://host:port`; `key` the
     /// admin key; https verifies against the system roots plus `ca_cert`.
-    pub fn new(base: &str, key: Option<String>, ca_cert: Option<&Path>) -> Result<Client, String> {
+    pub fn new(base: &str, key: Option<String>, ca_cert: Option<&Path>) -> Result<Client, CliError> {
         let mut config =
             ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10)));
         // Reading the system roots costs a few ms: only when TLS is used.
@@ -42,83 +44,91 @@ impl Client {
         format!("Bearer {}", token.or(self.key.as_deref()).unwrap_or(""))
     }
 
-    fn decode<T: DeserializeOwned>(mut resp: ureq::http::Response<ureq::Body>) -> Result<T, String> {
+    fn decode<T: DeserializeOwned>(url: &str, mut resp: ureq::http::Response<ureq::Body>) -> Result<T, CliError> {
         let status = resp.status();
         if status.is_success() {
-            resp.body_mut().read_json::<T>().map_err(|e| format!("bad answer from the node: {e}"))
+            resp.body_mut()
+                .read_json::<T>()
+                .map_err(|e| CliError::BadAnswer { url: url.to_owned(), reason: e.to_string() })
         } else {
-            match resp.body_mut().read_json::<ApiError>() {
-                Ok(e) => Err(e.error),
-                Err(_) => Err(format!("the node answered {status}")),
-            }
+            let message = match resp.body_mut().read_json::<ApiError>() {
+                Ok(e) => e.error,
+                Err(_) => format!("the node answered {status}"),
+            };
+            Err(CliError::Refused { status: status.as_u16(), message })
         }
     }
 
-    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B, token: Option<&str>) -> Result<T, String> {
+    fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        token: Option<&str>,
+    ) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
         let resp = self
             .agent
             .post(&url)
             .header("authorization", &self.auth(token))
             .send_json(body)
-            .map_err(|e| format!("cannot reach {url}: {e}"))?;
-        Self::decode(resp)
+            .map_err(|e| CliError::Unreachable { url: url.clone(), source: Box::new(e) })?;
+        Self::decode(&url, resp)
     }
 
-    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
         let resp = self
             .agent
             .get(&url)
             .header("authorization", &self.auth(None))
             .call()
-            .map_err(|e| format!("cannot reach {url}: {e}"))?;
-        Self::decode(resp)
+            .map_err(|e| CliError::Unreachable { url: url.clone(), source: Box::new(e) })?;
+        Self::decode(&url, resp)
     }
 
-    pub fn status(&self) -> Result<Status, String> {
+    pub fn status(&self) -> Result<Status, CliError> {
         self.get("/api/status")
     }
 
-    pub fn add_story(&self, story: &AddStory) -> Result<String, String> {
+    pub fn add_story(&self, story: &AddStory) -> Result<String, CliError> {
         let v: serde_json::Value = self.post("/api/stories", story, None)?;
         Ok(v["id"].as_str().unwrap_or_default().to_owned())
     }
 
-    pub fn story(&self, id: &str) -> Result<StoryDetail, String> {
+    pub fn story(&self, id: &str) -> Result<StoryDetail, CliError> {
         self.get(&format!("/api/stories/{id}"))
     }
 
-    pub fn edit_story(&self, id: &str, edit: &EditStory) -> Result<serde_json::Value, String> {
+    pub fn edit_story(&self, id: &str, edit: &EditStory) -> Result<serde_json::Value, CliError> {
         self.post(&format!("/api/stories/{id}/edit"), edit, None)
     }
 
-    pub fn remove_story(&self, id: &str) -> Result<serde_json::Value, String> {
+    pub fn remove_story(&self, id: &str) -> Result<serde_json::Value, CliError> {
         self.post(&format!("/api/stories/{id}/remove"), &serde_json::json!({}), None)
     }
 
-    pub fn retry_story(&self, id: &str) -> Result<serde_json::Value, String> {
+    pub fn retry_story(&self, id: &str) -> Result<serde_json::Value, CliError> {
         self.post(&format!("/api/stories/{id}/retry"), &serde_json::json!({}), None)
     }
 
-    pub fn log(&self, id: &str, stage: Option<&str>, offset: u64) -> Result<LogSlice, String> {
+    pub fn log(&self, id: &str, stage: Option<&str>, offset: u64) -> Result<LogSlice, CliError> {
         let stage = stage.map(|s| format!("&stage={s}")).unwrap_or_default();
         self.get(&format!("/api/logs/{id}?offset={offset}{stage}"))
     }
 
-    pub fn move_story(&self, id: &str, stage: &str) -> Result<serde_json::Value, String> {
+    pub fn move_story(&self, id: &str, stage: &str) -> Result<serde_json::Value, CliError> {
         self.post(&format!("/api/stories/{id}/move"), &MoveStory { stage: stage.to_owned() }, None)
     }
 
-    pub fn join(&self, token: &str, node: &str, key_hex: &str) -> Result<Joined, String> {
+    pub fn join(&self, token: &str, node: &str, key_hex: &str) -> Result<Joined, CliError> {
         self.post("/api/join", &JoinRequest { node: node.to_owned(), key: key_hex.to_owned() }, Some(token))
     }
 
-    pub fn nodes(&self) -> Result<Vec<NodeStatus>, String> {
+    pub fn nodes(&self) -> Result<Vec<NodeStatus>, CliError> {
         self.get("/api/nodes")
     }
 
-    pub fn revoke(&self, node: &str) -> Result<serde_json::Value, String> {
+    pub fn revoke(&self, node: &str) -> Result<serde_json::Value, CliError> {
         self.post(&format!("/api/nodes/{node}/revoke"), &serde_json::json!({}), None)
     }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use huskies_net::auth;
 
 use crate::client::Client;
+use crate::error::CliError;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -100,17 +101,17 @@ fn project_toml(cmd: &str, args: &[String]) -> String {
     s
 }
 
-fn wait_healthy(client: &Client, what: &str) -> Result<(), String> {
+fn wait_healthy(client: &Client, what: &str) -> Result<(), CliError> {
     for _ in 0..200 {
         if client.healthy() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!("{what} did not come up"))
+    Err(format!("{what} did not come up").into())
 }
 
-pub fn run(a: DemoArgs) -> Result<(), String> {
+pub fn run(a: DemoArgs) -> Result<(), CliError> {
     #[allow(clippy::disallowed_methods)] // wall time of a real run
     let started = Instant::now();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -136,7 +137,7 @@ fn spawn(exe: &Path, args: &[String], log: &Path) -> Result<Child, String> {
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))
 }
 
-fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<(), String> {
+fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<(), CliError> {
     let s = |p: &Path| p.to_string_lossy().into_owned();
     println!("huskies demo: {} agents, {} stories, scratch {}", a.agents, a.stories, scratch.display());
     let remote = git_fixture(scratch)?;
@@ -312,7 +313,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
             if tty {
                 println!();
             }
-            return Err(format!("timed out after {} s with {done}/{} done", a.timeout_secs, a.stories));
+            return Err(format!("timed out after {} s with {done}/{} done", a.timeout_secs, a.stories).into());
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -362,7 +363,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         );
         wait_for_ctrl_c()?;
     }
-    if done == a.stories { Ok(()) } else { Err(format!("{} stories failed for good", a.stories - done)) }
+    if done == a.stories { Ok(()) } else { Err(format!("{} stories failed for good", a.stories - done).into()) }
 }
 
 /// Blocks until SIGINT or SIGTERM.

@@ -2,6 +2,7 @@
 
 mod client;
 mod demo;
+mod error;
 mod run;
 mod standin;
 mod stories;
@@ -10,6 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::CliError;
 
 #[derive(Parser)]
 #[command(name = "huskies", version, about = "Coordinate a fleet of headless build agents over a CRDT pipeline")]
@@ -276,13 +279,13 @@ fn main() -> ExitCode {
             NodeCmd::Revoke { id } => run::node_revoke(&target, &id),
         },
         Cmd::Demo(args) => demo::run(args),
-        Cmd::StandIn(args) => standin::run(args),
+        Cmd::StandIn(args) => standin::run(args).map_err(CliError::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -11,6 +11,7 @@ use huskies_net::project::ProjectConfig;
 use huskies_net::{NodeOptions, auth, run_node, tls};
 
 use crate::client::{Client, http_base};
+use crate::error::CliError;
 
 /// TLS for a node's `/crdt-sync` and API, and the roots it trusts.
 #[derive(clap::Args, Clone, Default)]
@@ -74,7 +75,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn client(&self) -> Result<Client, String> {
+    pub fn client(&self) -> Result<Client, CliError> {
         Client::new(&self.server, self.key_value()?, self.ca_cert.as_deref())
     }
 
@@ -281,7 +282,7 @@ pub fn server(
     node_id_arg: Option<String>,
     tls_args: TlsArgs,
     web: WebArgs,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let tls = tls_args.server_config()?;
     let advertise = advertise_url(listen, advertise.as_deref(), tls.is_some())?;
     let tls_client = tls_args.client_config()?;
@@ -315,7 +316,7 @@ pub fn server(
         tls_client,
     };
     let enroll = Enroll { dir: data_dir, ca_secret: ca };
-    serve(opts, auth::hash(&key), Some(enroll), tls, web)
+    Ok(serve(opts, auth::hash(&key), Some(enroll), tls, web)?)
 }
 
 pub struct AgentArgs {
@@ -332,7 +333,7 @@ pub struct AgentArgs {
     pub web: WebArgs,
 }
 
-pub fn agent(a: AgentArgs) -> Result<(), String> {
+pub fn agent(a: AgentArgs) -> Result<(), CliError> {
     // Checked before anything else, so a bad address spends no join token.
     let listen: SocketAddr = format!("{}:{}", a.host, a.port).parse().map_err(|e| format!("bad --host/--port: {e}"))?;
     let tls = a.tls.server_config()?;
@@ -351,7 +352,8 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
         return Err(format!(
             "{} configures no agents; add e.g. [agents.current] command = \"claude\"",
             ProjectConfig::path(&project_root).display()
-        ));
+        )
+        .into());
     }
     let data_dir = a.data_dir.map_or_else(|| state_dir(&format!("agent-{}", a.port)), Ok)?;
     let (node_id, credentials, admin_sha256) = match auth::load_node(&data_dir).map_err(|e| e.to_string())? {
@@ -359,7 +361,8 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
             return Err(format!(
                 "{} holds the credentials of node {n}; use another --data-dir for another node id",
                 data_dir.display()
-            ));
+            )
+            .into());
         }
         Some(stored) => stored,
         None => {
@@ -379,7 +382,7 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
                 .ok_or_else(bad)?;
             let cert = huskies_engine::Cert::from_hex(&joined.cert).filter(|c| c.key == key).ok_or_else(bad)?;
             if !huskies_engine::identity::verify_cert(&ca, &node_id, &cert) {
-                return Err(bad());
+                return Err(bad().into());
             }
             let creds = Credentials { ca, secret, cert, ca_secret: None };
             auth::store_node(&data_dir, &node_id, &creds, &joined.admin_sha256).map_err(|e| e.to_string())?;
@@ -399,10 +402,10 @@ pub fn agent(a: AgentArgs) -> Result<(), String> {
         project,
         tls_client,
     };
-    serve(opts, admin_sha256, None, tls, a.web)
+    Ok(serve(opts, admin_sha256, None, tls, a.web)?)
 }
 
-pub fn token_create(data_dir: Option<PathBuf>, ttl: u64) -> Result<(), String> {
+pub fn token_create(data_dir: Option<PathBuf>, ttl: u64) -> Result<(), CliError> {
     let data_dir = &data_dir.map_or_else(|| state_dir("server"), Ok)?;
     auth::server_key(data_dir).map_err(|e| e.to_string())?;
     let token = auth::create_join_token(data_dir, ttl, unix_now()).map_err(|e| e.to_string())?;
@@ -410,7 +413,7 @@ pub fn token_create(data_dir: Option<PathBuf>, ttl: u64) -> Result<(), String> {
     Ok(())
 }
 
-pub fn node_list(t: &Target, json: bool) -> Result<(), String> {
+pub fn node_list(t: &Target, json: bool) -> Result<(), CliError> {
     let nodes = t.client()?.nodes()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&nodes).map_err(|e| e.to_string())?);
@@ -430,13 +433,13 @@ pub fn node_list(t: &Target, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-pub fn node_revoke(t: &Target, id: &str) -> Result<(), String> {
+pub fn node_revoke(t: &Target, id: &str) -> Result<(), CliError> {
     t.client()?.revoke(id)?;
     println!("{id}: revoked; every node refuses it and its stories are reclaimed");
     Ok(())
 }
 
-pub fn status(t: &Target, json: bool) -> Result<(), String> {
+pub fn status(t: &Target, json: bool) -> Result<(), CliError> {
     let s = t.client()?.status()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?);
@@ -484,11 +487,11 @@ pub fn status(t: &Target, json: bool) -> Result<(), String> {
 
 /// `huskies dashboard`: the node's dashboard URL with the admin key in the
 /// fragment (the page trades it for a session cookie and drops it).
-pub fn dashboard_link(target: &Target) -> Result<(), String> {
+pub fn dashboard_link(target: &Target) -> Result<(), CliError> {
     let key = target.key_value()?.ok_or("no admin key")?;
     let base = target.server.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(format!("--server {base:?}: expected an http:// or https:// address"));
+        return Err(format!("--server {base:?}: expected an http:// or https:// address").into());
     }
     println!("{base}/#key={key}");
     Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 use huskies_net::status::{AddStory, EditStory, StoryDetail};
 
 use crate::client::{Client, http_base};
+use crate::error::CliError;
 use crate::run::Target;
 
 /// A body from `--body TEXT` or `--body-file F` (`-` reads stdin).
@@ -42,7 +43,7 @@ pub fn add(
     stage: &str,
     body: &BodyArgs,
     priority: i64,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let story = AddStory {
         title: title.to_owned(),
         id: id.map(str::to_owned),
@@ -54,7 +55,13 @@ pub fn add(
     Ok(())
 }
 
-pub fn edit(t: &Target, id: &str, title: Option<String>, body: &BodyArgs, priority: Option<i64>) -> Result<(), String> {
+pub fn edit(
+    t: &Target,
+    id: &str,
+    title: Option<String>,
+    body: &BodyArgs,
+    priority: Option<i64>,
+) -> Result<(), CliError> {
     let edit = EditStory { title, body: body.read()?, priority };
     if edit.title.is_none() && edit.body.is_none() && edit.priority.is_none() {
         return Err("nothing to change: pass --title, --body, --body-file or --priority".into());
@@ -64,25 +71,25 @@ pub fn edit(t: &Target, id: &str, title: Option<String>, body: &BodyArgs, priori
     Ok(())
 }
 
-pub fn move_to(t: &Target, id: &str, stage: &str) -> Result<(), String> {
+pub fn move_to(t: &Target, id: &str, stage: &str) -> Result<(), CliError> {
     let v = t.client()?.move_story(id, stage)?;
     println!("{id}: {} -> {}", v["from"].as_str().unwrap_or("?"), v["to"].as_str().unwrap_or("?"));
     Ok(())
 }
 
-pub fn remove(t: &Target, id: &str) -> Result<(), String> {
+pub fn remove(t: &Target, id: &str) -> Result<(), CliError> {
     let v = t.client()?.remove_story(id)?;
     println!("{id}: removed at token {} (a run of it, if any, is stopped)", v["token"]);
     Ok(())
 }
 
-pub fn retry(t: &Target, id: &str) -> Result<(), String> {
+pub fn retry(t: &Target, id: &str) -> Result<(), CliError> {
     let v = t.client()?.retry_story(id)?;
     println!("{id}: retrying at token {}", v["token"]);
     Ok(())
 }
 
-pub fn list(t: &Target, all: bool) -> Result<(), String> {
+pub fn list(t: &Target, all: bool) -> Result<(), CliError> {
     let s = t.client()?.status()?;
     for st in s.stories.iter().filter(|st| all || !st.removed) {
         let holder = st.holder.as_ref().map(|h| format!(" [{h}]")).unwrap_or_default();
@@ -97,7 +104,7 @@ pub fn list(t: &Target, all: bool) -> Result<(), String> {
     Ok(())
 }
 
-pub fn show(t: &Target, id: &str, json: bool) -> Result<(), String> {
+pub fn show(t: &Target, id: &str, json: bool) -> Result<(), CliError> {
     let d = t.client()?.story(id)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d).map_err(|e| e.to_string())?);
@@ -155,7 +162,7 @@ pub fn render(d: &StoryDetail) -> String {
 
 /// `huskies logs`: a run's log from the node that ran it (the holder's
 /// live log while it runs, else the newest run record's node).
-pub fn logs(t: &Target, id: &str, stage: Option<&str>, follow: bool) -> Result<(), String> {
+pub fn logs(t: &Target, id: &str, stage: Option<&str>, follow: bool) -> Result<(), CliError> {
     let admin = t.client()?;
     let d = admin.story(id)?;
     let status = admin.status()?;
@@ -175,7 +182,9 @@ pub fn logs(t: &Target, id: &str, stage: Option<&str>, follow: bool) -> Result<(
     let rec = status.nodes.iter().find(|n| n.id == node);
     let address = rec.and_then(|n| n.address.clone()).ok_or_else(|| format!("node {node} has no address on record"))?;
     if rec.is_some_and(|n| !n.alive) {
-        return Err(format!("node {node} ({address}) is offline: its log of {id} cannot be fetched until it is back"));
+        return Err(
+            format!("node {node} ({address}) is offline: its log of {id} cannot be fetched until it is back").into()
+        );
     }
     let client = Client::new(&http_base(&address)?, t.key_value()?, t.ca_cert.as_deref())?;
     let mut offset = 0;
