@@ -33,19 +33,41 @@ impl Profile {
     pub const CALM_AGENT: AgentProfile =
         AgentProfile { run_min_ms: 300, run_max_ms: 1_500, fail_pct: 0, hang_pct: 0, push_fail_pct: 0 };
 
-    /// The random faults this profile turns on.
-    pub fn fault_kinds(&self) -> Vec<&'static str> {
+    /// The random faults this profile turns on, in a fixed order (the
+    /// seed picks among them by index).
+    pub fn fault_kinds(&self) -> Vec<FaultKind> {
         [
-            (self.partitions, "partition"),
-            (self.asymmetric, "asymmetric"),
-            (self.swizzle, "swizzle"),
-            (self.crashes, "crash"),
-            (self.pauses, "pause"),
-            (self.clock_skew, "clock-jump"),
+            (self.partitions, FaultKind::Partition),
+            (self.asymmetric, FaultKind::OneWayCut),
+            (self.swizzle, FaultKind::SwizzleClog),
+            (self.crashes, FaultKind::Crash),
+            (self.pauses, FaultKind::Pause),
+            (self.clock_skew, FaultKind::ClockJump),
         ]
         .into_iter()
         .filter_map(|(on, kind)| on.then_some(kind))
         .collect()
+    }
+
+    /// The whole profile on one line, for the log of every seed.
+    pub fn describe(&self) -> String {
+        let kinds: Vec<String> = self.fault_kinds().iter().map(|k| k.to_string()).collect();
+        let a = &self.agent;
+        let faults = match kinds.is_empty() {
+            true => "no random faults".to_owned(),
+            false => format!("faults [{}] every ~{} ms", kinds.join(", "), self.fault_every_ms),
+        };
+        format!(
+            "{faults}, clock skew {}, latency {}-{} ms, runs {}-{} ms failing {}% hanging {}%, pushes failing {}%",
+            if self.clock_skew { "on" } else { "off" },
+            self.latency_ms.0,
+            self.latency_ms.1,
+            a.run_min_ms,
+            a.run_max_ms,
+            a.fail_pct,
+            a.hang_pct,
+            a.push_fail_pct
+        )
     }
 
     /// No faults at all.
@@ -86,6 +108,39 @@ impl Profile {
             },
             fault_every_ms: 500 + madsim::rand::random::<u64>() % 3_000,
         }
+    }
+}
+
+/// The faults a profile can inject at random. Each is tied to what the
+/// oracle checks through it: safety all along (fencing, no regressions,
+/// mesh cap, no lasting duplicate runs), convergence and liveness after the
+/// heal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// A random side cut off from the rest, both ways.
+    Partition,
+    /// One link cut in one direction.
+    OneWayCut,
+    /// Some nodes cut off from everyone, restored in random order.
+    SwizzleClog,
+    /// An agent killed (restarted from its persisted bytes later).
+    Crash,
+    /// An agent frozen past the claim timeout (a zombie when it wakes).
+    Pause,
+    /// An agent's clock jumps forward.
+    ClockJump,
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FaultKind::Partition => "partition",
+            FaultKind::OneWayCut => "one-way cut",
+            FaultKind::SwizzleClog => "swizzle-clog",
+            FaultKind::Crash => "crash",
+            FaultKind::Pause => "pause",
+            FaultKind::ClockJump => "clock jump",
+        })
     }
 }
 
@@ -167,7 +222,10 @@ impl Scenario {
 pub struct Report {
     pub scenario: &'static str,
     pub seed: u64,
+    /// The profile the seed drew, in full.
     pub profile: String,
+    /// Simulated time each phase took.
+    pub phases: Vec<(&'static str, u64)>,
     pub violations: Vec<String>,
     pub trace_hash: u64,
     pub sim_ms: u64,
@@ -269,7 +327,7 @@ impl SimCluster {
         let kind = *kinds.get(self.rand(kinds.len()))?;
         let n = self.nodes.len();
         Some(match kind {
-            "partition" => {
+            FaultKind::Partition => {
                 let side: Vec<usize> = (0..n).filter(|_| self.rand(3) == 0).collect();
                 for &a in &side {
                     for b in (0..n).filter(|b| !side.contains(b)) {
@@ -279,14 +337,14 @@ impl SimCluster {
                 }
                 format!("partition {side:?}")
             }
-            "asymmetric" => {
+            FaultKind::OneWayCut => {
                 let (a, b) = (self.rand(n), self.rand(n));
                 if a != b {
                     self.clog(a, b);
                 }
                 format!("one-way cut {a} -> {b}")
             }
-            "swizzle" => {
+            FaultKind::SwizzleClog => {
                 let k = 1 + self.rand(n / 2);
                 let mut chosen = Vec::new();
                 for _ in 0..k {
@@ -299,7 +357,7 @@ impl SimCluster {
                 self.clogged_nodes.extend(&chosen);
                 format!("swizzle-clog {chosen:?}")
             }
-            "crash" => {
+            FaultKind::Crash => {
                 let i = self.agent();
                 if self.crashed.contains(&i) {
                     return None;
@@ -307,7 +365,7 @@ impl SimCluster {
                 self.crash(i, oracle);
                 format!("crash {i}")
             }
-            "pause" => {
+            FaultKind::Pause => {
                 let i = self.agent();
                 if self.paused.contains(&i) || self.crashed.contains(&i) {
                     return None;
@@ -316,7 +374,7 @@ impl SimCluster {
                 self.paused.push(i);
                 format!("pause {i} (claim timeout {} ms)", cfg.claim_timeout_ms)
             }
-            _ => {
+            FaultKind::ClockJump => {
                 let i = self.agent();
                 let jump = 500 + self.rand(5_000) as u64;
                 self.ctxs[i].clock.lock().expect("clock").offset_ms += jump;
@@ -376,17 +434,39 @@ fn now_ms() -> u64 {
     TimeHandle::current().elapsed().as_millis() as u64
 }
 
+/// One seed, in the VOPR's phases: the seed's profile is fixed first (and
+/// logged in full), then a cluster starts and gets its stories; **faults**
+/// injects the profile's random faults and the script; **heal** restores
+/// everything and waits for the cluster to settle (liveness); **idle**
+/// checks an idle document does not grow; **verify** runs the final checks.
 async fn simulate(s: Scenario, seed: u64) -> Report {
     let profile = match s.profile {
         ProfileChoice::Fixed(p) => p,
         ProfileChoice::Random => Profile::random(),
     };
+    let oracle = Arc::new(Mutex::new(Oracle::new(s.config.max_mesh_peers)));
+    let mut cluster = start_cluster(&s, &profile, &oracle);
+    add_stories(&s).await;
+    let mut phases = Vec::new();
+    let t = now_ms();
+    let faults = fault_phase(&s, &profile, &mut cluster, &oracle).await;
+    phases.push(("faults", now_ms() - t));
+    let t = now_ms();
+    let heal_ms = heal_phase(&s, &profile, &mut cluster, &oracle).await;
+    phases.push(("heal", now_ms() - t));
+    let t = now_ms();
+    let idle_save_len = idle_phase(&s, &cluster, &oracle, heal_ms.is_some()).await;
+    phases.push(("idle", now_ms() - t));
+    verify(&s, seed, &profile, &oracle, heal_ms, idle_save_len, faults, phases)
+}
+
+/// The rendezvous and the agents, each a madsim node running the engine.
+fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<Oracle>>) -> SimCluster {
     let handle = Handle::current();
     let net = NetSim::current();
     net.update_config(|c| {
         c.send_latency = Duration::from_millis(profile.latency_ms.0)..Duration::from_millis(profile.latency_ms.1 + 1);
     });
-    let oracle = Arc::new(Mutex::new(Oracle::new(s.config.max_mesh_peers)));
     let rendezvous = format!("sim://{}", SocketAddr::new(ip(0), PORT));
     let mut nodes = Vec::new();
     let mut ctxs = Vec::new();
@@ -422,20 +502,23 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         nodes.push(node);
         ctxs.push(ctx);
     }
-    let mut cluster = SimCluster {
-        handle: handle.clone(),
-        net: net.clone(),
+    SimCluster {
+        handle,
+        net,
         nodes,
         ctxs,
         crashed: Vec::new(),
         paused: Vec::new(),
         clogged_nodes: Vec::new(),
         clogged_links: Vec::new(),
-    };
+    }
+}
 
-    // Warm up, then add all stories at once through the rendezvous, as the
-    // CLI would.
+/// Warm up, then add all stories at once through the rendezvous, as the
+/// CLI would.
+async fn add_stories(s: &Scenario) {
     sleep(Duration::from_millis(2_000)).await;
+    let handle = Handle::current();
     let client = handle.create_node().name("client").ip(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9))).build();
     let n_stories = s.stories;
     let target = SocketAddr::new(ip(0), PORT);
@@ -455,8 +538,16 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         })
         .await
         .expect("client task");
+}
 
-    // Fault phase: the profile's random faults, and the script.
+/// The profile's random faults (and relaxations) until `fault_ms`, and the
+/// script; returns what was injected, with times.
+async fn fault_phase(
+    s: &Scenario,
+    profile: &Profile,
+    cluster: &mut SimCluster,
+    oracle: &Arc<Mutex<Oracle>>,
+) -> Vec<String> {
     let start = now_ms();
     let fault_end = start + s.fault_ms;
     let mut faults = Vec::new();
@@ -476,7 +567,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         sleep(Duration::from_millis(next.saturating_sub(now_ms()))).await;
         if now_ms() >= next_script {
             let (_, f) = script.next().expect("peeked");
-            cluster.scripted(f, &oracle);
+            cluster.scripted(f, oracle);
             faults.push(format!("{} ms: {f:?}", now_ms()));
             continue;
         }
@@ -486,17 +577,26 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         next_random =
             now_ms() + profile.fault_every_ms / 2 + madsim::rand::random::<u64>() % profile.fault_every_ms.max(1);
         if madsim::rand::random::<u64>().is_multiple_of(3) {
-            cluster.relax(&oracle);
-        } else if let Some(f) = cluster.inject(&profile, &s.config, &oracle) {
+            cluster.relax(oracle);
+        } else if let Some(f) = cluster.inject(profile, &s.config, oracle) {
             faults.push(format!("{} ms: {f}", now_ms()));
         }
     }
+    faults
+}
 
-    // Heal phase: everything back; from one claim timeout (plus a scan and
-    // a heartbeat of slack) on, no story may run twice at once.
+/// Everything restored; from one claim timeout (plus a scan and a heartbeat
+/// of slack) on, no story may run twice at once. Waits for the cluster to
+/// settle; returns how long that took, or `None` past the budget.
+async fn heal_phase(
+    s: &Scenario,
+    profile: &Profile,
+    cluster: &mut SimCluster,
+    oracle: &Arc<Mutex<Oracle>>,
+) -> Option<u64> {
     cluster.heal();
     for i in std::mem::take(&mut cluster.crashed) {
-        cluster.restart(i, &oracle);
+        cluster.restart(i, oracle);
     }
     let heal_at = now_ms();
     let slack = s.config.claim_timeout_ms + 2 * s.config.scan_interval_ms + 4 * s.config.heartbeat_interval_ms;
@@ -507,36 +607,57 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         // and a scan later.
         o.duplicate_grace_ms = 4 * profile.latency_ms.1 + 2 * s.config.scan_interval_ms + 500;
     }
-    let mut heal_ms = None;
     while now_ms() < heal_at + s.heal_budget_ms {
         sleep(Duration::from_millis(s.publish_every_ms.min(250))).await;
         let mut o = oracle.lock().expect("oracle");
         o.check_overlaps(now_ms());
         if o.settled(&Stage::ACTIVE) {
-            heal_ms = Some(now_ms() - heal_at);
-            break;
+            return Some(now_ms() - heal_at);
         }
     }
+    None
+}
 
-    let mut idle_save_len = None;
-    if s.check_idle_growth && heal_ms.is_some() {
-        for c in &cluster.ctxs {
-            *c.want_save_len.lock().expect("lock") = true;
-        }
-        sleep(Duration::from_millis(2 * s.publish_every_ms)).await;
-        let before = oracle.lock().expect("oracle").views.values().map(|v| v.save_len).max().unwrap_or(0);
-        sleep(Duration::from_millis(200 * s.config.heartbeat_interval_ms)).await;
-        let after = oracle.lock().expect("oracle").views.values().map(|v| v.save_len).max().unwrap_or(0);
-        idle_save_len = Some((before, after));
-        if after != before {
-            oracle
-                .lock()
-                .expect("oracle")
-                .violations
-                .push(format!("SAFETY: idle document grew from {before} to {after} bytes over 200 heartbeat rounds"));
-        }
+/// With `check_idle_growth`: the settled cluster idles for 200 heartbeat
+/// rounds and its document must not grow.
+async fn idle_phase(
+    s: &Scenario,
+    cluster: &SimCluster,
+    oracle: &Arc<Mutex<Oracle>>,
+    settled: bool,
+) -> Option<(usize, usize)> {
+    if !(s.check_idle_growth && settled) {
+        return None;
     }
+    for c in &cluster.ctxs {
+        *c.want_save_len.lock().expect("lock") = true;
+    }
+    sleep(Duration::from_millis(2 * s.publish_every_ms)).await;
+    let before = oracle.lock().expect("oracle").views.values().map(|v| v.save_len).max().unwrap_or(0);
+    sleep(Duration::from_millis(200 * s.config.heartbeat_interval_ms)).await;
+    let after = oracle.lock().expect("oracle").views.values().map(|v| v.save_len).max().unwrap_or(0);
+    if after != before {
+        oracle
+            .lock()
+            .expect("oracle")
+            .violations
+            .push(format!("SAFETY: idle document grew from {before} to {after} bytes over 200 heartbeat rounds"));
+    }
+    Some((before, after))
+}
 
+/// The final checks, and the report.
+#[allow(clippy::too_many_arguments)]
+fn verify(
+    s: &Scenario,
+    seed: u64,
+    profile: &Profile,
+    oracle: &Arc<Mutex<Oracle>>,
+    heal_ms: Option<u64>,
+    idle_save_len: Option<(usize, usize)>,
+    faults: Vec<String>,
+    phases: Vec<(&'static str, u64)>,
+) -> Report {
     let mut o = oracle.lock().expect("oracle");
     o.check_final(&Stage::ACTIVE);
     if heal_ms.is_none() {
@@ -550,7 +671,8 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     Report {
         scenario: s.name,
         seed,
-        profile: format!("{profile:?}"),
+        profile: profile.describe(),
+        phases,
         violations: o.violations.clone(),
         trace_hash: o.trace_hash,
         sim_ms: now_ms(),

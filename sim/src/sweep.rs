@@ -25,6 +25,8 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
     let mut reports = Vec::new();
     for seed in seeds {
         let r = run_seed(scenario, seed);
+        let phases: Vec<String> = r.phases.iter().map(|(name, ms)| format!("{name} {ms} ms")).collect();
+        println!("{} seed {seed}: {}; phases: {}", r.scenario, r.profile, phases.join(", "));
         println!(
             "{} seed {seed}: sim {} ms, wall {} ms, heal {:?} ms, {} starts, {} reclaims, {} claim losses, {} fenced pushes, {} done, mesh max {}",
             r.scenario,
