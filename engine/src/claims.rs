@@ -99,6 +99,7 @@ impl Engine {
         if slots == 0 || self.self_revoked || self.leaving {
             return;
         }
+        assert!(self.ready, "a scan before storage loaded");
         let now = self.now;
         let dead_held = self
             .index
@@ -149,7 +150,10 @@ impl Engine {
     }
 
     fn claim(&mut self, id: &StoryId, reclaimed_from: Option<NodeId>) {
+        assert!(self.free_slots() > 0, "claim of {id} with no free slot");
+        assert!(!self.runs.contains_key(id), "claim of {id}, which we already run");
         let mut state = self.index.known(id).state.clone();
+        assert!(state.is_claimable_stage(), "claim of {id} in stage {}", state.stage);
         let resume = reclaimed_from.clone().map(|n| (n, state.token));
         state.token = state.token.next();
         state.holder = Some(self.node.clone());
@@ -162,6 +166,7 @@ impl Engine {
         let attempt = self.index.known(id).state.attempts + 1;
         let run = ActiveRun { token, stage, phase: Phase::Settling, deadline, attempt, report: None, resume };
         self.runs.insert(id.clone(), run);
+        assert!(self.runs.len() <= self.config.capacity as usize, "{} runs over capacity", self.runs.len());
         self.emit(Event::Claimed { story: id.clone(), stage, token, reclaimed_from });
     }
 
@@ -176,6 +181,8 @@ impl Engine {
             .collect();
         for id in settled {
             let Some(stage) = self.runs.get(&id).map(|r| r.stage) else { continue };
+            let held = self.index.story(&id).and_then(|v| v.state.holder.as_ref());
+            assert_eq!(held, Some(&self.node), "a settled run of {id} whose claim is not ours");
             let deadline = now.saturating_add_ms(self.config.run_timeout_for(stage));
             let Some(run) = self.runs.get_mut(&id) else { continue };
             run.phase = Phase::Running;
@@ -205,6 +212,7 @@ impl Engine {
 
     fn enter_push(&mut self, story: &StoryId, token: Token) {
         let Some(stage) = self.runs.get(story).map(|r| r.stage) else { return };
+        assert_eq!(self.runs[story].token, token, "push of {story} under a token not the run's");
         let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(stage));
         if let Some(run) = self.runs.get_mut(story) {
             run.phase = Phase::Pushing;
@@ -299,8 +307,10 @@ impl Engine {
     fn advance(&mut self, story: &StoryId) {
         let Some(run) = self.runs.remove(story) else { return };
         let mut state = self.index.known(story).state.clone();
-        debug_assert_eq!(state.token, run.token);
-        debug_assert_eq!(state.holder.as_ref(), Some(&self.node));
+        // A run is dropped the moment its claim stops being the winning
+        // one (apply_story), so a run we still hold is our claim.
+        assert_eq!(state.token, run.token, "advance of {story} under a superseded token");
+        assert_eq!(state.holder.as_ref(), Some(&self.node), "advance of {story}, which we do not hold");
         let from = state.stage;
         let Some(to) = from.next() else { return };
         state = StoryState {
@@ -323,6 +333,8 @@ impl Engine {
     fn fail(&mut self, story: &StoryId, reason: String) {
         let Some(run) = self.runs.remove(story) else { return };
         let mut state = self.index.known(story).state.clone();
+        assert_eq!(state.token, run.token, "failing {story} under a superseded token");
+        assert_eq!(state.holder.as_ref(), Some(&self.node), "failing {story}, which we do not hold");
         state.holder = None;
         // A release takes the next token: it must outrank every claim made
         // concurrently with ours at our token. Those lost to ours, and a

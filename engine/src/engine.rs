@@ -428,7 +428,7 @@ impl Engine {
     /// Writes a new state for a story and updates the index. Every write of
     /// a state goes through here.
     pub(crate) fn write_state(&mut self, id: &StoryId, state: StoryState) {
-        debug_assert!(
+        assert!(
             self.index.story(id).is_none_or(|v| v.state.token <= state.token),
             "a write never lowers the fencing token"
         );

@@ -201,6 +201,7 @@ impl Engine {
     fn handle_auth(&mut self, conn: ConnId, sig: &identity::Sig) {
         let Some(c) = self.conns.get(&conn) else { return };
         let Some((node, key, their_nonce)) = c.hello.clone() else { return };
+        assert_ne!(node, self.node, "a hello naming us was refused before its proof");
         if !identity::verify_auth(&key, sig, &their_nonce, &c.our_nonce, &self.node, &node) {
             return self.reject(conn, RejectKind::Identity, format!("{node} failed to prove its key"));
         }
@@ -452,7 +453,7 @@ impl Engine {
                 self.targets.insert(addr, DialTarget::new(Purpose::Mesh(node), now));
             }
         }
-        debug_assert!(self.mesh_peer_count() <= self.config.max_mesh_peers);
+        assert!(self.mesh_peer_count() <= self.config.max_mesh_peers);
     }
 
     /// Supplementary outbound connections held or being dialed.

@@ -103,7 +103,7 @@ impl Envelope {
                 out.extend_from_slice(bytes);
             }
             Envelope::Heartbeats(beats) => {
-                debug_assert!((1..=MAX_HEARTBEATS).contains(&beats.len()));
+                assert!((1..=MAX_HEARTBEATS).contains(&beats.len()));
                 out.push(KIND_HEARTBEAT);
                 out.extend_from_slice(&(beats.len() as u16).to_be_bytes());
                 for hb in beats {
@@ -162,7 +162,7 @@ impl Envelope {
 fn put_id(out: &mut Vec<u8>, id: &NodeId) {
     let bytes = id.as_str().as_bytes();
     // Node ids are at most MAX_ID_LEN (64) bytes by construction.
-    debug_assert!(bytes.len() <= crate::ids::MAX_ID_LEN);
+    assert!(bytes.len() <= crate::ids::MAX_ID_LEN);
     out.push(bytes.len() as u8);
     out.extend_from_slice(bytes);
 }
