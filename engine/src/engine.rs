@@ -224,13 +224,17 @@ impl Engine {
         if !self.ready {
             return None;
         }
-        let dial = self.targets.values().filter(|t| t.conn.is_none()).map(|t| t.next_at).min();
-        let sync = self.sync_due.iter().filter_map(|c| self.conns.get(c)).map(|c| c.next_sync_at).min();
-        let mut next = self.next_heartbeat_at.min(self.next_scan_at);
-        if let Some(settle) = self.next_settle_at() {
-            next = next.min(settle);
-        }
-        Some(next.min(dial.unwrap_or(Millis(u64::MAX))).min(sync.unwrap_or(Millis(u64::MAX))))
+        // Each part says when it next needs the clock; the earliest wins.
+        [
+            self.next_dial_at(),   // peers: redial a target
+            self.next_sync_at(),   // peers: a paced sync message
+            self.next_settle_at(), // claims: a claim's settling window ends
+            Some(self.next_heartbeat_at),
+            Some(self.next_scan_at), // claims, liveness and run deadlines
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn handle_timeout(&mut self) {

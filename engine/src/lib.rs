@@ -52,6 +52,23 @@
 //! - Peer bytes are checked before Automerge sees them (`guard.rs`), each
 //!   peer has a rate budget, and an Automerge panic on peer data rebuilds
 //!   the document from what was persisted (`defence.rs`).
+//!
+//! ## The parts
+//!
+//! | part | owns | file |
+//! |---|---|---|
+//! | `Doc` | the Automerge document: typed reads and writes, what a merge touched | `doc.rs` |
+//! | `Index` | every story and node as the document says, and the sets claims are decided on (free in claim order, by holder, conflicted) | `index.rs` |
+//! | `Liveness` | heartbeats heard and grace periods: who is alive, with how many free slots | `liveness.rs` |
+//! | claims | our runs from claim to settle, run, push and result; cooldowns and stagger | `claims.rs` |
+//! | peers | connections, dial targets, the handshake, paced sync, the heartbeat relay | `peers.rs`, `defence.rs` |
+//! | membership | node records, keys, enrollments and revocations | `membership.rs`, `identity.rs` |
+//! | commands | what users ask for, checked, answered once | `commands.rs` |
+//!
+//! `Engine` (`engine.rs`) ties them together: `handle` routes an input,
+//! `finish_input` persists and releases, `poll_timeout` takes the earliest
+//! deadline any part reports, and in debug builds `invariants.rs` checks
+//! the parts against each other after every input.
 
 mod claims;
 mod commands;

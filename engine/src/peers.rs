@@ -457,6 +457,16 @@ impl Engine {
     }
 
     /// Supplementary outbound connections held or being dialed.
+    /// When a target without a connection is next dialed.
+    pub(crate) fn next_dial_at(&self) -> Option<Millis> {
+        self.targets.values().filter(|t| t.conn.is_none()).map(|t| t.next_at).min()
+    }
+
+    /// When the next paced sync message is due.
+    pub(crate) fn next_sync_at(&self) -> Option<Millis> {
+        self.sync_due.iter().filter_map(|c| self.conns.get(c)).map(|c| c.next_sync_at).min()
+    }
+
     pub fn mesh_peer_count(&self) -> usize {
         self.targets.values().filter(|t| matches!(t.purpose, Purpose::Mesh(_))).count()
     }
