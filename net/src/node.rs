@@ -329,7 +329,8 @@ impl NodeLoop {
         let config_path = ProjectConfig::path(&project_root);
         // Config changes arrive from a file watcher; where one cannot be
         // set up (inotify limits), a poll every 2 s stands in.
-        let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+        // One pending notice is enough: the reload reads the file once.
+        let (changed_tx, mut changed) = mpsc::channel::<()>(1);
         let watcher = watch_config(&config_path, changed_tx);
         let polling = watcher.is_none();
         let mut config_mtime = std::fs::metadata(&config_path).and_then(|m| m.modified()).ok();
@@ -755,7 +756,7 @@ impl NodeLoop {
 /// Watches `project.toml` (its directory, since editors replace the file by
 /// rename); sends on `changed` for every event touching it. `None` when no
 /// watcher can be set up.
-fn watch_config(path: &std::path::Path, changed: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+fn watch_config(path: &std::path::Path, changed: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let dir = path.parent()?.to_owned();
     let name = path.file_name()?.to_owned();
@@ -767,7 +768,7 @@ fn watch_config(path: &std::path::Path, changed: mpsc::UnboundedSender<()>) -> O
         if let Ok(event) = res
             && event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
         {
-            let _ = changed.send(());
+            let _ = changed.try_send(());
         }
     };
     let mut watcher = match notify::recommended_watcher(handler) {
