@@ -266,40 +266,9 @@ impl Engine {
             return;
         }
         if !bytes.is_empty() {
-            // Stored bytes get the checks peer bytes get (a disk can be
-            // written by anyone with access to the data dir), with a larger
-            // inflation budget: a whole document is stored, not one message.
-            let budget = self.config.max_inflated_bytes.saturating_mul(16);
-            let (good, refused) = crate::guard::valid_chunks(bytes, budget);
-            if let Some(e) = refused {
-                let error = format!("stored chunk refused after {} good bytes: {e}", good.len());
-                self.emit(Event::StorageCorrupt { error });
-            }
-            // `load_incremental` skips what it cannot parse without saying
-            // so; a strict load first tells us whether storage is damaged.
-            let strict = std::panic::catch_unwind(|| automerge::Automerge::load(&good).map(|_| ()));
-            match strict {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => self.emit(Event::StorageCorrupt { error: e.to_string() }),
-                Err(p) => {
-                    let error =
-                        format!("automerge panicked loading storage: {}", crate::defence::panic_text(p.as_ref()));
-                    self.emit(Event::StorageCorrupt { error });
-                }
-            }
-            // Keep whatever loads; peers will fill in the rest.
-            let doc = &mut self.doc;
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.automerge().load_incremental(&good))) {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => self.emit(Event::StorageCorrupt { error: e.to_string() }),
-                Err(_) => {
-                    self.emit(Event::StorageCorrupt {
-                        error: "automerge panicked loading storage; starting empty".into(),
-                    });
-                    self.doc = Doc::new(self.actor.clone());
-                }
-            }
+            self.load_stored(bytes);
         }
+        assert!(self.index.len() == 0, "the index is built once, from storage");
         let (stories, nodes, bad) = self.doc.read_all();
         self.doc.skip_touched();
         for (id, rec) in nodes {
@@ -310,17 +279,7 @@ impl Engine {
         for (id, view) in stories {
             self.apply_story(&id, Some(view));
         }
-        let own = NodeRecord {
-            address: self.config.address.clone(),
-            label: self.config.label.clone(),
-            capacity: self.config.capacity,
-            cert: Some(self.creds.cert),
-        };
-        if self.index.node(&self.node) != Some(&own) {
-            self.doc.put_node(&self.node, &own);
-            self.doc.skip_touched();
-            self.index.put_node(self.node.clone(), Some(own));
-        }
+        self.write_own_record();
         // Claims we held before a restart: ask what the worktree holds
         // before releasing or pushing.
         self.adopt_orphaned_claims();
@@ -334,6 +293,58 @@ impl Engine {
             self.targets.insert(addr, DialTarget::new(Purpose::Rendezvous, self.now));
         }
         self.dial_due();
+    }
+
+    /// Loads what storage holds into the document: checked as peer bytes
+    /// are, damage reported as `StorageCorrupt`, whatever loads kept.
+    fn load_stored(&mut self, bytes: &[u8]) {
+        // Stored bytes get the checks peer bytes get (a disk can be written
+        // by anyone with access to the data dir), with a larger inflation
+        // budget: a whole document is stored, not one message.
+        let budget = self.config.max_inflated_bytes.saturating_mul(16);
+        let (good, refused) = crate::guard::valid_chunks(bytes, budget);
+        assert!(good.len() <= bytes.len(), "valid chunks are a prefix of what was stored");
+        if let Some(e) = refused {
+            let error = format!("stored chunk refused after {} good bytes: {e}", good.len());
+            self.emit(Event::StorageCorrupt { error });
+        }
+        // `load_incremental` skips what it cannot parse without saying so;
+        // a strict load first tells us whether storage is damaged.
+        let strict = std::panic::catch_unwind(|| automerge::Automerge::load(&good).map(|_| ()));
+        match strict {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.emit(Event::StorageCorrupt { error: e.to_string() }),
+            Err(p) => {
+                let error = format!("automerge panicked loading storage: {}", crate::defence::panic_text(p.as_ref()));
+                self.emit(Event::StorageCorrupt { error });
+            }
+        }
+        // Keep whatever loads; peers will fill in the rest.
+        let doc = &mut self.doc;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.automerge().load_incremental(&good))) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.emit(Event::StorageCorrupt { error: e.to_string() }),
+            Err(_) => {
+                self.emit(Event::StorageCorrupt { error: "automerge panicked loading storage; starting empty".into() });
+                self.doc = Doc::new(self.actor.clone());
+            }
+        }
+    }
+
+    /// Our own node record, written when it differs from what we hold.
+    fn write_own_record(&mut self) {
+        let own = NodeRecord {
+            address: self.config.address.clone(),
+            label: self.config.label.clone(),
+            capacity: self.config.capacity,
+            cert: Some(self.creds.cert),
+        };
+        if self.index.node(&self.node) != Some(&own) {
+            self.doc.put_node(&self.node, &own);
+            self.doc.skip_touched();
+            self.index.put_node(self.node.clone(), Some(own));
+        }
+        assert_eq!(self.index.node(&self.node).map(|r| r.capacity), Some(self.config.capacity));
     }
 
     /// Persist what changed, then release the outputs it covers, then sync.
