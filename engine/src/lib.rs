@@ -91,6 +91,7 @@ mod peers;
 pub mod runs;
 mod settings;
 mod story;
+pub mod testkit;
 mod view;
 pub mod wire;
 

@@ -84,8 +84,8 @@ fn partition_reclaim_heal_fences_the_zombie() {
     assert_eq!(zombie_advances, 1, "the zombie did finish, and was fenced");
     // At the remote: the zombie pushed first; the winner's push replaced
     // its tip and kept it on a side ref.
-    assert_eq!(c.branch.get(&story), Some(&winner_view.token), "the branch holds the winner's push");
-    assert!(c.kept.contains(&(story.clone(), token)), "the zombie's tip is kept: {:?}", c.kept);
+    assert_eq!(c.git.tip(&story).map(|(t, _)| *t), Some(winner_view.token), "the branch holds the winner's push");
+    assert!(c.git.is_kept(&story, token), "the zombie's tip is kept");
     c.assert_no_work_lost();
     let _ = start;
 }
@@ -107,11 +107,11 @@ fn a_zombie_push_after_the_winner_is_fenced_at_the_remote() {
     assert!(fenced, "the zombie's push was fenced");
     let zombie_view = c.engine(holder).story(&story).unwrap().state.clone();
     assert_eq!(zombie_view.stage, Stage::Current, "the zombie did not advance");
-    assert!(c.kept.contains(&(story.clone(), token)));
+    assert!(c.git.is_kept(&story, token));
     c.heal();
     c.run_until_settled(60_000).expect("converges after heal");
     let winner = c.engine(0).story(&story).unwrap().state.clone();
-    assert_eq!(c.branch.get(&story), Some(&winner.token));
+    assert_eq!(c.git.tip(&story).map(|(t, _)| *t), Some(winner.token));
     assert_ne!(winner.result.unwrap().node, c.nodes[holder].id);
     let runs = c.engine(0).story_runs(&story);
     assert!(runs.iter().any(|r| r.outcome == huskies_engine::RunOutcomeKind::Fenced && r.token == token), "{runs:?}");
@@ -215,7 +215,7 @@ fn storm_trace(seed: u64) -> (u64, usize) {
     c.run_for(3_000);
     c.start(2);
     c.run_until_settled(200_000).expect("settles");
-    (c.trace_hash, c.events.len())
+    (c.trace_hash.0, c.events.len())
 }
 
 #[test]
@@ -339,7 +339,7 @@ fn claims_follow_priority_then_age_and_runs_are_recorded() {
         let stages: Vec<Stage> = runs.iter().map(|r| r.stage).collect();
         assert_eq!(stages, Stage::ACTIVE.to_vec(), "node {i}");
         assert!(runs.iter().all(|r| r.outcome == huskies_engine::RunOutcomeKind::Succeeded && r.attempt == 1));
-        assert!(runs.iter().all(|r| r.node.as_str() == "agent-1"));
+        assert!(runs.iter().all(|r| r.node == huskies_engine::testkit::node_name(1)));
         assert_eq!(c.engine(i).story_body(&high), "body of high");
     }
 }

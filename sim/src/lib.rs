@@ -24,7 +24,6 @@ pub mod link;
 pub mod node;
 #[cfg(madsim)]
 pub mod oracle;
-pub mod remote;
 #[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]

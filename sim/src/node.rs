@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use huskies_engine::hash::stable_hash;
-use huskies_engine::{
-    CommandId, Config, Engine, Input, Millis, NodeId, Output, PersistKind, RunOutcome, StoryId, Token,
-};
+use huskies_engine::{CommandId, Config, Engine, Input, Millis, NodeId, Output, RunOutcome, StoryId, Token};
 use madsim::net::Endpoint;
 use madsim::time::TimeHandle;
 
@@ -44,7 +42,7 @@ pub struct NodeCtx {
     pub agent: AgentProfile,
     pub seed: u64,
     pub oracle: Arc<Mutex<Oracle>>,
-    pub disk: Mutex<Vec<Vec<u8>>>,
+    pub disk: Mutex<huskies_engine::testkit::Disk>,
     /// Stories whose worktree holds a finished, unpushed commit.
     pub worktrees: Mutex<BTreeMap<StoryId, Token>>,
     pub clock: Mutex<Clock>,
@@ -114,7 +112,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
         next_cmd: 0,
         ctx: ctx.clone(),
     };
-    let bytes = ctx.disk.lock().expect("disk lock").concat();
+    let bytes = ctx.disk.lock().expect("disk lock").load();
     node.input(Input::StorageLoaded { bytes });
     // `recv_from_raw` is not cancellation safe (a datagram handed to a
     // dropped receive is lost), so one task receives and forwards into a
@@ -251,11 +249,7 @@ impl SimNode {
     fn execute(&mut self, out: Output, now: u64) {
         match out {
             Output::Persist { kind, bytes, .. } => {
-                let mut disk = self.ctx.disk.lock().expect("disk lock");
-                if kind == PersistKind::Snapshot {
-                    disk.clear();
-                }
-                disk.push(bytes);
+                self.ctx.disk.lock().expect("disk lock").apply(kind, bytes);
             }
             Output::Send { conn, bytes } => self.links.send(conn, bytes),
             Output::Dial { conn, address } => match address.trim_start_matches("sim://").parse::<SocketAddr>() {

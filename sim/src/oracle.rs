@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use huskies_engine::hash::stable_hash;
+use huskies_engine::testkit::TraceHash;
 use huskies_engine::{Event, NodeId, Output, Stage, StoryId, StoryState, Token};
 
 /// One replica's state as last published by its node.
@@ -17,7 +17,7 @@ pub struct View {
 
 #[derive(Debug, Default)]
 pub struct Oracle {
-    pub trace_hash: u64,
+    pub trace_hash: TraceHash,
     pub violations: Vec<String>,
     pub max_mesh_peers: usize,
     pub mesh_cap: usize,
@@ -40,7 +40,7 @@ pub struct Oracle {
     /// Pushes that reached the simulated git remote.
     pub pushes: BTreeSet<(StoryId, NodeId, Token)>,
     /// The simulated git remote, with compare-and-swap by claim token.
-    pub remote: crate::remote::Remote,
+    pub remote: huskies_engine::testkit::remote::RemoteModel,
     /// Pushes the remote fenced.
     pub fenced: u64,
     pub views: BTreeMap<NodeId, View>,
@@ -70,7 +70,7 @@ impl Oracle {
         {
             println!("trace: {line}");
         }
-        self.trace_hash = stable_hash(&[&self.trace_hash.to_be_bytes(), line.as_bytes()]);
+        self.trace_hash.fold(&line);
         match out {
             Output::StartRun { story, .. } => {
                 self.starts += 1;

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use huskies_engine::{Command, Config, NodeId, Stage, StoryId};
+use huskies_engine::{Command, Config, Stage, StoryId};
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
 use madsim::time::{TimeHandle, sleep};
@@ -227,7 +227,7 @@ pub struct Report {
     /// Simulated time each phase took.
     pub phases: Vec<(&'static str, u64)>,
     pub violations: Vec<String>,
-    pub trace_hash: u64,
+    pub trace_hash: huskies_engine::testkit::TraceHash,
     pub sim_ms: u64,
     pub wall_ms: u64,
     /// Simulated time from heal to converged and finished.
@@ -247,10 +247,7 @@ fn ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250 + 1) as u8))
 }
 
-fn node_name(i: usize) -> NodeId {
-    let s = if i == 0 { "rendezvous".to_owned() } else { format!("agent-{i:03}") };
-    NodeId::new(s).expect("valid node id")
-}
+use huskies_engine::testkit::node_name;
 
 /// Runs one seed on a fresh thread (std's HashMap order is seeded per
 /// thread; a fresh thread keeps every run of a seed identical).
@@ -490,7 +487,7 @@ fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<Oracle>>) -
             agent: profile.agent,
             seed: madsim::rand::random(),
             oracle: oracle.clone(),
-            disk: Mutex::new(Vec::new()),
+            disk: Mutex::new(Default::default()),
             worktrees: Mutex::new(Default::default()),
             clock: Mutex::new(Clock { skew_ppm, offset_ms: 0 }),
             restarts: Mutex::new(0),

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use huskies_engine::hash::stable_hash;
 use huskies_engine::{
-    Command, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output, PersistKind, Reply, RunOutcome,
-    Stage, StoryId, Token,
+    Command, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output, Reply, RunOutcome, Stage,
+    StoryId, Token,
 };
 
 pub const RENDEZVOUS: &str = "mem://rendezvous";
@@ -29,7 +29,7 @@ pub struct HarnessNode {
     pub config: Config,
     pub engine: Option<Engine>,
     /// Snapshot followed by appends: what survives a crash.
-    pub storage: Vec<Vec<u8>>,
+    pub storage: huskies_engine::testkit::Disk,
     pub runs: BTreeMap<StoryId, (Token, Millis)>,
     pub restarts: u64,
 }
@@ -68,25 +68,19 @@ pub struct Harness {
     pub cut: BTreeSet<(usize, usize)>,
     /// Every push that landed, in order.
     pub remote: Vec<Pushed>,
-    /// The git remote, modelled: per story the token of the commit its
-    /// branch ends in; a commit's parent (the tip its run started from);
-    /// tips kept on side refs (fenced pushes, and superseded tips a newer
-    /// claim replaced).
-    pub branch: BTreeMap<StoryId, Token>,
-    pub parent: BTreeMap<(StoryId, Token), Option<Token>>,
-    pub kept: Vec<(StoryId, Token)>,
-    /// The branch tip each run started from.
-    bases: BTreeMap<(usize, StoryId, Token), Option<Token>>,
+    /// The git remote, modelled as `net::git::push` treats it (shared with
+    /// the madsim simulation).
+    pub git: huskies_engine::testkit::remote::RemoteModel,
     pub events: Vec<(Millis, usize, Event)>,
     /// StartRun count per (story, stage).
     pub starts: BTreeMap<(StoryId, Stage), u32>,
-    pub trace_hash: u64,
+    pub trace_hash: huskies_engine::testkit::TraceHash,
     pub max_mesh_seen: usize,
     next_cmd: u64,
 }
 
 fn node_id(i: usize) -> NodeId {
-    NodeId::new(if i == 0 { "rendezvous".to_owned() } else { format!("agent-{i}") }).unwrap()
+    huskies_engine::testkit::node_name(i)
 }
 
 /// Short timings so scenarios finish in little simulated time.
@@ -122,13 +116,10 @@ impl Harness {
             next_inbound: 0,
             cut: BTreeSet::new(),
             remote: Vec::new(),
-            branch: BTreeMap::new(),
-            parent: BTreeMap::new(),
-            kept: Vec::new(),
-            bases: BTreeMap::new(),
+            git: Default::default(),
             events: Vec::new(),
             starts: BTreeMap::new(),
-            trace_hash: 0,
+            trace_hash: Default::default(),
             max_mesh_seen: 0,
             next_cmd: 0,
         };
@@ -149,7 +140,7 @@ impl Harness {
                 addr,
                 config: cfg,
                 engine: None,
-                storage: Vec::new(),
+                storage: Default::default(),
                 runs: BTreeMap::new(),
                 restarts: 0,
             });
@@ -163,7 +154,7 @@ impl Harness {
         let seed = stable_hash(&[&self.seed.to_be_bytes(), &(i as u64).to_be_bytes(), &n.restarts.to_be_bytes()]);
         n.restarts += 1;
         n.engine = Some(Engine::new(n.config.clone(), n.id.clone(), seed, self.now));
-        let bytes = n.storage.concat();
+        let bytes = n.storage.load();
         self.input(i, Input::StorageLoaded { bytes });
     }
 
@@ -184,65 +175,19 @@ impl Harness {
         }
     }
 
-    /// The remote's rule, as `net::git::push` applies it: a push lands
-    /// unless a newer claim's commit ends the branch (then it is fenced and
-    /// kept on a side ref); a tip it does not descend from is kept on a
-    /// side ref.
+    /// A push to the modelled remote; a landed one is recorded.
     fn push_to_remote(&mut self, i: usize, story: &StoryId, token: Token) -> Result<(), huskies_engine::PushError> {
-        let base = self.bases.get(&(i, story.clone(), token)).copied().flatten();
-        self.parent.insert((story.clone(), token), base);
-        let tip = self.branch.get(story).copied();
-        let descends = |mut at: Option<Token>| loop {
-            if at == tip {
-                return true;
-            }
-            match at {
-                Some(t) => at = self.parent.get(&(story.clone(), t)).copied().flatten(),
-                None => return false,
-            }
-        };
-        // A superseded claim never lands, even as a fast-forward.
-        let lands = tip.is_none_or(|t| t <= token);
-        if !lands {
-            self.kept.push((story.clone(), token));
-            let by_token = tip;
-            return Err(huskies_engine::PushError::Fenced {
-                by_token,
-                kept: format!("refs/heads/huskies-fenced/{story}/{}-{}", token.0, self.nodes[i].id),
-            });
-        }
-        if let Some(t) = tip
-            && !descends(Some(token))
-        {
-            self.kept.push((story.clone(), t));
-        }
-        self.branch.insert(story.clone(), token);
-        self.remote.push(Pushed { story: story.clone(), node: self.nodes[i].id.clone(), token });
+        let node = self.nodes[i].id.clone();
+        self.git.push(story, token, &node)?;
+        self.remote.push(Pushed { story: story.clone(), node, token });
         Ok(())
     }
 
     /// Every commit a run pushed is reachable from the story's branch or a
     /// side ref: no finished work is lost.
     pub fn assert_no_work_lost(&self) {
-        for (story, token) in self.parent.keys() {
-            let reachable = |from: Option<Token>| {
-                let mut at = from;
-                while let Some(t) = at {
-                    if t == *token {
-                        return true;
-                    }
-                    at = self.parent.get(&(story.clone(), t)).copied().flatten();
-                }
-                false
-            };
-            let tips = self
-                .branch
-                .get(story)
-                .copied()
-                .into_iter()
-                .chain(self.kept.iter().filter(|(s, _)| s == story).map(|(_, t)| *t));
-            assert!(tips.into_iter().any(|t| reachable(Some(t))), "{story} at {token:?}: pushed work lost");
-        }
+        let lost = self.git.lost();
+        assert!(lost.is_empty(), "pushed work lost: {lost:?}");
     }
 
     pub fn engine(&mut self, i: usize) -> &mut Engine {
@@ -362,15 +307,9 @@ impl Harness {
 
     fn execute(&mut self, i: usize, o: Output) {
         let line = format!("{} {} {:?}", self.now.0, i, o);
-        self.trace_hash = stable_hash(&[&self.trace_hash.to_be_bytes(), line.as_bytes()]);
+        self.trace_hash.fold(&line);
         match o {
-            Output::Persist { kind, bytes, .. } => {
-                let st = &mut self.nodes[i].storage;
-                if kind == PersistKind::Snapshot {
-                    st.clear();
-                }
-                st.push(bytes);
-            }
+            Output::Persist { kind, bytes, .. } => self.nodes[i].storage.apply(kind, bytes),
             Output::Send { conn, bytes } => {
                 if let Some(&(p, pc)) = self.links.get(&(i, conn)) {
                     let d = self.message_delay(i, conn);
@@ -394,7 +333,8 @@ impl Harness {
             Output::HangUp { conn } => self.drop_link(i, conn, false),
             Output::StartRun { story, stage, token, .. } => {
                 *self.starts.entry((story.clone(), stage)).or_default() += 1;
-                self.bases.insert((i, story.clone(), token), self.branch.get(&story).copied());
+                let node = self.nodes[i].id.clone();
+                self.git.run_started(&story, token, &node);
                 let done = self.now.saturating_add_ms(self.agent.run_ms);
                 self.nodes[i].runs.insert(story, (token, done));
             }

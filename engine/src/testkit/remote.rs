@@ -9,13 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use huskies_engine::{NodeId, PushError, StoryId, Token};
+use crate::{NodeId, PushError, StoryId, Token};
 
 /// One run's commit: the claim it was made under.
 pub type Commit = (Token, NodeId);
 
 #[derive(Debug, Default)]
-pub struct Remote {
+pub struct RemoteModel {
     branch: BTreeMap<StoryId, Commit>,
     parent: BTreeMap<(StoryId, Commit), Option<Commit>>,
     kept: BTreeSet<(StoryId, Commit)>,
@@ -23,7 +23,7 @@ pub struct Remote {
     bases: BTreeMap<(StoryId, Commit), Option<Commit>>,
 }
 
-impl Remote {
+impl RemoteModel {
     /// A run starts: it builds on the branch as it is now.
     pub fn run_started(&mut self, story: &StoryId, token: Token, node: &NodeId) {
         let tip = self.branch.get(story).cloned();
@@ -62,6 +62,12 @@ impl Remote {
         }
         self.branch.insert(story.clone(), ours);
         Ok(())
+    }
+
+    /// Whether a commit made under `token` sits on a side ref of `story`
+    /// (fenced, or replaced by a newer claim's push).
+    pub fn is_kept(&self, story: &StoryId, token: Token) -> bool {
+        self.kept.iter().any(|(s, (t, _))| s == story && *t == token)
     }
 
     /// The claim whose commit ends the story's branch.

@@ -1,0 +1,85 @@
+//! The pieces both simulators share (the engine's in-process harness in
+//! `engine/tests/harness` and the madsim chaos simulation in `sim/`), so
+//! neither keeps its own copy: node naming, the simulated disk, the trace
+//! hash, and the model of the git remote. Pure and deterministic, like the
+//! engine; no driver in production uses it.
+
+pub mod remote;
+
+use crate::hash::stable_hash;
+use crate::{NodeId, PersistKind};
+
+/// Node `i` of a simulated cluster: 0 is the rendezvous.
+pub fn node_name(i: usize) -> NodeId {
+    let s = if i == 0 { "rendezvous".to_owned() } else { format!("agent-{i:03}") };
+    NodeId::new(s).expect("simulated node ids are valid")
+}
+
+/// A node's disk: the last snapshot and the appends after it, applied as
+/// the production storage applies them (all at once: a simulated write is
+/// durable when made).
+#[derive(Debug, Default, Clone)]
+pub struct Disk {
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Disk {
+    pub fn apply(&mut self, kind: PersistKind, bytes: Vec<u8>) {
+        if kind == PersistKind::Snapshot {
+            self.chunks.clear();
+        }
+        self.chunks.push(bytes);
+    }
+
+    /// What a restart loads.
+    pub fn load(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+
+    /// The bytes held (for size checks).
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+/// A hash folded over every line of a run's trace: two runs of one seed
+/// must end with the same value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TraceHash(pub u64);
+
+impl TraceHash {
+    pub fn fold(&mut self, line: &str) {
+        self.0 = stable_hash(&[&self.0.to_be_bytes(), line.as_bytes()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_keeps_the_last_snapshot_and_what_follows() {
+        let mut d = Disk::default();
+        d.apply(PersistKind::Append, vec![1]);
+        d.apply(PersistKind::Snapshot, vec![2, 3]);
+        d.apply(PersistKind::Append, vec![4]);
+        assert_eq!(d.load(), vec![2, 3, 4]);
+        assert_eq!(d.len(), 3);
+    }
+
+    #[test]
+    fn trace_hash_depends_on_every_line_and_their_order() {
+        let (mut a, mut b) = (TraceHash::default(), TraceHash::default());
+        a.fold("x");
+        a.fold("y");
+        b.fold("y");
+        b.fold("x");
+        assert_ne!(a, b);
+        assert_eq!(node_name(0).as_str(), "rendezvous");
+        assert_eq!(node_name(7).as_str(), "agent-007");
+    }
+}
