@@ -364,14 +364,7 @@ fn whole_flow_over_tls() {
     fixture(&root);
     let ca = certs::Ca::new(&root);
     let (server_cert, server_key) = ca.issue(&root, "server", &["localhost", "127.0.0.1"]);
-    let mut c = Cluster {
-        dir,
-        port: free_port(),
-        procs: Vec::new(),
-        key: String::new(),
-        env: Vec::new(),
-        server_args: Vec::new(),
-    };
+    let mut c = Cluster::unstarted(dir);
     std::fs::create_dir_all(root.join("server/.huskies")).unwrap();
     std::fs::write(root.join("server/.huskies/project.toml"), "claim_timeout_ms = 3000\nscan_interval_ms = 200\n")
         .unwrap();
@@ -612,14 +605,8 @@ fn readme_cluster_commands_work_as_written() {
         c.arg("-c").arg(line).current_dir(cwd).envs(env.iter().map(|(k, v)| (k, v)));
         c
     };
-    let mut c = Cluster {
-        dir,
-        port: server_port,
-        procs: Vec::new(),
-        key: String::new(),
-        env: Vec::new(),
-        server_args: Vec::new(),
-    };
+    let mut c = Cluster::unstarted(dir);
+    c.port = server_port;
     let spawn = |c: &mut Cluster, name: &str, mut cmd: Command| {
         let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();

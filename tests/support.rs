@@ -220,16 +220,21 @@ impl Cluster {
         fixture(&dir.0);
         std::fs::create_dir_all(dir.0.join("server/.huskies")).unwrap();
         std::fs::write(dir.0.join("server/.huskies/project.toml"), toml).unwrap();
-        let mut c = Cluster {
+        let mut c = Cluster::unstarted(dir);
+        c.start_server();
+        c
+    }
+
+    /// A cluster in `dir` whose server is not started yet.
+    pub fn unstarted(dir: tempdir::TempDir) -> Cluster {
+        Cluster {
             dir,
             port: free_port(),
             procs: Vec::new(),
             key: String::new(),
             env: Vec::new(),
             server_args: Vec::new(),
-        };
-        c.start_server();
-        c
+        }
     }
 
     /// A cluster whose server is started with `args` besides the usual.
@@ -237,8 +242,8 @@ impl Cluster {
         let dir = tempdir::TempDir::new(tag);
         fixture(&dir.0);
         let server_args = args.iter().map(|a| a.to_string()).collect();
-        let mut c =
-            Cluster { dir, port: free_port(), procs: Vec::new(), key: String::new(), env: Vec::new(), server_args };
+        let mut c = Cluster::unstarted(dir);
+        c.server_args = server_args;
         c.start_server();
         c
     }
@@ -246,14 +251,7 @@ impl Cluster {
     pub fn new(tag: &str) -> Cluster {
         let dir = tempdir::TempDir::new(tag);
         fixture(&dir.0);
-        let mut c = Cluster {
-            dir,
-            port: free_port(),
-            procs: Vec::new(),
-            key: String::new(),
-            env: Vec::new(),
-            server_args: Vec::new(),
-        };
+        let mut c = Cluster::unstarted(dir);
         c.start_server();
         c
     }

@@ -54,39 +54,7 @@ enum Cmd {
         web: run::WebArgs,
     },
     /// Run a build agent.
-    Agent {
-        /// The rendezvous, e.g. ws://10.0.0.1:3001/crdt-sync.
-        #[arg(long)]
-        rendezvous: String,
-        /// Port for this agent's /crdt-sync (mesh peers dial it).
-        #[arg(long)]
-        port: u16,
-        #[arg(long, default_value = ".")]
-        project_root: PathBuf,
-        /// Holds this node's key and the document (mode 0600), outside the
-        /// project [default: ~/.local/state/huskies/agent-<port>].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// One-time token from `huskies token create` on the server.
-        #[arg(long, env = "HUSKIES_JOIN_TOKEN")]
-        join_token: Option<String>,
-        /// Interface to listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// Address mesh peers dial, e.g. ws://10.0.0.5:3101/crdt-sync
-        /// [default: ws://<host>:<port>/crdt-sync; required with --host
-        /// 0.0.0.0 or ::].
-        #[arg(long)]
-        advertise: Option<String>,
-        #[arg(long)]
-        label: Option<String>,
-        #[arg(long)]
-        node_id: Option<String>,
-        #[command(flatten)]
-        tls: run::TlsArgs,
-        #[command(flatten)]
-        web: run::WebArgs,
-    },
+    Agent(run::AgentArgs),
     /// A run's log, fetched from the node that ran it.
     Logs {
         #[command(flatten)]
@@ -230,33 +198,8 @@ fn main() -> ExitCode {
             init_logs(cli.log_format);
             run::server(listen, data_dir, project_root, advertise, node_id, tls, web)
         }
-        Cmd::Agent {
-            rendezvous,
-            port,
-            project_root,
-            data_dir,
-            join_token,
-            host,
-            advertise,
-            label,
-            node_id,
-            tls,
-            web,
-        } => {
+        Cmd::Agent(args) => {
             init_logs(cli.log_format);
-            let args = run::AgentArgs {
-                rendezvous,
-                port,
-                project_root,
-                data_dir,
-                join_token,
-                host,
-                advertise,
-                label,
-                node_id,
-                tls,
-                web,
-            };
             run::agent(args)
         }
         Cmd::Story { target, action } => match action {

@@ -319,17 +319,38 @@ pub fn server(
     Ok(serve(opts, auth::hash(&key), Some(enroll), tls, web)?)
 }
 
+#[derive(clap::Args)]
 pub struct AgentArgs {
+    /// The rendezvous, e.g. ws://10.0.0.1:3001/crdt-sync.
+    #[arg(long)]
     pub rendezvous: String,
+    /// Port for this agent's /crdt-sync (mesh peers dial it).
+    #[arg(long)]
     pub port: u16,
+    #[arg(long, default_value = ".")]
     pub project_root: PathBuf,
+    /// Holds this node's key and the document (mode 0600), outside the
+    /// project [default: ~/.local/state/huskies/agent-<port>].
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// One-time token from `huskies token create` on the server.
+    #[arg(long, env = "HUSKIES_JOIN_TOKEN")]
     pub join_token: Option<String>,
+    /// Interface to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Address mesh peers dial, e.g. ws://10.0.0.5:3101/crdt-sync
+    /// [default: ws://<host>:<port>/crdt-sync; required with --host
+    /// 0.0.0.0 or ::].
+    #[arg(long)]
     pub advertise: Option<String>,
+    #[arg(long)]
     pub label: Option<String>,
+    #[arg(long)]
     pub node_id: Option<String>,
+    #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
     pub web: WebArgs,
 }
 
