@@ -211,9 +211,13 @@ type WriteJob = (PersistSeq, PersistKind, Vec<u8>);
 fn start_writer(
     mut storage: Storage,
     disk_bytes: Arc<std::sync::atomic::AtomicU64>,
-) -> std::io::Result<(std::sync::mpsc::SyncSender<WriteJob>, mpsc::Receiver<std::io::Result<PersistSeq>>)> {
+) -> std::io::Result<(std::sync::mpsc::SyncSender<WriteJob>, mpsc::UnboundedReceiver<std::io::Result<PersistSeq>>)> {
     let (jobs_tx, jobs) = std::sync::mpsc::sync_channel::<WriteJob>(WRITE_QUEUE);
-    let (done_tx, done) = mpsc::channel(WRITE_QUEUE);
+    // The writer never waits to report: if it could, a node thread blocked
+    // on a full job queue and a writer blocked on a full result queue
+    // would wait for each other. Results cannot pile up past what the
+    // bounded job queue lets through while the node is not reading.
+    let (done_tx, done) = mpsc::unbounded_channel();
     std::thread::Builder::new().name("huskies-storage".into()).spawn(move || {
         let mut last = PersistSeq(0);
         for (seq, kind, bytes) in jobs {
@@ -222,7 +226,7 @@ fn start_writer(
             let result = storage.persist(kind, &bytes).map(|()| seq);
             disk_bytes.store(storage.bytes_on_disk(), std::sync::atomic::Ordering::Relaxed);
             let failed = result.is_err();
-            if done_tx.blocking_send(result).is_err() || failed {
+            if done_tx.send(result).is_err() || failed {
                 // The node is gone, or storage failed: nothing after this
                 // write may be applied over it.
                 break;
@@ -322,7 +326,7 @@ impl NodeLoop {
         &mut self,
         mut rx: mpsc::Receiver<NodeMsg>,
         mut inputs: mpsc::Receiver<Input>,
-        mut persisted: mpsc::Receiver<std::io::Result<PersistSeq>>,
+        mut persisted: mpsc::UnboundedReceiver<std::io::Result<PersistSeq>>,
         project: Arc<Mutex<ProjectConfig>>,
         project_root: PathBuf,
     ) -> Result<(), NodeError> {
