@@ -229,13 +229,14 @@ struct Update<'a> {
 #[derive(Default)]
 struct Sent {
     stories: BTreeMap<String, String>,
-    first: bool,
+    /// The whole board went out once already.
+    sent_once: bool,
 }
 
 impl Sent {
     fn update(&mut self, board: &Board) -> String {
-        let reset = !self.first;
-        self.first = true;
+        let reset = !self.sent_once;
+        self.sent_once = true;
         let mut changed = Vec::new();
         let mut now: BTreeMap<String, String> = BTreeMap::new();
         for s in &board.stories {

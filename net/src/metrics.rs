@@ -83,9 +83,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("huskies");
-        let m = Metrics {
-            registry: Registry::default(),
+        let mut m = Metrics {
+            registry: Registry::with_prefix("huskies"),
             claims: Counter::default(),
             reclaims: Counter::default(),
             claim_conflicts: Counter::default(),
@@ -110,7 +109,7 @@ impl Metrics {
             document_changes: Gauge::default(),
             started: Default::default(),
         };
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register("claims", "Claims this node won", m.claims.clone());
         r.register("reclaims", "Claims taken over from a dead node", m.reclaims.clone());
         r.register("claim_conflicts", "Claims of ours another node's concurrent claim beat", m.claim_conflicts.clone());
@@ -143,7 +142,7 @@ impl Metrics {
         for end in [RunEnd::Succeeded, RunEnd::Failed, RunEnd::Stopped, RunEnd::Fenced] {
             let _ = m.run_duration_seconds.get_or_create(&[("outcome", end.as_str())]);
         }
-        Metrics { registry, ..m }
+        m
     }
 
     pub fn sync_received(&self, bytes: usize) {
