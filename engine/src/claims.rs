@@ -3,7 +3,10 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use crate::engine::{ActiveRun, Phase};
+mod held;
+
+pub(crate) use held::{ActiveRun, Claims, Phase};
+
 use crate::hash::stable_hash;
 use crate::story::{RunResult, StoryState};
 use crate::{Engine, Event, NodeId, Output, RunOutcome, StoryId, Token};
@@ -14,8 +17,7 @@ const MIN_SCAN_WINDOW: usize = 64;
 
 impl Engine {
     pub(crate) fn free_slots(&self) -> u32 {
-        let used = u32::try_from(self.runs.len()).unwrap_or(u32::MAX);
-        self.config.capacity.saturating_sub(used)
+        self.claims.free_slots(self.config.capacity)
     }
 
     /// Claims the document says we hold but we are not working on: left by
@@ -23,12 +25,8 @@ impl Engine {
     /// the worktree holds, then push or release (handle_worktree_inspected).
     /// Without this an orphaned claim of a live node would never move.
     pub(crate) fn adopt_orphaned_claims(&mut self) {
-        let orphans: Vec<StoryId> = self
-            .index
-            .held_by(&self.node)
-            .filter(|id| !self.runs.contains_key(*id) && !self.fenced_by.contains_key(*id))
-            .cloned()
-            .collect();
+        let orphans: Vec<StoryId> =
+            self.index.held_by(&self.node).filter(|id| !self.claims.is_busy_with(id)).cloned().collect();
         for story in orphans {
             let state = &self.index.known(&story).state;
             let token = state.token;
@@ -41,8 +39,8 @@ impl Engine {
                 report: None,
                 resume: None,
             };
-            self.runs.insert(story.clone(), run);
-            self.worktrees.insert(story.clone());
+            self.claims.begin(story.clone(), run, self.config.capacity);
+            self.claims.note_worktree(&story);
             self.pending.push(Output::InspectWorktree { story, token });
         }
     }
@@ -66,13 +64,10 @@ impl Engine {
     fn claimable(&self, id: &StoryId) -> Option<Option<NodeId>> {
         let view = self.index.story(id)?;
         let s = &view.state;
-        if !s.is_claimable_stage() || !self.config.stages.contains(&s.stage) || self.runs.contains_key(id) {
+        if !s.is_claimable_stage() || !self.config.stages.contains(&s.stage) {
             return None;
         }
-        if self.fenced_by.contains_key(id) {
-            return None;
-        }
-        if self.cooldown.get(id).is_some_and(|until| *until > self.now) {
+        if self.claims.is_busy_with(id) || self.claims.is_cooling(id, self.now) {
             return None;
         }
         match &s.holder {
@@ -115,18 +110,14 @@ impl Engine {
         let free = self.index.free().filter(|k| self.claimable(&k.id).is_some()).take(window).map(|k| k.id.clone());
         let mut candidates: BTreeSet<StoryId> = free.chain(dead_held).collect();
         candidates.retain(|id| self.claimable(id).is_some());
-        // Forget stories that stopped being claimable, so the stagger
-        // restarts if they become free again.
-        self.free_since.retain(|id, _| candidates.contains(id));
         let stagger = self.config.claim_stagger_ms;
         let mut ready = Vec::new();
-        for id in &candidates {
-            let since = *self.free_since.entry(id.clone()).or_insert(now);
-            let (rank, affinity) = self.rank(id);
+        for (id, since) in self.claims.free_since(&candidates, now) {
+            let (rank, affinity) = self.rank(&id);
             if now.saturating_sub(since) >= rank.saturating_mul(stagger) {
-                let v = &self.index.known(id);
+                let v = &self.index.known(&id);
                 let order = (Reverse(v.state.stage), Reverse(v.priority), v.created_ms);
-                ready.push((order, rank, Reverse(affinity), id.clone()));
+                ready.push((order, rank, Reverse(affinity), id));
             }
         }
         // Among the stories we may claim now (the stagger already held
@@ -150,8 +141,6 @@ impl Engine {
     }
 
     fn claim(&mut self, id: &StoryId, reclaimed_from: Option<NodeId>) {
-        assert!(self.free_slots() > 0, "claim of {id} with no free slot");
-        assert!(!self.runs.contains_key(id), "claim of {id}, which we already run");
         let mut state = self.index.known(id).state.clone();
         assert!(state.is_claimable_stage(), "claim of {id} in stage {}", state.stage);
         let resume = reclaimed_from.clone().map(|n| (n, state.token));
@@ -165,45 +154,32 @@ impl Engine {
         let deadline = self.now.saturating_add_ms(self.config.claim_settle_ms);
         let attempt = self.index.known(id).state.attempts + 1;
         let run = ActiveRun { token, stage, phase: Phase::Settling, deadline, attempt, report: None, resume };
-        self.runs.insert(id.clone(), run);
-        assert!(self.runs.len() <= self.config.capacity as usize, "{} runs over capacity", self.runs.len());
+        self.claims.begin(id.clone(), run, self.config.capacity);
+        assert!(self.claims.len() <= self.config.capacity as usize, "{} runs over capacity", self.claims.len());
         self.emit(Event::Claimed { story: id.clone(), stage, token, reclaimed_from });
     }
 
     /// Starts the runs whose claims survived their settling window.
     pub(crate) fn start_settled_runs(&mut self) {
         let now = self.now;
-        let settled: Vec<StoryId> = self
-            .runs
-            .iter()
-            .filter(|(_, r)| r.phase == Phase::Settling && r.deadline <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in settled {
-            let Some(stage) = self.runs.get(&id).map(|r| r.stage) else { continue };
+        for id in self.claims.settled(now) {
+            let Some(run) = self.claims.run(&id) else { continue };
+            let (token, stage, attempt, resume) = (run.token, run.stage, run.attempt, run.resume.clone());
             let held = self.index.story(&id).and_then(|v| v.state.holder.as_ref());
             assert_eq!(held, Some(&self.node), "a settled run of {id} whose claim is not ours");
             let deadline = now.saturating_add_ms(self.config.run_timeout_for(stage));
-            let Some(run) = self.runs.get_mut(&id) else { continue };
-            run.phase = Phase::Running;
-            run.deadline = deadline;
-            let (token, attempt, resume) = (run.token, run.attempt, run.resume.clone());
+            self.claims.enter(&id, token, Phase::Running, deadline);
             let view = &self.index.known(&id);
             let (title, last_failure) = (view.title.clone(), view.state.reason.clone());
             let body = self.doc.read_body(&id);
-            self.worktrees.insert(id.clone());
+            self.claims.note_worktree(&id);
             self.pending.push(Output::StartRun { story: id, title, stage, token, attempt, body, last_failure, resume });
         }
     }
 
-    /// The earliest settling claim, for `poll_timeout`.
-    pub(crate) fn next_settle_at(&self) -> Option<crate::Millis> {
-        self.runs.values().filter(|r| r.phase == Phase::Settling).map(|r| r.deadline).min()
-    }
-
     /// Our run of `story` at `token`, if it is still in `phase`.
     fn live_run(&mut self, story: &StoryId, token: Token, phase: Phase) -> bool {
-        let ok = self.runs.get(story).is_some_and(|r| r.token == token && r.phase == phase);
+        let ok = self.claims.is_live(story, token, phase);
         if !ok {
             self.emit(Event::StaleResult { story: story.clone(), token });
         }
@@ -211,13 +187,9 @@ impl Engine {
     }
 
     fn enter_push(&mut self, story: &StoryId, token: Token) {
-        let Some(stage) = self.runs.get(story).map(|r| r.stage) else { return };
-        assert_eq!(self.runs[story].token, token, "push of {story} under a token not the run's");
+        let Some(stage) = self.claims.run(story).map(|r| r.stage) else { return };
         let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(stage));
-        if let Some(run) = self.runs.get_mut(story) {
-            run.phase = Phase::Pushing;
-            run.deadline = deadline;
-        }
+        self.claims.enter(story, token, Phase::Pushing, deadline);
         self.pending.push(Output::Push { story: story.clone(), token, stage });
     }
 
@@ -231,9 +203,7 @@ impl Engine {
         if !self.live_run(&story, token, Phase::Running) {
             return;
         }
-        if let Some(run) = self.runs.get_mut(&story) {
-            run.report = Some(report);
-        }
+        self.claims.set_report(&story, report);
         match outcome {
             RunOutcome::Succeeded => self.enter_push(&story, token),
             RunOutcome::Failed { reason } => self.fail(&story, reason),
@@ -264,7 +234,7 @@ impl Engine {
     /// claim it again ourselves until our replica has caught up with that
     /// claim.
     fn fenced(&mut self, story: &StoryId, e: crate::PushError) {
-        let Some(run) = self.runs.remove(story) else { return };
+        let Some(run) = self.claims.end(story) else { return };
         let reason = e.to_string();
         let mut state = self.index.known(story).state.clone();
         let mut released = None;
@@ -281,7 +251,7 @@ impl Engine {
             crate::PushError::Failed(_) => (None, String::new()),
         };
         if let Some(by) = by {
-            self.fenced_by.insert(story.clone(), (by, released));
+            self.claims.fence(story, by, released);
         }
         self.emit(Event::Fenced { story: story.clone(), token: run.token, kept });
     }
@@ -294,7 +264,7 @@ impl Engine {
             self.enter_push(&story, token);
         } else {
             // Interrupted, not failed: release without counting an attempt.
-            self.runs.remove(&story);
+            self.claims.end(&story);
             let mut state = self.index.known(&story).state.clone();
             state.holder = None;
             state.token = state.token.next();
@@ -305,7 +275,7 @@ impl Engine {
     /// Accepts our result: the story moves on, the claim is released at the
     /// same token, and the result records who did it with which token.
     fn advance(&mut self, story: &StoryId) {
-        let Some(run) = self.runs.remove(story) else { return };
+        let Some(run) = self.claims.end(story) else { return };
         let mut state = self.index.known(story).state.clone();
         // A run is dropped the moment its claim stops being the winning
         // one (apply_story), so a run we still hold is our claim.
@@ -331,7 +301,7 @@ impl Engine {
     /// Releases the claim after a failed run or push; gives up after
     /// `max_attempts`. This node cools down before retrying it.
     fn fail(&mut self, story: &StoryId, reason: String) {
-        let Some(run) = self.runs.remove(story) else { return };
+        let Some(run) = self.claims.end(story) else { return };
         let mut state = self.index.known(story).state.clone();
         assert_eq!(state.token, run.token, "failing {story} under a superseded token");
         assert_eq!(state.holder.as_ref(), Some(&self.node), "failing {story}, which we do not hold");
@@ -354,9 +324,7 @@ impl Engine {
     /// pushes or inspections the driver never answered).
     pub(crate) fn expire_runs(&mut self) {
         let now = self.now;
-        let hung: Vec<(StoryId, ActiveRun)> =
-            self.runs.iter().filter(|(_, r)| r.deadline <= now).map(|(id, r)| (id.clone(), r.clone())).collect();
-        for (story, run) in hung {
+        for (story, run) in self.claims.expired(now) {
             if run.phase == Phase::Running {
                 self.pending.push(Output::StopRun { story: story.clone(), token: run.token });
             }

@@ -106,7 +106,7 @@ impl Engine {
         let state = StoryState { token: view.state.token.next(), holder: None, removed: true, ..view.state.clone() };
         let token = state.token;
         self.write_state(&id, state);
-        self.cooldown.remove(&id);
+        self.claims.clear_cooldown(&id);
         Ok(Reply::Removed { id, token })
     }
 
@@ -125,7 +125,7 @@ impl Engine {
         };
         let token = state.token;
         self.write_state(&id, state);
-        self.cooldown.remove(&id);
+        self.claims.clear_cooldown(&id);
         Ok(Reply::Retried { id, token })
     }
 
@@ -184,7 +184,7 @@ impl Engine {
         };
         let token = state.token;
         self.write_state(&id, state);
-        self.cooldown.remove(&id);
+        self.claims.clear_cooldown(&id);
         Ok(Reply::Moved { id, from, to, token })
     }
 }

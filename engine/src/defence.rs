@@ -79,7 +79,7 @@ impl Engine {
     pub(crate) fn charge_peer(&mut self, conn: ConnId, len: usize) -> bool {
         let (bytes, messages) = self.budget_caps();
         let now = self.now;
-        let Some(c) = self.conns.get_mut(&conn) else { return false };
+        let Some(c) = self.peers.conn_mut(conn) else { return false };
         match c.budget.charge(now, len, bytes, messages) {
             Ok(()) => true,
             Err(why) => {
@@ -142,7 +142,7 @@ impl Engine {
         self.dirty = false;
         if !verified {
             // Not the document peers' sync states describe: start them over.
-            for c in self.conns.values_mut() {
+            for c in self.peers.conns_mut() {
                 c.sync = automerge::sync::State::new();
             }
         }

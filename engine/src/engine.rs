@@ -6,38 +6,13 @@ use automerge::ActorId;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 
+use crate::claims::{Claims, Phase};
 use crate::doc::{Doc, NodeRecord, StoryView};
 use crate::index::Index;
 use crate::liveness::Liveness;
-use crate::peers::{Conn, DialTarget, Purpose};
+use crate::peers::{DialTarget, Peers, Purpose};
 use crate::story::StoryState;
-use crate::{Config, ConnId, Event, Input, Millis, NodeId, Output, PersistKind, PersistSeq, Stage, StoryId, Token};
-
-/// What a claimed story of ours is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Claimed; waiting `claim_settle_ms` for a concurrent claim to show.
-    Settling,
-    /// Asked the driver what a pre-restart worktree holds.
-    Inspecting,
-    Running,
-    Pushing,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct ActiveRun {
-    pub token: Token,
-    pub stage: Stage,
-    pub phase: Phase,
-    /// When the phase is given up as hung.
-    pub deadline: Millis,
-    /// Which attempt in this stage (1 = first).
-    pub attempt: u32,
-    /// What the driver reported when the run ended, for its record.
-    pub report: Option<crate::runs::RunReport>,
-    /// Reclaimed from this dead holder, whose claim had this token.
-    pub resume: Option<(NodeId, Token)>,
-}
+use crate::{Config, Event, Input, Millis, NodeId, Output, PersistKind, PersistSeq, Stage, StoryId};
 
 /// The sans-IO state machine of one node. See the crate docs for the
 /// contract.
@@ -66,10 +41,8 @@ pub struct Engine {
     pub(crate) inputs_handled: u64,
 
     // Local, never replicated.
-    pub(crate) free_since: BTreeMap<StoryId, Millis>,
-    pub(crate) cooldown: BTreeMap<StoryId, Millis>,
-    pub(crate) runs: BTreeMap<StoryId, ActiveRun>,
-    pub(crate) worktrees: BTreeSet<StoryId>,
+    /// Our claims: runs, cooldowns, stagger, worktrees, fences.
+    pub(crate) claims: Claims,
     pub(crate) liveness: Liveness,
     pub(crate) dead: BTreeSet<NodeId>,
 
@@ -84,23 +57,13 @@ pub struct Engine {
     pub(crate) self_revoked: bool,
     /// CA-signed cluster settings in force (applied to `config`).
     pub(crate) settings: Option<crate::ClusterSettings>,
-    /// Stories whose push the remote fenced, with the newer claim's token
-    /// it showed and the release we wrote: we neither adopt nor claim them
-    /// until our replica shows a state past that claim and not our own
-    /// release (the newer claim's, or a later one's).
-    pub(crate) fenced_by: BTreeMap<StoryId, (Token, Option<crate::StoryState>)>,
     /// We announced we are leaving: no more claims or beats.
     pub(crate) leaving: bool,
 
     // Peers.
-    pub(crate) conns: BTreeMap<ConnId, Conn>,
-    pub(crate) targets: BTreeMap<String, DialTarget>,
-    pub(crate) next_conn: u64,
-    pub(crate) rendezvous_node: Option<NodeId>,
+    /// Connections, dial targets, owed syncs, beats to relay.
+    pub(crate) peers: Peers,
     pub(crate) heartbeat_seq: u64,
-    /// Heartbeats heard since our last beat, to relay with it (latest per
-    /// node, with the conn it came from).
-    pub(crate) relay: BTreeMap<NodeId, (crate::wire::Heartbeat, ConnId)>,
     pub(crate) advertised_free_slots: u32,
     pub(crate) next_heartbeat_at: Millis,
     pub(crate) next_scan_at: Millis,
@@ -108,8 +71,6 @@ pub struct Engine {
     /// Outputs produced while handling the current input; released after
     /// the `Persist` that covers them.
     pub(crate) pending: Vec<Output>,
-    /// Conns owed a sync message, sent once their pacing interval allows.
-    pub(crate) sync_due: BTreeSet<ConnId>,
     pub(crate) outputs: VecDeque<Output>,
     /// The last `Persist` issued, and the last the driver confirmed.
     pub(crate) persist_seq: PersistSeq,
@@ -154,30 +115,21 @@ impl Engine {
             appends_since_snapshot: 0,
             index: Index::default(),
             inputs_handled: 0,
-            free_since: BTreeMap::new(),
-            cooldown: BTreeMap::new(),
-            runs: BTreeMap::new(),
-            worktrees: BTreeSet::new(),
+            claims: Claims::default(),
             liveness,
             dead: BTreeSet::new(),
             creds,
             keys: BTreeMap::new(),
             revoked: BTreeSet::new(),
             settings: None,
-            fenced_by: BTreeMap::new(),
             leaving: false,
             self_revoked: false,
-            conns: BTreeMap::new(),
-            targets: BTreeMap::new(),
-            next_conn: 0,
-            rendezvous_node: None,
+            peers: Peers::default(),
             heartbeat_seq: 0,
-            relay: BTreeMap::new(),
             advertised_free_slots: u32::MAX,
             next_heartbeat_at: now,
             next_scan_at: now,
             pending: Vec::new(),
-            sync_due: BTreeSet::new(),
             outputs: VecDeque::new(),
             persist_seq: PersistSeq(0),
             durable: PersistSeq(0),
@@ -226,9 +178,9 @@ impl Engine {
         }
         // Each part says when it next needs the clock; the earliest wins.
         [
-            self.next_dial_at(),   // peers: redial a target
-            self.next_sync_at(),   // peers: a paced sync message
-            self.next_settle_at(), // claims: a claim's settling window ends
+            self.peers.next_dial_at(),    // peers: redial a target
+            self.peers.next_sync_at(),    // peers: a paced sync message
+            self.claims.next_settle_at(), // claims: a claim's settling window ends
             Some(self.next_heartbeat_at),
             Some(self.next_scan_at), // claims, liveness and run deadlines
         ]
@@ -290,7 +242,7 @@ impl Engine {
         self.dirty = false;
         self.emit(Event::Ready { stories: self.index.len(), unreadable: bad.keys });
         if let Some(addr) = self.config.rendezvous.clone() {
-            self.targets.insert(addr, DialTarget::new(Purpose::Rendezvous, self.now));
+            self.peers.add_target(addr, DialTarget::new(Purpose::Rendezvous, self.now));
         }
         self.dial_due();
     }
@@ -361,7 +313,7 @@ impl Engine {
             if !bytes.is_empty() {
                 self.persist(kind, bytes);
             }
-            self.sync_due.extend(self.conns.iter().filter(|(_, c)| c.node.is_some()).map(|(id, _)| *id));
+            self.peers.owe_sync_all();
         }
         // Advertise a change in free slots at once: claim ranking relies on
         // it, and a stale "busy" makes two nodes both think they rank first.
@@ -466,12 +418,7 @@ impl Engine {
         let old = self.index.put_story(id, view.clone(), replaced);
         let Some(view) = view else { return };
         let state = &view.state;
-        if self.fenced_by.get(id).is_some_and(|(by, ours)| state.token >= *by && ours.as_ref() != Some(state)) {
-            self.fenced_by.remove(id);
-        }
-        if state.holder.is_some() || !state.is_claimable_stage() {
-            self.free_since.remove(id);
-        }
+        self.claims.observe(id, state);
         if let Some(old) = &old {
             if old.state.stage != state.stage {
                 self.emit(Event::StageChanged {
@@ -483,13 +430,13 @@ impl Engine {
             }
             if state.attempts > old.state.attempts {
                 let until = self.now.saturating_add_ms(self.retry_backoff_ms(state.attempts));
-                self.cooldown.insert(id.clone(), until);
+                self.claims.cool_down(id, until);
             }
         }
-        if let Some(run) = self.runs.get(id)
+        if let Some(run) = self.claims.run(id)
             && (state.token != run.token || state.holder.as_ref() != Some(&self.node))
         {
-            let run = self.runs.remove(id).expect("checked above");
+            let run = self.claims.end(id).expect("checked above");
             if run.phase == Phase::Running {
                 self.pending.push(Output::StopRun { story: id.clone(), token: run.token });
             }
@@ -500,7 +447,7 @@ impl Engine {
                 now_token: state.token,
             });
         }
-        if state.stage == Stage::Archived && self.worktrees.remove(id) {
+        if state.stage == Stage::Archived && self.claims.forget_worktree(id) {
             self.pending.push(Output::PruneWorktree { story: id.clone() });
         }
     }
@@ -534,10 +481,5 @@ impl Engine {
 
     pub(crate) fn random_u64(&mut self) -> u64 {
         self.rng.next_u64()
-    }
-
-    pub(crate) fn alloc_outbound_conn(&mut self) -> ConnId {
-        self.next_conn += 1;
-        ConnId::outbound(self.next_conn)
     }
 }

@@ -24,25 +24,14 @@ impl Engine {
         assert!(self.held.len() < MAX_QUEUED_OUTPUTS, "{} outputs wait for a persist", self.held.len());
         assert!(self.durable <= self.persist_seq, "more persists confirmed than issued");
         assert!(self.held.is_empty() || self.awaiting_persist(), "outputs held with every persist durable");
-        let mesh = self.mesh_peer_count();
-        assert!(mesh <= self.config.max_mesh_peers, "mesh of {mesh} over its cap {}", self.config.max_mesh_peers);
-        // Dial targets: the rendezvous and the mesh, nothing else.
-        assert!(self.targets.len() <= 1 + self.config.max_mesh_peers, "{} dial targets", self.targets.len());
-        // Inbound conns are refused at max_peers; outbound ones are ours.
-        assert!(
-            self.conns.len() <= self.config.max_peers + self.targets.len(),
-            "{} conns over the peer limit {}",
-            self.conns.len(),
-            self.config.max_peers
-        );
-        // Beats to relay come only from nodes whose key we verified.
-        assert!(self.relay.keys().all(|n| self.keys.contains_key(n)), "relaying a beat of an unknown key");
-        assert!(self.sync_due.iter().all(|c| self.conns.contains_key(c)), "sync owed to a closed conn");
+        let keys = &self.keys;
+        self.peers.check(self.config.max_peers, self.config.max_mesh_peers, |n| keys.contains_key(n));
         // Liveness records: nodes heard (their beats were verified against a
         // key) plus grace periods of current holders, nothing else.
         let holders = self.index.holders().count();
         assert!(self.liveness.heard_count() <= self.keys.len(), "beats heard from nodes without a key");
         assert!(self.liveness.len() <= self.keys.len() + holders, "{} liveness records", self.liveness.len());
+        self.claims.check(self.index.len());
         self.inputs_handled += 1;
         if self.inputs_handled.is_multiple_of(FULL_CHECK_EVERY) {
             self.check_index();

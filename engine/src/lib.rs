@@ -55,20 +55,25 @@
 //!
 //! ## The parts
 //!
-//! | part | owns | file |
+//! Each part owns its state behind private fields and reports its own next
+//! deadline; the rules that span parts are `impl Engine` blocks in the file
+//! named after what they decide.
+//!
+//! | part (state) | owns | rules |
 //! |---|---|---|
-//! | `Doc` | the Automerge document: typed reads and writes, what a merge touched | `doc.rs` |
-//! | `Index` | every story and node as the document says, and the sets claims are decided on (free in claim order, by holder, conflicted) | `index.rs` |
-//! | `Liveness` | heartbeats heard and grace periods: who is alive, with how many free slots | `liveness.rs` |
-//! | claims | our runs from claim to settle, run, push and result; cooldowns and stagger | `claims.rs` |
-//! | peers | connections, dial targets, the handshake, paced sync, the heartbeat relay | `peers.rs`, `defence.rs` |
+//! | `Doc` (`doc.rs`) | the Automerge document: typed reads and writes, what a merge touched | |
+//! | `Index` (`index.rs`) | every story and node as the document says, and the sets claims are decided on (free in claim order, by holder, conflicted) | |
+//! | `Liveness` (`liveness.rs`) | heartbeats heard and grace periods: who is alive, with how many free slots | |
+//! | `Claims` (`claims/held.rs`) | our runs from claim to settle, run, push and result; cooldowns, stagger, worktrees, fences | `claims.rs` |
+//! | `Peers` (`peers/links.rs`) | connections, dial targets and backoff, owed syncs, beats to relay | `peers.rs`, `defence.rs` |
 //! | membership | node records, keys, enrollments and revocations | `membership.rs`, `identity.rs` |
 //! | commands | what users ask for, checked, answered once | `commands.rs` |
 //!
 //! `Engine` (`engine.rs`) ties them together: `handle` routes an input,
 //! `finish_input` persists and releases, `poll_timeout` takes the earliest
 //! deadline any part reports, and in debug builds `invariants.rs` checks
-//! the parts against each other after every input.
+//! each part's own invariants and the parts against each other after every
+//! input.
 
 mod claims;
 mod commands;

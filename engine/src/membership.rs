@@ -90,25 +90,25 @@ impl Engine {
         if believed && !self.keys.contains_key(&node) {
             self.liveness.revoke(&node);
             self.dead.insert(node.clone());
-            self.relay.remove(&node);
+            self.peers.drop_relay(&node);
             // Sooner than the next scan: the revoked node's stories are
             // free for the taking now.
             self.next_scan_at = self.now;
         }
         let conns: Vec<_> = self
-            .conns
-            .iter()
+            .peers
+            .conns()
             .filter(|(_, c)| c.peer_key == Some(key) && c.node.as_ref() == Some(&node))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for conn in conns {
             self.reject(conn, RejectKind::Revoked, format!("node {node} was revoked"));
         }
         if node == self.node && key == self.creds.cert.key {
             self.self_revoked = true;
-            let runs = std::mem::take(&mut self.runs);
+            let runs = self.claims.end_all();
             for (story, run) in runs {
-                if run.phase == crate::engine::Phase::Running {
+                if run.phase == crate::claims::Phase::Running {
                     self.pending.push(Output::StopRun { story, token: run.token });
                 }
             }

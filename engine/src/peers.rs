@@ -1,70 +1,27 @@
 //! Connections: hello, Automerge sync, heartbeat gossip, dialing with
 //! backoff, and the capped mesh.
 
+mod links;
+
+pub(crate) use links::{Backoff, Conn, DialTarget, Peers, Purpose};
+
 use automerge::sync::{self, SyncDoc};
 
 use crate::hash::stable_hash;
-use crate::identity::{self, Cert, PublicKey};
+use crate::identity::{self, Cert};
 use crate::liveness::News;
 use crate::wire::{Envelope, Heartbeat};
-use crate::{ConnId, Engine, Event, Millis, NodeId, Output, RejectKind};
-
-/// Why we keep an outbound connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Purpose {
-    Rendezvous,
-    /// A supplementary connection to this node.
-    Mesh(NodeId),
-}
-
-/// An address we keep dialing until told otherwise.
-#[derive(Debug, Clone)]
-pub(crate) struct DialTarget {
-    pub purpose: Purpose,
-    pub conn: Option<ConnId>,
-    /// Consecutive failures, for exponential backoff.
-    pub failures: u32,
-    pub next_at: Millis,
-}
-
-impl DialTarget {
-    pub fn new(purpose: Purpose, now: Millis) -> DialTarget {
-        DialTarget { purpose, conn: None, failures: 0, next_at: now }
-    }
-}
-
-pub(crate) struct Conn {
-    /// The address key in `targets` for outbound conns.
-    pub target: Option<String>,
-    /// Known once the peer proved its key (hello, then auth); only then do
-    /// we sync or take its heartbeats.
-    pub node: Option<NodeId>,
-    /// The challenge we sent in our hello.
-    pub our_nonce: [u8; 32],
-    /// The peer's hello, certificate checked, until its auth arrives:
-    /// node, key, its nonce.
-    pub hello: Option<(NodeId, PublicKey, [u8; 32])>,
-    /// The key the peer proved.
-    pub peer_key: Option<PublicKey>,
-    /// Fresh per connection: reusing sync state across reconnects can stop
-    /// peers from converging.
-    pub sync: sync::State,
-    /// Sync messages to this peer are paced: at most one per
-    /// `sync_interval_ms`, carrying everything that changed meanwhile.
-    pub next_sync_at: Millis,
-    /// What this peer may still send (bytes and messages per second).
-    pub budget: crate::defence::PeerBudget,
-}
+use crate::{ConnId, Engine, Event, NodeId, Output, RejectKind};
 
 impl Engine {
     pub(crate) fn handle_peer_connected(&mut self, conn: ConnId) {
-        if !self.ready || self.conns.contains_key(&conn) {
+        if !self.ready || self.peers.conn(conn).is_some() {
             self.pending.push(Output::HangUp { conn });
             return;
         }
         let target = if conn.is_outbound() {
-            match self.targets.iter().find(|(_, t)| t.conn == Some(conn)) {
-                Some((addr, _)) => Some(addr.clone()),
+            match self.peers.target_of(conn) {
+                Some(addr) => Some(addr.clone()),
                 // Not ours (dropped target, or a driver mix-up).
                 None => {
                     self.pending.push(Output::HangUp { conn });
@@ -72,7 +29,7 @@ impl Engine {
                 }
             }
         } else {
-            if self.conns.len() >= self.config.max_peers {
+            if self.peers.len() >= self.config.max_peers {
                 self.reject(conn, RejectKind::PeerLimit, format!("peer limit {} reached", self.config.max_peers));
                 return;
             }
@@ -84,7 +41,7 @@ impl Engine {
         for chunk in our_nonce.chunks_mut(8) {
             chunk.copy_from_slice(&self.random_u64().to_be_bytes());
         }
-        self.conns.insert(
+        self.peers.open(
             conn,
             Conn {
                 target,
@@ -104,24 +61,17 @@ impl Engine {
     pub(crate) fn handle_peer_closed(&mut self, conn: ConnId) {
         // Back off the target first: it still points at this conn.
         self.back_off(conn, None);
-        if let Some(c) = self.conns.remove(&conn) {
+        if let Some(c) = self.peers.close(conn) {
             self.emit(Event::PeerDown { conn, node: c.node });
         }
     }
 
     /// The outbound `conn` ended (failed dial, close or rejection): schedule
     /// the next dial of its target with exponential backoff and jitter.
-    fn back_off(&mut self, conn: ConnId, wait_ms: Option<u64>) {
-        let now = self.now;
-        let (min, max) = (self.config.dial_backoff_min_ms, self.config.dial_backoff_max_ms);
+    fn back_off(&mut self, conn: ConnId, fixed_ms: Option<u64>) {
         let jitter = self.random_u64();
-        let Some(t) = self.targets.values_mut().find(|t| t.conn == Some(conn)) else { return };
-        t.conn = None;
-        t.failures = t.failures.saturating_add(1);
-        let backoff = min.saturating_mul(1 << t.failures.min(20)).min(max);
-        // Jitter in [backoff/2, backoff) spreads reconnect storms.
-        let wait = wait_ms.unwrap_or(backoff / 2 + jitter % (backoff / 2).max(1));
-        t.next_at = now.saturating_add_ms(wait);
+        let (min_ms, max_ms) = (self.config.dial_backoff_min_ms, self.config.dial_backoff_max_ms);
+        self.peers.back_off(conn, self.now, Backoff { min_ms, max_ms, jitter, fixed_ms });
     }
 
     /// Disconnects a peer that broke the protocol. The node keeps running.
@@ -129,7 +79,7 @@ impl Engine {
         tracing::warn!(node = %self.node, ?conn, %reason, "disconnecting peer");
         // A misbehaving peer is retried only after the longest backoff.
         self.back_off(conn, Some(self.config.dial_backoff_max_ms));
-        self.conns.remove(&conn);
+        self.peers.close(conn);
         self.pending.push(Output::HangUp { conn });
         self.emit(Event::PeerRejected { conn, kind, reason });
     }
@@ -138,7 +88,7 @@ impl Engine {
         if !self.charge_peer(conn, bytes.len()) {
             return;
         }
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.peers.conn(conn) else { return };
         let (established, greeted) = (c.node.is_some(), c.hello.is_some());
         let env = match Envelope::decode(bytes, self.config.max_message_bytes) {
             Ok(env) => env,
@@ -157,7 +107,7 @@ impl Engine {
             Envelope::Sync(raw) => self.handle_sync(conn, &raw),
             Envelope::Heartbeats(beats) => {
                 for hb in beats {
-                    if !self.conns.contains_key(&conn) {
+                    if self.peers.conn(conn).is_none() {
                         break; // rejected by an earlier beat
                     }
                     self.handle_heartbeat(conn, hb);
@@ -182,15 +132,15 @@ impl Engine {
         if self.is_revoked(&node, &cert.key) {
             return self.reject(conn, RejectKind::Revoked, format!("node {node} was revoked"));
         }
-        let target = self.conns.get(&conn).and_then(|c| c.target.clone());
-        if let Some(t) = target.as_ref().and_then(|a| self.targets.get(a))
+        let target = self.peers.conn(conn).and_then(|c| c.target.clone());
+        if let Some(t) = target.as_ref().and_then(|a| self.peers.target(a))
             && let Purpose::Mesh(expected) = &t.purpose
             && *expected != node
         {
             let reason = format!("dialed {expected} but {node} answered");
             return self.reject(conn, RejectKind::Identity, reason);
         }
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.peers.conn_mut(conn) else { return };
         c.hello = Some((node.clone(), cert.key, nonce));
         let proof = identity::auth_message(&nonce, &c.our_nonce, &self.node, &node);
         let sig = self.creds.sign(&proof);
@@ -199,29 +149,23 @@ impl Engine {
 
     /// The peer's proof that it holds the key its hello named.
     fn handle_auth(&mut self, conn: ConnId, sig: &identity::Sig) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.peers.conn(conn) else { return };
         let Some((node, key, their_nonce)) = c.hello.clone() else { return };
         assert_ne!(node, self.node, "a hello naming us was refused before its proof");
         if !identity::verify_auth(&key, sig, &their_nonce, &c.our_nonce, &self.node, &node) {
             return self.reject(conn, RejectKind::Identity, format!("{node} failed to prove its key"));
         }
-        let target = c.target.clone();
-        if let Some(addr) = &target
-            && let Some(t) = self.targets.get_mut(addr)
-        {
-            if t.purpose == Purpose::Rendezvous {
-                self.rendezvous_node = Some(node.clone());
-            }
-            t.failures = 0;
+        if let Some(addr) = c.target.clone() {
+            self.peers.target_reached(&addr, &node);
         }
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.peers.conn_mut(conn) {
             c.node = Some(node.clone());
             c.peer_key = Some(key);
         }
         self.learn_key(&node, key);
         self.liveness.note_seen(&node, self.now);
         self.emit(Event::PeerUp { conn, node });
-        self.sync_due.insert(conn);
+        self.peers.owe_sync(conn);
     }
 
     fn handle_sync(&mut self, conn: ConnId, raw: &[u8]) {
@@ -237,7 +181,7 @@ impl Engine {
         };
         let heads_before = self.doc.heads();
         let received = self.shielded(conn, "receive_sync_message", |engine| {
-            let c = engine.conns.get_mut(&conn)?;
+            let c = engine.peers.conn_mut(conn)?;
             Some(engine.doc.automerge().sync().receive_sync_message(&mut c.sync, msg))
         });
         match received {
@@ -249,7 +193,9 @@ impl Engine {
             self.dirty = true;
             self.absorb_remote_changes();
         }
-        self.sync_due.insert(conn);
+        if self.peers.conn(conn).is_some() {
+            self.peers.owe_sync(conn);
+        }
     }
 
     /// Sends the sync messages that are due. Pacing matters: Automerge walks
@@ -257,11 +203,7 @@ impl Engine {
     /// message per change per peer made a 20-node claim storm quadratic
     /// (measured: 40% of its time in `remove_ancestors`).
     pub(crate) fn flush_sync(&mut self) {
-        let now = self.now;
-        let due: Vec<ConnId> =
-            self.sync_due.iter().filter(|c| self.conns.get(c).is_none_or(|c| c.next_sync_at <= now)).copied().collect();
-        for conn in due {
-            self.sync_due.remove(&conn);
+        for conn in self.peers.take_due_syncs(self.now) {
             self.send_sync(conn);
         }
     }
@@ -272,22 +214,14 @@ impl Engine {
     /// degree. Without a rendezvous link, the mesh is the main path.
     fn is_primary(&self, conn: ConnId) -> bool {
         let hub = self.config.rendezvous.is_none();
-        let rendezvous_conn = |id: &ConnId| {
-            self.conns
-                .get(id)
-                .and_then(|c| c.target.as_ref())
-                .and_then(|a| self.targets.get(a))
-                .is_some_and(|t| t.purpose == Purpose::Rendezvous)
-                && self.conns.get(id).is_some_and(|c| c.node.is_some())
-        };
-        hub || rendezvous_conn(&conn) || !self.conns.keys().any(rendezvous_conn)
+        hub || self.peers.is_rendezvous_link(conn) || !self.peers.has_rendezvous_link()
     }
 
     fn send_sync(&mut self, conn: ConnId) {
         let interval =
             if self.is_primary(conn) { self.config.sync_interval_ms } else { self.config.mesh_sync_interval_ms };
         let now = self.now;
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.peers.conn_mut(conn) else { return };
         if c.node.is_none() {
             return;
         }
@@ -295,7 +229,7 @@ impl Engine {
         // The peer's last message shaped this sync state (its bloom filter
         // is probed here): a panic is that peer's doing.
         let generated = self.shielded(conn, "generate_sync_message", |engine| {
-            let c = engine.conns.get_mut(&conn)?;
+            let c = engine.peers.conn_mut(conn)?;
             engine.doc.automerge().sync().generate_sync_message(&mut c.sync)
         });
         if let Some(msg) = generated.flatten() {
@@ -322,7 +256,7 @@ impl Engine {
             // the flood costs one envelope per link per interval.
             News::Routine => {
                 self.dead.remove(&hb.node);
-                self.relay.insert(hb.node.clone(), (hb, from));
+                self.peers.relay_later(hb, from);
             }
             // A node that freed a slot must be known at once, or two nodes
             // that both think the other busy claim the same story.
@@ -334,10 +268,9 @@ impl Engine {
                 } else {
                     self.dead.remove(&hb.node);
                 }
-                self.relay.remove(&hb.node);
+                self.peers.drop_relay(&hb.node);
                 let bytes = Envelope::Heartbeats(vec![hb]).encode();
-                let to: Vec<ConnId> =
-                    self.conns.iter().filter(|(id, c)| c.node.is_some() && **id != from).map(|(id, _)| *id).collect();
+                let to: Vec<ConnId> = self.peers.established().map(|(id, _)| id).filter(|id| *id != from).collect();
                 for conn in to {
                     self.pending.push(Output::Send { conn, bytes: bytes.clone() });
                 }
@@ -354,9 +287,9 @@ impl Engine {
         self.heartbeat_seq = crate::liveness::LEAVING_SEQ - 1;
         self.send_heartbeat(false);
         // Stop what runs here; the driver stops its processes too.
-        let runs = std::mem::take(&mut self.runs);
+        let runs = self.claims.end_all();
         for (story, run) in runs {
-            if run.phase == crate::engine::Phase::Running {
+            if run.phase == crate::claims::Phase::Running {
                 self.pending.push(Output::StopRun { story, token: run.token });
             }
         }
@@ -382,8 +315,8 @@ impl Engine {
             free_slots: self.advertised_free_slots,
             sig,
         };
-        let relay = if with_relays { std::mem::take(&mut self.relay) } else { Default::default() };
-        let to: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node.is_some()).map(|(id, _)| *id).collect();
+        let relay = if with_relays { self.peers.take_relays() } else { Default::default() };
+        let to: Vec<ConnId> = self.peers.established().map(|(id, _)| id).collect();
         for conn in to {
             let mut beats = vec![own.clone()];
             beats.extend(relay.values().filter(|(_, from)| *from != conn).map(|(hb, _)| hb.clone()));
@@ -395,14 +328,7 @@ impl Engine {
     }
 
     pub(crate) fn dial_due(&mut self) {
-        let now = self.now;
-        let due: Vec<String> =
-            self.targets.iter().filter(|(_, t)| t.conn.is_none() && t.next_at <= now).map(|(a, _)| a.clone()).collect();
-        for address in due {
-            let conn = self.alloc_outbound_conn();
-            if let Some(t) = self.targets.get_mut(&address) {
-                t.conn = Some(conn);
-            }
+        for (conn, address) in self.peers.dial_due(self.now) {
             self.pending.push(Output::Dial { conn, address });
         }
     }
@@ -416,7 +342,7 @@ impl Engine {
         let mut ranked: Vec<(u64, NodeId, String)> = self
             .liveness
             .alive(now)
-            .filter(|(n, _)| **n != self.node && Some(*n) != self.rendezvous_node.as_ref())
+            .filter(|(n, _)| **n != self.node && Some(*n) != self.peers.rendezvous_node())
             .filter_map(|(n, _)| {
                 let addr = self.index.node(n)?.address.clone()?;
                 if Some(addr.as_str()) == rendezvous_addr {
@@ -430,8 +356,8 @@ impl Engine {
         ranked.truncate(self.config.max_mesh_peers);
         // Drop targets no longer wanted.
         let unwanted: Vec<String> = self
-            .targets
-            .iter()
+            .peers
+            .targets()
             .filter(|(addr, t)| match &t.purpose {
                 Purpose::Mesh(n) => !ranked.iter().any(|(_, rn, ra)| rn == n && ra == *addr),
                 Purpose::Rendezvous => false,
@@ -439,35 +365,21 @@ impl Engine {
             .map(|(a, _)| a.clone())
             .collect();
         for addr in unwanted {
-            if let Some(t) = self.targets.remove(&addr)
-                && let Some(conn) = t.conn
-            {
-                self.conns.remove(&conn);
+            if let Some(conn) = self.peers.remove_target(&addr) {
                 self.pending.push(Output::HangUp { conn });
             }
         }
         for (_, node, addr) in ranked {
             // A peer that already dialed us is a link as good as our own.
-            let inbound = self.conns.iter().any(|(id, c)| !id.is_outbound() && c.node.as_ref() == Some(&node));
-            if !inbound && !self.targets.contains_key(&addr) {
-                self.targets.insert(addr, DialTarget::new(Purpose::Mesh(node), now));
+            let inbound = self.peers.established().any(|(id, n)| !id.is_outbound() && *n == node);
+            if !inbound && !self.peers.has_target(&addr) {
+                self.peers.add_target(addr, DialTarget::new(Purpose::Mesh(node), now));
             }
         }
-        assert!(self.mesh_peer_count() <= self.config.max_mesh_peers);
-    }
-
-    /// Supplementary outbound connections held or being dialed.
-    /// When a target without a connection is next dialed.
-    pub(crate) fn next_dial_at(&self) -> Option<Millis> {
-        self.targets.values().filter(|t| t.conn.is_none()).map(|t| t.next_at).min()
-    }
-
-    /// When the next paced sync message is due.
-    pub(crate) fn next_sync_at(&self) -> Option<Millis> {
-        self.sync_due.iter().filter_map(|c| self.conns.get(c)).map(|c| c.next_sync_at).min()
+        assert!(self.peers.mesh_peer_count() <= self.config.max_mesh_peers);
     }
 
     pub fn mesh_peer_count(&self) -> usize {
-        self.targets.values().filter(|t| matches!(t.purpose, Purpose::Mesh(_))).count()
+        self.peers.mesh_peer_count()
     }
 }

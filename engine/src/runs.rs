@@ -87,7 +87,7 @@ impl crate::Engine {
     pub(crate) fn record_run(
         &mut self,
         story: &StoryId,
-        run: &crate::engine::ActiveRun,
+        run: &crate::claims::ActiveRun,
         outcome: RunOutcomeKind,
         reason: Option<String>,
     ) {

@@ -1,10 +1,13 @@
 //! The pieces both simulators share (the engine's in-process harness in
 //! `engine/tests/harness` and the madsim chaos simulation in `sim/`), so
 //! neither keeps its own copy: node naming, the simulated disk, the trace
-//! hash, and the model of the git remote. Pure and deterministic, like the
+//! hash, the fake agent, and the model of the git remote. Pure and deterministic, like the
 //! engine; no driver in production uses it.
 
+pub mod agent;
 pub mod remote;
+
+pub use agent::{AgentModel, FakeRun};
 
 use crate::hash::stable_hash;
 use crate::{NodeId, PersistKind};

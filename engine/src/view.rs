@@ -59,17 +59,17 @@ impl Engine {
 
     /// Stories this node holds a claim on, with token and stage.
     pub fn runs(&self) -> impl Iterator<Item = (&StoryId, Token, Stage)> {
-        self.runs.iter().map(|(id, r)| (id, r.token, r.stage))
+        self.claims.runs().map(|(id, r)| (id, r.token, r.stage))
     }
 
     /// Connections that finished the handshake.
     pub fn peer_count(&self) -> usize {
-        self.conns.values().filter(|c| c.node.is_some()).count()
+        self.peers.established().count()
     }
 
     /// The nodes at the other end of finished handshakes, in id order.
     pub fn connected_nodes(&self) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.conns.values().filter_map(|c| c.node.clone()).collect();
+        let mut v: Vec<NodeId> = self.peers.established().map(|(_, n)| n.clone()).collect();
         v.sort();
         v.dedup();
         v

@@ -2,7 +2,7 @@
 
 mod harness;
 
-use harness::{Harness, fast_config};
+use harness::{AgentModel, Harness, fast_config};
 use huskies_engine::{Command, Event, Millis, Stage, StoryId, Token};
 
 fn done_advances(c: &Harness, story: &StoryId) -> usize {
@@ -43,7 +43,7 @@ fn claim_storm_five_nodes_fifty_stories() {
 /// and running: the cluster, the story, its holder and the claim's token.
 fn one_story_running(seed: u64, run_ms: u64, cfg: huskies_engine::Config) -> (Harness, StoryId, usize, Token) {
     let mut c = Harness::new(3, seed, huskies_engine::Config { stages: vec![Stage::Current], ..cfg });
-    c.agent.run_ms = run_ms;
+    c.agent = AgentModel::fixed(run_ms);
     c.run_for(2_000);
     let story = c.add_stories(0, 1, Stage::Current).remove(0);
     c.run_for(1_000);
@@ -99,7 +99,7 @@ fn a_zombie_push_after_the_winner_is_fenced_at_the_remote() {
     let (mut c, story, holder, token) = one_story_running(12, 8_000, fast_config());
     c.isolate(holder);
     // The winner's run is quick; the zombie's (started before) is not.
-    c.agent.run_ms = 500;
+    c.agent = AgentModel::fixed(500);
     c.run_for(12_000);
     let fenced = c.events.iter().any(|(_, n, e)| {
         *n == holder && matches!(e, Event::Fenced { story: s, token: t, .. } if *s == story && *t == token)
@@ -207,7 +207,7 @@ fn heartbeats_do_not_grow_the_document() {
 fn storm_trace(seed: u64) -> (u64, usize) {
     let mut c = Harness::new(4, seed, fast_config());
     c.jitter_ms = 20;
-    c.agent.fail_one_in = 5;
+    c.agent.fail_pct = 20;
     c.run_for(1_000);
     c.add_stories(1, 20, Stage::Current);
     c.run_for(4_000);
@@ -234,7 +234,7 @@ fn crash_restart_reconciles_own_claims() {
     let mut cfg = fast_config();
     cfg.stages = vec![Stage::Current];
     let mut c = Harness::new(2, 9, cfg);
-    c.agent.run_ms = 3_000;
+    c.agent = AgentModel::fixed(3_000);
     c.run_for(1_000);
     let stories = c.add_stories(0, 4, Stage::Current);
     c.run_for(500);
@@ -353,7 +353,7 @@ fn edit_retry_and_remove() {
     let config = huskies_engine::Config { capacity: 1, max_attempts: 2, stages: vec![Stage::Current], ..fast_config() };
     let mut c = Harness::new(1, 4, config);
     c.run_for(1_000);
-    c.agent.fail_one_in = 1;
+    c.agent.fail_pct = 100;
     let s = add(&mut c, "flaky", 0, 1);
     let edit = Command::EditStory {
         id: s.clone(),
@@ -367,13 +367,13 @@ fn edit_retry_and_remove() {
     assert_eq!((view.title.as_str(), view.priority), ("Flaky, renamed", 3));
     assert_eq!(c.engine(1).story_body(&s), "new body");
     assert!(view.state.failed, "gave up after 2 attempts");
-    assert_eq!(view.state.reason.as_deref(), Some("simulated failure"));
+    assert_eq!(view.state.reason.as_deref(), Some("simulated agent failure"));
     let runs = c.engine(0).story_runs(&s);
     assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), vec![1, 2]);
-    assert!(runs.iter().all(|r| r.reason.as_deref() == Some("simulated failure")));
+    assert!(runs.iter().all(|r| r.reason.as_deref() == Some("simulated agent failure")));
 
     // Retry: new attempts, and this time the agent succeeds.
-    c.agent.fail_one_in = 0;
+    c.agent.fail_pct = 0;
     assert!(matches!(c.command(0, Command::RetryStory { id: s.clone() }), Ok(Reply::Retried { .. })));
     assert!(matches!(c.command(0, Command::RetryStory { id: s.clone() }), Err(CommandError::NotFailed(_))));
     c.run_for(10_000);
@@ -381,7 +381,7 @@ fn edit_retry_and_remove() {
     assert_eq!((state.stage, state.failed, state.reason), (Stage::Qa, false, None));
 
     // Remove a story while it runs: the run stops, nobody claims it again.
-    c.agent.run_ms = 5_000;
+    c.agent = AgentModel::fixed(5_000);
     let r = add(&mut c, "doomed", 0, 2);
     let mut held = false;
     for _ in 0..50 {

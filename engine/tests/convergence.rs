@@ -4,7 +4,7 @@
 
 mod harness;
 
-use harness::{Harness, fast_config};
+use harness::{AgentModel, Harness, fast_config};
 use huskies_engine::{Command, Stage, StoryId, StoryView};
 use proptest::prelude::*;
 
@@ -40,7 +40,7 @@ proptest! {
         cfg.capacity = 1;
         let mut c = Harness::new(3, seed, cfg);
         c.jitter_ms = jitter;
-        c.agent.run_ms = 300;
+        c.agent = AgentModel::fixed(300);
         c.run_for(500);
         for op in ops {
             match op {
@@ -77,7 +77,7 @@ fn one_id_added_on_both_sides_of_a_partition_settles() {
     let mut cfg = fast_config();
     cfg.capacity = 1;
     let mut c = Harness::new(3, 0, cfg);
-    c.agent.run_ms = 300;
+    c.agent = AgentModel::fixed(300);
     c.run_for(500);
     let add = |c: &mut Harness, node: usize, story: &str| {
         let id = StoryId::new(story).unwrap();

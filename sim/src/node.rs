@@ -17,15 +17,8 @@ use crate::oracle::{Oracle, View};
 pub const PORT: u16 = 7000;
 pub const TAG: u64 = 1;
 
-/// How a node's agent and git behave; percentages are per run or push.
-#[derive(Debug, Clone, Copy)]
-pub struct AgentProfile {
-    pub run_min_ms: u64,
-    pub run_max_ms: u64,
-    pub fail_pct: u64,
-    pub hang_pct: u64,
-    pub push_fail_pct: u64,
-}
+/// The fake agent every simulated node runs.
+pub type AgentProfile = huskies_engine::testkit::AgentModel;
 
 /// A node's local clock: sim time scaled by a skew and shifted by jumps.
 #[derive(Debug, Clone, Copy, Default)]
@@ -259,17 +252,9 @@ impl SimNode {
             Output::HangUp { conn } => self.links.hang_up(conn),
             Output::StartRun { story, token, .. } => {
                 self.oracle().remote.run_started(&story, token, &self.ctx.id);
-                let a = self.ctx.agent;
-                let roll = self.random() % 100;
-                let span = a.run_max_ms.saturating_sub(a.run_min_ms).max(1);
-                let duration = a.run_min_ms + self.random() % span;
-                let (finish_at_ms, outcome) = if roll < a.hang_pct {
-                    (None, RunOutcome::Succeeded)
-                } else if roll < a.hang_pct + a.fail_pct {
-                    (Some(now + duration), RunOutcome::Failed { reason: "simulated agent failure".into() })
-                } else {
-                    (Some(now + duration), RunOutcome::Succeeded)
-                };
+                let agent = self.ctx.agent;
+                let run = agent.start(|| self.random());
+                let (finish_at_ms, outcome) = (run.duration_ms.map(|d| now + d), run.outcome);
                 self.runs.insert(story, SimRun { token, finish_at_ms, outcome });
             }
             Output::StopRun { story, token } => {
@@ -278,8 +263,8 @@ impl SimNode {
                 }
             }
             Output::Push { story, token, .. } => {
-                let fail = self.random() % 100 < self.ctx.agent.push_fail_pct;
-                let outcome = if fail {
+                let agent = self.ctx.agent;
+                let outcome = if agent.push_fails(|| self.random()) {
                     Err(huskies_engine::PushError::Failed("simulated push failure".to_owned()))
                 } else {
                     let id = self.ctx.id.clone();

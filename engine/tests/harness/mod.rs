@@ -15,13 +15,7 @@ use huskies_engine::{
 
 pub const RENDEZVOUS: &str = "mem://rendezvous";
 
-/// What a node's simulated agent does with a run.
-#[derive(Clone, Copy, Debug)]
-pub struct AgentModel {
-    pub run_ms: u64,
-    /// Fail one run in `fail_one_in` (0 = never), chosen by hash.
-    pub fail_one_in: u64,
-}
+pub use huskies_engine::testkit::AgentModel;
 
 pub struct HarnessNode {
     pub id: NodeId,
@@ -30,7 +24,7 @@ pub struct HarnessNode {
     pub engine: Option<Engine>,
     /// Snapshot followed by appends: what survives a crash.
     pub storage: huskies_engine::testkit::Disk,
-    pub runs: BTreeMap<StoryId, (Token, Millis)>,
+    pub runs: BTreeMap<StoryId, (Token, Millis, RunOutcome)>,
     pub restarts: u64,
 }
 
@@ -104,7 +98,7 @@ impl Harness {
         let mut c = Harness {
             now: Millis(0),
             nodes: Vec::new(),
-            agent: AgentModel { run_ms: 1_000, fail_one_in: 0 },
+            agent: AgentModel::fixed(1_000),
             latency_ms: 5,
             jitter_ms: 0,
             seed,
@@ -335,11 +329,25 @@ impl Harness {
                 *self.starts.entry((story.clone(), stage)).or_default() += 1;
                 let node = self.nodes[i].id.clone();
                 self.git.run_started(&story, token, &node);
-                let done = self.now.saturating_add_ms(self.agent.run_ms);
-                self.nodes[i].runs.insert(story, (token, done));
+                // Draws hashed from (seed, story, token): a run's fate does
+                // not depend on what other nodes did first.
+                let mut n = 0u64;
+                let seed = self.seed;
+                let run = self.agent.start(|| {
+                    n += 1;
+                    stable_hash(&[
+                        story.as_str().as_bytes(),
+                        &token.0.to_be_bytes(),
+                        &seed.to_be_bytes(),
+                        &n.to_be_bytes(),
+                    ])
+                });
+                if let Some(d) = run.duration_ms {
+                    self.nodes[i].runs.insert(story, (token, self.now.saturating_add_ms(d), run.outcome));
+                }
             }
             Output::StopRun { story, token } => {
-                if self.nodes[i].runs.get(&story).is_some_and(|(t, _)| *t == token) {
+                if self.nodes[i].runs.get(&story).is_some_and(|(t, _, _)| *t == token) {
                     self.nodes[i].runs.remove(&story);
                 }
             }
@@ -361,7 +369,7 @@ impl Harness {
             .nodes
             .iter()
             .filter_map(|n| n.engine.as_ref().and_then(|e| e.poll_timeout()))
-            .chain(self.nodes.iter().flat_map(|n| n.runs.values().map(|(_, t)| *t)))
+            .chain(self.nodes.iter().flat_map(|n| n.runs.values().map(|(_, t, _)| *t)))
             .min();
         match (q, timers) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -398,21 +406,14 @@ impl Harness {
             }
         }
         for i in 0..self.nodes.len() {
-            let finished: Vec<(StoryId, Token)> = self.nodes[i]
+            let finished: Vec<(StoryId, Token, RunOutcome)> = self.nodes[i]
                 .runs
                 .iter()
-                .filter(|(_, (_, at))| *at <= now)
-                .map(|(s, (t, _))| (s.clone(), *t))
+                .filter(|(_, (_, at, _))| *at <= now)
+                .map(|(s, (t, _, o))| (s.clone(), *t, o.clone()))
                 .collect();
-            for (story, token) in finished {
+            for (story, token, outcome) in finished {
                 self.nodes[i].runs.remove(&story);
-                let h = stable_hash(&[story.as_str().as_bytes(), &token.0.to_be_bytes(), &self.seed.to_be_bytes()]);
-                let fail = self.agent.fail_one_in > 0 && h.is_multiple_of(self.agent.fail_one_in);
-                let outcome = if fail {
-                    RunOutcome::Failed { reason: "simulated failure".into() }
-                } else {
-                    RunOutcome::Succeeded
-                };
                 self.input(i, Input::RunFinished { story, token, outcome, report: Default::default() });
             }
             let due = self.nodes[i].engine.as_ref().and_then(|e| e.poll_timeout()).is_some_and(|t| t <= now);
