@@ -62,6 +62,7 @@ impl Engine {
         self.doc.skip_touched();
         self.dirty = true;
         self.apply_story(&id, Some(view));
+        assert!(self.index.contains(&id), "an added story {id} is in the index");
         self.emit(Event::StoryAdded { story: id.clone(), stage: new.stage });
         Ok(Reply::Added { id })
     }
@@ -107,6 +108,7 @@ impl Engine {
         let token = state.token;
         self.write_state(&id, state);
         self.claims.clear_cooldown(&id);
+        assert!(self.claims.run(&id).is_none(), "a removed story {id} still runs here");
         Ok(Reply::Removed { id, token })
     }
 
@@ -126,6 +128,7 @@ impl Engine {
         let token = state.token;
         self.write_state(&id, state);
         self.claims.clear_cooldown(&id);
+        assert!(!self.index.known(&id).state.failed, "a retried story {id} still failed");
         Ok(Reply::Retried { id, token })
     }
 
@@ -156,6 +159,7 @@ impl Engine {
                 // bytes: with a 17-byte suffix, within MAX_ID_LEN.
                 let id = StoryId::new(format!("{slug}-{suffix:0width$x}")).expect("generated ids are valid");
                 if !self.index.contains(&id) {
+                    assert!(id.as_str().len() <= crate::ids::MAX_ID_LEN);
                     return Ok(id);
                 }
             }
@@ -185,6 +189,7 @@ impl Engine {
         let token = state.token;
         self.write_state(&id, state);
         self.claims.clear_cooldown(&id);
+        assert_eq!(self.index.known(&id).state.stage, to, "a move of {id} to {to} did not land");
         Ok(Reply::Moved { id, from, to, token })
     }
 }

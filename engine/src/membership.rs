@@ -28,7 +28,8 @@ impl Engine {
         {
             self.learn_key(&id, cert.key);
         }
-        self.index.put_node(id, Some(rec));
+        self.index.put_node(id.clone(), Some(rec));
+        assert!(self.index.node(&id).is_some());
     }
 
     pub(crate) fn learn_key(&mut self, id: &NodeId, key: PublicKey) {
@@ -77,6 +78,7 @@ impl Engine {
             self.dirty = true;
             self.learn_key(&node, cert.key);
         }
+        assert!(self.is_revoked(&node, &cert.key) || self.keys.get(&node).is_some_and(|k| k.contains(&cert.key)));
         Ok(Reply::Enrolled { node })
     }
 
@@ -113,6 +115,7 @@ impl Engine {
                 }
             }
         }
+        assert!(self.keys.get(&node).is_none_or(|k| !k.contains(&key)), "a revoked key {node} still believed");
         self.emit(Event::NodeRevoked { node });
     }
 
