@@ -215,8 +215,12 @@ fn hostile_peer_cannot_stop_the_node() {
     rt.block_on(async {
         // An impersonated hello: our own certificate headers, another id.
         let mut ws = mallory.open(port).await.unwrap();
-        let fake =
-            Envelope::Hello { node: NodeId::new("agent-1").unwrap(), nonce: [1; 32], cert: mallory.hs.creds.cert };
+        let fake = Envelope::Hello {
+            node: NodeId::new("agent-1").unwrap(),
+            nonce: [1; 32],
+            cert: mallory.hs.creds.cert,
+            epoch: 0,
+        };
         let _ = mallory.handshake(&mut ws, &fake.encode()).await;
         assert!(hostile::closed(&mut ws).await, "an impersonated hello is refused");
         // A heartbeat of agent-1 signed by mallory.

@@ -51,6 +51,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Incremental persists between full snapshots.
     pub snapshot_every: u32,
+    /// The server starts a new epoch (a fresh document holding only the
+    /// live state, see `epoch.rs`) once the current one holds this many
+    /// changes; 0 never does. Bounds the history every sync walks.
+    pub epoch_after_changes: u64,
     /// Budget of one sync message: its change bytes plus everything they
     /// inflate to. Stored bytes get 16 times this.
     pub max_inflated_bytes: usize,
@@ -99,6 +103,7 @@ impl Default for Config {
             dial_backoff_max_ms: 30_000,
             max_message_bytes: 32 << 20,
             snapshot_every: 512,
+            epoch_after_changes: 2_000,
             max_inflated_bytes: 64 << 20,
             peer_bytes_per_sec: 16 << 20,
             peer_messages_per_sec: 2_000,

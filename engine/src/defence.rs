@@ -117,10 +117,17 @@ impl Engine {
     /// Replaces the in-memory document by one loaded from the persisted
     /// copy; true when its heads equal `expected`.
     fn rebuild_document(&mut self, expected: &[automerge::ChangeHash]) -> bool {
-        let mut doc = Doc::new(self.actor.clone());
-        let loaded = catch_unwind(AssertUnwindSafe(|| doc.automerge().load_incremental(&self.persisted)));
-        if !matches!(loaded, Ok(Ok(_))) {
-            self.emit(Event::StorageCorrupt { error: "the persisted copy did not reload after a panic".into() });
+        let (actor, persisted) = (self.actor.clone(), &self.persisted);
+        let mut doc = match catch_unwind(AssertUnwindSafe(|| Doc::load(actor, persisted))) {
+            Ok(Ok(doc)) => doc,
+            _ => {
+                self.emit(Event::StorageCorrupt { error: "the persisted copy did not reload after a panic".into() });
+                Doc::new(self.actor.clone())
+            }
+        };
+        let epoch = doc.epoch();
+        if epoch > 0 {
+            doc.automerge().set_actor(self.actor_for(epoch));
         }
         let mut heads = doc.heads();
         heads.sort();

@@ -17,10 +17,17 @@ use crate::story::StoryState;
 use crate::{NodeId, StoryId};
 
 const GENESIS_ACTOR: &[u8] = b"huskies-genesis";
+/// Root keys of an epoch's base (see `epoch.rs`): its number, the clocks of
+/// the documents it was cut from, the stories archived at recent cuts, and
+/// the CA's signature of the base (written by each node that adopts it).
+pub(crate) const EPOCH_KEY: &str = "epoch";
+pub(crate) const CLOCKS_KEY: &str = "clocks";
+pub(crate) const ARCHIVED_KEY: &str = "archived";
+pub(crate) const EPOCH_SIG_KEY: &str = "epoch_sig";
 /// Prefix of run-record keys in a story's map: `run/<token>/<node>`.
 const RUN_PREFIX: &str = "run/";
 /// Root key of the CA-signed cluster settings (a scalar: no map to race on).
-const SETTINGS_KEY: &str = "settings";
+pub(crate) const SETTINGS_KEY: &str = "settings";
 
 /// A story as this replica currently sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +90,16 @@ impl SignedKind {
     }
 }
 
+fn epoch_of(am: &AutoCommit) -> u64 {
+    match am.get(automerge::ROOT, EPOCH_KEY) {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Uint(n) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
 /// What a merge touched, from Automerge's patch log.
 pub struct Touched {
     pub stories: BTreeSet<StoryId>,
@@ -122,6 +139,49 @@ impl Doc {
         am.set_actor(actor);
         am.update_diff_cursor();
         Doc { am, stories_obj, nodes_obj, story_objs: BTreeMap::new(), replaced: BTreeSet::new() }
+    }
+
+    /// A document from stored bytes: an epoch's document (its base plus
+    /// what followed) as it is, a document of epoch 0 on top of the
+    /// genesis change every node shares.
+    pub fn load(actor: ActorId, bytes: &[u8]) -> Result<Doc, automerge::AutomergeError> {
+        #[allow(clippy::disallowed_methods)] // only loaded into; `from_loaded` sets our actor before any write
+        let mut am = AutoCommit::new();
+        am.load_incremental(bytes)?;
+        if epoch_of(&am) > 0 {
+            return Doc::from_loaded(am, actor).ok_or(automerge::AutomergeError::Fail);
+        }
+        let mut doc = Doc::new(actor);
+        doc.am.load_incremental(bytes)?;
+        doc.am.update_diff_cursor();
+        Ok(doc)
+    }
+
+    /// Wraps a document that holds an epoch's base; `None` if its root
+    /// lacks the maps a base has.
+    pub fn from_loaded(mut am: AutoCommit, actor: ActorId) -> Option<Doc> {
+        let map = |am: &AutoCommit, key: &str| match am.get(automerge::ROOT, key) {
+            Ok(Some((Value::Object(ObjType::Map), obj))) => Some(obj),
+            _ => None,
+        };
+        let stories_obj = map(&am, "stories")?;
+        let nodes_obj = map(&am, "nodes")?;
+        am.set_actor(actor);
+        am.update_diff_cursor();
+        Some(Doc { am, stories_obj, nodes_obj, story_objs: BTreeMap::new(), replaced: BTreeSet::new() })
+    }
+
+    /// The epoch this document belongs to (0 before the first cut).
+    pub fn epoch(&self) -> u64 {
+        epoch_of(&self.am)
+    }
+
+    pub fn stories_obj(&self) -> &ObjId {
+        &self.stories_obj
+    }
+
+    pub fn nodes_obj(&self) -> &ObjId {
+        &self.nodes_obj
     }
 
     pub fn automerge(&mut self) -> &mut AutoCommit {

@@ -77,6 +77,11 @@ pub struct Engine {
     pub(crate) durable: PersistSeq,
     /// Outputs waiting for a `Persist` (its seq) to be confirmed, in order.
     pub(crate) held: VecDeque<(PersistSeq, Output)>,
+    /// The base of our epoch, for peers still in an older one.
+    pub(crate) base: Option<crate::epoch::EpochBase>,
+    /// Set while the index is rebuilt for a new epoch's document: a story's
+    /// state may then legitimately differ from anything it was.
+    pub(crate) switching_epoch: bool,
 }
 
 impl Engine {
@@ -134,6 +139,8 @@ impl Engine {
             persist_seq: PersistSeq(0),
             durable: PersistSeq(0),
             held: VecDeque::new(),
+            base: None,
+            switching_epoch: false,
         }
     }
 
@@ -209,6 +216,7 @@ impl Engine {
             self.scan_liveness();
             self.reconcile_mesh();
             self.scan_claims();
+            self.maybe_cut_epoch();
         }
         self.dial_due();
     }
@@ -271,20 +279,42 @@ impl Engine {
                 self.emit(Event::StorageCorrupt { error });
             }
         }
-        // Keep whatever loads; peers will fill in the rest.
-        let doc = &mut self.doc;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.automerge().load_incremental(&good))) {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => self.emit(Event::StorageCorrupt { error: e.to_string() }),
+        // Keep whatever loads; peers will fill in the rest. An epoch's
+        // document loads as it is; one of epoch 0 on top of the genesis.
+        let actor = self.actor.clone();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Doc::load(actor, &good))) {
+            Ok(Ok(mut doc)) => {
+                let epoch = doc.epoch();
+                if epoch > 0 {
+                    doc.automerge().set_actor(self.actor_for(epoch));
+                }
+                self.doc = doc;
+            }
+            Ok(Err(e)) => {
+                self.emit(Event::StorageCorrupt { error: e.to_string() });
+                let doc = &mut self.doc;
+                let partial = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    doc.automerge().load_incremental(&good).map(|_| ())
+                }));
+                if !matches!(partial, Ok(Ok(()))) {
+                    self.doc = Doc::new(self.actor.clone());
+                }
+            }
             Err(_) => {
                 self.emit(Event::StorageCorrupt { error: "automerge panicked loading storage; starting empty".into() });
                 self.doc = Doc::new(self.actor.clone());
             }
         }
+        self.base = self.read_base();
+        assert!(
+            self.base.is_some() || self.doc.epoch() == 0,
+            "a document of epoch {} without its base",
+            self.doc.epoch()
+        );
     }
 
     /// Our own node record, written when it differs from what we hold.
-    fn write_own_record(&mut self) {
+    pub(crate) fn write_own_record(&mut self) {
         let own = NodeRecord {
             address: self.config.address.clone(),
             label: self.config.label.clone(),
@@ -375,9 +405,9 @@ impl Engine {
     }
 
     /// Emits a `Persist` and keeps the copy that recovery reloads.
-    fn persist(&mut self, kind: PersistKind, bytes: Vec<u8>) {
+    pub(crate) fn persist(&mut self, kind: PersistKind, bytes: Vec<u8>) {
         match kind {
-            PersistKind::Snapshot => self.persisted.clone_from(&bytes),
+            PersistKind::Snapshot | PersistKind::Epoch { .. } => self.persisted.clone_from(&bytes),
             PersistKind::Append => self.persisted.extend_from_slice(&bytes),
         }
         self.persisted_heads = self.doc.heads();
@@ -414,7 +444,7 @@ impl Engine {
     pub(crate) fn apply_story(&mut self, id: &StoryId, view: Option<StoryView>) {
         // A story whose map a concurrent add of the same id replaced starts
         // over: its token may go back (fencing at the remote copes).
-        let replaced = self.doc.take_replaced(id);
+        let replaced = self.doc.take_replaced(id) || self.switching_epoch;
         let old = self.index.put_story(id, view.clone(), replaced);
         let Some(view) = view else { return };
         let state = &view.state;

@@ -26,6 +26,7 @@ const AUTH_CONTEXT: &[u8] = b"huskies-auth-v1\0";
 const BEAT_CONTEXT: &[u8] = b"huskies-beat-v1\0";
 const REVOKE_CONTEXT: &[u8] = b"huskies-revoke-v1\0";
 const SETTINGS_CONTEXT: &[u8] = b"huskies-settings-v1\0";
+const EPOCH_CONTEXT: &[u8] = b"huskies-epoch-v1\0";
 const DEV_CA_SEED: [u8; 32] = *b"huskies-dev-ca-not-for-real-use!";
 
 pub type PublicKey = [u8; 32];
@@ -117,7 +118,8 @@ pub struct PeerHandshake {
 impl PeerHandshake {
     /// Our hello envelope.
     pub fn hello(&self) -> Vec<u8> {
-        crate::wire::Envelope::Hello { node: self.node.clone(), nonce: self.nonce, cert: self.creds.cert }.encode()
+        crate::wire::Envelope::Hello { node: self.node.clone(), nonce: self.nonce, cert: self.creds.cert, epoch: 0 }
+            .encode()
     }
 
     /// Answers the other side's hello envelope with our auth envelope.
@@ -203,6 +205,20 @@ pub(crate) fn sign_revocation(ca_secret: &[u8; 32], node: &NodeId, key: &PublicK
 
 pub(crate) fn verify_revocation(ca: &PublicKey, node: &NodeId, key: &PublicKey, sig: &Sig) -> bool {
     verify(ca, &revoke_message(node, key), sig)
+}
+
+fn epoch_message(epoch: u64, base_hash: &[u8; 32]) -> Vec<u8> {
+    [EPOCH_CONTEXT, &epoch.to_be_bytes(), base_hash].concat()
+}
+
+/// The CA's signature of epoch `epoch`'s base change (by its hash): only
+/// the server starts epochs.
+pub(crate) fn sign_epoch(ca_secret: &[u8; 32], epoch: u64, base_hash: &[u8; 32]) -> Sig {
+    SigningKey::from_bytes(ca_secret).sign(&epoch_message(epoch, base_hash)).to_bytes()
+}
+
+pub(crate) fn verify_epoch(ca: &PublicKey, epoch: u64, base_hash: &[u8; 32], sig: &Sig) -> bool {
+    verify(ca, &epoch_message(epoch, base_hash), sig)
 }
 
 pub(crate) fn sign_settings(ca_secret: &[u8; 32], json: &[u8]) -> Sig {

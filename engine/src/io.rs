@@ -157,6 +157,11 @@ pub enum PersistKind {
     Snapshot,
     /// New changes: append to what is stored.
     Append,
+    /// A new epoch's document: move everything stored (the previous
+    /// epoch's document) to cold storage as epoch `epoch - 1`, then store
+    /// this as the snapshot. A crash between the two leaves the previous
+    /// epoch in place, which peers bring forward again.
+    Epoch { epoch: u64 },
 }
 
 /// One output from [`crate::Engine::poll_output`]. Drivers execute them in
@@ -238,6 +243,16 @@ pub enum Event {
     Ready {
         stories: usize,
         unreadable: Vec<String>,
+    },
+    /// This node moved to a new epoch's document: `carried` writes the base
+    /// had not seen came along, `archived` stories went to cold storage.
+    /// `gap` when the node was too many epochs behind to tell which of its
+    /// writes were new: none were carried, all stay in cold storage.
+    EpochStarted {
+        epoch: u64,
+        carried: usize,
+        archived: usize,
+        gap: bool,
     },
     StorageCorrupt {
         error: String,

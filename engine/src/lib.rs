@@ -76,11 +76,13 @@
 //! input.
 
 mod claims;
+pub mod cold;
 mod commands;
 mod config;
 mod defence;
 mod doc;
 mod engine;
+mod epoch;
 mod error;
 pub mod guard;
 pub mod hash;

@@ -49,12 +49,15 @@ impl Engine {
                 our_nonce,
                 hello: None,
                 peer_key: None,
+                epoch: None,
                 sync: sync::State::new(),
                 next_sync_at: self.now,
                 budget,
             },
         );
-        let hello = Envelope::Hello { node: self.node.clone(), nonce: our_nonce, cert: self.creds.cert }.encode();
+        let epoch = self.doc.epoch();
+        let hello =
+            Envelope::Hello { node: self.node.clone(), nonce: our_nonce, cert: self.creds.cert, epoch }.encode();
         self.pending.push(Output::Send { conn, bytes: hello });
     }
 
@@ -95,8 +98,8 @@ impl Engine {
             Err(e) => return self.reject(conn, RejectKind::Malformed, e.to_string()),
         };
         match env {
-            Envelope::Hello { node, nonce, cert } if !established && !greeted => {
-                self.handle_hello(conn, node, nonce, cert)
+            Envelope::Hello { node, nonce, cert, epoch } if !established && !greeted => {
+                self.handle_hello(conn, node, nonce, cert, epoch)
             }
             Envelope::Hello { .. } => self.reject(conn, RejectKind::Protocol, "second hello".into()),
             Envelope::Auth { sig } if greeted && !established => self.handle_auth(conn, &sig),
@@ -105,6 +108,7 @@ impl Engine {
                 self.reject(conn, RejectKind::Protocol, "message before the handshake completed".into())
             }
             Envelope::Sync(raw) => self.handle_sync(conn, &raw),
+            Envelope::Epoch { epoch, sig, base } => self.handle_epoch(conn, epoch, sig, base),
             Envelope::Heartbeats(beats) => {
                 for hb in beats {
                     if self.peers.conn(conn).is_none() {
@@ -118,7 +122,7 @@ impl Engine {
 
     /// The peer says who it is: check its certificate and answer its
     /// challenge. It counts as that node only once its own proof arrives.
-    fn handle_hello(&mut self, conn: ConnId, node: NodeId, nonce: [u8; 32], cert: Cert) {
+    fn handle_hello(&mut self, conn: ConnId, node: NodeId, nonce: [u8; 32], cert: Cert, epoch: u64) {
         if node == self.node {
             return self.reject(conn, RejectKind::Identity, "peer claims our own node id".into());
         }
@@ -142,6 +146,7 @@ impl Engine {
         }
         let Some(c) = self.peers.conn_mut(conn) else { return };
         c.hello = Some((node.clone(), cert.key, nonce));
+        c.epoch = Some(epoch);
         let proof = identity::auth_message(&nonce, &c.our_nonce, &self.node, &node);
         let sig = self.creds.sign(&proof);
         self.pending.push(Output::Send { conn, bytes: Envelope::Auth { sig }.encode() });
@@ -165,10 +170,22 @@ impl Engine {
         self.learn_key(&node, key);
         self.liveness.note_seen(&node, self.now);
         self.emit(Event::PeerUp { conn, node });
-        self.peers.owe_sync(conn);
+        // Sync within an epoch; a peer behind us gets our base first, a
+        // peer ahead sends us its own.
+        let theirs = self.peers.conn(conn).and_then(|c| c.epoch);
+        match theirs.cmp(&Some(self.doc.epoch())) {
+            std::cmp::Ordering::Equal => self.peers.owe_sync(conn),
+            std::cmp::Ordering::Less => self.send_base(conn),
+            std::cmp::Ordering::Greater => {}
+        }
     }
 
     fn handle_sync(&mut self, conn: ConnId, raw: &[u8]) {
+        // A sync message of another epoch's document is not for ours: it
+        // was in flight when one of us moved on. Dropped, not refused.
+        if self.peers.conn(conn).and_then(|c| c.epoch) != Some(self.doc.epoch()) {
+            return;
+        }
         // Automerge trusts the fields of a sync message; hold them to what
         // an honest peer sends before it sees a byte.
         if let Err(e) = crate::guard::check_sync_message(raw, self.config.max_inflated_bytes) {
@@ -221,8 +238,9 @@ impl Engine {
         let interval =
             if self.is_primary(conn) { self.config.sync_interval_ms } else { self.config.mesh_sync_interval_ms };
         let now = self.now;
+        let epoch = self.doc.epoch();
         let Some(c) = self.peers.conn_mut(conn) else { return };
-        if c.node.is_none() {
+        if c.node.is_none() || c.epoch != Some(epoch) {
             return;
         }
         c.next_sync_at = now.saturating_add_ms(interval);

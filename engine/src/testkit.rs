@@ -24,14 +24,27 @@ pub fn node_name(i: usize) -> NodeId {
 #[derive(Debug, Default, Clone)]
 pub struct Disk {
     chunks: Vec<Vec<u8>>,
+    /// Cold storage: past epochs' documents, by epoch.
+    pub archives: std::collections::BTreeMap<u64, Vec<u8>>,
 }
 
 impl Disk {
     pub fn apply(&mut self, kind: PersistKind, bytes: Vec<u8>) {
-        if kind == PersistKind::Snapshot {
-            self.chunks.clear();
+        match kind {
+            PersistKind::Snapshot => self.chunks.clear(),
+            PersistKind::Epoch { epoch } => {
+                self.archives.insert(epoch.saturating_sub(1), self.load());
+                self.chunks.clear();
+            }
+            PersistKind::Append => {}
         }
         self.chunks.push(bytes);
+    }
+
+    /// A crash in the middle of moving to epoch `epoch`: the old document
+    /// went to cold storage, the new one never landed.
+    pub fn apply_torn_epoch(&mut self, epoch: u64) {
+        self.archives.insert(epoch.saturating_sub(1), self.load());
     }
 
     /// What a restart loads.

@@ -1,10 +1,12 @@
 //! The envelope spoken over `/crdt-sync`: one binary frame per envelope.
 //!
 //! ```text
-//! byte 0      protocol version (2)
-//! byte 1      kind: 1 hello, 2 sync, 3 heartbeat, 4 auth
+//! byte 0      protocol version (3)
+//! byte 1      kind: 1 hello, 2 sync, 3 heartbeat, 4 auth, 5 epoch
 //! hello       u8 len, node id, 32-byte nonce, 32-byte public key, 64-byte
-//!             CA signature of the key (the node's certificate)
+//!             CA signature of the key (the node's certificate), u64 epoch
+//! epoch       u64 epoch, 64-byte CA signature, then the epoch's base
+//!             change (an Automerge change chunk)
 //! auth        64-byte signature proving the key (see `identity.rs`)
 //! sync        the rest is an Automerge sync message
 //! heartbeats  u16 count (1..=MAX_HEARTBEATS), then per beat: u8 len, node
@@ -12,7 +14,8 @@
 //!             64-byte signature by the beat's node
 //! ```
 //!
-//! Version 1 (unsigned hellos and beats) is refused with a clear error.
+//! Versions 1 (unsigned hellos and beats) and 2 (one document forever, no
+//! epochs) are refused with a clear error.
 //!
 //! Every length is checked before it is used; decoding never panics.
 
@@ -21,12 +24,13 @@ use thiserror::Error;
 use crate::NodeId;
 use crate::identity::{Cert, Sig};
 
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 const KIND_HELLO: u8 = 1;
 const KIND_SYNC: u8 = 2;
 const KIND_HEARTBEAT: u8 = 3;
 const KIND_AUTH: u8 = 4;
+const KIND_EPOCH: u8 = 5;
 
 /// Most beats one envelope may carry (one per node of a large fleet).
 pub const MAX_HEARTBEATS: usize = 4_096;
@@ -51,6 +55,14 @@ pub enum Envelope {
         node: NodeId,
         nonce: [u8; 32],
         cert: Cert,
+        /// The epoch of the sender's document: peers sync only within one.
+        epoch: u64,
+    },
+    /// An epoch's base, signed by the CA, for a peer still in an older one.
+    Epoch {
+        epoch: u64,
+        sig: Sig,
+        base: Vec<u8>,
     },
     /// Answer to the peer's hello: proof we hold the certified key.
     Auth {
@@ -86,12 +98,20 @@ impl Envelope {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![PROTOCOL_VERSION];
         match self {
-            Envelope::Hello { node, nonce, cert } => {
+            Envelope::Hello { node, nonce, cert, epoch } => {
                 out.push(KIND_HELLO);
                 put_id(&mut out, node);
                 out.extend_from_slice(nonce);
                 out.extend_from_slice(&cert.key);
                 out.extend_from_slice(&cert.sig);
+                out.extend_from_slice(&epoch.to_be_bytes());
+            }
+            Envelope::Epoch { epoch, sig, base } => {
+                out.reserve(base.len() + 72);
+                out.push(KIND_EPOCH);
+                out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(sig);
+                out.extend_from_slice(base);
             }
             Envelope::Auth { sig } => {
                 out.push(KIND_AUTH);
@@ -128,8 +148,15 @@ impl Envelope {
             return Err(WireError::Version(version));
         }
         let env = match r.u8()? {
-            KIND_HELLO => {
-                Envelope::Hello { node: r.id()?, nonce: r.array()?, cert: Cert { key: r.array()?, sig: r.array()? } }
+            KIND_HELLO => Envelope::Hello {
+                node: r.id()?,
+                nonce: r.array()?,
+                cert: Cert { key: r.array()?, sig: r.array()? },
+                epoch: u64::from_be_bytes(r.array()?),
+            },
+            KIND_EPOCH => {
+                let (epoch, sig) = (u64::from_be_bytes(r.array()?), r.array()?);
+                return Ok(Envelope::Epoch { epoch, sig, base: r.0.to_vec() });
             }
             KIND_AUTH => Envelope::Auth { sig: r.array()? },
             KIND_SYNC => return Ok(Envelope::Sync(r.0.to_vec())),
@@ -208,7 +235,13 @@ mod tests {
     #[test]
     fn roundtrip() {
         for env in [
-            Envelope::Hello { node: node("agent-1"), nonce: [3; 32], cert: Cert { key: [4; 32], sig: [5; 64] } },
+            Envelope::Hello {
+                node: node("agent-1"),
+                nonce: [3; 32],
+                cert: Cert { key: [4; 32], sig: [5; 64] },
+                epoch: 9,
+            },
+            Envelope::Epoch { epoch: u64::MAX, sig: [8; 64], base: vec![0x85, 0x6f, 0x4a, 0x83] },
             Envelope::Auth { sig: [6; 64] },
             Envelope::Sync(vec![1, 2, 3]),
             Envelope::Heartbeats(vec![
@@ -225,14 +258,21 @@ mod tests {
         assert_eq!(Envelope::decode(&[], 100), Err(WireError::Truncated));
         assert_eq!(Envelope::decode(&[9, 1], 100), Err(WireError::Version(9)));
         assert_eq!(Envelope::decode(&[1, 1, 1, b'a'], 100), Err(WireError::Version(1)), "v1 peers are refused");
-        assert_eq!(Envelope::decode(&[2, 77], 100), Err(WireError::Kind(77)));
-        assert_eq!(Envelope::decode(&[2, 1, 5, b'a'], 100), Err(WireError::Truncated));
-        assert!(matches!(Envelope::decode(&[2, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
-        assert_eq!(Envelope::decode(&[2, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
+        assert_eq!(Envelope::decode(&[2, 4, 1, b'a'], 100), Err(WireError::Version(2)), "v2 peers are refused");
+        assert_eq!(
+            WireError::Version(2).to_string(),
+            "protocol version 2 is not supported (this node speaks 3)",
+            "an old peer is told why"
+        );
+        assert_eq!(Envelope::decode(&[3, 77], 100), Err(WireError::Kind(77)));
+        assert_eq!(Envelope::decode(&[3, 1, 5, b'a'], 100), Err(WireError::Truncated));
+        assert_eq!(Envelope::decode(&[3, 5, 0, 0], 100), Err(WireError::Truncated), "an epoch without its signature");
+        assert!(matches!(Envelope::decode(&[3, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
+        assert_eq!(Envelope::decode(&[3, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
         let mut auth = Envelope::Auth { sig: [0; 64] }.encode();
         auth.push(0);
         assert_eq!(Envelope::decode(&auth, 100), Err(WireError::Trailing(1)));
-        assert_eq!(Envelope::decode(&[2, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
+        assert_eq!(Envelope::decode(&[3, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
         assert!(matches!(Envelope::decode(&[0; 200], 100), Err(WireError::TooLarge { .. })));
     }
 

@@ -279,7 +279,7 @@ fn impersonation_and_forged_heartbeats_are_refused() {
     let theirs = connect(&mut e, ConnId(2));
     let attacker = peer("attacker");
     let victim = NodeId::new("victim").unwrap();
-    let fake = Envelope::Hello { node: victim.clone(), nonce: [1; 32], cert: attacker.creds.cert }.encode();
+    let fake = Envelope::Hello { node: victim.clone(), nonce: [1; 32], cert: attacker.creds.cert, epoch: 0 }.encode();
     e.handle(Millis(3), Input::PeerMessage { conn: ConnId(2), bytes: fake });
     let outs = drain(&mut e);
     assert!(rejected(&outs, ConnId(2)) && reason(&outs).contains("certificate"), "{outs:?}");

@@ -5,6 +5,12 @@
 //! `[u32 len][u64 hash][bytes]` appended and fsynced before the engine's
 //! next output goes out, so nothing acknowledged is lost. A torn record at
 //! the end (a crash mid-append) fails its hash and is cut off on load.
+//!
+//! When the engine starts a new epoch, the previous epoch's document (the
+//! snapshot plus the log, as a load would read them) goes to cold storage,
+//! `archive/epoch-<n>.automerge`, before the new epoch's snapshot replaces
+//! it. A crash between the two leaves the previous epoch in place (peers
+//! bring the new one again); the archive is written whole or not at all.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -22,23 +28,50 @@ pub struct Storage {
 
 const SNAPSHOT: &str = "doc.snapshot";
 const LOG: &str = "doc.log";
+const ARCHIVE: &str = "archive";
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// `dir/name` holds `bytes` whole, or is as it was: temp file, fsync,
+/// rename, fsync of the directory.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
 }
 
 impl Storage {
     /// Opens (creating) the data dir and returns the stored bytes.
     pub fn open(dir: &Path) -> io::Result<(Storage, Vec<u8>)> {
         fs::create_dir_all(dir)?;
+        let (good_log, bytes) = Storage::read(dir)?;
+        let log_path = dir.join(LOG);
+        let log = OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log_len = log.metadata()?.len();
+        if good_log < log_len {
+            tracing::warn!(path = %log_path.display(), kept = good_log, dropped = log_len - good_log, "cutting a torn record off the log");
+            log.set_len(good_log)?;
+            log.sync_all()?;
+        }
+        let snapshot_bytes = fs::metadata(dir.join(SNAPSHOT)).map(|m| m.len()).unwrap_or(0);
+        Ok((Storage { dir: dir.to_owned(), log, snapshot_bytes, log_bytes: good_log }, bytes))
+    }
+
+    /// The stored document (snapshot, then every whole log record), and how
+    /// many bytes of the log are whole.
+    fn read(dir: &Path) -> io::Result<(u64, Vec<u8>)> {
         let mut bytes = match fs::read(dir.join(SNAPSHOT)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        let log_path = dir.join(LOG);
         let mut raw = Vec::new();
-        if let Ok(mut f) = File::open(&log_path) {
+        if let Ok(mut f) = File::open(dir.join(LOG)) {
             f.read_to_end(&mut raw)?;
         }
         let mut pos = 0;
@@ -52,14 +85,7 @@ impl Storage {
             bytes.extend_from_slice(body);
             pos += 12 + len;
         }
-        let log = OpenOptions::new().create(true).append(true).open(&log_path)?;
-        if pos < raw.len() {
-            tracing::warn!(path = %log_path.display(), kept = pos, dropped = raw.len() - pos, "cutting a torn record off the log");
-            log.set_len(pos as u64)?;
-            log.sync_all()?;
-        }
-        let snapshot_bytes = fs::metadata(dir.join(SNAPSHOT)).map(|m| m.len()).unwrap_or(0);
-        Ok((Storage { dir: dir.to_owned(), log, snapshot_bytes, log_bytes: pos as u64 }, bytes))
+        Ok((pos as u64, bytes))
     }
 
     /// Makes `bytes` durable before returning.
@@ -75,13 +101,16 @@ impl Storage {
                 self.log_bytes += rec.len() as u64;
                 Ok(())
             }
+            PersistKind::Epoch { epoch } => {
+                let (_, previous) = Storage::read(&self.dir)?;
+                let archive = self.dir.join(ARCHIVE);
+                fs::create_dir_all(&archive)?;
+                let name = format!("epoch-{}.automerge", epoch.saturating_sub(1));
+                write_atomically(&archive, &name, &previous)?;
+                self.persist(PersistKind::Snapshot, bytes)
+            }
             PersistKind::Snapshot => {
-                let tmp = self.dir.join("doc.snapshot.tmp");
-                let mut f = File::create(&tmp)?;
-                f.write_all(bytes)?;
-                f.sync_all()?;
-                fs::rename(&tmp, self.dir.join(SNAPSHOT))?;
-                sync_dir(&self.dir)?;
+                write_atomically(&self.dir, SNAPSHOT, bytes)?;
                 self.snapshot_bytes = bytes.len() as u64;
                 // The snapshot covers everything logged so far.
                 self.log.set_len(0)?;
@@ -90,6 +119,28 @@ impl Storage {
                 Ok(())
             }
         }
+    }
+
+    /// Cold storage: the documents of past epochs, newest first.
+    pub fn archives(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(dir.join(ARCHIVE)) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let epoch = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("epoch-")?.strip_suffix(".automerge")?.parse::<u64>().ok());
+            if let Some(epoch) = epoch {
+                out.push((epoch, path));
+            }
+        }
+        out.sort_by_key(|a| std::cmp::Reverse(a.0));
+        Ok(out)
     }
 
     /// The document's size on disk: snapshot plus log.
@@ -125,5 +176,22 @@ mod tests {
         s.persist(PersistKind::Snapshot, b"all").unwrap();
         drop(s);
         assert_eq!(Storage::open(dir.path()).unwrap().1, b"all");
+    }
+
+    #[test]
+    fn a_new_epoch_moves_the_old_document_to_cold_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Storage::open(dir.path()).unwrap();
+        s.persist(PersistKind::Snapshot, b"e0").unwrap();
+        s.persist(PersistKind::Append, b"+a").unwrap();
+        s.persist(PersistKind::Epoch { epoch: 1 }, b"e1").unwrap();
+        s.persist(PersistKind::Append, b"+b").unwrap();
+        s.persist(PersistKind::Epoch { epoch: 2 }, b"e2").unwrap();
+        drop(s);
+        assert_eq!(Storage::open(dir.path()).unwrap().1, b"e2");
+        let archives = Storage::archives(dir.path()).unwrap();
+        assert_eq!(archives.iter().map(|(e, _)| *e).collect::<Vec<_>>(), vec![1, 0], "newest first");
+        assert_eq!(fs::read(&archives[0].1).unwrap(), b"e1+b");
+        assert_eq!(fs::read(&archives[1].1).unwrap(), b"e0+a");
     }
 }

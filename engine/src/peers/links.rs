@@ -52,6 +52,9 @@ pub(crate) struct Conn {
     pub hello: Option<(NodeId, PublicKey, [u8; 32])>,
     /// The key the peer proved.
     pub peer_key: Option<PublicKey>,
+    /// The epoch of the peer's document, from its hello or its last base:
+    /// we sync only when it is ours.
+    pub epoch: Option<u64>,
     /// Fresh per connection: reusing sync state across reconnects can stop
     /// peers from converging.
     pub sync: sync::State,

@@ -1,0 +1,541 @@
+//! Epochs: history that stays bounded. See `docs/design/history.md`.
+//!
+//! Automerge walks a document's whole change history for every sync
+//! message, so one document for the life of a pipeline makes every change
+//! cost more as the pipeline ages. Instead, once the document holds
+//! `epoch_after_changes` changes, the server (the only node holding the CA
+//! secret) cuts a new epoch: a **base**, one Automerge change by the actor
+//! `huskies-epoch-<n>` that writes the live state (every story not archived
+//! or removed, with its winning state; node records; signed entries;
+//! settings), signed by the CA. Every node adopts the base as a fresh
+//! document and syncs only with peers in the same epoch; a peer in an older
+//! epoch is sent the base.
+//!
+//! A node moving to the new epoch **carries** what the base has not seen.
+//! The base records, per source epoch, the clock it was cut from (the
+//! largest op counter of every actor), and actors are per epoch, so an op
+//! of the old document is "seen" exactly when the clock covers it:
+//! - a story the base lacks was archived or removed at a cut (listed in the
+//!   base's `archived` map for [`EPOCH_MEMORY`] epochs) unless its creation
+//!   is unseen: then it was added after the cut and comes along whole;
+//! - an unseen state comes along when it outranks the base's (the same
+//!   precedence every merge uses, so fencing tokens never go back);
+//! - an unseen field (title, body, priority) comes along only while the new
+//!   document still holds the base's value: someone who wrote it in this
+//!   epoch wrote it later, or carried the same value first;
+//! - unseen run records, node records and signed entries the base lacks
+//!   come along.
+//!
+//! A node more than [`EPOCH_MEMORY`] epochs behind cannot tell its unseen
+//! writes apart: it carries nothing, keeps its old document in cold storage
+//! and says so (`Event::EpochStarted { gap: true }`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
+
+use crate::doc::{ARCHIVED_KEY, CLOCKS_KEY, Doc, EPOCH_KEY, EPOCH_SIG_KEY};
+use crate::identity::{self, Sig, hex, unhex};
+use crate::story::StoryState;
+use crate::wire::Envelope;
+use crate::{ConnId, Engine, Event, Output, PersistKind, RejectKind, StoryId};
+
+/// Epochs a base remembers: the clocks of the documents it descends from
+/// and the stories archived at their cuts. A node further behind carries
+/// nothing (see the module docs).
+pub const EPOCH_MEMORY: u64 = 16;
+
+/// The base of the epoch we are in, as peers in older epochs are sent it.
+#[derive(Debug, Clone)]
+pub(crate) struct EpochBase {
+    pub epoch: u64,
+    pub hash: automerge::ChangeHash,
+    pub sig: Sig,
+    pub change: Vec<u8>,
+}
+
+impl EpochBase {
+    pub fn envelope(&self) -> Vec<u8> {
+        Envelope::Epoch { epoch: self.epoch, sig: self.sig, base: self.change.clone() }.encode()
+    }
+}
+
+/// Largest op counter per actor: what a document has seen.
+type Clock = BTreeMap<Vec<u8>, u64>;
+
+fn clock_of(am: &mut AutoCommit) -> Clock {
+    let mut clock = Clock::new();
+    for c in am.get_changes_meta(&[]) {
+        let max = clock.entry(c.actor.to_bytes().to_vec()).or_default();
+        *max = (*max).max(c.max_op);
+    }
+    clock
+}
+
+fn encode_clock(clock: &Clock) -> String {
+    clock.iter().map(|(a, n)| format!("{}:{n}", hex(a))).collect::<Vec<_>>().join(";")
+}
+
+fn decode_clock(s: &str, into: &mut Clock) {
+    for part in s.split(';').filter(|p| !p.is_empty()) {
+        if let Some((a, n)) = part.split_once(':')
+            && let (Some(a), Ok(n)) = (unhex(a), n.parse::<u64>())
+        {
+            let max = into.entry(a).or_default();
+            *max = (*max).max(n);
+        }
+    }
+}
+
+fn covered(clock: &Clock, op: &automerge::ObjId) -> bool {
+    match op {
+        automerge::ObjId::Root => true,
+        automerge::ObjId::Id(counter, actor, _) => clock.get(actor.to_bytes()).is_some_and(|max| counter <= max),
+    }
+}
+
+fn scalar(v: &Value<'_>) -> Option<ScalarValue> {
+    match v {
+        Value::Scalar(s) => Some(s.as_ref().clone()),
+        Value::Object(_) => None,
+    }
+}
+
+fn map_of(am: &AutoCommit, parent: &ObjId, key: &str) -> Option<ObjId> {
+    match am.get(parent, key) {
+        Ok(Some((Value::Object(ObjType::Map), obj))) => Some(obj),
+        _ => None,
+    }
+}
+
+/// The winning scalar of every key of `obj`.
+fn scalars(am: &AutoCommit, obj: &ObjId) -> Vec<(String, ScalarValue, ObjId)> {
+    am.keys(obj)
+        .filter_map(|k| {
+            let (v, op) = am.get(obj, k.as_str()).ok()??;
+            Some((k, scalar(&v)?, op))
+        })
+        .collect()
+}
+
+/// Root keys that are not the document's structure: signed entries and
+/// settings.
+fn is_root_entry(key: &str) -> bool {
+    !matches!(key, "stories" | "nodes" | EPOCH_KEY | CLOCKS_KEY | ARCHIVED_KEY | EPOCH_SIG_KEY)
+}
+
+/// What one move to a new epoch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Carried {
+    pub writes: usize,
+}
+
+impl Engine {
+    /// Our Automerge actor in `epoch`: node id, incarnation, and (after the
+    /// first cut) the epoch, so clocks of different epochs never mix.
+    pub(crate) fn actor_for(&self, epoch: u64) -> ActorId {
+        let mut bytes = self.actor.to_bytes().to_vec();
+        if epoch > 0 {
+            bytes.extend_from_slice(&epoch.to_be_bytes());
+        }
+        ActorId::from(bytes)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.doc.epoch()
+    }
+
+    /// At the server, on the scan: cut a new epoch when the document has
+    /// grown past `epoch_after_changes` and every linked peer has all we
+    /// have (then nothing needs carrying), or past twice that regardless
+    /// (carrying makes it safe; a busy cluster may never be quiet).
+    pub(crate) fn maybe_cut_epoch(&mut self) {
+        let limit = self.config.epoch_after_changes;
+        // Exactly one node cuts: the one holding the CA secret that dials
+        // no rendezvous (the server). Two cutters would make two bases of
+        // one epoch.
+        let cutter = self.creds.ca_secret.is_some() && self.config.rendezvous.is_none();
+        if limit == 0 || !cutter || self.leaving || !self.ready {
+            return;
+        }
+        // Linear in the changes, which this bounds.
+        let changes = self.doc.automerge().get_changes_meta(&[]).len() as u64;
+        if changes < limit {
+            return;
+        }
+        let mut heads = self.doc.heads();
+        heads.sort();
+        let ours = self.doc.epoch();
+        let in_step = self.peers.established().all(|(conn, _)| {
+            self.peers.conn(conn).is_some_and(|c| {
+                let mut theirs = c.sync.their_heads.clone().unwrap_or_default();
+                theirs.sort();
+                c.epoch == Some(ours) && theirs == heads
+            })
+        });
+        if in_step || changes >= limit.saturating_mul(2) {
+            self.cut_epoch();
+        }
+    }
+
+    /// Builds, signs and adopts the next epoch's base from our state.
+    fn cut_epoch(&mut self) {
+        let Some(ca_secret) = self.creds.ca_secret else { return };
+        let epoch = self.doc.epoch() + 1;
+        let change = self.build_base(epoch);
+        let Ok(parsed) = automerge::Change::from_bytes(change.clone()) else {
+            panic!("a base we built does not parse");
+        };
+        let hash = parsed.hash();
+        let sig = identity::sign_epoch(&ca_secret, epoch, &hash.0);
+        let adopted = self.adopt_base(EpochBase { epoch, hash, sig, change });
+        assert!(adopted, "our own base of epoch {epoch} was refused");
+    }
+
+    /// The live state as one change: the base of `epoch`.
+    fn build_base(&mut self, epoch: u64) -> Vec<u8> {
+        let old = self.doc.automerge();
+        let mut clocks: BTreeMap<u64, String> = BTreeMap::new();
+        let mut archived: BTreeMap<String, u64> = BTreeMap::new();
+        let oldest = epoch.saturating_sub(EPOCH_MEMORY);
+        if let Some(obj) = map_of(old, &automerge::ROOT, CLOCKS_KEY) {
+            for (k, v, _) in scalars(old, &obj) {
+                if let (Ok(e), ScalarValue::Str(s)) = (k.parse::<u64>(), v)
+                    && e >= oldest
+                {
+                    clocks.insert(e, s.to_string());
+                }
+            }
+        }
+        if let Some(obj) = map_of(old, &automerge::ROOT, ARCHIVED_KEY) {
+            for (k, v, _) in scalars(old, &obj) {
+                if let ScalarValue::Uint(e) = v
+                    && e > oldest
+                {
+                    archived.insert(k, e);
+                }
+            }
+        }
+        clocks.insert(epoch - 1, encode_clock(&clock_of(old)));
+        #[allow(clippy::disallowed_methods)] // a fixed actor per epoch: one writer, the CA holder
+        let mut am = AutoCommit::new().with_actor(ActorId::from(format!("huskies-epoch-{epoch}").into_bytes()));
+        // Writes to a fresh in-memory document cannot fail.
+        am.put(automerge::ROOT, EPOCH_KEY, epoch).expect("base");
+        let stories = am.put_object(automerge::ROOT, "stories", ObjType::Map).expect("base");
+        let nodes = am.put_object(automerge::ROOT, "nodes", ObjType::Map).expect("base");
+        let (old_stories, old_nodes) = (self.doc.stories_obj().clone(), self.doc.nodes_obj().clone());
+        let old = self.doc.automerge();
+        for (id, view) in self.index.stories() {
+            if view.state.stage == crate::Stage::Archived || view.state.removed {
+                archived.insert(id.as_str().to_owned(), epoch);
+                continue;
+            }
+            let Some(src) = map_of(old, &old_stories, id.as_str()) else { continue };
+            let dst = am.put_object(&stories, id.as_str(), ObjType::Map).expect("base");
+            for (k, v, _) in scalars(old, &src) {
+                if k != "state" {
+                    am.put(&dst, k.as_str(), v).expect("base");
+                }
+            }
+            // The winner by our precedence, not Automerge's pick.
+            am.put(&dst, "state", view.state.encode()).expect("base");
+        }
+        for id in old.keys(&old_nodes).collect::<Vec<_>>() {
+            let Some(src) = map_of(old, &old_nodes, &id) else { continue };
+            let dst = am.put_object(&nodes, id.as_str(), ObjType::Map).expect("base");
+            for (k, v, _) in scalars(old, &src) {
+                am.put(&dst, k.as_str(), v).expect("base");
+            }
+        }
+        for (k, v, _) in scalars(old, &automerge::ROOT) {
+            if is_root_entry(&k) && k != crate::doc::SETTINGS_KEY {
+                am.put(automerge::ROOT, k.as_str(), v).expect("base");
+            }
+        }
+        if let Some(s) = &self.settings
+            && let Some(ca_secret) = &self.creds.ca_secret
+        {
+            am.put(automerge::ROOT, crate::doc::SETTINGS_KEY, s.encode_signed(ca_secret)).expect("base");
+        }
+        let clocks_obj = am.put_object(automerge::ROOT, CLOCKS_KEY, ObjType::Map).expect("base");
+        for (e, c) in &clocks {
+            am.put(&clocks_obj, e.to_string(), c.as_str()).expect("base");
+        }
+        let archived_obj = am.put_object(automerge::ROOT, ARCHIVED_KEY, ObjType::Map).expect("base");
+        for (id, e) in &archived {
+            am.put(&archived_obj, id.as_str(), *e).expect("base");
+        }
+        am.commit_with(CommitOptions::default().with_time(0));
+        let change = am.get_last_local_change().expect("the base change");
+        assert_eq!(am.get_heads(), vec![change.hash()], "a base is one change");
+        change.raw_bytes().to_vec()
+    }
+
+    /// A peer sent epoch `epoch`'s base.
+    pub(crate) fn handle_epoch(&mut self, conn: ConnId, epoch: u64, sig: Sig, base: Vec<u8>) {
+        let ours = self.doc.epoch();
+        if let Some(c) = self.peers.conn_mut(conn) {
+            c.epoch = Some(epoch);
+        }
+        if epoch < ours {
+            // Behind us: they get ours (they may have sent theirs first).
+            return self.send_base(conn);
+        }
+        if epoch == ours {
+            if self.base.as_ref().is_some_and(|b| b.change != base) {
+                return self.reject(conn, RejectKind::Protocol, format!("a second base for epoch {epoch}"));
+            }
+            self.peers.owe_sync(conn);
+            return;
+        }
+        let hash = match automerge::Change::from_bytes(base.clone()) {
+            Ok(c) => c.hash(),
+            Err(e) => return self.reject(conn, RejectKind::Sync, format!("epoch {epoch} base does not parse: {e}")),
+        };
+        if !identity::verify_epoch(&self.creds.ca, epoch, &hash.0, &sig) {
+            return self.reject(conn, RejectKind::Identity, format!("epoch {epoch} base not signed by the CA"));
+        }
+        if !self.adopt_base(EpochBase { epoch, hash, sig, change: base }) {
+            self.reject(conn, RejectKind::Sync, format!("epoch {epoch} base is not a base"));
+        }
+    }
+
+    pub(crate) fn send_base(&mut self, conn: ConnId) {
+        if let Some(b) = &self.base {
+            let bytes = b.envelope();
+            self.pending.push(Output::Send { conn, bytes });
+        }
+    }
+
+    /// Moves this node to `base`'s epoch: a fresh document from the base,
+    /// our unseen writes carried over, the old document to cold storage.
+    /// False when the base is not a well-formed base of that epoch.
+    pub(crate) fn adopt_base(&mut self, base: EpochBase) -> bool {
+        #[allow(clippy::disallowed_methods)] // only loaded into; `from_loaded` sets our actor before any write
+        let mut am = AutoCommit::new();
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.load_incremental(&base.change)));
+        if !matches!(loaded, Ok(Ok(_))) || am.get_heads() != vec![base.hash] {
+            return false;
+        }
+        let Some(mut new) = Doc::from_loaded(am, self.actor_for(base.epoch)) else { return false };
+        if new.epoch() != base.epoch {
+            return false;
+        }
+        let from = self.doc.epoch();
+        assert!(base.epoch > from, "epochs only move forward");
+        let gap = from + EPOCH_MEMORY < base.epoch;
+        let carried = if gap { Carried::default() } else { carry(&mut self.doc, &mut new) };
+        new.automerge()
+            .put(automerge::ROOT, EPOCH_SIG_KEY, format!("{}:{}", hex(&base.hash.0), hex(&base.sig)))
+            .expect("put epoch sig");
+        new.automerge().commit_with(CommitOptions::default().with_time(0));
+        // What the old document still owes storage goes there first, so
+        // cold storage holds all of it.
+        if self.dirty {
+            let bytes = self.doc.automerge().save_incremental();
+            if !bytes.is_empty() {
+                self.persist(PersistKind::Append, bytes);
+            }
+        }
+        let before: BTreeSet<StoryId> = self.index.story_ids().cloned().collect();
+        self.doc = new;
+        self.base = Some(base.clone());
+        self.reindex_after_switch();
+        self.write_own_record();
+        let snapshot = self.doc.automerge().save();
+        self.persist(PersistKind::Epoch { epoch: base.epoch }, snapshot);
+        self.dirty = false;
+        self.appends_since_snapshot = 0;
+        let archived = before.iter().filter(|id| !self.index.contains(id)).count();
+        // Sync starts over with everyone: a peer in this epoch syncs, a peer
+        // behind is sent the base, a peer ahead sends us its own.
+        let conns: Vec<ConnId> = self.peers.established().map(|(c, _)| c).collect();
+        for conn in conns {
+            if let Some(c) = self.peers.conn_mut(conn) {
+                c.sync = automerge::sync::State::new();
+            }
+            self.send_base(conn);
+        }
+        self.emit(Event::EpochStarted { epoch: base.epoch, carried: carried.writes, archived, gap });
+        true
+    }
+
+    /// The index (and our runs) after the document was replaced.
+    fn reindex_after_switch(&mut self) {
+        let (stories, nodes, _) = self.doc.read_all();
+        self.doc.skip_touched();
+        for (id, rec) in nodes {
+            self.learn_node(id, rec);
+        }
+        let gone: Vec<StoryId> = self.index.story_ids().filter(|id| !stories.contains_key(*id)).cloned().collect();
+        for id in gone {
+            self.apply_story(&id, None);
+            if let Some(run) = self.claims.end(&id) {
+                if run.phase == crate::claims::Phase::Running {
+                    self.pending.push(Output::StopRun { story: id.clone(), token: run.token });
+                }
+                self.emit(Event::ClaimLost { story: id, token: run.token, now_held_by: None, now_token: run.token });
+            }
+        }
+        self.switching_epoch = true;
+        for (id, view) in stories {
+            self.apply_story(&id, Some(view));
+        }
+        self.switching_epoch = false;
+        self.absorb_signed();
+        self.absorb_settings();
+    }
+
+    /// After a restart: the base of the epoch our document is in, from the
+    /// signature every adopter writes.
+    pub(crate) fn read_base(&mut self) -> Option<EpochBase> {
+        let epoch = self.doc.epoch();
+        if epoch == 0 {
+            return None;
+        }
+        let am = self.doc.automerge();
+        let values: Vec<ScalarValue> = am
+            .get_all(automerge::ROOT, EPOCH_SIG_KEY)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(v, _)| scalar(v))
+            .collect();
+        for v in values {
+            let ScalarValue::Str(s) = v else { continue };
+            let Some((h, sig)) = s.split_once(':') else { continue };
+            let (Some(h), Some(sig)) = (unhex(h), unhex(sig)) else { continue };
+            let (Ok(h), Ok(sig)) = (<[u8; 32]>::try_from(h), Sig::try_from(sig)) else { continue };
+            let hash = automerge::ChangeHash(h);
+            if !identity::verify_epoch(&self.creds.ca, epoch, &h, &sig) {
+                continue;
+            }
+            if let Some(change) = am.get_change_by_hash(&hash) {
+                return Some(EpochBase { epoch, hash, sig, change: change.raw_bytes().to_vec() });
+            }
+        }
+        None
+    }
+}
+
+/// Carries the writes of `old` that `new`'s base has not seen (see the
+/// module docs for the rules).
+fn carry(old: &mut Doc, new: &mut Doc) -> Carried {
+    let mut out = Carried::default();
+    let (old_stories, old_nodes) = (old.stories_obj().clone(), old.nodes_obj().clone());
+    let (new_stories, new_nodes) = (new.stories_obj().clone(), new.nodes_obj().clone());
+    let mut clock = Clock::new();
+    let mut archived = BTreeSet::new();
+    {
+        let n = new.automerge();
+        if let Some(obj) = map_of(n, &automerge::ROOT, CLOCKS_KEY) {
+            for (_, v, _) in scalars(n, &obj) {
+                if let ScalarValue::Str(s) = v {
+                    decode_clock(&s, &mut clock);
+                }
+            }
+        }
+        if let Some(obj) = map_of(n, &automerge::ROOT, ARCHIVED_KEY) {
+            archived.extend(n.keys(&obj));
+        }
+    }
+    let o = old.automerge();
+    let ids: Vec<String> = o.keys(&old_stories).collect();
+    for id in ids {
+        let Ok(story) = StoryId::new(id.clone()) else { continue };
+        let Ok(Some((Value::Object(ObjType::Map), src))) = o.get(&old_stories, id.as_str()) else { continue };
+        let n = new.automerge();
+        match map_of(n, &new_stories, &id) {
+            None => {
+                if archived.contains(&id) || covered(&clock, &src) {
+                    continue; // archived or removed at a cut
+                }
+                // Added after the cut: comes along whole.
+                let dst = n.put_object(&new_stories, id.as_str(), ObjType::Map).expect("carry story");
+                for (k, v, _) in scalars(o, &src) {
+                    if k != "state" {
+                        n.put(&dst, k.as_str(), v).expect("carry");
+                    }
+                }
+                if let Some(state) = best_state(o, &src, &story, |_| true) {
+                    n.put(&dst, "state", state.encode()).expect("carry");
+                }
+                out.writes += 1;
+            }
+            Some(dst) => {
+                let theirs = best_state(n, &dst, &story, |_| true);
+                let ours = best_state(o, &src, &story, |op| !covered(&clock, op));
+                if let Some(ours) = ours
+                    && theirs.as_ref().is_none_or(|t| ours.precedence(story.as_str(), t).is_gt())
+                {
+                    n.put(&dst, "state", ours.encode()).expect("carry");
+                    out.writes += 1;
+                }
+                for (k, v, op) in scalars(o, &src) {
+                    if k == "state" || covered(&clock, &op) {
+                        continue;
+                    }
+                    let current = n.get(&dst, k.as_str()).ok().flatten();
+                    let untouched = match &current {
+                        None => true,
+                        // Still the base's value: nobody wrote it this epoch.
+                        Some((_, cur_op)) => covered_by_base(cur_op),
+                    };
+                    let same = current.as_ref().and_then(|(cv, _)| scalar(cv)).as_ref() == Some(&v);
+                    if untouched && !same {
+                        n.put(&dst, k.as_str(), v).expect("carry");
+                        out.writes += 1;
+                    }
+                }
+            }
+        }
+    }
+    let ids: Vec<String> = o.keys(&old_nodes).collect();
+    for id in ids {
+        let n = new.automerge();
+        if map_of(n, &new_nodes, &id).is_some() {
+            continue; // the base's, or a newer one written this epoch
+        }
+        let Some(src) = map_of(o, &old_nodes, &id) else { continue };
+        let dst = n.put_object(&new_nodes, id.as_str(), ObjType::Map).expect("carry node");
+        for (k, v, _) in scalars(o, &src) {
+            n.put(&dst, k.as_str(), v).expect("carry");
+        }
+        out.writes += 1;
+    }
+    for (k, v, op) in scalars(o, &automerge::ROOT) {
+        let n = new.automerge();
+        if !is_root_entry(&k) || k == crate::doc::SETTINGS_KEY || covered(&clock, &op) {
+            continue;
+        }
+        if n.get(automerge::ROOT, k.as_str()).ok().flatten().is_none() {
+            n.put(automerge::ROOT, k.as_str(), v).expect("carry");
+            out.writes += 1;
+        }
+    }
+    new.automerge().commit_with(CommitOptions::default().with_time(0));
+    new.automerge().update_diff_cursor();
+    out
+}
+
+/// Written by the base's own change (its actor's ops), not since.
+fn covered_by_base(op: &ObjId) -> bool {
+    match op {
+        ObjId::Root => true,
+        ObjId::Id(_, actor, _) => actor.to_bytes().starts_with(b"huskies-epoch-"),
+    }
+}
+
+/// The highest-precedence state among the values of `obj.state` whose op
+/// passes `keep`.
+fn best_state(am: &AutoCommit, obj: &ObjId, story: &StoryId, keep: impl Fn(&ObjId) -> bool) -> Option<StoryState> {
+    am.get_all(obj, "state")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, op)| keep(op))
+        .filter_map(|(v, _)| match scalar(&v)? {
+            ScalarValue::Str(s) => StoryState::decode(&s),
+            _ => None,
+        })
+        .max_by(|a, b| a.precedence(story.as_str(), b))
+}

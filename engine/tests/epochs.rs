@@ -1,0 +1,111 @@
+//! Epochs in the in-process harness: history stays bounded, archived
+//! stories go to cold storage, and a node offline across cuts brings its
+//! writes along.
+
+mod harness;
+
+use harness::{Harness, fast_config};
+use huskies_engine::cold::ColdDoc;
+use huskies_engine::{Command, Event, NewStory, Stage, StoryId};
+
+const LIMIT: u64 = 120;
+
+fn config() -> huskies_engine::Config {
+    huskies_engine::Config { epoch_after_changes: LIMIT, ..fast_config() }
+}
+
+fn add(c: &mut Harness, at: usize, id: &str) -> StoryId {
+    let id = StoryId::new(id).unwrap();
+    let new =
+        NewStory { id: Some(id.clone()), title: format!("story {id}"), stage: Stage::Current, ..Default::default() };
+    c.command(at, Command::AddStory(new)).expect("add");
+    id
+}
+
+fn archive_done(c: &mut Harness) -> Vec<StoryId> {
+    let done: Vec<StoryId> =
+        c.engine(0).stories().filter(|(_, v)| v.state.stage == Stage::Done).map(|(id, _)| id.clone()).collect();
+    for id in &done {
+        c.command(0, Command::MoveStory { id: id.clone(), stage: Stage::Archived }).expect("archive");
+    }
+    done
+}
+
+#[test]
+fn epochs_bound_history_and_archived_stories_stay_readable() {
+    let mut c = Harness::new(3, 41, config());
+    let mut archived = Vec::new();
+    for round in 0..4 {
+        for k in 0..12 {
+            add(&mut c, 0, &format!("r{round}-{k:02}"));
+        }
+        c.run_until_settled(120_000).expect("round settles");
+        archived.extend(archive_done(&mut c));
+        c.run_for(3_000);
+    }
+    c.run_until_settled(60_000).expect("settles");
+    let epoch = c.engine(0).epoch();
+    assert!(epoch >= 2, "4 rounds of 12 stories through 3 stages cut epochs: {epoch}");
+    for i in 0..=3 {
+        assert_eq!(c.engine(i).epoch(), epoch, "node {i} moved with the server");
+        assert!(c.engine(i).change_count() < 3 * LIMIT as usize, "node {i} history is bounded");
+    }
+    // Archived stories leave the live document at the next cut, for the
+    // server's cold storage, done and with their run history.
+    let archives: Vec<Vec<u8>> = c.nodes[0].storage.archives.values().rev().cloned().collect();
+    let mut cold = 0;
+    for id in &archived {
+        if let Some(v) = c.engine(0).story(id) {
+            assert_eq!(v.state.stage, Stage::Archived, "{id} is live only until the next cut");
+            continue;
+        }
+        for i in 1..=3 {
+            assert!(c.engine(i).story(id).is_none(), "{id} left node {i}'s live document too");
+        }
+        let story = archives.iter().find_map(|bytes| ColdDoc::open(bytes)?.story(id));
+        let story = story.unwrap_or_else(|| panic!("{id} is in no archive"));
+        assert_eq!(story.view.state.stage, Stage::Archived);
+        assert_eq!(story.runs.len(), 3, "current, qa and merge runs of {id}");
+        cold += 1;
+    }
+    assert!(cold >= 24, "stories of the early rounds went cold: {cold} of {}", archived.len());
+    let started = c.count_events(|e| matches!(e, Event::EpochStarted { gap: false, .. }));
+    assert!(started >= 4 * 2, "every node started every epoch: {started}");
+    assert_eq!(c.duplicate_starts(), 0);
+    c.assert_no_work_lost();
+}
+
+#[test]
+fn a_node_offline_across_cuts_brings_its_writes() {
+    let mut c = Harness::new(3, 43, config());
+    add(&mut c, 0, "warmup");
+    c.run_until_settled(60_000).expect("settles");
+    c.isolate(3);
+    // Apart: node 3 adds and runs its own stories.
+    let mine: Vec<StoryId> = (0..4).map(|k| add(&mut c, 3, &format!("offline-{k}"))).collect();
+    // Meanwhile the rest of the cluster cuts epochs.
+    for round in 0..3 {
+        for k in 0..12 {
+            add(&mut c, 0, &format!("r{round}-{k:02}"));
+        }
+        c.run_for(20_000);
+        archive_done(&mut c);
+        c.run_for(2_000);
+    }
+    assert!(c.engine(0).epoch() >= 2, "epochs were cut while node 3 was away");
+    assert_eq!(c.engine(3).epoch(), 0);
+    c.heal();
+    c.run_until_settled(120_000).expect("settles after the heal");
+    let epoch = c.engine(0).epoch();
+    for i in 0..=3 {
+        assert_eq!(c.engine(i).epoch(), epoch);
+        for id in &mine {
+            let v = c.engine(i).story(id).unwrap_or_else(|| panic!("{id} missing on node {i}"));
+            assert_eq!(v.state.stage, Stage::Done, "{id} on node {i}");
+        }
+    }
+    let carried =
+        c.events.iter().any(|(_, n, e)| *n == 3 && matches!(e, Event::EpochStarted { carried, .. } if *carried > 0));
+    assert!(carried, "node 3 carried its writes");
+    c.assert_no_work_lost();
+}
