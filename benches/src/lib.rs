@@ -168,3 +168,109 @@ pub fn sync_raw(a: &mut AutoCommit, sa: &mut sync::State, b: &mut AutoCommit, sb
         }
     }
 }
+
+/// A server and one agent engine wired to each other in process: every
+/// `Send` of one is the other's `PeerMessage`, persists confirmed at once.
+pub struct Pair {
+    pub server: Engine,
+    pub agent: Engine,
+    pub now_ms: u64,
+    server_conn: ConnId,
+    agent_conn: ConnId,
+}
+
+impl Pair {
+    /// Both load `bytes`; the server cuts epochs after `epoch_after_changes`
+    /// (0: never), the agent dials it.
+    pub fn new(bytes: &[u8], epoch_after_changes: u64) -> Pair {
+        let server_cfg = Config { epoch_after_changes, ..config(0) };
+        let mut server = Engine::new(server_cfg, node("server"), 3, Millis(0));
+        server.handle(Millis(0), Input::StorageLoaded { bytes: bytes.to_vec() });
+        drain(&mut server);
+        let agent_cfg = Config { rendezvous: Some("bench://server".into()), ..config(0) };
+        let mut agent = Engine::new(agent_cfg, node("agent"), 4, Millis(0));
+        agent.handle(Millis(0), Input::StorageLoaded { bytes: bytes.to_vec() });
+        let agent_conn = drain(&mut agent)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Dial { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .expect("the agent dials the server");
+        let server_conn = ConnId(1);
+        let mut pair = Pair { server, agent, now_ms: 0, server_conn, agent_conn };
+        pair.server.handle(Millis(0), Input::PeerConnected { conn: server_conn });
+        pair.agent.handle(Millis(0), Input::PeerConnected { conn: agent_conn });
+        pair.pump(Vec::new());
+        pair
+    }
+
+    /// Carries messages both ways until neither side sends; `first` are
+    /// outputs of the server not yet carried.
+    pub fn pump(&mut self, first: Vec<Output>) {
+        let now = Millis(self.now_ms);
+        let mut to_agent: Vec<Vec<u8>> = Vec::new();
+        let mut to_server: Vec<Vec<u8>> = Vec::new();
+        let collect = |outs: Vec<Output>, into: &mut Vec<Vec<u8>>| {
+            for o in outs {
+                if let Output::Send { bytes, .. } = o {
+                    into.push(bytes);
+                }
+            }
+        };
+        collect(first, &mut to_agent);
+        collect(drain(&mut self.server), &mut to_agent);
+        collect(drain(&mut self.agent), &mut to_server);
+        while !to_agent.is_empty() || !to_server.is_empty() {
+            for bytes in std::mem::take(&mut to_agent) {
+                self.agent.handle(now, Input::PeerMessage { conn: self.agent_conn, bytes });
+            }
+            collect(drain(&mut self.agent), &mut to_server);
+            for bytes in std::mem::take(&mut to_server) {
+                self.server.handle(now, Input::PeerMessage { conn: self.server_conn, bytes });
+            }
+            collect(drain(&mut self.server), &mut to_agent);
+        }
+    }
+
+    /// One change at the server (a priority edit of story `i`), synced to
+    /// the agent.
+    pub fn change(&mut self, i: usize, priority: i64) {
+        let id = huskies_engine::StoryId::new(story_id(i)).expect("valid");
+        let command = huskies_engine::Command::EditStory { id, title: None, body: None, priority: Some(priority) };
+        self.server.handle(Millis(self.now_ms), Input::Command { id: huskies_engine::CommandId(1), command });
+        self.pump(Vec::new());
+    }
+
+    /// Lets `ms` pass: both scan (the server may cut an epoch), then sync.
+    pub fn tick(&mut self, ms: u64) {
+        self.now_ms += ms;
+        self.server.handle(Millis(self.now_ms), Input::Timeout);
+        self.agent.handle(Millis(self.now_ms), Input::Timeout);
+        self.pump(Vec::new());
+    }
+}
+
+/// A server's stored document of `stories` stories of which all but `live`
+/// are archived, as it is after the server's first cut moved the archived
+/// ones to cold storage (what a pipeline that kept finishing work holds).
+pub fn doc_with_archived(stories: usize, live: usize) -> Vec<u8> {
+    let mut doc = raw_from(&doc_with_stories(stories), "fixture-archiver");
+    let (_, root) = doc.get(automerge::ROOT, "stories").expect("read").expect("stories");
+    let mut archived = StoryState::new(Stage::Archived);
+    archived.token = Token(1);
+    for i in live..stories {
+        let (_, obj) = doc.get(&root, story_id(i)).expect("read").expect("story");
+        doc.put(&obj, "state", archived.encode()).expect("put");
+    }
+    doc.commit_with(CommitOptions::default().with_time(0));
+    let cfg = Config { epoch_after_changes: 1, ..config(0) };
+    let mut server = Engine::new(cfg, node("server"), 5, Millis(0));
+    server.handle(Millis(0), Input::StorageLoaded { bytes: doc.save() });
+    drain(&mut server);
+    server.handle(Millis(10_000), Input::Timeout);
+    drain(&mut server);
+    assert_eq!(server.epoch(), 1, "the fixture server cut its first epoch");
+    assert_eq!(server.stories().count(), live);
+    server.save()
+}

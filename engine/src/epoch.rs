@@ -375,7 +375,15 @@ impl Engine {
                 if run.phase == crate::claims::Phase::Running {
                     self.pending.push(Output::StopRun { story: id.clone(), token: run.token });
                 }
-                self.emit(Event::ClaimLost { story: id, token: run.token, now_held_by: None, now_token: run.token });
+                self.emit(Event::ClaimLost {
+                    story: id.clone(),
+                    token: run.token,
+                    now_held_by: None,
+                    now_token: run.token,
+                });
+            }
+            if self.claims.forget(&id) {
+                self.pending.push(Output::PruneWorktree { story: id });
             }
         }
         self.switching_epoch = true;

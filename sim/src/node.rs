@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use huskies_engine::hash::stable_hash;
-use huskies_engine::{CommandId, Config, Engine, Input, Millis, NodeId, Output, RunOutcome, StoryId, Token};
+use huskies_engine::{
+    Command, CommandId, Config, Engine, Input, Millis, NodeId, Output, PersistKind, RunOutcome, Stage, StoryId, Token,
+};
 use madsim::net::Endpoint;
 use madsim::time::TimeHandle;
 
@@ -43,6 +45,16 @@ pub struct NodeCtx {
     /// Publish a view (with a full save) this often; 0 = only when asked.
     pub publish_every_ms: u64,
     pub want_save_len: Mutex<bool>,
+    /// As an operator would: move every done story to archived this often
+    /// (0: never). Set on the server.
+    pub archive_every_ms: u64,
+    /// Die in the middle of the next move to a new epoch: the old document
+    /// reaches cold storage, the new one never lands.
+    pub tear_next_epoch: Mutex<bool>,
+    /// Set by a torn move: the process is gone until the scenario restarts it.
+    pub dead: Mutex<bool>,
+    /// Torn moves so far.
+    pub torn: Mutex<u64>,
 }
 
 fn sim_ms() -> u64 {
@@ -74,6 +86,7 @@ struct SimNode {
     later: Vec<(u64, Input)>,
     rng: u64,
     next_publish_ms: u64,
+    next_archive_ms: u64,
     next_cmd: u64,
 }
 
@@ -102,9 +115,11 @@ pub async fn run(ctx: Arc<NodeCtx>) {
         later: Vec::new(),
         rng: seed,
         next_publish_ms: 0,
+        next_archive_ms: 0,
         next_cmd: 0,
         ctx: ctx.clone(),
     };
+    *ctx.dead.lock().expect("dead lock") = false;
     let bytes = ctx.disk.lock().expect("disk lock").load();
     node.input(Input::StorageLoaded { bytes });
     // `recv_from_raw` is not cancellation safe (a datagram handed to a
@@ -123,6 +138,10 @@ pub async fn run(ctx: Arc<NodeCtx>) {
         }
     });
     loop {
+        if *node.ctx.dead.lock().expect("dead lock") {
+            // Died mid-write: nothing more leaves this process.
+            std::future::pending::<()>().await;
+        }
         node.flush(&ep).await;
         let now = node.ctx.local_ms();
         let wait = node.next_deadline_ms().saturating_sub(now).max(1);
@@ -207,6 +226,16 @@ impl SimNode {
         if self.engine.poll_timeout().is_some_and(|t| t.0 <= now) {
             self.input(Input::Timeout);
         }
+        if self.ctx.archive_every_ms > 0 && now >= self.next_archive_ms {
+            self.next_archive_ms = now + self.ctx.archive_every_ms;
+            let done: Vec<StoryId> =
+                self.engine.stories().filter(|(_, v)| v.state.stage == Stage::Done).map(|(id, _)| id.clone()).collect();
+            for id in done {
+                self.next_cmd += 1;
+                let command = Command::MoveStory { id, stage: Stage::Archived };
+                self.input(Input::Command { id: CommandId(self.next_cmd), command });
+            }
+        }
         if self.ctx.publish_every_ms > 0 && now >= self.next_publish_ms {
             self.next_publish_ms = now + self.ctx.publish_every_ms;
             self.publish();
@@ -222,16 +251,32 @@ impl SimNode {
         let heads = self.engine.heads().iter().map(|h| h.to_string()).collect();
         let stories = self.engine.stories().map(|(id, v)| (id.clone(), v.state.clone())).collect();
         let save_len = if *self.ctx.want_save_len.lock().expect("lock") { self.engine.save().len() } else { 0 };
-        self.oracle().views.insert(self.ctx.id.clone(), View { heads, stories, save_len });
+        self.oracle().views.insert(self.ctx.id.clone(), View { heads, stories, save_len, epoch: self.engine.epoch() });
     }
 
     fn input(&mut self, input: Input) {
+        if *self.ctx.dead.lock().expect("dead lock") {
+            return;
+        }
         let now = self.ctx.local_ms();
         self.engine.handle(Millis(now), input);
         let sim_now = sim_ms();
         // The simulated disk is written at once: each persist is durable
         // before the outputs it covers are carried out.
         for out in self.engine.drain_sync_persist() {
+            if let Output::Persist { kind: PersistKind::Epoch { epoch }, .. } = &out
+                && std::mem::take(&mut *self.ctx.tear_next_epoch.lock().expect("tear lock"))
+            {
+                // The process dies between the two writes of the move.
+                self.ctx.disk.lock().expect("disk lock").apply_torn_epoch(*epoch);
+                *self.ctx.torn.lock().expect("torn lock") += 1;
+                *self.ctx.dead.lock().expect("dead lock") = true;
+                self.oracle().node_crashed(&self.ctx.id);
+                self.runs.clear();
+                self.later.clear();
+                self.links.outbox.clear();
+                return;
+            }
             self.oracle().observe(sim_now, &self.ctx.id, &out);
             self.execute(out, now);
         }

@@ -161,6 +161,10 @@ pub enum Scripted {
     Restart(usize),
     Pause(usize),
     Resume(usize),
+    /// Node `i` dies in the middle of its next move to a new epoch (the
+    /// old document archived, the new one not stored); restarted later by
+    /// a `Restart` or the heal.
+    TearEpoch(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +185,9 @@ pub struct Scenario {
     /// Faults at fixed times (ms after the stories are added), besides the
     /// profile's random ones.
     pub script: Vec<(u64, Scripted)>,
+    /// The server archives done stories this often (0: never); archived
+    /// stories leave the live document at the next epoch.
+    pub archive_every_ms: u64,
 }
 
 /// Short timings so a scenario spans seconds of simulated time.
@@ -214,6 +221,7 @@ impl Scenario {
             publish_every_ms: 500,
             check_idle_growth: false,
             script: Vec::new(),
+            archive_every_ms: 0,
         }
     }
 }
@@ -240,6 +248,12 @@ pub struct Report {
     pub max_mesh_peers: usize,
     pub brief_overlaps_after_heal: u64,
     pub stories_done: usize,
+    /// Stories archived: in cold storage or (until the next cut) live.
+    pub stories_archived: usize,
+    /// The server's epoch at the end, and moves to a new epoch that a
+    /// scripted death tore in half.
+    pub epoch: u64,
+    pub torn_epochs: u64,
     pub idle_save_len: Option<(usize, usize)>,
 }
 
@@ -302,6 +316,7 @@ impl SimCluster {
     fn restart(&mut self, i: usize, oracle: &Mutex<Oracle>) {
         self.handle.kill(self.nodes[i].id());
         oracle.lock().expect("oracle").node_crashed(&self.ctxs[i].id);
+        *self.ctxs[i].tear_next_epoch.lock().expect("tear lock") = false;
         self.handle.restart(self.nodes[i].id());
         self.crashed.retain(|n| *n != i);
     }
@@ -401,6 +416,10 @@ impl SimCluster {
                 self.handle.resume(id(self, i));
                 self.paused.retain(|n| *n != i);
             }
+            Scripted::TearEpoch(i) => {
+                *self.ctxs[i].tear_next_epoch.lock().expect("tear lock") = true;
+                self.crashed.push(i);
+            }
         }
     }
 
@@ -454,7 +473,26 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     let t = now_ms();
     let idle_save_len = idle_phase(&s, &cluster, &oracle, heal_ms.is_some()).await;
     phases.push(("idle", now_ms() - t));
-    verify(&s, seed, &profile, &oracle, heal_ms, idle_save_len, faults, phases)
+    let cold = cold_stories(&cluster);
+    let torn = cluster.ctxs.iter().map(|c| *c.torn.lock().expect("torn lock")).sum();
+    let mut report = verify(&s, seed, &profile, &oracle, heal_ms, idle_save_len, faults, phases, &cold);
+    report.torn_epochs = torn;
+    report
+}
+
+/// Every story in the server's cold storage, archived there.
+fn cold_stories(cluster: &SimCluster) -> std::collections::BTreeSet<StoryId> {
+    let disk = cluster.ctxs[0].disk.lock().expect("disk lock");
+    let mut out = std::collections::BTreeSet::new();
+    for bytes in disk.archives.values() {
+        let Some(mut doc) = huskies_engine::cold::ColdDoc::open(bytes) else { continue };
+        for id in doc.story_ids() {
+            if doc.story(&id).is_some_and(|s| s.view.state.stage == Stage::Archived) {
+                out.insert(id);
+            }
+        }
+    }
+    out
 }
 
 /// The rendezvous and the agents, each a madsim node running the engine.
@@ -493,6 +531,10 @@ fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<Oracle>>) -
             restarts: Mutex::new(0),
             publish_every_ms: s.publish_every_ms,
             want_save_len: Mutex::new(false),
+            archive_every_ms: if i == 0 { s.archive_every_ms } else { 0 },
+            tear_next_epoch: Mutex::new(false),
+            dead: Mutex::new(false),
+            torn: Mutex::new(0),
         });
         let c = ctx.clone();
         let node = handle.create_node().name(ctx.id.as_str()).ip(ip(i)).init(move || node::run(c.clone())).build();
@@ -654,14 +696,18 @@ fn verify(
     idle_save_len: Option<(usize, usize)>,
     faults: Vec<String>,
     phases: Vec<(&'static str, u64)>,
+    cold: &std::collections::BTreeSet<StoryId>,
 ) -> Report {
     let mut o = oracle.lock().expect("oracle");
-    o.check_final(&Stage::ACTIVE);
+    o.check_final(&Stage::ACTIVE, cold);
     if heal_ms.is_none() {
         o.violations.push(format!("LIVENESS: not settled within {} ms of the heal", s.heal_budget_ms));
     }
-    let stories_done =
-        o.views.values().next().map(|v| v.stories.values().filter(|st| st.stage == Stage::Done).count()).unwrap_or(0);
+    let count = |stage: Stage| {
+        o.views.values().next().map(|v| v.stories.values().filter(|st| st.stage == stage).count()).unwrap_or(0)
+    };
+    let (stories_done, live_archived) = (count(Stage::Done), count(Stage::Archived));
+    let epoch = o.views.values().next().map(|v| v.epoch).unwrap_or(0);
     if !o.violations.is_empty() {
         o.violations.push(format!("faults injected: {faults:?}"));
     }
@@ -682,6 +728,9 @@ fn verify(
         max_mesh_peers: o.max_mesh_peers,
         brief_overlaps_after_heal: o.brief_overlaps_after_heal,
         stories_done,
+        stories_archived: live_archived + cold.len(),
+        epoch,
+        torn_epochs: 0,
         idle_save_len,
     }
 }

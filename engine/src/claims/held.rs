@@ -156,6 +156,16 @@ impl Claims {
         self.worktrees.remove(story)
     }
 
+    /// The story left the document (archived at an epoch's cut): nothing
+    /// of it is kept. True if we had a worktree to prune.
+    pub fn forget(&mut self, story: &StoryId) -> bool {
+        assert!(!self.runs.contains_key(story), "forgetting {story} while we run it");
+        self.cooldown.remove(story);
+        self.free_since.remove(story);
+        self.fenced_by.remove(story);
+        self.worktrees.remove(story)
+    }
+
     /// The remote refused our push of `story`: a claim at `by` holds it.
     pub fn fence(&mut self, story: &StoryId, by: Token, released: Option<StoryState>) {
         assert!(!self.runs.contains_key(story), "fencing {story} while we still run it");

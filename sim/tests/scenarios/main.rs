@@ -10,6 +10,8 @@ mod crash_restart;
 #[cfg(madsim)]
 mod determinism;
 #[cfg(madsim)]
+mod long_history;
+#[cfg(madsim)]
 mod mesh_churn;
 #[cfg(madsim)]
 mod offline_reclaim;
