@@ -399,3 +399,48 @@ fn a_busy_run_does_not_starve_heartbeats() {
     let d = story_json(&c, "spin");
     assert_eq!(d["runs"].as_array().unwrap().len(), 1, "one run, never reclaimed: {}", d["runs"]);
 }
+
+/// Epochs on a real cluster: with a small `epoch_after_changes` the server
+/// cuts epochs while stories flow and get archived; both nodes move with
+/// it, finished work keeps flowing, and an archived story that left the
+/// live document is still shown, from the server's cold storage on disk.
+#[test]
+fn archived_stories_leave_the_live_document_and_stay_readable() {
+    let mut c = Cluster::with_settings("epochs", "epoch_after_changes = 40\n");
+    let stages: Vec<String> = ["current", "qa", "merge"]
+        .iter()
+        .map(|st| sh_agent(st, &format!("echo {st} >> out.txt"), ""))
+        .collect();
+    let agent = c.start_agent_with(1, "127.0.0.1", &stages.join("\n"));
+    for k in 0..6 {
+        ok(&c, &["story", "add", &format!("Early {k}"), "--id", &format!("early-{k}"), "--stage", "current"]);
+    }
+    for k in 0..6 {
+        wait_stage(&c, &format!("early-{k}"), "done", 60);
+    }
+    for k in 0..6 {
+        ok(&c, &["story", "move", &format!("early-{k}"), "archived"]);
+    }
+    // More work: enough changes for the server to cut.
+    for k in 0..6 {
+        ok(&c, &["story", "add", &format!("Late {k}"), "--id", &format!("late-{k}"), "--stage", "current"]);
+    }
+    for k in 0..6 {
+        wait_stage(&c, &format!("late-{k}"), "done", 60);
+    }
+    let key = c.key.clone();
+    let epoch = |port: u16| status_at("127.0.0.1", port, &key).and_then(|s| s["epoch"].as_u64()).unwrap_or(0);
+    wait_for("the server to cut an epoch", Duration::from_secs(30), || epoch(c.port) >= 1);
+    wait_for("the agent to follow", Duration::from_secs(30), || epoch(agent) == epoch(c.port));
+    let archives: Vec<_> = std::fs::read_dir(c.root().join("server-data/archive")).unwrap().collect();
+    assert!(!archives.is_empty(), "the previous epoch is in cold storage");
+    let live = ok(&c, &["story", "list", "--all"]);
+    for k in 0..6 {
+        let id = format!("early-{k}");
+        assert!(!live.lines().any(|l| l.starts_with(&id)), "{id} left the live document:\n{live}");
+        let d = story_json(&c, &id);
+        assert_eq!(d["stage"], "archived", "{id} shown from cold storage: {d}");
+        assert_eq!(d["runs"].as_array().map(|r| r.len()), Some(3), "with its run history: {d}");
+    }
+    assert!(!run(&c, &["story", "show", "never-was"]).status.success(), "an unknown story is still unknown");
+}

@@ -225,6 +225,7 @@ fn serve(
             revoked,
             max_message_bytes: huskies_engine::Config::default().max_message_bytes,
             project_root: opts.project_root.clone(),
+            data_dir: opts.data_dir.clone(),
             dashboard: Arc::new(huskies_net::dashboard::Dashboard::new(
                 &opts.node_id,
                 web.read_only_dashboard,

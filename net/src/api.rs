@@ -51,6 +51,9 @@ pub struct AppState {
     pub max_message_bytes: usize,
     /// Where this node's run logs are (`.huskies/logs`).
     pub project_root: PathBuf,
+    /// The node's data dir: its cold storage of past epochs is read from
+    /// here for stories no longer in the live document.
+    pub data_dir: PathBuf,
     pub dashboard: Arc<crate::dashboard::Dashboard>,
     pub node_id: String,
 }
@@ -293,9 +296,53 @@ async fn show_story(State(state): State<AppState>, headers: HeaderMap, Path(id):
     };
     match state.node.story(id.clone()).await {
         Some(Some(detail)) => Json(detail).into_response(),
-        Some(None) => error(StatusCode::NOT_FOUND, format!("no story {id}")),
+        Some(None) => {
+            // Not live: archived at an epoch's cut, maybe. Past epochs'
+            // documents are read off the node task (they can be large).
+            let dir = state.data_dir.clone();
+            let key = id.clone();
+            match tokio::task::spawn_blocking(move || cold_story(&dir, &key)).await {
+                Ok(Some(detail)) => Json(detail).into_response(),
+                Ok(None) => error(StatusCode::NOT_FOUND, format!("no story {id}")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading cold storage failed: {e}")),
+            }
+        }
         None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
     }
+}
+
+/// A story from cold storage, newest epoch first; damaged archives are
+/// skipped (logged), not fatal.
+fn cold_story(data_dir: &std::path::Path, id: &StoryId) -> Option<crate::status::StoryDetail> {
+    let archives = match crate::storage::Storage::archives(data_dir) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(dir = %data_dir.display(), error = %e, "cannot list cold storage");
+            return None;
+        }
+    };
+    for (epoch, path) in archives {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read an archive");
+                continue;
+            }
+        };
+        let Some(mut doc) = huskies_engine::cold::ColdDoc::open(&bytes) else {
+            tracing::warn!(path = %path.display(), "an archive does not load; skipped");
+            continue;
+        };
+        if let Some(s) = doc.story(id) {
+            tracing::debug!(%id, epoch, "story read from cold storage");
+            return Some(crate::status::StoryDetail {
+                story: crate::status::StoryStatus::of(id, &s.view),
+                body: s.body,
+                runs: s.runs,
+            });
+        }
+    }
+    None
 }
 
 async fn edit_story(

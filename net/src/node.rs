@@ -154,6 +154,9 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
     if let Some(ms) = p.retry_backoff_ms {
         c.retry_backoff_ms = ms;
     }
+    if let Some(n) = p.epoch_after_changes {
+        c.epoch_after_changes = n;
+    }
     if let Some(ms) = p.sync_interval_ms {
         c.sync_interval_ms = ms;
         c.mesh_sync_interval_ms = c.mesh_sync_interval_ms.max(ms);
@@ -733,6 +736,7 @@ impl NodeLoop {
         }
         Status {
             fenced,
+            epoch: self.engine.epoch(),
             node: self.engine.node_id().to_string(),
             label: self
                 .engine

@@ -9,6 +9,8 @@
 //! # retry_backoff_ms = 5000 # before this node retries a story that failed here; doubles
 //! # claim_stagger_ms = 2000 # default: 2 scans, at most half the claim timeout
 //! # sync_interval_ms = 20   # least time between two sync messages to a peer
+//! # epoch_after_changes = 2000  # server: start a new epoch (a fresh document
+//! #                             # of the live state) past this many changes
 //! ```
 //!
 //! `claim_timeout_ms`, `claim_stagger_ms` and `sync_interval_ms` must agree
@@ -81,6 +83,8 @@ struct Raw {
     #[serde(default)]
     sync_interval_ms: Option<u64>,
     #[serde(default)]
+    epoch_after_changes: Option<u64>,
+    #[serde(default)]
     agents: BTreeMap<String, AgentCommand>,
 }
 
@@ -111,6 +115,9 @@ pub struct ProjectConfig {
     pub claim_stagger_ms: Option<u64>,
     /// `None`: the engine's default.
     pub sync_interval_ms: Option<u64>,
+    /// Read by the server only (it alone starts epochs); `None`: the
+    /// engine's default (2,000), `Some(0)`: never.
+    pub epoch_after_changes: Option<u64>,
     pub agents: BTreeMap<Stage, AgentCommand>,
 }
 
@@ -124,6 +131,7 @@ impl Default for ProjectConfig {
             retry_backoff_ms: None,
             claim_stagger_ms: None,
             sync_interval_ms: None,
+            epoch_after_changes: None,
             agents: BTreeMap::new(),
         }
     }
@@ -198,6 +206,7 @@ impl ProjectConfig {
             retry_backoff_ms: raw.retry_backoff_ms,
             claim_stagger_ms: raw.claim_stagger_ms,
             sync_interval_ms: raw.sync_interval_ms,
+            epoch_after_changes: raw.epoch_after_changes,
             agents,
         })
     }

@@ -133,6 +133,9 @@ pub struct Status {
     /// kept on a side ref, named in `reason`.
     #[serde(default)]
     pub fenced: Vec<FencedRun>,
+    /// The epoch of this node's document (see docs/design/history.md).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// What the dashboard shows of the cluster, as this node sees it.
