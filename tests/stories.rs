@@ -407,10 +407,8 @@ fn a_busy_run_does_not_starve_heartbeats() {
 #[test]
 fn archived_stories_leave_the_live_document_and_stay_readable() {
     let mut c = Cluster::with_settings("epochs", "epoch_after_changes = 40\n");
-    let stages: Vec<String> = ["current", "qa", "merge"]
-        .iter()
-        .map(|st| sh_agent(st, &format!("echo {st} >> out.txt"), ""))
-        .collect();
+    let stages: Vec<String> =
+        ["current", "qa", "merge"].iter().map(|st| sh_agent(st, &format!("echo {st} >> out.txt"), "")).collect();
     let agent = c.start_agent_with(1, "127.0.0.1", &stages.join("\n"));
     for k in 0..6 {
         ok(&c, &["story", "add", &format!("Early {k}"), "--id", &format!("early-{k}"), "--stage", "current"]);

@@ -302,10 +302,14 @@ impl Engine {
     }
 
     pub(crate) fn send_base(&mut self, conn: ConnId) {
-        if let Some(b) = &self.base {
-            let bytes = b.envelope();
-            self.pending.push(Output::Send { conn, bytes });
+        let Some(b) = &self.base else { return };
+        let Some(c) = self.peers.conn_mut(conn) else { return };
+        if c.sent_base == Some(b.epoch) {
+            return;
         }
+        c.sent_base = Some(b.epoch);
+        let bytes = b.envelope();
+        self.pending.push(Output::Send { conn, bytes });
     }
 
     /// Moves this node to `base`'s epoch: a fresh document from the base,

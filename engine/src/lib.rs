@@ -68,6 +68,7 @@
 //! | `Peers` (`peers/links.rs`) | connections, dial targets and backoff, owed syncs, beats to relay | `peers.rs`, `defence.rs` |
 //! | membership | node records, keys, enrollments and revocations | `membership.rs`, `identity.rs` |
 //! | commands | what users ask for, checked, answered once | `commands.rs` |
+//! | epochs | cutting a base of the live state, moving to it and carrying unseen writes; cold storage reads | `epoch.rs`, `cold.rs` |
 //!
 //! `Engine` (`engine.rs`) ties them together: `handle` routes an input,
 //! `finish_input` persists and releases, `poll_timeout` takes the earliest

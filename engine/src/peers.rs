@@ -50,6 +50,7 @@ impl Engine {
                 hello: None,
                 peer_key: None,
                 epoch: None,
+                sent_base: None,
                 sync: sync::State::new(),
                 next_sync_at: self.now,
                 budget,

@@ -525,3 +525,61 @@ fn outputs_wait_for_their_persist_to_be_confirmed() {
     assert!(rest.iter().any(|o| matches!(o, Output::Reply { id: CommandId(2), .. })), "{rest:?}");
     assert!(!e.awaiting_persist());
 }
+
+/// Epoch messages from peers: a base without the CA's signature is
+/// refused; a peer that keeps saying it is behind gets our (large) base
+/// once, not once per message; a second, different base of our own epoch
+/// is refused.
+#[test]
+fn epoch_messages_are_checked_and_never_amplified() {
+    let cfg = Config { epoch_after_changes: 5, scan_interval_ms: 100, ..Config::default() };
+    let mut e = Engine::new(cfg, NodeId::new("me").unwrap(), 1, Millis(0));
+    e.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    for k in 0..8 {
+        let cmd = Command::AddStory(huskies_engine::NewStory { title: format!("s{k}"), ..Default::default() });
+        e.handle(Millis(1), Input::Command { id: CommandId(k), command: cmd });
+    }
+    e.handle(Millis(1_000), Input::Timeout);
+    drain(&mut e);
+    assert_eq!(e.epoch(), 1, "the server cut an epoch");
+    let base = |outs: &[Output]| -> Vec<(u64, [u8; 64], Vec<u8>)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Send { bytes, .. } => match Envelope::decode(bytes, usize::MAX) {
+                    Ok(Envelope::Epoch { epoch, sig, base }) => Some((epoch, sig, base)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    };
+    // A peer behind us (its hello says epoch 0) is sent our base on the
+    // handshake; asking again gets nothing more.
+    let theirs = connect(&mut e, ConnId(2));
+    let p = peer("behind");
+    e.handle(Millis(2), Input::PeerMessage { conn: ConnId(2), bytes: p.hello() });
+    e.handle(Millis(2), Input::PeerMessage { conn: ConnId(2), bytes: p.answer(&theirs).unwrap() });
+    let sent = base(&drain(&mut e));
+    assert_eq!(sent.len(), 1, "the base goes to a peer behind");
+    assert_eq!(sent[0].0, 1);
+    let stale = Envelope::Epoch { epoch: 0, sig: [0; 64], base: vec![1, 2, 3] }.encode();
+    let mut resent = 0;
+    for _ in 0..50 {
+        e.handle(Millis(1_001), Input::PeerMessage { conn: ConnId(2), bytes: stale.clone() });
+        resent += base(&drain(&mut e)).len();
+    }
+    assert_eq!(resent, 0, "the base goes once per conn");
+    // A newer epoch signed by someone else.
+    handshake(&mut e, ConnId(3), "forger");
+    let forged = Envelope::Epoch { epoch: 9, sig: [7; 64], base: vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0] }.encode();
+    e.handle(Millis(1_002), Input::PeerMessage { conn: ConnId(3), bytes: forged });
+    let outs = drain(&mut e);
+    assert!(rejected(&outs, ConnId(3)), "{outs:?}");
+    assert_eq!(e.epoch(), 1, "a forged base moves nothing");
+    // A second base of our own epoch.
+    handshake(&mut e, ConnId(4), "twin");
+    let other = Envelope::Epoch { epoch: 1, sig: [7; 64], base: vec![9; 40] }.encode();
+    e.handle(Millis(1_003), Input::PeerMessage { conn: ConnId(4), bytes: other });
+    assert!(rejected(&drain(&mut e), ConnId(4)));
+    assert_eq!(e.stories().count(), 8, "every story is still there");
+}

@@ -55,6 +55,10 @@ pub(crate) struct Conn {
     /// The epoch of the peer's document, from its hello or its last base:
     /// we sync only when it is ours.
     pub epoch: Option<u64>,
+    /// The epoch whose base we last sent on this conn: a base is large,
+    /// so a peer that keeps claiming to be behind gets it once, not once
+    /// per message (no amplification).
+    pub sent_base: Option<u64>,
     /// Fresh per connection: reusing sync state across reconnects can stop
     /// peers from converging.
     pub sync: sync::State,
