@@ -35,9 +35,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
 
+mod carry;
+
+use carry::carry;
+
 use crate::doc::{ARCHIVED_KEY, CLOCKS_KEY, Doc, EPOCH_KEY, EPOCH_SIG_KEY};
 use crate::identity::{self, Sig, hex, unhex};
-use crate::story::StoryState;
 use crate::wire::Envelope;
 use crate::{ConnId, Engine, Event, Output, PersistKind, RejectKind, StoryId};
 
@@ -119,6 +122,45 @@ fn scalars(am: &AutoCommit, obj: &ObjId) -> Vec<(String, ScalarValue, ObjId)> {
         .collect()
 }
 
+/// What a base of `epoch` remembers from the one before: the clocks and
+/// archived stories of the last [`EPOCH_MEMORY`] epochs.
+fn base_memory(old: &AutoCommit, epoch: u64) -> (BTreeMap<u64, String>, BTreeMap<String, u64>) {
+    let oldest = epoch.saturating_sub(EPOCH_MEMORY);
+    let mut clocks = BTreeMap::new();
+    let mut archived = BTreeMap::new();
+    if let Some(obj) = map_of(old, &automerge::ROOT, CLOCKS_KEY) {
+        for (k, v, _) in scalars(old, &obj) {
+            if let (Ok(e), ScalarValue::Str(s)) = (k.parse::<u64>(), v)
+                && e >= oldest
+            {
+                clocks.insert(e, s.to_string());
+            }
+        }
+    }
+    if let Some(obj) = map_of(old, &automerge::ROOT, ARCHIVED_KEY) {
+        for (k, v, _) in scalars(old, &obj) {
+            if let ScalarValue::Uint(e) = v
+                && e > oldest
+            {
+                archived.insert(k, e);
+            }
+        }
+    }
+    (clocks, archived)
+}
+
+/// Copies the scalars of `src` (but its state) into a new map `key` of
+/// `parent` in `am`; returns the new map.
+fn copy_map(old: &AutoCommit, src: &ObjId, am: &mut AutoCommit, parent: &ObjId, key: &str) -> ObjId {
+    let dst = am.put_object(parent, key, ObjType::Map).expect("base");
+    for (k, v, _) in scalars(old, src) {
+        if k != "state" {
+            am.put(&dst, k.as_str(), v).expect("base");
+        }
+    }
+    dst
+}
+
 /// Root keys that are not the document's structure: signed entries and
 /// settings.
 fn is_root_entry(key: &str) -> bool {
@@ -195,29 +237,8 @@ impl Engine {
 
     /// The live state as one change: the base of `epoch`.
     fn build_base(&mut self, epoch: u64) -> Vec<u8> {
-        let old = self.doc.automerge();
-        let mut clocks: BTreeMap<u64, String> = BTreeMap::new();
-        let mut archived: BTreeMap<String, u64> = BTreeMap::new();
-        let oldest = epoch.saturating_sub(EPOCH_MEMORY);
-        if let Some(obj) = map_of(old, &automerge::ROOT, CLOCKS_KEY) {
-            for (k, v, _) in scalars(old, &obj) {
-                if let (Ok(e), ScalarValue::Str(s)) = (k.parse::<u64>(), v)
-                    && e >= oldest
-                {
-                    clocks.insert(e, s.to_string());
-                }
-            }
-        }
-        if let Some(obj) = map_of(old, &automerge::ROOT, ARCHIVED_KEY) {
-            for (k, v, _) in scalars(old, &obj) {
-                if let ScalarValue::Uint(e) = v
-                    && e > oldest
-                {
-                    archived.insert(k, e);
-                }
-            }
-        }
-        clocks.insert(epoch - 1, encode_clock(&clock_of(old)));
+        let (mut clocks, mut archived) = base_memory(self.doc.automerge(), epoch);
+        clocks.insert(epoch - 1, encode_clock(&clock_of(self.doc.automerge())));
         #[allow(clippy::disallowed_methods)] // a fixed actor per epoch: one writer, the CA holder
         let mut am = AutoCommit::new().with_actor(ActorId::from(format!("huskies-epoch-{epoch}").into_bytes()));
         // Writes to a fresh in-memory document cannot fail.
@@ -232,20 +253,13 @@ impl Engine {
                 continue;
             }
             let Some(src) = map_of(old, &old_stories, id.as_str()) else { continue };
-            let dst = am.put_object(&stories, id.as_str(), ObjType::Map).expect("base");
-            for (k, v, _) in scalars(old, &src) {
-                if k != "state" {
-                    am.put(&dst, k.as_str(), v).expect("base");
-                }
-            }
+            let dst = copy_map(old, &src, &mut am, &stories, id.as_str());
             // The winner by our precedence, not Automerge's pick.
             am.put(&dst, "state", view.state.encode()).expect("base");
         }
         for id in old.keys(&old_nodes).collect::<Vec<_>>() {
-            let Some(src) = map_of(old, &old_nodes, &id) else { continue };
-            let dst = am.put_object(&nodes, id.as_str(), ObjType::Map).expect("base");
-            for (k, v, _) in scalars(old, &src) {
-                am.put(&dst, k.as_str(), v).expect("base");
+            if let Some(src) = map_of(old, &old_nodes, &id) {
+                copy_map(old, &src, &mut am, &nodes, &id);
             }
         }
         for (k, v, _) in scalars(old, &automerge::ROOT) {
@@ -428,126 +442,4 @@ impl Engine {
         }
         None
     }
-}
-
-/// Carries the writes of `old` that `new`'s base has not seen (see the
-/// module docs for the rules).
-fn carry(old: &mut Doc, new: &mut Doc) -> Carried {
-    let mut out = Carried::default();
-    let (old_stories, old_nodes) = (old.stories_obj().clone(), old.nodes_obj().clone());
-    let (new_stories, new_nodes) = (new.stories_obj().clone(), new.nodes_obj().clone());
-    let mut clock = Clock::new();
-    let mut archived = BTreeSet::new();
-    {
-        let n = new.automerge();
-        if let Some(obj) = map_of(n, &automerge::ROOT, CLOCKS_KEY) {
-            for (_, v, _) in scalars(n, &obj) {
-                if let ScalarValue::Str(s) = v {
-                    decode_clock(&s, &mut clock);
-                }
-            }
-        }
-        if let Some(obj) = map_of(n, &automerge::ROOT, ARCHIVED_KEY) {
-            archived.extend(n.keys(&obj));
-        }
-    }
-    let o = old.automerge();
-    let ids: Vec<String> = o.keys(&old_stories).collect();
-    for id in ids {
-        let Ok(story) = StoryId::new(id.clone()) else { continue };
-        let Ok(Some((Value::Object(ObjType::Map), src))) = o.get(&old_stories, id.as_str()) else { continue };
-        let n = new.automerge();
-        match map_of(n, &new_stories, &id) {
-            None => {
-                if archived.contains(&id) || covered(&clock, &src) {
-                    continue; // archived or removed at a cut
-                }
-                // Added after the cut: comes along whole.
-                let dst = n.put_object(&new_stories, id.as_str(), ObjType::Map).expect("carry story");
-                for (k, v, _) in scalars(o, &src) {
-                    if k != "state" {
-                        n.put(&dst, k.as_str(), v).expect("carry");
-                    }
-                }
-                if let Some(state) = best_state(o, &src, &story, |_| true) {
-                    n.put(&dst, "state", state.encode()).expect("carry");
-                }
-                out.writes += 1;
-            }
-            Some(dst) => {
-                let theirs = best_state(n, &dst, &story, |_| true);
-                let ours = best_state(o, &src, &story, |op| !covered(&clock, op));
-                if let Some(ours) = ours
-                    && theirs.as_ref().is_none_or(|t| ours.precedence(story.as_str(), t).is_gt())
-                {
-                    n.put(&dst, "state", ours.encode()).expect("carry");
-                    out.writes += 1;
-                }
-                for (k, v, op) in scalars(o, &src) {
-                    if k == "state" || covered(&clock, &op) {
-                        continue;
-                    }
-                    let current = n.get(&dst, k.as_str()).ok().flatten();
-                    let untouched = match &current {
-                        None => true,
-                        // Still the base's value: nobody wrote it this epoch.
-                        Some((_, cur_op)) => covered_by_base(cur_op),
-                    };
-                    let same = current.as_ref().and_then(|(cv, _)| scalar(cv)).as_ref() == Some(&v);
-                    if untouched && !same {
-                        n.put(&dst, k.as_str(), v).expect("carry");
-                        out.writes += 1;
-                    }
-                }
-            }
-        }
-    }
-    let ids: Vec<String> = o.keys(&old_nodes).collect();
-    for id in ids {
-        let n = new.automerge();
-        if map_of(n, &new_nodes, &id).is_some() {
-            continue; // the base's, or a newer one written this epoch
-        }
-        let Some(src) = map_of(o, &old_nodes, &id) else { continue };
-        let dst = n.put_object(&new_nodes, id.as_str(), ObjType::Map).expect("carry node");
-        for (k, v, _) in scalars(o, &src) {
-            n.put(&dst, k.as_str(), v).expect("carry");
-        }
-        out.writes += 1;
-    }
-    for (k, v, op) in scalars(o, &automerge::ROOT) {
-        let n = new.automerge();
-        if !is_root_entry(&k) || k == crate::doc::SETTINGS_KEY || covered(&clock, &op) {
-            continue;
-        }
-        if n.get(automerge::ROOT, k.as_str()).ok().flatten().is_none() {
-            n.put(automerge::ROOT, k.as_str(), v).expect("carry");
-            out.writes += 1;
-        }
-    }
-    new.automerge().commit_with(CommitOptions::default().with_time(0));
-    new.automerge().update_diff_cursor();
-    out
-}
-
-/// Written by the base's own change (its actor's ops), not since.
-fn covered_by_base(op: &ObjId) -> bool {
-    match op {
-        ObjId::Root => true,
-        ObjId::Id(_, actor, _) => actor.to_bytes().starts_with(b"huskies-epoch-"),
-    }
-}
-
-/// The highest-precedence state among the values of `obj.state` whose op
-/// passes `keep`.
-fn best_state(am: &AutoCommit, obj: &ObjId, story: &StoryId, keep: impl Fn(&ObjId) -> bool) -> Option<StoryState> {
-    am.get_all(obj, "state")
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(_, op)| keep(op))
-        .filter_map(|(v, _)| match scalar(&v)? {
-            ScalarValue::Str(s) => StoryState::decode(&s),
-            _ => None,
-        })
-        .max_by(|a, b| a.precedence(story.as_str(), b))
 }
