@@ -109,7 +109,40 @@ fn claims_point(stories: usize, live: usize) -> Duration {
     best
 }
 
+/// Diagnostic (`HUSKIES_BENCH_EPOCH_GROWTH=1`): per-change cost every 20
+/// epochs on a small pipeline, to see whether anything grows with the
+/// number of epochs rather than with history.
+fn epoch_growth(live: usize) {
+    let base = doc_with_stories(live);
+    let mut p = Pair::new(&base, 200);
+    let mut k = 0usize;
+    for round in 0..=10 {
+        while p.server.epoch() < round * 20 {
+            p.change(k % live, k as i64);
+            k += 1;
+            if k.is_multiple_of(100) {
+                p.tick(600);
+            }
+        }
+        let mut times = Vec::with_capacity(SAMPLES);
+        for j in 0..SAMPLES {
+            let t = Instant::now();
+            p.change(j % live, -(j as i64));
+            times.push(t.elapsed());
+        }
+        println!(
+            "epoch {:>4}: {:.3} ms per change, {} changes held",
+            p.server.epoch(),
+            median(times).as_secs_f64() * 1e3,
+            p.server.change_count()
+        );
+    }
+}
+
 fn main() {
+    if std::env::var("HUSKIES_BENCH_EPOCH_GROWTH").is_ok() {
+        return epoch_growth(300);
+    }
     let max: usize = std::env::var("HUSKIES_BENCH_MAX_HISTORY").ok().and_then(|v| v.parse().ok()).unwrap_or(300_000);
     let base = doc_with_stories(LIVE);
     println!("per-change sync cost, {LIVE} live stories, median of {SAMPLES} changes");
@@ -122,8 +155,11 @@ fn main() {
         if history > max {
             break;
         }
-        let (raw, raw_changes) = raw_point(history, &base);
+        // The engine first: a raw document of 300,000 changes leaves a
+        // fragmented heap behind that slowed the engine measured after it
+        // by a third.
         let (eng, eng_changes, epoch, per_cut) = engine_point(history, &base, EPOCH_AFTER);
+        let (raw, raw_changes) = raw_point(history, &base);
         first_engine.get_or_insert(eng);
         println!(
             "| {history} | {:.3} ms | {raw_changes} | {:.3} ms | {eng_changes} | {epoch} | {:.1} ms | {:.2} |",

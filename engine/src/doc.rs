@@ -118,6 +118,9 @@ pub struct Doc {
     /// Stories whose map was replaced by a concurrent add of the same id
     /// since the engine last asked ([`Doc::take_replaced`]).
     replaced: BTreeSet<StoryId>,
+    /// Writes go into one change until [`Doc::end_batch`] (a scan's claims:
+    /// one commit instead of one per claim).
+    batching: bool,
 }
 
 /// Things the document holds that we could not read (written by a newer or
@@ -138,7 +141,7 @@ impl Doc {
         am.commit_with(CommitOptions::default().with_time(0));
         am.set_actor(actor);
         am.update_diff_cursor();
-        Doc { am, stories_obj, nodes_obj, story_objs: BTreeMap::new(), replaced: BTreeSet::new() }
+        Doc { am, stories_obj, nodes_obj, story_objs: BTreeMap::new(), replaced: BTreeSet::new(), batching: false }
     }
 
     /// A document from stored bytes: an epoch's document (its base plus
@@ -168,7 +171,14 @@ impl Doc {
         let nodes_obj = map(&am, "nodes")?;
         am.set_actor(actor);
         am.update_diff_cursor();
-        Some(Doc { am, stories_obj, nodes_obj, story_objs: BTreeMap::new(), replaced: BTreeSet::new() })
+        Some(Doc {
+            am,
+            stories_obj,
+            nodes_obj,
+            story_objs: BTreeMap::new(),
+            replaced: BTreeSet::new(),
+            batching: false,
+        })
     }
 
     /// The epoch this document belongs to (0 before the first cut).
@@ -193,7 +203,25 @@ impl Doc {
     }
 
     fn commit(&mut self) {
+        if !self.batching {
+            self.am.commit_with(CommitOptions::default().with_time(0));
+        }
+    }
+
+    /// Until [`Doc::end_batch`], writes share one change. Nothing may read
+    /// heads or merge meanwhile (those would close the change at an
+    /// unfixed time).
+    pub fn begin_batch(&mut self) {
+        assert!(!self.batching, "batches do not nest");
+        self.batching = true;
+    }
+
+    /// Commits the batch's writes as one change, marked seen.
+    pub fn end_batch(&mut self) {
+        assert!(self.batching, "end of a batch never begun");
+        self.batching = false;
         self.am.commit_with(CommitOptions::default().with_time(0));
+        self.am.update_diff_cursor();
     }
 
     /// Reads every story and node. Leaves the patch log alone.
@@ -323,7 +351,11 @@ impl Doc {
     /// Marks everything so far as seen by [`Doc::take_touched`]. Used after
     /// local writes, whose effect the engine already knows.
     pub fn skip_touched(&mut self) {
-        self.am.update_diff_cursor();
+        // In a batch, `end_batch` does it (updating the cursor would close
+        // the open change).
+        if !self.batching {
+            self.am.update_diff_cursor();
+        }
     }
 
     fn story_obj(&mut self, id: &StoryId) -> Option<ObjId> {

@@ -332,6 +332,9 @@ impl SimNode {
             Output::Reply { result: Ok(huskies_engine::Reply::Added { id }), .. } => {
                 self.oracle().added.insert(id);
             }
+            Output::Reply { result: Ok(huskies_engine::Reply::Moved { id, to: Stage::Archived, .. }), .. } => {
+                self.oracle().archived.insert(id);
+            }
             Output::PruneWorktree { .. } | Output::Reply { .. } | Output::Event(_) => {}
         }
     }

@@ -24,6 +24,9 @@ pub struct Oracle {
     pub mesh_cap: usize,
     /// Stories whose add was acknowledged.
     pub added: BTreeSet<StoryId>,
+    /// Stories the server moved to archived (they may leave the live
+    /// document at the next cut).
+    pub archived: BTreeSet<StoryId>,
     /// Runs in progress: story -> node -> start time.
     pub running: BTreeMap<StoryId, BTreeMap<NodeId, u64>>,
     /// From this time on (after heal + claim timeout), two runs of one story
@@ -179,10 +182,13 @@ impl Oracle {
             && self
                 .added
                 .iter()
-                // A story absent from the live view left it at an epoch's
-                // cut; the final check finds it in cold storage (or calls
-                // it lost).
-                .all(|s| first.stories.get(s).is_none_or(|st| !worked.contains(&st.stage) || st.failed))
+                // A story archived and absent from the live view left it
+                // at an epoch's cut; the final check finds it in cold
+                // storage (or calls it lost).
+                .all(|s| match first.stories.get(s) {
+                    Some(st) => !worked.contains(&st.stage) || st.failed,
+                    None => self.archived.contains(s),
+                })
     }
 
     /// Checks on the converged end state.
