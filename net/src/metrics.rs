@@ -71,6 +71,7 @@ pub struct Metrics {
     stories_failed: Gauge,
     document_bytes: Gauge,
     document_changes: Gauge,
+    epoch: Gauge,
     /// When each of our runs started (node task only).
     started: std::sync::Mutex<BTreeMap<(StoryId, Token), Instant>>,
 }
@@ -107,6 +108,7 @@ impl Metrics {
             stories_failed: Gauge::default(),
             document_bytes: Gauge::default(),
             document_changes: Gauge::default(),
+            epoch: Gauge::default(),
             started: Default::default(),
         };
         let r = &mut m.registry;
@@ -135,6 +137,7 @@ impl Metrics {
         r.register("stories_failed", "Stories that gave up after their last attempt", m.stories_failed.clone());
         r.register("document_bytes", "Size of the pipeline document on disk", m.document_bytes.clone());
         r.register("document_changes", "Changes in the pipeline document's history", m.document_changes.clone());
+        r.register("epoch", "The epoch of this node's document (a new one starts from the live state)", m.epoch.clone());
         for kind in RejectKind::ALL {
             // Every kind shows, at zero, before its first rejection.
             let _ = m.peers_rejected.get_or_create(&[("kind", kind.as_str())]);
@@ -239,6 +242,10 @@ impl Metrics {
         self.document_changes.set(document_changes as i64);
     }
 
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -300,6 +307,7 @@ mod tests {
             10,
             7,
         );
+        m.set_epoch(3);
         let text = m.encode();
         for line in [
             "huskies_claims_total 1",
@@ -314,6 +322,7 @@ mod tests {
             "huskies_stories_failed 1",
             "huskies_peers_connected 2",
             "huskies_document_changes 7",
+            "huskies_epoch 3",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
         }

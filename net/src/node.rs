@@ -478,6 +478,7 @@ impl NodeLoop {
                     self.disk_bytes.load(std::sync::atomic::Ordering::Relaxed),
                     changes,
                 );
+                self.metrics.set_epoch(self.engine.epoch());
                 let _ = reply.send(self.metrics.encode());
             }
             NodeMsg::Story(id, reply) => {
