@@ -614,6 +614,7 @@ impl NodeLoop {
             | Event::StorageCorrupt { .. }
             | Event::RunFailed { .. }
             | Event::SettingsRejected { .. }
+            | Event::EpochStarted { gap: true, .. }
             | Event::Fenced { .. } => {
                 tracing::warn!(event = ?e)
             }
