@@ -107,6 +107,7 @@ pub use commands::{MAX_BODY_LEN, MAX_TITLE_LEN};
 pub use config::{Config, StageLimits};
 pub use doc::{NodeRecord, Signed, SignedKind, StoryView};
 pub use engine::Engine;
+pub use epoch::EPOCH_MEMORY;
 pub use error::{CommandError, ConfigError, IdError};
 pub use identity::{Cert, Credentials};
 pub use ids::{CommandId, ConnId, MAX_ID_LEN, Millis, NodeId, StoryId, Token};

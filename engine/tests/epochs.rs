@@ -109,3 +109,37 @@ fn a_node_offline_across_cuts_brings_its_writes() {
     assert!(carried, "node 3 carried its writes");
     c.assert_no_work_lost();
 }
+
+/// A node more than EPOCH_MEMORY epochs behind cannot tell which of its
+/// writes the cluster saw: it carries none, says so, and keeps them in its
+/// own cold storage.
+#[test]
+fn a_node_too_far_behind_carries_nothing_and_keeps_its_writes_cold() {
+    let cfg = huskies_engine::Config { epoch_after_changes: 20, ..fast_config() };
+    let mut c = Harness::new(2, 47, cfg);
+    add(&mut c, 0, "warmup");
+    c.run_until_settled(60_000).expect("settles");
+    c.isolate(2);
+    let mine = add(&mut c, 2, "lonely");
+    let mut round = 0;
+    while c.engine(0).epoch() <= huskies_engine::EPOCH_MEMORY + 1 {
+        for k in 0..4 {
+            add(&mut c, 0, &format!("r{round}-{k}"));
+        }
+        c.run_for(8_000);
+        archive_done(&mut c);
+        c.run_for(1_000);
+        round += 1;
+        assert!(round < 200, "the server keeps cutting");
+    }
+    c.heal();
+    c.run_until_settled(120_000).expect("settles after the heal");
+    let gap =
+        c.events.iter().any(|(_, n, e)| *n == 2 && matches!(e, Event::EpochStarted { gap: true, carried: 0, .. }));
+    assert!(gap, "node 2 reported the gap");
+    assert_eq!(c.engine(2).epoch(), c.engine(0).epoch());
+    assert!(c.engine(0).story(&mine).is_none(), "nothing was carried");
+    let cold =
+        c.nodes[2].storage.archives.values().any(|b| ColdDoc::open(b).and_then(|mut d| d.story(&mine)).is_some());
+    assert!(cold, "node 2 keeps its own write in cold storage");
+}

@@ -137,7 +137,11 @@ impl Metrics {
         r.register("stories_failed", "Stories that gave up after their last attempt", m.stories_failed.clone());
         r.register("document_bytes", "Size of the pipeline document on disk", m.document_bytes.clone());
         r.register("document_changes", "Changes in the pipeline document's history", m.document_changes.clone());
-        r.register("epoch", "The epoch of this node's document (a new one starts from the live state)", m.epoch.clone());
+        r.register(
+            "epoch",
+            "The epoch of this node's document (a new one starts from the live state)",
+            m.epoch.clone(),
+        );
         for kind in RejectKind::ALL {
             // Every kind shows, at zero, before its first rejection.
             let _ = m.peers_rejected.get_or_create(&[("kind", kind.as_str())]);
