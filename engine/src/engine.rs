@@ -306,6 +306,12 @@ impl Engine {
             }
         }
         self.base = self.read_base();
+        if self.base.is_none() && self.doc.epoch() > 0 {
+            // Damaged storage: we cannot serve our epoch's base to peers
+            // behind us (the server and other peers still can).
+            let error = format!("epoch {} document without a verifiable base signature", self.doc.epoch());
+            self.emit(Event::StorageCorrupt { error });
+        }
         assert!(
             self.base.is_some() || self.doc.epoch() == 0,
             "a document of epoch {} without its base",
