@@ -312,11 +312,6 @@ impl Engine {
             let error = format!("epoch {} document without a verifiable base signature", self.doc.epoch());
             self.emit(Event::StorageCorrupt { error });
         }
-        assert!(
-            self.base.is_some() || self.doc.epoch() == 0,
-            "a document of epoch {} without its base",
-            self.doc.epoch()
-        );
     }
 
     /// Our own node record, written when it differs from what we hold.
