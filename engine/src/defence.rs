@@ -134,18 +134,7 @@ impl Engine {
         let verified = heads == expected;
         self.doc = doc;
         // The index is rebuilt from scratch: nothing half-applied survives.
-        let (stories, nodes, _) = self.doc.read_all();
-        self.doc.skip_touched();
-        for (id, rec) in nodes {
-            self.learn_node(id, rec);
-        }
-        let gone: Vec<_> = self.index.story_ids().filter(|id| !stories.contains_key(*id)).cloned().collect();
-        for id in gone {
-            self.apply_story(&id, None);
-        }
-        for (id, view) in stories {
-            self.apply_story(&id, Some(view));
-        }
+        self.reindex();
         self.dirty = false;
         if !verified {
             // Not the document peers' sync states describe: start them over.

@@ -79,9 +79,9 @@ pub struct Engine {
     pub(crate) held: VecDeque<(PersistSeq, Output)>,
     /// The base of our epoch, for peers still in an older one.
     pub(crate) base: Option<crate::epoch::EpochBase>,
-    /// Set while the index is rebuilt for a new epoch's document: a story's
+    /// Set while the index is rebuilt from a replaced document: a story's
     /// state may then legitimately differ from anything it was.
-    pub(crate) switching_epoch: bool,
+    pub(crate) reindexing: bool,
 }
 
 impl Engine {
@@ -140,7 +140,7 @@ impl Engine {
             durable: PersistSeq(0),
             held: VecDeque::new(),
             base: None,
-            switching_epoch: false,
+            reindexing: false,
         }
     }
 
@@ -445,7 +445,7 @@ impl Engine {
     pub(crate) fn apply_story(&mut self, id: &StoryId, view: Option<StoryView>) {
         // A story whose map a concurrent add of the same id replaced starts
         // over: its token may go back (fencing at the remote copes).
-        let replaced = self.doc.take_replaced(id) || self.switching_epoch;
+        let replaced = self.doc.take_replaced(id) || self.reindexing;
         let old = self.index.put_story(id, view.clone(), replaced);
         let Some(view) = view else { return };
         let state = &view.state;
@@ -486,6 +486,43 @@ impl Engine {
     pub(crate) fn retry_backoff_ms(&self, attempts: u32) -> u64 {
         let shift = attempts.saturating_sub(1).min(16);
         self.config.retry_backoff_ms.saturating_mul(1 << shift)
+    }
+
+    /// Rebuilds the index from the whole document after the document was
+    /// replaced (a new epoch, or a reload after a panic): stories gone stop
+    /// their runs and are forgotten; a story's state may differ from
+    /// anything it was, so the token check is off meanwhile.
+    pub(crate) fn reindex(&mut self) {
+        let (stories, nodes, _) = self.doc.read_all();
+        self.doc.skip_touched();
+        for (id, rec) in nodes {
+            self.learn_node(id, rec);
+        }
+        let gone: Vec<StoryId> = self.index.story_ids().filter(|id| !stories.contains_key(*id)).cloned().collect();
+        for id in gone {
+            self.apply_story(&id, None);
+            if let Some(run) = self.claims.end(&id) {
+                if run.phase == Phase::Running {
+                    self.pending.push(Output::StopRun { story: id.clone(), token: run.token });
+                }
+                self.emit(Event::ClaimLost {
+                    story: id.clone(),
+                    token: run.token,
+                    now_held_by: None,
+                    now_token: run.token,
+                });
+            }
+            if self.claims.forget(&id) {
+                self.pending.push(Output::PruneWorktree { story: id });
+            }
+        }
+        self.reindexing = true;
+        for (id, view) in stories {
+            self.apply_story(&id, Some(view));
+        }
+        self.reindexing = false;
+        self.absorb_signed();
+        self.absorb_settings();
     }
 
     /// Re-reads everything a merge touched.

@@ -359,7 +359,7 @@ impl Engine {
         let before: BTreeSet<StoryId> = self.index.story_ids().cloned().collect();
         self.doc = new;
         self.base = Some(base.clone());
-        self.reindex_after_switch();
+        self.reindex();
         self.write_own_record();
         let snapshot = self.doc.automerge().save();
         self.persist(PersistKind::Epoch { epoch: base.epoch }, snapshot);
@@ -377,40 +377,6 @@ impl Engine {
         }
         self.emit(Event::EpochStarted { epoch: base.epoch, carried: carried.writes, archived, gap });
         true
-    }
-
-    /// The index (and our runs) after the document was replaced.
-    fn reindex_after_switch(&mut self) {
-        let (stories, nodes, _) = self.doc.read_all();
-        self.doc.skip_touched();
-        for (id, rec) in nodes {
-            self.learn_node(id, rec);
-        }
-        let gone: Vec<StoryId> = self.index.story_ids().filter(|id| !stories.contains_key(*id)).cloned().collect();
-        for id in gone {
-            self.apply_story(&id, None);
-            if let Some(run) = self.claims.end(&id) {
-                if run.phase == crate::claims::Phase::Running {
-                    self.pending.push(Output::StopRun { story: id.clone(), token: run.token });
-                }
-                self.emit(Event::ClaimLost {
-                    story: id.clone(),
-                    token: run.token,
-                    now_held_by: None,
-                    now_token: run.token,
-                });
-            }
-            if self.claims.forget(&id) {
-                self.pending.push(Output::PruneWorktree { story: id });
-            }
-        }
-        self.switching_epoch = true;
-        for (id, view) in stories {
-            self.apply_story(&id, Some(view));
-        }
-        self.switching_epoch = false;
-        self.absorb_signed();
-        self.absorb_settings();
     }
 
     /// After a restart: the base of the epoch our document is in, from the
