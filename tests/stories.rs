@@ -438,7 +438,13 @@ fn archived_stories_leave_the_live_document_and_stay_readable() {
         assert!(!live.lines().any(|l| l.starts_with(&id)), "{id} left the live document:\n{live}");
         let d = story_json(&c, &id);
         assert_eq!(d["stage"], "archived", "{id} shown from cold storage: {d}");
-        assert_eq!(d["runs"].as_array().map(|r| r.len()), Some(3), "with its run history: {d}");
+        // Its run history: a succeeded run per stage (a push can fail and
+        // be retried, which adds a failed record).
+        let runs = d["runs"].as_array().cloned().unwrap_or_default();
+        for stage in ["current", "qa", "merge"] {
+            let ok = runs.iter().any(|r| r["stage"] == stage && r["outcome"] == "succeeded");
+            assert!(ok, "{id} from cold storage keeps its {stage} run: {d}");
+        }
     }
     assert!(!run(&c, &["story", "show", "never-was"]).status.success(), "an unknown story is still unknown");
 }
