@@ -51,11 +51,22 @@ fn remote_error(what: &'static str, remote: &git2::Remote<'_>, why: &str, tried:
     GitError::Remote { what, url, why: why.to_owned(), hint, tried: tried.describe() }
 }
 
+/// Held while a fetch or a push writes remote-tracking refs.
+///
+/// Every fetch rewrites `refs/remotes/origin/*`, and a push updates the
+/// tracking ref of what it pushed. libgit2 locks each ref file it writes
+/// and fails (rather than waits) when another writer holds the lock, so
+/// two runs of one node fetching at once failed on
+/// `refs/remotes/origin/huskies/<id>.lock` (seen in CI: a failed attempt,
+/// then a retry). Runs of one node take turns at the remote instead.
+static REMOTE_REFS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn fetch(repo: &Repository, creds: &GitCredentials) -> Result<(), GitError> {
     let mut remote = repo.find_remote("origin")?;
     let mut opts = FetchOptions::new();
     let tried = Tried::default();
     opts.remote_callbacks(callbacks(creds, repo.config().ok(), tried.clone()));
+    let _turn = REMOTE_REFS.lock().unwrap_or_else(|p| p.into_inner());
     remote
         .fetch(&["+refs/heads/*:refs/remotes/origin/*"], Some(&mut opts), None)
         .map_err(|e| remote_error("fetch from", &remote, e.message(), &tried))
@@ -162,6 +173,7 @@ pub fn push_wip(project_root: &Path, story: &str, token: u64, creds: &GitCredent
     let tried = Tried::default();
     let mut opts = PushOptions::new();
     opts.remote_callbacks(callbacks(creds, repo.config().ok(), tried.clone()));
+    let _turn = REMOTE_REFS.lock().unwrap_or_else(|p| p.into_inner());
     remote
         .push(&[format!("+{local}:{wip}").as_str()], Some(&mut opts))
         .map_err(|e| remote_error("push to", &remote, e.message(), &tried))?;
@@ -278,7 +290,11 @@ fn push_leased(
     opts.remote_callbacks(cb);
     let specs: Vec<String> = updates.iter().map(|(src, dst, _)| format!("+{src}:{dst}")).collect();
     let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
-    match remote.push(&specs, Some(&mut opts)) {
+    let pushed = {
+        let _turn = REMOTE_REFS.lock().unwrap_or_else(|p| p.into_inner());
+        remote.push(&specs, Some(&mut opts))
+    };
+    match pushed {
         Err(e) if e.message().contains("lease broken") => return Ok(Err(e.message().to_owned())),
         Err(e) => return Err(remote_error("push to", remote, e.message(), &tried)),
         Ok(()) => {}
@@ -465,6 +481,47 @@ mod tests {
                 .collect();
             for t in threads {
                 t.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+    }
+
+    /// Runs of one node finishing at once all push (every fetch rewrote
+    /// the remote-tracking refs, and libgit2 failed on a ref lock the
+    /// other held: seen in CI as a failed attempt and a retry).
+    #[test]
+    fn pushes_of_one_node_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = fixture(dir.path());
+        let creds = GitCredentials::default();
+        for round in 0..3 {
+            let stories: Vec<String> = (0..8).map(|i| format!("r{round}s{i}")).collect();
+            for story in &stories {
+                let (wt, base, _) = prepare_worktree(&work, story, &creds, None).unwrap();
+                let repo = Repository::open(&wt).unwrap();
+                std::fs::write(wt.join("f.txt"), story).unwrap();
+                let mut idx = repo.index().unwrap();
+                idx.add_path(Path::new("f.txt")).unwrap();
+                let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+                let sig = git2::Signature::now("t", "t@example.com").unwrap();
+                let parent = repo.find_commit(base).unwrap();
+                repo.commit(Some("HEAD"), &sig, &sig, story, &tree, &[&parent]).unwrap();
+            }
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(stories.len()));
+            let threads: Vec<_> = stories
+                .iter()
+                .map(|story| {
+                    let (work, barrier, story) = (work.clone(), barrier.clone(), story.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let claim = Claim { stage: "current", token: 1, node: "agent-1" };
+                        push_wip(&work, &story, 1, &GitCredentials::default())?;
+                        push(&work, &story, claim, &GitCredentials::default())
+                    })
+                })
+                .collect();
+            for t in threads {
+                let pushed = t.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+                assert!(matches!(pushed, Pushed::Landed { .. }), "round {round}: {pushed:?}");
             }
         }
     }
