@@ -68,13 +68,25 @@ impl Oracle {
     }
 
     pub fn observe(&mut self, now_ms: u64, node: &NodeId, out: &Output) {
-        let line = format!("{now_ms} {node} {out:?}");
-        if let Some(story) = &self.trace_story
-            && line.contains(&format!("\"{story}\""))
-        {
-            println!("trace: {line}");
+        if let Some(story) = &self.trace_story {
+            let line = format!("{now_ms} {node} {out:?}");
+            if line.contains(&format!("\"{story}\"")) {
+                println!("trace: {line}");
+            }
         }
-        self.trace_hash.fold(&line);
+        // Message and snapshot bytes are folded as they are; the rest of
+        // an output by its debug form.
+        let head = format!("{now_ms} {node}");
+        match out {
+            Output::Send { conn, bytes } => {
+                self.trace_hash.fold_parts(&[head.as_bytes(), b"send", &conn.0.to_be_bytes(), bytes])
+            }
+            Output::Persist { seq, kind, bytes } => {
+                let what = format!("persist {seq:?} {kind:?}");
+                self.trace_hash.fold_parts(&[head.as_bytes(), what.as_bytes(), bytes])
+            }
+            _ => self.trace_hash.fold(&format!("{head} {out:?}")),
+        }
         match out {
             Output::StartRun { story, .. } => {
                 self.starts += 1;
