@@ -447,4 +447,12 @@ fn archived_stories_leave_the_live_document_and_stay_readable() {
         }
     }
     assert!(!run(&c, &["story", "show", "never-was"]).status.success(), "an unknown story is still unknown");
+    // Each archive got its index of story ids on the way.
+    for entry in std::fs::read_dir(c.root().join("server-data/archive")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "automerge") {
+            let ids = std::fs::read_to_string(path.with_extension("ids")).unwrap_or_default();
+            assert!(ids.starts_with("huskies-archive-ids 1 "), "{} has its index: {ids:?}", path.display());
+        }
+    }
 }

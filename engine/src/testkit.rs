@@ -62,6 +62,31 @@ impl Disk {
     }
 }
 
+/// The bytes of a document holding `stories`, each with a title, a body
+/// and a change per stage it went through (about 7 changes a story, as a
+/// pipeline makes), as a past epoch's document in cold storage holds
+/// them: for cold-storage tests and measurements.
+pub fn archive_doc(stories: &[crate::StoryId]) -> Vec<u8> {
+    use crate::{Stage, StoryState, Token};
+    let mut doc = crate::doc::Doc::new(automerge::ActorId::from(b"huskies-testkit-archive".to_vec()));
+    for id in stories {
+        let view = crate::StoryView {
+            title: format!("story {id}"),
+            priority: 0,
+            created_ms: 0,
+            state: StoryState::new(Stage::Backlog),
+            concurrent: 1,
+        };
+        doc.add_story(id, &view, "what was asked, and what was done");
+        for (n, stage) in
+            [Stage::Current, Stage::Qa, Stage::Merge, Stage::Done, Stage::Archived].into_iter().enumerate()
+        {
+            doc.put_state(id, &StoryState { token: Token(n as u64 + 1), ..StoryState::new(stage) });
+        }
+    }
+    doc.automerge().save()
+}
+
 /// A hash folded over every line of a run's trace: two runs of one seed
 /// must end with the same value.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -301,7 +301,7 @@ async fn show_story(State(state): State<AppState>, headers: HeaderMap, Path(id):
             // documents are read off the node task (they can be large).
             let dir = state.data_dir.clone();
             let key = id.clone();
-            match tokio::task::spawn_blocking(move || cold_story(&dir, &key)).await {
+            match tokio::task::spawn_blocking(move || crate::cold::find_story(&dir, &key)).await {
                 Ok(Some(detail)) => Json(detail).into_response(),
                 Ok(None) => error(StatusCode::NOT_FOUND, format!("no story {id}")),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading cold storage failed: {e}")),
@@ -309,40 +309,6 @@ async fn show_story(State(state): State<AppState>, headers: HeaderMap, Path(id):
         }
         None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
     }
-}
-
-/// A story from cold storage, newest epoch first; damaged archives are
-/// skipped (logged), not fatal.
-fn cold_story(data_dir: &std::path::Path, id: &StoryId) -> Option<crate::status::StoryDetail> {
-    let archives = match crate::storage::Storage::archives(data_dir) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(dir = %data_dir.display(), error = %e, "cannot list cold storage");
-            return None;
-        }
-    };
-    for (epoch, path) in archives {
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read an archive");
-                continue;
-            }
-        };
-        let Some(mut doc) = huskies_engine::cold::ColdDoc::open(&bytes) else {
-            tracing::warn!(path = %path.display(), "an archive does not load; skipped");
-            continue;
-        };
-        if let Some(s) = doc.story(id) {
-            tracing::debug!(%id, epoch, "story read from cold storage");
-            return Some(crate::status::StoryDetail {
-                story: crate::status::StoryStatus::of(id, &s.view),
-                body: s.body,
-                runs: s.runs,
-            });
-        }
-    }
-    None
 }
 
 async fn edit_story(

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cold;
 pub mod dashboard;
 pub mod git;
 pub mod gitauth;

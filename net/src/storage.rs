@@ -36,7 +36,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// `dir/name` holds `bytes` whole, or is as it was: temp file, fsync,
 /// rename, fsync of the directory.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
@@ -106,6 +106,13 @@ impl Storage {
                 let archive = self.dir.join(ARCHIVE);
                 fs::create_dir_all(&archive)?;
                 let name = format!("epoch-{}.automerge", epoch.saturating_sub(1));
+                // An index of the archive written before (a move that a
+                // crash cut short is made again) would not list what the
+                // archive holds now.
+                match fs::remove_file(crate::cold::sidecar_path(&archive.join(&name))) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
                 write_atomically(&archive, &name, &previous)?;
                 self.persist(PersistKind::Snapshot, bytes)
             }
@@ -193,5 +200,14 @@ mod tests {
         assert_eq!(archives.iter().map(|(e, _)| *e).collect::<Vec<_>>(), vec![1, 0], "newest first");
         assert_eq!(fs::read(&archives[0].1).unwrap(), b"e1+b");
         assert_eq!(fs::read(&archives[1].1).unwrap(), b"e0+a");
+
+        // Epoch 2's move made again (a crash cut the first short): the
+        // index of the archive written the first time goes with it.
+        let sidecar = crate::cold::sidecar_path(&archives[0].1);
+        fs::write(&sidecar, "huskies-archive-ids 1 4\n").unwrap();
+        let (mut s, _) = Storage::open(dir.path()).unwrap();
+        s.persist(PersistKind::Epoch { epoch: 2 }, b"e2'").unwrap();
+        assert!(!sidecar.exists());
+        assert_eq!(Storage::archives(dir.path()).unwrap().len(), 2, "an index is not an archive");
     }
 }
