@@ -415,6 +415,34 @@ async fn dashboard_in_a_real_browser() {
     .await;
     assert!(c.stages().iter().any(|(id, stage, _)| id == "lat" && stage == "merge"));
 
+    // Open by id (archived stories too, from cold storage): an unknown id
+    // says so and leaves nothing of the story shown before; a known opens.
+    let find = |id: &'static str| {
+        let b = &b;
+        async move {
+            b.js(&format!("document.getElementById('find-id').value = '{id}'; return true;")).await;
+            b.c().find(Locator::Css("#find-form button[type=submit]")).await.unwrap().click().await.unwrap();
+        }
+    };
+    find("never-was").await;
+    b.until(
+        "the unknown id reported",
+        Duration::from_secs(10),
+        "return /^cannot load: .*never-was/.test(document.getElementById('detail-meta').textContent) \
+         && document.getElementById('detail-body').textContent === '' \
+         && document.querySelectorAll('#detail-runs tbody tr').length === 0 \
+         && document.getElementById('detail-actions').hidden",
+    )
+    .await;
+    find("lat").await;
+    b.until(
+        "lat opened by id",
+        Duration::from_secs(10),
+        "return document.getElementById('detail-title').textContent === 'latency probe' \
+         && !document.getElementById('detail-actions').hidden",
+    )
+    .await;
+
     // Every qa run fails: live-1 gives up there and stands out as failed.
     b.until(
         "live-1 failed",

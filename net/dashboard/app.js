@@ -243,19 +243,30 @@ async function openDetail(id) {
   try {
     d = await api('GET', `/api/stories/${encodeURIComponent(id)}`);
   } catch (e) {
+    if (state.open !== id) return;
+    // Nothing of the story shown before may stay on screen.
     $('detail-title').textContent = id;
     $('detail-meta').textContent = `cannot load: ${e.message}`;
+    $('detail-reason').textContent = '';
+    $('detail-actions').hidden = true;
+    $('detail-body').textContent = '';
+    $('detail-runs').tBodies[0].replaceChildren();
+    $('detail-log-name').textContent = '';
+    $('detail-log').replaceChildren();
     return;
   }
   if (state.open !== id) return;
+  // A story not on the board was archived at an epoch cut: the node read
+  // it from its cold storage, and nothing can be done to it any more.
+  const live = state.stories.has(id);
   $('detail-title').textContent = d.title;
   $('detail-meta').textContent =
     `${d.id} · ${d.stage} · token ${d.token} · attempt ${d.attempts} · priority ${d.priority} · ` +
-    (d.holder ? `held by ${d.holder}` : 'unclaimed');
+    (d.holder ? `held by ${d.holder}` : 'unclaimed') + (live ? '' : ' · from cold storage');
   $('detail-reason').textContent = d.failed ? `failed: ${d.reason || 'gave up'}` : d.reason ? `last attempt: ${d.reason}` : '';
   $('detail-body').textContent = d.body || '(no body)';
   const canAct = state.session && state.session.logged_in;
-  $('detail-actions').hidden = !canAct;
+  $('detail-actions').hidden = !canAct || !live;
   $('detail-retry').hidden = !d.failed;
   fillStageSelect($('detail-stage'), d.stage);
   $('detail-stage').value = d.stage;
@@ -333,6 +344,11 @@ function wire() {
     } catch (err) {
       $('add-error').textContent = err.message;
     }
+  });
+  $('find-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const id = $('find-id').value.trim();
+    if (id) openDetail(id);
   });
   $('detail-close').addEventListener('click', () => { state.open = null; $('detail').hidden = true; });
   $('detail-move').addEventListener('click', () =>
