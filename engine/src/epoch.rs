@@ -191,7 +191,8 @@ impl Engine {
     /// At the server, on the scan: cut a new epoch when the document has
     /// grown past `epoch_after_changes` and every linked peer has all we
     /// have (then nothing needs carrying), or past twice that regardless
-    /// (carrying makes it safe; a busy cluster may never be quiet).
+    /// (carrying makes it safe; a busy cluster may never be quiet). Never
+    /// alone, and never while a linked peer is in a later epoch.
     pub(crate) fn maybe_cut_epoch(&mut self) {
         let limit = self.config.epoch_after_changes;
         // Exactly one node cuts: the one holding the CA secret that dials
@@ -206,9 +207,19 @@ impl Engine {
         if changes < limit {
             return;
         }
+        let ours = self.doc.epoch();
+        // Only with a peer to compare with, and none ahead of us. A server
+        // restored from a backup taken before its last cut holds an epoch
+        // the cluster already left: cutting it again would make a second
+        // base of an epoch that exists, which every node refuses (the
+        // cluster split for good). The peer's base is on its way instead.
+        let linked: Vec<Option<u64>> =
+            self.peers.established().map(|(conn, _)| self.peers.conn(conn).and_then(|c| c.epoch)).collect();
+        if linked.is_empty() || linked.iter().any(|e| e.is_none_or(|e| e > ours)) {
+            return;
+        }
         let mut heads = self.doc.heads();
         heads.sort();
-        let ours = self.doc.epoch();
         let in_step = self.peers.established().all(|(conn, _)| {
             self.peers.conn(conn).is_some_and(|c| {
                 let mut theirs = c.sync.their_heads.clone().unwrap_or_default();

@@ -535,13 +535,6 @@ fn epoch_messages_are_checked_and_never_amplified() {
     let cfg = Config { epoch_after_changes: 5, scan_interval_ms: 100, ..Config::default() };
     let mut e = Engine::new(cfg, NodeId::new("me").unwrap(), 1, Millis(0));
     e.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
-    for k in 0..8 {
-        let cmd = Command::AddStory(huskies_engine::NewStory { title: format!("s{k}"), ..Default::default() });
-        e.handle(Millis(1), Input::Command { id: CommandId(k), command: cmd });
-    }
-    e.handle(Millis(1_000), Input::Timeout);
-    drain(&mut e);
-    assert_eq!(e.epoch(), 1, "the server cut an epoch");
     let base = |outs: &[Output]| -> Vec<(u64, [u8; 64], Vec<u8>)> {
         outs.iter()
             .filter_map(|o| match o {
@@ -553,13 +546,21 @@ fn epoch_messages_are_checked_and_never_amplified() {
             })
             .collect()
     };
-    // A peer behind us (its hello says epoch 0) is sent our base on the
-    // handshake; asking again gets nothing more.
+    // A peer linked (the server cuts only with a peer to compare with) and
+    // left behind by the cut (its hello said epoch 0) is sent our base
+    // once; asking again gets nothing more.
     let theirs = connect(&mut e, ConnId(2));
     let p = peer("behind");
     e.handle(Millis(2), Input::PeerMessage { conn: ConnId(2), bytes: p.hello() });
     e.handle(Millis(2), Input::PeerMessage { conn: ConnId(2), bytes: p.answer(&theirs).unwrap() });
+    drain(&mut e);
+    for k in 0..12 {
+        let cmd = Command::AddStory(huskies_engine::NewStory { title: format!("s{k}"), ..Default::default() });
+        e.handle(Millis(3), Input::Command { id: CommandId(k), command: cmd });
+    }
+    e.handle(Millis(1_000), Input::Timeout);
     let sent = base(&drain(&mut e));
+    assert_eq!(e.epoch(), 1, "the server cut an epoch");
     assert_eq!(sent.len(), 1, "the base goes to a peer behind");
     assert_eq!(sent[0].0, 1);
     let stale = Envelope::Epoch { epoch: 0, sig: [0; 64], base: vec![1, 2, 3] }.encode();
@@ -581,5 +582,5 @@ fn epoch_messages_are_checked_and_never_amplified() {
     let other = Envelope::Epoch { epoch: 1, sig: [7; 64], base: vec![9; 40] }.encode();
     e.handle(Millis(1_003), Input::PeerMessage { conn: ConnId(4), bytes: other });
     assert!(rejected(&drain(&mut e), ConnId(4)));
-    assert_eq!(e.stories().count(), 8, "every story is still there");
+    assert_eq!(e.stories().count(), 12, "every story is still there");
 }

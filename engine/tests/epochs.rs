@@ -143,3 +143,65 @@ fn a_node_too_far_behind_carries_nothing_and_keeps_its_writes_cold() {
         c.nodes[2].storage.archives.values().any(|b| ColdDoc::open(b).and_then(|mut d| d.story(&mine)).is_some());
     assert!(cold, "node 2 keeps its own write in cold storage");
 }
+
+/// A server restored from a backup taken before its last cut must not cut
+/// that epoch again: the agents hold the real one and would refuse a
+/// second base of it. The restored server cuts nothing while alone (it
+/// cannot tell whether its epoch is the newest), takes the agents' base
+/// when they link, and carries what it wrote alone.
+#[test]
+fn a_server_restored_from_an_older_backup_takes_the_agents_epoch() {
+    let mut c = Harness::new(2, 53, config());
+    let mut round = 0;
+    let mut work_until_epoch = |c: &mut Harness, epoch: u64| {
+        while c.engine(0).epoch() < epoch {
+            for k in 0..12 {
+                add(c, 0, &format!("r{round}-{k:02}"));
+            }
+            c.run_until_settled(120_000).expect("round settles");
+            archive_done(c);
+            c.run_for(3_000);
+            round += 1;
+            assert!(round < 50, "the server keeps cutting");
+        }
+    };
+    work_until_epoch(&mut c, 1);
+    let backup = c.nodes[0].storage.clone();
+    let backup_epoch = c.engine(0).epoch();
+    work_until_epoch(&mut c, backup_epoch + 1);
+    c.run_until_settled(60_000).expect("settles");
+    let agents_epoch = c.engine(1).epoch();
+    assert!(agents_epoch > backup_epoch);
+
+    // The server dies and comes back from the backup, cut off at first,
+    // and takes more writes alone than an epoch holds.
+    c.crash(0);
+    c.nodes[0].storage = backup;
+    c.isolate(0);
+    c.start(0);
+    assert_eq!(c.engine(0).epoch(), backup_epoch);
+    let alone: Vec<StoryId> = (0..2 * LIMIT)
+        .map(|k| {
+            let id = StoryId::new(format!("alone-{k:03}")).unwrap();
+            let new = NewStory { id: Some(id.clone()), title: format!("written alone {k}"), ..Default::default() };
+            c.command(0, Command::AddStory(new)).expect("add");
+            id
+        })
+        .collect();
+    c.run_for(5_000);
+    assert_eq!(c.engine(0).epoch(), backup_epoch, "no cut while alone");
+
+    c.heal();
+    c.run_until_settled(120_000).expect("settles after the heal");
+    let rejected = c.count_events(|e| matches!(e, Event::PeerRejected { .. }));
+    assert_eq!(rejected, 0, "no node refused another's base");
+    let epoch = c.engine(1).epoch();
+    assert!(epoch >= agents_epoch);
+    for i in 0..=2 {
+        assert_eq!(c.engine(i).epoch(), epoch, "node {i} in the cluster's epoch");
+        for id in &alone {
+            assert!(c.engine(i).story(id).is_some(), "{id}, written alone at the server, on node {i}");
+        }
+    }
+    c.assert_no_work_lost();
+}
