@@ -78,8 +78,12 @@ fn git_fixture(scratch: &Path) -> Result<PathBuf, String> {
     let seed = scratch.join("seed");
     let repo = git2::Repository::init(&seed).map_err(err)?;
     std::fs::write(seed.join("README.md"), "# demo project\n").map_err(|e| e.to_string())?;
+    std::fs::write(seed.join("CHANGELOG.md"), "# Changelog\n").map_err(|e| e.to_string())?;
+    std::fs::write(seed.join("ci.sh"), CI_SH).map_err(|e| e.to_string())?;
     let mut idx = repo.index().map_err(err)?;
-    idx.add_path(Path::new("README.md")).map_err(err)?;
+    for f in ["README.md", "CHANGELOG.md", "ci.sh"] {
+        idx.add_path(Path::new(f)).map_err(err)?;
+    }
     let tree = repo.find_tree(idx.write_tree().map_err(err)?).map_err(err)?;
     let sig = git2::Signature::now("huskies demo", "demo@huskies.invalid").map_err(err)?;
     repo.commit(Some("HEAD"), &sig, &sig, "initial commit", &tree, &[]).map_err(err)?;
@@ -89,15 +93,26 @@ fn git_fixture(scratch: &Path) -> Result<PathBuf, String> {
     Ok(remote)
 }
 
+/// The demo repository's gate: what landing runs on every merged tree.
+const CI_SH: &str = "#!/bin/sh
+# The gate huskies runs before it moves the default branch.
+if grep -rqE '^(<<<<<<<|>>>>>>>)' --exclude-dir=.git .; then echo 'conflict markers left'; exit 1; fi
+if [ -d broken ] && [ -n \"$(ls broken)\" ]; then echo \"broken: $(ls broken)\"; exit 1; fi
+echo 'all checks passed'
+";
+
 fn project_toml(cmd: &str, args: &[String]) -> String {
     let args = args.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
     // Retries after 1 s (doubling), not 5 s: injected failures show
     // retries without stalling the demo.
     let mut s =
         String::from("capacity = 2\nclaim_timeout_ms = 4000\nscan_interval_ms = 250\nretry_backoff_ms = 1000\n");
-    for stage in huskies_engine::Stage::ACTIVE.map(|s| s.as_str()) {
+    for stage in [huskies_engine::Stage::Current, huskies_engine::Stage::Qa].map(|s| s.as_str()) {
         s.push_str(&format!("\n[agents.{stage}]\ncommand = {cmd:?}\nargs = [{args}]\n"));
     }
+    // Every agent lands: merge-stage stories are built on the default
+    // branch, gated by the repository's own check, and landed.
+    s.push_str("\n[merge]\ngates = [\"sh ci.sh\"]\nbatch = 4\n");
     s
 }
 
@@ -164,6 +179,13 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
                 huskies_engine::Config::default().max_attempts.to_string(),
                 "--seed".into(),
                 a.seed.to_string(),
+                // Some stories edit a shared file (they conflict when they
+                // land, and resolve it when sent back), some break the
+                // gate on their first run.
+                "--conflict-every".into(),
+                "4".into(),
+                "--break-every".into(),
+                "7".into(),
             ],
         ),
     };
@@ -335,21 +357,45 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
             stopped += st.counters.runs_stopped;
         }
     }
+    let mut batches = 0;
+    for (name, p) in &agent_ports {
+        if Some(name) == killed.as_ref() {
+            continue;
+        }
+        if let Ok(st) = Client::new(&format!("http://127.0.0.1:{p}"), Some(key.clone()), None).and_then(|c| c.status())
+        {
+            batches += st.counters.land_batches;
+        }
+    }
     let branches = git2::Repository::open_bare(&remote)
         .and_then(|r| r.references_glob("refs/heads/huskies/*").map(|refs| refs.count()))
         .map_err(|e| e.message().to_owned())?;
+    let (landed, main_name) = landed_on_default(&remote)?;
     // Runs as the document records them (the killed agent's unfinished
     // runs left no record: it never reported them).
     let (mut total_runs, mut failed_runs, mut stages) = (0, 0, 0);
+    let (mut conflicts, mut gate_failures) = (0, 0);
     for k in 0..a.stories {
         let d = server.story(&format!("story-{k:02}"))?;
         total_runs += d.runs.len();
         failed_runs += d.runs.iter().filter(|r| r.outcome == huskies_engine::RunOutcomeKind::Failed).count();
         stages += d.runs.iter().map(|r| r.stage).collect::<std::collections::BTreeSet<_>>().len();
+        let returned = d.runs.iter().filter(|r| r.outcome == huskies_engine::RunOutcomeKind::Returned);
+        for r in returned {
+            match r.reason.as_deref() {
+                Some(why) if why.starts_with("gate") => gate_failures += 1,
+                _ => conflicts += 1,
+            }
+        }
     }
     println!("summary:");
     println!("  stories done       {done}/{}", a.stories);
     println!("  branches pushed    {branches}");
+    println!(
+        "  landed on {main_name:<8}{landed:>3}/{} ({batches} batches{}, {conflicts} conflicts sent back, {gate_failures} gate failures)",
+        a.stories,
+        if killed.is_some() { " by the agents alive" } else { "" }
+    );
     println!("  agent runs         {total_runs} recorded for {stages} story-stages ({failed_runs} failed and retried)");
     println!("  reclaims           {reclaims}");
     println!("  duplicate claims   {losses} (concurrent claims that lost; most never started a run)");
@@ -363,7 +409,33 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         );
         wait_for_ctrl_c()?;
     }
-    if done == a.stories { Ok(()) } else { Err(format!("{} stories failed for good", a.stories - done).into()) }
+    if done != a.stories {
+        return Err(format!("{} stories failed for good", a.stories - done).into());
+    }
+    if landed != a.stories {
+        return Err(format!("{landed} of {} stories are on {main_name}", a.stories).into());
+    }
+    Ok(())
+}
+
+/// Stories landed on the remote's default branch (their trailers), and its name.
+fn landed_on_default(remote: &Path) -> Result<(usize, String), String> {
+    let err = |e: git2::Error| e.message().to_owned();
+    let repo = git2::Repository::open_bare(remote).map_err(err)?;
+    let head = repo.find_reference("HEAD").map_err(err)?;
+    let name = head.symbolic_target().ok().flatten().unwrap_or("refs/heads/master").to_owned();
+    let tip = repo.refname_to_id(&name).map_err(err)?;
+    let mut walk = repo.revwalk().map_err(err)?;
+    walk.push(tip).map_err(err)?;
+    walk.simplify_first_parent().map_err(err)?;
+    let mut stories = std::collections::BTreeSet::new();
+    for oid in walk {
+        let c = repo.find_commit(oid.map_err(err)?).map_err(err)?;
+        if let Some((story, _)) = c.message().ok().and_then(huskies_net::land::landed_of) {
+            stories.insert(story.to_owned());
+        }
+    }
+    Ok((stories.len(), name.trim_start_matches("refs/heads/").to_owned()))
 }
 
 /// Blocks until SIGINT or SIGTERM.

@@ -370,9 +370,9 @@ pub fn agent(a: AgentArgs) -> Result<(), CliError> {
         )
     })?;
     let project = ProjectConfig::load(&project_root).map_err(|e| e.to_string())?;
-    if project.agents.is_empty() {
+    if project.stages().is_empty() {
         return Err(format!(
-            "{} configures no agents; add e.g. [agents.current] command = \"claude\"",
+            "{} configures no agents; add e.g. [agents.current] command = \"claude\", or [merge] to land stories",
             ProjectConfig::path(&project_root).display()
         )
         .into());

@@ -219,7 +219,14 @@ impl Engine {
             return;
         }
         match outcome {
-            Ok(()) => self.advance(&story),
+            // A merge-stage push puts the story in line to land; landing
+            // advances it (landing.rs).
+            Ok(()) if self.claims.run(&story).is_some_and(|r| r.stage == crate::Stage::Merge) => {
+                let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(crate::Stage::Merge));
+                self.claims.enter(&story, token, Phase::Queued, deadline);
+                self.form_landing_batch();
+            }
+            Ok(()) => self.advance(&story, None),
             Err(e @ crate::PushError::Fenced { by_token: Some(_), .. }) => self.fenced(&story, e),
             // Commits huskies did not push hold the branch: no newer claim
             // to defer to, so this is a failed attempt (the next run starts
@@ -237,7 +244,7 @@ impl Engine {
     /// two maps, and the remote may hold the hidden one's push. We do not
     /// claim it again ourselves until our replica has caught up with that
     /// claim.
-    fn fenced(&mut self, story: &StoryId, e: crate::PushError) {
+    pub(crate) fn fenced(&mut self, story: &StoryId, e: crate::PushError) {
         let Some(run) = self.claims.end(story) else { return };
         let reason = e.to_string();
         let mut state = self.index.known(story).state.clone();
@@ -276,9 +283,19 @@ impl Engine {
         }
     }
 
+    /// Landing put the story on the default branch, in `commit`.
+    pub(crate) fn advance_landed(&mut self, story: &StoryId, commit: String) {
+        let token = self.claims.run(story).map(|r| r.token);
+        self.advance(story, Some(commit.clone()));
+        if let Some(token) = token {
+            self.emit(Event::Landed { story: story.clone(), token, commit });
+        }
+    }
+
     /// Accepts our result: the story moves on, the claim is released at the
-    /// same token, and the result records who did it with which token.
-    fn advance(&mut self, story: &StoryId) {
+    /// same token, and the result records who did it with which token (and,
+    /// for the merge stage, the default-branch commit that landed it).
+    fn advance(&mut self, story: &StoryId, landed: Option<String>) {
         let Some(run) = self.claims.end(story) else { return };
         let mut state = self.index.known(story).state.clone();
         // A run is dropped the moment its claim stops being the winning
@@ -293,9 +310,11 @@ impl Engine {
             holder: None,
             attempts: 0,
             failed: false,
-            result: Some(RunResult { node: self.node.clone(), token: run.token, stage: from }),
+            result: Some(RunResult { node: self.node.clone(), token: run.token, stage: from, landed }),
             reason: None,
             removed: false,
+            // Landing's returns count until the story is done.
+            returns: if to == crate::Stage::Done { 0 } else { state.returns },
         };
         self.write_state(story, state);
         self.record_run(story, &run, crate::runs::RunOutcomeKind::Succeeded, None);
@@ -304,7 +323,7 @@ impl Engine {
 
     /// Releases the claim after a failed run or push; gives up after
     /// `max_attempts`. This node cools down before retrying it.
-    fn fail(&mut self, story: &StoryId, reason: String) {
+    pub(crate) fn fail(&mut self, story: &StoryId, reason: String) {
         let Some(run) = self.claims.end(story) else { return };
         let mut state = self.index.known(story).state.clone();
         assert_eq!(state.token, run.token, "failing {story} under a superseded token");

@@ -123,6 +123,7 @@ impl Engine {
             attempts: 0,
             failed: false,
             reason: None,
+            returns: 0,
             ..view.state.clone()
         };
         let token = state.token;
@@ -185,6 +186,7 @@ impl Engine {
             result: view.state.result.clone(),
             reason: None,
             removed: false,
+            returns: 0,
         };
         let token = state.token;
         self.write_state(&id, state);

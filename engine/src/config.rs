@@ -68,6 +68,14 @@ pub struct Config {
     /// against. `None` gives dev credentials derived from the node id (see
     /// `identity.rs`): for tests and simulations only.
     pub credentials: Option<crate::identity::Credentials>,
+    /// Returns to `current` (a conflict or a failed gate at landing) after
+    /// which a story is given up in the merge stage.
+    pub max_returns: u32,
+    /// Most stories landed (built and gated) together by one merge node.
+    pub land_batch: usize,
+    /// How long a queued story waits for merge runs of ours still on
+    /// their way, so that stories claimed together land together.
+    pub land_batch_wait_ms: u64,
     /// Per-stage overrides of `max_attempts` and `run_timeout_ms`.
     pub stage_limits: std::collections::BTreeMap<Stage, StageLimits>,
 }
@@ -108,6 +116,9 @@ impl Default for Config {
             peer_bytes_per_sec: 16 << 20,
             peer_messages_per_sec: 2_000,
             credentials: None,
+            max_returns: 5,
+            land_batch: 4,
+            land_batch_wait_ms: 1_000,
             stage_limits: std::collections::BTreeMap::new(),
         }
     }
@@ -134,6 +145,8 @@ impl Config {
             ("max_peers", self.max_peers as u64),
             ("peer_bytes_per_sec", self.peer_bytes_per_sec),
             ("peer_messages_per_sec", self.peer_messages_per_sec),
+            ("land_batch", self.land_batch as u64),
+            ("max_returns", u64::from(self.max_returns)),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { field });

@@ -43,6 +43,8 @@ pub struct Engine {
     // Local, never replicated.
     /// Our claims: runs, cooldowns, stagger, worktrees, fences.
     pub(crate) claims: Claims,
+    /// Our landing batches (merge stage).
+    pub(crate) train: crate::landing::Train,
     pub(crate) liveness: Liveness,
     pub(crate) dead: BTreeSet<NodeId>,
 
@@ -121,6 +123,7 @@ impl Engine {
             index: Index::default(),
             inputs_handled: 0,
             claims: Claims::default(),
+            train: Default::default(),
             liveness,
             dead: BTreeSet::new(),
             creds,
@@ -162,6 +165,7 @@ impl Engine {
             Input::WorktreeInspected { story, token, committed } => {
                 self.handle_worktree_inspected(story, token, committed)
             }
+            Input::LandFinished { batch, report } => self.handle_land_finished(batch, report),
             Input::Command { id, command } => self.handle_command(id, command),
             Input::Timeout => self.handle_timeout(),
             Input::Persisted { seq } => self.handle_persisted(seq),
@@ -188,6 +192,7 @@ impl Engine {
             self.peers.next_dial_at(),    // peers: redial a target
             self.peers.next_sync_at(),    // peers: a paced sync message
             self.claims.next_settle_at(), // claims: a claim's settling window ends
+            self.next_batch_at(),         // landing: a batch stops waiting for more
             Some(self.next_heartbeat_at),
             Some(self.next_scan_at), // claims, liveness and run deadlines
         ]
@@ -205,6 +210,7 @@ impl Engine {
             self.next_heartbeat_at = self.now.saturating_add_ms(self.config.heartbeat_interval_ms);
         }
         self.start_settled_runs();
+        self.form_landing_batch();
         if self.now >= self.next_scan_at {
             // Jitter the scan by up to a quarter interval: nodes started
             // together would otherwise scan, and collide, in lockstep.

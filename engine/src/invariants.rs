@@ -32,6 +32,7 @@ impl Engine {
         assert!(self.liveness.heard_count() <= self.keys.len(), "beats heard from nodes without a key");
         assert!(self.liveness.len() <= self.keys.len() + holders, "{} liveness records", self.liveness.len());
         self.claims.check(self.index.len());
+        self.check_train();
         self.inputs_handled += 1;
         if self.inputs_handled.is_multiple_of(FULL_CHECK_EVERY) {
             self.check_index();

@@ -23,6 +23,8 @@ pub enum Input {
     /// Answer to `Output::InspectWorktree`: does the story's worktree hold
     /// committed work from before a restart?
     WorktreeInspected { story: StoryId, token: Token, committed: bool },
+    /// The landing asked for by `Output::Land` is over.
+    LandFinished { batch: crate::landing::BatchId, report: crate::landing::LandReport },
     /// A user command; answered by exactly one `Output::Reply`.
     Command { id: CommandId, command: Command },
     /// The time from `poll_timeout` has come (early or spurious is harmless).
@@ -220,6 +222,16 @@ pub enum Output {
         token: Token,
         stage: Stage,
     },
+    /// Land a batch of merge-stage stories on the default branch: build
+    /// its tip plus each story (in this order), run the gates on the
+    /// result, and move the default branch there by compare-and-swap on
+    /// the tip that was tested; answer with `LandFinished`.
+    Land {
+        batch: crate::landing::BatchId,
+        stories: Vec<crate::landing::LandStory>,
+        /// This batch failed its gates once already (a gate may be flaky).
+        retry: bool,
+    },
     /// Answer with `WorktreeInspected`.
     InspectWorktree {
         story: StoryId,
@@ -332,6 +344,34 @@ pub enum Event {
         attempts: u32,
         gave_up: bool,
         reason: String,
+    },
+    /// A story's work is on the default branch, in `commit`.
+    Landed {
+        story: StoryId,
+        token: Token,
+        commit: String,
+    },
+    /// Landing sent the story back to `current` (a conflict with the
+    /// default branch, or its gates failed), or gave it up after
+    /// `max_returns` returns (`gave_up`).
+    SentBack {
+        story: StoryId,
+        token: Token,
+        returns: u32,
+        gave_up: bool,
+        reason: String,
+    },
+    /// A landing batch of `size` stories was handed to the driver.
+    BatchStarted {
+        batch: crate::landing::BatchId,
+        size: usize,
+        retry: bool,
+    },
+    /// A batch failed its gates twice (or once, after a split): tested
+    /// again in two halves.
+    BatchSplit {
+        batch: crate::landing::BatchId,
+        size: usize,
     },
     /// A result arrived for a token that no longer holds the story.
     StaleResult {

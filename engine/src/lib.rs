@@ -67,6 +67,7 @@
 //! | `Claims` (`claims/held.rs`) | our runs from claim to settle, run, push and result; cooldowns, stagger, worktrees, fences | `claims.rs` |
 //! | `Peers` (`peers/links.rs`) | connections, dial targets and backoff, owed syncs, beats to relay | `peers.rs`, `defence.rs` |
 //! | membership | node records, keys, enrollments and revocations | `membership.rs`, `identity.rs` |
+//! | `Train` (`landing.rs`) | landing batches of our merge-stage stories: in flight, split halves waiting | `landing.rs` |
 //! | commands | what users ask for, checked, answered once | `commands.rs` |
 //! | epochs | cutting a base of the live state, moving to it and carrying unseen writes; cold storage reads | `epoch.rs`, `cold.rs` |
 //!
@@ -93,6 +94,7 @@ mod ids;
 mod index;
 mod invariants;
 mod io;
+pub mod landing;
 mod liveness;
 mod membership;
 mod peers;

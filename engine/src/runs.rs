@@ -35,6 +35,9 @@ pub enum RunOutcomeKind {
     /// Its push was fenced at the remote by a newer claim; `reason` names
     /// the side ref that keeps its work.
     Fenced,
+    /// Landing sent the story back to `current`: a conflict with the
+    /// default branch, or a failed gate (`reason` says which).
+    Returned,
 }
 
 /// One run, as the story's history shows it.

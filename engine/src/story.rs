@@ -99,6 +99,9 @@ pub struct RunResult {
     pub token: Token,
     /// The stage the run worked on.
     pub stage: Stage,
+    /// The default-branch commit that landed the story (merge stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landed: Option<String>,
 }
 
 /// The workflow state of a story, stored as one value.
@@ -125,6 +128,11 @@ pub struct StoryState {
     /// Removed by a user: a tombstone, never claimed again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+    /// Times landing sent the story back to `current` (a conflict or a
+    /// failed gate). Kept through advances, so a story that never lands
+    /// is given up after `max_returns`; a user move or retry clears it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub returns: u32,
 }
 
 /// Longest failure reason kept in a story's state.
@@ -154,6 +162,7 @@ impl StoryState {
             result: None,
             reason: None,
             removed: false,
+            returns: 0,
         }
     }
 
@@ -201,7 +210,7 @@ mod tests {
         let mut s = StoryState::new(Stage::Current);
         s.token = Token(4);
         s.holder = Some(node("n1"));
-        s.result = Some(RunResult { node: node("n2"), token: Token(3), stage: Stage::Backlog });
+        s.result = Some(RunResult { node: node("n2"), token: Token(3), stage: Stage::Backlog, landed: None });
         assert_eq!(StoryState::decode(&s.encode()), Some(s));
         assert_eq!(StoryState::decode("{\"stage\":\"nope\"}"), None);
         assert_eq!(StoryState::decode("{\"stage\":\"qa\",\"token\":1,\"holder\":\"BAD ID\"}"), None);

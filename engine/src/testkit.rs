@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod remote;
+pub mod trunk;
 
 pub use agent::{AgentModel, FakeRun};
 

@@ -61,7 +61,7 @@ fn remote_error(what: &'static str, remote: &git2::Remote<'_>, why: &str, tried:
 /// then a retry). Runs of one node take turns at the remote instead.
 static REMOTE_REFS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn fetch(repo: &Repository, creds: &GitCredentials) -> Result<(), GitError> {
+pub(crate) fn fetch(repo: &Repository, creds: &GitCredentials) -> Result<(), GitError> {
     let mut remote = repo.find_remote("origin")?;
     let mut opts = FetchOptions::new();
     let tried = Tried::default();
@@ -119,7 +119,7 @@ fn remove_worktree(repo: &Repository, project_root: &Path, story: &str) -> Resul
 }
 
 /// Held while worktrees are made or removed (see [`prepare_worktree`]).
-static WORKTREES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static WORKTREES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A fresh worktree for a run; returns its path, its base commit, and
 /// whether that base is the pushed progress of `resume_token`'s claim.
@@ -213,7 +213,7 @@ pub fn fenced_ref(story: &str, token: u64, node: &str) -> String {
 }
 
 /// The claim (token, node) in `commit`'s `Huskies-Claim` trailer for `story`.
-fn claim_of(commit: &git2::Commit<'_>, story: &str) -> Option<(u64, String)> {
+pub(crate) fn claim_of(commit: &git2::Commit<'_>, story: &str) -> Option<(u64, String)> {
     let msg = commit.message().ok()?;
     msg.lines().rev().find_map(|l| {
         let mut w = l.strip_prefix(TRAILER)?.split_whitespace();
@@ -249,7 +249,7 @@ fn seal(repo: &Repository, story: &str, claim: Claim<'_>) -> Result<Oid, git2::E
 }
 
 /// What the last fetch saw of the remote's `refs/heads/...` ref.
-fn remote_value(repo: &Repository, remote_ref: &str) -> Option<Oid> {
+pub(crate) fn remote_value(repo: &Repository, remote_ref: &str) -> Option<Oid> {
     let name = remote_ref.strip_prefix("refs/heads/")?;
     repo.refname_to_id(&format!("refs/remotes/origin/{name}")).ok()
 }
@@ -258,7 +258,7 @@ fn remote_value(repo: &Repository, remote_ref: &str) -> Option<Oid> {
 /// the push goes through only if every remote ref is still at the value
 /// given (zero: absent). The remote's receive-pack checks the old value
 /// atomically, so two pushes racing cannot both win.
-fn push_leased(
+pub(crate) fn push_leased(
     repo: &Repository,
     remote: &mut git2::Remote<'_>,
     creds: &GitCredentials,

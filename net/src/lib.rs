@@ -12,6 +12,7 @@ pub mod cold;
 pub mod dashboard;
 pub mod git;
 pub mod gitauth;
+pub mod land;
 pub mod metrics;
 pub mod node;
 pub mod project;

@@ -72,6 +72,14 @@ pub struct Metrics {
     document_bytes: Gauge,
     document_changes: Gauge,
     epoch: Gauge,
+    landed: Counter,
+    land_conflicts: Counter,
+    land_gate_failures: Counter,
+    land_batches: Counter,
+    land_batch_size: Histogram,
+    merge_to_landed_seconds: Histogram,
+    /// When each story was seen reaching `merge` (bounded like `started`).
+    reached_merge: std::sync::Mutex<BTreeMap<StoryId, Instant>>,
     /// When each of our runs started (node task only).
     started: std::sync::Mutex<BTreeMap<(StoryId, Token), Instant>>,
 }
@@ -109,6 +117,14 @@ impl Metrics {
             document_bytes: Gauge::default(),
             document_changes: Gauge::default(),
             epoch: Gauge::default(),
+            landed: Counter::default(),
+            land_conflicts: Counter::default(),
+            land_gate_failures: Counter::default(),
+            land_batches: Counter::default(),
+            land_batch_size: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 32.0, 64.0]),
+            // 1 s to about 4.5 h.
+            merge_to_landed_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            reached_merge: Default::default(),
             started: Default::default(),
         };
         let r = &mut m.registry;
@@ -141,6 +157,24 @@ impl Metrics {
             "epoch",
             "The epoch of this node's document (a new one starts from the live state)",
             m.epoch.clone(),
+        );
+        r.register("landed", "Stories this node landed on the default branch", m.landed.clone());
+        r.register(
+            "land_conflicts",
+            "Stories landing sent back to current for a merge conflict",
+            m.land_conflicts.clone(),
+        );
+        r.register(
+            "land_gate_failures",
+            "Stories landing sent back to current for a failed gate",
+            m.land_gate_failures.clone(),
+        );
+        r.register("land_batches", "Landing batches this node built and tested", m.land_batches.clone());
+        r.register("land_batch_size", "Stories per landing batch", m.land_batch_size.clone());
+        r.register(
+            "merge_to_landed_seconds",
+            "Time from a story reaching merge (as this node saw it) to this node landing it",
+            m.merge_to_landed_seconds.clone(),
         );
         for kind in RejectKind::ALL {
             // Every kind shows, at zero, before its first rejection.
@@ -216,7 +250,43 @@ impl Metrics {
             Event::PeerRejected { kind, .. } => {
                 self.peers_rejected.get_or_create(&[("kind", kind.as_str())]).inc();
             }
+            // Every write of a stage, local or merged, shows as StageChanged.
+            Event::StageChanged { story, to: Stage::Merge, .. } => {
+                let mut m = self.reached_merge.lock().unwrap_or_else(|p| p.into_inner());
+                if m.len() >= MAX_TIMED_RUNS
+                    && let Some(oldest) = m.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
+                {
+                    m.remove(&oldest);
+                }
+                m.entry(story.clone()).or_insert(now);
+            }
+            Event::Landed { story, .. } => {
+                self.landed.inc();
+                let reached = self.reached_merge.lock().unwrap_or_else(|p| p.into_inner()).remove(story);
+                if let Some(t) = reached {
+                    self.merge_to_landed_seconds.observe(now.saturating_duration_since(t).as_secs_f64());
+                }
+            }
+            Event::SentBack { story, reason, .. } => {
+                self.reached_merge.lock().unwrap_or_else(|p| p.into_inner()).remove(story);
+                if reason.starts_with("gate") {
+                    self.land_gate_failures.inc();
+                } else {
+                    self.land_conflicts.inc();
+                }
+            }
+            Event::BatchStarted { size, .. } => {
+                self.land_batches.inc();
+                self.land_batch_size.observe(*size as f64);
+            }
             _ => {}
+        }
+        // Sent back or moved: the wait starts again when it returns. (A
+        // story landed elsewhere ages out of the bounded map.)
+        if let Event::StageChanged { story, to, .. } = e
+            && !matches!(to, Stage::Merge | Stage::Done)
+        {
+            self.reached_merge.lock().unwrap_or_else(|p| p.into_inner()).remove(story);
         }
     }
 
@@ -275,6 +345,10 @@ impl Metrics {
             stale_results: self.stale_results.get(),
             peers_rejected: rejected,
             fenced: self.fenced.get(),
+            landed: self.landed.get(),
+            land_batches: self.land_batches.get(),
+            land_conflicts: self.land_conflicts.get(),
+            land_gate_failures: self.land_gate_failures.get(),
         }
     }
 }

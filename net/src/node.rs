@@ -136,7 +136,9 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
         label: opts.label.clone(),
         rendezvous: opts.rendezvous.clone(),
         capacity: if opts.is_server { 0 } else { p.capacity },
-        stages: if opts.is_server { Vec::new() } else { p.agents.keys().copied().collect() },
+        stages: if opts.is_server { Vec::new() } else { p.stages() },
+        land_batch: p.merge_config().batch,
+        max_returns: p.merge_config().max_returns.unwrap_or(Config::default().max_returns),
         max_mesh_peers: if opts.is_server { 0 } else { p.max_mesh_peers },
         claim_timeout_ms: p.claim_timeout_ms,
         heartbeat_interval_ms: (p.claim_timeout_ms / 6).max(100),
@@ -415,7 +417,7 @@ impl NodeLoop {
         if self.opts.is_server {
             self.internal_command(Command::SetClusterSettings { settings: self.local_settings.clone() });
         } else {
-            self.internal_command(Command::SetStages { stages: p.agents.keys().copied().collect() });
+            self.internal_command(Command::SetStages { stages: p.stages() });
             self.compare_settings();
         }
     }
@@ -576,6 +578,7 @@ impl NodeLoop {
                 self.runner.push(story, token, stage);
             }
             Output::InspectWorktree { story, token } => self.runner.inspect(story, token),
+            Output::Land { batch, stories, .. } => self.runner.land(batch, stories),
             Output::PruneWorktree { story } => self.runner.prune(story),
             Output::Reply { id, result } => {
                 if let Some(tx) = self.pending_replies.remove(&id) {

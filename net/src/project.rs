@@ -27,6 +27,18 @@
 //!
 //! `{id}`, `{title}`, `{stage}` in args are replaced; the same values are in
 //! `HUSKIES_STORY_ID`, `HUSKIES_STORY_TITLE`, `HUSKIES_STAGE`.
+//!
+//! ```toml
+//!
+//! [merge]                   # this node lands merge-stage stories on the
+//!                           # default branch (with or without [agents.merge])
+//! gates = ["cargo test"]    # run in order on the merged tree; all must pass
+//! gate_timeout_ms = 1800000 # each
+//! method = "squash"         # squash (one commit per story), merge or rebase
+//! # default_branch = "main" # default: the remote's HEAD
+//! batch = 4                 # stories built and tested together
+//! max_returns = 5           # conflicts and failed gates before a story is given up
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,6 +71,61 @@ pub struct AgentCommand {
     pub wip_push_interval_ms: Option<u64>,
 }
 
+/// How merge-stage stories are landed on the default branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MergeMethod {
+    /// One commit per story on top of the default branch.
+    #[default]
+    Squash,
+    /// A merge commit per story (its branch's history kept).
+    Merge,
+    /// The story's commits replayed one by one.
+    Rebase,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeConfig {
+    /// Commands (run by `sh -c` in a scratch worktree of the merged tree),
+    /// in order; the default branch moves only when all pass.
+    #[serde(default)]
+    pub gates: Vec<String>,
+    #[serde(default = "default_gate_timeout")]
+    pub gate_timeout_ms: u64,
+    #[serde(default)]
+    pub method: MergeMethod,
+    /// `None`: the remote's HEAD (or main, or master).
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Returns to `current` (conflicts, failed gates) before a story is
+    /// given up; `None`: the engine's default (5).
+    #[serde(default)]
+    pub max_returns: Option<u32>,
+}
+
+fn default_gate_timeout() -> u64 {
+    30 * 60 * 1_000
+}
+fn default_batch() -> usize {
+    4
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        MergeConfig {
+            gates: Vec::new(),
+            gate_timeout_ms: default_gate_timeout(),
+            method: MergeMethod::default(),
+            default_branch: None,
+            batch: default_batch(),
+            max_returns: None,
+        }
+    }
+}
+
 impl AgentCommand {
     pub fn require_commit(&self, stage: Stage) -> bool {
         self.require_commit.unwrap_or(stage == Stage::Current)
@@ -86,6 +153,8 @@ struct Raw {
     epoch_after_changes: Option<u64>,
     #[serde(default)]
     agents: BTreeMap<String, AgentCommand>,
+    #[serde(default)]
+    merge: Option<MergeConfig>,
 }
 
 fn default_capacity() -> u32 {
@@ -119,6 +188,8 @@ pub struct ProjectConfig {
     /// engine's default (2,000), `Some(0)`: never.
     pub epoch_after_changes: Option<u64>,
     pub agents: BTreeMap<Stage, AgentCommand>,
+    /// `[merge]`: how this node lands stories (it works the merge stage).
+    pub merge: Option<MergeConfig>,
 }
 
 impl Default for ProjectConfig {
@@ -133,6 +204,7 @@ impl Default for ProjectConfig {
             sync_interval_ms: None,
             epoch_after_changes: None,
             agents: BTreeMap::new(),
+            merge: None,
         }
     }
 }
@@ -198,6 +270,23 @@ impl ProjectConfig {
             }
             agents.insert(stage, cmd);
         }
+        if let Some(m) = &raw.merge {
+            if m.batch == 0 || m.batch > 64 {
+                return Err(invalid(format!("[merge] batch = {} must be within 1..=64", m.batch)));
+            }
+            if m.gate_timeout_ms == 0 || m.max_returns == Some(0) {
+                return Err(invalid("[merge] gate_timeout_ms and max_returns must be positive".into()));
+            }
+            if m.gates.iter().any(|g| g.trim().is_empty()) {
+                return Err(invalid("[merge] a gate is empty".into()));
+            }
+            if m.default_branch.as_deref().is_some_and(|b| git2::Branch::name_is_valid(b) != Ok(true)) {
+                return Err(invalid(format!(
+                    "[merge] default_branch {:?} is not a valid branch name",
+                    m.default_branch
+                )));
+            }
+        }
         Ok(ProjectConfig {
             capacity: raw.capacity,
             claim_timeout_ms: raw.claim_timeout_ms,
@@ -208,7 +297,25 @@ impl ProjectConfig {
             sync_interval_ms: raw.sync_interval_ms,
             epoch_after_changes: raw.epoch_after_changes,
             agents,
+            merge: raw.merge,
         })
+    }
+
+    /// The stages this node works: those with an agent, and `merge` when
+    /// it lands.
+    pub fn stages(&self) -> Vec<Stage> {
+        let mut s: Vec<Stage> = self.agents.keys().copied().collect();
+        if self.merge.is_some() && !s.contains(&Stage::Merge) {
+            s.push(Stage::Merge);
+        }
+        s.sort();
+        s
+    }
+
+    /// How this node lands: `[merge]`, or its defaults when only
+    /// `[agents.merge]` is given.
+    pub fn merge_config(&self) -> MergeConfig {
+        self.merge.clone().unwrap_or_default()
     }
 }
 
@@ -235,5 +342,15 @@ mod tests {
         let e = parse("claim_timeout_ms = 10\n").unwrap_err().to_string();
         assert!(e.contains("3000"), "{e}");
         assert!(parse("colour = 1\n").is_err(), "unknown keys are refused");
+        let m = parse("[merge]\ngates = [\"sh ci.sh\"]\nmethod = \"rebase\"\n").unwrap();
+        assert_eq!(m.stages(), vec![Stage::Merge]);
+        assert_eq!(m.merge_config().method, MergeMethod::Rebase);
+        assert_eq!(m.merge_config().batch, 4);
+        let e = parse("[merge]\nmethod = \"octopus\"\n").unwrap_err().to_string();
+        assert!(e.contains("octopus"), "{e}");
+        let e = parse("[merge]\nbatch = 0\n").unwrap_err().to_string();
+        assert!(e.contains("batch"), "{e}");
+        let e = parse("[merge]\ndefault_branch = \"a..b\"\n").unwrap_err().to_string();
+        assert!(e.contains("default_branch"), "{e}");
     }
 }

@@ -55,13 +55,33 @@ impl Runner {
     pub fn start(&mut self, story: StoryId, title: String, stage: Stage, token: Token, attempt: u32, ctx: RunContext) {
         let (stop_tx, stop_rx) = oneshot::channel();
         self.stops.insert((story.clone(), token), stop_tx);
-        let cmd = self.project.lock().expect("project lock").agents.get(&stage).cloned();
+        let (cmd, lands) = {
+            let p = self.project.lock().expect("project lock");
+            (p.agents.get(&stage).cloned(), p.merge.is_some())
+        };
         let root = self.project_root.clone();
         let node = self.node.clone();
         let inputs = self.inputs.clone();
         let git_creds = self.git_creds.clone();
         self.rt.spawn(async move {
             let finished = match cmd {
+                // A node that lands needs no agent in the merge stage: the
+                // gates decide (landing.rs).
+                None if stage == Stage::Merge && lands => {
+                    // The push that follows needs the story's branch here.
+                    let (root, story, creds) = (root.clone(), story.clone(), git_creds.clone());
+                    let prepared = tokio::task::spawn_blocking(move || {
+                        git::prepare_worktree(&root, story.as_str(), &creds, None).map(|_| ())
+                    })
+                    .await;
+                    match prepared {
+                        Ok(Ok(())) => Some((RunOutcome::Succeeded, RunReport::default())),
+                        Ok(Err(e)) => {
+                            Some((RunOutcome::Failed { reason: format!("worktree: {e}") }, RunReport::default()))
+                        }
+                        Err(e) => Some((RunOutcome::Failed { reason: format!("worktree: {e}") }, RunReport::default())),
+                    }
+                }
                 None => Some((
                     RunOutcome::Failed { reason: format!("no agent configured for stage {stage}") },
                     RunReport::default(),
@@ -114,6 +134,38 @@ impl Runner {
                 Err(e) => Err(PushError::Failed(e.to_string())),
             };
             let _ = inputs.send(Input::PushFinished { story, token, outcome }).await;
+        });
+    }
+
+    /// Lands a batch on the default branch (land.rs); answers with
+    /// `LandFinished`.
+    pub fn land(&self, batch: huskies_engine::landing::BatchId, stories: Vec<huskies_engine::landing::LandStory>) {
+        let root = self.project_root.clone();
+        let inputs = self.inputs.clone();
+        let creds = self.git_creds.clone();
+        let node = self.node.clone();
+        let merge = self.project.lock().expect("project lock").merge_config();
+        self.rt.spawn(async move {
+            let ids: Vec<String> = stories.iter().map(|s| s.id.to_string()).collect();
+            tracing::info!(%batch, stories = %ids.join(" "), "landing");
+            let landed = tokio::task::spawn_blocking(move || {
+                let log = runlog::logs_dir(&root).join(format!("land-{node}-{batch}.log"));
+                let job = crate::land::LandJob {
+                    project_root: &root,
+                    node: node.as_str(),
+                    merge: &merge,
+                    creds: &creds,
+                    log,
+                };
+                crate::land::land(&job, &stories)
+            })
+            .await;
+            let report = landed.unwrap_or_else(|e| huskies_engine::landing::LandReport {
+                result: huskies_engine::landing::LandResult::Failed { reason: format!("landing task: {e}") },
+                ..Default::default()
+            });
+            tracing::info!(%batch, ?report, "landing finished");
+            let _ = inputs.send(Input::LandFinished { batch, report }).await;
         });
     }
 
@@ -207,6 +259,10 @@ impl AgentRun {
             Ok(Err(e)) => return failed(format!("worktree: {e}")),
             Err(e) => return failed(format!("worktree: {e}")),
         };
+        let default_branch = git2::Repository::open(&self.root)
+            .ok()
+            .and_then(|r| crate::land::default_branch(&r, None).ok())
+            .unwrap_or_default();
         let story_file = story_file_path(&self.root, &self.story);
         let written = story_file
             .parent()
@@ -243,6 +299,8 @@ impl AgentRun {
             .env("HUSKIES_ATTEMPT", self.attempt.to_string())
             .env("HUSKIES_NODE", self.node.as_str())
             .env("HUSKIES_WORKTREE", &worktree)
+            .env("HUSKIES_DEFAULT_BRANCH", &default_branch)
+            .env("HUSKIES_LAST_FAILURE", self.ctx.last_failure.as_deref().unwrap_or(""))
             .env("HUSKIES_RESUME", if self.ctx.resume.is_some() { "1" } else { "0" })
             .env("HUSKIES_PREVIOUS_NODE", self.ctx.resume.as_ref().map_or(String::new(), |(n, _)| n.to_string()))
             .env("HUSKIES_PREVIOUS_TOKEN", self.ctx.resume.as_ref().map_or(String::new(), |(_, t)| t.0.to_string()))

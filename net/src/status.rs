@@ -17,6 +17,16 @@ pub struct Counters {
     /// Our pushes a newer claim fenced at the remote.
     #[serde(default)]
     pub fenced: u64,
+    /// Stories this node landed on the default branch, the batches it
+    /// tested, and the stories it sent back (conflict, failed gate).
+    #[serde(default)]
+    pub landed: u64,
+    #[serde(default)]
+    pub land_batches: u64,
+    #[serde(default)]
+    pub land_conflicts: u64,
+    #[serde(default)]
+    pub land_gate_failures: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -55,6 +55,8 @@ pub struct NodeCtx {
     pub dead: Mutex<bool>,
     /// Torn moves so far.
     pub torn: Mutex<u64>,
+    /// How long one build and gate run of a landing takes.
+    pub gate_ms: u64,
 }
 
 fn sim_ms() -> u64 {
@@ -77,8 +79,22 @@ struct SimRun {
     outcome: RunOutcome,
 }
 
+/// A landing the driver works on: built on `base`, its gates done at `due_ms`.
+struct SimLand {
+    batch: huskies_engine::landing::BatchId,
+    stories: Vec<huskies_engine::landing::LandStory>,
+    base: usize,
+    due_ms: u64,
+    tries: u32,
+}
+
+/// Builds and tests a landing loses to a default branch that keeps moving
+/// before it reports failure (as `net::land` does).
+const LAND_TRIES: u32 = 4;
+
 struct SimNode {
     ctx: Arc<NodeCtx>,
+    lands: Vec<SimLand>,
     engine: Engine,
     links: Links,
     runs: BTreeMap<StoryId, SimRun>,
@@ -112,6 +128,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
         links: Links::new(seed as u32, idle),
         engine,
         runs: BTreeMap::new(),
+        lands: Vec::new(),
         later: Vec::new(),
         rng: seed,
         next_publish_ms: 0,
@@ -165,6 +182,7 @@ impl SimNode {
         d = d.min(self.links.next_deadline_ms().unwrap_or(u64::MAX));
         d = d.min(self.runs.values().filter_map(|r| r.finish_at_ms).min().unwrap_or(u64::MAX));
         d = d.min(self.later.iter().map(|(t, _)| *t).min().unwrap_or(u64::MAX));
+        d = d.min(self.lands.iter().map(|l| l.due_ms).min().unwrap_or(u64::MAX));
         if self.ctx.publish_every_ms > 0 {
             d = d.min(self.next_publish_ms);
         }
@@ -218,6 +236,7 @@ impl SimNode {
                 report: Default::default(),
             });
         }
+        self.finish_lands(now);
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later).into_iter().partition(|(t, _)| *t <= now);
         self.later = later;
         for (_, input) in due {
@@ -284,6 +303,41 @@ impl SimNode {
         self.oracle().observe_mesh(&self.ctx.id, mesh);
     }
 
+    /// Landings whose gates are done: they land by compare-and-swap on
+    /// the tip they built on, or build and test again on the new tip.
+    fn finish_lands(&mut self, now: u64) {
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.lands).into_iter().partition(|l| l.due_ms <= now);
+        self.lands = rest;
+        for mut land in due {
+            let draw = self.random();
+            let report = {
+                let mut o = self.oracle();
+                let o = &mut *o;
+                let remote = &o.remote;
+                let fenced = |s: &StoryId, t: Token| remote.tip(s).map(|c| c.0).filter(|tip| *tip > t);
+                o.trunk.land(land.base, &land.stories, draw, fenced)
+            };
+            match report {
+                Some(report) => self.input(Input::LandFinished { batch: land.batch, report }),
+                None if land.tries + 1 >= LAND_TRIES => {
+                    let report = huskies_engine::landing::LandReport {
+                        result: huskies_engine::landing::LandResult::Failed {
+                            reason: "the default branch kept moving".into(),
+                        },
+                        ..Default::default()
+                    };
+                    self.input(Input::LandFinished { batch: land.batch, report });
+                }
+                None => {
+                    land.base = self.oracle().trunk.tip();
+                    land.tries += 1;
+                    land.due_ms = now + self.ctx.gate_ms;
+                    self.lands.push(land);
+                }
+            }
+        }
+    }
+
     fn execute(&mut self, out: Output, now: u64) {
         match out {
             Output::Persist { kind, bytes, .. } => {
@@ -324,6 +378,10 @@ impl SimNode {
                     pushed
                 };
                 self.later.push((now + 20, Input::PushFinished { story, token, outcome }));
+            }
+            Output::Land { batch, stories, .. } => {
+                let base = self.oracle().trunk.tip();
+                self.lands.push(SimLand { batch, stories, base, due_ms: now + self.ctx.gate_ms, tries: 0 });
             }
             Output::InspectWorktree { story, token } => {
                 let committed = self.ctx.worktrees.lock().expect("worktrees lock").get(&story) == Some(&token);

@@ -47,6 +47,19 @@ pub struct Oracle {
     pub remote: huskies_engine::testkit::remote::RemoteModel,
     /// Pushes the remote fenced.
     pub fenced: u64,
+    /// The default branch, with compare-and-swap on its tip.
+    pub trunk: huskies_engine::testkit::trunk::TrunkModel,
+    /// Landing figures: stories landed, sent back, batches, splits, retries.
+    pub landed: u64,
+    pub sent_back: u64,
+    pub batches: u64,
+    pub batch_stories: u64,
+    pub retries: u64,
+    pub splits: u64,
+    /// When each story reached `merge` (first seen there), and when it
+    /// landed: the queue's latency.
+    pub reached_merge_ms: BTreeMap<StoryId, u64>,
+    pub landed_after_ms: Vec<u64>,
     pub views: BTreeMap<NodeId, View>,
     pub starts: u64,
     pub reclaims: u64,
@@ -88,7 +101,10 @@ impl Oracle {
             _ => self.trace_hash.fold(&format!("{head} {out:?}")),
         }
         match out {
-            Output::StartRun { story, .. } => {
+            Output::StartRun { story, stage, .. } => {
+                if *stage == Stage::Current {
+                    self.trunk.work_started(story);
+                }
                 self.starts += 1;
                 let runners = self.running.entry(story.clone()).or_default();
                 runners.insert(node.clone(), now_ms);
@@ -97,7 +113,7 @@ impl Oracle {
                 }
             }
             Output::StopRun { story, .. } => self.run_ended(node, story),
-            Output::Event(e) => self.observe_event(node, e),
+            Output::Event(e) => self.observe_event(now_ms, node, e),
             _ => {}
         }
     }
@@ -139,7 +155,40 @@ impl Oracle {
         }
     }
 
-    fn observe_event(&mut self, node: &NodeId, e: &Event) {
+    /// Landing: a landed commit must be the story's on the default
+    /// branch; figures for the report.
+    fn observe_landing(&mut self, now_ms: u64, node: &NodeId, e: &Event) {
+        match e {
+            Event::StageChanged { story, to: Stage::Merge, .. } | Event::Advanced { story, to: Stage::Merge, .. } => {
+                self.reached_merge_ms.entry(story.clone()).or_insert(now_ms);
+            }
+            Event::Landed { story, commit, .. } => {
+                self.landed += 1;
+                if self.trunk.commit_of(story).as_ref() != Some(commit) {
+                    let on = self.trunk.commit_of(story);
+                    self.violation("SAFETY", format!("{node} says {story} landed in {commit}, the branch has {on:?}"));
+                }
+                if let Some(t) = self.reached_merge_ms.remove(story) {
+                    self.landed_after_ms.push(now_ms.saturating_sub(t));
+                }
+            }
+            Event::SentBack { story, .. } => {
+                self.sent_back += 1;
+                self.trunk.returned(story);
+                self.reached_merge_ms.remove(story);
+            }
+            Event::BatchStarted { size, retry, .. } => {
+                self.batches += 1;
+                self.batch_stories += *size as u64;
+                self.retries += u64::from(*retry);
+            }
+            Event::BatchSplit { .. } => self.splits += 1,
+            _ => {}
+        }
+    }
+
+    fn observe_event(&mut self, now_ms: u64, node: &NodeId, e: &Event) {
+        self.observe_landing(now_ms, node, e);
         match e {
             Event::Claimed { story, stage, token, reclaimed_from } => {
                 self.check_monotonic(node, story, *stage, *token, false);
@@ -207,6 +256,10 @@ impl Oracle {
     /// `cold`: stories in the server's cold storage, archived (they left
     /// the live document at an epoch's cut).
     pub fn check_final(&mut self, worked: &[Stage], cold: &std::collections::BTreeSet<StoryId>) {
+        for v in self.trunk.violations() {
+            self.violation("SAFETY", v);
+        }
+        let on_trunk = self.trunk.landed();
         for (story, commit) in self.remote.lost() {
             self.violation("SAFETY", format!("{story}: the commit of claim {commit:?} is reachable from no ref"));
         }
@@ -235,6 +288,20 @@ impl Oracle {
                 continue;
             }
             let Some(result) = &st.result else { continue };
+            // Done means on the default branch: exactly once, in the
+            // commit the result names.
+            if matches!(st.stage, Stage::Done | Stage::Archived) && !st.removed {
+                let on = self.trunk.commit_of(&s);
+                if on_trunk.get(&s).copied().unwrap_or(0) != 1 || result.landed.is_none() || result.landed != on {
+                    self.violation(
+                        "SAFETY",
+                        format!(
+                            "{s} is {} but the default branch has it in {on:?} (result says {:?})",
+                            st.stage, result.landed
+                        ),
+                    );
+                }
+            }
             // The accepted result was pushed by the node it names, with its
             // token; a story that finished carries that token still (a
             // story that failed for good has since released at higher ones).

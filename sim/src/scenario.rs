@@ -188,6 +188,10 @@ pub struct Scenario {
     /// The server archives done stories this often (0: never); archived
     /// stories leave the live document at the next epoch.
     pub archive_every_ms: u64,
+    /// How stories conflict and gates fail on the default branch.
+    pub trunk: huskies_engine::testkit::trunk::TrunkConfig,
+    /// How long one build and gate run of a landing takes.
+    pub gate_ms: u64,
 }
 
 /// Short timings so a scenario spans seconds of simulated time.
@@ -222,6 +226,8 @@ impl Scenario {
             check_idle_growth: false,
             script: Vec::new(),
             archive_every_ms: 0,
+            trunk: huskies_engine::testkit::trunk::TrunkConfig::calm(0),
+            gate_ms: 50,
         }
     }
 }
@@ -460,7 +466,12 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         ProfileChoice::Fixed(p) => p,
         ProfileChoice::Random => Profile::random(),
     };
-    let oracle = Arc::new(Mutex::new(Oracle::new(s.config.max_mesh_peers)));
+    let mut o = Oracle::new(s.config.max_mesh_peers);
+    o.trunk = huskies_engine::testkit::trunk::TrunkModel::new(huskies_engine::testkit::trunk::TrunkConfig {
+        seed: seed ^ s.trunk.seed,
+        ..s.trunk
+    });
+    let oracle = Arc::new(Mutex::new(o));
     let mut cluster = start_cluster(&s, &profile, &oracle);
     add_stories(&s).await;
     let mut phases = Vec::new();
@@ -532,6 +543,7 @@ fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<Oracle>>) -
             publish_every_ms: s.publish_every_ms,
             want_save_len: Mutex::new(false),
             archive_every_ms: if i == 0 { s.archive_every_ms } else { 0 },
+            gate_ms: s.gate_ms,
             tear_next_epoch: Mutex::new(false),
             dead: Mutex::new(false),
             torn: Mutex::new(0),

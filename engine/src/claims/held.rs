@@ -20,6 +20,10 @@ pub(crate) enum Phase {
     Inspecting,
     Running,
     Pushing,
+    /// Merge stage: pushed, waiting for a landing batch (landing.rs).
+    Queued,
+    /// Merge stage: in the landing batch the driver is working on.
+    Landing,
 }
 
 /// One claim of ours, from claim to result.

@@ -65,6 +65,8 @@ pub struct Harness {
     /// The git remote, modelled as `net::git::push` treats it (shared with
     /// the madsim simulation).
     pub git: huskies_engine::testkit::remote::RemoteModel,
+    /// The default branch, as `net::land` treats it.
+    pub trunk: huskies_engine::testkit::trunk::TrunkModel,
     pub events: Vec<(Millis, usize, Event)>,
     /// StartRun count per (story, stage).
     pub starts: BTreeMap<(StoryId, Stage), u32>,
@@ -111,6 +113,9 @@ impl Harness {
             cut: BTreeSet::new(),
             remote: Vec::new(),
             git: Default::default(),
+            trunk: huskies_engine::testkit::trunk::TrunkModel::new(huskies_engine::testkit::trunk::TrunkConfig::calm(
+                seed,
+            )),
             events: Vec::new(),
             starts: BTreeMap::new(),
             trace_hash: Default::default(),
@@ -327,6 +332,9 @@ impl Harness {
             Output::HangUp { conn } => self.drop_link(i, conn, false),
             Output::StartRun { story, stage, token, .. } => {
                 *self.starts.entry((story.clone(), stage)).or_default() += 1;
+                if stage == huskies_engine::Stage::Current {
+                    self.trunk.work_started(&story);
+                }
                 let node = self.nodes[i].id.clone();
                 self.git.run_started(&story, token, &node);
                 // Draws hashed from (seed, story, token): a run's fate does
@@ -358,8 +366,28 @@ impl Harness {
             Output::InspectWorktree { story, token } => {
                 self.schedule(i, Input::WorktreeInspected { story, token, committed: false }, 1);
             }
+            Output::Land { batch, stories, .. } => {
+                // Landed at once on the tip as it is (the harness models no
+                // gate time, so no compare-and-swap is ever lost).
+                let git = &self.git;
+                let fenced = |s: &StoryId, t: Token| git.tip(s).map(|c| c.0).filter(|tip| *tip > t);
+                let draw = stable_hash(&[
+                    b"flaky",
+                    &self.seed.to_be_bytes(),
+                    &batch.0.to_be_bytes(),
+                    &(i as u64).to_be_bytes(),
+                ]);
+                let tip = self.trunk.tip();
+                let report = self.trunk.land(tip, &stories, draw, fenced).expect("the tip it just read");
+                self.schedule(i, Input::LandFinished { batch, report }, 1);
+            }
             Output::PruneWorktree { .. } | Output::Reply { .. } => {}
-            Output::Event(e) => self.events.push((self.now, i, e)),
+            Output::Event(e) => {
+                if let huskies_engine::Event::SentBack { story, .. } = &e {
+                    self.trunk.returned(story);
+                }
+                self.events.push((self.now, i, e))
+            }
         }
     }
 

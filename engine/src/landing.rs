@@ -1,0 +1,327 @@
+//! Landing: the merge stage puts stories on the default branch.
+//!
+//! A merge-stage run ends, like every other, with a push of the story's
+//! branch under its claim (the remote fences a superseded claim there).
+//! Then, instead of advancing, the story waits in [`Phase::Queued`] for a
+//! batch. The `Train` part forms batches of our queued stories, in queue
+//! order, and hands each to the driver as one [`Output::Land`]: build the
+//! default branch's tip plus every story, run the gates, move the default
+//! branch by compare-and-swap to exactly the tree tested. The answer
+//! decides each story:
+//!
+//! - landed: `done`, its landed commit in the result;
+//! - conflicting with the default branch, or failing the gates alone:
+//!   back to `current` with the reason, for its agent to fix; after
+//!   `max_returns` returns it is given up;
+//! - fenced (a newer claim holds its branch at the remote): dropped, as
+//!   any fenced run;
+//! - the remote failed: a failed attempt, as any failed push.
+//!
+//! A batch that fails its gates is retried once as it is (gates can be
+//! flaky), then split in two halves tested one after the other (bors). A
+//! single story that fails goes back at once: a story known bad is never
+//! tested again until its agent has changed it.
+
+use std::collections::VecDeque;
+
+use crate::claims::Phase;
+use crate::runs::RunOutcomeKind;
+use crate::story::short_reason;
+use crate::{Engine, Event, Millis, Output, Stage, StoryId, Token};
+
+/// Numbers a landing batch of one node (from 1, per incarnation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BatchId(pub u64);
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "b{}", self.0)
+    }
+}
+
+/// One story of a landing batch, in the order it goes onto the branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LandStory {
+    pub id: StoryId,
+    /// The merge claim it lands under (named in the landed commit).
+    pub token: Token,
+    pub title: String,
+}
+
+/// What became of a batch: given with [`crate::Input::LandFinished`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LandReport {
+    /// The default-branch commit the last build was made on.
+    pub base: String,
+    /// Stories left out before the gates ran: they do not apply cleanly on
+    /// the default branch (with the stories ahead of them). The reason
+    /// names the base commit and the conflicting files.
+    pub conflicts: Vec<(StoryId, String)>,
+    /// Stories whose branch at the remote carries a newer claim than the
+    /// one they were to land under: never landed by this batch.
+    pub fenced: Vec<(StoryId, Token)>,
+    /// Stories that apply on the default branch but conflict with a story
+    /// ahead of them in the batch: they wait for the next batch (built on
+    /// a tip that holds the one ahead, where a conflict is real).
+    pub deferred: Vec<StoryId>,
+    pub result: LandResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LandResult {
+    /// The stories of the batch not listed as conflicting or fenced are on
+    /// the default branch, each in the commit given (landed now, or found
+    /// landed before: a story never lands twice).
+    Landed { commits: Vec<(StoryId, String)> },
+    /// A gate failed on the default branch plus the batch; nothing landed.
+    GateFailed { gate: String, output_tail: String },
+    /// Nothing landed for another reason (the remote could not be reached,
+    /// or kept moving): a failed attempt of each story.
+    Failed { reason: String },
+}
+
+impl Default for LandResult {
+    fn default() -> Self {
+        LandResult::Landed { commits: Vec::new() }
+    }
+}
+
+/// The batch the driver is landing.
+#[derive(Debug, Clone)]
+struct Batch {
+    id: BatchId,
+    stories: Vec<StoryId>,
+    /// Failed its gates once and was handed over again as it was.
+    retried: bool,
+    /// A half of a split batch: bisected further, never retried.
+    split: bool,
+}
+
+/// The `Train` part: the batch in flight, halves of split batches waiting
+/// their turn, and when our first queued story began waiting.
+#[derive(Debug, Default)]
+pub(crate) struct Train {
+    next_id: u64,
+    in_flight: Option<Batch>,
+    halves: VecDeque<Vec<StoryId>>,
+    waiting_since: Option<Millis>,
+}
+
+impl Train {
+    fn allocate(&mut self) -> BatchId {
+        self.next_id += 1;
+        BatchId(self.next_id)
+    }
+
+    /// Stories of the batch in flight.
+    pub fn in_flight(&self) -> impl Iterator<Item = &StoryId> {
+        self.in_flight.iter().flat_map(|b| b.stories.iter())
+    }
+}
+
+impl Engine {
+    /// Forms the next batch of our queued stories, if none is in flight.
+    /// Waits up to `land_batch_wait_ms` while merge runs of ours are still
+    /// on their way, so that stories claimed together land together.
+    pub(crate) fn form_landing_batch(&mut self) {
+        if let Some(b) = &self.train.in_flight {
+            if b.stories.iter().any(|id| self.landing_run(id).is_some()) {
+                return;
+            }
+            // Every story of it ended otherwise (expired, lost, moved):
+            // the driver's answer, if it comes, is stale.
+            self.train.in_flight = None;
+        }
+        let queued: Vec<StoryId> =
+            self.claims.runs().filter(|(_, r)| r.phase == Phase::Queued).map(|(id, _)| id.clone()).collect();
+        if queued.is_empty() {
+            self.train.waiting_since = None;
+            self.train.halves.clear();
+            return;
+        }
+        let (stories, split) = match self.next_half(&queued) {
+            Some(half) => (half, true),
+            None => {
+                let since = *self.train.waiting_since.get_or_insert(self.now);
+                let on_the_way = self.claims.runs().any(|(_, r)| {
+                    r.stage == Stage::Merge && matches!(r.phase, Phase::Settling | Phase::Running | Phase::Pushing)
+                });
+                let full = queued.len() >= self.config.land_batch;
+                if on_the_way && !full && self.now.saturating_sub(since) < self.config.land_batch_wait_ms {
+                    return;
+                }
+                let mut order: Vec<_> = queued
+                    .into_iter()
+                    .map(|id| {
+                        let v = self.index.known(&id);
+                        ((std::cmp::Reverse(v.priority), v.created_ms), id)
+                    })
+                    .collect();
+                order.sort();
+                (order.into_iter().take(self.config.land_batch).map(|(_, id)| id).collect(), false)
+            }
+        };
+        self.train.waiting_since = None;
+        self.start_batch(stories, false, split);
+    }
+
+    /// The next waiting half whose stories are still queued here.
+    fn next_half(&mut self, queued: &[StoryId]) -> Option<Vec<StoryId>> {
+        while let Some(mut half) = self.train.halves.pop_front() {
+            half.retain(|id| queued.contains(id));
+            if !half.is_empty() {
+                return Some(half);
+            }
+        }
+        None
+    }
+
+    fn start_batch(&mut self, stories: Vec<StoryId>, retry: bool, split: bool) {
+        assert!(!stories.is_empty() && stories.len() <= self.config.land_batch, "a batch of {}", stories.len());
+        assert!(self.train.in_flight.is_none(), "a second batch in flight");
+        let id = self.train.allocate();
+        let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(Stage::Merge));
+        let mut land = Vec::with_capacity(stories.len());
+        for story in &stories {
+            let token = self.claims.run(story).map(|r| r.token).expect("a batch of queued runs");
+            self.claims.enter(story, token, Phase::Landing, deadline);
+            land.push(crate::landing::LandStory {
+                id: story.clone(),
+                token,
+                title: self.index.known(story).title.clone(),
+            });
+        }
+        self.train.in_flight = Some(Batch { id, stories, retried: retry, split });
+        self.emit(Event::BatchStarted { batch: id, size: land.len(), retry });
+        self.pending.push(Output::Land { batch: id, stories: land, retry });
+    }
+
+    /// When a waiting batch stops waiting for more stories.
+    pub(crate) fn next_batch_at(&self) -> Option<Millis> {
+        let since = self.train.waiting_since?;
+        self.train.in_flight.is_none().then(|| since.saturating_add_ms(self.config.land_batch_wait_ms))
+    }
+
+    /// Our run of `story`, if it is landing.
+    fn landing_run(&self, story: &StoryId) -> Option<Token> {
+        self.claims.run(story).filter(|r| r.phase == Phase::Landing).map(|r| r.token)
+    }
+
+    pub(crate) fn handle_land_finished(&mut self, batch: BatchId, report: LandReport) {
+        if self.train.in_flight.as_ref().is_none_or(|b| b.id != batch) {
+            return;
+        }
+        let Some(b) = self.train.in_flight.take() else { return };
+        // Stories whose claim ended meanwhile are not ours to decide.
+        let live: Vec<StoryId> = b.stories.iter().filter(|id| self.landing_run(id).is_some()).cloned().collect();
+        for id in b.stories.iter().filter(|id| !live.contains(id)) {
+            self.emit(Event::StaleResult { story: id.clone(), token: Token(0) });
+        }
+        let mut rest = live.clone();
+        for (id, by) in &report.fenced {
+            if rest.contains(id) {
+                rest.retain(|s| s != id);
+                let kept = format!("the story's branch at the remote (claim {})", by.0);
+                self.fenced(id, crate::PushError::Fenced { by_token: Some(*by), kept });
+            }
+        }
+        for id in &report.deferred {
+            if rest.contains(id) {
+                rest.retain(|s| s != id);
+                let token = self.landing_run(id).expect("live stories are landing");
+                let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(Stage::Merge));
+                self.claims.enter(id, token, Phase::Queued, deadline);
+            }
+        }
+        for (id, reason) in &report.conflicts {
+            if rest.contains(id) {
+                rest.retain(|s| s != id);
+                self.send_back(id, reason);
+            }
+        }
+        match report.result {
+            LandResult::Landed { commits } => {
+                for id in rest {
+                    match commits.iter().find(|(s, _)| *s == id) {
+                        Some((_, commit)) => self.advance_landed(&id, commit.clone()),
+                        None => self.fail(&id, "landing reported nothing of this story".into()),
+                    }
+                }
+            }
+            LandResult::GateFailed { gate, output_tail } => {
+                let base = report.base.get(..12).unwrap_or(&report.base);
+                let reason =
+                    format!("gate `{gate}` failed on the default branch at {base} with this story: {output_tail}");
+                self.gate_failed(b, rest, reason);
+            }
+            LandResult::Failed { reason } => {
+                for id in rest {
+                    self.fail(&id, format!("landing: {reason}"));
+                }
+            }
+        }
+        self.form_landing_batch();
+    }
+
+    /// The gates failed on `rest`: one story goes back; a batch is retried
+    /// once, then split.
+    fn gate_failed(&mut self, b: Batch, mut rest: Vec<StoryId>, reason: String) {
+        for id in &rest {
+            let token = self.landing_run(id).expect("live stories are landing");
+            // Back in line; a new batch enters Landing again.
+            let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(Stage::Merge));
+            self.claims.enter(id, token, Phase::Queued, deadline);
+        }
+        match rest.len() {
+            0 => {}
+            1 => self.send_back(&rest[0], &reason),
+            _ if !b.retried && !b.split => self.start_batch(rest, true, false),
+            n => {
+                self.emit(Event::BatchSplit { batch: b.id, size: n });
+                let second = rest.split_off(n / 2);
+                self.train.halves.push_front(second);
+                self.train.halves.push_front(rest);
+            }
+        }
+    }
+
+    /// Landing sent the story back: to `current` with the reason, for its
+    /// agent to fix, or given up after `max_returns` returns.
+    pub(crate) fn send_back(&mut self, story: &StoryId, reason: &str) {
+        let Some(run) = self.claims.end(story) else { return };
+        let mut state = self.index.known(story).state.clone();
+        assert_eq!(state.token, run.token, "sending {story} back under a superseded token");
+        assert_eq!(state.holder.as_ref(), Some(&self.node), "sending {story} back, which we do not hold");
+        state.holder = None;
+        state.token = state.token.next();
+        state.attempts = 0;
+        state.returns = state.returns.saturating_add(1);
+        let gave_up = state.returns >= self.config.max_returns;
+        if gave_up {
+            state.failed = true;
+            state.reason = Some(short_reason(&format!("gave up after {} returns: {reason}", state.returns)));
+        } else {
+            state.stage = Stage::Current;
+            state.reason = Some(short_reason(reason));
+        }
+        let (token, returns) = (state.token, state.returns);
+        self.write_state(story, state);
+        self.record_run(story, &run, RunOutcomeKind::Returned, Some(short_reason(reason)));
+        self.emit(Event::SentBack { story: story.clone(), token, returns, gave_up, reason: reason.to_owned() });
+    }
+
+    /// The train's invariants: a landing run is in the batch in flight.
+    pub(crate) fn check_train(&self) {
+        for (id, r) in self.claims.runs() {
+            if r.phase == Phase::Landing {
+                assert!(self.train.in_flight().any(|s| s == id), "{id} landing outside the batch in flight");
+            }
+            if matches!(r.phase, Phase::Queued | Phase::Landing) {
+                assert_eq!(r.stage, Stage::Merge, "{id} queued to land from {}", r.stage);
+            }
+        }
+        if let Some(b) = &self.train.in_flight {
+            assert!(b.stories.len() <= self.config.land_batch, "a batch over the limit");
+        }
+    }
+}

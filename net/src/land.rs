@@ -1,0 +1,452 @@
+//! Landing a batch of stories on the default branch (blocking: run it on a
+//! blocking thread). The engine decides what to land; this does it:
+//!
+//! 1. fetch; the tip of `origin/<default>` is the base;
+//! 2. a story already on the branch (its `Huskies-Landed` trailer within
+//!    the last [`LANDED_SCAN`] first-parent commits) is reported with that
+//!    commit and never applied again;
+//! 3. a story whose branch at the remote carries a newer claim than the
+//!    landing's is fenced: a superseded merger never lands stale work;
+//! 4. each other story is applied on top, in order (squash, merge or
+//!    rebase, all in memory); one that conflicts with the base is sent
+//!    back with the files, one that conflicts only with a story ahead of
+//!    it in the batch waits for the next batch;
+//! 5. the gates run in a scratch worktree of the result;
+//! 6. the default branch moves to exactly that commit by a push leased on
+//!    the base (never forced past anything it did not test); if the base
+//!    moved meanwhile, all of it again on the new tip.
+
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use git2::{Oid, Repository};
+use huskies_engine::landing::{LandReport, LandResult, LandStory};
+use huskies_engine::{StoryId, Token};
+
+use crate::git::{self, GitError};
+use crate::gitauth::GitCredentials;
+use crate::project::{MergeConfig, MergeMethod};
+
+/// The trailer of every landed commit: `Huskies-Landed: <story> <token>`.
+pub const LANDED_TRAILER: &str = "Huskies-Landed:";
+/// First-parent commits of the default branch searched for a story's
+/// trailer before landing it.
+const LANDED_SCAN: usize = 20_000;
+/// Builds a landing loses to a default branch that keeps moving before it
+/// reports failure.
+const LAND_TRIES: u32 = 4;
+/// Bytes of a failing gate's output given back with the story.
+const GATE_TAIL: usize = 1_500;
+
+/// What one landing needs besides the stories.
+pub struct LandJob<'a> {
+    pub project_root: &'a Path,
+    pub node: &'a str,
+    pub merge: &'a MergeConfig,
+    pub creds: &'a GitCredentials,
+    /// Where the gates' output goes.
+    pub log: PathBuf,
+}
+
+/// The default branch: configured, else what the remote's HEAD names,
+/// else `main` or `master`.
+pub fn default_branch(repo: &Repository, configured: Option<&str>) -> Result<String, GitError> {
+    if let Some(b) = configured {
+        return Ok(b.to_owned());
+    }
+    if let Ok(r) = repo.find_reference("refs/remotes/origin/HEAD")
+        && let Ok(Some(target)) = r.symbolic_target()
+        && let Some(name) = target.strip_prefix("refs/remotes/origin/")
+    {
+        return Ok(name.to_owned());
+    }
+    for name in ["main", "master"] {
+        if repo.refname_to_id(&format!("refs/remotes/origin/{name}")).is_ok() {
+            return Ok(name.to_owned());
+        }
+    }
+    Err(GitError::Git(git2::Error::from_str(
+        "no default branch at the remote (origin/HEAD, main or master); set [merge] default_branch",
+    )))
+}
+
+/// The story and token of a landed commit's trailer.
+pub fn landed_of(message: &str) -> Option<(&str, u64)> {
+    message.lines().rev().find_map(|l| {
+        let mut w = l.strip_prefix(LANDED_TRAILER)?.split_whitespace();
+        let story = w.next()?;
+        Some((story, w.next()?.parse().ok()?))
+    })
+}
+
+/// Lands `stories`, in order. Never panics on what the remote holds.
+pub fn land(job: &LandJob<'_>, stories: &[LandStory]) -> LandReport {
+    match land_tries(job, stories) {
+        Ok(report) => report,
+        Err(e) => LandReport { result: LandResult::Failed { reason: e.to_string() }, ..LandReport::default() },
+    }
+}
+
+fn land_tries(job: &LandJob<'_>, stories: &[LandStory]) -> Result<LandReport, GitError> {
+    let repo = Repository::open(job.project_root)?;
+    for _ in 0..LAND_TRIES {
+        git::fetch(&repo, job.creds)?;
+        let branch = default_branch(&repo, job.merge.default_branch.as_deref())?;
+        let tracking = format!("refs/remotes/origin/{branch}");
+        let base = repo.refname_to_id(&tracking).map_err(|_| {
+            GitError::Git(git2::Error::from_str(&format!("the remote has no branch {branch} to land on")))
+        })?;
+        let built = build(&repo, job, &branch, base, stories)?;
+        let mut report = built.report;
+        let Some(tip) = built.tip else {
+            report.result = LandResult::Landed { commits: built.commits };
+            return Ok(report);
+        };
+        if let Some((gate, output_tail)) = run_gates(&repo, job, base, tip, stories)? {
+            report.result = LandResult::GateFailed { gate, output_tail };
+            return Ok(report);
+        }
+        let local = format!("refs/huskies/land/{}", job.node);
+        repo.reference(&local, tip, true, "huskies: tested landing")?;
+        let dst = format!("refs/heads/{branch}");
+        let mut remote = repo.find_remote("origin")?;
+        match git::push_leased(&repo, &mut remote, job.creds, &[(local, dst, base)])? {
+            Ok(()) => {
+                repo.reference(&tracking, tip, true, "huskies: landed")?;
+                report.result = LandResult::Landed { commits: built.commits };
+                return Ok(report);
+            }
+            Err(why) => tracing::info!(%why, "the default branch moved while the gates ran; building on the new tip"),
+        }
+    }
+    Err(GitError::Contended { branch: job.merge.default_branch.clone().unwrap_or_default(), tries: LAND_TRIES })
+}
+
+/// A batch applied on the base, in memory.
+struct Built {
+    report: LandReport,
+    /// Every story of the batch that is (or will be, with `tip`) on the
+    /// branch, with its commit.
+    commits: Vec<(StoryId, String)>,
+    /// The commit to test and land; `None` when nothing new applied.
+    tip: Option<Oid>,
+}
+
+fn build(
+    repo: &Repository,
+    job: &LandJob<'_>,
+    branch: &str,
+    base: Oid,
+    stories: &[LandStory],
+) -> Result<Built, GitError> {
+    let mut report = LandReport { base: base.to_string(), ..LandReport::default() };
+    let landed = landed_before(repo, base, stories)?;
+    let mut commits = Vec::new();
+    let mut cur = base;
+    let short = &report.base[..12.min(report.base.len())];
+    for s in stories {
+        if let Some(c) = landed.iter().find(|(id, _)| *id == s.id.as_str()).map(|(_, c)| *c) {
+            commits.push((s.id.clone(), c.to_string()));
+            continue;
+        }
+        let name = format!("refs/remotes/origin/{}", git::branch_name(s.id.as_str()));
+        let Ok(theirs) = repo.refname_to_id(&name) else {
+            let why = format!("its branch {} is not at the remote; push it again", git::branch_name(s.id.as_str()));
+            report.conflicts.push((s.id.clone(), why));
+            continue;
+        };
+        let story_tip = repo.find_commit(theirs)?;
+        if let Some((t, _)) = git::claim_of(&story_tip, s.id.as_str())
+            && t > s.token.0
+        {
+            report.fenced.push((s.id.clone(), Token(t)));
+            continue;
+        }
+        match apply(repo, job.merge.method, cur, &story_tip, s)? {
+            Ok(next) => {
+                cur = next;
+                commits.push((s.id.clone(), next.to_string()));
+            }
+            Err(files) => {
+                // Against the base alone: a real conflict goes back to its
+                // agent; one with a story ahead in this batch waits.
+                if cur != base && apply(repo, job.merge.method, base, &story_tip, s)?.is_ok() {
+                    report.deferred.push(s.id.clone());
+                    continue;
+                }
+                let why = format!(
+                    "merge conflict with {branch} at {short} in: {files}; merge origin/{branch} into {} and resolve the conflicts in these files",
+                    git::branch_name(s.id.as_str()),
+                    files = files.join(", ")
+                );
+                report.conflicts.push((s.id.clone(), why));
+            }
+        }
+    }
+    Ok(Built { report, commits, tip: (cur != base).then_some(cur) })
+}
+
+/// Stories of the batch whose trailer is on the branch, with the commit.
+fn landed_before<'a>(repo: &Repository, base: Oid, stories: &'a [LandStory]) -> Result<Vec<(&'a str, Oid)>, GitError> {
+    let mut found = Vec::new();
+    let mut walk = repo.revwalk()?;
+    walk.push(base)?;
+    walk.simplify_first_parent()?;
+    for oid in walk.take(LANDED_SCAN) {
+        let oid = oid?;
+        let commit = repo.find_commit(oid)?;
+        let Some((story, _)) = commit.message().ok().and_then(landed_of) else { continue };
+        if let Some(s) = stories.iter().find(|s| s.id.as_str() == story)
+            && !found.iter().any(|(id, _)| *id == s.id.as_str())
+        {
+            found.push((s.id.as_str(), oid));
+        }
+        if found.len() == stories.len() {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+fn signature(repo: &Repository) -> Result<git2::Signature<'static>, git2::Error> {
+    let _ = repo;
+    git2::Signature::now("huskies", "huskies@localhost")
+}
+
+/// The story's author: that of its newest commit not made by huskies.
+fn author_of<'r>(repo: &'r Repository, tip: &git2::Commit<'r>, base: Oid) -> Option<git2::Signature<'static>> {
+    let mut walk = repo.revwalk().ok()?;
+    walk.push(tip.id()).ok()?;
+    walk.hide(base).ok()?;
+    walk.filter_map(Result::ok)
+        .filter_map(|oid| repo.find_commit(oid).ok())
+        .find(|c| c.author().name().ok() != Some("huskies"))
+        .map(|c| c.author().to_owned())
+}
+
+fn message(s: &LandStory, body: &str) -> String {
+    format!(
+        "{title} ({id})\n\n{body}{trailer} {id} {token}\n",
+        title = s.title,
+        id = s.id,
+        trailer = LANDED_TRAILER,
+        token = s.token.0
+    )
+}
+
+/// Conflicting paths of a merged index.
+fn conflicts(index: &git2::Index) -> Result<Vec<String>, git2::Error> {
+    let mut files = Vec::new();
+    for c in index.conflicts()? {
+        let c = c?;
+        let entry = c.our.or(c.their).or(c.ancestor);
+        if let Some(e) = entry {
+            files.push(String::from_utf8_lossy(&e.path).into_owned());
+        }
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Puts one story on `onto`; `Err(files)` when it conflicts there.
+fn apply(
+    repo: &Repository,
+    method: MergeMethod,
+    onto: Oid,
+    story: &git2::Commit<'_>,
+    s: &LandStory,
+) -> Result<Result<Oid, Vec<String>>, GitError> {
+    let onto_commit = repo.find_commit(onto)?;
+    let sig = signature(repo)?;
+    let author = author_of(repo, story, onto).unwrap_or_else(|| sig.clone());
+    match method {
+        MergeMethod::Squash | MergeMethod::Merge => {
+            let mut index = repo.merge_commits(&onto_commit, story, None)?;
+            if index.has_conflicts() {
+                return Ok(Err(conflicts(&index)?));
+            }
+            let tree = repo.find_tree(index.write_tree_to(repo)?)?;
+            let from = git::branch_name(s.id.as_str());
+            let oid = if method == MergeMethod::Squash {
+                let msg = message(s, &format!("Squashed from {from} by huskies.\n\n"));
+                repo.commit(None, &author, &sig, &msg, &tree, &[&onto_commit])?
+            } else {
+                let msg = message(s, &format!("Merge {from} by huskies.\n\n"));
+                repo.commit(None, &author, &sig, &msg, &tree, &[&onto_commit, story])?
+            };
+            Ok(Ok(oid))
+        }
+        MergeMethod::Rebase => {
+            let mut walk = repo.revwalk()?;
+            walk.push(story.id())?;
+            walk.hide(onto)?;
+            walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
+            let mut cur = onto_commit;
+            for oid in walk {
+                let c = repo.find_commit(oid?)?;
+                // Seals (empty commits of huskies) and merges carry nothing
+                // a replay needs.
+                if c.parent_count() != 1 || c.parent(0).is_ok_and(|p| p.tree_id() == c.tree_id()) {
+                    continue;
+                }
+                let mut index = repo.cherrypick_commit(&c, &cur, 0, None)?;
+                if index.has_conflicts() {
+                    return Ok(Err(conflicts(&index)?));
+                }
+                let tree = repo.find_tree(index.write_tree_to(repo)?)?;
+                let msg = c.message().unwrap_or("").trim_end().to_owned() + "\n";
+                let oid = repo.commit(None, &c.author(), &sig, &msg, &tree, &[&cur])?;
+                cur = repo.find_commit(oid)?;
+            }
+            // The trailer goes on an empty commit of its own, so that every
+            // landed story is found by one line whatever its commits said.
+            let msg = message(s, &format!("Rebased from {} by huskies.\n\n", git::branch_name(s.id.as_str())));
+            let tree = cur.tree()?;
+            let oid = repo.commit(None, &author, &sig, &msg, &tree, &[&cur])?;
+            Ok(Ok(oid))
+        }
+    }
+}
+
+/// Checks `tip` out in this node's scratch worktree and runs the gates
+/// there; `Some((gate, tail))` for the first that fails.
+fn run_gates(
+    repo: &Repository,
+    job: &LandJob<'_>,
+    base: Oid,
+    tip: Oid,
+    stories: &[LandStory],
+) -> Result<Option<(String, String)>, GitError> {
+    if job.merge.gates.is_empty() {
+        return Ok(None);
+    }
+    let dir = scratch_worktree(repo, job, tip)?;
+    if let Some(parent) = job.log.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| GitError::Io {
+            what: "making",
+            path: parent.into(),
+            source,
+        })?;
+    }
+    let ids: Vec<&str> = stories.iter().map(|s| s.id.as_str()).collect();
+    for gate in &job.merge.gates {
+        let log = std::fs::File::create(&job.log).map_err(|source| GitError::Io {
+            what: "creating",
+            path: job.log.clone(),
+            source,
+        })?;
+        let err = log.try_clone().map_err(|source| GitError::Io { what: "opening", path: job.log.clone(), source })?;
+        let mut cmd = std::process::Command::new("sh");
+        for var in crate::runner::SECRET_VARS.iter().chain(&crate::gitauth::SECRET_VARS) {
+            cmd.env_remove(var);
+        }
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .arg("-c")
+            .arg(gate)
+            .current_dir(&dir)
+            .env("HUSKIES_LAND_BASE", base.to_string())
+            .env("HUSKIES_LAND_TIP", tip.to_string())
+            .env("HUSKIES_LAND_STORIES", ids.join(" "))
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0)
+            .spawn();
+        let passed = match child {
+            Ok(child) => wait_gate(child, Duration::from_millis(job.merge.gate_timeout_ms)),
+            Err(e) => Err(format!("cannot start sh: {e}")),
+        };
+        if let Err(why) = passed {
+            let tail = log_tail(&job.log, GATE_TAIL);
+            return Ok(Some((gate.clone(), format!("{why}\n{tail}"))));
+        }
+    }
+    Ok(None)
+}
+
+/// Waits for a gate; kills its process group past the timeout.
+fn wait_gate(mut child: std::process::Child, timeout: Duration) -> Result<(), String> {
+    #[allow(clippy::disallowed_methods)] // a gate's timeout is wall time
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("exited with {status}")),
+            Ok(None) if started.elapsed() >= timeout => {
+                // SAFETY: kill(2) on the process group the gate leads.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(format!("timed out after {} ms", timeout.as_millis()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting: {e}")),
+        }
+    }
+}
+
+fn log_tail(path: &Path, max: usize) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(std::io::SeekFrom::Start(len.saturating_sub(max as u64)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// This node's scratch worktree (`.huskies/land/<node>`), checked out
+/// at `tip`, detached. Build products the gates leave (ignored files)
+/// stay between landings, so incremental builds stay incremental.
+fn scratch_worktree(repo: &Repository, job: &LandJob<'_>, tip: Oid) -> Result<PathBuf, GitError> {
+    let name = format!("huskies-land-{}", job.node);
+    let path = job.project_root.join(".huskies").join("land").join(job.node);
+    {
+        let _turn = git::WORKTREES.lock().unwrap_or_else(|p| p.into_inner());
+        if repo.find_worktree(&name).is_err() || !path.join(".git").exists() {
+            if let Ok(wt) = repo.find_worktree(&name) {
+                let mut opts = git2::WorktreePruneOptions::new();
+                opts.valid(true).working_tree(true);
+                wt.prune(Some(&mut opts))?;
+            }
+            if path.exists() {
+                std::fs::remove_dir_all(&path).map_err(|source| GitError::Io {
+                    what: "removing",
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| GitError::Io {
+                    what: "making",
+                    path: parent.into(),
+                    source,
+                })?;
+            }
+            let branch = repo.branch(&name, &repo.find_commit(tip)?, true)?;
+            let reference = branch.into_reference();
+            let mut opts = git2::WorktreeAddOptions::new();
+            opts.reference(Some(&reference));
+            repo.worktree(&name, &path, Some(&opts))?;
+        }
+    }
+    let wt = Repository::open(&path)?;
+    wt.set_head_detached(tip)?;
+    let mut co = git2::build::CheckoutBuilder::new();
+    co.force().remove_untracked(true);
+    wt.checkout_head(Some(&mut co))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailer_parses() {
+        assert_eq!(landed_of("t (s1)\n\nbody\n\nHuskies-Landed: s1 7\n"), Some(("s1", 7)));
+        assert_eq!(landed_of("Huskies-Landed: s1 x\n"), None);
+        assert_eq!(landed_of("no trailer"), None);
+    }
+}
