@@ -442,6 +442,153 @@ fn scratch_worktree(repo: &Repository, job: &LandJob<'_>, tip: Oid) -> Result<Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::git::{Claim, prepare_worktree, push};
+
+    /// A repo with one commit, a bare remote, and a clone wired to it.
+    fn fixture(dir: &Path) -> PathBuf {
+        let seed = dir.join("seed");
+        let repo = Repository::init(&seed).unwrap();
+        std::fs::write(seed.join("x.txt"), "one\ntwo\nthree\n").unwrap();
+        let mut idx = repo.index().unwrap();
+        idx.add_path(Path::new("x.txt")).unwrap();
+        let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
+        let remote = dir.join("remote.git");
+        git2::build::RepoBuilder::new().bare(true).clone(seed.to_str().unwrap(), &remote).unwrap();
+        let work = dir.join("work");
+        Repository::clone(remote.to_str().unwrap(), &work).unwrap();
+        work
+    }
+
+    /// A story whose run wrote `files` and pushed under `token`.
+    fn story(work: &Path, id: &str, files: &[(&str, &str)], token: u64) -> LandStory {
+        let creds = GitCredentials::default();
+        let (wt, base, _) = prepare_worktree(work, id, &creds, None).unwrap();
+        let repo = Repository::open(&wt).unwrap();
+        let mut idx = repo.index().unwrap();
+        for (f, text) in files {
+            std::fs::write(wt.join(f), text).unwrap();
+            idx.add_path(Path::new(f)).unwrap();
+        }
+        let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("agent", "agent@example.com").unwrap();
+        let parent = repo.find_commit(base).unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, &format!("work on {id}"), &tree, &[&parent]).unwrap();
+        push(work, id, Claim { stage: "merge", token, node: "n1" }, &creds).unwrap();
+        LandStory { id: StoryId::new(id).unwrap(), token: Token(token), title: format!("story {id}") }
+    }
+
+    fn job<'a>(work: &'a Path, merge: &'a MergeConfig, creds: &'a GitCredentials) -> LandJob<'a> {
+        LandJob { project_root: work, node: "n1", merge, creds, log: work.join(".huskies/logs/land.log") }
+    }
+
+    fn main_tip(dir: &Path) -> Oid {
+        Repository::open_bare(dir.join("remote.git")).unwrap().refname_to_id("refs/heads/master").unwrap()
+    }
+
+    fn file_on_main(dir: &Path, path: &str) -> Option<String> {
+        let repo = Repository::open_bare(dir.join("remote.git")).unwrap();
+        let tree = repo.find_commit(main_tip(dir)).unwrap().tree().unwrap();
+        let entry = tree.get_path(Path::new(path)).ok()?;
+        let blob = repo.find_blob(entry.id()).unwrap();
+        Some(String::from_utf8_lossy(blob.content()).into_owned())
+    }
+
+    fn landed(report: &LandReport) -> Vec<&str> {
+        match &report.result {
+            LandResult::Landed { commits } => commits.iter().map(|(s, _)| s.as_str()).collect(),
+            other => panic!("not landed: {other:?} ({report:?})"),
+        }
+    }
+
+    /// Two stories land in one squash commit each, gated; a story that
+    /// edits what landed meanwhile is sent back with the file; landing a
+    /// story again finds it and moves nothing; a gate failure and a newer
+    /// claim at the remote move nothing either.
+    #[test]
+    fn lands_sends_back_and_never_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = fixture(dir.path());
+        let creds = GitCredentials::default();
+        let merge = MergeConfig { gates: vec!["test ! -e bad".into()], ..MergeConfig::default() };
+        let before = main_tip(dir.path());
+        let a = story(&work, "a", &[("x.txt", "one\nTWO by a\nthree\n")], 3);
+        let b = story(&work, "b", &[("y.txt", "b\n")], 3);
+        let c = story(&work, "c", &[("x.txt", "one\ntwo by c\nthree\n")], 3);
+        let report = land(&job(&work, &merge, &creds), &[a.clone(), b.clone()]);
+        assert_eq!(landed(&report), vec!["a", "b"]);
+        assert_eq!(report.base, before.to_string());
+        let tip = main_tip(dir.path());
+        let remote = Repository::open_bare(dir.path().join("remote.git")).unwrap();
+        let top = remote.find_commit(tip).unwrap();
+        assert_eq!(landed_of(top.message().unwrap()), Some(("b", 3)));
+        assert_eq!(top.parent(0).unwrap().parent_id(0).unwrap(), before, "one commit per story on the old tip");
+        assert_eq!(file_on_main(dir.path(), "x.txt").as_deref(), Some("one\nTWO by a\nthree\n"));
+        assert_eq!(top.parent(0).unwrap().author().name().ok(), Some("agent"), "the story's author is kept");
+
+        let report = land(&job(&work, &merge, &creds), std::slice::from_ref(&c));
+        assert_eq!(report.conflicts.len(), 1, "{report:?}");
+        assert!(report.conflicts[0].1.contains("x.txt") && report.conflicts[0].1.contains("merge origin/master"));
+        assert_eq!(main_tip(dir.path()), tip);
+
+        let again = land(&job(&work, &merge, &creds), std::slice::from_ref(&a));
+        assert_eq!(landed(&again), vec!["a"]);
+        assert_eq!(main_tip(dir.path()), tip, "landed once");
+
+        let d = story(&work, "d", &[("bad", "x\n")], 4);
+        let report = land(&job(&work, &merge, &creds), std::slice::from_ref(&d));
+        assert!(matches!(&report.result, LandResult::GateFailed { gate, .. } if gate == "test ! -e bad"), "{report:?}");
+        assert_eq!(main_tip(dir.path()), tip);
+
+        let e = story(&work, "e", &[("e.txt", "e\n")], 9);
+        let stale = LandStory { token: Token(5), ..e };
+        let report = land(&job(&work, &merge, &creds), &[stale]);
+        assert_eq!(report.fenced, vec![(StoryId::new("e").unwrap(), Token(9))]);
+        assert_eq!(main_tip(dir.path()), tip);
+    }
+
+    /// A story that conflicts only with one ahead in its batch waits; the
+    /// default branch moving while the gates run makes the landing build
+    /// and test again on the new tip.
+    #[test]
+    fn defers_batch_conflicts_and_rebuilds_on_a_moved_tip() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = fixture(dir.path());
+        let creds = GitCredentials::default();
+        let p = story(&work, "p", &[("z.txt", "p\n")], 2);
+        let q = story(&work, "q", &[("z.txt", "q\n")], 2);
+        let merge = MergeConfig::default();
+        let report = land(&job(&work, &merge, &creds), &[p, q]);
+        assert_eq!(landed(&report), vec!["p"]);
+        assert_eq!(report.deferred, vec![StoryId::new("q").unwrap()]);
+
+        // The gate lands someone else's commit first, once.
+        let other = dir.path().join("other");
+        let o = Repository::clone(dir.path().join("remote.git").to_str().unwrap(), &other).unwrap();
+        std::fs::write(other.join("o.txt"), "o\n").unwrap();
+        let mut idx = o.index().unwrap();
+        idx.add_path(Path::new("o.txt")).unwrap();
+        let tree = o.find_tree(idx.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("o", "o@example.com").unwrap();
+        let parent = o.head().unwrap().peel_to_commit().unwrap();
+        o.commit(Some("HEAD"), &sig, &sig, "meanwhile", &tree, &[&parent]).unwrap();
+        let marker = dir.path().join("pushed-once");
+        let gate = format!(
+            "test -e {m} || (git -C {o} push -q origin HEAD:master && touch {m})",
+            m = marker.display(),
+            o = other.display()
+        );
+        let r = story(&work, "r", &[("r.txt", "r\n")], 2);
+        let merge = MergeConfig { gates: vec![gate], ..MergeConfig::default() };
+        let report = land(&job(&work, &merge, &creds), &[r]);
+        assert_eq!(landed(&report), vec!["r"]);
+        let tip = main_tip(dir.path());
+        let remote = Repository::open_bare(dir.path().join("remote.git")).unwrap();
+        let meanwhile = o.head().unwrap().target().unwrap();
+        assert_eq!(remote.find_commit(tip).unwrap().parent_id(0).unwrap(), meanwhile, "built again on the new tip");
+        assert_eq!(report.base, meanwhile.to_string());
+    }
 
     #[test]
     fn trailer_parses() {
