@@ -90,6 +90,9 @@ impl SignedKind {
     }
 }
 
+/// Root keys of landing cars: `train/<node>`.
+const TRAIN_PREFIX: &str = "train/";
+
 fn epoch_of(am: &AutoCommit) -> u64 {
     match am.get(automerge::ROOT, EPOCH_KEY) {
         Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
@@ -345,6 +348,28 @@ impl Doc {
     pub fn put_signed(&mut self, e: &Signed) {
         let key = format!("{}{}/{}", e.kind.prefix(), e.node.as_str(), hex(&e.key));
         self.am.put(automerge::ROOT, key, hex(&e.sig)).expect("put signed entry");
+        self.commit();
+    }
+
+    /// Every node's landing car (`train/<node>` at the root), as written:
+    /// the caller parses and checks them.
+    pub fn read_trains(&mut self) -> Vec<(NodeId, String)> {
+        let keys: Vec<String> = self.am.keys(automerge::ROOT).filter(|k| k.starts_with(TRAIN_PREFIX)).collect();
+        let mut out = Vec::new();
+        for k in keys {
+            let Ok(node) = NodeId::new(&k[TRAIN_PREFIX.len()..]) else { continue };
+            if let Ok(Some((Value::Scalar(s), _))) = self.am.get(automerge::ROOT, k.as_str())
+                && let ScalarValue::Str(t) = s.as_ref()
+            {
+                out.push((node, t.to_string()));
+            }
+        }
+        out
+    }
+
+    /// Our landing car: a scalar of our own key, so writers never race.
+    pub fn put_train(&mut self, node: &NodeId, value: &str) {
+        self.am.put(automerge::ROOT, format!("{TRAIN_PREFIX}{node}"), value).expect("put train car");
         self.commit();
     }
 

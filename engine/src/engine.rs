@@ -210,6 +210,7 @@ impl Engine {
             self.next_heartbeat_at = self.now.saturating_add_ms(self.config.heartbeat_interval_ms);
         }
         self.start_settled_runs();
+        self.check_ahead();
         self.form_landing_batch();
         if self.now >= self.next_scan_at {
             // Jitter the scan by up to a quarter interval: nodes started

@@ -229,8 +229,19 @@ pub enum Output {
     Land {
         batch: crate::landing::BatchId,
         stories: Vec<crate::landing::LandStory>,
+        /// Stories of other nodes' batches, not landed yet, to build under
+        /// ours (in this order, skipping any found landed): the tree is
+        /// tested as it will be once they land, and ours lands only on the
+        /// commit they become. Empty: build on the default branch's tip.
+        ahead: Vec<crate::landing::LandStory>,
         /// This batch failed its gates once already (a gate may be flaky).
         retry: bool,
+    },
+    /// Stop landing `batch` (a story ahead of it will not land as tested):
+    /// kill its gates, push nothing more, and answer with `LandFinished`
+    /// as soon as possible.
+    CancelLand {
+        batch: crate::landing::BatchId,
     },
     /// Answer with `WorktreeInspected`.
     InspectWorktree {
@@ -361,11 +372,17 @@ pub enum Event {
         gave_up: bool,
         reason: String,
     },
-    /// A landing batch of `size` stories was handed to the driver.
+    /// A landing batch of `size` stories was handed to the driver, built
+    /// on top of `ahead` stories of other nodes' batches.
     BatchStarted {
         batch: crate::landing::BatchId,
         size: usize,
         retry: bool,
+        ahead: usize,
+    },
+    /// A batch was called off: a story ahead of it will not land as tested.
+    BatchCancelled {
+        batch: crate::landing::BatchId,
     },
     /// A batch failed its gates twice (or once, after a split): tested
     /// again in two halves.

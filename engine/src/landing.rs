@@ -64,6 +64,9 @@ pub struct LandReport {
     /// ahead of them in the batch: they wait for the next batch (built on
     /// a tip that holds the one ahead, where a conflict is real).
     pub deferred: Vec<StoryId>,
+    /// The tree tested held stories of another node's batch ahead that
+    /// were not on the default branch yet: a gate failure may be theirs.
+    pub speculative: bool,
     pub result: LandResult,
 }
 
@@ -75,9 +78,13 @@ pub enum LandResult {
     Landed { commits: Vec<(StoryId, String)> },
     /// A gate failed on the default branch plus the batch; nothing landed.
     GateFailed { gate: String, output_tail: String },
-    /// Nothing landed for another reason (the remote could not be reached,
-    /// or kept moving): a failed attempt of each story.
+    /// Nothing landed for another reason (the remote could not be reached):
+    /// a failed attempt of each story.
     Failed { reason: String },
+    /// Nothing landed and nothing is wrong with the stories: the landing
+    /// was called off (`Output::CancelLand`), the batch ahead it built on
+    /// did not land, or the default branch kept moving. They queue again.
+    Retry { reason: String },
 }
 
 impl Default for LandResult {
@@ -86,11 +93,60 @@ impl Default for LandResult {
     }
 }
 
+/// A node's landing batch as the document shows it (`train/<node>`): its
+/// stories, and the stories of other nodes' batches it is tested on top
+/// of. Another merge node builds its own batch on top of the longest such
+/// chain still landing, so several batches are tested at once (Zuul's
+/// speculative train, across machines). Written by its node only; read by
+/// everyone as untrusted data.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Car {
+    pub batch: u64,
+    pub ahead: Vec<(StoryId, Token)>,
+    pub stories: Vec<(StoryId, Token)>,
+}
+
+/// Longest chain of stories a batch is tested on top of.
+pub const MAX_AHEAD: usize = 64;
+/// Largest car a node reads; a bigger one is ignored.
+const MAX_CAR_BYTES: usize = 16 << 10;
+
+impl Car {
+    pub fn encode(&self) -> String {
+        // Plain data with derived impls: serialisation cannot fail.
+        serde_json::to_string(self).expect("a car serialises")
+    }
+
+    /// Another node's car, if well formed and within bounds.
+    pub fn decode(s: &str) -> Option<Car> {
+        if s.len() > MAX_CAR_BYTES {
+            return None;
+        }
+        let car: Car = serde_json::from_str(s).ok()?;
+        (car.ahead.len() <= MAX_AHEAD && car.stories.len() <= MAX_AHEAD).then_some(car)
+    }
+}
+
+/// Where a story of a car ahead stands, by our replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AheadState {
+    /// In `merge`, held under the car's token: still to land.
+    Landing,
+    /// Done (or archived), landed under the car's token.
+    Landed,
+    /// Anything else: that car's batch will not land as tested.
+    Gone,
+}
+
 /// The batch the driver is landing.
 #[derive(Debug, Clone)]
 struct Batch {
     id: BatchId,
     stories: Vec<StoryId>,
+    /// The stories of other batches it is tested on top of.
+    ahead: Vec<(StoryId, Token)>,
+    /// Called off: a story ahead will not land as tested.
+    cancelled: bool,
     /// Failed its gates once and was handed over again as it was.
     retried: bool,
     /// A half of a split batch: bisected further, never retried.
@@ -105,6 +161,9 @@ pub(crate) struct Train {
     in_flight: Option<Batch>,
     halves: VecDeque<Vec<StoryId>>,
     waiting_since: Option<Millis>,
+    /// A chain ahead whose tree failed our gates: not built on again (the
+    /// failure may be ours or theirs; tested alone, ours is known).
+    avoid: Option<Vec<(StoryId, Token)>>,
 }
 
 impl Train {
@@ -165,6 +224,70 @@ impl Engine {
         self.start_batch(stories, false, split);
     }
 
+    /// Where a story of a car ahead stands.
+    fn ahead_state(&self, story: &StoryId, token: Token, node: Option<&crate::NodeId>) -> AheadState {
+        let Some(v) = self.index.story(story) else { return AheadState::Gone };
+        let st = &v.state;
+        let holder_ok = node.is_none_or(|n| st.holder.as_ref() == Some(n));
+        if st.stage == Stage::Merge && st.token == token && holder_ok && !st.failed && !st.removed {
+            return AheadState::Landing;
+        }
+        let landed = st.result.as_ref().is_some_and(|r| r.token == token && r.landed.is_some());
+        if matches!(st.stage, Stage::Done | Stage::Archived) && landed {
+            return AheadState::Landed;
+        }
+        AheadState::Gone
+    }
+
+    /// The stories to test our batch on top of: the longest chain of
+    /// another node's car whose stories are all still landing or landed
+    /// (the landed ones left out), none of them ours.
+    fn chain_ahead(&mut self, own: &[StoryId]) -> Vec<(StoryId, Token)> {
+        let mut best: Vec<(StoryId, Token)> = Vec::new();
+        for (node, raw) in self.doc.read_trains() {
+            if node == self.node {
+                continue;
+            }
+            let Some(car) = Car::decode(&raw) else { continue };
+            let mut pending = Vec::new();
+            let mut whole = true;
+            for (i, (s, t)) in car.ahead.iter().chain(&car.stories).enumerate() {
+                // The car's own stories are held by its node; those ahead
+                // of it by theirs.
+                let holder = (i >= car.ahead.len()).then_some(&node);
+                match self.ahead_state(s, *t, holder) {
+                    _ if own.contains(s) => whole = false,
+                    AheadState::Landing => pending.push((s.clone(), *t)),
+                    AheadState::Landed => {}
+                    AheadState::Gone => whole = false,
+                }
+            }
+            let better = pending.len() > best.len();
+            if whole && better && pending.len() <= MAX_AHEAD && self.train.avoid.as_ref() != Some(&pending) {
+                best = pending;
+            }
+        }
+        best
+    }
+
+    /// Calls off the batch in flight when a story it was tested on top of
+    /// will not land as tested.
+    pub(crate) fn check_ahead(&mut self) {
+        let Some(b) = &self.train.in_flight else { return };
+        if b.cancelled || b.ahead.is_empty() {
+            return;
+        }
+        if b.ahead.iter().all(|(s, t)| self.ahead_state(s, *t, None) != AheadState::Gone) {
+            return;
+        }
+        let id = b.id;
+        if let Some(b) = self.train.in_flight.as_mut() {
+            b.cancelled = true;
+        }
+        self.emit(Event::BatchCancelled { batch: id });
+        self.pending.push(Output::CancelLand { batch: id });
+    }
+
     /// The next waiting half whose stories are still queued here.
     fn next_half(&mut self, queued: &[StoryId]) -> Option<Vec<StoryId>> {
         while let Some(mut half) = self.train.halves.pop_front() {
@@ -182,18 +305,26 @@ impl Engine {
         let id = self.train.allocate();
         let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(Stage::Merge));
         let mut land = Vec::with_capacity(stories.len());
+        let mut car = Car { batch: id.0, ahead: self.chain_ahead(&stories), stories: Vec::new() };
         for story in &stories {
             let token = self.claims.run(story).map(|r| r.token).expect("a batch of queued runs");
             self.claims.enter(story, token, Phase::Landing, deadline);
-            land.push(crate::landing::LandStory {
-                id: story.clone(),
-                token,
-                title: self.index.known(story).title.clone(),
-            });
+            land.push(LandStory { id: story.clone(), token, title: self.index.known(story).title.clone() });
+            car.stories.push((story.clone(), token));
         }
-        self.train.in_flight = Some(Batch { id, stories, retried: retry, split });
-        self.emit(Event::BatchStarted { batch: id, size: land.len(), retry });
-        self.pending.push(Output::Land { batch: id, stories: land, retry });
+        let ahead: Vec<LandStory> = car
+            .ahead
+            .iter()
+            .map(|(s, t)| LandStory { id: s.clone(), token: *t, title: self.index.known(s).title.clone() })
+            .collect();
+        // Others build on this batch only once they can see it.
+        self.doc.put_train(&self.node, &car.encode());
+        self.doc.skip_touched();
+        self.dirty = true;
+        let b = Batch { id, stories, ahead: car.ahead, cancelled: false, retried: retry, split };
+        self.train.in_flight = Some(b);
+        self.emit(Event::BatchStarted { batch: id, size: land.len(), retry, ahead: ahead.len() });
+        self.pending.push(Output::Land { batch: id, stories: land, ahead, retry });
     }
 
     /// When a waiting batch stops waiting for more stories.
@@ -228,9 +359,7 @@ impl Engine {
         for id in &report.deferred {
             if rest.contains(id) {
                 rest.retain(|s| s != id);
-                let token = self.landing_run(id).expect("live stories are landing");
-                let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(Stage::Merge));
-                self.claims.enter(id, token, Phase::Queued, deadline);
+                self.requeue(std::slice::from_ref(id));
             }
         }
         for (id, reason) in &report.conflicts {
@@ -248,6 +377,14 @@ impl Engine {
                     }
                 }
             }
+            // A failure on top of a chain ahead may be theirs: queue again,
+            // and do not build on that chain again.
+            LandResult::GateFailed { .. } if report.speculative || b.cancelled => {
+                if report.speculative {
+                    self.train.avoid = Some(b.ahead.clone());
+                }
+                self.requeue(&rest);
+            }
             LandResult::GateFailed { gate, output_tail } => {
                 let base = report.base.get(..12).unwrap_or(&report.base);
                 let reason =
@@ -259,8 +396,19 @@ impl Engine {
                     self.fail(&id, format!("landing: {reason}"));
                 }
             }
+            LandResult::Retry { .. } => self.requeue(&rest),
         }
         self.form_landing_batch();
+    }
+
+    /// Back in line, no attempt counted.
+    fn requeue(&mut self, stories: &[StoryId]) {
+        let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(Stage::Merge));
+        for id in stories {
+            if let Some(token) = self.landing_run(id) {
+                self.claims.enter(id, token, Phase::Queued, deadline);
+            }
+        }
     }
 
     /// The gates failed on `rest`: one story goes back; a batch is retried
@@ -275,7 +423,9 @@ impl Engine {
         match rest.len() {
             0 => {}
             1 => self.send_back(&rest[0], &reason),
-            _ if !b.retried && !b.split => self.start_batch(rest, true, false),
+            _ if !b.retried && !b.split => {
+                self.start_batch(rest, true, false);
+            }
             n => {
                 self.emit(Event::BatchSplit { batch: b.id, size: n });
                 let second = rest.split_off(n / 2);

@@ -15,9 +15,19 @@
 //! 6. the default branch moves to exactly that commit by a push leased on
 //!    the base (never forced past anything it did not test); if the base
 //!    moved meanwhile, all of it again on the new tip.
+//!
+//! Speculation: a batch may be built on top of stories of other nodes'
+//! batches not landed yet (`ahead`). Their commits are made exactly as
+//! their own node makes them (same parent, tree, message, author and
+//! times: commit ids are equal), so once they land the default branch is
+//! at the very commit this build stacked ours on. The gates run on the
+//! whole stack; the push waits until the branch is at that commit and is
+//! leased on it. Anything else (the batch ahead failed, or the branch went
+//! elsewhere) means build again, or stop when the engine calls it off.
 
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use git2::{Oid, Repository};
@@ -38,6 +48,8 @@ const LANDED_SCAN: usize = 20_000;
 const LAND_TRIES: u32 = 4;
 /// Bytes of a failing gate's output given back with the story.
 const GATE_TAIL: usize = 1_500;
+/// How often a tested batch built on one ahead looks whether that landed.
+const AHEAD_POLL: Duration = Duration::from_secs(1);
 
 /// What one landing needs besides the stories.
 pub struct LandJob<'a> {
@@ -47,6 +59,12 @@ pub struct LandJob<'a> {
     pub creds: &'a GitCredentials,
     /// Where the gates' output goes.
     pub log: PathBuf,
+    /// Set when the engine calls the landing off.
+    pub cancel: &'a AtomicBool,
+}
+
+fn retry(reason: &str) -> LandResult {
+    LandResult::Retry { reason: reason.to_owned() }
 }
 
 /// The default branch: configured, else what the remote's HEAD names,
@@ -80,47 +98,85 @@ pub fn landed_of(message: &str) -> Option<(&str, u64)> {
     })
 }
 
-/// Lands `stories`, in order. Never panics on what the remote holds.
-pub fn land(job: &LandJob<'_>, stories: &[LandStory]) -> LandReport {
-    match land_tries(job, stories) {
+/// Lands `stories`, in order, on top of the stories of `ahead` not landed
+/// yet. Never panics on what the remote holds.
+pub fn land(job: &LandJob<'_>, ahead: &[LandStory], stories: &[LandStory]) -> LandReport {
+    match land_tries(job, ahead, stories) {
         Ok(report) => report,
         Err(e) => LandReport { result: LandResult::Failed { reason: e.to_string() }, ..LandReport::default() },
     }
 }
 
-fn land_tries(job: &LandJob<'_>, stories: &[LandStory]) -> Result<LandReport, GitError> {
+fn land_tries(job: &LandJob<'_>, ahead: &[LandStory], stories: &[LandStory]) -> Result<LandReport, GitError> {
     let repo = Repository::open(job.project_root)?;
-    for _ in 0..LAND_TRIES {
+    'build: for _ in 0..LAND_TRIES {
         git::fetch(&repo, job.creds)?;
         let branch = default_branch(&repo, job.merge.default_branch.as_deref())?;
         let tracking = format!("refs/remotes/origin/{branch}");
         let base = repo.refname_to_id(&tracking).map_err(|_| {
             GitError::Git(git2::Error::from_str(&format!("the remote has no branch {branch} to land on")))
         })?;
-        let built = build(&repo, job, &branch, base, stories)?;
+        let built = build(&repo, job, &branch, base, ahead, stories)?;
         let mut report = built.report;
+        report.speculative = built.expect != base;
         let Some(tip) = built.tip else {
             report.result = LandResult::Landed { commits: built.commits };
             return Ok(report);
         };
-        if let Some((gate, output_tail)) = run_gates(&repo, job, base, tip, stories)? {
-            report.result = LandResult::GateFailed { gate, output_tail };
-            return Ok(report);
-        }
-        let local = format!("refs/huskies/land/{}", job.node);
-        repo.reference(&local, tip, true, "huskies: tested landing")?;
-        let dst = format!("refs/heads/{branch}");
-        let mut remote = repo.find_remote("origin")?;
-        match git::push_leased(&repo, &mut remote, job.creds, &[(local, dst, base)])? {
-            Ok(()) => {
-                repo.reference(&tracking, tip, true, "huskies: landed")?;
-                report.result = LandResult::Landed { commits: built.commits };
+        match run_gates(&repo, job, base, tip, stories)? {
+            GateVerdict::Passed => {}
+            GateVerdict::Cancelled => {
+                report.result = retry("called off");
                 return Ok(report);
             }
-            Err(why) => tracing::info!(%why, "the default branch moved while the gates ran; building on the new tip"),
+            GateVerdict::Failed { gate, tail } => {
+                report.result = LandResult::GateFailed { gate, output_tail: tail };
+                return Ok(report);
+            }
+        }
+        // Until the branch is where our stack starts: the tip we built on,
+        // or (speculating) the commit the batch ahead lands as.
+        #[allow(clippy::disallowed_methods)] // how long we wait is wall time
+        let waiting_since = std::time::Instant::now();
+        let mut at = base;
+        loop {
+            if job.cancel.load(Ordering::Relaxed) {
+                report.result = retry("called off");
+                return Ok(report);
+            }
+            if at == built.expect {
+                let local = format!("refs/huskies/land/{}", job.node);
+                repo.reference(&local, tip, true, "huskies: tested landing")?;
+                let dst = format!("refs/heads/{branch}");
+                let mut remote = repo.find_remote("origin")?;
+                match git::push_leased(&repo, &mut remote, job.creds, &[(local, dst, at)])? {
+                    Ok(()) => {
+                        repo.reference(&tracking, tip, true, "huskies: landed")?;
+                        report.result = LandResult::Landed { commits: built.commits };
+                        return Ok(report);
+                    }
+                    Err(why) => {
+                        tracing::info!(%why, "the default branch moved while the gates ran; building on the new tip");
+                        continue 'build;
+                    }
+                }
+            }
+            // On the way to our stack's start (the batch ahead has not
+            // landed, or landed in part): wait. Anywhere else: build again.
+            let on_the_way = at == base || repo.graph_descendant_of(built.expect, at).unwrap_or(false);
+            if !on_the_way {
+                continue 'build;
+            }
+            if waiting_since.elapsed() > Duration::from_millis(job.merge.gate_timeout_ms) {
+                report.result = retry("the batch ahead did not land");
+                return Ok(report);
+            }
+            std::thread::sleep(AHEAD_POLL);
+            git::fetch(&repo, job.creds)?;
+            at = repo.refname_to_id(&tracking)?;
         }
     }
-    Err(GitError::Contended { branch: job.merge.default_branch.clone().unwrap_or_default(), tries: LAND_TRIES })
+    Ok(LandReport { result: retry("the default branch kept moving"), ..LandReport::default() })
 }
 
 /// A batch applied on the base, in memory.
@@ -131,6 +187,9 @@ struct Built {
     commits: Vec<(StoryId, String)>,
     /// The commit to test and land; `None` when nothing new applied.
     tip: Option<Oid>,
+    /// Where our stories start: the base, or the commit the stories ahead
+    /// make.
+    expect: Oid,
 }
 
 fn build(
@@ -138,25 +197,40 @@ fn build(
     job: &LandJob<'_>,
     branch: &str,
     base: Oid,
+    ahead: &[LandStory],
     stories: &[LandStory],
 ) -> Result<Built, GitError> {
     let mut report = LandReport { base: base.to_string(), ..LandReport::default() };
-    let landed = landed_before(repo, base, stories)?;
+    let all: Vec<LandStory> = ahead.iter().chain(stories).cloned().collect();
+    let landed = landed_before(repo, base, &all)?;
     let mut commits = Vec::new();
     let mut cur = base;
+    // The stories ahead, as their own nodes build them; one that does not
+    // apply is theirs to report, and is left out of the stack.
+    for s in ahead {
+        if landed.iter().any(|(id, _)| *id == s.id.as_str()) {
+            continue;
+        }
+        let Some(story_tip) = story_tip(repo, s) else { continue };
+        if git::claim_of(&story_tip, s.id.as_str()).is_some_and(|(t, _)| t > s.token.0) {
+            continue;
+        }
+        if let Ok(next) = apply(repo, job.merge.method, cur, &story_tip, s)? {
+            cur = next;
+        }
+    }
+    let expect = cur;
     let short = &report.base[..12.min(report.base.len())];
     for s in stories {
         if let Some(c) = landed.iter().find(|(id, _)| *id == s.id.as_str()).map(|(_, c)| *c) {
             commits.push((s.id.clone(), c.to_string()));
             continue;
         }
-        let name = format!("refs/remotes/origin/{}", git::branch_name(s.id.as_str()));
-        let Ok(theirs) = repo.refname_to_id(&name) else {
+        let Some(story_tip) = story_tip(repo, s) else {
             let why = format!("its branch {} is not at the remote; push it again", git::branch_name(s.id.as_str()));
             report.conflicts.push((s.id.clone(), why));
             continue;
         };
-        let story_tip = repo.find_commit(theirs)?;
         if let Some((t, _)) = git::claim_of(&story_tip, s.id.as_str())
             && t > s.token.0
         {
@@ -170,7 +244,7 @@ fn build(
             }
             Err(files) => {
                 // Against the base alone: a real conflict goes back to its
-                // agent; one with a story ahead in this batch waits.
+                // agent; one with a story stacked before it waits.
                 if cur != base && apply(repo, job.merge.method, base, &story_tip, s)?.is_ok() {
                     report.deferred.push(s.id.clone());
                     continue;
@@ -184,7 +258,13 @@ fn build(
             }
         }
     }
-    Ok(Built { report, commits, tip: (cur != base).then_some(cur) })
+    Ok(Built { report, commits, tip: (cur != expect).then_some(cur), expect })
+}
+
+/// The story's branch at the remote, as last fetched.
+fn story_tip<'r>(repo: &'r Repository, s: &LandStory) -> Option<git2::Commit<'r>> {
+    let name = format!("refs/remotes/origin/{}", git::branch_name(s.id.as_str()));
+    repo.refname_to_id(&name).ok().and_then(|oid| repo.find_commit(oid).ok())
 }
 
 /// Stories of the batch whose trailer is on the branch, with the commit.
@@ -209,9 +289,11 @@ fn landed_before<'a>(repo: &Repository, base: Oid, stories: &'a [LandStory]) -> 
     Ok(found)
 }
 
-fn signature(repo: &Repository) -> Result<git2::Signature<'static>, git2::Error> {
-    let _ = repo;
-    git2::Signature::now("huskies", "huskies@localhost")
+/// The committer of landed commits, at the story's own time: every node
+/// that builds a story on the same commit makes the same commit id, which
+/// is what lets a batch be tested on top of another node's.
+fn signature(story: &git2::Commit<'_>) -> Result<git2::Signature<'static>, git2::Error> {
+    git2::Signature::new("huskies", "huskies@localhost", &story.committer().when())
 }
 
 /// The story's author: that of its newest commit not made by huskies.
@@ -259,7 +341,7 @@ fn apply(
     s: &LandStory,
 ) -> Result<Result<Oid, Vec<String>>, GitError> {
     let onto_commit = repo.find_commit(onto)?;
-    let sig = signature(repo)?;
+    let sig = signature(story)?;
     let author = author_of(repo, story, onto).unwrap_or_else(|| sig.clone());
     match method {
         MergeMethod::Squash | MergeMethod::Merge => {
@@ -310,17 +392,23 @@ fn apply(
     }
 }
 
+enum GateVerdict {
+    Passed,
+    Failed { gate: String, tail: String },
+    Cancelled,
+}
+
 /// Checks `tip` out in this node's scratch worktree and runs the gates
-/// there; `Some((gate, tail))` for the first that fails.
+/// there, in order, up to the first that fails.
 fn run_gates(
     repo: &Repository,
     job: &LandJob<'_>,
     base: Oid,
     tip: Oid,
     stories: &[LandStory],
-) -> Result<Option<(String, String)>, GitError> {
+) -> Result<GateVerdict, GitError> {
     if job.merge.gates.is_empty() {
-        return Ok(None);
+        return Ok(GateVerdict::Passed);
     }
     let dir = scratch_worktree(repo, job, tip)?;
     if let Some(parent) = job.log.parent() {
@@ -356,26 +444,30 @@ fn run_gates(
             .process_group(0)
             .spawn();
         let passed = match child {
-            Ok(child) => wait_gate(child, Duration::from_millis(job.merge.gate_timeout_ms)),
+            Ok(child) => wait_gate(child, Duration::from_millis(job.merge.gate_timeout_ms), job.cancel),
             Err(e) => Err(format!("cannot start sh: {e}")),
         };
+        if job.cancel.load(Ordering::Relaxed) {
+            return Ok(GateVerdict::Cancelled);
+        }
         if let Err(why) = passed {
             let tail = log_tail(&job.log, GATE_TAIL);
-            return Ok(Some((gate.clone(), format!("{why}\n{tail}"))));
+            return Ok(GateVerdict::Failed { gate: gate.clone(), tail: format!("{why}\n{tail}") });
         }
     }
-    Ok(None)
+    Ok(GateVerdict::Passed)
 }
 
-/// Waits for a gate; kills its process group past the timeout.
-fn wait_gate(mut child: std::process::Child, timeout: Duration) -> Result<(), String> {
+/// Waits for a gate; kills its process group past the timeout or when the
+/// landing is called off.
+fn wait_gate(mut child: std::process::Child, timeout: Duration, cancel: &AtomicBool) -> Result<(), String> {
     #[allow(clippy::disallowed_methods)] // a gate's timeout is wall time
     let started = std::time::Instant::now();
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
             Ok(Some(status)) => return Err(format!("exited with {status}")),
-            Ok(None) if started.elapsed() >= timeout => {
+            Ok(None) if started.elapsed() >= timeout || cancel.load(Ordering::Relaxed) => {
                 // SAFETY: kill(2) on the process group the gate leads.
                 unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.wait();
@@ -479,8 +571,11 @@ mod tests {
         LandStory { id: StoryId::new(id).unwrap(), token: Token(token), title: format!("story {id}") }
     }
 
+    static NOT_CANCELLED: AtomicBool = AtomicBool::new(false);
+
     fn job<'a>(work: &'a Path, merge: &'a MergeConfig, creds: &'a GitCredentials) -> LandJob<'a> {
-        LandJob { project_root: work, node: "n1", merge, creds, log: work.join(".huskies/logs/land.log") }
+        let log = work.join(".huskies/logs/land.log");
+        LandJob { project_root: work, node: "n1", merge, creds, log, cancel: &NOT_CANCELLED }
     }
 
     fn main_tip(dir: &Path) -> Oid {
@@ -516,7 +611,7 @@ mod tests {
         let a = story(&work, "a", &[("x.txt", "one\nTWO by a\nthree\n")], 3);
         let b = story(&work, "b", &[("y.txt", "b\n")], 3);
         let c = story(&work, "c", &[("x.txt", "one\ntwo by c\nthree\n")], 3);
-        let report = land(&job(&work, &merge, &creds), &[a.clone(), b.clone()]);
+        let report = land(&job(&work, &merge, &creds), &[], &[a.clone(), b.clone()]);
         assert_eq!(landed(&report), vec!["a", "b"]);
         assert_eq!(report.base, before.to_string());
         let tip = main_tip(dir.path());
@@ -527,23 +622,23 @@ mod tests {
         assert_eq!(file_on_main(dir.path(), "x.txt").as_deref(), Some("one\nTWO by a\nthree\n"));
         assert_eq!(top.parent(0).unwrap().author().name().ok(), Some("agent"), "the story's author is kept");
 
-        let report = land(&job(&work, &merge, &creds), std::slice::from_ref(&c));
+        let report = land(&job(&work, &merge, &creds), &[], std::slice::from_ref(&c));
         assert_eq!(report.conflicts.len(), 1, "{report:?}");
         assert!(report.conflicts[0].1.contains("x.txt") && report.conflicts[0].1.contains("merge origin/master"));
         assert_eq!(main_tip(dir.path()), tip);
 
-        let again = land(&job(&work, &merge, &creds), std::slice::from_ref(&a));
+        let again = land(&job(&work, &merge, &creds), &[], std::slice::from_ref(&a));
         assert_eq!(landed(&again), vec!["a"]);
         assert_eq!(main_tip(dir.path()), tip, "landed once");
 
         let d = story(&work, "d", &[("bad", "x\n")], 4);
-        let report = land(&job(&work, &merge, &creds), std::slice::from_ref(&d));
+        let report = land(&job(&work, &merge, &creds), &[], std::slice::from_ref(&d));
         assert!(matches!(&report.result, LandResult::GateFailed { gate, .. } if gate == "test ! -e bad"), "{report:?}");
         assert_eq!(main_tip(dir.path()), tip);
 
         let e = story(&work, "e", &[("e.txt", "e\n")], 9);
         let stale = LandStory { token: Token(5), ..e };
-        let report = land(&job(&work, &merge, &creds), &[stale]);
+        let report = land(&job(&work, &merge, &creds), &[], &[stale]);
         assert_eq!(report.fenced, vec![(StoryId::new("e").unwrap(), Token(9))]);
         assert_eq!(main_tip(dir.path()), tip);
     }
@@ -559,7 +654,7 @@ mod tests {
         let p = story(&work, "p", &[("z.txt", "p\n")], 2);
         let q = story(&work, "q", &[("z.txt", "q\n")], 2);
         let merge = MergeConfig::default();
-        let report = land(&job(&work, &merge, &creds), &[p, q]);
+        let report = land(&job(&work, &merge, &creds), &[], &[p, q]);
         assert_eq!(landed(&report), vec!["p"]);
         assert_eq!(report.deferred, vec![StoryId::new("q").unwrap()]);
 
@@ -581,7 +676,7 @@ mod tests {
         );
         let r = story(&work, "r", &[("r.txt", "r\n")], 2);
         let merge = MergeConfig { gates: vec![gate], ..MergeConfig::default() };
-        let report = land(&job(&work, &merge, &creds), &[r]);
+        let report = land(&job(&work, &merge, &creds), &[], &[r]);
         assert_eq!(landed(&report), vec!["r"]);
         let tip = main_tip(dir.path());
         let remote = Repository::open_bare(dir.path().join("remote.git")).unwrap();
@@ -595,5 +690,57 @@ mod tests {
         assert_eq!(landed_of("t (s1)\n\nbody\n\nHuskies-Landed: s1 7\n"), Some(("s1", 7)));
         assert_eq!(landed_of("Huskies-Landed: s1 x\n"), None);
         assert_eq!(landed_of("no trailer"), None);
+    }
+
+    /// A batch tested on top of another node's batch lands on the very
+    /// commit that batch lands as (equal commit ids), after it; called off
+    /// while it waits, it pushes nothing.
+    #[test]
+    fn speculative_batch_lands_behind_the_batch_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let work_a = fixture(dir.path());
+        let work_b = dir.path().join("b");
+        Repository::clone(dir.path().join("remote.git").to_str().unwrap(), &work_b).unwrap();
+        let creds = GitCredentials::default();
+        let a1 = story(&work_a, "a1", &[("a.txt", "a\n")], 2);
+        let b1 = story(&work_b, "b1", &[("b.txt", "b\n")], 2);
+        let before = main_tip(dir.path());
+        let merge = MergeConfig { gates: vec!["test -e a.txt && test -e b.txt".into()], ..MergeConfig::default() };
+        let (wb, m, a) = (work_b.clone(), merge.clone(), a1.clone());
+        let behind = std::thread::spawn(move || {
+            let creds = GitCredentials::default();
+            land(&job(&wb, &m, &creds), std::slice::from_ref(&a), std::slice::from_ref(&b1))
+        });
+        std::thread::sleep(Duration::from_millis(1_500));
+        assert_eq!(main_tip(dir.path()), before, "the batch behind waits for the one ahead");
+        let merge_a = MergeConfig::default();
+        let ahead = land(&job(&work_a, &merge_a, &creds), &[], std::slice::from_ref(&a1));
+        assert_eq!(landed(&ahead), vec!["a1"]);
+        let behind = behind.join().unwrap();
+        assert!(behind.speculative, "{behind:?}");
+        assert_eq!(landed(&behind), vec!["b1"]);
+        let remote = Repository::open_bare(dir.path().join("remote.git")).unwrap();
+        let top = remote.find_commit(main_tip(dir.path())).unwrap();
+        let LandResult::Landed { commits } = &ahead.result else { unreachable!() };
+        assert_eq!(top.parent_id(0).unwrap().to_string(), commits[0].1, "stacked on the commit a1 landed as");
+
+        // Called off while waiting for a batch ahead that never lands.
+        let c1 = story(&work_b, "c1", &[("c.txt", "c\n")], 2);
+        let d1 = story(&work_a, "d1", &[("d.txt", "d\n")], 2);
+        let cancel = std::sync::Arc::new(AtomicBool::new(false));
+        let (wb, flag) = (work_b.clone(), cancel.clone());
+        let waiting = std::thread::spawn(move || {
+            let creds = GitCredentials::default();
+            let merge = MergeConfig::default();
+            let log = wb.join(".huskies/logs/land.log");
+            let job = LandJob { project_root: &wb, node: "n2", merge: &merge, creds: &creds, log, cancel: &flag };
+            land(&job, std::slice::from_ref(&d1), std::slice::from_ref(&c1))
+        });
+        std::thread::sleep(Duration::from_millis(1_500));
+        let tip = main_tip(dir.path());
+        cancel.store(true, Ordering::Relaxed);
+        let report = waiting.join().unwrap();
+        assert!(matches!(report.result, LandResult::Retry { .. }), "{report:?}");
+        assert_eq!(main_tip(dir.path()), tip, "nothing pushed");
     }
 }

@@ -578,7 +578,8 @@ impl NodeLoop {
                 self.runner.push(story, token, stage);
             }
             Output::InspectWorktree { story, token } => self.runner.inspect(story, token),
-            Output::Land { batch, stories, .. } => self.runner.land(batch, stories),
+            Output::Land { batch, stories, ahead, .. } => self.runner.land(batch, ahead, stories),
+            Output::CancelLand { batch } => self.runner.cancel_land(batch),
             Output::PruneWorktree { story } => self.runner.prune(story),
             Output::Reply { id, result } => {
                 if let Some(tx) = self.pending_replies.remove(&id) {

@@ -22,12 +22,16 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// every agent child's environment.
 pub const SECRET_VARS: [&str; 3] = ["HUSKIES_KEY", "HUSKIES_JOIN_TOKEN", "HUSKIES_ADMIN_KEY"];
 
+type LandCancels = Arc<Mutex<BTreeMap<huskies_engine::landing::BatchId, Arc<std::sync::atomic::AtomicBool>>>>;
+
 pub struct Runner {
     project_root: PathBuf,
     node: NodeId,
     pub project: Arc<Mutex<ProjectConfig>>,
     inputs: mpsc::Sender<Input>,
     stops: BTreeMap<(StoryId, Token), oneshot::Sender<()>>,
+    /// Flags that call off landings in progress.
+    land_cancels: LandCancels,
     rt: tokio::runtime::Handle,
     /// Read from the environment once, at start.
     git_creds: Arc<GitCredentials>,
@@ -47,6 +51,7 @@ impl Runner {
             project,
             inputs,
             stops: BTreeMap::new(),
+            land_cancels: Default::default(),
             rt,
             git_creds: Arc::new(GitCredentials::from_env()),
         }
@@ -139,7 +144,15 @@ impl Runner {
 
     /// Lands a batch on the default branch (land.rs); answers with
     /// `LandFinished`.
-    pub fn land(&self, batch: huskies_engine::landing::BatchId, stories: Vec<huskies_engine::landing::LandStory>) {
+    pub fn land(
+        &self,
+        batch: huskies_engine::landing::BatchId,
+        ahead: Vec<huskies_engine::landing::LandStory>,
+        stories: Vec<huskies_engine::landing::LandStory>,
+    ) {
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cancels = self.land_cancels.clone();
+        cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(batch, cancel.clone());
         let root = self.project_root.clone();
         let inputs = self.inputs.clone();
         let creds = self.git_creds.clone();
@@ -147,7 +160,7 @@ impl Runner {
         let merge = self.project.lock().expect("project lock").merge_config();
         self.rt.spawn(async move {
             let ids: Vec<String> = stories.iter().map(|s| s.id.to_string()).collect();
-            tracing::info!(%batch, stories = %ids.join(" "), "landing");
+            tracing::info!(%batch, stories = %ids.join(" "), ahead = ahead.len(), "landing");
             let landed = tokio::task::spawn_blocking(move || {
                 let log = runlog::logs_dir(&root).join(format!("land-{node}-{batch}.log"));
                 let job = crate::land::LandJob {
@@ -156,10 +169,12 @@ impl Runner {
                     merge: &merge,
                     creds: &creds,
                     log,
+                    cancel: &cancel,
                 };
-                crate::land::land(&job, &stories)
+                crate::land::land(&job, &ahead, &stories)
             })
             .await;
+            cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch);
             let report = landed.unwrap_or_else(|e| huskies_engine::landing::LandReport {
                 result: huskies_engine::landing::LandResult::Failed { reason: format!("landing task: {e}") },
                 ..Default::default()
@@ -167,6 +182,13 @@ impl Runner {
             tracing::info!(%batch, ?report, "landing finished");
             let _ = inputs.send(Input::LandFinished { batch, report }).await;
         });
+    }
+
+    /// Calls a landing off; it answers soon with `LandFinished`.
+    pub fn cancel_land(&self, batch: huskies_engine::landing::BatchId) {
+        if let Some(flag) = self.land_cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&batch) {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn inspect(&self, story: StoryId, token: Token) {

@@ -79,14 +79,20 @@ struct SimRun {
     outcome: RunOutcome,
 }
 
-/// A landing the driver works on: built on `base`, its gates done at `due_ms`.
+/// A landing the driver works on: built (and its gates decided) when it
+/// began; due to push, or to look at the branch again, at `due_ms`.
 struct SimLand {
     batch: huskies_engine::landing::BatchId,
     stories: Vec<huskies_engine::landing::LandStory>,
-    base: usize,
+    ahead: Vec<huskies_engine::landing::LandStory>,
+    build: huskies_engine::testkit::trunk::TrunkBuild,
     due_ms: u64,
     tries: u32,
+    cancelled: bool,
 }
+
+/// How often a landing built on a batch ahead looks whether it landed.
+const LAND_POLL_MS: u64 = 100;
 
 /// Builds and tests a landing loses to a default branch that keeps moving
 /// before it reports failure (as `net::land` does).
@@ -304,38 +310,54 @@ impl SimNode {
     }
 
     /// Landings whose gates are done: they land by compare-and-swap on
-    /// the tip they built on, or build and test again on the new tip.
+    /// the tip they built on (after the batch ahead of them, if any), wait
+    /// for that batch, or build and test again on the new tip.
     fn finish_lands(&mut self, now: u64) {
+        use huskies_engine::landing::{LandReport, LandResult};
+        use huskies_engine::testkit::trunk::TryLand;
         let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.lands).into_iter().partition(|l| l.due_ms <= now);
         self.lands = rest;
+        let retry =
+            |reason: &str| LandReport { result: LandResult::Retry { reason: reason.into() }, ..Default::default() };
         for mut land in due {
-            let draw = self.random();
-            let report = {
-                let mut o = self.oracle();
-                let o = &mut *o;
-                let remote = &o.remote;
-                let fenced = |s: &StoryId, t: Token| remote.tip(s).map(|c| c.0).filter(|tip| *tip > t);
-                o.trunk.land(land.base, &land.stories, draw, fenced)
+            let attempt = if land.cancelled {
+                TryLand::Done(retry("called off"))
+            } else {
+                self.oracle().trunk.try_land(&land.build)
             };
-            match report {
-                Some(report) => self.input(Input::LandFinished { batch: land.batch, report }),
-                None if land.tries + 1 >= LAND_TRIES => {
-                    let report = huskies_engine::landing::LandReport {
-                        result: huskies_engine::landing::LandResult::Failed {
-                            reason: "the default branch kept moving".into(),
-                        },
-                        ..Default::default()
-                    };
-                    self.input(Input::LandFinished { batch: land.batch, report });
+            match attempt {
+                TryLand::Done(report) => self.input(Input::LandFinished { batch: land.batch, report }),
+                TryLand::Wait => {
+                    land.due_ms = now + LAND_POLL_MS;
+                    self.lands.push(land);
                 }
-                None => {
-                    land.base = self.oracle().trunk.tip();
+                TryLand::Moved if land.tries + 1 >= LAND_TRIES => {
+                    self.input(Input::LandFinished {
+                        batch: land.batch,
+                        report: retry("the default branch kept moving"),
+                    });
+                }
+                TryLand::Moved => {
+                    land.build = self.build_land(&land.ahead, &land.stories);
                     land.tries += 1;
                     land.due_ms = now + self.ctx.gate_ms;
                     self.lands.push(land);
                 }
             }
         }
+    }
+
+    fn build_land(
+        &mut self,
+        ahead: &[huskies_engine::landing::LandStory],
+        stories: &[huskies_engine::landing::LandStory],
+    ) -> huskies_engine::testkit::trunk::TrunkBuild {
+        let draw = self.random();
+        let mut o = self.oracle();
+        let o = &mut *o;
+        let remote = &o.remote;
+        let fenced = |s: &StoryId, t: Token| remote.tip(s).map(|c| c.0).filter(|tip| *tip > t);
+        o.trunk.build(ahead, stories, draw, fenced)
     }
 
     fn execute(&mut self, out: Output, now: u64) {
@@ -379,9 +401,16 @@ impl SimNode {
                 };
                 self.later.push((now + 20, Input::PushFinished { story, token, outcome }));
             }
-            Output::Land { batch, stories, .. } => {
-                let base = self.oracle().trunk.tip();
-                self.lands.push(SimLand { batch, stories, base, due_ms: now + self.ctx.gate_ms, tries: 0 });
+            Output::Land { batch, stories, ahead, .. } => {
+                let build = self.build_land(&ahead, &stories);
+                let due_ms = now + self.ctx.gate_ms;
+                self.lands.push(SimLand { batch, stories, ahead, build, due_ms, tries: 0, cancelled: false });
+            }
+            Output::CancelLand { batch } => {
+                if let Some(l) = self.lands.iter_mut().find(|l| l.batch == batch) {
+                    l.cancelled = true;
+                    l.due_ms = now;
+                }
             }
             Output::InspectWorktree { story, token } => {
                 let committed = self.ctx.worktrees.lock().expect("worktrees lock").get(&story) == Some(&token);

@@ -60,6 +60,8 @@ pub struct Oracle {
     /// landed: the queue's latency.
     pub reached_merge_ms: BTreeMap<StoryId, u64>,
     pub landed_after_ms: Vec<u64>,
+    pub first_merge_ms: Option<u64>,
+    pub last_landed_ms: u64,
     pub views: BTreeMap<NodeId, View>,
     pub starts: u64,
     pub reclaims: u64,
@@ -159,11 +161,15 @@ impl Oracle {
     /// branch; figures for the report.
     fn observe_landing(&mut self, now_ms: u64, node: &NodeId, e: &Event) {
         match e {
-            Event::StageChanged { story, to: Stage::Merge, .. } | Event::Advanced { story, to: Stage::Merge, .. } => {
+            Event::StageChanged { story, to: Stage::Merge, .. }
+            | Event::Advanced { story, to: Stage::Merge, .. }
+            | Event::StoryAdded { story, stage: Stage::Merge } => {
                 self.reached_merge_ms.entry(story.clone()).or_insert(now_ms);
+                self.first_merge_ms.get_or_insert(now_ms);
             }
             Event::Landed { story, commit, .. } => {
                 self.landed += 1;
+                self.last_landed_ms = self.last_landed_ms.max(now_ms);
                 if self.trunk.commit_of(story).as_ref() != Some(commit) {
                     let on = self.trunk.commit_of(story);
                     self.violation("SAFETY", format!("{node} says {story} landed in {commit}, the branch has {on:?}"));
@@ -174,8 +180,8 @@ impl Oracle {
             }
             Event::SentBack { story, .. } => {
                 self.sent_back += 1;
+                // The wait counts from the first time it reached merge.
                 self.trunk.returned(story);
-                self.reached_merge_ms.remove(story);
             }
             Event::BatchStarted { size, retry, .. } => {
                 self.batches += 1;

@@ -192,6 +192,11 @@ pub struct Scenario {
     pub trunk: huskies_engine::testkit::trunk::TrunkConfig,
     /// How long one build and gate run of a landing takes.
     pub gate_ms: u64,
+    /// `Some(k)`: agents 1..=k work only `merge` (they land), the others
+    /// only `current` and `qa`; `None`: every agent works every stage.
+    pub merge_nodes: Option<usize>,
+    /// The stage stories are added in.
+    pub start_stage: Stage,
 }
 
 /// Short timings so a scenario spans seconds of simulated time.
@@ -228,6 +233,8 @@ impl Scenario {
             archive_every_ms: 0,
             trunk: huskies_engine::testkit::trunk::TrunkConfig::calm(0),
             gate_ms: 50,
+            merge_nodes: None,
+            start_stage: Stage::Current,
         }
     }
 }
@@ -261,6 +268,36 @@ pub struct Report {
     pub epoch: u64,
     pub torn_epochs: u64,
     pub idle_save_len: Option<(usize, usize)>,
+    pub landing: Landing,
+}
+
+/// What the merge queue did in a run.
+#[derive(Debug, Clone, Default)]
+pub struct Landing {
+    /// Stories on the default branch at the end.
+    pub landed: u64,
+    /// Landings nodes reported (a story found landed already counts again).
+    pub landed_events: u64,
+    pub sent_back: u64,
+    pub batches: u64,
+    pub batch_stories: u64,
+    pub retries: u64,
+    pub splits: u64,
+    pub gate_runs: u64,
+    pub gate_failures: u64,
+    /// Simulated ms from a story reaching `merge` to landing: p50, p95.
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    /// Simulated ms from the first story reaching `merge` to the last
+    /// landing.
+    pub span_ms: u64,
+}
+
+impl Landing {
+    /// Stories landed per simulated hour.
+    pub fn per_hour(&self) -> f64 {
+        self.landed as f64 * 3_600_000.0 / self.span_ms.max(1) as f64
+    }
 }
 
 fn ip(i: usize) -> IpAddr {
@@ -527,6 +564,11 @@ fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<Oracle>>) -
             config.rendezvous = None;
         } else {
             config.rendezvous = Some(rendezvous.clone());
+            match s.merge_nodes {
+                Some(k) if i <= k => config.stages = vec![Stage::Merge],
+                Some(_) => config.stages = vec![Stage::Current, Stage::Qa],
+                None => {}
+            }
         }
         let skew_ppm = if profile.clock_skew { (madsim::rand::random::<u64>() % 100_001) as i64 - 50_000 } else { 0 };
         let ctx = Arc::new(NodeCtx {
@@ -572,6 +614,7 @@ async fn add_stories(s: &Scenario) {
     let handle = Handle::current();
     let client = handle.create_node().name("client").ip(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9))).build();
     let n_stories = s.stories;
+    let stage = s.start_stage;
     let target = SocketAddr::new(ip(0), PORT);
     client
         .spawn(async move {
@@ -581,7 +624,7 @@ async fn add_stories(s: &Scenario) {
                 let cmd = Command::AddStory(huskies_engine::NewStory {
                     id: Some(id),
                     title: format!("story {k}"),
-                    stage: Stage::Current,
+                    stage,
                     ..Default::default()
                 });
                 let _ = ep.send_to_raw(target, TAG, Box::new(Packet::Command(cmd))).await;
@@ -744,5 +787,26 @@ fn verify(
         epoch,
         torn_epochs: 0,
         idle_save_len,
+        landing: landing_figures(&o),
+    }
+}
+
+fn landing_figures(o: &Oracle) -> Landing {
+    let mut lat = o.landed_after_ms.clone();
+    lat.sort_unstable();
+    let pct = |p: usize| lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    Landing {
+        landed: o.trunk.landed().len() as u64,
+        landed_events: o.landed,
+        sent_back: o.sent_back,
+        batches: o.batches,
+        batch_stories: o.batch_stories,
+        retries: o.retries,
+        splits: o.splits,
+        gate_runs: o.trunk.gate_runs,
+        gate_failures: o.trunk.gate_failures,
+        p50_ms: pct(50),
+        p95_ms: pct(95),
+        span_ms: o.last_landed_ms.saturating_sub(o.first_merge_ms.unwrap_or(0)),
     }
 }

@@ -40,6 +40,24 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
             r.stories_done,
             r.max_mesh_peers
         );
+        let l = &r.landing;
+        if l.landed > 0 {
+            println!(
+                "{} seed {seed}: landed {} in {} batches ({} stories, {} retried, {} split), {} sent back, {} gate runs ({} failed), merge->landed p50 {} ms p95 {} ms, {:.1} landed/h",
+                r.scenario,
+                l.landed,
+                l.batches,
+                l.batch_stories,
+                l.retries,
+                l.splits,
+                l.sent_back,
+                l.gate_runs,
+                l.gate_failures,
+                l.p50_ms,
+                l.p95_ms,
+                l.per_hour()
+            );
+        }
         if !r.violations.is_empty() {
             panic!(
                 "{} seed {seed} failed\nprofile: {}\n{}\nreplay: HUSKIES_SEED={seed} cargo test --test scenarios -- {test} --exact --nocapture",

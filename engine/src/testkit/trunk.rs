@@ -2,10 +2,11 @@
 //! landed commits, one per story, moved only by compare-and-swap on the tip
 //! a landing built on, and only to a tree whose gates passed.
 //!
-//! Stories touch files (drawn from a hash of the seed and the story): two
-//! stories that touch a file conflict unless the one landed first was on
-//! the default branch when the other's work was last brought up to date (a
-//! run in `current`, which merges the default branch in). A bad story fails
+//! A pair of stories conflicts with a fixed probability (drawn from a hash
+//! of the seed and the pair): the later one to land conflicts unless the
+//! earlier was on the default branch when the later one's work was last
+//! brought up to date (a run in `current`, which merges the default branch
+//! in). A bad story fails
 //! the gates until its agent has reworked it after a return; any gate run
 //! may also fail at random (flaky).
 //!
@@ -22,10 +23,8 @@ use crate::{StoryId, Token};
 #[derive(Debug, Clone, Copy)]
 pub struct TrunkConfig {
     pub seed: u64,
-    /// Files a story may touch; fewer files, more conflicts.
-    pub files: u32,
-    /// Files each story touches.
-    pub files_per_story: u32,
+    /// Per mille of story pairs that conflict.
+    pub pair_conflict_per_mille: u32,
     /// Per mille of stories that fail the gates until reworked.
     pub bad_per_mille: u32,
     /// Per mille of gate runs that fail whatever the tree (flaky gates).
@@ -35,7 +34,7 @@ pub struct TrunkConfig {
 impl TrunkConfig {
     /// No conflicts, no bad stories, no flaky gates.
     pub fn calm(seed: u64) -> TrunkConfig {
-        TrunkConfig { seed, files: 1 << 20, files_per_story: 1, bad_per_mille: 0, flaky_per_mille: 0 }
+        TrunkConfig { seed, pair_conflict_per_mille: 0, bad_per_mille: 0, flaky_per_mille: 0 }
     }
 }
 
@@ -46,6 +45,32 @@ pub struct TrunkCommit {
     pub token: Token,
     /// Whether the gates passed on a tree ending in this commit's batch.
     pub tested: bool,
+}
+
+/// A batch built and gated on the branch as it was (see [`TrunkModel::build`]).
+#[derive(Debug, Clone)]
+pub struct TrunkBuild {
+    /// The branch's length it was built on.
+    pub base: usize,
+    /// Stories ahead it stacked, in order: the branch must gain exactly
+    /// these before the build may land.
+    pub expect: Vec<StoryId>,
+    own: Vec<LandStory>,
+    report: LandReport,
+    landed_before: Vec<(StoryId, String)>,
+    /// Why the gates failed, if they did.
+    gate: Option<String>,
+}
+
+/// What a push of a build did.
+#[derive(Debug)]
+pub enum TryLand {
+    /// The answer for the engine.
+    Done(LandReport),
+    /// The stories ahead have not all landed yet.
+    Wait,
+    /// The branch went elsewhere: build again.
+    Moved,
 }
 
 #[derive(Debug)]
@@ -86,18 +111,17 @@ impl TrunkModel {
         }
     }
 
-    fn files(&self, story: &StoryId) -> BTreeSet<u32> {
-        (0..self.config.files_per_story)
-            .map(|i| {
-                let h = stable_hash(&[
-                    b"file",
-                    story.as_str().as_bytes(),
-                    &i.to_be_bytes(),
-                    &self.config.seed.to_be_bytes(),
-                ]);
-                (h % u64::from(self.config.files.max(1))) as u32
-            })
-            .collect()
+    /// Whether `a` and `b` touch the same lines.
+    fn clash(&self, a: &StoryId, b: &StoryId) -> bool {
+        let (x, y) = if a < b { (a, b) } else { (b, a) };
+        let h = stable_hash(&[b"pair", x.as_str().as_bytes(), y.as_str().as_bytes(), &self.config.seed.to_be_bytes()]);
+        h % 1000 < u64::from(self.config.pair_conflict_per_mille)
+    }
+
+    /// The file a conflicting pair shares, as a conflict report names it.
+    fn shared_file(a: &StoryId, b: &StoryId) -> String {
+        let (x, y) = if a < b { (a, b) } else { (b, a) };
+        format!("src/{x}-{y}.rs")
     }
 
     /// Whether the story fails the gates (until reworked).
@@ -134,82 +158,109 @@ impl TrunkModel {
         format!("trunk-{index:06}")
     }
 
-    /// One try at landing `batch` on the tip `base`, with `flaky` the draw
-    /// that decides a flaky gate run (per mille) and `fenced` telling
-    /// whether a newer claim holds a story's branch. Returns `None` when
-    /// the tip is no longer `base` (the compare-and-swap fails: build and
-    /// test again on the new tip).
-    pub fn land(
+    /// Builds `batch` on the tip as it is now, on top of the stories of
+    /// `ahead` not landed yet (as `net::land` does), and runs the gates on
+    /// the result; `flaky` decides a flaky gate run (per mille) and
+    /// `fenced` whether a newer claim holds a story's branch.
+    pub fn build(
         &mut self,
-        base: usize,
+        ahead: &[LandStory],
         batch: &[LandStory],
         flaky: u64,
         fenced: impl Fn(&StoryId, Token) -> Option<Token>,
-    ) -> Option<LandReport> {
-        if base != self.commits.len() {
-            return None;
-        }
+    ) -> TrunkBuild {
+        let base = self.commits.len();
         let mut report = LandReport { base: Self::commit_name(base), ..LandReport::default() };
         let mut landed_before = Vec::new();
-        let mut applied: Vec<&LandStory> = Vec::new();
-        let mut touched: BTreeSet<u32> = BTreeSet::new();
-        for s in batch {
+        let mut expect: Vec<LandStory> = Vec::new();
+        let mut own: Vec<LandStory> = Vec::new();
+        for (is_ahead, s) in ahead.iter().map(|s| (true, s)).chain(batch.iter().map(|s| (false, s))) {
             if let Some(at) = self.landed_at(&s.id) {
-                landed_before.push((s.id.clone(), Self::commit_name(at + 1)));
+                if !is_ahead {
+                    landed_before.push((s.id.clone(), Self::commit_name(at + 1)));
+                }
                 continue;
             }
             if let Some(by) = fenced(&s.id, s.token) {
-                report.fenced.push((s.id.clone(), by));
+                if !is_ahead {
+                    report.fenced.push((s.id.clone(), by));
+                }
                 continue;
             }
-            let files = self.files(&s.id);
             let since = self.based_on.get(&s.id).copied().unwrap_or(0);
-            let on_trunk: BTreeSet<u32> =
-                self.commits[since.min(self.commits.len())..].iter().flat_map(|c| self.files(&c.story)).collect();
-            let clash: Vec<u32> = files.iter().filter(|f| on_trunk.contains(f)).copied().collect();
-            if clash.is_empty() && files.iter().any(|f| touched.contains(f)) {
-                // Applies on the tip, clashes with one ahead in the batch.
-                report.deferred.push(s.id.clone());
-                continue;
+            let on_trunk: Vec<&StoryId> =
+                self.commits[since.min(base)..].iter().map(|c| &c.story).filter(|o| self.clash(&s.id, o)).collect();
+            let stacked = expect.iter().chain(&own).any(|a| self.clash(&s.id, &a.id));
+            match (is_ahead, on_trunk.is_empty(), stacked) {
+                // Its own node sends it back or defers it: not in the tree.
+                (true, false, _) | (true, _, true) => {}
+                (true, true, false) => expect.push(s.clone()),
+                (false, true, false) => own.push(s.clone()),
+                // Applies on the tip, clashes with one stacked before it.
+                (false, true, true) => report.deferred.push(s.id.clone()),
+                (false, false, _) => {
+                    let names: Vec<String> = on_trunk.iter().map(|o| Self::shared_file(&s.id, o)).collect();
+                    let why =
+                        format!("merge conflict with the default branch at {} in: {}", report.base, names.join(", "));
+                    report.conflicts.push((s.id.clone(), why));
+                }
             }
-            if !clash.is_empty() {
-                let names: Vec<String> = clash.iter().map(|f| format!("src/f{f}.rs")).collect();
-                let why = format!("merge conflict with the default branch at {} in: {}", report.base, names.join(", "));
-                report.conflicts.push((s.id.clone(), why));
-                continue;
+        }
+        report.speculative = !expect.is_empty();
+        let mut gate = None;
+        if !own.is_empty() {
+            self.gate_runs += 1;
+            let bad = expect.iter().chain(&own).find(|s| self.is_bad(&s.id));
+            if bad.is_some() || flaky % 1000 < u64::from(self.config.flaky_per_mille) {
+                self.gate_failures += 1;
+                gate = Some(match bad {
+                    Some(s) => format!("test of {} failed", s.id),
+                    None => "flaky: timed out".to_owned(),
+                });
             }
-            touched.extend(files);
-            applied.push(s);
         }
-        if applied.is_empty() {
-            report.result = LandResult::Landed { commits: landed_before };
-            return Some(report);
+        TrunkBuild { base, expect: expect.into_iter().map(|s| s.id).collect(), own, report, landed_before, gate }
+    }
+
+    /// The push of a build whose gates passed: lands when the branch is at
+    /// the tip the build's stories ahead make (compare-and-swap); `Wait`
+    /// while those are still on their way, `Moved` when the branch went
+    /// elsewhere (build and test again).
+    pub fn try_land(&mut self, b: &TrunkBuild) -> TryLand {
+        let mut report = b.report.clone();
+        if let Some(why) = &b.gate {
+            report.result = LandResult::GateFailed { gate: "cargo test".into(), output_tail: why.clone() };
+            return TryLand::Done(report);
         }
-        self.gate_runs += 1;
-        let bad = applied.iter().find(|s| self.is_bad(&s.id));
-        let flaked = flaky % 1000 < u64::from(self.config.flaky_per_mille);
-        if bad.is_some() || flaked {
-            self.gate_failures += 1;
-            let why = match bad {
-                Some(s) => format!("test of {} failed", s.id),
-                None => "flaky: timed out".to_owned(),
+        if b.own.is_empty() {
+            report.result = LandResult::Landed { commits: b.landed_before.clone() };
+            return TryLand::Done(report);
+        }
+        let since: Vec<StoryId> =
+            self.commits[b.base.min(self.commits.len())..].iter().map(|c| c.story.clone()).collect();
+        if self.commits.len() < b.base || since != b.expect {
+            return if self.commits.len() >= b.base && b.expect.starts_with(&since) {
+                TryLand::Wait
+            } else {
+                TryLand::Moved
             };
-            report.result = LandResult::GateFailed { gate: "cargo test".into(), output_tail: why };
-            return Some(report);
         }
-        let mut commits = landed_before;
-        for s in &applied {
+        let tested: Vec<StoryId> =
+            self.commits.iter().map(|c| c.story.clone()).chain(b.own.iter().map(|s| s.id.clone())).collect();
+        let mut commits = b.landed_before.clone();
+        for s in &b.own {
             self.commits.push(TrunkCommit { story: s.id.clone(), token: s.token, tested: false });
             commits.push((s.id.clone(), Self::commit_name(self.commits.len())));
         }
-        // The branch points only at the batch's last commit: that tree
-        // passed the gates.
+        // The branch points only at the batch's last commit, whose tree is
+        // the one the gates passed.
+        let now: Vec<StoryId> = self.commits.iter().map(|c| c.story.clone()).collect();
         if let Some(last) = self.commits.last_mut() {
-            last.tested = true;
+            last.tested = now == tested;
         }
         self.tips.push(self.commits.len());
         report.result = LandResult::Landed { commits };
-        Some(report)
+        TryLand::Done(report)
     }
 
     /// Stories on the default branch, with how many times each is there.

@@ -366,9 +366,9 @@ impl Harness {
             Output::InspectWorktree { story, token } => {
                 self.schedule(i, Input::WorktreeInspected { story, token, committed: false }, 1);
             }
-            Output::Land { batch, stories, .. } => {
-                // Landed at once on the tip as it is (the harness models no
-                // gate time, so no compare-and-swap is ever lost).
+            Output::Land { batch, stories, ahead, .. } => {
+                // Built, gated and pushed at once (the harness models no
+                // gate time); a batch ahead not landed yet is not waited for.
                 let git = &self.git;
                 let fenced = |s: &StoryId, t: Token| git.tip(s).map(|c| c.0).filter(|tip| *tip > t);
                 let draw = stable_hash(&[
@@ -377,11 +377,19 @@ impl Harness {
                     &batch.0.to_be_bytes(),
                     &(i as u64).to_be_bytes(),
                 ]);
-                let tip = self.trunk.tip();
-                let report = self.trunk.land(tip, &stories, draw, fenced).expect("the tip it just read");
+                let build = self.trunk.build(&ahead, &stories, draw, fenced);
+                let report = match self.trunk.try_land(&build) {
+                    huskies_engine::testkit::trunk::TryLand::Done(report) => report,
+                    _ => huskies_engine::landing::LandReport {
+                        result: huskies_engine::landing::LandResult::Retry {
+                            reason: "the batch ahead has not landed".into(),
+                        },
+                        ..Default::default()
+                    },
+                };
                 self.schedule(i, Input::LandFinished { batch, report }, 1);
             }
-            Output::PruneWorktree { .. } | Output::Reply { .. } => {}
+            Output::CancelLand { .. } | Output::PruneWorktree { .. } | Output::Reply { .. } => {}
             Output::Event(e) => {
                 if let huskies_engine::Event::SentBack { story, .. } = &e {
                     self.trunk.returned(story);

@@ -12,6 +12,8 @@ mod determinism;
 #[cfg(madsim)]
 mod long_history;
 #[cfg(madsim)]
+mod merge_queue;
+#[cfg(madsim)]
 mod mesh_churn;
 #[cfg(madsim)]
 mod offline_reclaim;
