@@ -90,6 +90,10 @@ impl Client {
         self.get("/api/status")
     }
 
+    pub fn queue(&self) -> Result<huskies_net::status::Queue, CliError> {
+        self.get("/api/queue")
+    }
+
     pub fn add_story(&self, story: &AddStory) -> Result<String, CliError> {
         let v: serde_json::Value = self.post("/api/stories", story, None)?;
         Ok(v["id"].as_str().unwrap_or_default().to_owned())

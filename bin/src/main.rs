@@ -3,6 +3,7 @@
 mod client;
 mod demo;
 mod error;
+mod queue;
 mod run;
 mod standin;
 mod stories;
@@ -76,6 +77,14 @@ enum Cmd {
     },
     /// The pipeline by stage, nodes alive, claims.
     Status {
+        #[command(flatten)]
+        target: run::Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The merge queue: what waits to land and in which order, what is
+    /// being tested where, what landed last.
+    Queue {
         #[command(flatten)]
         target: run::Target,
         #[arg(long)]
@@ -215,6 +224,7 @@ fn main() -> ExitCode {
         },
         Cmd::Logs { target, id, stage, follow } => stories::logs(&target, &id, stage.as_deref(), follow),
         Cmd::Status { target, json } => run::status(&target, json),
+        Cmd::Queue { target, json } => queue::show(&target, json),
         Cmd::Dashboard { target } => run::dashboard_link(&target),
         Cmd::Token { action: TokenCmd::Create { data_dir, ttl } } => run::token_create(data_dir, ttl),
         Cmd::Node { target, action } => match action {

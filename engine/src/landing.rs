@@ -106,6 +106,10 @@ pub struct Car {
     pub stories: Vec<(StoryId, Token)>,
 }
 
+/// How every driver begins the reason of a story that does not apply on
+/// the default branch.
+pub const CONFLICT_REASON: &str = "merge conflict";
+
 /// Longest chain of stories a batch is tested on top of.
 pub const MAX_AHEAD: usize = 64;
 /// Largest car a node reads; a bigger one is ignored.
@@ -164,6 +168,9 @@ pub(crate) struct Train {
     /// A chain ahead whose tree failed our gates: not built on again (the
     /// failure may be ours or theirs; tested alone, ours is known).
     avoid: Option<Vec<(StoryId, Token)>>,
+    /// Our stories that clashed with a chain ahead: they wait until no
+    /// story of it is still landing (then a clash is a real conflict).
+    deferred_on: std::collections::BTreeMap<StoryId, Vec<(StoryId, Token)>>,
 }
 
 impl Train {
@@ -191,8 +198,18 @@ impl Engine {
             // the driver's answer, if it comes, is stale.
             self.train.in_flight = None;
         }
-        let queued: Vec<StoryId> =
+        let mut queued: Vec<StoryId> =
             self.claims.runs().filter(|(_, r)| r.phase == Phase::Queued).map(|(id, _)| id.clone()).collect();
+        self.train.deferred_on.retain(|id, _| queued.contains(id));
+        let deferred_on = std::mem::take(&mut self.train.deferred_on);
+        let waiting: Vec<StoryId> = deferred_on
+            .iter()
+            .filter(|(_, chain)| chain.iter().any(|(s, t)| self.ahead_state(s, *t, None) == AheadState::Landing))
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.train.deferred_on = deferred_on;
+        self.train.deferred_on.retain(|id, _| waiting.contains(id));
+        queued.retain(|id| !waiting.contains(id));
         if queued.is_empty() {
             self.train.waiting_since = None;
             self.train.halves.clear();
@@ -249,6 +266,9 @@ impl Engine {
                 continue;
             }
             let Some(car) = Car::decode(&raw) else { continue };
+            if !self.liveness.is_alive(&node, self.now) {
+                continue;
+            }
             let mut pending = Vec::new();
             let mut whole = true;
             for (i, (s, t)) in car.ahead.iter().chain(&car.stories).enumerate() {
@@ -270,6 +290,19 @@ impl Engine {
         best
     }
 
+    /// Whether the story left `merge` right after `token` because it did
+    /// not apply on the default branch: a build on the same tip left it
+    /// out too (conflicts are decided before the gates, the same way on
+    /// every node), so a batch stacked behind it still lands as tested.
+    fn returned_for_conflict(&self, story: &StoryId, token: Token) -> bool {
+        self.index.story(story).is_some_and(|v| {
+            let st = &v.state;
+            st.token == token.next()
+                && st.stage == Stage::Current
+                && st.reason.as_deref().is_some_and(|r| r.starts_with(CONFLICT_REASON))
+        })
+    }
+
     /// Calls off the batch in flight when a story it was tested on top of
     /// will not land as tested.
     pub(crate) fn check_ahead(&mut self) {
@@ -277,7 +310,20 @@ impl Engine {
         if b.cancelled || b.ahead.is_empty() {
             return;
         }
-        if b.ahead.iter().all(|(s, t)| self.ahead_state(s, *t, None) != AheadState::Gone) {
+        // A story whose holder died will be reclaimed, and landed under
+        // another claim: the chain will not land as tested. Waiting on it
+        // could even wait on ourselves (a node whose slots are all taken
+        // by stories queued behind its own batch cannot reclaim it).
+        let holder_dead = |s: &StoryId| {
+            let holder = self.index.story(s).and_then(|v| v.state.holder.clone());
+            holder.is_some_and(|h| h != self.node && !self.liveness.is_alive(&h, self.now))
+        };
+        let breaks = |(s, t): &(StoryId, Token)| match self.ahead_state(s, *t, None) {
+            AheadState::Gone => !self.returned_for_conflict(s, *t),
+            AheadState::Landing => holder_dead(s),
+            AheadState::Landed => false,
+        };
+        if !b.ahead.iter().any(breaks) {
             return;
         }
         let id = b.id;
@@ -360,6 +406,9 @@ impl Engine {
             if rest.contains(id) {
                 rest.retain(|s| s != id);
                 self.requeue(std::slice::from_ref(id));
+                if report.speculative {
+                    self.train.deferred_on.insert(id.clone(), b.ahead.clone());
+                }
             }
         }
         for (id, reason) in &report.conflicts {
@@ -473,5 +522,37 @@ impl Engine {
         if let Some(b) = &self.train.in_flight {
             assert!(b.stories.len() <= self.config.land_batch, "a batch over the limit");
         }
+    }
+}
+
+/// The merge queue as this replica sees it (for `huskies queue` and the
+/// dashboard).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueView {
+    /// Stories in `merge`, in queue order (priority, then age), not given up.
+    pub order: Vec<StoryId>,
+    /// Each merge node's batch being tested, with the stories of other
+    /// batches it is stacked on; only batches with a story still landing.
+    pub testing: Vec<(crate::NodeId, Car)>,
+}
+
+impl Engine {
+    pub fn queue_view(&mut self) -> QueueView {
+        let mut order: Vec<_> = self
+            .index
+            .stories()
+            .filter(|(_, v)| v.state.stage == Stage::Merge && !v.state.failed && !v.state.removed)
+            .map(|(id, v)| ((std::cmp::Reverse(v.priority), v.created_ms), id.clone()))
+            .collect();
+        order.sort();
+        let mut testing = Vec::new();
+        for (node, raw) in self.doc.read_trains() {
+            let Some(car) = Car::decode(&raw) else { continue };
+            let live = car.stories.iter().any(|(s, t)| self.ahead_state(s, *t, Some(&node)) == AheadState::Landing);
+            if live {
+                testing.push((node, car));
+            }
+        }
+        QueueView { order: order.into_iter().map(|(_, id)| id).collect(), testing }
     }
 }

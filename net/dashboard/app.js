@@ -119,11 +119,13 @@ function applyUpdate(u) {
   state.nodes = u.nodes;
   state.connected = u.connected;
   state.counters = u.counters;
+  state.queue = u.queue || { order: [], testing: [], landed: [] };
   state.isServer = u.is_server;
   state.receivedAt = Date.now();
   setFeed('live');
   renderBoard();
   renderNodes();
+  renderQueue();
   renderCounters();
   fillStageSelect($('add-stage'), 'backlog');
   if (state.open && u.stories.some((s) => s.id === state.open)) openDetail(state.open);
@@ -201,6 +203,29 @@ function renderNodes() {
       el('td', {}, String(n.holding)), el('td', { class: 'beat' }, beat), el('td', {}, link));
   });
   $('nodes').tBodies[0].replaceChildren(...rows);
+}
+
+// ---- merge queue -----------------------------------------------------------
+
+function renderQueue() {
+  const q = state.queue;
+  $('queue-count').textContent = ` ${q.order.length}`;
+  const testingOn = (id) => q.testing.find((b) => b.stories.includes(id));
+  $('queue-testing').replaceChildren(...q.testing.map((b) => el('li', { 'data-node': b.node },
+    `${b.node} tests batch ${b.batch}: ${b.stories.join(' ')}`,
+    b.ahead.length ? el('span', { class: 'muted' }, ` on top of ${b.ahead.join(' ')}`) : null)));
+  $('queue-order').replaceChildren(...q.order.map((item) => {
+    const b = testingOn(item.id);
+    const where = b ? `testing on ${b.node}` : item.holder ? `held by ${item.holder}` : 'waiting for a merge node';
+    const back = item.returns ? ` · sent back ${item.returns}×` : '';
+    const li = el('li', { 'data-story': item.id }, el('a', { href: '#' }, item.id), ` ${item.title} `,
+      el('span', { class: 'muted' }, `${where}${back}`));
+    li.querySelector('a').addEventListener('click', (ev) => { ev.preventDefault(); openDetail(item.id); });
+    return li;
+  }));
+  $('queue-landed').tBodies[0].replaceChildren(...q.landed.map((l) => el('tr', { 'data-story': l.id },
+    el('td', {}, el('code', {}, l.commit.slice(0, 12))), el('td', {}, `${l.id} ${l.title}`), el('td', {}, l.node),
+    el('td', {}, l.seen_ms ? ago(Date.now() - l.seen_ms) : 'before this node started'))));
 }
 
 function renderCounters() {

@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/crdt-sync", get(crdt_sync))
         .route("/api/status", get(status))
+        .route("/api/queue", get(queue))
         .route("/api/stories", post(add_story))
         .route("/api/stories/{id}", get(show_story))
         .route("/api/stories/{id}/move", post(move_story))
@@ -202,6 +203,16 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
     match state.node.status().await {
         Some(s) => Json(s).into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
+    }
+}
+
+async fn queue(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&state, &headers, Access::Read) {
+        return r;
+    }
+    match state.node.queue().await {
+        Some(q) => Json(q).into_response(),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
     }
 }

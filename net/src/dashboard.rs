@@ -223,6 +223,7 @@ struct Update<'a> {
     nodes: &'a [BoardNode],
     connected: &'a [String],
     counters: &'a Counters,
+    queue: &'a crate::status::Queue,
 }
 
 /// What one feed connection last sent, to send only what changed.
@@ -258,6 +259,7 @@ impl Sent {
             nodes: &board.nodes,
             connected: &board.connected,
             counters: &board.counters,
+            queue: &board.queue,
         };
         serde_json::to_string(&update).unwrap_or_default()
     }
@@ -328,6 +330,7 @@ mod tests {
             nodes: vec![],
             connected: vec![],
             counters: Counters::default(),
+            queue: Default::default(),
         }
     }
 

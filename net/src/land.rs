@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use git2::{Oid, Repository};
-use huskies_engine::landing::{LandReport, LandResult, LandStory};
+use huskies_engine::landing::{CONFLICT_REASON, LandReport, LandResult, LandStory};
 use huskies_engine::{StoryId, Token};
 
 use crate::git::{self, GitError};
@@ -250,7 +250,7 @@ fn build(
                     continue;
                 }
                 let why = format!(
-                    "merge conflict with {branch} at {short} in: {files}; merge origin/{branch} into {} and resolve the conflicts in these files",
+                    "{CONFLICT_REASON} with {branch} at {short} in: {files}; merge origin/{branch} into {} and resolve the conflicts in these files",
                     git::branch_name(s.id.as_str()),
                     files = files.join(", ")
                 );

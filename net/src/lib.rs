@@ -16,6 +16,7 @@ pub mod land;
 pub mod metrics;
 pub mod node;
 pub mod project;
+pub mod queue;
 pub mod runlog;
 pub mod runner;
 pub mod status;

@@ -47,6 +47,8 @@ pub enum NodeMsg {
     Status(oneshot::Sender<Status>),
     /// What the dashboard shows: stories, nodes, links, counters.
     Board(oneshot::Sender<Board>),
+    /// The merge queue.
+    Queue(oneshot::Sender<crate::status::Queue>),
     /// The metrics in Prometheus text format, gauges set as of now.
     Metrics(oneshot::Sender<String>),
     /// One story in full: body and run history.
@@ -89,6 +91,12 @@ impl NodeHandle {
     pub async fn status(&self) -> Option<Status> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(NodeMsg::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn queue(&self) -> Option<crate::status::Queue> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(NodeMsg::Queue(tx)).await.ok()?;
         rx.await.ok()
     }
 
@@ -182,6 +190,8 @@ struct NodeLoop {
     next_command: u64,
     pending_replies: BTreeMap<CommandId, oneshot::Sender<Result<Reply, CommandError>>>,
     metrics: Arc<Metrics>,
+    /// The last landings seen, for the queue view.
+    landed: crate::queue::LandedLog,
     /// Set when an input produced an event; `changes` is bumped once the
     /// input is done (also when the engine's index changed).
     changed: bool,
@@ -285,6 +295,7 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
         next_command: 0,
         pending_replies: BTreeMap::new(),
         metrics: Arc::new(Metrics::new()),
+        landed: Default::default(),
         changed: false,
         changes: changes_tx,
         failed: None,
@@ -471,6 +482,9 @@ impl NodeLoop {
             NodeMsg::Board(reply) => {
                 let _ = reply.send(self.board());
             }
+            NodeMsg::Queue(reply) => {
+                let _ = reply.send(crate::queue::queue(&mut self.engine, &self.landed));
+            }
             NodeMsg::Metrics(reply) => {
                 let changes = self.engine.change_count();
                 let stories = self.engine.stories().map(|(_, v)| (v.state.stage, v.state.failed, v.state.removed));
@@ -608,6 +622,9 @@ impl NodeLoop {
         self.changed = true;
         #[allow(clippy::disallowed_methods)] // run durations are wall time
         self.metrics.observe(&e, Instant::now());
+        #[allow(clippy::disallowed_methods)] // when a landing was seen is wall time
+        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.landed.observe(&self.engine, &e, unix_ms);
         match &e {
             Event::NodeRevoked { .. } => self.share_revocations(),
             Event::SettingsAdopted { .. } if !self.opts.is_server => self.compare_settings(),
@@ -689,6 +706,7 @@ impl NodeLoop {
             nodes,
             connected: connected.iter().map(|n| n.to_string()).collect(),
             counters: self.metrics.counters(),
+            queue: crate::queue::queue(&mut self.engine, &self.landed),
         }
     }
 

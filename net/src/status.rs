@@ -160,6 +160,50 @@ pub struct Board {
     /// The nodes this one has a finished handshake with.
     pub connected: Vec<String>,
     pub counters: Counters,
+    #[serde(default)]
+    pub queue: Queue,
+}
+
+/// The merge queue: `GET /api/queue`, `huskies queue`, the dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Queue {
+    /// Stories in `merge`, in the order they land (priority, then age).
+    pub order: Vec<QueueItem>,
+    /// Batches being tested now, one per merge node.
+    pub testing: Vec<QueueBatch>,
+    /// The last stories landed, newest first, as this node saw them land.
+    pub landed: Vec<LandedItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueItem {
+    pub id: String,
+    pub title: String,
+    pub priority: i64,
+    /// The merge node holding it.
+    pub holder: Option<String>,
+    /// Times landing sent it back so far.
+    pub returns: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueBatch {
+    pub node: String,
+    pub batch: u64,
+    pub stories: Vec<String>,
+    /// Stories of other nodes' batches it is tested on top of.
+    pub ahead: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LandedItem {
+    pub id: String,
+    pub title: String,
+    pub commit: String,
+    pub node: String,
+    /// Unix ms when this node saw it land; 0 when it landed before this
+    /// node started.
+    pub seen_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -340,7 +340,7 @@ impl SimNode {
                 TryLand::Moved => {
                     land.build = self.build_land(&land.ahead, &land.stories);
                     land.tries += 1;
-                    land.due_ms = now + self.ctx.gate_ms;
+                    land.due_ms = now + if land.build.gated() { self.ctx.gate_ms } else { 20 };
                     self.lands.push(land);
                 }
             }
@@ -403,7 +403,8 @@ impl SimNode {
             }
             Output::Land { batch, stories, ahead, .. } => {
                 let build = self.build_land(&ahead, &stories);
-                let due_ms = now + self.ctx.gate_ms;
+                // Nothing to test (conflicts, landed before): answered at once.
+                let due_ms = now + if build.gated() { self.ctx.gate_ms } else { 20 };
                 self.lands.push(SimLand { batch, stories, ahead, build, due_ms, tries: 0, cancelled: false });
             }
             Output::CancelLand { batch } => {

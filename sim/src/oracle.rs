@@ -56,6 +56,8 @@ pub struct Oracle {
     pub batch_stories: u64,
     pub retries: u64,
     pub splits: u64,
+    pub speculative_batches: u64,
+    pub cancelled_batches: u64,
     /// When each story reached `merge` (first seen there), and when it
     /// landed: the queue's latency.
     pub reached_merge_ms: BTreeMap<StoryId, u64>,
@@ -160,6 +162,11 @@ impl Oracle {
     /// Landing: a landed commit must be the story's on the default
     /// branch; figures for the report.
     fn observe_landing(&mut self, now_ms: u64, node: &NodeId, e: &Event) {
+        if std::env::var("HUSKIES_DEBUG_LAND").is_ok()
+            && matches!(e, Event::BatchStarted { .. } | Event::BatchCancelled { .. } | Event::BatchSplit { .. })
+        {
+            println!("{now_ms} {node} {e:?}");
+        }
         match e {
             Event::StageChanged { story, to: Stage::Merge, .. }
             | Event::Advanced { story, to: Stage::Merge, .. }
@@ -168,6 +175,9 @@ impl Oracle {
                 self.first_merge_ms.get_or_insert(now_ms);
             }
             Event::Landed { story, commit, .. } => {
+                if std::env::var("HUSKIES_DEBUG_LAND").is_ok() {
+                    println!("{now_ms} {node} landed {story}");
+                }
                 self.landed += 1;
                 self.last_landed_ms = self.last_landed_ms.max(now_ms);
                 if self.trunk.commit_of(story).as_ref() != Some(commit) {
@@ -178,17 +188,22 @@ impl Oracle {
                     self.landed_after_ms.push(now_ms.saturating_sub(t));
                 }
             }
-            Event::SentBack { story, .. } => {
+            Event::SentBack { story, reason, .. } => {
+                if std::env::var("HUSKIES_DEBUG_LAND").is_ok() {
+                    println!("{now_ms} {node} sent back {story}: {reason}");
+                }
                 self.sent_back += 1;
                 // The wait counts from the first time it reached merge.
                 self.trunk.returned(story);
             }
-            Event::BatchStarted { size, retry, .. } => {
+            Event::BatchStarted { size, retry, ahead, .. } => {
                 self.batches += 1;
+                self.speculative_batches += u64::from(*ahead > 0);
                 self.batch_stories += *size as u64;
                 self.retries += u64::from(*retry);
             }
             Event::BatchSplit { .. } => self.splits += 1,
+            Event::BatchCancelled { .. } => self.cancelled_batches += 1,
             _ => {}
         }
     }

@@ -283,6 +283,9 @@ pub struct Landing {
     pub batch_stories: u64,
     pub retries: u64,
     pub splits: u64,
+    /// Batches tested on top of another node's, and batches called off.
+    pub speculative: u64,
+    pub cancelled: u64,
     pub gate_runs: u64,
     pub gate_failures: u64,
     /// Simulated ms from a story reaching `merge` to landing: p50, p95.
@@ -803,6 +806,8 @@ fn landing_figures(o: &Oracle) -> Landing {
         batch_stories: o.batch_stories,
         retries: o.retries,
         splits: o.splits,
+        speculative: o.speculative_batches,
+        cancelled: o.cancelled_batches,
         gate_runs: o.trunk.gate_runs,
         gate_failures: o.trunk.gate_failures,
         p50_ms: pct(50),

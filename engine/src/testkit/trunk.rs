@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::hash::stable_hash;
-use crate::landing::{LandReport, LandResult, LandStory};
+use crate::landing::{CONFLICT_REASON, LandReport, LandResult, LandStory};
 use crate::{StoryId, Token};
 
 /// How stories and gates behave.
@@ -60,6 +60,14 @@ pub struct TrunkBuild {
     landed_before: Vec<(StoryId, String)>,
     /// Why the gates failed, if they did.
     gate: Option<String>,
+}
+
+impl TrunkBuild {
+    /// Whether the build runs the gates (anything of its own applied);
+    /// otherwise its answer is known at once.
+    pub fn gated(&self) -> bool {
+        !self.own.is_empty()
+    }
 }
 
 /// What a push of a build did.
@@ -200,8 +208,11 @@ impl TrunkModel {
                 (false, true, true) => report.deferred.push(s.id.clone()),
                 (false, false, _) => {
                     let names: Vec<String> = on_trunk.iter().map(|o| Self::shared_file(&s.id, o)).collect();
-                    let why =
-                        format!("merge conflict with the default branch at {} in: {}", report.base, names.join(", "));
+                    let why = format!(
+                        "{CONFLICT_REASON} with the default branch at {} in: {}",
+                        report.base,
+                        names.join(", ")
+                    );
                     report.conflicts.push((s.id.clone(), why));
                 }
             }

@@ -97,7 +97,9 @@ fn merge_throughput() {
         s
     };
     let serial = base("merge_serial", 1, 1, 1);
-    let queue = base("merge_queue_3x4", 3, 4, 4);
+    // HUSKIES_LAND_BATCH picks the batch size (and each merge node's capacity).
+    let batch = std::env::var("HUSKIES_LAND_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let queue = base("merge_queue_3_nodes", 3, batch as u32, batch);
     let seeds: Vec<u64> = (1..=std::env::var("HUSKIES_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)).collect();
     for seed in seeds {
         let s = huskies_sim::scenario::run_seed(&serial, seed);
@@ -108,7 +110,7 @@ fn merge_throughput() {
         }
         let (sl, ql) = (&s.landing, &q.landing);
         println!(
-            "seed {seed}: serial {:.1}/h (p50 {:.1} min, p95 {:.1} min, {} gate runs); queue {:.1}/h (p50 {:.1} min, p95 {:.1} min, {} gate runs, {} batches of {:.2}, {} retried, {} split); ratio {:.2}x",
+            "seed {seed}: serial {:.1}/h (p50 {:.1} min, p95 {:.1} min, {} gate runs); queue {:.1}/h (p50 {:.1} min, p95 {:.1} min, {} gate runs, {} batches of {:.2}, {} retried, {} split, {} speculative, {} called off); ratio {:.2}x",
             sl.per_hour(),
             sl.p50_ms as f64 / 60_000.0,
             sl.p95_ms as f64 / 60_000.0,
@@ -121,6 +123,8 @@ fn merge_throughput() {
             ql.batch_stories as f64 / ql.batches.max(1) as f64,
             ql.retries,
             ql.splits,
+            ql.speculative,
+            ql.cancelled,
             ql.per_hour() / sl.per_hour()
         );
     }
