@@ -338,6 +338,23 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(b.js("return window.__pwned === undefined").await, json!(true));
     assert_eq!(b.js("return document.querySelectorAll('#board script, #board img').length").await, json!(0));
 
+    // The merge queue panel: a story in `merge` with no merge node shows
+    // as waiting, its hostile title as text.
+    add(&c, "mq", HOSTILE_TITLE, "merge");
+    b.until(
+        "mq in the merge queue",
+        Duration::from_secs(10),
+        "const li = document.querySelector('#queue-order li[data-story=\"mq\"]'); \
+         return li && /waiting for a merge node/.test(li.textContent);",
+    )
+    .await;
+    assert_eq!(b.js("return document.getElementById('queue-count').textContent.trim()").await, json!("1"));
+    assert_eq!(
+        b.js("return document.querySelectorAll('#queue-panel script, #queue-panel img').length").await,
+        json!(0)
+    );
+    assert_eq!(b.js("return window.__pwned === undefined").await, json!(true));
+
     // Stories move live as agents work: seen in `current` held by an
     // agent, then in `qa`.
     add(&c, "live-1", "moves on its own", "current");

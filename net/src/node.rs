@@ -623,7 +623,8 @@ impl NodeLoop {
         #[allow(clippy::disallowed_methods)] // run durations are wall time
         self.metrics.observe(&e, Instant::now());
         #[allow(clippy::disallowed_methods)] // when a landing was seen is wall time
-        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.landed.observe(&self.engine, &e, unix_ms);
         match &e {
             Event::NodeRevoked { .. } => self.share_revocations(),
