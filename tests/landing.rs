@@ -168,6 +168,10 @@ fn stories_land_on_main_through_conflicts_gate_failures_and_a_kill() {
         let on = huskies_net::land::landed_of(commit.message().unwrap()).map(|(s, _)| s.to_owned());
         assert_eq!(on.as_deref(), l["id"].as_str(), "the queue names the commit that landed it");
     }
+    let shown = cli(&["story", "show", "slow", "--server", &server, "--key", &c.key]);
+    let commit = shown.lines().find_map(|l| l.strip_prefix("landed on the default branch in ")).unwrap_or("");
+    let commit = remote.find_commit(git2::Oid::from_str(commit.trim()).unwrap()).unwrap();
+    assert_eq!(huskies_net::land::landed_of(commit.message().unwrap()).map(|(s, _)| s), Some("slow"), "{shown}");
     let text = cli(&["queue", "--server", &server, "--key", &c.key]);
     assert!(text.contains("merge queue: 0 waiting") && text.contains("last landed:"), "{text}");
 

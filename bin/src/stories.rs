@@ -127,6 +127,12 @@ pub fn render(d: &StoryDetail) -> String {
         _ => "free".to_owned(),
     };
     let _ = writeln!(out, "stage {}  token {}  priority {}  {state}", s.stage, s.token, s.priority);
+    if let Some(c) = &s.landed {
+        let _ = writeln!(out, "landed on the default branch in {c}");
+    }
+    if s.returns > 0 {
+        let _ = writeln!(out, "sent back by landing {} time(s)", s.returns);
+    }
     if let Some(r) = &s.reason {
         let _ = writeln!(out, "last failure: {r}");
     }

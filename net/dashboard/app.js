@@ -287,7 +287,8 @@ async function openDetail(id) {
   $('detail-title').textContent = d.title;
   $('detail-meta').textContent =
     `${d.id} · ${d.stage} · token ${d.token} · attempt ${d.attempts} · priority ${d.priority} · ` +
-    (d.holder ? `held by ${d.holder}` : 'unclaimed') + (live ? '' : ' · from cold storage');
+    (d.holder ? `held by ${d.holder}` : 'unclaimed') + (live ? '' : ' · from cold storage') +
+    (d.landed ? ` · landed in ${d.landed.slice(0, 12)}` : '') + (d.returns ? ` · sent back ${d.returns}×` : '');
   $('detail-reason').textContent = d.failed ? `failed: ${d.reason || 'gave up'}` : d.reason ? `last attempt: ${d.reason}` : '';
   $('detail-body').textContent = d.body || '(no body)';
   const canAct = state.session && state.session.logged_in;

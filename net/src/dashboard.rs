@@ -318,6 +318,8 @@ mod tests {
             removed: false,
             priority: 0,
             created_ms: 0,
+            landed: None,
+            returns: 0,
         }
     }
 

@@ -48,6 +48,12 @@ pub struct StoryStatus {
     pub priority: i64,
     #[serde(default)]
     pub created_ms: u64,
+    /// The default-branch commit that landed it.
+    #[serde(default)]
+    pub landed: Option<String>,
+    /// Times landing sent it back to `current`.
+    #[serde(default)]
+    pub returns: u32,
 }
 
 impl StoryStatus {
@@ -65,6 +71,8 @@ impl StoryStatus {
             removed: v.state.removed,
             priority: v.priority,
             created_ms: v.created_ms,
+            landed: v.state.result.as_ref().and_then(|r| r.landed.clone()),
+            returns: v.state.returns,
         }
     }
 }
