@@ -428,9 +428,16 @@ impl Engine {
             }
             // A failure on top of a chain ahead may be theirs: queue again,
             // and do not build on that chain again.
+            // A failure on top of a chain ahead may be theirs: our stories
+            // wait until that chain has landed or failed (Zuul retests
+            // those behind a failure once it is out of the way), and that
+            // chain is never built on again.
             LandResult::GateFailed { .. } if report.speculative || b.cancelled => {
                 if report.speculative {
                     self.train.avoid = Some(b.ahead.clone());
+                    for id in &rest {
+                        self.train.deferred_on.insert(id.clone(), b.ahead.clone());
+                    }
                 }
                 self.requeue(&rest);
             }
