@@ -343,9 +343,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         println!();
     }
 
-    let mut reclaims = 0;
-    let mut losses = 0;
-    let mut stopped = 0;
+    let (mut reclaims, mut losses, mut stopped, mut batches) = (0, 0, 0, 0);
     for (name, p) in &agent_ports {
         if Some(name) == killed.as_ref() {
             continue;
@@ -355,15 +353,6 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
             reclaims += st.counters.reclaims;
             losses += st.counters.claim_losses;
             stopped += st.counters.runs_stopped;
-        }
-    }
-    let mut batches = 0;
-    for (name, p) in &agent_ports {
-        if Some(name) == killed.as_ref() {
-            continue;
-        }
-        if let Ok(st) = Client::new(&format!("http://127.0.0.1:{p}"), Some(key.clone()), None).and_then(|c| c.status())
-        {
             batches += st.counters.land_batches;
         }
     }
