@@ -315,6 +315,7 @@ impl Engine {
             removed: false,
             // Landing's returns count until the story is done.
             returns: if to == crate::Stage::Done { 0 } else { state.returns },
+            queued: if to == crate::Stage::Merge { self.max_queued.saturating_add(1) } else { state.queued },
         };
         self.write_state(story, state);
         self.record_run(story, &run, crate::runs::RunOutcomeKind::Succeeded, None);

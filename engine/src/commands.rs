@@ -56,7 +56,10 @@ impl Engine {
             Some(id) => id,
             None => self.fresh_story_id(&title)?,
         };
-        let state = StoryState::new(new.stage);
+        let mut state = StoryState::new(new.stage);
+        if new.stage == Stage::Merge {
+            state.queued = self.max_queued.saturating_add(1);
+        }
         let view = StoryView { title, priority: new.priority, created_ms: new.created_ms, state, concurrent: 1 };
         self.doc.add_story(&id, &view, &new.body);
         self.doc.skip_touched();
@@ -187,6 +190,7 @@ impl Engine {
             reason: None,
             removed: false,
             returns: 0,
+            queued: if to == Stage::Merge { self.max_queued.saturating_add(1) } else { view.state.queued },
         };
         let token = state.token;
         self.write_state(&id, state);
@@ -220,5 +224,32 @@ mod tests {
         let id = e.fresh_story_id("Fix it!").unwrap();
         assert!(id.as_str().starts_with("fix-it-") && id.as_str().len() == "fix-it-".len() + 8, "{id}");
         assert!(!e.index.contains(&id));
+    }
+
+    /// The merge queue is ordered by when stories reached `merge` (their
+    /// Lamport place), not by age; priority still comes first.
+    #[test]
+    fn merge_queue_order_is_arrival_then_priority_first() {
+        let mut e = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
+        e.handle(Millis(0), crate::Input::StorageLoaded { bytes: Vec::new() });
+        let add = |e: &mut Engine, id: &str, stage: Stage, created_ms: u64, priority: i64| {
+            let new = NewStory {
+                id: Some(StoryId::new(id).unwrap()),
+                title: id.into(),
+                stage,
+                body: String::new(),
+                priority,
+                created_ms,
+            };
+            e.handle(Millis(1), crate::Input::Command { id: CommandId(created_ms), command: Command::AddStory(new) });
+        };
+        add(&mut e, "young", Stage::Merge, 50, 0);
+        add(&mut e, "old", Stage::Merge, 10, 0);
+        add(&mut e, "oldest", Stage::Qa, 1, 0);
+        add(&mut e, "urgent", Stage::Merge, 60, 5);
+        let mv = Command::MoveStory { id: StoryId::new("oldest").unwrap(), stage: Stage::Merge };
+        e.handle(Millis(2), crate::Input::Command { id: CommandId(99), command: mv });
+        let order: Vec<String> = e.queue_view().order.iter().map(|s| s.to_string()).collect();
+        assert_eq!(order, ["urgent", "young", "old", "oldest"]);
     }
 }

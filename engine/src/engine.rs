@@ -47,6 +47,8 @@ pub struct Engine {
     pub(crate) train: crate::landing::Train,
     pub(crate) liveness: Liveness,
     pub(crate) dead: BTreeSet<NodeId>,
+    /// The highest merge-queue place seen on any story (`StoryState::queued`).
+    pub(crate) max_queued: u64,
 
     // Identity.
     pub(crate) creds: crate::identity::Credentials,
@@ -126,6 +128,7 @@ impl Engine {
             train: Default::default(),
             liveness,
             dead: BTreeSet::new(),
+            max_queued: 0,
             creds,
             keys: BTreeMap::new(),
             revoked: BTreeSet::new(),
@@ -456,6 +459,7 @@ impl Engine {
         let old = self.index.put_story(id, view.clone(), replaced);
         let Some(view) = view else { return };
         let state = &view.state;
+        self.max_queued = self.max_queued.max(state.queued);
         self.claims.observe(id, state);
         if let Some(old) = &old {
             if old.state.stage != state.stage {

@@ -226,19 +226,20 @@ impl Engine {
                 if on_the_way && !full && self.now.saturating_sub(since) < self.config.land_batch_wait_ms {
                     return;
                 }
-                let mut order: Vec<_> = queued
-                    .into_iter()
-                    .map(|id| {
-                        let v = self.index.known(&id);
-                        ((std::cmp::Reverse(v.priority), v.created_ms), id)
-                    })
-                    .collect();
+                let mut order: Vec<_> = queued.into_iter().map(|id| (self.queue_key(&id), id)).collect();
                 order.sort();
                 (order.into_iter().take(self.config.land_batch).map(|(_, id)| id).collect(), false)
             }
         };
         self.train.waiting_since = None;
         self.start_batch(stories, false, split);
+    }
+
+    /// Queue order: higher priority first, then the time the story reached
+    /// `merge` (its Lamport place), then age.
+    fn queue_key(&self, id: &StoryId) -> (std::cmp::Reverse<i64>, u64, u64) {
+        let v = self.index.known(id);
+        (std::cmp::Reverse(v.priority), v.state.queued, v.created_ms)
     }
 
     /// Where a story of a car ahead stands.
@@ -536,7 +537,8 @@ impl Engine {
 /// dashboard).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueView {
-    /// Stories in `merge`, in queue order (priority, then age), not given up.
+    /// Stories in `merge`, in queue order (priority, then when each reached
+    /// `merge`, then age), not given up.
     pub order: Vec<StoryId>,
     /// Each merge node's batch being tested, with the stories of other
     /// batches it is stacked on; only batches with a story still landing.
@@ -549,7 +551,7 @@ impl Engine {
             .index
             .stories()
             .filter(|(_, v)| v.state.stage == Stage::Merge && !v.state.failed && !v.state.removed)
-            .map(|(id, v)| ((std::cmp::Reverse(v.priority), v.created_ms), id.clone()))
+            .map(|(id, _)| (self.queue_key(id), id.clone()))
             .collect();
         order.sort();
         let mut testing = Vec::new();

@@ -133,6 +133,12 @@ pub struct StoryState {
     /// is given up after `max_returns`; a user move or retry clears it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub returns: u32,
+    /// Place in the merge queue: one more than the highest place this
+    /// replica knew when the story reached `merge` (a Lamport clock: every
+    /// replica orders the queue by when stories reached it, without
+    /// comparing wall clocks; ties by priority, age and id).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub queued: u64,
 }
 
 /// Longest failure reason kept in a story's state.
@@ -151,6 +157,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 impl StoryState {
     pub fn new(stage: Stage) -> StoryState {
         StoryState {
@@ -163,6 +173,7 @@ impl StoryState {
             reason: None,
             removed: false,
             returns: 0,
+            queued: 0,
         }
     }
 

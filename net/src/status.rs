@@ -175,7 +175,7 @@ pub struct Board {
 /// The merge queue: `GET /api/queue`, `huskies queue`, the dashboard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Queue {
-    /// Stories in `merge`, in the order they land (priority, then age).
+    /// Stories in `merge`, in the order they land (priority, then arrival).
     pub order: Vec<QueueItem>,
     /// Batches being tested now, one per merge node.
     pub testing: Vec<QueueBatch>,
