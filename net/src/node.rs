@@ -161,6 +161,16 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
             (*stage, huskies_engine::StageLimits { max_attempts: a.max_attempts, run_timeout_ms: a.run_timeout_ms })
         })
         .collect();
+    if let Some(m) = &p.merge {
+        // A landing runs every gate, maybe on several tips (the branch
+        // moved) and waits for a batch ahead: the merge stage's deadline
+        // must outlast that, or a slow but healthy landing is failed.
+        let gates = m.gates.len().max(1) as u64;
+        let landing_ms = m.gate_timeout_ms.saturating_mul(gates).saturating_mul(6);
+        let limits = c.stage_limits.entry(huskies_engine::Stage::Merge).or_default();
+        let agent_ms = limits.run_timeout_ms.unwrap_or(c.run_timeout_ms);
+        limits.run_timeout_ms = Some(agent_ms.max(landing_ms));
+    }
     if let Some(ms) = p.retry_backoff_ms {
         c.retry_backoff_ms = ms;
     }
