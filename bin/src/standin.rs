@@ -2,7 +2,7 @@
 //! a real coding agent. It waits a while, then appends a line to
 //! `stories/<id>.md` in its worktree and commits it, or fails on purpose.
 //!
-//! Before it works it merges the default branch in, as an agent told of
+//! In `current` it first merges the default branch in, as an agent told of
 //! a conflict would, and resolves conflicts by keeping the lines of both
 //! sides. `--conflict-every N` makes every Nth story (by a hash of its id)
 //! also add a line to the shared `CHANGELOG.md`, so that such stories
@@ -83,10 +83,11 @@ pub fn run(a: StandInArgs) -> Result<(), String> {
     let repo = git2::Repository::open(dir).map_err(git)?;
     let last_failure = std::env::var("HUSKIES_LAST_FAILURE").unwrap_or_default();
     let mut touched = vec![];
-    // Work on top of the default branch as it is now, as a careful agent
-    // does in every stage: what lands later then conflicts less.
+    // Work starts on top of the default branch as it is now (after a
+    // conflict, that is how it gets resolved). Later stages do not merge
+    // again, so stories that edit the same lines really conflict.
     let branch = std::env::var("HUSKIES_DEFAULT_BRANCH").unwrap_or_default();
-    if !branch.is_empty() && stage != "merge" {
+    if !branch.is_empty() && stage == "current" {
         merge_default(&repo, &branch).map_err(git)?;
     }
     if stage == "current" {
