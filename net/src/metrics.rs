@@ -198,13 +198,7 @@ impl Metrics {
 
     pub fn run_started(&self, story: &StoryId, token: Token, now: Instant) {
         self.runs_started.inc();
-        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
-        if started.len() >= MAX_TIMED_RUNS
-            && let Some(oldest) = started.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
-        {
-            started.remove(&oldest);
-        }
-        started.insert((story.clone(), token), now);
+        remember(&self.started, (story.clone(), token), now, true);
     }
 
     /// A run ended; its duration goes into the histogram once (the first
@@ -252,13 +246,7 @@ impl Metrics {
             }
             // Every write of a stage, local or merged, shows as StageChanged.
             Event::StageChanged { story, to: Stage::Merge, .. } => {
-                let mut m = self.reached_merge.lock().unwrap_or_else(|p| p.into_inner());
-                if m.len() >= MAX_TIMED_RUNS
-                    && let Some(oldest) = m.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
-                {
-                    m.remove(&oldest);
-                }
-                m.entry(story.clone()).or_insert(now);
+                remember(&self.reached_merge, story.clone(), now, false);
             }
             Event::Landed { story, .. } => {
                 self.landed.inc();
@@ -350,6 +338,23 @@ impl Metrics {
             land_conflicts: self.land_conflicts.get(),
             land_gate_failures: self.land_gate_failures.get(),
         }
+    }
+}
+
+/// Notes when `key` started (`replace`: even if it was noted before), in a
+/// map bounded to [`MAX_TIMED_RUNS`] by dropping the oldest entry.
+fn remember<K: Ord + Clone>(map: &std::sync::Mutex<BTreeMap<K, Instant>>, key: K, now: Instant, replace: bool) {
+    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+    if !m.contains_key(&key)
+        && m.len() >= MAX_TIMED_RUNS
+        && let Some(oldest) = m.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
+    {
+        m.remove(&oldest);
+    }
+    if replace {
+        m.insert(key, now);
+    } else {
+        m.entry(key).or_insert(now);
     }
 }
 
