@@ -168,6 +168,7 @@ impl Engine {
             Input::WorktreeInspected { story, token, committed } => {
                 self.handle_worktree_inspected(story, token, committed)
             }
+            Input::LandBuilt { batch, left_out } => self.handle_land_built(batch, left_out),
             Input::LandFinished { batch, report } => self.handle_land_finished(batch, report),
             Input::Command { id, command } => self.handle_command(id, command),
             Input::Timeout => self.handle_timeout(),

@@ -23,6 +23,10 @@ pub enum Input {
     /// Answer to `Output::InspectWorktree`: does the story's worktree hold
     /// committed work from before a restart?
     WorktreeInspected { story: StoryId, token: Token, committed: bool },
+    /// The landing asked for by `Output::Land` applied its stories and is
+    /// about to run the gates: the stories it left out are decided now, not
+    /// a gate run later (given again after each rebuild; optional).
+    LandBuilt { batch: crate::landing::BatchId, left_out: crate::landing::LeftOut },
     /// The landing asked for by `Output::Land` is over.
     LandFinished { batch: crate::landing::BatchId, report: crate::landing::LandReport },
     /// A user command; answered by exactly one `Output::Reply`.

@@ -87,6 +87,37 @@ pub enum LandResult {
     Retry { reason: String },
 }
 
+/// What a build left out before its gates ran (see the fields of
+/// [`LandReport`]): given with [`crate::Input::LandBuilt`] as soon as the
+/// batch is applied, so a story that conflicts goes back to its agent a
+/// gate run sooner, and the batches stacked on ours know it is not in the
+/// tree they test.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LeftOut {
+    pub conflicts: Vec<(StoryId, String)>,
+    pub fenced: Vec<(StoryId, Token)>,
+    pub deferred: Vec<StoryId>,
+    pub speculative: bool,
+}
+
+impl LeftOut {
+    pub fn is_empty(&self) -> bool {
+        self.conflicts.is_empty() && self.fenced.is_empty() && self.deferred.is_empty()
+    }
+}
+
+impl LandReport {
+    /// The part of the report decided before the gates.
+    pub fn left_out(&self) -> LeftOut {
+        LeftOut {
+            conflicts: self.conflicts.clone(),
+            fenced: self.fenced.clone(),
+            deferred: self.deferred.clone(),
+            speculative: self.speculative,
+        }
+    }
+}
+
 impl Default for LandResult {
     fn default() -> Self {
         LandResult::Landed { commits: Vec::new() }
@@ -104,6 +135,11 @@ pub struct Car {
     pub batch: u64,
     pub ahead: Vec<(StoryId, Token)>,
     pub stories: Vec<(StoryId, Token)>,
+    /// Stories of the batch its build left out before the gates (they
+    /// conflict, or wait for a story stacked before them): not in the tree
+    /// tested, so their leaving `merge` breaks no batch stacked on this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<(StoryId, Token)>,
 }
 
 /// How every driver begins the reason of a story that does not apply on
@@ -127,7 +163,8 @@ impl Car {
             return None;
         }
         let car: Car = serde_json::from_str(s).ok()?;
-        (car.ahead.len() <= MAX_AHEAD && car.stories.len() <= MAX_AHEAD).then_some(car)
+        let within = car.ahead.len() <= MAX_AHEAD && car.stories.len() <= MAX_AHEAD && car.left_out.len() <= MAX_AHEAD;
+        within.then_some(car)
     }
 }
 
@@ -154,7 +191,28 @@ struct Batch {
     /// Failed its gates once and was handed over again as it was.
     retried: bool,
     /// A half of a split batch: bisected further, never retried.
-    split: bool,
+    half: Option<HalfOf>,
+    /// Stories its build left out before the gates (see [`Car::left_out`]).
+    left_out: Vec<(StoryId, Token)>,
+}
+
+/// Which split a half comes from, and which half it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HalfOf {
+    split: u64,
+    second: bool,
+}
+
+/// A half of a split batch, waiting its turn.
+#[derive(Debug, Clone)]
+struct Half {
+    stories: Vec<StoryId>,
+    of: HalfOf,
+    /// For a second half: the failure of the batch it was split from (seen
+    /// twice, so not a flaky gate). Should the first half land whole, the
+    /// failure is in this one: it is split again, or (one story) sent
+    /// back, with no test of its own (bisection's free answer).
+    failure: Option<String>,
 }
 
 /// The `Train` part: the batch in flight, halves of split batches waiting
@@ -163,11 +221,17 @@ struct Batch {
 pub(crate) struct Train {
     next_id: u64,
     in_flight: Option<Batch>,
-    halves: VecDeque<Vec<StoryId>>,
+    halves: VecDeque<Half>,
+    splits: u64,
     waiting_since: Option<Millis>,
-    /// A chain ahead whose tree failed our gates: not built on again (the
-    /// failure may be ours or theirs; tested alone, ours is known).
-    avoid: Option<Vec<(StoryId, Token)>>,
+    /// Stories of chains ahead whose tree failed our gates: not built on
+    /// while they are still landing (the failure may be ours or theirs;
+    /// tested without them, ours is known).
+    avoid: std::collections::BTreeSet<(StoryId, Token)>,
+    /// Our batch failed on top of others: the next one is tested on the
+    /// default branch alone, so a failure of ours is found (a new chain
+    /// ahead every time could hide it for ever).
+    solo: bool,
     /// Our stories that clashed with a chain ahead: they wait until no
     /// story of it is still landing (then a clash is a real conflict).
     deferred_on: std::collections::BTreeMap<StoryId, Vec<(StoryId, Token)>>,
@@ -215,8 +279,8 @@ impl Engine {
             self.train.halves.clear();
             return;
         }
-        let (stories, split) = match self.next_half(&queued) {
-            Some(half) => (half, true),
+        let (stories, half) = match self.next_half(&queued) {
+            Some(h) => (h.stories, Some(h.of)),
             None => {
                 let since = *self.train.waiting_since.get_or_insert(self.now);
                 let on_the_way = self.claims.runs().any(|(_, r)| {
@@ -228,11 +292,11 @@ impl Engine {
                 }
                 let mut order: Vec<_> = queued.into_iter().map(|id| (self.queue_key(&id), id)).collect();
                 order.sort();
-                (order.into_iter().take(self.config.land_batch).map(|(_, id)| id).collect(), false)
+                (order.into_iter().take(self.config.land_batch).map(|(_, id)| id).collect(), None)
             }
         };
         self.train.waiting_since = None;
-        self.start_batch(stories, false, split);
+        self.start_batch(stories, false, half);
     }
 
     /// Queue order: higher priority first, then the time the story reached
@@ -259,15 +323,19 @@ impl Engine {
 
     /// The stories to test our batch on top of: the longest chain of
     /// another node's car whose stories are all still landing or landed
-    /// (the landed ones left out), none of them ours.
+    /// (the landed ones left out), none of them ours, none suspect (in a
+    /// tree that failed our gates).
     fn chain_ahead(&mut self, own: &[StoryId]) -> Vec<(StoryId, Token)> {
         let mut best: Vec<(StoryId, Token)> = Vec::new();
-        for (node, raw) in self.doc.read_trains() {
-            if node == self.node {
-                continue;
-            }
-            let Some(car) = Car::decode(&raw) else { continue };
-            if !self.liveness.is_alive(&node, self.now) {
+        // A suspect that landed or left `merge` is decided: forget it.
+        let mut avoid = std::mem::take(&mut self.train.avoid);
+        avoid.retain(|(s, t)| self.ahead_state(s, *t, None) == AheadState::Landing);
+        self.train.avoid = avoid;
+        let cars: Vec<(crate::NodeId, Car)> =
+            self.doc.read_trains().into_iter().filter_map(|(n, raw)| Some((n, Car::decode(&raw)?))).collect();
+        let left_out = Self::left_out_of(&cars);
+        for (node, car) in cars {
+            if node == self.node || !self.liveness.is_alive(&node, self.now) {
                 continue;
             }
             let mut pending = Vec::new();
@@ -280,15 +348,23 @@ impl Engine {
                     _ if own.contains(s) => whole = false,
                     AheadState::Landing => pending.push((s.clone(), *t)),
                     AheadState::Landed => {}
+                    // Left out of the tree its node tests: not in ours either.
+                    AheadState::Gone if left_out.contains(&(s.clone(), *t)) => {}
                     AheadState::Gone => whole = false,
                 }
             }
             let better = pending.len() > best.len();
-            if whole && better && pending.len() <= MAX_AHEAD && self.train.avoid.as_ref() != Some(&pending) {
+            let suspect = pending.iter().any(|p| self.train.avoid.contains(p));
+            if whole && better && !suspect && pending.len() <= MAX_AHEAD {
                 best = pending;
             }
         }
         best
+    }
+
+    /// Every story some car says its build left out, with its token.
+    fn left_out_of(cars: &[(crate::NodeId, Car)]) -> std::collections::BTreeSet<(StoryId, Token)> {
+        cars.iter().flat_map(|(_, c)| c.left_out.iter().cloned()).collect()
     }
 
     /// Whether the story left `merge` right after `token` because it did
@@ -319,14 +395,27 @@ impl Engine {
             let holder = self.index.story(s).and_then(|v| v.state.holder.clone());
             holder.is_some_and(|h| h != self.node && !self.liveness.is_alive(&h, self.now))
         };
-        let breaks = |(s, t): &(StoryId, Token)| match self.ahead_state(s, *t, None) {
-            AheadState::Gone => !self.returned_for_conflict(s, *t),
-            AheadState::Landing => holder_dead(s),
-            AheadState::Landed => false,
-        };
-        if !b.ahead.iter().any(breaks) {
+        let mut gone = Vec::new();
+        let mut broken = false;
+        for (s, t) in &b.ahead {
+            match self.ahead_state(s, *t, None) {
+                AheadState::Gone if !self.returned_for_conflict(s, *t) => gone.push((s.clone(), *t)),
+                AheadState::Landing => broken |= holder_dead(s),
+                _ => {}
+            }
+        }
+        if !broken && !gone.is_empty() {
+            // Gone, but left out of the tree by its own node's build: not
+            // in the tree we test either.
+            let cars: Vec<(crate::NodeId, Car)> =
+                self.doc.read_trains().into_iter().filter_map(|(n, raw)| Some((n, Car::decode(&raw)?))).collect();
+            let left_out = Self::left_out_of(&cars);
+            broken = gone.iter().any(|g| !left_out.contains(g));
+        }
+        if !broken {
             return;
         }
+        let Some(b) = &self.train.in_flight else { return };
         let id = b.id;
         if let Some(b) = self.train.in_flight.as_mut() {
             b.cancelled = true;
@@ -336,23 +425,62 @@ impl Engine {
     }
 
     /// The next waiting half whose stories are still queued here.
-    fn next_half(&mut self, queued: &[StoryId]) -> Option<Vec<StoryId>> {
+    fn next_half(&mut self, queued: &[StoryId]) -> Option<Half> {
         while let Some(mut half) = self.train.halves.pop_front() {
-            half.retain(|id| queued.contains(id));
-            if !half.is_empty() {
+            half.stories.retain(|id| queued.contains(id));
+            if !half.stories.is_empty() {
                 return Some(half);
             }
         }
         None
     }
 
-    fn start_batch(&mut self, stories: Vec<StoryId>, retry: bool, split: bool) {
+    /// A first half is decided: if it landed whole, its sibling holds the
+    /// failure of the batch they were split from; otherwise the sibling
+    /// must be tested like any batch.
+    fn settle_sibling(&mut self, batch: BatchId, split: u64, first_landed: bool) {
+        let Some(at) = self.train.halves.iter().position(|h| h.of.split == split && h.of.second) else { return };
+        if !first_landed {
+            self.train.halves[at].failure = None;
+            return;
+        }
+        let Some(reason) = self.train.halves[at].failure.take() else { return };
+        let Some(mut half) = self.train.halves.remove(at) else { return };
+        half.stories.retain(|id| self.claims.run(id).is_some_and(|r| r.phase == Phase::Queued));
+        match half.stories.len() {
+            0 => {}
+            1 => {
+                let why = format!("{reason} (its batch failed twice, and the rest of it passed without it)");
+                self.send_back(&half.stories[0], &why);
+            }
+            n => {
+                self.emit(Event::BatchSplit { batch, size: n });
+                self.push_halves(half.stories, reason);
+            }
+        }
+    }
+
+    /// Splits a failing batch in two halves, to be tested first.
+    fn push_halves(&mut self, mut first: Vec<StoryId>, failure: String) {
+        self.train.splits += 1;
+        let split = self.train.splits;
+        let second = first.split_off(first.len() / 2);
+        let of = |second| HalfOf { split, second };
+        self.train.halves.push_front(Half { stories: second, of: of(true), failure: Some(failure) });
+        self.train.halves.push_front(Half { stories: first, of: of(false), failure: None });
+    }
+
+    fn start_batch(&mut self, stories: Vec<StoryId>, retry: bool, half: Option<HalfOf>) {
         assert!(!stories.is_empty() && stories.len() <= self.config.land_batch, "a batch of {}", stories.len());
         assert!(self.train.in_flight.is_none(), "a second batch in flight");
         let id = self.train.allocate();
         let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(Stage::Merge));
         let mut land = Vec::with_capacity(stories.len());
-        let mut car = Car { batch: id.0, ahead: self.chain_ahead(&stories), stories: Vec::new() };
+        // A retry or a half finds out about our own stories: on the default
+        // branch alone, like the test that failed.
+        let solo = std::mem::take(&mut self.train.solo) || retry || half.is_some();
+        let ahead = if solo { Vec::new() } else { self.chain_ahead(&stories) };
+        let mut car = Car { batch: id.0, ahead, stories: Vec::new(), left_out: Vec::new() };
         for story in &stories {
             let token = self.claims.run(story).map(|r| r.token).expect("a batch of queued runs");
             self.claims.enter(story, token, Phase::Landing, deadline);
@@ -368,7 +496,7 @@ impl Engine {
         self.doc.put_train(&self.node, &car.encode());
         self.doc.skip_touched();
         self.dirty = true;
-        let b = Batch { id, stories, ahead: car.ahead, cancelled: false, retried: retry, split };
+        let b = Batch { id, stories, ahead: car.ahead, cancelled: false, retried: retry, half, left_out: Vec::new() };
         self.train.in_flight = Some(b);
         self.emit(Event::BatchStarted { batch: id, size: land.len(), retry, ahead: ahead.len() });
         self.pending.push(Output::Land { batch: id, stories: land, ahead, retry });
@@ -385,6 +513,57 @@ impl Engine {
         self.claims.run(story).filter(|r| r.phase == Phase::Landing).map(|r| r.token)
     }
 
+    /// The driver applied the batch: what it left out is decided now, and
+    /// our car says so before the gates have run.
+    pub(crate) fn handle_land_built(&mut self, batch: BatchId, left_out: LeftOut) {
+        if left_out.is_empty() || self.train.in_flight.as_ref().is_none_or(|b| b.id != batch) {
+            return;
+        }
+        let Some(mut b) = self.train.in_flight.take() else { return };
+        // With the tokens they land under (a send-back moves the token on).
+        let before: Vec<(StoryId, Token)> =
+            b.stories.iter().filter_map(|id| Some((id.clone(), self.landing_run(id)?))).collect();
+        let mut rest: Vec<StoryId> = before.iter().map(|(id, _)| id.clone()).collect();
+        self.settle_left_out(&b, &mut rest, &left_out);
+        for (id, token) in before.iter().filter(|(id, _)| !rest.contains(id)) {
+            b.left_out.push((id.clone(), *token));
+        }
+        b.stories.retain(|id| rest.contains(id));
+        let stories = b.stories.iter().filter_map(|id| Some((id.clone(), self.landing_run(id)?))).collect();
+        let car = Car { batch: b.id.0, ahead: b.ahead.clone(), stories, left_out: b.left_out.clone() };
+        self.doc.put_train(&self.node, &car.encode());
+        self.doc.skip_touched();
+        self.dirty = true;
+        self.train.in_flight = Some(b);
+    }
+
+    /// Decides the stories a build left out (fenced, deferred, conflicting),
+    /// taking them out of `rest`.
+    fn settle_left_out(&mut self, b: &Batch, rest: &mut Vec<StoryId>, left_out: &LeftOut) {
+        for (id, by) in &left_out.fenced {
+            if rest.contains(id) {
+                rest.retain(|s| s != id);
+                let kept = format!("the story's branch at the remote (claim {})", by.0);
+                self.fenced(id, crate::PushError::Fenced { by_token: Some(*by), kept });
+            }
+        }
+        for id in &left_out.deferred {
+            if rest.contains(id) {
+                rest.retain(|s| s != id);
+                self.requeue(std::slice::from_ref(id));
+                if left_out.speculative {
+                    self.train.deferred_on.insert(id.clone(), b.ahead.clone());
+                }
+            }
+        }
+        for (id, reason) in &left_out.conflicts {
+            if rest.contains(id) {
+                rest.retain(|s| s != id);
+                self.send_back(id, reason);
+            }
+        }
+    }
+
     pub(crate) fn handle_land_finished(&mut self, batch: BatchId, report: LandReport) {
         if self.train.in_flight.as_ref().is_none_or(|b| b.id != batch) {
             return;
@@ -396,49 +575,32 @@ impl Engine {
             self.emit(Event::StaleResult { story: id.clone(), token: Token(0) });
         }
         let mut rest = live.clone();
-        for (id, by) in &report.fenced {
-            if rest.contains(id) {
-                rest.retain(|s| s != id);
-                let kept = format!("the story's branch at the remote (claim {})", by.0);
-                self.fenced(id, crate::PushError::Fenced { by_token: Some(*by), kept });
-            }
-        }
-        for id in &report.deferred {
-            if rest.contains(id) {
-                rest.retain(|s| s != id);
-                self.requeue(std::slice::from_ref(id));
-                if report.speculative {
-                    self.train.deferred_on.insert(id.clone(), b.ahead.clone());
-                }
-            }
-        }
-        for (id, reason) in &report.conflicts {
-            if rest.contains(id) {
-                rest.retain(|s| s != id);
-                self.send_back(id, reason);
-            }
-        }
+        self.settle_left_out(&b, &mut rest, &report.left_out());
+        let mut landed_whole = b.left_out.is_empty() && rest.len() == b.stories.len();
+        let first_half = b.half.filter(|h| !h.second).map(|h| h.split);
+        let batch = b.id;
+        let mut first_landed = false;
         match report.result {
             LandResult::Landed { commits } => {
                 for id in rest {
                     match commits.iter().find(|(s, _)| *s == id) {
                         Some((_, commit)) => self.advance_landed(&id, commit.clone()),
-                        None => self.fail(&id, "landing reported nothing of this story".into()),
+                        None => {
+                            landed_whole = false;
+                            self.fail(&id, "landing reported nothing of this story".into())
+                        }
                     }
                 }
+                first_landed = landed_whole;
             }
-            // A failure on top of a chain ahead may be theirs: queue again,
-            // and do not build on that chain again.
-            // A failure on top of a chain ahead may be theirs: our stories
-            // wait until that chain has landed or failed (Zuul retests
-            // those behind a failure once it is out of the way), and that
-            // chain is never built on again.
+            // A failure on top of a chain ahead may be theirs: queue again
+            // at once, on the default branch or a chain with none of those
+            // stories (Zuul retests those behind a failure without it);
+            // theirs is known when they land, or go back.
             LandResult::GateFailed { .. } if report.speculative || b.cancelled => {
                 if report.speculative {
-                    self.train.avoid = Some(b.ahead.clone());
-                    for id in &rest {
-                        self.train.deferred_on.insert(id.clone(), b.ahead.clone());
-                    }
+                    self.train.avoid.extend(b.ahead.iter().cloned());
+                    self.train.solo = true;
                 }
                 self.requeue(&rest);
             }
@@ -455,6 +617,10 @@ impl Engine {
             }
             LandResult::Retry { .. } => self.requeue(&rest),
         }
+        // Anything but a whole landing says nothing of the second half.
+        if let Some(split) = first_half {
+            self.settle_sibling(batch, split, first_landed);
+        }
         self.form_landing_batch();
     }
 
@@ -470,7 +636,7 @@ impl Engine {
 
     /// The gates failed on `rest`: one story goes back; a batch is retried
     /// once, then split.
-    fn gate_failed(&mut self, b: Batch, mut rest: Vec<StoryId>, reason: String) {
+    fn gate_failed(&mut self, b: Batch, rest: Vec<StoryId>, reason: String) {
         for id in &rest {
             let token = self.landing_run(id).expect("live stories are landing");
             // Back in line; a new batch enters Landing again.
@@ -480,14 +646,12 @@ impl Engine {
         match rest.len() {
             0 => {}
             1 => self.send_back(&rest[0], &reason),
-            _ if !b.retried && !b.split => {
-                self.start_batch(rest, true, false);
+            _ if !b.retried && b.half.is_none() => {
+                self.start_batch(rest, true, None);
             }
             n => {
                 self.emit(Event::BatchSplit { batch: b.id, size: n });
-                let second = rest.split_off(n / 2);
-                self.train.halves.push_front(second);
-                self.train.halves.push_front(rest);
+                self.push_halves(rest, reason);
             }
         }
     }

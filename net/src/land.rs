@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use git2::{Oid, Repository};
-use huskies_engine::landing::{CONFLICT_REASON, LandReport, LandResult, LandStory};
+use huskies_engine::landing::{CONFLICT_REASON, LandReport, LandResult, LandStory, LeftOut};
 use huskies_engine::{StoryId, Token};
 
 use crate::git::{self, GitError};
@@ -61,6 +61,8 @@ pub struct LandJob<'a> {
     pub log: PathBuf,
     /// Set when the engine calls the landing off.
     pub cancel: &'a AtomicBool,
+    /// Told, before the gates run, what each build left out.
+    pub built: &'a (dyn Fn(LeftOut) + Sync),
 }
 
 fn retry(reason: &str) -> LandResult {
@@ -119,6 +121,9 @@ fn land_tries(job: &LandJob<'_>, ahead: &[LandStory], stories: &[LandStory]) -> 
         let built = build(&repo, job, &branch, base, ahead, stories)?;
         let mut report = built.report;
         report.speculative = built.expect != base;
+        if built.tip.is_some() && !report.left_out().is_empty() {
+            (job.built)(report.left_out());
+        }
         let Some(tip) = built.tip else {
             report.result = LandResult::Landed { commits: built.commits };
             return Ok(report);
@@ -575,7 +580,7 @@ mod tests {
 
     fn job<'a>(work: &'a Path, merge: &'a MergeConfig, creds: &'a GitCredentials) -> LandJob<'a> {
         let log = work.join(".huskies/logs/land.log");
-        LandJob { project_root: work, node: "n1", merge, creds, log, cancel: &NOT_CANCELLED }
+        LandJob { project_root: work, node: "n1", merge, creds, log, cancel: &NOT_CANCELLED, built: &|_| {} }
     }
 
     fn main_tip(dir: &Path) -> Oid {
@@ -733,7 +738,15 @@ mod tests {
             let creds = GitCredentials::default();
             let merge = MergeConfig::default();
             let log = wb.join(".huskies/logs/land.log");
-            let job = LandJob { project_root: &wb, node: "n2", merge: &merge, creds: &creds, log, cancel: &flag };
+            let job = LandJob {
+                project_root: &wb,
+                node: "n2",
+                merge: &merge,
+                creds: &creds,
+                log,
+                cancel: &flag,
+                built: &|_| {},
+            };
             land(&job, std::slice::from_ref(&d1), std::slice::from_ref(&c1))
         });
         std::thread::sleep(Duration::from_millis(1_500));

@@ -161,8 +161,13 @@ impl Runner {
         self.rt.spawn(async move {
             let ids: Vec<String> = stories.iter().map(|s| s.id.to_string()).collect();
             tracing::info!(%batch, stories = %ids.join(" "), ahead = ahead.len(), "landing");
+            let early = inputs.clone();
             let landed = tokio::task::spawn_blocking(move || {
                 let log = runlog::logs_dir(&root).join(format!("land-{node}-{batch}.log"));
+                let built = move |left_out| {
+                    // A closed channel means the node is stopping: nothing to tell.
+                    let _ = early.blocking_send(Input::LandBuilt { batch, left_out });
+                };
                 let job = crate::land::LandJob {
                     project_root: &root,
                     node: node.as_str(),
@@ -170,6 +175,7 @@ impl Runner {
                     creds: &creds,
                     log,
                     cancel: &cancel,
+                    built: &built,
                 };
                 crate::land::land(&job, &ahead, &stories)
             })

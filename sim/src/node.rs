@@ -339,11 +339,25 @@ impl SimNode {
                 }
                 TryLand::Moved => {
                     land.build = self.build_land(&land.ahead, &land.stories);
+                    self.report_built(land.batch, &land.build, now);
                     land.tries += 1;
                     land.due_ms = now + if land.build.gated() { self.ctx.gate_ms } else { 20 };
                     self.lands.push(land);
                 }
             }
+        }
+    }
+
+    /// What the build left out is known before its gates run.
+    fn report_built(
+        &mut self,
+        batch: huskies_engine::landing::BatchId,
+        build: &huskies_engine::testkit::trunk::TrunkBuild,
+        now: u64,
+    ) {
+        let left_out = build.report().left_out();
+        if build.gated() && !left_out.is_empty() {
+            self.later.push((now + 20, Input::LandBuilt { batch, left_out }));
         }
     }
 
@@ -403,6 +417,7 @@ impl SimNode {
             }
             Output::Land { batch, stories, ahead, .. } => {
                 let build = self.build_land(&ahead, &stories);
+                self.report_built(batch, &build, now);
                 // Nothing to test (conflicts, landed before): answered at once.
                 let due_ms = now + if build.gated() { self.ctx.gate_ms } else { 20 };
                 self.lands.push(SimLand { batch, stories, ahead, build, due_ms, tries: 0, cancelled: false });

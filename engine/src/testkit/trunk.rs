@@ -68,6 +68,11 @@ impl TrunkBuild {
     pub fn gated(&self) -> bool {
         !self.own.is_empty()
     }
+
+    /// The report as far as the build decided it (the result is the push's).
+    pub fn report(&self) -> &LandReport {
+        &self.report
+    }
 }
 
 /// What a push of a build did.

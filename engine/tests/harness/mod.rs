@@ -378,6 +378,10 @@ impl Harness {
                     &(i as u64).to_be_bytes(),
                 ]);
                 let build = self.trunk.build(&ahead, &stories, draw, fenced);
+                // Half the batches hear what was left out before the answer.
+                if (draw >> 32) % 2 == 0 {
+                    self.schedule(i, Input::LandBuilt { batch, left_out: build.report().left_out() }, 0);
+                }
                 let report = match self.trunk.try_land(&build) {
                     huskies_engine::testkit::trunk::TryLand::Done(report) => report,
                     _ => huskies_engine::landing::LandReport {
