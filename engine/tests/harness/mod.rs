@@ -379,7 +379,7 @@ impl Harness {
                 ]);
                 let build = self.trunk.build(&ahead, &stories, draw, fenced);
                 // Half the batches hear what was left out before the answer.
-                if (draw >> 32) % 2 == 0 {
+                if (draw >> 32).is_multiple_of(2) {
                     self.schedule(i, Input::LandBuilt { batch, left_out: build.report().left_out() }, 0);
                 }
                 let report = match self.trunk.try_land(&build) {
