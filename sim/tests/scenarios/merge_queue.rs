@@ -99,7 +99,9 @@ fn merge_throughput() {
     let serial = base("merge_serial", 1, 1, 1);
     // HUSKIES_LAND_BATCH picks the batch size (and each merge node's capacity).
     let batch = std::env::var("HUSKIES_LAND_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    let queue = base("merge_queue_3_nodes", 3, batch as u32, batch);
+    // HUSKIES_LAND_CAPACITY: each merge node's claims (default: the batch).
+    let capacity = std::env::var("HUSKIES_LAND_CAPACITY").ok().and_then(|v| v.parse().ok()).unwrap_or(batch as u32);
+    let queue = base("merge_queue_3_nodes", 3, capacity, batch);
     let seeds: Vec<u64> = (1..=std::env::var("HUSKIES_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)).collect();
     for seed in seeds {
         let s = huskies_sim::scenario::run_seed(&serial, seed);
@@ -110,7 +112,7 @@ fn merge_throughput() {
         }
         let (sl, ql) = (&s.landing, &q.landing);
         println!(
-            "seed {seed}: serial {:.1}/h (p50 {:.1} min, p95 {:.1} min, {} gate runs); queue {:.1}/h (p50 {:.1} min, p95 {:.1} min, {} gate runs, {} batches of {:.2}, {} retried, {} split, {} speculative, {} called off); ratio {:.2}x",
+            "seed {seed}: serial {:.1}/h (p50 {:.1} min, p95 {:.1} min, {} gate runs); queue {:.1}/h (p50 {:.1} min, p95 {:.1} min, {} gate runs ({} failed), {} batches of {:.2}, {} retried, {} split, {} speculative, {} called off); ratio {:.2}x",
             sl.per_hour(),
             sl.p50_ms as f64 / 60_000.0,
             sl.p95_ms as f64 / 60_000.0,
@@ -119,6 +121,7 @@ fn merge_throughput() {
             ql.p50_ms as f64 / 60_000.0,
             ql.p95_ms as f64 / 60_000.0,
             ql.gate_runs,
+            ql.gate_failures,
             ql.batches,
             ql.batch_stories as f64 / ql.batches.max(1) as f64,
             ql.retries,
