@@ -100,7 +100,7 @@ impl Node {
 }
 
 fn id(i: usize) -> StoryId {
-    StoryId::new(&format!("s{i}")).unwrap()
+    StoryId::new(format!("s{i}")).unwrap()
 }
 
 fn gate_failed() -> LandReport {
