@@ -140,6 +140,10 @@ pub struct Car {
     /// tested, so their leaving `merge` breaks no batch stacked on this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<(StoryId, Token)>,
+    /// A retry or a half of a bisection: it holds a failure more often than
+    /// not, so nobody stacks on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspect: bool,
 }
 
 /// How every driver begins the reason of a story that does not apply on
@@ -335,7 +339,7 @@ impl Engine {
             self.doc.read_trains().into_iter().filter_map(|(n, raw)| Some((n, Car::decode(&raw)?))).collect();
         let left_out = Self::left_out_of(&cars);
         for (node, car) in cars {
-            if node == self.node || !self.liveness.is_alive(&node, self.now) {
+            if node == self.node || car.suspect || !self.liveness.is_alive(&node, self.now) {
                 continue;
             }
             let mut pending = Vec::new();
@@ -480,7 +484,8 @@ impl Engine {
         // branch alone, like the test that failed.
         let solo = std::mem::take(&mut self.train.solo) || retry || half.is_some();
         let ahead = if solo { Vec::new() } else { self.chain_ahead(&stories) };
-        let mut car = Car { batch: id.0, ahead, stories: Vec::new(), left_out: Vec::new() };
+        let suspect = retry || half.is_some();
+        let mut car = Car { batch: id.0, ahead, stories: Vec::new(), left_out: Vec::new(), suspect };
         for story in &stories {
             let token = self.claims.run(story).map(|r| r.token).expect("a batch of queued runs");
             self.claims.enter(story, token, Phase::Landing, deadline);
@@ -530,7 +535,8 @@ impl Engine {
         }
         b.stories.retain(|id| rest.contains(id));
         let stories = b.stories.iter().filter_map(|id| Some((id.clone(), self.landing_run(id)?))).collect();
-        let car = Car { batch: b.id.0, ahead: b.ahead.clone(), stories, left_out: b.left_out.clone() };
+        let suspect = b.retried || b.half.is_some();
+        let car = Car { batch: b.id.0, ahead: b.ahead.clone(), stories, left_out: b.left_out.clone(), suspect };
         self.doc.put_train(&self.node, &car.encode());
         self.doc.skip_touched();
         self.dirty = true;

@@ -326,7 +326,15 @@ impl SimNode {
                 self.oracle().trunk.try_land(&land.build)
             };
             match attempt {
-                TryLand::Done(report) => self.input(Input::LandFinished { batch: land.batch, report }),
+                TryLand::Done(report) => {
+                    if std::env::var("HUSKIES_DEBUG_LAND").is_ok()
+                        && let LandResult::GateFailed { output_tail, .. } = &report.result
+                    {
+                        let spec = if report.speculative { "speculative " } else { "" };
+                        println!("{now} {} {} {spec}gate failure: {output_tail}", self.ctx.id, land.batch);
+                    }
+                    self.input(Input::LandFinished { batch: land.batch, report })
+                }
                 TryLand::Wait => {
                     land.due_ms = now + LAND_POLL_MS;
                     self.lands.push(land);
@@ -338,6 +346,9 @@ impl SimNode {
                     });
                 }
                 TryLand::Moved => {
+                    if std::env::var("HUSKIES_DEBUG_LAND").is_ok() {
+                        println!("{now} {} {} moved: build again", self.ctx.id, land.batch);
+                    }
                     land.build = self.build_land(&land.ahead, &land.stories);
                     self.report_built(land.batch, &land.build, now);
                     land.tries += 1;

@@ -72,7 +72,7 @@ fn merge_nodes_race() {
 /// reach `merge` at once; gates take 60 s; 10% of stories are bad until
 /// reworked; a pair of stories conflicts with probability 5%; two workers rework what is sent back. Serial: one merge
 /// node landing one story at a time (bors without batching). Ours: three
-/// merge nodes, batches of up to 4. Prints stories landed per hour and the
+/// merge nodes, batches of up to 8. Prints stories landed per hour and the
 /// p50 and p95 time from `merge` to landed for both.
 ///
 /// `cargo test --release --test scenarios -- merge_throughput --ignored --nocapture`
@@ -98,11 +98,14 @@ fn merge_throughput() {
     };
     let serial = base("merge_serial", 1, 1, 1);
     // HUSKIES_LAND_BATCH picks the batch size (and each merge node's capacity).
-    let batch = std::env::var("HUSKIES_LAND_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let batch = std::env::var("HUSKIES_LAND_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     // HUSKIES_LAND_CAPACITY: each merge node's claims (default: the batch).
     let capacity = std::env::var("HUSKIES_LAND_CAPACITY").ok().and_then(|v| v.parse().ok()).unwrap_or(batch as u32);
     let queue = base("merge_queue_3_nodes", 3, capacity, batch);
-    let seeds: Vec<u64> = (1..=std::env::var("HUSKIES_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)).collect();
+    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    // HUSKIES_SEEDS seeds from HUSKIES_SEED_BASE (1).
+    let first = env("HUSKIES_SEED_BASE", 1);
+    let seeds: Vec<u64> = (first..first + env("HUSKIES_SEEDS", 1)).collect();
     for seed in seeds {
         let s = huskies_sim::scenario::run_seed(&serial, seed);
         let q = huskies_sim::scenario::run_seed(&queue, seed);
