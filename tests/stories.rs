@@ -233,6 +233,50 @@ git add -A && git -c user.name=claude -c user.email=claude@example.com commit -q
     assert_eq!(branch_file(&c, "blue", "button.css").as_deref(), Some("blue\n"));
 }
 
+/// On a machine whose git knows nobody (no user config, no system config,
+/// no identity variables), an agent's plain `git commit` works: the run
+/// gets `huskies <node>`, and the project's `git_author` when set.
+#[test]
+fn agents_commit_on_a_machine_with_no_git_identity() {
+    let mut c = Cluster::new("noident");
+    let home = c.root().join("empty-home");
+    std::fs::create_dir_all(&home).unwrap();
+    for (k, v) in [
+        ("HOME", home.display().to_string()),
+        ("XDG_CONFIG_HOME", home.display().to_string()),
+        ("GIT_CONFIG_NOSYSTEM", "1".to_owned()),
+        ("GIT_CONFIG_GLOBAL", "/dev/null".to_owned()),
+        // Where a CI runner has these set, the test would prove nothing.
+        ("GIT_AUTHOR_NAME", String::new()),
+        ("GIT_AUTHOR_EMAIL", String::new()),
+        ("GIT_COMMITTER_NAME", String::new()),
+        ("GIT_COMMITTER_EMAIL", String::new()),
+        ("EMAIL", String::new()),
+    ] {
+        c.env.push((k.to_owned(), v));
+    }
+    let agent = "[agents.current]\ncommand = \"sh\"\nargs = [\"-c\", \"echo $HUSKIES_STORY_ID > work.txt && git add work.txt && git commit -qm work\"]\n";
+    c.start_agent_with(1, "127.0.0.1", agent);
+    c.start_agent_via(2, "127.0.0.1", "git_author = \"Ada Lovelace <ada@example.org>\"\n", agent, c.port);
+    for id in ["plain", "named"] {
+        ok(&c, &["story", "add", id, "--id", id, "--stage", "current"]);
+    }
+    wait_stage(&c, "plain", "qa", 30);
+    wait_stage(&c, "named", "qa", 30);
+    let remote = git2::Repository::open_bare(c.root().join("remote.git")).unwrap();
+    for id in ["plain", "named"] {
+        let seal = remote.find_reference(&format!("refs/heads/huskies/{id}")).unwrap().peel_to_commit().unwrap();
+        let work = seal.parent(0).unwrap();
+        assert_eq!(work.message().ok(), Some("work\n"));
+        let (name, email) = (work.author().name().unwrap().to_owned(), work.author().email().unwrap().to_owned());
+        let node = story_json(&c, id)["runs"][0]["node"].as_str().unwrap().to_owned();
+        let want =
+            if node == "agent-2" { ("Ada Lovelace", "ada@example.org".to_owned()) } else { ("huskies", node.clone()) };
+        assert_eq!((name.as_str(), email), want, "{id}, run on {node}");
+        assert_eq!(work.committer().name().ok(), Some(want.0));
+    }
+}
+
 /// The demo's front door: green for several seeds, with injected failures
 /// at 50% (retries happen, a story is never given up).
 #[test]

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cold;
 pub mod dashboard;
 pub mod git;
+pub mod git_identity;
 pub mod gitauth;
 pub mod land;
 pub mod metrics;

@@ -155,6 +155,8 @@ struct Raw {
     agents: BTreeMap<String, AgentCommand>,
     #[serde(default)]
     merge: Option<MergeConfig>,
+    #[serde(default)]
+    git_author: Option<String>,
 }
 
 fn default_capacity() -> u32 {
@@ -190,6 +192,9 @@ pub struct ProjectConfig {
     pub agents: BTreeMap<Stage, AgentCommand>,
     /// `[merge]`: how this node lands stories (it works the merge stage).
     pub merge: Option<MergeConfig>,
+    /// `git_author = "Name <email>"`: the identity of agents' commits on a
+    /// machine whose git has none (default `huskies <node>`).
+    pub git_author: Option<crate::git_identity::GitAuthor>,
 }
 
 impl Default for ProjectConfig {
@@ -205,6 +210,7 @@ impl Default for ProjectConfig {
             epoch_after_changes: None,
             agents: BTreeMap::new(),
             merge: None,
+            git_author: None,
         }
     }
 }
@@ -287,6 +293,8 @@ impl ProjectConfig {
                 )));
             }
         }
+        let git_author =
+            raw.git_author.as_deref().map(crate::git_identity::GitAuthor::parse).transpose().map_err(invalid)?;
         Ok(ProjectConfig {
             capacity: raw.capacity,
             claim_timeout_ms: raw.claim_timeout_ms,
@@ -298,6 +306,7 @@ impl ProjectConfig {
             epoch_after_changes: raw.epoch_after_changes,
             agents,
             merge: raw.merge,
+            git_author,
         })
     }
 

@@ -12,6 +12,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::git;
+use crate::git_identity::GitAuthor;
 use crate::gitauth::GitCredentials;
 use crate::project::ProjectConfig;
 use crate::runlog;
@@ -60,9 +61,10 @@ impl Runner {
     pub fn start(&mut self, story: StoryId, title: String, stage: Stage, token: Token, attempt: u32, ctx: RunContext) {
         let (stop_tx, stop_rx) = oneshot::channel();
         self.stops.insert((story.clone(), token), stop_tx);
-        let (cmd, lands) = {
+        let (cmd, lands, author) = {
             let p = self.project.lock().expect("project lock");
-            (p.agents.get(&stage).cloned(), p.merge.is_some())
+            let author = p.git_author.clone().unwrap_or_else(|| GitAuthor::for_node(self.node.as_str()));
+            (p.agents.get(&stage).cloned(), p.merge.is_some(), author)
         };
         let root = self.project_root.clone();
         let node = self.node.clone();
@@ -92,8 +94,18 @@ impl Runner {
                     RunReport::default(),
                 )),
                 Some(cmd) => {
-                    let run =
-                        AgentRun { root, node, story: story.clone(), title, stage, token, attempt, git_creds, ctx };
+                    let run = AgentRun {
+                        root,
+                        node,
+                        story: story.clone(),
+                        title,
+                        stage,
+                        token,
+                        attempt,
+                        git_creds,
+                        ctx,
+                        author,
+                    };
                     run.execute(cmd, stop_rx).await
                 }
             };
@@ -230,6 +242,8 @@ struct AgentRun {
     attempt: u32,
     git_creds: Arc<GitCredentials>,
     ctx: RunContext,
+    /// Its commits' identity where the machine's git has none.
+    author: GitAuthor,
 }
 
 /// What a run is told of its story beyond the id and title.
@@ -314,6 +328,12 @@ impl AgentRun {
         for var in SECRET_VARS.iter().chain(&crate::gitauth::SECRET_VARS) {
             command.env_remove(var);
         }
+        let identity = {
+            // Read here, dropped before the next await (libgit2 handles are not Send).
+            let config = crate::git_identity::worktree_config(&worktree);
+            crate::git_identity::identity_vars(config.as_ref(), |v| std::env::var_os(v), &self.author)
+        };
+        command.envs(identity);
         #[allow(clippy::disallowed_methods)] // a run's duration is wall time
         let started = std::time::Instant::now();
         let mut child = match command
@@ -472,6 +492,7 @@ mod tests {
             attempt: 2,
             git_creds: Arc::new(GitCredentials::default()),
             ctx: RunContext { body: "body mentions {title} and {".into(), last_failure: None, resume: None },
+            author: GitAuthor::for_node("agent-1"),
         };
         let vars = Vars { run: &run, story_file: std::path::Path::new("/p/.huskies/stories/s1.md"), story: "STORY" };
         assert_eq!(vars.expand("{id}/{stage}/{attempt}"), "s1/current/2");
