@@ -277,6 +277,26 @@ fn agents_commit_on_a_machine_with_no_git_identity() {
     }
 }
 
+/// An agent that exits 0 but reports, as Claude Code does, that a tool
+/// call was denied: the run fails with the call named, whatever the exit
+/// code and the commits say.
+#[test]
+fn a_denied_tool_call_fails_the_run_with_its_name() {
+    let mut c = Cluster::new("denied");
+    let result = r#"{"type":"result","subtype":"success","is_error":false,"num_turns":2,"result":"Done: committed.","permission_denials":[{"tool_name":"Bash","tool_use_id":"t1","tool_input":{"command":"echo hi > f && git add f"}}]}"#;
+    let agent = sh_agent("current", &format!("echo work > f.txt && printf '%s\\n' '{result}'"), "max_attempts = 1\n");
+    c.start_agent_with(1, "127.0.0.1", &agent);
+    ok(&c, &["story", "add", "Denied", "--id", "denied", "--stage", "current"]);
+    wait_for("the run to be recorded", Duration::from_secs(30), || {
+        story_json(&c, "denied")["runs"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    let run = &story_json(&c, "denied")["runs"][0];
+    assert_eq!(run["outcome"], "failed", "{run}");
+    assert_eq!(run["exit_code"], 0, "{run}");
+    let reason = run["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("denied: Bash(echo hi > f && git add f)"), "{run}");
+}
+
 /// The demo's front door: green for several seeds, with injected failures
 /// at 50% (retries happen, a story is never given up).
 #[test]

@@ -232,6 +232,9 @@ impl Runner {
     }
 }
 
+/// Bytes of an agent's stdout kept to find its final result object.
+const AGENT_RESULT_BYTES: usize = 64 << 10;
+
 struct AgentRun {
     root: PathBuf,
     node: NodeId,
@@ -363,8 +366,10 @@ impl AgentRun {
             Err(e) => return failed(format!("cannot start {:?}: {e}", cmd.command)),
         };
         let tail = Arc::new(Mutex::new(runlog::Tail::new(huskies_engine::runs::MAX_STDERR_TAIL)));
+        // Enough of stdout for the agent's final result object.
+        let out_tail = Arc::new(Mutex::new(runlog::Tail::new(AGENT_RESULT_BYTES)));
         let pumps = [
-            child.stdout.take().map(|o| tokio::spawn(runlog::pump(o, log.clone(), None))),
+            child.stdout.take().map(|o| tokio::spawn(runlog::pump(o, log.clone(), Some(out_tail.clone())))),
             child.stderr.take().map(|e| tokio::spawn(runlog::pump(e, log.clone(), Some(tail.clone())))),
         ];
         tracing::info!(story = %self.story, stage = %self.stage, token = %self.token, log = %log_path.display(), "agent started");
@@ -411,7 +416,14 @@ impl AgentRun {
             commit: head.map(|h| h.to_string()),
             stderr_tail: tail.lock().map(|t| t.text()).unwrap_or_default(),
         };
+        // The agent's own account, when it gives one, decides first: a run
+        // whose tool calls were all denied exits 0 (agent_report.rs).
+        let said = out_tail.lock().ok().and_then(|t| crate::agent_report::AgentReport::from_output(&t.text()));
         let outcome = match status {
+            _ if said.as_ref().and_then(|r| r.failure()).is_some() => {
+                let why = said.as_ref().and_then(|r| r.failure()).unwrap_or_default();
+                RunOutcome::Failed { reason: why }
+            }
             Ok(s) if s.success() => {
                 if cmd.require_commit(self.stage) && head == Some(base) {
                     RunOutcome::Failed { reason: "no commits: the agent exited 0 without committing".into() }
