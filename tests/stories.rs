@@ -283,7 +283,7 @@ fn agents_commit_on_a_machine_with_no_git_identity() {
 #[test]
 fn a_denied_tool_call_fails_the_run_with_its_name() {
     let mut c = Cluster::new("denied");
-    let result = r#"{"type":"result","subtype":"success","is_error":false,"num_turns":2,"result":"Done: committed.","permission_denials":[{"tool_name":"Bash","tool_use_id":"t1","tool_input":{"command":"echo hi > f && git add f"}}]}"#;
+    let result = r#"{"type":"result","subtype":"success","is_error":false,"num_turns":2,"result":"Done: committed.","total_cost_usd":0.0123,"usage":{"input_tokens":120,"output_tokens":55},"permission_denials":[{"tool_name":"Bash","tool_use_id":"t1","tool_input":{"command":"echo hi > f && git add f"}}]}"#;
     let agent = sh_agent("current", &format!("echo work > f.txt && printf '%s\\n' '{result}'"), "max_attempts = 1\n");
     c.start_agent_with(1, "127.0.0.1", &agent);
     ok(&c, &["story", "add", "Denied", "--id", "denied", "--stage", "current"]);
@@ -295,6 +295,14 @@ fn a_denied_tool_call_fails_the_run_with_its_name() {
     assert_eq!(run["exit_code"], 0, "{run}");
     let reason = run["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("denied: Bash(echo hi > f && git add f)"), "{run}");
+    let text = ok(&c, &["story", "show", "denied"]);
+    assert!(text.contains("cost $0.0123") && text.contains("$0.0123  2 turns  tokens in 120 out 55"), "{text}");
+    // What it cost is recorded all the same (the ledger's line).
+    assert_eq!(
+        (run["usage"]["cost_micro_usd"].as_u64(), run["usage"]["input_tokens"].as_u64()),
+        (Some(12_300), Some(120)),
+        "{run}"
+    );
 }
 
 /// The demo's front door: green for several seeds, with injected failures

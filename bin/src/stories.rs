@@ -139,6 +139,11 @@ pub fn render(d: &StoryDetail) -> String {
     if !d.body.is_empty() {
         let _ = writeln!(out, "\n{}", d.body.trim_end());
     }
+    let usages: Vec<_> = d.runs.iter().filter_map(|r| r.report.usage.as_ref()).collect();
+    if !usages.is_empty() {
+        let micro: u64 = usages.iter().map(|u| u.cost_micro_usd).fold(0, u64::saturating_add);
+        let _ = writeln!(out, "cost ${:.4} over {} reported run(s) (kept runs only)", micro as f64 / 1e6, usages.len());
+    }
     let _ = writeln!(out, "\nruns ({}):", d.runs.len());
     for r in &d.runs {
         let exit = r.report.exit_code.map_or("-".to_owned(), |c| c.to_string());
@@ -153,6 +158,19 @@ pub fn render(d: &StoryDetail) -> String {
             r.node.as_str(),
             r.report.duration_ms as f64 / 1000.0,
         );
+        if let Some(u) = &r.report.usage {
+            let _ = writeln!(
+                out,
+                "           ${:.4}  {} turns  tokens in {} out {} cache read {} write {}  {}",
+                u.cost_micro_usd as f64 / 1e6,
+                u.turns,
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                u.model
+            );
+        }
         if let Some(why) = &r.reason {
             let _ = writeln!(out, "           {why}");
         }

@@ -23,6 +23,43 @@ pub struct RunReport {
     pub commit: Option<String>,
     /// The tail of the agent's stderr (cut to [`MAX_STDERR_TAIL`] here).
     pub stderr_tail: String,
+    /// What the agent reported it used, when it reports (the cost ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AgentUsage>,
+}
+
+/// A run's cost and tokens, as the agent reported them. Cost in
+/// millionths of a US dollar: integers add up the same on every node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentUsage {
+    #[serde(default)]
+    pub cost_micro_usd: u64,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    #[serde(default)]
+    pub turns: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session_id: String,
+}
+
+/// Bytes kept of a model name or session id.
+pub const MAX_USAGE_TEXT: usize = 128;
+
+impl AgentUsage {
+    /// Bounded as every record field is (the agent printed it).
+    fn bounded(mut self) -> AgentUsage {
+        self.model = tail(&self.model, MAX_USAGE_TEXT);
+        self.session_id = tail(&self.session_id, MAX_USAGE_TEXT);
+        self
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +136,7 @@ impl crate::Engine {
         if let Some(c) = &report.commit {
             report.commit = Some(tail(c, 64));
         }
+        report.usage = report.usage.map(AgentUsage::bounded);
         let record = RunRecord {
             node: self.node.clone(),
             token: run.token,
@@ -135,7 +173,18 @@ mod tests {
             attempt: 2,
             outcome: RunOutcomeKind::Failed,
             reason: Some("no commits".into()),
-            report: RunReport { exit_code: Some(0), duration_ms: 1200, commit: None, stderr_tail: "x".into() },
+            report: RunReport {
+                exit_code: Some(0),
+                duration_ms: 1200,
+                commit: None,
+                stderr_tail: "x".into(),
+                usage: Some(AgentUsage {
+                    cost_micro_usd: 12_300,
+                    input_tokens: 120,
+                    turns: 2,
+                    ..AgentUsage::default()
+                }),
+            },
         };
         assert_eq!(RunRecord::decode(&r.encode()), Some(r));
         assert_eq!(RunRecord::decode("{\"node\":1}"), None);

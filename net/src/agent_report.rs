@@ -36,6 +36,8 @@ pub struct AgentReport {
     pub tokens: Tokens,
     /// Denied tool calls, as `Tool(input)`.
     pub denials: Vec<String>,
+    /// The model that did most of the work (`modelUsage`'s costliest).
+    pub model: Option<String>,
 }
 
 /// Longest piece of agent text kept in a reason.
@@ -84,6 +86,23 @@ impl AgentReport {
                 cache_write: count("cache_creation_input_tokens"),
             },
             denials,
+            model: main_model(v.get("modelUsage")),
+        }
+    }
+
+    /// The run's line in the cost ledger.
+    pub fn usage(&self) -> huskies_engine::runs::AgentUsage {
+        // Cost in millionths of a dollar; a nonsense figure counts nothing.
+        let micro = self.cost_usd.map_or(0.0, |c| (c * 1e6).round()).clamp(0.0, u64::MAX as f64) as u64;
+        huskies_engine::runs::AgentUsage {
+            cost_micro_usd: micro,
+            input_tokens: self.tokens.input,
+            output_tokens: self.tokens.output,
+            cache_read_tokens: self.tokens.cache_read,
+            cache_write_tokens: self.tokens.cache_write,
+            turns: self.num_turns.unwrap_or(0),
+            model: self.model.clone().unwrap_or_default(),
+            session_id: self.session_id.clone().unwrap_or_default(),
         }
     }
 
@@ -107,6 +126,18 @@ impl AgentReport {
             }
         }
     }
+}
+
+/// The model with the highest cost in `modelUsage` (ties: the first).
+fn main_model(models: Option<&Value>) -> Option<String> {
+    let cost = |m: &Value| m.get("costUSD").and_then(Value::as_f64).unwrap_or(0.0);
+    let mut best: Option<(&String, f64)> = None;
+    for (name, m) in models?.as_object()? {
+        if best.is_none_or(|(_, c)| cost(m) > c) {
+            best = Some((name, cost(m)));
+        }
+    }
+    best.map(|(n, _)| n.clone())
 }
 
 /// A denied call as `Tool(what it was asked)`.
@@ -151,6 +182,10 @@ mod tests {
         assert_eq!(r.cost_usd, Some(0.0123));
         assert_eq!(r.tokens, Tokens { input: 120, output: 55, cache_read: 400, cache_write: 30 });
         assert_eq!((r.num_turns, r.session_id.as_deref()), (Some(2), Some("5f0c")));
+        let u = r.usage();
+        assert_eq!((u.cost_micro_usd, u.input_tokens, u.cache_read_tokens, u.turns), (12_300, 120, 400, 2));
+        let two = r#"{"type":"result","subtype":"success","modelUsage":{"claude-haiku":{"costUSD":0.001},"claude-sonnet":{"costUSD":0.02}}}"#;
+        assert_eq!(AgentReport::from_output(two).unwrap().model.as_deref(), Some("claude-sonnet"));
     }
 
     #[test]

@@ -415,10 +415,12 @@ impl AgentRun {
             duration_ms: started.elapsed().as_millis() as u64,
             commit: head.map(|h| h.to_string()),
             stderr_tail: tail.lock().map(|t| t.text()).unwrap_or_default(),
+            usage: None,
         };
         // The agent's own account, when it gives one, decides first: a run
         // whose tool calls were all denied exits 0 (agent_report.rs).
         let said = out_tail.lock().ok().and_then(|t| crate::agent_report::AgentReport::from_output(&t.text()));
+        report.usage = said.as_ref().map(|r| r.usage());
         let outcome = match status {
             _ if said.as_ref().and_then(|r| r.failure()).is_some() => {
                 let why = said.as_ref().and_then(|r| r.failure()).unwrap_or_default();
