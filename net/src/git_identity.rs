@@ -21,10 +21,13 @@ impl GitAuthor {
     /// Parses `Name <email>`.
     pub fn parse(s: &str) -> Result<GitAuthor, String> {
         let bad = || format!("git_author {s:?} is not of the form \"Name <email>\"");
+        if s.contains(['\n', '\r', '\0']) {
+            return Err(bad());
+        }
         let (name, rest) = s.split_once('<').ok_or_else(bad)?;
         let email = rest.strip_suffix('>').ok_or_else(bad)?;
         let (name, email) = (name.trim(), email.trim());
-        let clean = |v: &str| !v.is_empty() && !v.contains(['<', '>', '\n', '\0']);
+        let clean = |v: &str| !v.is_empty() && !v.contains(['<', '>']);
         if !clean(name) || !clean(email) {
             return Err(bad());
         }
