@@ -54,6 +54,23 @@ pub struct AgentUsage {
 pub const MAX_USAGE_TEXT: usize = 128;
 
 impl AgentUsage {
+    /// Two tries of one run (an API error, retried): counts summed, model
+    /// and session of the later one.
+    pub fn add(&mut self, later: &AgentUsage) {
+        self.cost_micro_usd = self.cost_micro_usd.saturating_add(later.cost_micro_usd);
+        self.input_tokens = self.input_tokens.saturating_add(later.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(later.output_tokens);
+        self.cache_read_tokens = self.cache_read_tokens.saturating_add(later.cache_read_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(later.cache_write_tokens);
+        self.turns = self.turns.saturating_add(later.turns);
+        if !later.model.is_empty() {
+            self.model = later.model.clone();
+        }
+        if !later.session_id.is_empty() {
+            self.session_id = later.session_id.clone();
+        }
+    }
+
     /// Bounded as every record field is (the agent printed it).
     fn bounded(mut self) -> AgentUsage {
         self.model = tail(&self.model, MAX_USAGE_TEXT);

@@ -38,6 +38,8 @@ pub struct AgentReport {
     pub denials: Vec<String>,
     /// The model that did most of the work (`modelUsage`'s costliest).
     pub model: Option<String>,
+    /// The HTTP status of the API error that ended the run, if one did.
+    pub api_status: Option<u16>,
 }
 
 /// Longest piece of agent text kept in a reason.
@@ -87,6 +89,7 @@ impl AgentReport {
             },
             denials,
             model: main_model(v.get("modelUsage")),
+            api_status: v.get("api_error_status").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok()),
         }
     }
 
@@ -106,6 +109,20 @@ impl AgentReport {
         }
     }
 
+    /// An API error that may pass by itself: worth starting the run
+    /// again after a while, without counting an attempt of the story.
+    pub fn retryable(&self) -> bool {
+        if self.subtype == "success" && !self.is_error {
+            return false;
+        }
+        match self.api_status {
+            Some(s) => s == 429 || (500..=599).contains(&s),
+            None => {
+                matches!(api_error_kind(None, &self.result), Some("API overloaded (529)" | "API rate limited (429)"))
+            }
+        }
+    }
+
     /// Why the run failed by the agent's own account; `None` when it says
     /// it succeeded and was denied nothing.
     pub fn failure(&self) -> Option<String> {
@@ -122,7 +139,8 @@ impl AgentReport {
                 } else {
                     self.result.clone()
                 };
-                Some(format!("{}: {}", api_error_kind(&said).unwrap_or("agent error"), cut(said.trim())))
+                let kind = api_error_kind(self.api_status, &said).unwrap_or("agent error");
+                Some(format!("{kind}: {}", cut(said.trim())))
             }
         }
     }
@@ -153,9 +171,17 @@ fn denial(d: &Value) -> String {
     format!("{tool}({})", cut(&arg))
 }
 
-/// The kind of an API failure the agent reported, by what it said.
-fn api_error_kind(said: &str) -> Option<&'static str> {
+/// The kind of an API failure the agent reported, by its status or what
+/// it said.
+fn api_error_kind(status: Option<u16>, said: &str) -> Option<&'static str> {
     let s = said.to_ascii_lowercase();
+    match status {
+        Some(529) => return Some("API overloaded (529)"),
+        Some(429) => return Some("API rate limited (429)"),
+        Some(401 | 403) => return Some("API authentication failed (401)"),
+        Some(500..=599) => return Some("API server error (5xx)"),
+        _ => {}
+    }
     if s.contains("529") || s.contains("overloaded") {
         Some("API overloaded (529)")
     } else if s.contains("429") || s.contains("rate limit") {

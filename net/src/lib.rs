@@ -6,7 +6,9 @@
 //! (git2), and keeps the document on disk. It turns engine outputs into I/O
 //! and I/O into engine inputs; every decision stays in the engine.
 
+pub mod agent_profile;
 pub mod agent_report;
+pub mod agent_stream;
 pub mod api;
 pub mod auth;
 pub mod cold;

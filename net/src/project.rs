@@ -47,12 +47,70 @@ use huskies_engine::Stage;
 use serde::Deserialize;
 use thiserror::Error;
 
+/// Which coding agent a stage runs (agent_profile.rs builds its
+/// invocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    /// `command` with `args`, as given.
+    #[default]
+    Command,
+    /// Claude Code (`claude -p`), reporting in stream-json.
+    Claude,
+    /// OpenAI's Codex CLI (`codex exec --json`).
+    Codex,
+}
+
+impl AgentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Command => "command",
+            AgentKind::Claude => "claude",
+            AgentKind::Codex => "codex",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentCommand {
+    #[serde(default)]
+    pub agent: AgentKind,
+    /// The program; for `claude` and `codex` its default is their name.
+    #[serde(default)]
     pub command: String,
+    /// For `agent = "command"` only: the profiles build their own.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Profiles: the model (`--model` / `-m`).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Claude: `--max-turns`; the run fails "turn limit reached" past it.
+    #[serde(default)]
+    pub max_turns: Option<u32>,
+    /// Claude: the tools it may use without asking (replaces the default
+    /// list: file edits and the git commands an agent needs).
+    #[serde(default)]
+    pub allowed_tools: Option<Vec<String>>,
+    /// Claude: the project's build and test commands, allowed as
+    /// `Bash(cmd)` and `Bash(cmd *)` (the `[merge] gates` are added).
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// Profiles: more arguments, placed before the prompt.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// Profiles: the prompt, with the same placeholders as `args`;
+    /// default `{story}`, the story file's text.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// Runs that end on an API error that may pass (429, 529, 5xx) are
+    /// started again this many times, within the same claim: they are not
+    /// an attempt of the story. Default 3.
+    #[serde(default)]
+    pub api_retries: Option<u32>,
+    /// Wait before the first such retry; doubles. Default 10000.
+    #[serde(default)]
+    pub api_retry_backoff_ms: Option<u64>,
     /// Fail a run that exits 0 without a new commit ("no commits").
     /// Default: on for `current`, off for the stages after it.
     #[serde(default)]
@@ -127,12 +185,63 @@ impl Default for MergeConfig {
 }
 
 impl AgentCommand {
+    pub fn api_retries(&self) -> u32 {
+        self.api_retries.unwrap_or(3)
+    }
+
+    pub fn api_retry_backoff_ms(&self) -> u64 {
+        self.api_retry_backoff_ms.unwrap_or(10_000)
+    }
+
+    /// The program to start.
+    pub fn program(&self) -> &str {
+        match (self.agent, self.command.trim().is_empty()) {
+            (AgentKind::Command, _) | (_, false) => &self.command,
+            (kind, true) => kind.as_str(),
+        }
+    }
+
+    /// What makes no sense for this kind of agent, if anything.
+    fn check(&self) -> Result<(), String> {
+        let kind = self.agent.as_str();
+        match self.agent {
+            AgentKind::Command => {
+                if self.command.trim().is_empty() {
+                    return Err("command is empty".into());
+                }
+                let profile_only = [
+                    ("model", self.model.is_some()),
+                    ("max_turns", self.max_turns.is_some()),
+                    ("allowed_tools", self.allowed_tools.is_some()),
+                    ("commands", !self.commands.is_empty()),
+                    ("extra_args", !self.extra_args.is_empty()),
+                    ("prompt", self.prompt.is_some()),
+                ];
+                if let Some((key, _)) = profile_only.iter().find(|(_, set)| *set) {
+                    return Err(format!("{key} needs agent = \"claude\" or \"codex\" (a command takes args)"));
+                }
+            }
+            AgentKind::Claude | AgentKind::Codex => {
+                if !self.args.is_empty() {
+                    return Err(format!("agent = \"{kind}\" builds its own arguments: use extra_args and prompt"));
+                }
+                if self.agent == AgentKind::Codex && (self.max_turns.is_some() || self.allowed_tools.is_some()) {
+                    return Err("codex has no turn limit or tool allow list: use its sandbox (extra_args)".into());
+                }
+            }
+        }
+        if self.max_turns == Some(0) {
+            return Err("max_turns must be positive".into());
+        }
+        Ok(())
+    }
+
     pub fn require_commit(&self, stage: Stage) -> bool {
         self.require_commit.unwrap_or(stage == Stage::Current)
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
     #[serde(default = "default_capacity")]
@@ -157,7 +266,58 @@ struct Raw {
     merge: Option<MergeConfig>,
     #[serde(default)]
     git_author: Option<String>,
+    #[serde(default)]
+    prices: BTreeMap<String, RawPrice>,
 }
+
+/// USD per million tokens, as price lists give them.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: f64,
+    #[serde(default)]
+    cached_input: Option<f64>,
+    output: f64,
+}
+
+/// A model's price, in micro-USD per million tokens (whole numbers keep
+/// the config comparable and the sums exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    pub input_micro_per_mtok: u64,
+    pub cached_input_micro_per_mtok: u64,
+    pub output_micro_per_mtok: u64,
+}
+
+impl Price {
+    const fn usd(input: f64, cached_input: f64, output: f64) -> Price {
+        Price {
+            input_micro_per_mtok: (input * 1e6) as u64,
+            cached_input_micro_per_mtok: (cached_input * 1e6) as u64,
+            output_micro_per_mtok: (output * 1e6) as u64,
+        }
+    }
+
+    /// Cost in micro-USD of `input` fresh and `cached` cached input tokens
+    /// and `output` output tokens.
+    pub fn cost_micro_usd(&self, input: u64, cached: u64, output: u64) -> u64 {
+        let part = |tokens: u64, per_mtok: u64| (u128::from(tokens) * u128::from(per_mtok) / 1_000_000) as u64;
+        part(input, self.input_micro_per_mtok)
+            .saturating_add(part(cached, self.cached_input_micro_per_mtok))
+            .saturating_add(part(output, self.output_micro_per_mtok))
+    }
+}
+
+/// List prices (USD per million tokens: input, cached input, output) of
+/// the models Codex runs by default, for runs whose agent reports tokens
+/// but no price. `[prices."model"]` in project.toml adds or replaces.
+const DEFAULT_PRICES: [(&str, Price); 5] = [
+    ("gpt-5", Price::usd(1.25, 0.125, 10.0)),
+    ("gpt-5-codex", Price::usd(1.25, 0.125, 10.0)),
+    ("gpt-5.1-codex", Price::usd(1.25, 0.125, 10.0)),
+    ("gpt-5-mini", Price::usd(0.25, 0.025, 2.0)),
+    ("codex-mini-latest", Price::usd(1.5, 0.375, 6.0)),
+];
 
 fn default_capacity() -> u32 {
     2
@@ -170,6 +330,10 @@ fn default_scan() -> u64 {
 }
 fn default_mesh() -> usize {
     3
+}
+
+fn default_prices() -> BTreeMap<String, Price> {
+    DEFAULT_PRICES.iter().map(|(m, p)| ((*m).to_owned(), *p)).collect()
 }
 
 /// A validated project configuration.
@@ -195,6 +359,8 @@ pub struct ProjectConfig {
     /// `git_author = "Name <email>"`: the identity of agents' commits on a
     /// machine whose git has none (default `huskies <node>`).
     pub git_author: Option<crate::git_identity::GitAuthor>,
+    /// Per model: what a token costs, for agents that report no price.
+    pub prices: BTreeMap<String, Price>,
 }
 
 impl Default for ProjectConfig {
@@ -211,6 +377,7 @@ impl Default for ProjectConfig {
             agents: BTreeMap::new(),
             merge: None,
             git_author: None,
+            prices: default_prices(),
         }
     }
 }
@@ -266,9 +433,7 @@ impl ProjectConfig {
             if !stage.is_active() {
                 return Err(invalid(format!("[agents.{name}]: agents run in current, qa or merge, not {stage}")));
             }
-            if cmd.command.trim().is_empty() {
-                return Err(invalid(format!("[agents.{name}]: command is empty")));
-            }
+            cmd.check().map_err(|e| invalid(format!("[agents.{name}]: {e}")))?;
             if cmd.max_attempts == Some(0) || cmd.run_timeout_ms == Some(0) || cmd.wip_push_interval_ms == Some(0) {
                 return Err(invalid(format!(
                     "[agents.{name}]: max_attempts, run_timeout_ms and wip_push_interval_ms must be positive"
@@ -295,6 +460,15 @@ impl ProjectConfig {
         }
         let git_author =
             raw.git_author.as_deref().map(crate::git_identity::GitAuthor::parse).transpose().map_err(invalid)?;
+        let mut prices = default_prices();
+        for (model, p) in raw.prices {
+            let ok = |x: f64| x.is_finite() && (0.0..=10_000.0).contains(&x);
+            if !ok(p.input) || !ok(p.output) || !p.cached_input.is_none_or(ok) {
+                return Err(invalid(format!("[prices.{model:?}]: prices are USD per million tokens, 0 to 10000")));
+            }
+            let cached = p.cached_input.unwrap_or(p.input);
+            prices.insert(model, Price::usd(p.input, cached, p.output));
+        }
         Ok(ProjectConfig {
             capacity: raw.capacity,
             claim_timeout_ms: raw.claim_timeout_ms,
@@ -307,6 +481,7 @@ impl ProjectConfig {
             agents,
             merge: raw.merge,
             git_author,
+            prices,
         })
     }
 

@@ -81,12 +81,66 @@ impl Tail {
     }
 }
 
-/// Copies `from` into the log (and into `tail` if given) until EOF.
-pub async fn pump(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<CappedLog>>, tail: Option<Arc<Mutex<Tail>>>) {
+/// Splits a byte stream into lines for an [`AgentStream`].
+#[derive(Debug, Default)]
+pub struct Lines {
+    partial: Vec<u8>,
+    /// The line being read passed `MAX_LINE_BYTES`: skipped to its end.
+    skipping: bool,
+    pub stream: crate::agent_stream::AgentStream,
+}
+
+/// A longer line (a tool's huge output) is not read as an event.
+const MAX_LINE_BYTES: usize = 4 << 20;
+
+impl Lines {
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        while let Some(nl) = bytes.iter().position(|b| *b == b'\n') {
+            if !self.skipping {
+                self.partial.extend_from_slice(&bytes[..nl]);
+                self.stream.handle_line(&String::from_utf8_lossy(&self.partial));
+            }
+            self.partial.clear();
+            self.skipping = false;
+            bytes = &bytes[nl + 1..];
+        }
+        if !self.skipping {
+            self.partial.extend_from_slice(bytes);
+            if self.partial.len() > MAX_LINE_BYTES {
+                self.partial = Vec::new();
+                self.skipping = true;
+            }
+        }
+    }
+
+    /// The last line, if the stream ended without a line break.
+    pub fn finish(&mut self) {
+        if !self.skipping && !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.stream.handle_line(&String::from_utf8_lossy(&last));
+        }
+    }
+}
+
+/// Where a pumped stream goes besides the log.
+pub enum Sink {
+    Tail(Arc<Mutex<Tail>>),
+    Lines(Arc<Mutex<Lines>>),
+}
+
+/// Copies `from` into the log (and into `sink` if given) until EOF.
+pub async fn pump(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<CappedLog>>, sink: Option<Sink>) {
     let mut buf = vec![0u8; 16 << 10];
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => {
+                if let Some(Sink::Lines(l)) = &sink
+                    && let Ok(mut l) = l.lock()
+                {
+                    l.finish();
+                }
+                return;
+            }
             Ok(n) => n,
         };
         if let Ok(mut l) = log.lock()
@@ -94,10 +148,18 @@ pub async fn pump(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<CappedLog>>, 
         {
             tracing::warn!(error = %e, "run log write failed");
         }
-        if let Some(t) = &tail
-            && let Ok(mut t) = t.lock()
-        {
-            t.push(&buf[..n]);
+        match &sink {
+            Some(Sink::Tail(t)) => {
+                if let Ok(mut t) = t.lock() {
+                    t.push(&buf[..n]);
+                }
+            }
+            Some(Sink::Lines(l)) => {
+                if let Ok(mut l) = l.lock() {
+                    l.push(&buf[..n]);
+                }
+            }
+            None => {}
         }
     }
 }
@@ -166,6 +228,20 @@ mod tests {
         assert_eq!(newest(None).unwrap(), "fix-login-1a2b-qa-14.log");
         assert_eq!(newest(Some("current")).unwrap(), "fix-login-1a2b-current-12.log");
         assert_eq!(newest(Some("merge")), None);
+    }
+
+    #[test]
+    fn lines_are_read_whole_across_reads() {
+        let mut l = Lines::default();
+        let event = r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"Edit","input":{"file_path":"a.rs"}}]}}"#;
+        let (a, b) = event.split_at(40);
+        l.push(b"noise\n");
+        l.push(a.as_bytes());
+        l.push(format!("{b}\n{{\"type\":\"assistant\",").as_bytes());
+        l.push(br#""message":{}}"#);
+        assert_eq!(l.stream.progress().target, "a.rs");
+        l.finish();
+        assert_eq!(l.stream.progress().turns, 2, "the unterminated last line counts at the end");
     }
 
     #[test]

@@ -70,6 +70,7 @@ impl Runner {
         let node = self.node.clone();
         let inputs = self.inputs.clone();
         let git_creds = self.git_creds.clone();
+        let project = self.project.clone();
         self.rt.spawn(async move {
             let finished = match cmd {
                 // A node that lands needs no agent in the merge stage: the
@@ -105,6 +106,7 @@ impl Runner {
                         git_creds,
                         ctx,
                         author,
+                        project,
                     };
                     run.execute(cmd, stop_rx).await
                 }
@@ -232,9 +234,6 @@ impl Runner {
     }
 }
 
-/// Bytes of an agent's stdout kept to find its final result object.
-const AGENT_RESULT_BYTES: usize = 64 << 10;
-
 struct AgentRun {
     root: PathBuf,
     node: NodeId,
@@ -247,6 +246,7 @@ struct AgentRun {
     ctx: RunContext,
     /// Its commits' identity where the machine's git has none.
     author: GitAuthor,
+    project: Arc<Mutex<ProjectConfig>>,
 }
 
 /// What a run is told of its story beyond the id and title.
@@ -323,8 +323,114 @@ impl AgentRun {
         };
         let story_text = self.story_file(from_wip);
         let vars = Vars { run: &self, story_file: &story_file, story: &story_text };
-        let args: Vec<String> = cmd.args.iter().map(|a| vars.expand(a)).collect();
-        let mut command = Command::new(&cmd.command);
+        let (gates, prices) = {
+            let p = self.project.lock().expect("project lock");
+            (p.merge.as_ref().map(|m| m.gates.clone()).unwrap_or_default(), p.prices.clone())
+        };
+        let git_dirs: Vec<PathBuf> = git2::Repository::open(&worktree)
+            .map(|r| vec![r.commondir().to_owned(), r.path().to_owned()])
+            .unwrap_or_default();
+        let inputs = crate::agent_profile::ProfileInputs {
+            prompt: vars.expand(cmd.prompt.as_deref().unwrap_or("{story}")),
+            gates: &gates,
+            git_dirs: &git_dirs,
+            openai_base_url: std::env::var("OPENAI_BASE_URL").ok().filter(|u| !u.is_empty()),
+        };
+        let invocation = crate::agent_profile::invocation(&cmd, &inputs, |a| vars.expand(a));
+        #[allow(clippy::disallowed_methods)] // a run's duration is wall time
+        let started = std::time::Instant::now();
+        let mut usage: Option<huskies_engine::runs::AgentUsage> = None;
+        let mut backoff_ms = cmd.api_retry_backoff_ms();
+        let mut tries = 0u32;
+        let (status, stream, stderr_tail) = loop {
+            tries += 1;
+            let ended =
+                self.run_once(&invocation, &cmd, &worktree, &story_file, &default_branch, &log, &mut stop).await?;
+            let said = ended.stream.report(cmd.model.as_deref(), &prices);
+            if let Some(u) = said.as_ref().map(|r| r.usage()) {
+                usage.get_or_insert_with(Default::default).add(&u);
+            }
+            let retry = said.as_ref().is_some_and(|r| r.retryable()) && tries <= cmd.api_retries();
+            if !retry {
+                break (ended.status, ended.stream, ended.stderr_tail);
+            }
+            let why = said.and_then(|r| r.failure()).unwrap_or_default();
+            tracing::warn!(story = %self.story, token = %self.token, try_ = tries, backoff_ms, reason = %why, "API error; the run starts again (not an attempt of the story)");
+            if let Ok(mut l) = log.lock() {
+                let _ = l.write(
+                    format!(
+                        "\n[huskies] {why}; starting again in {backoff_ms} ms (try {} of {})\n",
+                        tries + 1,
+                        cmd.api_retries() + 1
+                    )
+                    .as_bytes(),
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                _ = &mut stop => return None,
+            }
+            backoff_ms = backoff_ms.saturating_mul(2);
+        };
+        let root = self.root.clone();
+        let story = self.story.clone();
+        let head = tokio::task::spawn_blocking(move || git::branch_head(&root, story.as_str())).await.ok().flatten();
+        let mut report = RunReport {
+            exit_code: status.as_ref().ok().and_then(|s| s.code()),
+            duration_ms: started.elapsed().as_millis() as u64,
+            commit: head.map(|h| h.to_string()),
+            stderr_tail,
+            usage,
+        };
+        // The agent's own account, when it gives one, decides first: a run
+        // whose tool calls were all denied exits 0 (agent_report.rs).
+        let said = stream.report(cmd.model.as_deref(), &prices);
+        let no_result = || match cmd.agent {
+            crate::project::AgentKind::Command => String::new(),
+            kind => format!(" before reporting a result: {} crashed or was killed", kind.as_str()),
+        };
+        let outcome = match status {
+            _ if said.as_ref().and_then(|r| r.failure()).is_some() => {
+                let why = said.as_ref().and_then(|r| r.failure()).unwrap_or_default();
+                RunOutcome::Failed { reason: why }
+            }
+            Ok(s) if s.success() => {
+                if cmd.require_commit(self.stage) && head == Some(base) {
+                    let mut reason = "no commits: the agent exited 0 without committing".to_owned();
+                    if let Some(last) = stream.git_failures().last() {
+                        reason.push_str("; its last failed git command: ");
+                        reason.push_str(last);
+                    }
+                    RunOutcome::Failed { reason }
+                } else {
+                    RunOutcome::Succeeded
+                }
+            }
+            Ok(s) => RunOutcome::Failed {
+                reason: format!("agent exited with {s}{}; see {}", no_result(), log_path.display()),
+            },
+            Err(e) => RunOutcome::Failed { reason: e.to_string() },
+        };
+        if report.commit.as_deref() == Some(base.to_string().as_str()) {
+            report.commit = None;
+        }
+        Some((outcome, report))
+    }
+
+    /// One start of the agent, to its exit; `None` when stopped (it is
+    /// killed, and the engine needs no answer).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_once(
+        &self,
+        invocation: &crate::agent_profile::Invocation,
+        cmd: &crate::project::AgentCommand,
+        worktree: &std::path::Path,
+        story_file: &std::path::Path,
+        default_branch: &str,
+        log: &Arc<Mutex<runlog::CappedLog>>,
+        stop: &mut oneshot::Receiver<()>,
+    ) -> Option<Ended> {
+        let mut command = Command::new(&invocation.program);
         // No credential of ours reaches the agent: it runs code we do not
         // control. (Our own secrets live in files outside the worktree;
         // these are the variables that could carry one.)
@@ -333,24 +439,22 @@ impl AgentRun {
         }
         let identity = {
             // Read here, dropped before the next await (libgit2 handles are not Send).
-            let config = crate::git_identity::worktree_config(&worktree);
+            let config = crate::git_identity::worktree_config(worktree);
             crate::git_identity::identity_vars(config.as_ref(), |v| std::env::var_os(v), &self.author)
         };
         command.envs(identity);
-        #[allow(clippy::disallowed_methods)] // a run's duration is wall time
-        let started = std::time::Instant::now();
-        let mut child = match command
-            .args(&args)
-            .current_dir(&worktree)
+        let spawned = command
+            .args(&invocation.args)
+            .current_dir(worktree)
             .env("HUSKIES_STORY_ID", self.story.as_str())
             .env("HUSKIES_STORY_TITLE", &self.title)
-            .env("HUSKIES_STORY_FILE", &story_file)
+            .env("HUSKIES_STORY_FILE", story_file)
             .env("HUSKIES_STAGE", self.stage.as_str())
             .env("HUSKIES_TOKEN", self.token.0.to_string())
             .env("HUSKIES_ATTEMPT", self.attempt.to_string())
             .env("HUSKIES_NODE", self.node.as_str())
-            .env("HUSKIES_WORKTREE", &worktree)
-            .env("HUSKIES_DEFAULT_BRANCH", &default_branch)
+            .env("HUSKIES_WORKTREE", worktree)
+            .env("HUSKIES_DEFAULT_BRANCH", default_branch)
             .env("HUSKIES_LAST_FAILURE", self.ctx.last_failure.as_deref().unwrap_or(""))
             .env("HUSKIES_RESUME", if self.ctx.resume.is_some() { "1" } else { "0" })
             .env("HUSKIES_PREVIOUS_NODE", self.ctx.resume.as_ref().map_or(String::new(), |(n, _)| n.to_string()))
@@ -360,25 +464,35 @@ impl AgentRun {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
-            .spawn()
-        {
+            .spawn();
+        let mut child = match spawned {
             Ok(c) => c,
-            Err(e) => return failed(format!("cannot start {:?}: {e}", cmd.command)),
+            Err(e) => {
+                let failed = Err(std::io::Error::new(e.kind(), format!("cannot start {:?}: {e}", invocation.program)));
+                return Some(Ended { status: failed, stream: Default::default(), stderr_tail: String::new() });
+            }
         };
         let tail = Arc::new(Mutex::new(runlog::Tail::new(huskies_engine::runs::MAX_STDERR_TAIL)));
-        // Enough of stdout for the agent's final result object.
-        let out_tail = Arc::new(Mutex::new(runlog::Tail::new(AGENT_RESULT_BYTES)));
+        let lines = Arc::new(Mutex::new(runlog::Lines::default()));
         let pumps = [
-            child.stdout.take().map(|o| tokio::spawn(runlog::pump(o, log.clone(), Some(out_tail.clone())))),
-            child.stderr.take().map(|e| tokio::spawn(runlog::pump(e, log.clone(), Some(tail.clone())))),
+            child
+                .stdout
+                .take()
+                .map(|o| tokio::spawn(runlog::pump(o, log.clone(), Some(runlog::Sink::Lines(lines.clone()))))),
+            child
+                .stderr
+                .take()
+                .map(|e| tokio::spawn(runlog::pump(e, log.clone(), Some(runlog::Sink::Tail(tail.clone()))))),
         ];
-        tracing::info!(story = %self.story, stage = %self.stage, token = %self.token, log = %log_path.display(), "agent started");
+        tracing::info!(story = %self.story, stage = %self.stage, token = %self.token, agent = cmd.agent.as_str(), "agent started");
         let wip_every = cmd.wip_push_interval_ms.map(Duration::from_millis);
         let mut wip = tokio::time::interval(wip_every.unwrap_or(Duration::from_secs(3600)));
         wip.tick().await;
         let status = loop {
             tokio::select! {
-                status = child.wait() => break status,
+                status = child.wait() => {
+                    break status.map_err(|e| std::io::Error::new(e.kind(), format!("waiting for agent: {e}")));
+                }
                 _ = wip.tick(), if wip_every.is_some() => {
                     // Progress a reclaim can resume from, should we die.
                     let (root, story, creds, token) = (self.root.clone(), self.story.clone(), self.git_creds.clone(), self.token.0);
@@ -389,7 +503,7 @@ impl AgentRun {
                         Err(e) => tracing::warn!(story = %self.story, error = %e, "work-in-progress push failed"),
                     }
                 }
-                _ = &mut stop => {
+                _ = &mut *stop => {
                     if let Some(pid) = child.id() {
                         // SAFETY: kill(2) with a negative pid signals the
                         // process group we created; no memory is involved.
@@ -407,40 +521,17 @@ impl AgentRun {
         for p in pumps.into_iter().flatten() {
             let _ = tokio::time::timeout(STOP_GRACE, p).await;
         }
-        let root = self.root.clone();
-        let story = self.story.clone();
-        let head = tokio::task::spawn_blocking(move || git::branch_head(&root, story.as_str())).await.ok().flatten();
-        let mut report = RunReport {
-            exit_code: status.as_ref().ok().and_then(|s| s.code()),
-            duration_ms: started.elapsed().as_millis() as u64,
-            commit: head.map(|h| h.to_string()),
-            stderr_tail: tail.lock().map(|t| t.text()).unwrap_or_default(),
-            usage: None,
-        };
-        // The agent's own account, when it gives one, decides first: a run
-        // whose tool calls were all denied exits 0 (agent_report.rs).
-        let said = out_tail.lock().ok().and_then(|t| crate::agent_report::AgentReport::from_output(&t.text()));
-        report.usage = said.as_ref().map(|r| r.usage());
-        let outcome = match status {
-            _ if said.as_ref().and_then(|r| r.failure()).is_some() => {
-                let why = said.as_ref().and_then(|r| r.failure()).unwrap_or_default();
-                RunOutcome::Failed { reason: why }
-            }
-            Ok(s) if s.success() => {
-                if cmd.require_commit(self.stage) && head == Some(base) {
-                    RunOutcome::Failed { reason: "no commits: the agent exited 0 without committing".into() }
-                } else {
-                    RunOutcome::Succeeded
-                }
-            }
-            Ok(s) => RunOutcome::Failed { reason: format!("agent exited with {s}; see {}", log_path.display()) },
-            Err(e) => RunOutcome::Failed { reason: format!("waiting for agent: {e}") },
-        };
-        if report.commit.as_deref() == Some(base.to_string().as_str()) {
-            report.commit = None;
-        }
-        Some((outcome, report))
+        let stream = lines.lock().map(|mut l| std::mem::take(&mut l.stream)).unwrap_or_default();
+        let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
+        Some(Ended { status, stream, stderr_tail })
     }
+}
+
+/// How one start of an agent ended.
+struct Ended {
+    status: std::io::Result<std::process::ExitStatus>,
+    stream: crate::agent_stream::AgentStream,
+    stderr_tail: String,
 }
 
 /// The placeholders of an agent's args.
@@ -507,6 +598,7 @@ mod tests {
             git_creds: Arc::new(GitCredentials::default()),
             ctx: RunContext { body: "body mentions {title} and {".into(), last_failure: None, resume: None },
             author: GitAuthor::for_node("agent-1"),
+            project: Default::default(),
         };
         let vars = Vars { run: &run, story_file: std::path::Path::new("/p/.huskies/stories/s1.md"), story: "STORY" };
         assert_eq!(vars.expand("{id}/{stage}/{attempt}"), "s1/current/2");
