@@ -94,7 +94,14 @@ fn reason(run: &serde_json::Value) -> &str {
 /// A cluster whose agents reach `models` as their API, in a HOME of their
 /// own (the CLIs keep state there).
 fn cluster_for(tag: &str, models: &ModelServer) -> Cluster {
-    let mut c = Cluster::new(tag);
+    cluster_with(tag, models, "")
+}
+
+/// As [`cluster_for`], with `settings` added to the server's project.toml
+/// (the cluster settings).
+fn cluster_with(tag: &str, models: &ModelServer, settings: &str) -> Cluster {
+    let toml = format!("claim_timeout_ms = 3000\nscan_interval_ms = 200\n{settings}");
+    let mut c = Cluster::with_settings(tag, &toml);
     let home = c.root().join("home");
     std::fs::create_dir_all(&home).unwrap();
     for (k, v) in [
@@ -232,4 +239,113 @@ fn the_readme_recipe_works_as_written() {
     let run = first_run(&c, "blue", 90);
     assert_eq!(run["outcome"], "succeeded", "{run}");
     assert_eq!(run["usage"]["model"], "claude-sonnet-4-5", "{run}");
+}
+
+fn claude_agent(claude: &std::path::Path, extra: &str) -> String {
+    format!("[agents.current]\nagent = \"claude\"\ncommand = {claude:?}\nmodel = \"claude-sonnet-4-5\"\n{extra}")
+}
+
+fn status_text(c: &Cluster) -> String {
+    ok(c, &["status"])
+}
+
+/// The daily budget: once the day's spend reaches it no node claims, and
+/// `status` says so; raised on the server, work goes on. Cost counts once
+/// per run, whichever node is asked.
+#[test]
+fn a_spent_daily_budget_stops_claims_until_it_is_raised() {
+    let Some(claude) = real_cli("claude") else { return };
+    let models = ModelServer::start("127.0.0.1:0");
+    let mut c = cluster_with("budget", &models, "daily_budget_usd = 0.01\n");
+    c.start_agent_with(1, "127.0.0.1", &claude_agent(&claude, ""));
+    add(&c, "first", "commit");
+    let run = first_run(&c, "first", 90);
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    let cost = run["usage"]["cost_micro_usd"].as_u64().unwrap();
+    assert!(cost >= 10_000, "the first run spends the budget: {run}");
+    wait_for("the server to count the spend", Duration::from_secs(20), || {
+        status_text(&c).contains("the daily budget is spent")
+    });
+    add(&c, "second", "commit");
+    std::thread::sleep(Duration::from_secs(4));
+    let second = story_json(&c, "second");
+    assert!(second["runs"].as_array().is_some_and(|r| r.is_empty()) && second["holder"].is_null(), "{second}");
+    let status: serde_json::Value = serde_json::from_str(&ok(&c, &["status", "--json"])).unwrap();
+    let costs = &status["costs"];
+    assert_eq!(costs["spent_today_micro_usd"].as_u64(), Some(cost), "counted once: {costs}");
+    assert_eq!(costs["budget_spent"], true, "{costs}");
+    let all: u64 = costs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["day"] == "all")
+        .map(|l| l["cost_micro_usd"].as_u64().unwrap())
+        .sum();
+    assert_eq!(all, cost, "{costs}");
+
+    // The admin raises it: the server's file is the cluster's settings.
+    let toml = c.root().join("server/.huskies/project.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace("daily_budget_usd = 0.01", "daily_budget_usd = 5.0");
+    std::fs::write(&toml, text).unwrap();
+    let run = first_run(&c, "second", 90);
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(!status_text(&c).contains("budget is spent"));
+}
+
+/// A story past its own budget is given up with that reason, before its
+/// attempts run out.
+#[test]
+fn a_story_past_its_budget_fails_with_that_reason() {
+    let Some(claude) = real_cli("claude") else { return };
+    let models = ModelServer::start("127.0.0.1:0");
+    let mut c = cluster_with("story-budget", &models, "max_cost_usd = 0.012\n");
+    c.start_agent_with(1, "127.0.0.1", &claude_agent(&claude, "max_attempts = 5\n"));
+    add(&c, "pricey", "deny");
+    wait_for("pricey to be given up", Duration::from_secs(120), || story_json(&c, "pricey")["failed"] == true);
+    let d = story_json(&c, "pricey");
+    let reason = d["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("over budget: its runs cost $0.0"), "{d}");
+    assert!(reason.contains("of the story's $0.0120"), "{d}");
+    let runs = d["runs"].as_array().unwrap().len();
+    assert!((1..5).contains(&runs), "given up for its cost, not its attempts: {runs} runs: {d}");
+}
+
+/// `kill -9` of the agent node in the middle of a real Claude Code run:
+/// another node reclaims the story after the claim timeout and resumes
+/// from the progress the dead one pushed (a session cannot be resumed on
+/// another machine; the branch can).
+#[test]
+fn a_killed_agent_nodes_story_is_resumed_from_its_pushed_branch() {
+    let Some(claude) = real_cli("claude") else { return };
+    let models = ModelServer::start("127.0.0.1:0");
+    let mut c = cluster_for("kill", &models);
+    let agent = claude_agent(&claude, "wip_push_interval_ms = 300\n");
+    c.start_agent_with(1, "127.0.0.1", &agent);
+    c.start_agent_with(2, "127.0.0.1", &agent);
+    add(&c, "resumed", "slow-commit");
+    let remote = c.root().join("remote.git");
+    let wip = || -> Option<String> {
+        let repo = git2::Repository::open_bare(&remote).ok()?;
+        let mut refs = repo.references_glob("refs/heads/huskies-wip/resumed/*").ok()?;
+        let r = refs.next()?.ok()?;
+        r.target().map(|o| o.to_string())
+    };
+    wait_for("the first run's commit pushed as progress", Duration::from_secs(60), || wip().is_some());
+    let pushed = wip().unwrap();
+    let holder = story_json(&c, "resumed")["holder"].as_str().unwrap_or_default().to_owned();
+    assert!(holder.starts_with("agent-"), "held while it runs: {holder:?}");
+    c.kill(&holder, libc::SIGKILL);
+
+    wait_for("a run of the other node to succeed", Duration::from_secs(90), || {
+        story_json(&c, "resumed")["runs"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["outcome"] == "succeeded" && x["node"] != holder.as_str()))
+    });
+    let repo = git2::Repository::open_bare(&remote).unwrap();
+    let tip = repo.find_reference("refs/heads/huskies/resumed").unwrap().peel_to_commit().unwrap();
+    let pushed = git2::Oid::from_str(&pushed).unwrap();
+    assert!(tip.id() == pushed || repo.graph_descendant_of(tip.id(), pushed).unwrap(), "the dead node's work is kept");
+    let entry = tip.tree().unwrap().get_path(std::path::Path::new("work-resumed.md")).unwrap();
+    let text = String::from_utf8_lossy(repo.find_blob(entry.id()).unwrap().content()).into_owned();
+    assert!(text.contains(&format!("resuming {holder}")), "the new run knew it resumed: {text}");
 }

@@ -113,6 +113,21 @@ enum Act {
     Say(String),
 }
 
+/// The story's attempt, and the claim it resumes if any, from its story
+/// file ("- attempt: N", "- resuming: the work of agent-1 (token 3)..."),
+/// so a retried or resumed run writes something new.
+fn attempt_of(text: &str) -> String {
+    let attempt: String = text
+        .split("- attempt: ")
+        .nth(1)
+        .map(|s| s.chars().take_while(char::is_ascii_digit).collect())
+        .unwrap_or_default();
+    match text.split("- resuming: the work of ").nth(1) {
+        Some(rest) => format!("{attempt}, resuming {}", rest.split(')').next().unwrap_or("").replace(['\'', '\\'], "")),
+        None => attempt,
+    }
+}
+
 /// The script and story named in a conversation's text.
 fn script_of(text: &str) -> (String, String) {
     let script = text
@@ -142,8 +157,9 @@ fn refusal(script: &str, story: &str, owed: &Mutex<BTreeMap<String, u32>>) -> Op
     })
 }
 
-/// The step `step` (tool calls made so far) of `script`.
-fn act(script: &str, story: &str, step: usize, claude: bool) -> Act {
+/// The step `step` (tool calls made so far) of `script`, in attempt
+/// `attempt` of the story.
+fn act(script: &str, story: &str, attempt: &str, step: usize, claude: bool) -> Act {
     let file = format!("work-{story}.md");
     let commit = format!("git commit -q -m '{story}: scripted work'");
     match script {
@@ -151,13 +167,15 @@ fn act(script: &str, story: &str, step: usize, claude: bool) -> Act {
         "deny" => Act::Say("Done: committed.".into()),
         "loop" => Act::Shell("git status".into()),
         _ if claude => match step {
-            0 => Act::Write(file, format!("# {story}\n\nscripted work\n")),
+            0 => Act::Write(file, format!("# {story}\n\nscripted work, attempt {attempt}\n")),
             1 => Act::Shell(format!("git add {file}")),
             2 => Act::Shell(commit),
             _ => Act::Say("Done: committed.".into()),
         },
         _ => match step {
-            0 => Act::Shell(format!("printf 'scripted work\\n' > {file} && git add {file} && {commit}")),
+            0 => Act::Shell(format!(
+                "printf 'scripted work, attempt {attempt}\\n' > {file} && git add {file} && {commit}"
+            )),
             _ => Act::Say("Done: committed.".into()),
         },
     }
@@ -189,7 +207,7 @@ fn anthropic(req: &Value, owed: &Mutex<BTreeMap<String, u32>>) -> Reply {
         pace(&script);
         let step = messages.iter().filter(|m| m["role"] == "assistant").count();
         let cwd = working_directory(&req["system"]);
-        match act(&script, &story, step, true) {
+        match act(&script, &story, &attempt_of(&text), step, true) {
             Act::Shell(c) => vec![json!({"type": "tool_use", "id": format!("toolu_{step}"), "name": "Bash",
                 "input": {"command": c, "description": "scripted"}})],
             Act::Write(f, content) => vec![json!({"type": "tool_use", "id": format!("toolu_{step}"), "name": "Write",
@@ -250,7 +268,7 @@ fn openai(req: &Value, owed: &Mutex<BTreeMap<String, u32>>) -> Reply {
     let step = input.iter().filter(|i| i["type"] == "function_call").count();
     static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = format!("resp_{}", IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let item = match act(&script, &story, step, false) {
+    let item = match act(&script, &story, &attempt_of(&text), step, false) {
         Act::Shell(c) | Act::Write(c, _) => json!({"type": "function_call", "id": format!("fc_{id}"),
             "call_id": format!("call_{id}"), "name": "exec_command",
             "arguments": json!({"cmd": c}).to_string(), "status": "completed"}),

@@ -16,9 +16,9 @@ use crate::error::CliError;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Stories to add.
-    #[arg(long, default_value_t = 20)]
-    stories: usize,
+    /// Stories to add (default 20; 4 with --agent, whose runs cost money).
+    #[arg(long)]
+    stories: Option<usize>,
     /// Agents to start.
     #[arg(long, default_value_t = 3)]
     agents: usize,
@@ -26,8 +26,21 @@ pub struct DemoArgs {
     /// 'claude -p "Implement the story in {story_file}, then commit"'
     /// (split with shell quoting rules, no shell runs it; {id}, {title},
     /// {stage}, {attempt}, {story_file} and {body} are replaced).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "agent")]
     agent_cmd: Option<String>,
+    /// Drive a real coding agent: `claude` (Claude Code) or `codex`, found
+    /// on the PATH or in ~/.cache/huskies/clis, against whatever
+    /// ANTHROPIC_BASE_URL / OPENAI_BASE_URL name (the real API with your
+    /// key, or any scripted model server). Ends with the cost ledger.
+    #[arg(long, value_parser = ["claude", "codex"])]
+    agent: Option<String>,
+    /// The model for --agent (default: the CLI's own).
+    #[arg(long, requires = "agent")]
+    model: Option<String>,
+    /// With --agent: the cluster's daily budget in US dollars; no new runs
+    /// start past it.
+    #[arg(long, default_value_t = 2.0, requires = "agent")]
+    budget_usd: f64,
     /// Varies which stand-in runs fail on purpose.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -41,9 +54,75 @@ pub struct DemoArgs {
     /// Ctrl-C stops it), and keep the scratch directory (repos, logs, data).
     #[arg(long)]
     keep: bool,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 120)]
-    timeout_secs: u64,
+    /// Give up after this many seconds (default 120; 1800 with --agent).
+    #[arg(long)]
+    timeout_secs: Option<u64>,
+}
+
+impl DemoArgs {
+    fn stories(&self) -> usize {
+        self.stories.unwrap_or(if self.agent.is_some() { 4 } else { 20 })
+    }
+
+    fn timeout_secs(&self) -> u64 {
+        self.timeout_secs.unwrap_or(if self.agent.is_some() { 1800 } else { 120 })
+    }
+}
+
+/// The stand-in agent's arguments: runs that fail, conflict and break the
+/// gate on purpose, by seed.
+fn standin_args(a: &DemoArgs) -> Vec<String> {
+    vec![
+        "stand-in".into(),
+        "--duration-ms".into(),
+        "600".into(),
+        "--jitter-ms".into(),
+        "900".into(),
+        "--fail-rate".into(),
+        a.fail_rate.to_string(),
+        // The last attempt never fails on purpose: a front door is
+        // green every time (3 failures in a row went red 1 run in 16).
+        "--succeed-from-attempt".into(),
+        huskies_engine::Config::default().max_attempts.to_string(),
+        "--seed".into(),
+        a.seed.to_string(),
+        // Some stories edit a shared file (they conflict when they
+        // land, and resolve it when sent back), some break the
+        // gate on their first run.
+        "--conflict-every".into(),
+        "3".into(),
+        "--break-every".into(),
+        "7".into(),
+    ]
+}
+
+/// A coding-agent CLI: on the PATH, else where `.ci/run` installs it.
+fn find_cli(name: &str) -> Result<PathBuf, String> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    path.into_iter()
+        .chain([home.join(".cache/huskies/clis/node_modules/.bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            let pkg = if name == "claude" { "@anthropic-ai/claude-code" } else { "@openai/codex" };
+            format!("--agent {name}: `{name}` is not on the PATH (npm install -g {pkg})")
+        })
+}
+
+/// The stage tables of a demo agent's project.toml: a real coding agent's
+/// profile for `current` and `qa`.
+fn profile_agents(agent: &str, program: &Path, model: Option<&str>) -> String {
+    let model = model.map_or(String::new(), |m| format!("model = {m:?}\n"));
+    let turns = if agent == "claude" { "max_turns = 30\n" } else { "" };
+    let mut s = String::new();
+    for stage in ["current", "qa"] {
+        s.push_str(&format!(
+            "\n[agents.{stage}]\nagent = {agent:?}\ncommand = {:?}\n{model}{turns}commands = [\"sh ci.sh\"]\n",
+            program.to_string_lossy()
+        ));
+    }
+    s
 }
 
 /// Child processes, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -101,15 +180,12 @@ if [ -d broken ] && [ -n \"$(ls broken)\" ]; then echo \"broken: $(ls broken)\";
 echo 'all checks passed'
 ";
 
-fn project_toml(cmd: &str, args: &[String]) -> String {
-    let args = args.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+fn project_toml(agents: &str) -> String {
     // Retries after 1 s (doubling), not 5 s: injected failures show
     // retries without stalling the demo.
     let mut s =
         String::from("capacity = 2\nclaim_timeout_ms = 4000\nscan_interval_ms = 250\nretry_backoff_ms = 1000\n");
-    for stage in [huskies_engine::Stage::Current, huskies_engine::Stage::Qa].map(|s| s.as_str()) {
-        s.push_str(&format!("\n[agents.{stage}]\ncommand = {cmd:?}\nargs = [{args}]\n"));
-    }
+    s.push_str(agents);
     // Every agent lands: merge-stage stories are built on the default
     // branch, gated by the repository's own check, and landed.
     // A story can conflict once with each other story that edits the
@@ -156,40 +232,25 @@ fn spawn(exe: &Path, args: &[String], log: &Path) -> Result<Child, String> {
 
 fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<(), CliError> {
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    println!("huskies demo: {} agents, {} stories, scratch {}", a.agents, a.stories, scratch.display());
+    let (stories, timeout_secs) = (a.stories(), a.timeout_secs());
+    println!("huskies demo: {} agents, {} stories, scratch {}", a.agents, stories, scratch.display());
     let remote = git_fixture(scratch)?;
-    let (cmd, args) = match &a.agent_cmd {
-        Some(c) => {
+    let command_agents = |cmd: &str, args: &[String]| {
+        let args = args.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+        ["current", "qa"]
+            .iter()
+            .map(|stage| format!("\n[agents.{stage}]\ncommand = {cmd:?}\nargs = [{args}]\n"))
+            .collect::<String>()
+    };
+    let agents = match (&a.agent, &a.agent_cmd) {
+        (Some(agent), _) => profile_agents(agent, &find_cli(agent)?, a.model.as_deref()),
+        (None, Some(c)) => {
             let parts = shlex::split(c).ok_or_else(|| format!("--agent-cmd {c:?}: unbalanced quotes"))?;
             let mut parts = parts.into_iter();
             let cmd = parts.next().ok_or("--agent-cmd is empty")?;
-            (cmd, parts.collect())
+            command_agents(&cmd, &parts.collect::<Vec<_>>())
         }
-        None => (
-            s(exe),
-            vec![
-                "stand-in".into(),
-                "--duration-ms".into(),
-                "600".into(),
-                "--jitter-ms".into(),
-                "900".into(),
-                "--fail-rate".into(),
-                a.fail_rate.to_string(),
-                // The last attempt never fails on purpose: a front door is
-                // green every time (3 failures in a row went red 1 run in 16).
-                "--succeed-from-attempt".into(),
-                huskies_engine::Config::default().max_attempts.to_string(),
-                "--seed".into(),
-                a.seed.to_string(),
-                // Some stories edit a shared file (they conflict when they
-                // land, and resolve it when sent back), some break the
-                // gate on their first run.
-                "--conflict-every".into(),
-                "3".into(),
-                "--break-every".into(),
-                "7".into(),
-            ],
-        ),
+        (None, None) => command_agents(&s(exe), &standin_args(a)),
     };
 
     // The server.
@@ -198,8 +259,12 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     let server_root = scratch.join("server");
     std::fs::create_dir_all(server_root.join(".huskies")).map_err(|e| e.to_string())?;
     // Everyone must agree on when a silent node counts as dead.
-    std::fs::write(server_root.join(".huskies/project.toml"), "claim_timeout_ms = 4000\nscan_interval_ms = 250\n")
-        .map_err(|e| e.to_string())?;
+    let mut server_toml = String::from("claim_timeout_ms = 4000\nscan_interval_ms = 250\n");
+    if a.agent.is_some() {
+        // Real agents cost real money: the cluster stops claiming past it.
+        server_toml.push_str(&format!("daily_budget_usd = {}\n", a.budget_usd));
+    }
+    std::fs::write(server_root.join(".huskies/project.toml"), server_toml).map_err(|e| e.to_string())?;
     let mut procs = Procs(Vec::new());
     let server_args = vec![
         "server".into(),
@@ -236,7 +301,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         let root = scratch.join(format!("agent-{i}"));
         git2::Repository::clone(&s(&remote), &root).map_err(|e| e.message().to_owned())?;
         std::fs::create_dir_all(root.join(".huskies")).map_err(|e| e.to_string())?;
-        std::fs::write(root.join(".huskies/project.toml"), project_toml(&cmd, &args)).map_err(|e| e.to_string())?;
+        std::fs::write(root.join(".huskies/project.toml"), project_toml(&agents)).map_err(|e| e.to_string())?;
         #[allow(clippy::disallowed_methods)] // token expiry is wall-clock time
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let token = auth::create_join_token(&server_data, 600, now).map_err(|e| e.to_string())?;
@@ -263,18 +328,24 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         wait_healthy(&Client::new(&format!("http://127.0.0.1:{p}"), None, None)?, name)?;
     }
 
-    for k in 0..a.stories {
+    for k in 0..stories {
         let title = format!("Demo story {k}: make the widget {}", ["faster", "safer", "smaller", "clearer"][k % 4]);
         let story = huskies_net::status::AddStory {
             title: title.clone(),
             id: Some(format!("story-{k:02}")),
             stage: Some("current".into()),
-            body: String::new(),
+            body: if a.agent.is_some() { real_body(k) } else { String::new() },
             priority: 0,
         };
         server.add_story(&story)?;
     }
-    println!("added {} stories; agents at work (runs fail {}% of the time on purpose)", a.stories, a.fail_rate * 100.0);
+    match &a.agent {
+        Some(agent) => println!("added {stories} stories; {agent} at work (daily budget ${})", a.budget_usd),
+        None => println!(
+            "added {stories} stories; agents at work (runs fail {}% of the time on purpose)",
+            a.fail_rate * 100.0
+        ),
+    }
 
     let tty = std::io::stdout().is_terminal();
     let mut killed: Option<String> = None;
@@ -293,7 +364,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
             count("qa"),
             count("merge"),
             done,
-            a.stories,
+            stories,
             failed,
             alive,
             claims
@@ -308,7 +379,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
             last_print = started.elapsed();
             last_counts = counts;
         }
-        if killed.is_none() && !a.no_kill && done * 4 >= a.stories && a.agents > 1 {
+        if killed.is_none() && !a.no_kill && done * 4 >= stories && a.agents > 1 {
             // Kill the busiest agent with -9: its claims must be reclaimed.
             let mut holders: BTreeMap<&str, usize> = BTreeMap::new();
             for x in &st.stories {
@@ -330,14 +401,14 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
                 killed = Some(v);
             }
         }
-        if done + failed >= a.stories {
+        if done + failed >= stories {
             break done;
         }
-        if started.elapsed() > Duration::from_secs(a.timeout_secs) {
+        if started.elapsed() > Duration::from_secs(timeout_secs) {
             if tty {
                 println!();
             }
-            return Err(format!("timed out after {} s with {done}/{} done", a.timeout_secs, a.stories).into());
+            return Err(format!("timed out after {} s with {done}/{} done", timeout_secs, stories).into());
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -366,7 +437,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     // runs left no record: it never reported them).
     let (mut total_runs, mut failed_runs, mut stages) = (0, 0, 0);
     let (mut conflicts, mut gate_failures) = (0, 0);
-    for k in 0..a.stories {
+    for k in 0..stories {
         let d = server.story(&format!("story-{k:02}"))?;
         total_runs += d.runs.len();
         failed_runs += d.runs.iter().filter(|r| r.outcome == huskies_engine::RunOutcomeKind::Failed).count();
@@ -380,11 +451,11 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         }
     }
     println!("summary:");
-    println!("  stories done       {done}/{}", a.stories);
+    println!("  stories done       {done}/{}", stories);
     println!("  branches pushed    {branches}");
     println!(
         "  landed on {main_name:<8}{landed:>3}/{} ({batches} batches{}, {conflicts} conflicts sent back, {gate_failures} gate failures)",
-        a.stories,
+        stories,
         if killed.is_some() { " by the agents alive" } else { "" }
     );
     println!("  agent runs         {total_runs} recorded for {stages} story-stages ({failed_runs} failed and retried)");
@@ -393,6 +464,9 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     println!("  runs stopped       {stopped} (claim lost to another node, story moved, or run hung)");
     println!("  killed             {}", killed.as_deref().unwrap_or("none"));
     println!("  wall time          {:.1} s", started.elapsed().as_secs_f64());
+    if a.agent.is_some() {
+        print!("{}", ledger_summary(&server, stories)?);
+    }
     if a.keep {
         println!("cluster kept up: dashboard http://127.0.0.1:{port}/#key={key}");
         println!(
@@ -400,13 +474,52 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         );
         wait_for_ctrl_c()?;
     }
-    if done != a.stories {
-        return Err(format!("{} stories failed for good", a.stories - done).into());
+    if done != stories {
+        return Err(format!("{} stories failed for good", stories - done).into());
     }
-    if landed != a.stories {
-        return Err(format!("{landed} of {} stories are on {main_name}", a.stories).into());
+    if landed != stories {
+        return Err(format!("{landed} of {} stories are on {main_name}", stories).into());
     }
     Ok(())
+}
+
+/// A story a real coding agent can do in a few turns, in the demo repo.
+fn real_body(k: usize) -> String {
+    format!(
+        "Create the file notes/story-{k:02}.md with a heading and one short paragraph on how to make the widget \
+         {}. Commit it with git (git add, then git commit). Nothing else needs to change.",
+        ["faster", "safer", "smaller", "clearer"][k % 4]
+    )
+}
+
+/// The demo's ledger: cost per story (its runs), then per node and per
+/// stage (the cluster's ledger, all time), and the total.
+fn ledger_summary(server: &Client, stories: usize) -> Result<String, CliError> {
+    use huskies_net::costs::usd;
+    use std::fmt::Write;
+    let mut out = String::from("ledger:\n  per story\n");
+    for k in 0..stories {
+        let d = server.story(&format!("story-{k:02}"))?;
+        let usages: Vec<_> = d.runs.iter().filter_map(|r| r.report.usage.as_ref()).collect();
+        let cost = usages.iter().map(|u| u.cost_micro_usd).fold(0, u64::saturating_add);
+        let tokens: u64 =
+            usages.iter().map(|u| u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens).sum();
+        let _ = writeln!(out, "    {:<10} {:>10}  {} runs  {tokens} tokens", d.story.id, usd(cost), d.runs.len());
+    }
+    let costs = server.status()?.costs;
+    for (what, sums) in [
+        ("per node", costs.all_time_by(|l| l.node.clone())),
+        ("per stage", costs.all_time_by(|l| l.stage.clone())),
+        ("per model", costs.all_time_by(|l| l.model.clone())),
+    ] {
+        let _ = writeln!(out, "  {what}");
+        for (k, (runs, cost)) in sums {
+            let _ = writeln!(out, "    {k:<18} {:>10}  {runs} runs", usd(cost));
+        }
+    }
+    let total = costs.all_time_by(|_| ()).get(&()).map_or(0, |(_, c)| *c);
+    let _ = writeln!(out, "  total              {:>10}", usd(total));
+    Ok(out)
 }
 
 /// Stories landed on the remote's default branch (their trailers), and its name.

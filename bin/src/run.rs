@@ -504,7 +504,52 @@ pub fn status(t: &Target, json: bool) -> Result<(), CliError> {
         let state = if n.alive { "alive" } else { "silent" };
         println!("  {:<20} {:<7} capacity {} claims {claims}  {}", n.id, state, n.capacity, n.label);
     }
+    print!("{}", ledger_text(&s.costs));
     Ok(())
+}
+
+/// `status`'s cost part: the day against its budget, then sums per node,
+/// stage and day (the ledger's lines, models folded together).
+pub fn ledger_text(k: &huskies_net::costs::Costs) -> String {
+    use huskies_net::costs::usd;
+    use std::fmt::Write;
+    let mut out = String::new();
+    let budget = k.daily_budget_micro_usd.map_or(" (no daily budget)".to_owned(), |b| format!(" of {}", usd(b)));
+    let today = k.today.as_deref().unwrap_or("today");
+    let _ = writeln!(out, "agent cost {today} (UTC): {}{budget}", usd(k.spent_today_micro_usd));
+    if k.budget_spent {
+        let _ = writeln!(
+            out,
+            "  the daily budget is spent: no node claims new runs until tomorrow (UTC) or a higher budget"
+        );
+    }
+    if let Some(m) = k.max_story_cost_micro_usd {
+        let _ = writeln!(out, "  a story is given up once its runs cost {}", usd(m));
+    }
+    if k.lines.is_empty() {
+        return out;
+    }
+    // (day, node, stage) -> (runs, cost, tokens in, tokens out)
+    type Key<'a> = (std::cmp::Reverse<&'a str>, &'a str, &'a str);
+    let mut sums: std::collections::BTreeMap<Key, (u64, u64, u64, u64)> = Default::default();
+    for l in &k.lines {
+        let day = if l.day == "all" { "~all" } else { l.day.as_str() };
+        let e = sums.entry((std::cmp::Reverse(day), &l.node, &l.stage)).or_default();
+        e.0 += l.runs;
+        e.1 = e.1.saturating_add(l.cost_micro_usd);
+        e.2 = e.2.saturating_add(l.input_tokens + l.cache_read_tokens + l.cache_write_tokens);
+        e.3 = e.3.saturating_add(l.output_tokens);
+    }
+    let _ = writeln!(out, "agent cost by day, node and stage:");
+    for ((std::cmp::Reverse(day), node, stage), (runs, cost, tin, tout)) in sums {
+        let day = if day == "~all" { "all time" } else { day };
+        let _ = writeln!(
+            out,
+            "  {day:<10} {node:<20} {stage:<8} {runs:>5} runs  {:>10}  tokens in {tin} out {tout}",
+            usd(cost)
+        );
+    }
+    out
 }
 
 /// `huskies dashboard`: the node's dashboard URL with the admin key in the

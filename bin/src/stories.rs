@@ -139,10 +139,28 @@ pub fn render(d: &StoryDetail) -> String {
     if !d.body.is_empty() {
         let _ = writeln!(out, "\n{}", d.body.trim_end());
     }
-    let usages: Vec<_> = d.runs.iter().filter_map(|r| r.report.usage.as_ref()).collect();
+    let usages: Vec<_> = d.runs.iter().filter_map(|r| r.report.usage.as_ref().map(|u| (r.stage, u))).collect();
     if !usages.is_empty() {
-        let micro: u64 = usages.iter().map(|u| u.cost_micro_usd).fold(0, u64::saturating_add);
-        let _ = writeln!(out, "cost ${:.4} over {} reported run(s) (kept runs only)", micro as f64 / 1e6, usages.len());
+        let micro: u64 = usages.iter().map(|(_, u)| u.cost_micro_usd).fold(0, u64::saturating_add);
+        let mut by_stage: std::collections::BTreeMap<huskies_engine::Stage, (usize, u64)> = Default::default();
+        for (stage, u) in &usages {
+            let e = by_stage.entry(*stage).or_default();
+            e.0 += 1;
+            e.1 = e.1.saturating_add(u.cost_micro_usd);
+        }
+        let stages: Vec<String> = by_stage
+            .iter()
+            .map(|(st, (n, c))| {
+                format!("{} ${:.4} ({n} run{})", st.as_str(), *c as f64 / 1e6, if *n == 1 { "" } else { "s" })
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "cost ${:.4} over {} reported run(s) (kept runs only): {}",
+            micro as f64 / 1e6,
+            usages.len(),
+            stages.join(", ")
+        );
     }
     let _ = writeln!(out, "\nruns ({}):", d.runs.len());
     for r in &d.runs {

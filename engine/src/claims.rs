@@ -91,7 +91,7 @@ impl Engine {
 
     pub(crate) fn scan_claims(&mut self) {
         let mut slots = self.free_slots();
-        if slots == 0 || self.self_revoked || self.leaving {
+        if slots == 0 || self.self_revoked || self.leaving || self.daily_budget_spent().is_some() {
             return;
         }
         assert!(self.ready, "a scan before storage loaded");
@@ -137,6 +137,10 @@ impl Engine {
                 break;
             }
             if let Some(from) = self.claimable(&id) {
+                if let Some(reason) = self.over_budget(&id, 0) {
+                    self.give_up_over_budget(&id, reason);
+                    continue;
+                }
                 self.claim(&id, from);
                 slots -= 1;
             }
@@ -337,6 +341,14 @@ impl Engine {
         state.token = state.token.next();
         state.attempts += 1;
         state.failed = state.attempts >= self.config.max_attempts_for(run.stage);
+        let this_run = run.report.as_ref().and_then(|r| r.usage.as_ref()).map_or(0, |u| u.cost_micro_usd);
+        let reason = match self.over_budget(story, this_run) {
+            Some(over) => {
+                state.failed = true;
+                format!("{over}; {reason}")
+            }
+            None => reason,
+        };
         state.reason = Some(crate::story::short_reason(&reason));
         let (attempts, gave_up) = (state.attempts, state.failed);
         self.write_state(story, state);

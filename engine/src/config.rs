@@ -78,6 +78,12 @@ pub struct Config {
     pub land_batch_wait_ms: u64,
     /// Per-stage overrides of `max_attempts` and `run_timeout_ms`.
     pub stage_limits: std::collections::BTreeMap<Stage, StageLimits>,
+    /// No new claims once the cluster's agents cost this much in a UTC day
+    /// (ledger.rs); a cluster setting.
+    pub daily_budget_micro_usd: Option<u64>,
+    /// A story whose kept runs cost this much is given up; a cluster
+    /// setting.
+    pub max_story_cost_micro_usd: Option<u64>,
 }
 
 /// Limits of one stage's runs; `None` keeps the node-wide value.
@@ -120,6 +126,8 @@ impl Default for Config {
             land_batch: 4,
             land_batch_wait_ms: 1_000,
             stage_limits: std::collections::BTreeMap::new(),
+            daily_budget_micro_usd: None,
+            max_story_cost_micro_usd: None,
         }
     }
 }

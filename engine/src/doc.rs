@@ -373,6 +373,36 @@ impl Doc {
         self.commit();
     }
 
+    /// Every ledger line at the root (`ledger/<node>/<period>`), as
+    /// written: the caller parses and checks them.
+    pub fn read_ledger(&mut self) -> Vec<(String, String)> {
+        let keys: Vec<String> =
+            self.am.keys(automerge::ROOT).filter(|k| k.starts_with(crate::ledger::LEDGER_PREFIX)).collect();
+        keys.into_iter().filter_map(|k| self.read_ledger_key(&k).map(|v| (k, v))).collect()
+    }
+
+    pub fn read_ledger_key(&mut self, key: &str) -> Option<String> {
+        match self.am.get(automerge::ROOT, key) {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                ScalarValue::Str(t) => Some(t.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// One of our own ledger lines: a scalar of our own key, so writers
+    /// never race.
+    pub fn put_ledger_key(&mut self, key: &str, value: &str) {
+        self.am.put(automerge::ROOT, key, value).expect("put ledger line");
+        self.commit();
+    }
+
+    pub fn delete_ledger_key(&mut self, key: &str) {
+        self.am.delete(automerge::ROOT, key).expect("delete ledger line");
+        self.commit();
+    }
+
     /// Marks everything so far as seen by [`Doc::take_touched`]. Used after
     /// local writes, whose effect the engine already knows.
     pub fn skip_touched(&mut self) {

@@ -63,6 +63,9 @@ pub struct Engine {
     pub(crate) settings: Option<crate::ClusterSettings>,
     /// We announced we are leaving: no more claims or beats.
     pub(crate) leaving: bool,
+    /// The UTC day by the driver's wall clock (`Input::WallClock`): the
+    /// ledger's day and the daily budget's.
+    pub(crate) wall_day: Option<crate::ledger::Day>,
 
     // Peers.
     /// Connections, dial targets, owed syncs, beats to relay.
@@ -134,6 +137,7 @@ impl Engine {
             revoked: BTreeSet::new(),
             settings: None,
             leaving: false,
+            wall_day: None,
             self_revoked: false,
             peers: Peers::default(),
             heartbeat_seq: 0,
@@ -172,6 +176,7 @@ impl Engine {
             Input::LandFinished { batch, report } => self.handle_land_finished(batch, report),
             Input::Command { id, command } => self.handle_command(id, command),
             Input::Timeout => self.handle_timeout(),
+            Input::WallClock { unix_ms } => self.handle_wall_clock(unix_ms),
             Input::Persisted { seq } => self.handle_persisted(seq),
         }
         self.finish_input();

@@ -33,6 +33,10 @@ pub enum Input {
     Command { id: CommandId, command: Command },
     /// The time from `poll_timeout` has come (early or spurious is harmless).
     Timeout,
+    /// The wall clock, in Unix milliseconds: the driver sends it at start
+    /// and now and then. Only the cost ledger's day and the daily budget
+    /// read it; every other rule runs on the monotonic `now`.
+    WallClock { unix_ms: u64 },
     /// Every `Output::Persist` up to and including `seq` is durable. The
     /// outputs that reveal that state are released only now.
     Persisted { seq: PersistSeq },

@@ -95,6 +95,7 @@ mod index;
 mod invariants;
 mod io;
 pub mod landing;
+pub mod ledger;
 mod liveness;
 mod membership;
 mod peers;

@@ -26,6 +26,10 @@ pub struct RunReport {
     /// What the agent reported it used, when it reports (the cost ledger).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<AgentUsage>,
+    /// When it ended by the driver's wall clock, in Unix ms: the ledger's
+    /// day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_unix_ms: Option<u64>,
 }
 
 /// A run's cost and tokens, as the agent reported them. Cost in
@@ -163,6 +167,10 @@ impl crate::Engine {
             reason,
             report,
         };
+        if let Some(u) = &record.report.usage {
+            let day = record.report.finished_unix_ms.map(crate::ledger::Day::of_unix_ms).or(self.wall_day);
+            self.add_to_ledger(record.stage, u, day);
+        }
         self.doc.put_run(story, &record, MAX_RUN_RECORDS);
         self.doc.skip_touched();
         self.dirty = true;
@@ -201,6 +209,7 @@ mod tests {
                     turns: 2,
                     ..AgentUsage::default()
                 }),
+                finished_unix_ms: Some(1_796_256_000_000),
             },
         };
         assert_eq!(RunRecord::decode(&r.encode()), Some(r));

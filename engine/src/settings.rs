@@ -29,6 +29,11 @@ pub struct ClusterSettings {
     pub claim_settle_ms: u64,
     pub sync_interval_ms: u64,
     pub mesh_sync_interval_ms: u64,
+    /// Budgets (ledger.rs); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_budget_micro_usd: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_story_cost_micro_usd: Option<u64>,
 }
 
 impl ClusterSettings {
@@ -42,6 +47,8 @@ impl ClusterSettings {
             claim_settle_ms: config.claim_settle_ms,
             sync_interval_ms: config.sync_interval_ms,
             mesh_sync_interval_ms: config.mesh_sync_interval_ms,
+            daily_budget_micro_usd: config.daily_budget_micro_usd,
+            max_story_cost_micro_usd: config.max_story_cost_micro_usd,
         }
     }
 
@@ -52,6 +59,8 @@ impl ClusterSettings {
         config.claim_settle_ms = self.claim_settle_ms;
         config.sync_interval_ms = self.sync_interval_ms;
         config.mesh_sync_interval_ms = self.mesh_sync_interval_ms;
+        config.daily_budget_micro_usd = self.daily_budget_micro_usd;
+        config.max_story_cost_micro_usd = self.max_story_cost_micro_usd;
     }
 
     /// Equal but for the revision.
@@ -69,6 +78,8 @@ impl ClusterSettings {
             ("sync_interval_ms", self.sync_interval_ms, other.sync_interval_ms),
             ("mesh_sync_interval_ms", self.mesh_sync_interval_ms, other.mesh_sync_interval_ms),
         ];
+        // Budgets are the server's alone to set: an agent's file need not
+        // repeat them.
         pairs.iter().filter(|(_, a, b)| a != b).map(|(n, a, b)| format!("{n}: {a} vs {b}")).collect()
     }
 

@@ -120,6 +120,7 @@ function applyUpdate(u) {
   state.connected = u.connected;
   state.counters = u.counters;
   state.queue = u.queue || { order: [], testing: [], landed: [] };
+  state.costs = u.costs || null;
   state.isServer = u.is_server;
   state.receivedAt = Date.now();
   setFeed('live');
@@ -141,7 +142,8 @@ function card(s) {
   const key = JSON.stringify(s);
   const cached = state.cards.get(s.id);
   if (cached && cached.key === key) return cached.node;
-  const meta = `${s.id} · token ${s.token} · attempt ${s.attempts}`;
+  const cost = s.cost_micro_usd ? ` · ${usd(s.cost_micro_usd)}` : '';
+  const meta = `${s.id} · token ${s.token} · attempt ${s.attempts}${cost}`;
   const holder = s.holder ? `held by ${s.holder}` : 'unclaimed';
   let last = null;
   if (s.failed) last = el('div', { class: 'reason' }, `failed: ${s.reason || 'gave up'}`);
@@ -228,13 +230,28 @@ function renderQueue() {
     el('td', {}, l.seen_ms ? ago(Date.now() - l.seen_ms) : 'before this node started'))));
 }
 
+function usd(micro) {
+  return `$${(micro / 1e6).toFixed(micro < 10000 ? 4 : 2)}`;
+}
+
+// The cluster's spend today (every node's ledger line for the UTC day),
+// against the daily budget when one is set.
+function costText() {
+  const k = state.costs;
+  if (!k || !k.today) return '';
+  let text = ` · agents today ${usd(k.spent_today_micro_usd)}`;
+  if (k.daily_budget_micro_usd) text += ` of ${usd(k.daily_budget_micro_usd)}`;
+  if (k.budget_spent) text += ' (budget spent: no new claims)';
+  return text;
+}
+
 function renderCounters() {
   const c = state.counters;
   const stories = [...state.stories.values()];
   const failed = stories.filter((s) => s.failed && !s.removed).length;
   const archived = stories.filter((s) => s.stage === 'archived' && !s.removed).length;
   const held = stories.filter((s) => s.holder && !s.removed).length;
-  let text = `${stories.length} stories · ${held} held · ${failed} failed · ${archived} archived`;
+  let text = `${stories.length} stories · ${held} held · ${failed} failed · ${archived} archived${costText()}`;
   // Claims and runs are counted by the node that made them: the server
   // runs nothing, so its own counters would only say zero.
   if (!state.isServer) {
@@ -298,7 +315,7 @@ async function openDetail(id) {
   $('detail-stage').value = d.stage;
   const runs = d.runs.slice().reverse().map((r) =>
     el('tr', { class: `outcome-${r.outcome}` }, el('td', {}, r.stage), el('td', {}, String(r.token)), el('td', {}, r.node),
-      el('td', {}, r.outcome), el('td', { class: 'mono' }, r.commit ? r.commit.slice(0, 10) : ''), el('td', {}, r.reason || '')));
+      el('td', {}, r.outcome + (r.usage ? ` · ${usd(r.usage.cost_micro_usd)} · ${r.usage.turns} turns` : '')), el('td', { class: 'mono' }, r.commit ? r.commit.slice(0, 10) : ''), el('td', {}, r.reason || '')));
   $('detail-runs').tBodies[0].replaceChildren(...runs);
   loadLog(id, d);
 }

@@ -224,6 +224,7 @@ struct Update<'a> {
     connected: &'a [String],
     counters: &'a Counters,
     queue: &'a crate::status::Queue,
+    costs: &'a crate::costs::Costs,
 }
 
 /// What one feed connection last sent, to send only what changed.
@@ -260,6 +261,7 @@ impl Sent {
             connected: &board.connected,
             counters: &board.counters,
             queue: &board.queue,
+            costs: &board.costs,
         };
         serde_json::to_string(&update).unwrap_or_default()
     }
@@ -320,6 +322,7 @@ mod tests {
             created_ms: 0,
             landed: None,
             returns: 0,
+            cost_micro_usd: 0,
         }
     }
 
@@ -333,6 +336,7 @@ mod tests {
             connected: vec![],
             counters: Counters::default(),
             queue: Default::default(),
+            costs: Default::default(),
         }
     }
 

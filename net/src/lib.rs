@@ -12,6 +12,7 @@ pub mod agent_stream;
 pub mod api;
 pub mod auth;
 pub mod cold;
+pub mod costs;
 pub mod dashboard;
 pub mod git;
 pub mod git_identity;

@@ -316,6 +316,18 @@ impl Metrics {
         out
     }
 
+    /// The registry and the cluster's cost ledger (its lines carry node,
+    /// stage and model labels, known only at scrape time).
+    pub fn encode_with(&self, costs: &crate::costs::Costs) -> String {
+        let mut out = self.encode();
+        // The registry's text ends with `# EOF`: the ledger goes before it.
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        let tail = out.split_off(eof);
+        out.push_str(&ledger_text(costs));
+        out.push_str(&tail);
+        out
+    }
+
     /// The counters `GET /api/status` shows.
     pub fn counters(&self) -> Counters {
         let rejected = RejectKind::ALL
@@ -360,6 +372,48 @@ fn remember<K: Ord + Clone>(map: &std::sync::Mutex<BTreeMap<K, Instant>>, key: K
 
 /// The content type of [`Metrics::encode`].
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Label values are node ids, stage names and model names: escaped all the
+/// same, since a model name is what an agent printed.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The cost ledger's all-time lines as Prometheus counters, and the day's
+/// spend and budget as gauges.
+fn ledger_text(costs: &crate::costs::Costs) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let all: Vec<_> = costs.lines.iter().filter(|l| l.day == "all").collect();
+    let _ = writeln!(out, "# HELP huskies_agent_cost_usd_total What coding agents cost, by the cluster's ledger.");
+    let _ = writeln!(out, "# TYPE huskies_agent_cost_usd_total counter");
+    for l in &all {
+        let labels = format!("node=\"{}\",stage=\"{}\",model=\"{}\"", label(&l.node), label(&l.stage), label(&l.model));
+        let _ = writeln!(out, "huskies_agent_cost_usd_total{{{labels}}} {}", l.cost_micro_usd as f64 / 1e6);
+    }
+    let _ = writeln!(out, "# HELP huskies_agent_tokens_total Tokens coding agents used, by the cluster's ledger.");
+    let _ = writeln!(out, "# TYPE huskies_agent_tokens_total counter");
+    for l in &all {
+        let labels = format!("node=\"{}\",stage=\"{}\",model=\"{}\"", label(&l.node), label(&l.stage), label(&l.model));
+        for (kind, n) in [
+            ("input", l.input_tokens),
+            ("output", l.output_tokens),
+            ("cache_read", l.cache_read_tokens),
+            ("cache_write", l.cache_write_tokens),
+        ] {
+            let _ = writeln!(out, "huskies_agent_tokens_total{{{labels},kind=\"{kind}\"}} {n}");
+        }
+    }
+    let _ = writeln!(out, "# HELP huskies_agent_cost_today_usd What coding agents cost today (UTC), cluster-wide.");
+    let _ = writeln!(out, "# TYPE huskies_agent_cost_today_usd gauge");
+    let _ = writeln!(out, "huskies_agent_cost_today_usd {}", costs.spent_today_micro_usd as f64 / 1e6);
+    if let Some(b) = costs.daily_budget_micro_usd {
+        let _ = writeln!(out, "# HELP huskies_daily_budget_usd The cluster's daily budget.");
+        let _ = writeln!(out, "# TYPE huskies_daily_budget_usd gauge");
+        let _ = writeln!(out, "huskies_daily_budget_usd {}", b as f64 / 1e6);
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests {
@@ -410,5 +464,40 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
         }
         assert_eq!(m.counters().peers_rejected, 1);
+    }
+
+    #[test]
+    fn the_ledger_is_exported_with_its_labels_escaped() {
+        let line = |day: &str, model: &str, cost| crate::costs::CostLine {
+            node: "agent-1".into(),
+            day: day.into(),
+            stage: "current".into(),
+            model: model.into(),
+            runs: 2,
+            cost_micro_usd: cost,
+            input_tokens: 4000,
+            output_tokens: 200,
+            cache_read_tokens: 7,
+            cache_write_tokens: 0,
+        };
+        let costs = crate::costs::Costs {
+            today: Some("2026-12-02".into()),
+            spent_today_micro_usd: 15_000,
+            daily_budget_micro_usd: Some(1_000_000),
+            lines: vec![line("all", "claude \"x\"", 15_000), line("2026-12-02", "m", 15_000)],
+            ..Default::default()
+        };
+        let text = Metrics::new().encode_with(&costs);
+        let labels = r#"node="agent-1",stage="current",model="claude \"x\"""#;
+        for want in [
+            format!("huskies_agent_cost_usd_total{{{labels}}} 0.015"),
+            format!("huskies_agent_tokens_total{{{labels},kind=\"input\"}} 4000"),
+            format!("huskies_agent_tokens_total{{{labels},kind=\"cache_read\"}} 7"),
+            "huskies_agent_cost_today_usd 0.015".to_owned(),
+            "huskies_daily_budget_usd 1".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == want), "no line {want:?} in\n{text}");
+        }
+        assert_eq!(text.matches("huskies_agent_cost_usd_total{").count(), 1, "day lines are not counters");
     }
 }

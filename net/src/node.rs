@@ -174,6 +174,8 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
     if let Some(ms) = p.retry_backoff_ms {
         c.retry_backoff_ms = ms;
     }
+    c.daily_budget_micro_usd = p.daily_budget_micro_usd;
+    c.max_story_cost_micro_usd = p.max_cost_micro_usd;
     if let Some(n) = p.epoch_after_changes {
         c.epoch_after_changes = n;
     }
@@ -221,6 +223,8 @@ struct NodeLoop {
     opts: NodeOptions,
     /// The cluster settings this node's own project.toml asks for.
     local_settings: ClusterSettings,
+    /// The last wall-clock minute told to the engine.
+    wall_minute: u64,
 }
 
 /// Run and push results waiting for the engine.
@@ -319,9 +323,11 @@ pub fn run_node(opts: NodeOptions, revoked: Revoked) -> std::io::Result<(NodeHan
         revoked,
         rt,
         local_settings: ClusterSettings::of(&config_copy),
+        wall_minute: 0,
         opts: opts.clone(),
     };
     node.input(Input::StorageLoaded { bytes });
+    node.tell_wall_clock();
     node.share_revocations();
     if opts.is_server {
         // The server's project.toml sets what every node adopts.
@@ -397,7 +403,10 @@ impl NodeLoop {
                 },
                 Some(input) = inputs.recv() => self.input(input),
                 Some(done) = persisted.recv() => self.handle_persisted(done),
-                _ = sleep => self.input(Input::Timeout),
+                _ = sleep => {
+                    self.tell_wall_clock();
+                    self.input(Input::Timeout);
+                }
                 Some(()) = changed.recv() => {
                     // Editors write in steps (truncate, write, rename): let
                     // them finish, then read once.
@@ -440,6 +449,15 @@ impl NodeLoop {
         } else {
             self.internal_command(Command::SetStages { stages: p.stages() });
             self.compare_settings();
+        }
+    }
+
+    /// The wall clock, for the cost ledger's day: once a minute is enough.
+    fn tell_wall_clock(&mut self) {
+        let unix_ms = unix_now_ms();
+        if unix_ms / 60_000 != self.wall_minute {
+            self.wall_minute = unix_ms / 60_000;
+            self.input(Input::WallClock { unix_ms });
         }
     }
 
@@ -505,7 +523,8 @@ impl NodeLoop {
                     changes,
                 );
                 self.metrics.set_epoch(self.engine.epoch());
-                let _ = reply.send(self.metrics.encode());
+                let costs = crate::costs::Costs::of(&mut self.engine);
+                let _ = reply.send(self.metrics.encode_with(&costs));
             }
             NodeMsg::Story(id, reply) => {
                 let _ = reply.send(self.story_detail(&id));
@@ -713,12 +732,26 @@ impl NodeLoop {
             node: me.to_string(),
             is_server: self.opts.is_server,
             stages: huskies_engine::Stage::ALL.iter().map(|s| s.to_string()).collect(),
-            stories: self.engine.stories().map(|(id, v)| StoryStatus::of(id, v)).collect(),
+            stories: self.board_stories(),
             nodes,
             connected: connected.iter().map(|n| n.to_string()).collect(),
             counters: self.metrics.counters(),
             queue: crate::queue::queue(&mut self.engine, &self.landed),
+            costs: crate::costs::Costs::of(&mut self.engine),
         }
+    }
+
+    /// The board's stories with what each cost (its kept run records;
+    /// not read for archived stories, which the board folds away).
+    fn board_stories(&mut self) -> Vec<StoryStatus> {
+        let mut stories: Vec<StoryStatus> = self.engine.stories().map(|(id, v)| StoryStatus::of(id, v)).collect();
+        let skip = [huskies_engine::Stage::Archived.as_str(), huskies_engine::Stage::Backlog.as_str()];
+        for s in stories.iter_mut().filter(|s| !skip.contains(&s.stage.as_str())) {
+            if let Ok(id) = huskies_engine::StoryId::new(&s.id) {
+                s.cost_micro_usd = self.engine.story_cost_micro_usd(&id);
+            }
+        }
+        stories
     }
 
     fn status(&mut self) -> Status {
@@ -772,6 +805,7 @@ impl NodeLoop {
         Status {
             fenced,
             epoch: self.engine.epoch(),
+            costs: crate::costs::Costs::of(&mut self.engine),
             node: self.engine.node_id().to_string(),
             label: self
                 .engine
@@ -828,4 +862,11 @@ fn watch_config(path: &std::path::Path, changed: mpsc::Sender<()>) -> Option<not
             None
         }
     }
+}
+
+/// Milliseconds since the Unix epoch by the wall clock (0 before it).
+pub fn unix_now_ms() -> u64 {
+    #[allow(clippy::disallowed_methods)] // the ledger's day is wall time
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -13,6 +13,12 @@
 //! #                             # of the live state) past this many changes
 //! ```
 //!
+//! ```toml
+//! # daily_budget_usd = 50.0 # server: no new claims once the cluster's agents
+//! #                         # cost this much in a UTC day
+//! # max_cost_usd = 5.0      # server: a story whose runs cost this much is given up
+//! ```
+//!
 //! `claim_timeout_ms`, `claim_stagger_ms` and `sync_interval_ms` must agree
 //! across the cluster: the server's file sets them for every node (they
 //! travel in the document, signed by the cluster CA); an agent whose own
@@ -268,6 +274,10 @@ struct Raw {
     git_author: Option<String>,
     #[serde(default)]
     prices: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    daily_budget_usd: Option<f64>,
+    #[serde(default)]
+    max_cost_usd: Option<f64>,
 }
 
 /// USD per million tokens, as price lists give them.
@@ -361,6 +371,12 @@ pub struct ProjectConfig {
     pub git_author: Option<crate::git_identity::GitAuthor>,
     /// Per model: what a token costs, for agents that report no price.
     pub prices: BTreeMap<String, Price>,
+    /// Server: no new claims once the cluster's agents cost this much in a
+    /// UTC day (micro-USD); a cluster setting.
+    pub daily_budget_micro_usd: Option<u64>,
+    /// Server: a story whose runs cost this much is given up (micro-USD);
+    /// a cluster setting.
+    pub max_cost_micro_usd: Option<u64>,
 }
 
 impl Default for ProjectConfig {
@@ -378,6 +394,8 @@ impl Default for ProjectConfig {
             merge: None,
             git_author: None,
             prices: default_prices(),
+            daily_budget_micro_usd: None,
+            max_cost_micro_usd: None,
         }
     }
 }
@@ -460,6 +478,13 @@ impl ProjectConfig {
         }
         let git_author =
             raw.git_author.as_deref().map(crate::git_identity::GitAuthor::parse).transpose().map_err(invalid)?;
+        let budget = |name: &str, usd: Option<f64>| match usd {
+            None => Ok(None),
+            Some(x) if x.is_finite() && x > 0.0 && x <= 1e9 => Ok(Some((x * 1e6).round() as u64)),
+            Some(x) => Err(invalid(format!("{name} = {x} must be a positive number of US dollars"))),
+        };
+        let daily_budget_micro_usd = budget("daily_budget_usd", raw.daily_budget_usd)?;
+        let max_cost_micro_usd = budget("max_cost_usd", raw.max_cost_usd)?;
         let mut prices = default_prices();
         for (model, p) in raw.prices {
             let ok = |x: f64| x.is_finite() && (0.0..=10_000.0).contains(&x);
@@ -482,6 +507,8 @@ impl ProjectConfig {
             merge: raw.merge,
             git_author,
             prices,
+            daily_budget_micro_usd,
+            max_cost_micro_usd,
         })
     }
 

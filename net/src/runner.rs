@@ -381,6 +381,7 @@ impl AgentRun {
             commit: head.map(|h| h.to_string()),
             stderr_tail,
             usage,
+            finished_unix_ms: Some(crate::node::unix_now_ms()),
         };
         // The agent's own account, when it gives one, decides first: a run
         // whose tool calls were all denied exits 0 (agent_report.rs).

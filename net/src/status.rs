@@ -54,6 +54,9 @@ pub struct StoryStatus {
     /// Times landing sent it back to `current`.
     #[serde(default)]
     pub returns: u32,
+    /// What its kept runs cost (micro-USD); filled on the board.
+    #[serde(default)]
+    pub cost_micro_usd: u64,
 }
 
 impl StoryStatus {
@@ -73,6 +76,7 @@ impl StoryStatus {
             created_ms: v.created_ms,
             landed: v.state.result.as_ref().and_then(|r| r.landed.clone()),
             returns: v.state.returns,
+            cost_micro_usd: 0,
         }
     }
 }
@@ -154,6 +158,9 @@ pub struct Status {
     /// The epoch of this node's document (see docs/design/history.md).
     #[serde(default)]
     pub epoch: u64,
+    /// The cost ledger and budgets.
+    #[serde(default)]
+    pub costs: crate::costs::Costs,
 }
 
 /// What the dashboard shows of the cluster, as this node sees it.
@@ -170,6 +177,8 @@ pub struct Board {
     pub counters: Counters,
     #[serde(default)]
     pub queue: Queue,
+    #[serde(default)]
+    pub costs: crate::costs::Costs,
 }
 
 /// The merge queue: `GET /api/queue`, `huskies queue`, the dashboard.

@@ -127,7 +127,10 @@ impl Carry<'_> {
             if !is_root_entry(&k) || k == SETTINGS_KEY || covered(&self.seen, &op) {
                 continue;
             }
-            if self.new.get(automerge::ROOT, k.as_str()).ok().flatten().is_none() {
+            // A ledger line has one writer, its node: a write the base has
+            // not seen is newer than the base's, and replaces it.
+            let newer = k.starts_with(crate::ledger::LEDGER_PREFIX);
+            if newer || self.new.get(automerge::ROOT, k.as_str()).ok().flatten().is_none() {
                 self.new.put(automerge::ROOT, k.as_str(), v).expect("carry");
                 self.writes += 1;
             }

@@ -79,6 +79,11 @@ fn node_id(i: usize) -> NodeId {
     huskies_engine::testkit::node_name(i)
 }
 
+/// What every run of the harness's agent reports it cost.
+pub const RUN_COST_MICRO_USD: u64 = 1_000;
+/// The wall clock's start: 2026-12-02 00:00 UTC.
+pub const LEDGER_DAY_MS: u64 = 20_424 * 86_400_000;
+
 /// Short timings so scenarios finish in little simulated time.
 pub fn fast_config() -> Config {
     Config {
@@ -454,7 +459,21 @@ impl Harness {
                 .collect();
             for (story, token, outcome) in finished {
                 self.nodes[i].runs.remove(&story);
-                self.input(i, Input::RunFinished { story, token, outcome, report: Default::default() });
+                // Every run reports what it cost, as a coding agent does
+                // (the cost ledger), ending at a fixed wall-clock day.
+                let report = huskies_engine::RunReport {
+                    usage: Some(huskies_engine::runs::AgentUsage {
+                        cost_micro_usd: RUN_COST_MICRO_USD,
+                        input_tokens: 1_000,
+                        output_tokens: 50,
+                        turns: 3,
+                        model: "scripted".into(),
+                        ..Default::default()
+                    }),
+                    finished_unix_ms: Some(LEDGER_DAY_MS + now.0),
+                    ..Default::default()
+                };
+                self.input(i, Input::RunFinished { story, token, outcome, report });
             }
             let due = self.nodes[i].engine.as_ref().and_then(|e| e.poll_timeout()).is_some_and(|t| t <= now);
             if due {

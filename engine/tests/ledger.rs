@@ -1,0 +1,96 @@
+//! The cost ledger and budgets across a cluster (ledger.rs): a run's cost
+//! counts once on every replica, however it synced; a spent daily budget
+//! stops new claims; a story past its own budget is given up.
+
+mod harness;
+
+use harness::{Harness, LEDGER_DAY_MS, RUN_COST_MICRO_USD, fast_config};
+use huskies_engine::ledger::{Day, Period};
+use huskies_engine::{Input, Stage};
+
+/// Tells every node the wall clock (the ledger's day).
+fn tell_day(c: &mut Harness) {
+    for i in 0..c.nodes.len() {
+        c.input(i, Input::WallClock { unix_ms: LEDGER_DAY_MS + 1 });
+    }
+}
+
+fn runs_recorded(c: &mut Harness) -> u64 {
+    let ids: Vec<_> = c.engine(0).stories().map(|(id, _)| id.clone()).collect();
+    ids.iter().map(|id| c.engine(0).story_runs(id).len() as u64).sum()
+}
+
+#[test]
+fn every_replica_counts_each_run_once() {
+    let mut c = Harness::new(3, 11, fast_config());
+    c.jitter_ms = 10;
+    c.run_for(2_000);
+    tell_day(&mut c);
+    c.add_stories(0, 12, Stage::Current);
+    c.run_until_settled(300_000).expect("settles");
+    assert!(c.converged());
+    let runs = runs_recorded(&mut c);
+    assert!(runs >= 36, "12 stories through current, qa and merge: {runs} runs");
+    let day = Day::of_unix_ms(LEDGER_DAY_MS);
+    for i in 0..c.nodes.len() {
+        let ledger = c.engine(i).ledger();
+        let all: u64 =
+            ledger.lines.iter().filter(|((_, p), _)| *p == Period::AllTime).map(|(_, l)| l.cost_micro_usd()).sum();
+        assert_eq!(all, runs * RUN_COST_MICRO_USD, "node {i}: all time");
+        assert_eq!(ledger.spent_on(day), runs * RUN_COST_MICRO_USD, "node {i}: the day");
+        // Only nodes that ran agents have lines: never the server.
+        assert!(ledger.lines.keys().all(|(n, _)| n.as_str() != "rendezvous"), "node {i}");
+        let by_stage: u64 = ledger
+            .lines
+            .iter()
+            .filter(|((_, p), _)| *p == Period::AllTime)
+            .flat_map(|(_, l)| l.0.iter().filter(|x| x.stage == Stage::Qa).map(|x| x.runs))
+            .sum();
+        assert!(by_stage >= 12, "node {i}: qa runs {by_stage}");
+    }
+}
+
+#[test]
+fn a_spent_daily_budget_stops_new_claims() {
+    let budget_runs = 5;
+    let config =
+        huskies_engine::Config { daily_budget_micro_usd: Some(budget_runs * RUN_COST_MICRO_USD), ..fast_config() };
+    let mut c = Harness::new(2, 5, config);
+    c.run_for(2_000);
+    tell_day(&mut c);
+    c.add_stories(0, 10, Stage::Current);
+    c.run_for(120_000);
+    let runs = runs_recorded(&mut c);
+    // Runs already going when the budget is spent finish: at most one
+    // round of every slot past it (2 agents, capacity 2).
+    assert!((budget_runs..=budget_runs + 4).contains(&runs), "{runs} runs for a budget of {budget_runs}");
+    assert!(c.engine(1).daily_budget_spent().is_some());
+    let done = c.engine(0).stories().filter(|(_, v)| v.state.stage == Stage::Done).count();
+    assert!(done < 10, "the budget stopped the work: {done} done");
+    assert!(c.engine(0).stories().all(|(_, v)| v.state.holder.is_none()), "no claim is held");
+    // The next day the work goes on.
+    for i in 0..c.nodes.len() {
+        c.input(i, Input::WallClock { unix_ms: LEDGER_DAY_MS + 86_400_000 });
+    }
+    c.run_for(30_000);
+    assert!(runs_recorded(&mut c) > runs, "claims resume on a new day");
+}
+
+#[test]
+fn a_story_past_its_budget_is_given_up_with_that_reason() {
+    let config = huskies_engine::Config { max_story_cost_micro_usd: Some(2 * RUN_COST_MICRO_USD), ..fast_config() };
+    let mut c = Harness::new(2, 3, config);
+    c.run_for(2_000);
+    tell_day(&mut c);
+    let stories = c.add_stories(0, 3, Stage::Current);
+    c.run_for(120_000);
+    for s in &stories {
+        let v = c.engine(0).story(s).unwrap().state.clone();
+        // Two runs (current, qa) cost its budget: the merge stage is never
+        // run.
+        assert_eq!(v.stage, Stage::Merge, "{s}: {v:?}");
+        assert!(v.failed, "{s}: {v:?}");
+        assert!(v.reason.as_deref().unwrap_or("").starts_with("over budget: its runs cost $0.0020"), "{s}: {v:?}");
+        assert_eq!(c.engine(0).story_runs(s).len(), 2, "{s}");
+    }
+}
