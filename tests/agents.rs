@@ -155,6 +155,7 @@ fn claude_runs_are_judged_by_what_claude_reports() {
         ("denied", "deny"),
         ("looping", "loop"),
         ("busy", "overloaded-2"),
+        ("empty", "nothing"),
         ("badkey", "unauthorized"),
     ] {
         add(&c, id, script);
@@ -186,6 +187,12 @@ fn claude_runs_are_judged_by_what_claude_reports() {
 
     let run = first_run(&c, "badkey", 90);
     assert!(reason(&run).starts_with("API authentication failed (401)"), "{run}");
+    // Claude Code says it committed; git said otherwise, and the reason
+    // carries git's answer.
+    let run = first_run(&c, "empty", 90);
+    let why = reason(&run);
+    assert!(why.starts_with("no commits: the agent exited 0 without committing; its last failed git command: `git commit -q -m 'empty: scripted work'` answered:"), "{run}");
+    assert!(why.contains("nothing"), "{run}");
     let show = ok(&c, &["story", "show", "done"]);
     assert!(show.contains("cost $0.0"), "{show}");
 }
@@ -320,9 +327,21 @@ fn a_killed_agent_nodes_story_is_resumed_from_its_pushed_branch() {
     let models = ModelServer::start("127.0.0.1:0");
     let mut c = cluster_for("kill", &models);
     let agent = claude_agent(&claude, "wip_push_interval_ms = 300\n");
-    c.start_agent_with(1, "127.0.0.1", &agent);
-    c.start_agent_with(2, "127.0.0.1", &agent);
+    let ports = [c.start_agent_with(1, "127.0.0.1", &agent), c.start_agent_with(2, "127.0.0.1", &agent)];
     add(&c, "resumed", "slow-commit");
+    // Live progress: the node running it says what Claude Code is doing.
+    wait_for("the run's progress on its node", Duration::from_secs(60), || {
+        ports.iter().any(|p| {
+            status(*p, &c.key).is_some_and(|s| {
+                s["runs"].as_array().is_some_and(|runs| {
+                    runs.iter().any(|r| {
+                        r["progress"]["turns"].as_u64() >= Some(1)
+                            && r["progress"]["target"].as_str().is_some_and(|t| t.contains("work-resumed.md"))
+                    })
+                })
+            })
+        })
+    });
     let remote = c.root().join("remote.git");
     let wip = || -> Option<String> {
         let repo = git2::Repository::open_bare(&remote).ok()?;
@@ -348,4 +367,22 @@ fn a_killed_agent_nodes_story_is_resumed_from_its_pushed_branch() {
     let entry = tip.tree().unwrap().get_path(std::path::Path::new("work-resumed.md")).unwrap();
     let text = String::from_utf8_lossy(repo.find_blob(entry.id()).unwrap().content()).into_owned();
     assert!(text.contains(&format!("resuming {holder}")), "the new run knew it resumed: {text}");
+}
+
+/// A CLI that dies before it reports (here a stand-in for `claude` that
+/// prints one event and kills itself) fails with a reason that says so.
+#[test]
+fn a_cli_that_dies_before_reporting_is_named() {
+    let models = ModelServer::start("127.0.0.1:0");
+    let mut c = cluster_for("crash", &models);
+    let fake = c.root().join("claude-crashes");
+    std::fs::write(&fake, "#!/bin/sh\necho '{\"type\":\"system\",\"subtype\":\"init\"}'\nkill -9 $$\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    c.start_agent_with(1, "127.0.0.1", &claude_agent(&fake, "max_attempts = 1\n"));
+    add(&c, "crashed", "commit");
+    let run = first_run(&c, "crashed", 60);
+    let why = reason(&run);
+    assert!(why.starts_with("agent exited with signal: 9 (SIGKILL)"), "{run}");
+    assert!(why.contains("before reporting a result: claude crashed or was killed"), "{run}");
 }

@@ -11,6 +11,8 @@
 //! - `deny`: one compound command an allow list cannot match, then claim
 //!   success (Claude Code denies it and exits 0);
 //! - `loop`: `git status` for ever (hits `--max-turns`);
+//! - `nothing`: `git commit` with nothing staged (git refuses), then
+//!   claim success;
 //! - `overloaded-N`: HTTP 529 for the story's first N requests, then
 //!   `commit`;
 //! - `unauthorized`: HTTP 401;
@@ -166,6 +168,8 @@ fn act(script: &str, story: &str, attempt: &str, step: usize, claude: bool) -> A
         "deny" if step == 0 => Act::Shell(format!("echo hi > {file} && git add {file} && {commit}")),
         "deny" => Act::Say("Done: committed.".into()),
         "loop" => Act::Shell("git status".into()),
+        "nothing" if step == 0 => Act::Shell(commit),
+        "nothing" => Act::Say("Done: committed.".into()),
         _ if claude => match step {
             0 => Act::Write(file, format!("# {story}\n\nscripted work, attempt {attempt}\n")),
             1 => Act::Shell(format!("git add {file}")),

@@ -504,6 +504,17 @@ pub fn status(t: &Target, json: bool) -> Result<(), CliError> {
         let state = if n.alive { "alive" } else { "silent" };
         println!("  {:<20} {:<7} capacity {} claims {claims}  {}", n.id, state, n.capacity, n.label);
     }
+    if !s.runs.is_empty() {
+        println!("runs on this node:");
+        for r in &s.runs {
+            let now = r
+                .progress
+                .as_ref()
+                .filter(|p| p.turns > 0)
+                .map_or(String::new(), |p| format!("  turn {} {} {}", p.turns, p.tool, p.target));
+            println!("  {:<28} {:<8} token {:<4}{now}", r.story, r.stage, r.token);
+        }
+    }
     print!("{}", ledger_text(&s.costs));
     Ok(())
 }

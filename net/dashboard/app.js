@@ -121,6 +121,7 @@ function applyUpdate(u) {
   state.counters = u.counters;
   state.queue = u.queue || { order: [], testing: [], landed: [] };
   state.costs = u.costs || null;
+  state.runs = new Map((u.runs || []).map((r) => [r.story, r]));
   state.isServer = u.is_server;
   state.receivedAt = Date.now();
   setFeed('live');
@@ -138,8 +139,18 @@ function byPipelineOrder(a, b) {
   return (b.priority - a.priority) || (a.created_ms - b.created_ms) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 }
 
+// What this node's agent is doing with the story now: turn, tool, target.
+function progressText(s) {
+  const r = state.runs && state.runs.get(s.id);
+  if (!r || !r.progress || !r.progress.turns) return null;
+  const p = r.progress;
+  const what = p.tool ? ` · ${p.tool}${p.target ? ` ${p.target}` : ''}` : '';
+  return `turn ${p.turns}${what}`;
+}
+
 function card(s) {
-  const key = JSON.stringify(s);
+  const now = progressText(s);
+  const key = JSON.stringify(s) + (now || '');
   const cached = state.cards.get(s.id);
   if (cached && cached.key === key) return cached.node;
   const cost = s.cost_micro_usd ? ` · ${usd(s.cost_micro_usd)}` : '';
@@ -156,6 +167,7 @@ function card(s) {
     el('div', { class: 'title' }, s.title),
     el('div', { class: 'muted' }, meta),
     el('div', { class: s.holder ? 'holder' : 'muted' }, holder),
+    now ? el('div', { class: 'progress mono' }, now) : null,
     last,
   );
   node.addEventListener('click', () => openDetail(s.id));

@@ -28,7 +28,7 @@ const PENDING_KEPT: usize = 64;
 const TEXT_CAP: usize = 300;
 
 /// What the agent is doing now.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     /// Model turns so far.
     pub turns: u64,

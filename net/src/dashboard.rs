@@ -225,6 +225,7 @@ struct Update<'a> {
     counters: &'a Counters,
     queue: &'a crate::status::Queue,
     costs: &'a crate::costs::Costs,
+    runs: &'a [crate::status::RunStatus],
 }
 
 /// What one feed connection last sent, to send only what changed.
@@ -262,6 +263,7 @@ impl Sent {
             counters: &board.counters,
             queue: &board.queue,
             costs: &board.costs,
+            runs: &board.runs,
         };
         serde_json::to_string(&update).unwrap_or_default()
     }
@@ -337,6 +339,7 @@ mod tests {
             counters: Counters::default(),
             queue: Default::default(),
             costs: Default::default(),
+            runs: vec![],
         }
     }
 

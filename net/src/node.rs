@@ -738,6 +738,7 @@ impl NodeLoop {
             counters: self.metrics.counters(),
             queue: crate::queue::queue(&mut self.engine, &self.landed),
             costs: crate::costs::Costs::of(&mut self.engine),
+            runs: self.run_statuses(),
         }
     }
 
@@ -752,6 +753,21 @@ impl NodeLoop {
             }
         }
         stories
+    }
+
+    /// Our runs, with what each agent is doing now.
+    fn run_statuses(&self) -> Vec<RunStatus> {
+        let progress: BTreeMap<(huskies_engine::StoryId, huskies_engine::Token), crate::agent_stream::Progress> =
+            self.runner.progress().into_iter().map(|(s, t, p)| ((s, t), p)).collect();
+        self.engine
+            .runs()
+            .map(|(s, t, st)| RunStatus {
+                story: s.to_string(),
+                stage: st.to_string(),
+                token: t.0,
+                progress: progress.get(&(s.clone(), t)).cloned(),
+            })
+            .collect()
     }
 
     fn status(&mut self) -> Status {
@@ -818,11 +834,7 @@ impl NodeLoop {
             mesh_peers: self.engine.mesh_peer_count(),
             stories: self.engine.stories().map(|(id, v)| StoryStatus::of(id, v)).collect(),
             nodes,
-            runs: self
-                .engine
-                .runs()
-                .map(|(s, t, st)| RunStatus { story: s.to_string(), stage: st.to_string(), token: t.0 })
-                .collect(),
+            runs: self.run_statuses(),
             counters: self.metrics.counters(),
             settings: self.engine.cluster_settings().cloned(),
             stages: self.engine.stages().iter().map(|s| s.to_string()).collect(),

@@ -25,6 +25,10 @@ pub const SECRET_VARS: [&str; 3] = ["HUSKIES_KEY", "HUSKIES_JOIN_TOKEN", "HUSKIE
 
 type LandCancels = Arc<Mutex<BTreeMap<huskies_engine::landing::BatchId, Arc<std::sync::atomic::AtomicBool>>>>;
 
+/// The output streams of the agents running now, by run: what each is
+/// doing (issue 20, item 5).
+pub type LiveRuns = Arc<Mutex<BTreeMap<(StoryId, Token), Arc<Mutex<runlog::Lines>>>>>;
+
 pub struct Runner {
     project_root: PathBuf,
     node: NodeId,
@@ -36,6 +40,7 @@ pub struct Runner {
     rt: tokio::runtime::Handle,
     /// Read from the environment once, at start.
     git_creds: Arc<GitCredentials>,
+    live: LiveRuns,
 }
 
 impl Runner {
@@ -55,7 +60,16 @@ impl Runner {
             land_cancels: Default::default(),
             rt,
             git_creds: Arc::new(GitCredentials::from_env()),
+            live: Default::default(),
         }
+    }
+
+    /// What each running agent is doing now, by its own stream.
+    pub fn progress(&self) -> Vec<(StoryId, Token, crate::agent_stream::Progress)> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.iter()
+            .filter_map(|((s, t), l)| l.lock().ok().map(|l| (s.clone(), *t, l.stream.progress().clone())))
+            .collect()
     }
 
     pub fn start(&mut self, story: StoryId, title: String, stage: Stage, token: Token, attempt: u32, ctx: RunContext) {
@@ -71,6 +85,7 @@ impl Runner {
         let inputs = self.inputs.clone();
         let git_creds = self.git_creds.clone();
         let project = self.project.clone();
+        let live = self.live.clone();
         self.rt.spawn(async move {
             let finished = match cmd {
                 // A node that lands needs no agent in the merge stage: the
@@ -107,6 +122,7 @@ impl Runner {
                         ctx,
                         author,
                         project,
+                        live,
                     };
                     run.execute(cmd, stop_rx).await
                 }
@@ -247,6 +263,7 @@ struct AgentRun {
     /// Its commits' identity where the machine's git has none.
     author: GitAuthor,
     project: Arc<Mutex<ProjectConfig>>,
+    live: LiveRuns,
 }
 
 /// What a run is told of its story beyond the id and title.
@@ -475,6 +492,16 @@ impl AgentRun {
         };
         let tail = Arc::new(Mutex::new(runlog::Tail::new(huskies_engine::runs::MAX_STDERR_TAIL)));
         let lines = Arc::new(Mutex::new(runlog::Lines::default()));
+        let key = (self.story.clone(), self.token);
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), lines.clone());
+        // Off the list however this start ends (stopped included).
+        struct Unlist<'a>(&'a LiveRuns, (StoryId, Token));
+        impl Drop for Unlist<'_> {
+            fn drop(&mut self) {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+            }
+        }
+        let _unlist = Unlist(&self.live, key);
         let pumps = [
             child
                 .stdout
@@ -600,6 +627,7 @@ mod tests {
             ctx: RunContext { body: "body mentions {title} and {".into(), last_failure: None, resume: None },
             author: GitAuthor::for_node("agent-1"),
             project: Default::default(),
+            live: Default::default(),
         };
         let vars = Vars { run: &run, story_file: std::path::Path::new("/p/.huskies/stories/s1.md"), story: "STORY" };
         assert_eq!(vars.expand("{id}/{stage}/{attempt}"), "s1/current/2");

@@ -130,6 +130,10 @@ pub struct RunStatus {
     pub story: String,
     pub stage: String,
     pub token: u64,
+    /// What the agent is doing now, by its own stream (Claude Code's
+    /// stream-json, Codex's events): its turn, tool and file or command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::agent_stream::Progress>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +183,9 @@ pub struct Board {
     pub queue: Queue,
     #[serde(default)]
     pub costs: crate::costs::Costs,
+    /// This node's agents: what each is doing now.
+    #[serde(default)]
+    pub runs: Vec<RunStatus>,
 }
 
 /// The merge queue: `GET /api/queue`, `huskies queue`, the dashboard.
