@@ -531,7 +531,7 @@ pub fn ledger_text(k: &huskies_net::costs::Costs) -> String {
     if k.budget_spent {
         let _ = writeln!(
             out,
-            "  the daily budget is spent: no node claims new runs until tomorrow (UTC) or a higher budget"
+            "  the daily budget is spent: no node claims new agent runs (current, qa) until tomorrow (UTC) or a higher budget"
         );
     }
     if let Some(m) = k.max_story_cost_micro_usd {

@@ -91,9 +91,12 @@ impl Engine {
 
     pub(crate) fn scan_claims(&mut self) {
         let mut slots = self.free_slots();
-        if slots == 0 || self.self_revoked || self.leaving || self.daily_budget_spent().is_some() {
+        if slots == 0 || self.self_revoked || self.leaving {
             return;
         }
+        // A spent daily budget stops the agents' stages; landing tested
+        // work goes on (ledger.rs).
+        let budget_spent = self.daily_budget_spent().is_some();
         assert!(self.ready, "a scan before storage loaded");
         let now = self.now;
         let dead_held = self
@@ -135,6 +138,9 @@ impl Engine {
         for (_, _, _, id) in ready {
             if slots == 0 {
                 break;
+            }
+            if budget_spent && self.index.known(&id).state.stage.spends() {
+                continue;
             }
             if let Some(from) = self.claimable(&id) {
                 if let Some(reason) = self.over_budget(&id, 0) {
@@ -342,7 +348,8 @@ impl Engine {
         state.attempts += 1;
         state.failed = state.attempts >= self.config.max_attempts_for(run.stage);
         let this_run = run.report.as_ref().and_then(|r| r.usage.as_ref()).map_or(0, |u| u.cost_micro_usd);
-        let reason = match self.over_budget(story, this_run) {
+        let over = if run.stage.spends() { self.over_budget(story, this_run) } else { None };
+        let reason = match over {
             Some(over) => {
                 state.failed = true;
                 format!("{over}; {reason}")

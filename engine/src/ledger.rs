@@ -11,10 +11,12 @@
 //! cold storage, so sums are taken from the ledger, not the records.
 //! Root scalars travel into every new epoch (epoch.rs).
 //!
-//! Budgets: `daily_budget_micro_usd` stops new claims once the day's
-//! spend (every node's line for that UTC day) reaches it; runs already
-//! going finish. `max_story_cost_micro_usd` gives up a story whose kept
-//! run records cost that much. Both come in the signed cluster settings.
+//! Budgets: `daily_budget_micro_usd` stops new claims in the agents'
+//! stages (current, qa) once the day's spend (every node's line for that
+//! UTC day) reaches it; runs already going finish, and landing goes on:
+//! work already paid for is not left untested. `max_story_cost_micro_usd`
+//! gives up a story in those stages whose kept run records cost that much.
+//! Both come in the signed cluster settings.
 //!
 //! Everything read here was written by a peer: a line that does not parse
 //! counts nothing.
@@ -231,6 +233,9 @@ impl Engine {
     /// (and `more`, a run not recorded yet) cost its budget or more.
     pub(crate) fn over_budget(&mut self, story: &crate::StoryId, more: u64) -> Option<String> {
         let max = self.config.max_story_cost_micro_usd?;
+        if !self.index.known(story).state.stage.spends() {
+            return None;
+        }
         let cost = self.story_cost_micro_usd(story).saturating_add(more);
         (cost >= max).then(|| format!("over budget: its runs cost {} of the story's {}", usd(cost), usd(max)))
     }

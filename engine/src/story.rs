@@ -30,6 +30,12 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Stages whose runs are coding agents' (and count against budgets);
+    /// `merge` lands on the gates alone.
+    pub fn spends(self) -> bool {
+        matches!(self, Stage::Current | Stage::Qa)
+    }
+
     pub const ALL: [Stage; 6] = [Stage::Backlog, Stage::Current, Stage::Qa, Stage::Merge, Stage::Done, Stage::Archived];
 
     /// The stages agents work on, in pipeline order: the one place they
