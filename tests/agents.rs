@@ -185,8 +185,15 @@ fn claude_runs_are_judged_by_what_claude_reports() {
     assert_eq!(run["outcome"], "succeeded", "{run}");
     assert_eq!(story_json(&c, "busy")["runs"].as_array().map(Vec::len), Some(1), "one run, not two attempts");
 
+    // A refused key is the node's trouble, not the story's: the claim goes
+    // back uncounted and the node stops claiming for a while.
     let run = first_run(&c, "badkey", 90);
-    assert!(reason(&run).starts_with("API authentication failed (401)"), "{run}");
+    assert!(
+        reason(&run).starts_with("not counted, agent-1 could not run it: API authentication failed (401)"),
+        "{run}"
+    );
+    let d = story_json(&c, "badkey");
+    assert_eq!((d["attempts"].as_u64(), d["failed"].as_bool()), (Some(0), Some(false)), "{d}");
     // Claude Code says it committed; git said otherwise, and the reason
     // carries git's answer.
     let run = first_run(&c, "empty", 90);
@@ -208,7 +215,7 @@ fn codex_runs_commit_from_the_sandbox_and_are_priced() {
         "[agents.current]\nagent = \"codex\"\ncommand = {codex:?}\nmodel = \"gpt-5-codex\"\n\
          max_attempts = 1\napi_retries = 2\napi_retry_backoff_ms = 200\n"
     );
-    c.start_agent_with(1, "127.0.0.1", &agents);
+    let port = c.start_agent_with(1, "127.0.0.1", &agents);
     add(&c, "done", "commit");
     add(&c, "badkey", "unauthorized");
     add(&c, "busy", "overloaded-3");
@@ -223,7 +230,12 @@ fn codex_runs_commit_from_the_sandbox_and_are_priced() {
     assert_eq!(usage["model"], "gpt-5-codex", "{run}");
 
     let run = first_run(&c, "badkey", 90);
-    assert!(reason(&run).starts_with("API authentication failed (401)"), "{run}");
+    assert!(
+        reason(&run).starts_with("not counted, agent-1 could not run it: API authentication failed (401)"),
+        "{run}"
+    );
+    let paused = status(port, &c.key).map(|s| s["paused"].clone()).unwrap_or_default();
+    assert!(paused["reason"].as_str().is_some_and(|r| r.starts_with("API authentication failed (401)")), "{paused}");
     let run = first_run(&c, "busy", 90);
     assert_eq!(run["outcome"], "succeeded", "{run}");
 }

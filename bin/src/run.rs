@@ -504,6 +504,9 @@ pub fn status(t: &Target, json: bool) -> Result<(), CliError> {
         let state = if n.alive { "alive" } else { "silent" };
         println!("  {:<20} {:<7} capacity {} claims {claims}  {}", n.id, state, n.capacity, n.label);
     }
+    if let Some(p) = &s.paused {
+        println!("claims paused for {} s: this node's agent could not run: {}", p.seconds_left, p.reason);
+    }
     if !s.runs.is_empty() {
         println!("runs on this node:");
         for r in &s.runs {

@@ -9,11 +9,22 @@ pub(crate) use held::{ActiveRun, Claims, Phase};
 
 use crate::hash::stable_hash;
 use crate::story::{RunResult, StoryState};
-use crate::{Engine, Event, NodeId, Output, RunOutcome, StoryId, Token};
+use crate::{Engine, Event, Millis, NodeId, Output, RunOutcome, StoryId, Token};
 
 /// Free stories a scan ranks, per free slot of ours.
 const SCAN_WINDOW_PER_SLOT: usize = 8;
 const MIN_SCAN_WINDOW: usize = 64;
+/// Longest pause of claims while our agent's API refuses us.
+const MAX_UNAVAILABLE_PAUSE_MS: u64 = 10 * 60 * 1_000;
+
+/// Our agent's API refused us (RunOutcome::Unavailable): no claims until
+/// `until`; the pause doubles while it goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unavailable {
+    pub until: Millis,
+    pub pause_ms: u64,
+    pub reason: String,
+}
 
 impl Engine {
     pub(crate) fn free_slots(&self) -> u32 {
@@ -91,7 +102,7 @@ impl Engine {
 
     pub(crate) fn scan_claims(&mut self) {
         let mut slots = self.free_slots();
-        if slots == 0 || self.self_revoked || self.leaving {
+        if slots == 0 || self.self_revoked || self.leaving || self.claims_paused().is_some() {
             return;
         }
         // A spent daily budget stops the agents' stages; landing tested
@@ -219,8 +230,12 @@ impl Engine {
         }
         self.claims.set_report(&story, report);
         match outcome {
-            RunOutcome::Succeeded => self.enter_push(&story, token),
+            RunOutcome::Succeeded => {
+                self.unavailable = None;
+                self.enter_push(&story, token)
+            }
             RunOutcome::Failed { reason } => self.fail(&story, reason),
+            RunOutcome::Unavailable { reason } => self.release_unavailable(&story, reason),
         }
     }
 
@@ -361,6 +376,41 @@ impl Engine {
         self.write_state(story, state);
         self.record_run(story, &run, crate::runs::RunOutcomeKind::Failed, Some(crate::story::short_reason(&reason)));
         self.emit(Event::RunFailed { story: story.clone(), token: run.token, attempts, gave_up, reason });
+    }
+
+    /// Our agent could not work (its API): the claim goes back at the next
+    /// token with the attempts unchanged, and we pause claiming.
+    fn release_unavailable(&mut self, story: &StoryId, reason: String) {
+        let Some(run) = self.claims.end(story) else { return };
+        let mut state = self.index.known(story).state.clone();
+        assert_eq!(state.token, run.token, "releasing {story} under a superseded token");
+        assert_eq!(state.holder.as_ref(), Some(&self.node), "releasing {story}, which we do not hold");
+        state.holder = None;
+        state.token = state.token.next();
+        let why = crate::story::short_reason(&format!("not counted, {} could not run it: {reason}", self.node));
+        state.reason = Some(why.clone());
+        self.write_state(story, state);
+        self.record_run(story, &run, crate::runs::RunOutcomeKind::Failed, Some(why));
+        let pause_ms = match &self.unavailable {
+            Some(p) => p.pause_ms.saturating_mul(2).min(MAX_UNAVAILABLE_PAUSE_MS),
+            None => self.config.retry_backoff_ms.max(1_000).saturating_mul(4).min(MAX_UNAVAILABLE_PAUSE_MS),
+        };
+        self.unavailable =
+            Some(Unavailable { until: self.now.saturating_add_ms(pause_ms), pause_ms, reason: reason.clone() });
+        // Our own next try of this story waits longer still: others first.
+        self.claims.cool_down(story, self.now.saturating_add_ms(pause_ms.saturating_mul(2)));
+        self.emit(Event::RunFailed {
+            story: story.clone(),
+            token: run.token,
+            attempts: self.index.known(story).state.attempts,
+            gave_up: false,
+            reason,
+        });
+    }
+
+    /// While our agent's API refuses us: the reason and until when.
+    pub fn claims_paused(&self) -> Option<(Millis, &str)> {
+        self.unavailable.as_ref().filter(|u| u.until > self.now).map(|u| (u.until, u.reason.as_str()))
     }
 
     /// Stops and fails phases that outlived `run_timeout_ms` (hung agents,

@@ -66,6 +66,8 @@ pub struct Engine {
     /// The UTC day by the driver's wall clock (`Input::WallClock`): the
     /// ledger's day and the daily budget's.
     pub(crate) wall_day: Option<crate::ledger::Day>,
+    /// Our agent's API refused us: claims pause (claims.rs).
+    pub(crate) unavailable: Option<crate::claims::Unavailable>,
 
     // Peers.
     /// Connections, dial targets, owed syncs, beats to relay.
@@ -138,6 +140,7 @@ impl Engine {
             settings: None,
             leaving: false,
             wall_day: None,
+            unavailable: None,
             self_revoked: false,
             peers: Peers::default(),
             heartbeat_seq: 0,

@@ -50,7 +50,17 @@ pub struct PersistSeq(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOutcome {
     Succeeded,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
+    /// The agent could not work for a reason of this node, not of the
+    /// story: its API refused the key, stayed overloaded or rate-limited
+    /// past the driver's retries. The claim is released without counting
+    /// an attempt, and this node claims nothing for a while (doubling),
+    /// so nodes that can work take the story.
+    Unavailable {
+        reason: String,
+    },
 }
 
 /// Why a push did not land.

@@ -106,3 +106,34 @@ fn a_story_past_its_budget_is_given_up_with_that_reason() {
         assert_eq!(c.engine(0).story_runs(s).len(), 1, "{s}");
     }
 }
+
+/// A node whose agent's API refuses it (a bad key) gives its claims back
+/// without spending the stories' attempts, and stops claiming for a while:
+/// the other node does the work, and nothing is given up.
+#[test]
+fn a_node_whose_api_refuses_it_steps_back_without_spending_attempts() {
+    let mut c = Harness::new(2, 9, fast_config());
+    c.nodes[1].api_refuses = true;
+    c.run_for(2_000);
+    tell_day(&mut c);
+    let stories = c.add_stories(0, 6, Stage::Current);
+    c.run_until_settled(300_000).expect("settles");
+    for s in &stories {
+        let v = c.engine(0).story(s).unwrap().state.clone();
+        assert_eq!((v.stage, v.failed), (Stage::Done, false), "{s}: {v:?}");
+    }
+    let refused = c.count_events(|e| matches!(e, huskies_engine::Event::RunFailed { gave_up: false, attempts: 0, .. }));
+    let id1 = c.nodes[1].id.clone();
+    let mut records = Vec::new();
+    for s in &stories {
+        records.extend(c.engine(0).story_runs(s).into_iter().filter(|r| r.node == id1));
+    }
+    assert!(!records.is_empty() && refused >= 1, "node 1 claimed and was refused");
+    for r in &records {
+        let why = r.reason.as_deref().unwrap_or("");
+        assert!(why.starts_with(&format!("not counted, {id1} could not run it: API authentication failed")), "{r:?}");
+    }
+    // Paused after each refusal (doubling), it took far fewer than its
+    // share of 18 story-stages.
+    assert!(records.len() <= 4, "node 1 kept claiming: {} runs", records.len());
+}

@@ -123,6 +123,17 @@ impl AgentReport {
         }
     }
 
+    /// The API refused the agent's credentials (401, 403): no retry helps,
+    /// and the story is not to blame.
+    pub fn auth_failed(&self) -> bool {
+        let failed = !(self.subtype == "success" && !self.is_error);
+        failed
+            && match self.api_status {
+                Some(s) => s == 401 || s == 403,
+                None => api_error_kind(None, &self.result) == Some("API authentication failed (401)"),
+            }
+    }
+
     /// Why the run failed by the agent's own account; `None` when it says
     /// it succeeded and was denied nothing.
     pub fn failure(&self) -> Option<String> {

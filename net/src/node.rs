@@ -822,6 +822,13 @@ impl NodeLoop {
             fenced,
             epoch: self.engine.epoch(),
             costs: crate::costs::Costs::of(&mut self.engine),
+            paused: {
+                let now = self.now();
+                self.engine.claims_paused().map(|(until, reason)| crate::status::Paused {
+                    reason: reason.to_owned(),
+                    seconds_left: until.0.saturating_sub(now.0).div_ceil(1000),
+                })
+            },
             node: self.engine.node_id().to_string(),
             label: self
                 .engine

@@ -408,6 +408,14 @@ impl AgentRun {
             kind => format!(" before reporting a result: {} crashed or was killed", kind.as_str()),
         };
         let outcome = match status {
+            // The API, not the story: after the retries above (a refused
+            // key is not retried), this node steps back and the attempt is
+            // not counted (RunOutcome::Unavailable).
+            _ if said.as_ref().is_some_and(|r| r.retryable() || r.auth_failed()) => {
+                let why = said.as_ref().and_then(|r| r.failure()).unwrap_or_default();
+                let tries = if tries > 1 { format!(" ({tries} tries)") } else { String::new() };
+                RunOutcome::Unavailable { reason: format!("{why}{tries}") }
+            }
             _ if said.as_ref().and_then(|r| r.failure()).is_some() => {
                 let why = said.as_ref().and_then(|r| r.failure()).unwrap_or_default();
                 RunOutcome::Failed { reason: why }

@@ -165,6 +165,16 @@ pub struct Status {
     /// The cost ledger and budgets.
     #[serde(default)]
     pub costs: crate::costs::Costs,
+    /// This node claims nothing for now: its agent's API refused it (the
+    /// reason, and the seconds left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Paused>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    pub reason: String,
+    pub seconds_left: u64,
 }
 
 /// What the dashboard shows of the cluster, as this node sees it.

@@ -26,6 +26,8 @@ pub struct HarnessNode {
     pub storage: huskies_engine::testkit::Disk,
     pub runs: BTreeMap<StoryId, (Token, Millis, RunOutcome)>,
     pub restarts: u64,
+    /// Its agent's API refuses it: every run ends `Unavailable`.
+    pub api_refuses: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +149,7 @@ impl Harness {
                 storage: Default::default(),
                 runs: BTreeMap::new(),
                 restarts: 0,
+                api_refuses: false,
             });
             c.start(i);
         }
@@ -459,6 +462,11 @@ impl Harness {
                 .collect();
             for (story, token, outcome) in finished {
                 self.nodes[i].runs.remove(&story);
+                let outcome = if self.nodes[i].api_refuses {
+                    RunOutcome::Unavailable { reason: "API authentication failed (401): invalid x-api-key".into() }
+                } else {
+                    outcome
+                };
                 // Every run reports what it cost, as a coding agent does
                 // (the cost ledger), ending at a fixed wall-clock day.
                 let report = huskies_engine::RunReport {
