@@ -126,7 +126,7 @@ impl AgentReport {
     /// The API refused the agent's credentials (401, 403): no retry helps,
     /// and the story is not to blame.
     pub fn auth_failed(&self) -> bool {
-        let failed = !(self.subtype == "success" && !self.is_error);
+        let failed = self.subtype != "success" || self.is_error;
         failed
             && match self.api_status {
                 Some(s) => s == 401 || s == 403,
