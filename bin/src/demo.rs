@@ -509,8 +509,8 @@ fn ledger_summary(server: &Client, stories: usize) -> Result<String, CliError> {
     let costs = server.status()?.costs;
     for (what, sums) in [
         ("per node", costs.all_time_by(|l| l.node.clone())),
-        ("per stage", costs.all_time_by(|l| l.stage.clone())),
-        ("per model", costs.all_time_by(|l| l.model.clone())),
+        ("per stage", costs.all_time_by(|l| l.line.stage.to_string())),
+        ("per model", costs.all_time_by(|l| l.line.model.clone())),
     ] {
         let _ = writeln!(out, "  {what}");
         for (k, (runs, cost)) in sums {

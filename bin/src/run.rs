@@ -548,11 +548,12 @@ pub fn ledger_text(k: &huskies_net::costs::Costs) -> String {
     let mut sums: std::collections::BTreeMap<Key, (u64, u64, u64, u64)> = Default::default();
     for l in &k.lines {
         let day = if l.day == "all" { "~all" } else { l.day.as_str() };
-        let e = sums.entry((std::cmp::Reverse(day), &l.node, &l.stage)).or_default();
-        e.0 += l.runs;
-        e.1 = e.1.saturating_add(l.cost_micro_usd);
-        e.2 = e.2.saturating_add(l.input_tokens + l.cache_read_tokens + l.cache_write_tokens);
-        e.3 = e.3.saturating_add(l.output_tokens);
+        let x = &l.line;
+        let e = sums.entry((std::cmp::Reverse(day), &l.node, x.stage.as_str())).or_default();
+        e.0 += x.runs;
+        e.1 = e.1.saturating_add(x.cost_micro_usd);
+        e.2 = e.2.saturating_add(x.input_tokens + x.cache_read_tokens + x.cache_write_tokens);
+        e.3 = e.3.saturating_add(x.output_tokens);
     }
     let _ = writeln!(out, "agent cost by day, node and stage:");
     for ((std::cmp::Reverse(day), node, stage), (runs, cost, tin, tout)) in sums {

@@ -347,19 +347,26 @@ impl Engine {
         self.emit(Event::Advanced { story: story.clone(), from, to, token: run.token });
     }
 
-    /// Releases the claim after a failed run or push; gives up after
-    /// `max_attempts`. This node cools down before retrying it.
-    pub(crate) fn fail(&mut self, story: &StoryId, reason: String) {
-        let Some(run) = self.claims.end(story) else { return };
+    /// Ends our run of `story` and gives the state that releases its claim,
+    /// for the caller to finish and write; `None` when we run nothing.
+    fn end_and_release(&mut self, story: &StoryId) -> Option<(crate::claims::ActiveRun, StoryState)> {
+        let run = self.claims.end(story)?;
         let mut state = self.index.known(story).state.clone();
-        assert_eq!(state.token, run.token, "failing {story} under a superseded token");
-        assert_eq!(state.holder.as_ref(), Some(&self.node), "failing {story}, which we do not hold");
+        assert_eq!(state.token, run.token, "releasing {story} under a superseded token");
+        assert_eq!(state.holder.as_ref(), Some(&self.node), "releasing {story}, which we do not hold");
         state.holder = None;
         // A release takes the next token: it must outrank every claim made
         // concurrently with ours at our token. Those lost to ours, and a
         // release at the same token would revive them after their nodes
         // had already stopped (seen in the swarm sim, seed 2).
         state.token = state.token.next();
+        Some((run, state))
+    }
+
+    /// Releases the claim after a failed run or push; gives up after
+    /// `max_attempts`. This node cools down before retrying it.
+    pub(crate) fn fail(&mut self, story: &StoryId, reason: String) {
+        let Some((run, mut state)) = self.end_and_release(story) else { return };
         state.attempts += 1;
         state.failed = state.attempts >= self.config.max_attempts_for(run.stage);
         let this_run = run.report.as_ref().and_then(|r| r.usage.as_ref()).map_or(0, |u| u.cost_micro_usd);
@@ -381,12 +388,7 @@ impl Engine {
     /// Our agent could not work (its API): the claim goes back at the next
     /// token with the attempts unchanged, and we pause claiming.
     fn release_unavailable(&mut self, story: &StoryId, reason: String) {
-        let Some(run) = self.claims.end(story) else { return };
-        let mut state = self.index.known(story).state.clone();
-        assert_eq!(state.token, run.token, "releasing {story} under a superseded token");
-        assert_eq!(state.holder.as_ref(), Some(&self.node), "releasing {story}, which we do not hold");
-        state.holder = None;
-        state.token = state.token.next();
+        let Some((run, mut state)) = self.end_and_release(story) else { return };
         let why = crate::story::short_reason(&format!("not counted, {} could not run it: {reason}", self.node));
         state.reason = Some(why.clone());
         self.write_state(story, state);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use huskies_engine::Engine;
-use huskies_engine::ledger::{Day, Period};
+use huskies_engine::ledger::{Day, LedgerLine, Period};
 use serde::{Deserialize, Serialize};
 
 /// One ledger line: a node's runs of one stage and model in one period.
@@ -13,14 +13,8 @@ pub struct CostLine {
     pub node: String,
     /// `YYYY-MM-DD` (UTC), or `all` for all time.
     pub day: String,
-    pub stage: String,
-    pub model: String,
-    pub runs: u64,
-    pub cost_micro_usd: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_tokens: u64,
-    pub cache_write_tokens: u64,
+    #[serde(flatten)]
+    pub line: LedgerLine,
 }
 
 /// The cluster's spending, as this node's replica has it.
@@ -58,18 +52,7 @@ impl Costs {
                 Period::Day(d) => d.date(),
             };
             for l in &day_lines.0 {
-                lines.push(CostLine {
-                    node: node.to_string(),
-                    day: day.clone(),
-                    stage: l.stage.to_string(),
-                    model: l.model.clone(),
-                    runs: l.runs,
-                    cost_micro_usd: l.cost_micro_usd,
-                    input_tokens: l.input_tokens,
-                    output_tokens: l.output_tokens,
-                    cache_read_tokens: l.cache_read_tokens,
-                    cache_write_tokens: l.cache_write_tokens,
-                });
+                lines.push(CostLine { node: node.to_string(), day: day.clone(), line: l.clone() });
             }
         }
         Costs {
@@ -87,8 +70,8 @@ impl Costs {
         let mut out: BTreeMap<K, (u64, u64)> = BTreeMap::new();
         for l in self.lines.iter().filter(|l| l.day == "all") {
             let e = out.entry(key(l)).or_default();
-            e.0 += l.runs;
-            e.1 = e.1.saturating_add(l.cost_micro_usd);
+            e.0 += l.line.runs;
+            e.1 = e.1.saturating_add(l.line.cost_micro_usd);
         }
         out
     }

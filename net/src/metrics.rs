@@ -384,22 +384,33 @@ fn label(v: &str) -> String {
 fn ledger_text(costs: &crate::costs::Costs) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let all: Vec<_> = costs.lines.iter().filter(|l| l.day == "all").collect();
+    let all: Vec<_> = costs
+        .lines
+        .iter()
+        .filter(|l| l.day == "all")
+        .map(|l| {
+            let labels = format!(
+                "node=\"{}\",stage=\"{}\",model=\"{}\"",
+                label(&l.node),
+                label(l.line.stage.as_str()),
+                label(&l.line.model)
+            );
+            (labels, l)
+        })
+        .collect();
     let _ = writeln!(out, "# HELP huskies_agent_cost_usd_total What coding agents cost, by the cluster's ledger.");
     let _ = writeln!(out, "# TYPE huskies_agent_cost_usd_total counter");
-    for l in &all {
-        let labels = format!("node=\"{}\",stage=\"{}\",model=\"{}\"", label(&l.node), label(&l.stage), label(&l.model));
-        let _ = writeln!(out, "huskies_agent_cost_usd_total{{{labels}}} {}", l.cost_micro_usd as f64 / 1e6);
+    for (labels, l) in &all {
+        let _ = writeln!(out, "huskies_agent_cost_usd_total{{{labels}}} {}", l.line.cost_micro_usd as f64 / 1e6);
     }
     let _ = writeln!(out, "# HELP huskies_agent_tokens_total Tokens coding agents used, by the cluster's ledger.");
     let _ = writeln!(out, "# TYPE huskies_agent_tokens_total counter");
-    for l in &all {
-        let labels = format!("node=\"{}\",stage=\"{}\",model=\"{}\"", label(&l.node), label(&l.stage), label(&l.model));
+    for (labels, l) in &all {
         for (kind, n) in [
-            ("input", l.input_tokens),
-            ("output", l.output_tokens),
-            ("cache_read", l.cache_read_tokens),
-            ("cache_write", l.cache_write_tokens),
+            ("input", l.line.input_tokens),
+            ("output", l.line.output_tokens),
+            ("cache_read", l.line.cache_read_tokens),
+            ("cache_write", l.line.cache_write_tokens),
         ] {
             let _ = writeln!(out, "huskies_agent_tokens_total{{{labels},kind=\"{kind}\"}} {n}");
         }
@@ -471,14 +482,16 @@ mod tests {
         let line = |day: &str, model: &str, cost| crate::costs::CostLine {
             node: "agent-1".into(),
             day: day.into(),
-            stage: "current".into(),
-            model: model.into(),
-            runs: 2,
-            cost_micro_usd: cost,
-            input_tokens: 4000,
-            output_tokens: 200,
-            cache_read_tokens: 7,
-            cache_write_tokens: 0,
+            line: huskies_engine::ledger::LedgerLine {
+                stage: Stage::Current,
+                model: model.into(),
+                runs: 2,
+                cost_micro_usd: cost,
+                input_tokens: 4000,
+                output_tokens: 200,
+                cache_read_tokens: 7,
+                cache_write_tokens: 0,
+            },
         };
         let costs = crate::costs::Costs {
             today: Some("2026-12-02".into()),
