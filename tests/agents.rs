@@ -87,8 +87,11 @@ fn first_run(c: &Cluster, id: &str, secs: u64) -> serde_json::Value {
     story_json(c, id)["runs"][0].clone()
 }
 
+/// The run's reason (printed: `--nocapture` shows every kind's words).
 fn reason(run: &serde_json::Value) -> &str {
-    run["reason"].as_str().unwrap_or_default()
+    let why = run["reason"].as_str().unwrap_or_default();
+    eprintln!("reason: {why}");
+    why
 }
 
 /// A cluster whose agents reach `models` as their API, in a HOME of their

@@ -182,7 +182,9 @@ impl AgentStream {
         if self.git_failures.len() >= GIT_FAILURES_KEPT {
             self.git_failures.pop_front();
         }
-        self.git_failures.push_back(format!("`{}` answered: {}", cut(command), cut(said)));
+        // One line: a reason is shown on one.
+        let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.git_failures.push_back(format!("`{}` answered: {}", cut(command), cut(&said)));
     }
 
     pub fn progress(&self) -> &Progress {
@@ -252,7 +254,7 @@ mod tests {
         ]);
         assert_eq!(
             s.git_failures(),
-            vec!["`git commit -m x` answered: Author identity unknown\n*** Please tell me who you are."]
+            vec!["`git commit -m x` answered: Author identity unknown *** Please tell me who you are."]
         );
         assert_eq!(s.progress(), &Progress { turns: 2, tool: "Bash".into(), target: "git commit -m x".into() });
         assert!(s.report(None, &BTreeMap::new()).is_none(), "no result object yet");
