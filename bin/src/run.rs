@@ -504,6 +504,15 @@ pub fn status(t: &Target, json: bool) -> Result<(), CliError> {
         let state = if n.alive { "alive" } else { "silent" };
         println!("  {:<20} {:<7} capacity {} claims {claims}  {}", n.id, state, n.capacity, n.label);
     }
+    if s.refused.total > 0 {
+        println!(
+            "values refused ({} in all; the last valid values stand; revoke the writer if it is hostile):",
+            s.refused.total
+        );
+        for r in s.refused.newest.iter().rev().take(10) {
+            println!("  {r}");
+        }
+    }
     if let Some(p) = &s.paused {
         println!("claims paused for {} s: this node's agent could not run: {}", p.seconds_left, p.reason);
     }

@@ -13,6 +13,7 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
 
 use crate::identity::{Cert, PublicKey, Sig, hex, unhex};
+use crate::schema::Refusal;
 use crate::story::StoryState;
 use crate::{NodeId, StoryId};
 
@@ -104,6 +105,16 @@ fn epoch_of(am: &AutoCommit) -> u64 {
 }
 
 /// What a merge touched, from Automerge's patch log.
+/// A story as read from the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoryRead {
+    /// No story under that id.
+    Absent,
+    Valid(StoryView),
+    /// Its values break the schema: not believed.
+    Refused(Refusal),
+}
+
 pub struct Touched {
     pub stories: BTreeSet<StoryId>,
     pub nodes: BTreeSet<NodeId>,
@@ -205,6 +216,11 @@ impl Doc {
         self.am.get_heads()
     }
 
+    /// Commits what was written through [`Doc::automerge`].
+    pub fn commit_now(&mut self) {
+        self.commit();
+    }
+
     fn commit(&mut self) {
         if !self.batching {
             self.am.commit_with(CommitOptions::default().with_time(0));
@@ -225,6 +241,12 @@ impl Doc {
         self.batching = false;
         self.am.commit_with(CommitOptions::default().with_time(0));
         self.am.update_diff_cursor();
+    }
+
+    /// The ids of the stories in the document (keys that are not valid ids
+    /// left out).
+    pub fn story_ids(&mut self) -> Vec<StoryId> {
+        self.am.keys(&self.stories_obj).filter_map(|k| StoryId::new(k).ok()).collect()
     }
 
     /// Reads every story and node. Leaves the patch log alone.
@@ -425,6 +447,40 @@ impl Doc {
         }
     }
 
+    /// The map our writes to a story go to. A peer that replaced it with
+    /// something else (a list, a number: schema.rs refuses that when
+    /// reading) is undone here: the map is put back with the last values
+    /// we had, so the story cannot be wedged by it.
+    fn story_obj_for_write(&mut self, id: &StoryId, why: &str) -> ObjId {
+        let cached = self.story_objs.get(id).cloned();
+        let current = self.am.get(&self.stories_obj, id.as_str()).ok().flatten();
+        match (current, cached) {
+            // A map: ours, or one a concurrent add of the same id put in
+            // its place, which reading notices (`take_replaced`).
+            (Some((Value::Object(ObjType::Map), _)), Some(obj)) => obj,
+            (Some((Value::Object(ObjType::Map), _)), None) => {
+                self.story_obj(id).unwrap_or_else(|| panic!("{why} on story {id}: its map vanished"))
+            }
+            (_, Some(old)) => {
+                let fresh = self.am.put_object(&self.stories_obj, id.as_str(), ObjType::Map).expect("restore story");
+                let keys: Vec<String> = self.am.keys(&old).collect();
+                let values: Vec<(String, ScalarValue)> = keys
+                    .into_iter()
+                    .filter_map(|k| match self.am.get(&old, k.as_str()) {
+                        Ok(Some((Value::Scalar(s), _))) => Some((k, s.into_owned())),
+                        _ => None,
+                    })
+                    .collect();
+                for (k, v) in values {
+                    self.am.put(&fresh, k.as_str(), v).expect("restore story value");
+                }
+                self.story_objs.insert(id.clone(), fresh.clone());
+                fresh
+            }
+            (_, None) => panic!("{why} on story {id}, which this node never read"),
+        }
+    }
+
     /// Whether the story's map was replaced (the same id added on two sides
     /// of a partition, and the other add won) since the last call: its
     /// state starts over, token and all.
@@ -433,37 +489,101 @@ impl Doc {
     }
 
     pub fn read_story(&mut self, id: &StoryId) -> Option<StoryView> {
-        let obj = self.story_obj(id)?;
+        match self.read_story_checked(id, None).0 {
+            StoryRead::Valid(v) => Some(v),
+            StoryRead::Absent | StoryRead::Refused(_) => None,
+        }
+    }
+
+    /// A story's values, each checked against the schema (schema.rs). A
+    /// value that breaks it is refused whole and the story's last valid
+    /// value of that field (`last`) stands; with none to fall back on,
+    /// the story is refused. Every refusal is returned with its writer.
+    pub fn read_story_checked(&mut self, id: &StoryId, last: Option<&StoryView>) -> (StoryRead, Vec<Refusal>) {
+        let mut refused = Vec::new();
+        let refusal = |field: &str, what: String, op: Option<&ObjId>| {
+            let key = if field.is_empty() { format!("stories/{id}") } else { format!("stories/{id}/{field}") };
+            Refusal { key, what, writer: op.and_then(crate::schema::writer_of) }
+        };
+        let obj = match self.am.get(&self.stories_obj, id.as_str()) {
+            Ok(Some((Value::Object(ObjType::Map), _))) => match self.story_obj(id) {
+                Some(obj) => obj,
+                None => return (StoryRead::Absent, refused),
+            },
+            Ok(Some((v, op))) => {
+                let r = refusal("", format!("the story is {}", crate::schema::kind_of(&v)), Some(&op));
+                return (StoryRead::Refused(r), refused);
+            }
+            _ => return (StoryRead::Absent, refused),
+        };
         let title = match self.am.get(&obj, "title") {
-            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-                ScalarValue::Str(t) => t.to_string(),
-                _ => return None,
+            Ok(Some((Value::Scalar(s), op))) => match s.as_ref() {
+                ScalarValue::Str(t) if t.len() <= crate::MAX_TITLE_LEN => Ok(t.to_string()),
+                ScalarValue::Str(t) => Err(refusal("title", format!("title of {} bytes", t.len()), Some(&op))),
+                _ => {
+                    Err(refusal("title", format!("title is {}", crate::schema::kind_of(&Value::Scalar(s))), Some(&op)))
+                }
             },
-            _ => return None,
+            Ok(Some((v, op))) => Err(refusal("title", format!("title is {}", crate::schema::kind_of(&v)), Some(&op))),
+            _ => Err(refusal("title", "no title".into(), None)),
         };
-        let values = self.am.get_all(&obj, "state").ok()?;
+        let title = match (title, last) {
+            (Ok(t), _) => t,
+            (Err(r), Some(last)) => {
+                refused.push(r);
+                last.title.clone()
+            }
+            (Err(r), None) => return (StoryRead::Refused(r), refused),
+        };
+        let last_token = last.map(|v| v.state.token.0);
+        let values = self.am.get_all(&obj, "state").unwrap_or_default();
         let concurrent = values.len();
-        let state = values
-            .into_iter()
-            .filter_map(|(v, _)| match v {
+        let mut valid = Vec::new();
+        for (v, op) in values {
+            let decoded = match &v {
                 Value::Scalar(s) => match s.as_ref() {
-                    ScalarValue::Str(t) => StoryState::decode(t),
-                    _ => None,
+                    ScalarValue::Str(t) => StoryState::decode(t).ok_or_else(|| "state does not parse".to_owned()),
+                    _ => Err(format!("state is {}", crate::schema::kind_of(&v))),
                 },
-                _ => None,
-            })
-            .max_by(|a, b| a.precedence(id.as_str(), b))?;
-        let int = |am: &AutoCommit, key: &str| match am.get(&obj, key) {
-            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-                ScalarValue::Int(n) => Some(*n),
-                ScalarValue::Uint(n) => i64::try_from(*n).ok(),
-                _ => None,
-            },
-            _ => None,
+                _ => Err(format!("state is {}", crate::schema::kind_of(&v))),
+            };
+            let checked = decoded.and_then(|s| match crate::schema::token_out_of_reach(s.token.0, last_token) {
+                Some(why) => Err(why),
+                None => Ok(s),
+            });
+            match checked {
+                Ok(s) => valid.push(s),
+                Err(why) => refused.push(refusal("state", why, Some(&op))),
+            }
+        }
+        let state = match (valid.into_iter().max_by(|a, b| a.precedence(id.as_str(), b)), last) {
+            (Some(s), _) => s,
+            (None, Some(last)) => last.state.clone(),
+            (None, None) => {
+                let r = refused.pop().unwrap_or_else(|| refusal("state", "no state".into(), None));
+                return (StoryRead::Refused(r), refused);
+            }
         };
-        let priority = int(&self.am, "priority").unwrap_or(0);
-        let created_ms = int(&self.am, "created").and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        Some(StoryView { title, priority, created_ms, state, concurrent })
+        let mut int = |key: &str, fallback: i64| match self.am.get(&obj, key) {
+            Ok(Some((Value::Scalar(s), op))) => match s.as_ref() {
+                ScalarValue::Int(n) => *n,
+                ScalarValue::Uint(n) => i64::try_from(*n).unwrap_or(fallback),
+                _ => {
+                    let what = format!("{key} is {}", crate::schema::kind_of(&Value::Scalar(s)));
+                    refused.push(refusal(key, what, Some(&op)));
+                    fallback
+                }
+            },
+            Ok(Some((v, op))) => {
+                refused.push(refusal(key, format!("{key} is {}", crate::schema::kind_of(&v)), Some(&op)));
+                fallback
+            }
+            _ => fallback,
+        };
+        let priority = int("priority", last.map_or(0, |v| v.priority));
+        let created = int("created", last.map_or(0, |v| i64::try_from(v.created_ms).unwrap_or(0)));
+        let created_ms = u64::try_from(created).unwrap_or(0);
+        (StoryRead::Valid(StoryView { title, priority, created_ms, state, concurrent }), refused)
     }
 
     /// The story's body (markdown), empty when it has none.
@@ -480,10 +600,7 @@ impl Doc {
 
     /// Sets some of a story's user fields in one change.
     pub fn put_fields(&mut self, id: &StoryId, title: Option<&str>, body: Option<&str>, priority: Option<i64>) {
-        let obj = match self.story_objs.get(id) {
-            Some(obj) => obj.clone(),
-            None => self.story_obj(id).expect("put_fields on a story the index holds"),
-        };
+        let obj = self.story_obj_for_write(id, "put_fields");
         if let Some(t) = title {
             self.am.put(&obj, "title", t).expect("put title");
         }
@@ -514,10 +631,7 @@ impl Doc {
     /// Adds a run record, and deletes the oldest beyond `keep`, in one
     /// change. Keys sort by token, so "oldest" is the same on every replica.
     pub fn put_run(&mut self, id: &StoryId, record: &crate::runs::RunRecord, keep: usize) {
-        let obj = match self.story_objs.get(id) {
-            Some(obj) => obj.clone(),
-            None => self.story_obj(id).expect("put_run on a story the index holds"),
-        };
+        let obj = self.story_obj_for_write(id, "put_run");
         let key = format!("{RUN_PREFIX}{:020}/{}", record.token.0, record.node.as_str());
         self.am.put(&obj, key.as_str(), record.encode()).expect("put run");
         let keys: Vec<String> = self.am.keys(&obj).filter(|k| k.starts_with(RUN_PREFIX)).collect();
@@ -570,10 +684,7 @@ impl Doc {
     /// Overwrites the story's state with one value, which also resolves any
     /// conflict the key held.
     pub fn put_state(&mut self, id: &StoryId, state: &StoryState) {
-        let obj = match self.story_objs.get(id) {
-            Some(obj) => obj.clone(),
-            None => self.story_obj(id).expect("put_state on a story the index holds"),
-        };
+        let obj = self.story_obj_for_write(id, "put_state");
         self.am.put(&obj, "state", state.encode()).expect("put state");
         self.commit();
     }

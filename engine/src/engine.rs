@@ -66,6 +66,10 @@ pub struct Engine {
     /// The UTC day by the driver's wall clock (`Input::WallClock`): the
     /// ledger's day and the daily budget's.
     pub(crate) wall_day: Option<crate::ledger::Day>,
+    /// Values of the document not believed (schema.rs): the newest, and
+    /// how many in all.
+    pub(crate) refusals: VecDeque<crate::schema::Refusal>,
+    pub(crate) refused_total: u64,
     /// Our agent's API refused us: claims pause (claims.rs).
     pub(crate) unavailable: Option<crate::claims::Unavailable>,
 
@@ -141,6 +145,8 @@ impl Engine {
             leaving: false,
             wall_day: None,
             unavailable: None,
+            refusals: VecDeque::new(),
+            refused_total: 0,
             self_revoked: false,
             peers: Peers::default(),
             heartbeat_seq: 0,
@@ -550,8 +556,23 @@ impl Engine {
         let crate::doc::Touched { mut stories, nodes, signed, settings } = self.doc.take_touched();
         stories.extend(self.index.conflicted().cloned());
         for id in stories {
-            let view = self.doc.read_story(&id);
-            self.apply_story(&id, view);
+            let known = self.index.story(&id).cloned();
+            let (read, refused) = self.doc.read_story_checked(&id, known.as_ref());
+            for r in refused {
+                self.refuse(r);
+            }
+            match read {
+                crate::doc::StoryRead::Valid(view) => self.apply_story(&id, Some(view)),
+                // Within an epoch no honest node deletes a story's map
+                // (removal is a tombstone): the last valid view stands.
+                crate::doc::StoryRead::Absent if known.is_some() => self.refuse(crate::schema::Refusal {
+                    key: format!("stories/{id}"),
+                    what: "the story was deleted".into(),
+                    writer: None,
+                }),
+                crate::doc::StoryRead::Absent => self.apply_story(&id, None),
+                crate::doc::StoryRead::Refused(r) => self.refuse(r),
+            }
         }
         for id in nodes {
             match self.doc.read_node(&id) {
@@ -565,6 +586,21 @@ impl Engine {
         if settings {
             self.absorb_settings();
         }
+    }
+
+    /// A value not believed: counted, kept for `status`, told.
+    pub(crate) fn refuse(&mut self, refusal: crate::schema::Refusal) {
+        self.refused_total += 1;
+        if self.refusals.len() >= crate::schema::MAX_REFUSALS_KEPT {
+            self.refusals.pop_front();
+        }
+        self.refusals.push_back(refusal.clone());
+        self.emit(Event::ValueRefused { refusal });
+    }
+
+    /// The newest values not believed, and how many in all.
+    pub fn refusals(&self) -> (impl Iterator<Item = &crate::schema::Refusal>, u64) {
+        (self.refusals.iter(), self.refused_total)
     }
 
     pub(crate) fn random_u64(&mut self) -> u64 {

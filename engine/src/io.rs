@@ -323,6 +323,11 @@ pub enum Event {
     SettingsAdopted {
         settings: crate::ClusterSettings,
     },
+    /// A value of the document broke the schema and was not believed; the
+    /// last valid value stands (schema.rs).
+    ValueRefused {
+        refusal: crate::schema::Refusal,
+    },
     /// CA-signed settings that do not validate here were ignored.
     SettingsRejected {
         revision: u64,

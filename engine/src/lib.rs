@@ -100,6 +100,7 @@ mod liveness;
 mod membership;
 mod peers;
 pub mod runs;
+pub mod schema;
 mod settings;
 mod story;
 pub mod testkit;

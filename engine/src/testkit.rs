@@ -135,3 +135,31 @@ mod tests {
         assert_eq!(node_name(7).as_str(), "agent-007");
     }
 }
+
+/// The writes a hostile enrolled node can make: well-formed Automerge
+/// changes of anything, into its own replica, which then syncs them as
+/// any change (issue 21). For tests and simulations of such a node.
+pub mod hostile_doc {
+    use automerge::{AutoCommit, ObjId};
+
+    /// Where the document's parts are, for the closure to write at.
+    pub struct Parts {
+        pub stories: ObjId,
+        pub nodes: ObjId,
+    }
+
+    impl crate::Engine {
+        /// Runs `write` on this node's document as its own changes, and
+        /// lets them out (persisted, synced) as if it had made them.
+        pub fn write_hostile(&mut self, now: crate::Millis, write: impl FnOnce(&mut AutoCommit, &Parts)) {
+            self.now = self.now.max(now);
+            let parts = Parts { stories: self.doc.stories_obj().clone(), nodes: self.doc.nodes_obj().clone() };
+            write(self.doc.automerge(), &parts);
+            self.doc.commit_now();
+            // Its own engine sees its writes as a peer's would.
+            self.absorb_remote_changes();
+            self.dirty = true;
+            self.finish_input();
+        }
+    }
+}

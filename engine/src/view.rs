@@ -104,17 +104,23 @@ impl Engine {
 
     /// Compares the incremental index with a fresh read of the whole
     /// document; returns the stories that differ. Checkers call this: the
-    /// index is what every decision is made on.
+    /// index is what every decision is made on. The fresh read checks
+    /// values as the incremental one does, falling back on the index's
+    /// view where a value is refused (schema.rs): a refused story is kept,
+    /// not drift.
     pub fn index_drift(&mut self) -> Vec<StoryId> {
-        let (fresh, _, _) = self.doc.read_all();
-        let mut drift: Vec<StoryId> = fresh
-            .iter()
-            .filter(|(id, v)| self.index.story(id) != Some(*v))
-            .map(|(id, _)| id.clone())
-            .chain(self.index.story_ids().filter(|id| !fresh.contains_key(*id)).cloned())
-            .collect();
-        drift.sort();
-        drift.dedup();
+        let in_doc: Vec<StoryId> = self.doc.story_ids();
+        let ids: std::collections::BTreeSet<StoryId> =
+            in_doc.into_iter().chain(self.index.story_ids().cloned()).collect();
+        let mut drift = Vec::new();
+        for id in ids {
+            let known = self.index.story(&id).cloned();
+            match (self.doc.read_story_checked(&id, known.as_ref()).0, known) {
+                (crate::doc::StoryRead::Valid(v), Some(k)) if v == k => {}
+                (crate::doc::StoryRead::Absent | crate::doc::StoryRead::Refused(_), _) => {}
+                _ => drift.push(id),
+            }
+        }
         drift
     }
 }

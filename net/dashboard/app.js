@@ -121,6 +121,7 @@ function applyUpdate(u) {
   state.counters = u.counters;
   state.queue = u.queue || { order: [], testing: [], landed: [] };
   state.costs = u.costs || null;
+  state.refused = u.refused || { total: 0, newest: [] };
   state.runs = new Map((u.runs || []).map((r) => [r.story, r]));
   state.isServer = u.is_server;
   state.receivedAt = Date.now();
@@ -264,6 +265,12 @@ function renderCounters() {
   const archived = stories.filter((s) => s.stage === 'archived' && !s.removed).length;
   const held = stories.filter((s) => s.holder && !s.removed).length;
   let text = `${stories.length} stories · ${held} held · ${failed} failed · ${archived} archived${costText()}`;
+  const r = state.refused;
+  if (r && r.total) {
+    const last = r.newest[r.newest.length - 1];
+    const who = last && last.writer ? ` (written by ${last.writer})` : '';
+    text += ` · ${r.total} values refused, last: ${last ? `${last.key}: ${last.what}${who}` : '?'}`;
+  }
   // Claims and runs are counted by the node that made them: the server
   // runs nothing, so its own counters would only say zero.
   if (!state.isServer) {

@@ -226,6 +226,7 @@ struct Update<'a> {
     queue: &'a crate::status::Queue,
     costs: &'a crate::costs::Costs,
     runs: &'a [crate::status::RunStatus],
+    refused: &'a crate::status::Refused,
 }
 
 /// What one feed connection last sent, to send only what changed.
@@ -264,6 +265,7 @@ impl Sent {
             queue: &board.queue,
             costs: &board.costs,
             runs: &board.runs,
+            refused: &board.refused,
         };
         serde_json::to_string(&update).unwrap_or_default()
     }
@@ -340,6 +342,7 @@ mod tests {
             queue: Default::default(),
             costs: Default::default(),
             runs: vec![],
+            refused: Default::default(),
         }
     }
 

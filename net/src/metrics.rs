@@ -55,6 +55,7 @@ pub struct Metrics {
     claim_conflicts: Counter,
     fenced: Counter,
     stale_results: Counter,
+    values_refused: Counter,
     advanced: Counter,
     runs_started: Counter,
     runs_succeeded: Counter,
@@ -99,6 +100,7 @@ impl Metrics {
             claim_conflicts: Counter::default(),
             fenced: Counter::default(),
             stale_results: Counter::default(),
+            values_refused: Counter::default(),
             advanced: Counter::default(),
             runs_started: Counter::default(),
             runs_succeeded: Counter::default(),
@@ -133,6 +135,11 @@ impl Metrics {
         r.register("claim_conflicts", "Claims of ours another node's concurrent claim beat", m.claim_conflicts.clone());
         r.register("fenced_results", "Pushes of ours a newer claim fenced at the git remote", m.fenced.clone());
         r.register("stale_results", "Results that arrived for a superseded claim", m.stale_results.clone());
+        r.register(
+            "values_refused",
+            "Values of the document that broke the schema and were not believed",
+            m.values_refused.clone(),
+        );
         r.register("advanced", "Stories this node advanced to the next stage", m.advanced.clone());
         r.register("runs_started", "Agent runs started", m.runs_started.clone());
         r.register("runs_succeeded", "Agent runs whose result advanced the story", m.runs_succeeded.clone());
@@ -236,6 +243,9 @@ impl Metrics {
             Event::RunFailed { story, token, .. } => self.run_ended(story, *token, RunEnd::Failed, now),
             Event::StaleResult { .. } => {
                 self.stale_results.inc();
+            }
+            Event::ValueRefused { .. } => {
+                self.values_refused.inc();
             }
             Event::Fenced { story, token, .. } => {
                 self.fenced.inc();

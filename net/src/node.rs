@@ -665,6 +665,7 @@ impl NodeLoop {
             | Event::StorageCorrupt { .. }
             | Event::RunFailed { .. }
             | Event::SettingsRejected { .. }
+            | Event::ValueRefused { .. }
             | Event::EpochStarted { gap: true, .. }
             | Event::Fenced { .. } => {
                 tracing::warn!(event = ?e)
@@ -739,6 +740,7 @@ impl NodeLoop {
             queue: crate::queue::queue(&mut self.engine, &self.landed),
             costs: crate::costs::Costs::of(&mut self.engine),
             runs: self.run_statuses(),
+            refused: crate::status::Refused::of(&self.engine),
         }
     }
 
@@ -829,6 +831,7 @@ impl NodeLoop {
                     seconds_left: until.0.saturating_sub(now.0).div_ceil(1000),
                 })
             },
+            refused: crate::status::Refused::of(&self.engine),
             node: self.engine.node_id().to_string(),
             label: self
                 .engine

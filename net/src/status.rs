@@ -169,6 +169,23 @@ pub struct Status {
     /// reason, and the seconds left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<Paused>,
+    /// Values of the document this node did not believe (schema.rs).
+    #[serde(default)]
+    pub refused: Refused,
+}
+
+/// Values refused: how many in all, and the newest with their writers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub total: u64,
+    pub newest: Vec<huskies_engine::schema::Refusal>,
+}
+
+impl Refused {
+    pub fn of(engine: &huskies_engine::Engine) -> Refused {
+        let (newest, total) = engine.refusals();
+        Refused { total, newest: newest.cloned().collect() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +213,8 @@ pub struct Board {
     /// This node's agents: what each is doing now.
     #[serde(default)]
     pub runs: Vec<RunStatus>,
+    #[serde(default)]
+    pub refused: Refused,
 }
 
 /// The merge queue: `GET /api/queue`, `huskies queue`, the dashboard.

@@ -1,0 +1,101 @@
+//! An enrolled node turned hostile writes well-formed Automerge changes
+//! into its own replica and lets them sync (issue 21): honest nodes must
+//! not crash, must not lose a story, must name the writer of what they
+//! refused, and must finish the work.
+
+mod harness;
+
+use harness::{Harness, fast_config};
+use huskies_engine::{NodeId, Stage, StoryId, Token};
+
+/// Node 2 turns hostile after the stories are claimed; 0 and 1 are honest.
+fn cluster(seed: u64) -> (Harness, Vec<StoryId>) {
+    let mut c = Harness::new(2, seed, fast_config());
+    c.run_for(2_000);
+    let stories = c.add_stories(0, 6, Stage::Current);
+    c.run_for(1_500);
+    (c, stories)
+}
+
+fn hostile(
+    c: &mut Harness,
+    write: impl FnOnce(&mut automerge::AutoCommit, &huskies_engine::testkit::hostile_doc::Parts),
+) {
+    let now = c.now;
+    c.engine(2).write_hostile(now, write);
+}
+
+fn refused_on(c: &mut Harness, i: usize) -> Vec<String> {
+    c.engine(i).refusals().0.map(|r| r.to_string()).collect()
+}
+
+fn all_done(c: &mut Harness, stories: &[StoryId], i: usize) {
+    for s in stories {
+        let v = c.engine(i).story(s).unwrap_or_else(|| panic!("{s} vanished on node {i}")).state.clone();
+        assert_eq!(v.stage, Stage::Done, "{s} on node {i}: {v:?}");
+    }
+}
+
+/// The table's first row: a state whose token is 2^64-1, held by a node
+/// that does not exist, crashed every agent that reclaimed it.
+#[test]
+fn a_token_past_any_claim_is_refused_and_the_story_goes_on() {
+    let (mut c, stories) = cluster(21);
+    let target = stories[0].clone();
+    let mut forged = c.engine(2).story(&target).unwrap().state.clone();
+    forged.token = Token(u64::MAX);
+    forged.holder = Some(NodeId::new("ghost").unwrap());
+    hostile(&mut c, |am, parts| {
+        use automerge::{ReadDoc, transaction::Transactable};
+        let Ok(Some((_, obj))) = am.get(&parts.stories, target.as_str()) else { panic!("no story map") };
+        am.put(&obj, "state", forged.encode()).unwrap();
+    });
+    c.run_until_settled(300_000).expect("settles");
+    for i in [0, 1] {
+        all_done(&mut c, &stories, i);
+        let refused = refused_on(&mut c, i);
+        let name = c.nodes[2].id.to_string();
+        assert!(
+            refused.iter().any(|r| r.starts_with(&format!("stories/{target}/state: token 18446744073709551615"))
+                && r.ends_with(&format!("(written by {name})"))),
+            "node {i}: {refused:?}"
+        );
+    }
+}
+
+/// Values of the wrong type: a story's map replaced by a list, a state
+/// that is a number, a title that is a counter. Those stories vanished
+/// from every board; now the last valid values stand and the work ends.
+#[test]
+fn values_of_the_wrong_type_are_refused_and_no_story_vanishes() {
+    let (mut c, stories) = cluster(22);
+    let (a, b, d) = (stories[1].clone(), stories[2].clone(), stories[3].clone());
+    hostile(&mut c, |am, parts| {
+        use automerge::{ObjType, ReadDoc, ScalarValue, transaction::Transactable};
+        am.put_object(&parts.stories, a.as_str(), ObjType::List).unwrap();
+        let Ok(Some((_, obj))) = am.get(&parts.stories, b.as_str()) else { panic!("no story map") };
+        am.put(&obj, "state", 42).unwrap();
+        let Ok(Some((_, obj))) = am.get(&parts.stories, d.as_str()) else { panic!("no story map") };
+        am.put(&obj, "title", ScalarValue::counter(3)).unwrap();
+        am.put(&obj, "priority", "high").unwrap();
+    });
+    c.run_for(500);
+    for i in [0, 1] {
+        let refused = refused_on(&mut c, i);
+        for want in [format!("stories/{a}: the story is a list"), format!("stories/{b}/state: state is a number")] {
+            assert!(refused.iter().any(|r| r.starts_with(&want)), "node {i} lacks {want:?}: {refused:?}");
+        }
+        assert!(
+            refused.iter().any(|r| r.starts_with(&format!("stories/{d}/title: title is a counter"))),
+            "{refused:?}"
+        );
+        for s in &stories {
+            assert!(c.engine(i).story(s).is_some(), "{s} vanished on node {i}");
+        }
+        assert_eq!(c.engine(i).story(&d).unwrap().title, format!("story {}", 3), "the last valid title stands");
+    }
+    c.run_until_settled(300_000).expect("settles");
+    for i in [0, 1] {
+        all_done(&mut c, &stories, i);
+    }
+}
