@@ -117,7 +117,9 @@ pub struct Token(pub u64);
 
 impl Token {
     pub fn next(self) -> Token {
-        Token(self.0 + 1)
+        // Tokens read from peers are bounded by schema::MAX_TOKEN, far
+        // below: reaching the end is a bug of ours, never a peer's doing.
+        Token(self.0.checked_add(1).expect("a token below schema::MAX_TOKEN"))
     }
 }
 
