@@ -45,7 +45,7 @@ fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
     let mut am = AutoCommit::load(&bytes).unwrap().with_actor(ActorId::from(actor));
     let Ok(Some((_, stories))) = am.get(automerge::ROOT, "stories") else { panic!("no stories map") };
     let story = |am: &AutoCommit, id: &str| am.get(&stories, id).unwrap().unwrap().1;
-    let state = |am: &AutoCommit, id: &str| match am.get(&story(am, id), "state").unwrap().unwrap().0 {
+    let state = |am: &AutoCommit, id: &str| match am.get(story(am, id), "state").unwrap().unwrap().0 {
         automerge::Value::Scalar(s) => s.as_str().unwrap().to_owned(),
         _ => panic!("a state"),
     };
