@@ -103,3 +103,24 @@ fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
     assert!(status["refused"]["total"].as_u64() >= Some(4), "{}", status["refused"]);
     assert_eq!(status["stories"].as_array().unwrap().len(), 6, "no story vanished");
 }
+
+/// Node ids that would pass for huskies' own writers are refused at
+/// enrollment, before a token is spent.
+#[test]
+fn huskies_own_names_cannot_enroll() {
+    let c = Cluster::new("reserved");
+    for name in ["huskies-epoch-1", "huskies-genesis"] {
+        let r = http()
+            .post(format!("http://127.0.0.1:{}/api/join", c.port))
+            .header("authorization", &format!("Bearer {}", c.token()))
+            .send_json(serde_json::json!({ "node": name, "key": "00".repeat(32) }));
+        let mut r = match r {
+            Ok(r) => r,
+            Err(ureq::Error::StatusCode(code)) => panic!("{name}: status {code} without a body"),
+            Err(e) => panic!("{name}: {e}"),
+        };
+        assert_eq!(r.status().as_u16(), 400, "{name}");
+        let body = r.body_mut().read_to_string().unwrap();
+        assert!(body.contains("is reserved"), "{name}: {body}");
+    }
+}

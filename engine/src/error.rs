@@ -53,6 +53,8 @@ pub enum CommandError {
     NotAuthority,
     #[error("the certificate of {0} is not signed by this cluster's CA")]
     BadCertificate(crate::NodeId),
+    #[error("node id {0} is reserved: huskies-* names are huskies' own writers (the genesis change, epoch bases)")]
+    ReservedNodeId(crate::NodeId),
     #[error("a node cannot revoke itself")]
     RevokeSelf,
     #[error("cluster settings refused: {0}")]

@@ -67,6 +67,9 @@ impl Engine {
     /// learns the key before the node connects, and it can be revoked even
     /// if it never does.
     pub(crate) fn enroll_node(&mut self, node: NodeId, cert: Cert) -> Result<Reply, CommandError> {
+        if crate::schema::is_reserved(&node) {
+            return Err(CommandError::ReservedNodeId(node));
+        }
         if !identity::verify_cert(&self.creds.ca, &node, &cert) {
             return Err(CommandError::BadCertificate(node));
         }

@@ -50,6 +50,13 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// Node ids huskies keeps for its own writers: the genesis change
+/// (`huskies-genesis`) and epoch bases (`huskies-epoch-N`). A node may
+/// not enroll under one, so "written by huskies-epoch-2" is never a node.
+pub fn is_reserved(node: &crate::NodeId) -> bool {
+    node.as_str().starts_with("huskies-")
+}
+
 /// The node an op's actor belongs to: node actors are the node id, a zero
 /// byte, then the incarnation (engine.rs); an epoch's base has its own.
 pub fn writer_of(op: &ExId) -> Option<String> {

@@ -444,6 +444,9 @@ async fn join(State(state): State<AppState>, headers: HeaderMap, Json(body): Jso
     };
     let Some(token) = bearer(&headers) else { return error(StatusCode::UNAUTHORIZED, "no join token") };
     let node = match NodeId::new(body.node) {
+        Ok(n) if huskies_engine::schema::is_reserved(&n) => {
+            return error(StatusCode::BAD_REQUEST, huskies_engine::CommandError::ReservedNodeId(n).to_string());
+        }
         Ok(n) => n,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
