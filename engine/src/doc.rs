@@ -284,20 +284,25 @@ impl Doc {
         let mut stories = BTreeSet::new();
         let mut nodes = BTreeSet::new();
         let (mut signed, mut settings) = (false, false);
+        let map_key = |action: &automerge::PatchAction| match action {
+            automerge::PatchAction::PutMap { key, .. } | automerge::PatchAction::DeleteMap { key } => Some(key.clone()),
+            _ => None,
+        };
         for patch in self.am.diff_incremental() {
             if patch.obj == automerge::ROOT
-                && let automerge::PatchAction::PutMap { key, .. } = &patch.action
+                && let Some(key) = map_key(&patch.action)
             {
                 signed |= SignedKind::ALL.iter().any(|k| key.starts_with(k.prefix()));
                 settings |= key == SETTINGS_KEY;
                 continue;
             }
             // The key under `stories` or `nodes` is either the patched key
-            // (when the patch is on the root map itself) or the second path
-            // element (when it is inside a story's or node's map).
+            // (when the patch is on the root map itself: a story put or
+            // deleted) or the second path element (when it is inside a
+            // story's or node's map).
             let (parent, key) = if patch.obj == self.stories_obj || patch.obj == self.nodes_obj {
-                let automerge::PatchAction::PutMap { key, .. } = &patch.action else { continue };
-                (patch.obj.clone(), key.clone())
+                let Some(key) = map_key(&patch.action) else { continue };
+                (patch.obj.clone(), key)
             } else {
                 match patch.path.get(1) {
                     Some((obj, Prop::Map(key))) => (obj.clone(), key.clone()),
@@ -314,7 +319,22 @@ impl Doc {
                 nodes.insert(id);
             }
         }
+        // A peer that deleted or replaced a root map cut our maps off the
+        // root: patches inside them stop. Until the next epoch puts fresh
+        // maps in place (the server cuts one at once), every story and
+        // node counts as touched.
+        if self.root_damaged() {
+            stories.extend(self.story_ids());
+            nodes.extend(self.am.keys(&self.nodes_obj).filter_map(|k| NodeId::new(k).ok()));
+        }
         Touched { stories, nodes, signed, settings }
+    }
+
+    /// Whether the root's `stories` or `nodes` is no longer the map this
+    /// document's base made (a peer deleted or replaced it).
+    pub fn root_damaged(&self) -> bool {
+        let at = |key: &str| self.am.get(automerge::ROOT, key).ok().flatten().map(|(_, obj)| obj);
+        at("stories").as_ref() != Some(&self.stories_obj) || at("nodes").as_ref() != Some(&self.nodes_obj)
     }
 
     /// Every well-formed signed entry, enrollments first (signatures are

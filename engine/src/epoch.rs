@@ -184,6 +184,12 @@ impl Engine {
         ActorId::from(bytes)
     }
 
+    /// Whether a peer cut this document's root maps off (schema.rs); the
+    /// server's next epoch mends it.
+    pub fn root_damaged(&self) -> bool {
+        self.doc.root_damaged()
+    }
+
     pub fn epoch(&self) -> u64 {
         self.doc.epoch()
     }
@@ -199,12 +205,18 @@ impl Engine {
         // no rendezvous (the server). Two cutters would make two bases of
         // one epoch.
         let cutter = self.creds.ca_secret.is_some() && self.config.rendezvous.is_none();
-        if limit == 0 || !cutter || self.leaving || !self.ready {
+        if !cutter || self.leaving || !self.ready {
+            return;
+        }
+        // A peer cut the root maps off (schema.rs): a new epoch puts fresh
+        // ones in place, built from our index, as soon as we are not alone.
+        let damaged = self.doc.root_damaged();
+        if limit == 0 && !damaged {
             return;
         }
         // Linear in the changes, which this bounds.
         let changes = self.doc.automerge().get_changes_meta(&[]).len() as u64;
-        if changes < limit {
+        if changes < limit && !damaged {
             return;
         }
         let ours = self.doc.epoch();
@@ -227,7 +239,7 @@ impl Engine {
                 c.epoch == Some(ours) && theirs == heads
             })
         });
-        if in_step || changes >= limit.saturating_mul(2) {
+        if in_step || damaged || changes >= limit.saturating_mul(2) {
             self.cut_epoch();
         }
     }

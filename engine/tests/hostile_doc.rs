@@ -99,3 +99,63 @@ fn values_of_the_wrong_type_are_refused_and_no_story_vanishes() {
         all_done(&mut c, &stories, i);
     }
 }
+
+/// The root maps deleted: stories and nodes.
+#[test]
+fn deleting_the_root_maps_loses_nothing() {
+    let (mut c, stories) = cluster(23);
+    hostile(&mut c, |am, _| {
+        use automerge::transaction::Transactable;
+        am.delete(automerge::ROOT, "stories").unwrap();
+        am.delete(automerge::ROOT, "nodes").unwrap();
+    });
+    c.run_for(2_000);
+    // The server put fresh maps in place with a new epoch.
+    assert!(c.engine(0).epoch() >= 1, "no epoch was cut");
+    // An honest node restarting from its disk after that.
+    c.crash(1);
+    c.run_for(500);
+    c.start(1);
+    c.run_until_settled(300_000).expect("settles");
+    for i in [0, 1] {
+        all_done(&mut c, &stories, i);
+    }
+}
+
+/// The same in a later epoch, with an honest node restarting from its
+/// disk before the server's next cut reaches it.
+#[test]
+fn deleting_the_root_maps_of_a_later_epoch_loses_nothing() {
+    let config = huskies_engine::Config { epoch_after_changes: 40, ..fast_config() };
+    let mut c = Harness::new(2, 24, config);
+    c.run_for(2_000);
+    let stories = c.add_stories(0, 6, Stage::Current);
+    for _ in 0..30 {
+        if c.engine(0).epoch() >= 1 && c.engine(1).epoch() >= 1 {
+            break;
+        }
+        c.run_for(500);
+    }
+    assert!(c.engine(1).epoch() >= 1, "the cluster is past epoch 0");
+    hostile(&mut c, |am, _| {
+        use automerge::transaction::Transactable;
+        am.delete(automerge::ROOT, "stories").unwrap();
+    });
+    // Node 1 has the deletion on its disk, not yet the server's new base.
+    for _ in 0..100 {
+        if c.engine(1).root_damaged() {
+            break;
+        }
+        c.run_for(1);
+    }
+    assert!(c.engine(1).root_damaged(), "node 1 got the deletion");
+    let epoch = c.engine(1).epoch();
+    c.crash(1);
+    c.run_for(50);
+    c.start(1);
+    assert!(c.engine(1).epoch() >= epoch, "node 1 loaded its epoch again");
+    c.run_until_settled(300_000).expect("settles");
+    for i in [0, 1] {
+        all_done(&mut c, &stories, i);
+    }
+}
