@@ -567,7 +567,7 @@ impl Doc {
                 },
                 _ => Err(format!("state is {}", crate::schema::kind_of(&v))),
             };
-            let checked = decoded.and_then(|s| match crate::schema::token_out_of_reach(s.token.0, last_token) {
+            let checked = decoded.and_then(|s| match crate::schema::state_out_of_reach(&s, last_token) {
                 Some(why) => Err(why),
                 None => Ok(s),
             });

@@ -275,9 +275,18 @@ impl Engine {
                 archived.insert(id.as_str().to_owned(), epoch);
                 continue;
             }
-            let Some(src) = map_of(old, &old_stories, id.as_str()) else { continue };
-            let dst = copy_map(old, &src, &mut am, &stories, id.as_str());
-            // The winner by our precedence, not Automerge's pick.
+            // A story whose map a peer replaced with something else
+            // (schema.rs refused it) is rebuilt from our index.
+            let dst = match map_of(old, &old_stories, id.as_str()) {
+                Some(src) => copy_map(old, &src, &mut am, &stories, id.as_str()),
+                None => am.put_object(&stories, id.as_str(), ObjType::Map).expect("base"),
+            };
+            // The index's values: the winner by our precedence, not
+            // Automerge's pick, and the last valid ones where a peer wrote
+            // something the schema refused.
+            am.put(&dst, "title", view.title.as_str()).expect("base");
+            am.put(&dst, "priority", view.priority).expect("base");
+            am.put(&dst, "created", view.created_ms).expect("base");
             am.put(&dst, "state", view.state.encode()).expect("base");
         }
         for id in old.keys(&old_nodes).collect::<Vec<_>>() {

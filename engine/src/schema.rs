@@ -92,6 +92,29 @@ pub fn kind_of(v: &Value<'_>) -> &'static str {
     }
 }
 
+/// Counts of a state (attempts, landing's returns) past this are no
+/// honest node's: far past any `max_attempts` or `max_returns`.
+pub const MAX_STATE_COUNT: u32 = 1 << 16;
+
+/// Why a state that parsed is still out of reach, if it is: its token
+/// against the story's last valid one (`None`: first seen), its counts,
+/// the length of its reason.
+pub fn state_out_of_reach(s: &crate::story::StoryState, last_valid: Option<u64>) -> Option<String> {
+    if let Some(why) = token_out_of_reach(s.token.0, last_valid) {
+        return Some(why);
+    }
+    if s.attempts > MAX_STATE_COUNT || s.returns > MAX_STATE_COUNT {
+        return Some(format!("{} attempts and {} returns are past any limit", s.attempts, s.returns));
+    }
+    if s.queued > MAX_TOKEN {
+        return Some(format!("queue place {} is past any honest one", s.queued));
+    }
+    if s.reason.as_ref().is_some_and(|r| r.len() > crate::story::MAX_REASON_LEN * 4) {
+        return Some("a reason far past its limit".into());
+    }
+    None
+}
+
 /// Why a state that parsed is still out of reach, if it is: its token
 /// against the story's last valid one (`None`: first seen).
 pub fn token_out_of_reach(token: u64, last_valid: Option<u64>) -> Option<String> {

@@ -159,3 +159,146 @@ fn deleting_the_root_maps_of_a_later_epoch_loses_nothing() {
         all_done(&mut c, &stories, i);
     }
 }
+
+/// One random hostile write, drawn from `draw`: wrong types, absurd
+/// values, deletions, garbage where records, ledger lines, cars and node
+/// records live, floods of stories.
+fn random_attack(
+    am: &mut automerge::AutoCommit,
+    parts: &huskies_engine::testkit::hostile_doc::Parts,
+    stories: &[StoryId],
+    draw: &mut impl FnMut() -> u64,
+) {
+    use automerge::{ObjType, ReadDoc, ScalarValue, transaction::Transactable};
+    let story = &stories[(draw() % stories.len() as u64) as usize];
+    let obj = match am.get(&parts.stories, story.as_str()) {
+        Ok(Some((automerge::Value::Object(ObjType::Map), obj))) => Some(obj),
+        _ => None,
+    };
+    let scalars: [ScalarValue; 8] = [
+        ScalarValue::Int(-1),
+        ScalarValue::Uint(u64::MAX),
+        ScalarValue::counter(7),
+        ScalarValue::Boolean(true),
+        ScalarValue::Null,
+        ScalarValue::Bytes(vec![0xff; 3]),
+        ScalarValue::F64(f64::NAN),
+        ScalarValue::Str("not json".into()),
+    ];
+    let scalar = scalars[(draw() % scalars.len() as u64) as usize].clone();
+    let absurd_states = [
+        r#"{"stage":"current","token":18446744073709551615,"holder":"ghost"}"#.to_owned(),
+        r#"{"stage":"current","token":3,"attempts":4294967295}"#.to_owned(),
+        r#"{"stage":"merge","token":3,"returns":4294967295,"queued":18446744073709551615}"#.to_owned(),
+        r#"{"stage":"nowhere","token":3}"#.to_owned(),
+        format!(r#"{{"stage":"done","token":{},"holder":"agent-002"}}"#, 1u64 << 40),
+        format!(r#"{{"stage":"current","token":5,"reason":"{}"}}"#, "x".repeat(100_000)),
+    ];
+    let field = ["state", "title", "priority", "created", "body"][(draw() % 5) as usize];
+    match (draw() % 12, obj) {
+        (0, Some(o)) => {
+            let _ = am.put(&o, field, scalar);
+        }
+        (1, Some(o)) => {
+            let s = &absurd_states[(draw() % absurd_states.len() as u64) as usize];
+            let _ = am.put(&o, "state", s.as_str());
+        }
+        (2, Some(o)) => {
+            let kind = [ObjType::List, ObjType::Text, ObjType::Map][(draw() % 3) as usize];
+            let _ = am.put_object(&o, field, kind);
+        }
+        (3, _) => {
+            let kind = [ObjType::List, ObjType::Text][(draw() % 2) as usize];
+            let _ = am.put_object(&parts.stories, story.as_str(), kind);
+        }
+        (4, _) => {
+            let _ = am.put(&parts.stories, story.as_str(), scalar);
+        }
+        (5, _) => {
+            let _ = am.delete(&parts.stories, story.as_str());
+        }
+        (6, Some(o)) => {
+            let _ = am.put(&o, format!("run/{:020}/ghost", draw() % 9), "{\"garbage\":true}");
+            let _ = am.put(&o, "run/xx", scalar);
+        }
+        (7, _) => {
+            let _ = am.put(automerge::ROOT, "ledger/agent-002/d1", "[{\"stage\":\"current\"}]");
+            let _ = am.put(automerge::ROOT, "ledger/rendezvous/all", ScalarValue::Uint(u64::MAX));
+            let _ = am.put(automerge::ROOT, "train/agent-001", "{not a car");
+        }
+        (8, _) => {
+            let nodes: Vec<String> = am.keys(&parts.nodes).collect();
+            if let Some(n) = nodes.first() {
+                let _ = am.put(&parts.nodes, n.as_str(), scalar);
+            }
+            let _ = am.put_object(&parts.nodes, "ghost", ObjType::List);
+        }
+        (9, _) => {
+            // A flood of valid-looking stories.
+            for k in 0..50 {
+                if let Ok(o) =
+                    am.put_object(&parts.stories, format!("flood-{}-{k}", draw() % 1000).as_str(), ObjType::Map)
+                {
+                    let _ = am.put(&o, "title", "flood");
+                    let _ = am.put(&o, "state", r#"{"stage":"backlog","token":0}"#);
+                }
+            }
+        }
+        (10, _) if draw() % 4 == 0 => {
+            let _ = am.delete(automerge::ROOT, ["stories", "nodes"][(draw() % 2) as usize]);
+        }
+        _ => {
+            let _ = am.put(automerge::ROOT, "settings", scalar);
+        }
+    }
+}
+
+/// A Byzantine node writes random hostile values, then dies. The honest
+/// nodes never panic (their invariants run after every input), finish
+/// every story, and agree. `HUSKIES_BYZANTINE_SEEDS=n` runs more seeds.
+#[test]
+fn byzantine_writes_never_panic_and_the_work_finishes() {
+    let seeds: u64 = std::env::var("HUSKIES_BYZANTINE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+    let base: u64 = std::env::var("HUSKIES_BYZANTINE_SEED_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    for seed in base..base + seeds {
+        let result = std::panic::catch_unwind(|| byzantine_seed(seed));
+        if let Err(e) = result {
+            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+            panic!(
+                "byzantine seed {seed} failed: {}\nreplay: HUSKIES_BYZANTINE_SEED_BASE={seed} HUSKIES_BYZANTINE_SEEDS=1 cargo test -p huskies-engine --test hostile_doc byzantine",
+                msg.unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn byzantine_seed(seed: u64) {
+    let mut c = Harness::new(2, seed, fast_config());
+    c.run_for(2_000);
+    let stories = c.add_stories(0, 8, Stage::Current);
+    let mut n = 0u64;
+    let mut draw = move || {
+        n += 1;
+        huskies_engine::hash::stable_hash(&[b"byzantine", &seed.to_be_bytes(), &n.to_be_bytes()])
+    };
+    for _ in 0..6 {
+        c.run_for(100 + draw() % 400);
+        let attacks = 1 + draw() % 4;
+        let mut d = draw();
+        let mut sub = move || {
+            d = huskies_engine::hash::stable_hash(&[&d.to_be_bytes()]);
+            d
+        };
+        hostile(&mut c, |am, parts| {
+            for _ in 0..attacks {
+                random_attack(am, parts, &stories, &mut sub);
+            }
+        });
+    }
+    // The hostile node dies; its claims are reclaimed.
+    c.crash(2);
+    c.run_until_settled(600_000).unwrap_or_else(|| panic!("seed {seed}: the honest nodes did not settle"));
+    for i in [0, 1] {
+        all_done(&mut c, &stories, i);
+    }
+}
