@@ -244,7 +244,7 @@ fn random_attack(
                 }
             }
         }
-        (10, _) if draw() % 4 == 0 => {
+        (10, _) if draw().is_multiple_of(4) => {
             let _ = am.delete(automerge::ROOT, ["stories", "nodes"][(draw() % 2) as usize]);
         }
         _ => {
