@@ -64,6 +64,10 @@ pub struct Config {
     /// Sustained messages per second one peer may send (bursts of twice
     /// that are allowed).
     pub peer_messages_per_sec: u64,
+    /// Bytes of sync messages a peer may send while the document holds
+    /// changes whose dependencies are missing; past it the peer is refused
+    /// and those changes dropped.
+    pub max_held_bytes: u64,
     /// This node's key, its certificate and the cluster CA to check peers
     /// against. `None` gives dev credentials derived from the node id (see
     /// `identity.rs`): for tests and simulations only.
@@ -121,6 +125,7 @@ impl Default for Config {
             max_inflated_bytes: 64 << 20,
             peer_bytes_per_sec: 16 << 20,
             peer_messages_per_sec: 2_000,
+            max_held_bytes: 64 << 20,
             credentials: None,
             max_returns: 5,
             land_batch: 4,
@@ -153,6 +158,7 @@ impl Config {
             ("max_peers", self.max_peers as u64),
             ("peer_bytes_per_sec", self.peer_bytes_per_sec),
             ("peer_messages_per_sec", self.peer_messages_per_sec),
+            ("max_held_bytes", self.max_held_bytes),
             ("land_batch", self.land_batch as u64),
             ("max_returns", u64::from(self.max_returns)),
         ] {

@@ -116,7 +116,7 @@ impl Engine {
 
     /// Replaces the in-memory document by one loaded from the persisted
     /// copy; true when its heads equal `expected`.
-    fn rebuild_document(&mut self, expected: &[automerge::ChangeHash]) -> bool {
+    pub(crate) fn rebuild_document(&mut self, expected: &[automerge::ChangeHash]) -> bool {
         let (actor, persisted) = (self.actor.clone(), &self.persisted);
         let mut doc = match catch_unwind(AssertUnwindSafe(|| Doc::load(actor, persisted))) {
             Ok(Ok(doc)) => doc,

@@ -184,6 +184,12 @@ impl Engine {
         ActorId::from(bytes)
     }
 
+    /// Changes held for dependencies that have not arrived (their missing
+    /// ancestors), for tests and diagnostics.
+    pub fn missing_deps_held(&mut self) -> usize {
+        self.doc.automerge().get_missing_deps(&[]).len()
+    }
+
     /// Whether a peer cut this document's root maps off (schema.rs); the
     /// server's next epoch mends it.
     pub fn root_damaged(&self) -> bool {

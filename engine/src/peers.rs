@@ -54,6 +54,7 @@ impl Engine {
                 sync: sync::State::new(),
                 next_sync_at: self.now,
                 budget,
+                held_bytes: 0,
             },
         );
         let epoch = self.doc.epoch();
@@ -206,6 +207,27 @@ impl Engine {
             Some(Some(Ok(()))) => {}
             Some(Some(Err(e))) => return self.reject(conn, RejectKind::Sync, format!("sync message rejected: {e}")),
             Some(None) | None => return,
+        }
+        // Changes whose dependencies never arrive wait in Automerge's
+        // queue, in memory, for ever: an honest peer's gap closes within a
+        // round or two (a bloom filter's false positive), a hostile one's
+        // never does. Past the bound the peer is refused and the queue
+        // dropped (the document reloads from what is persisted, which
+        // holds everything but this message).
+        let holding = !self.doc.automerge().get_missing_deps(&[]).is_empty();
+        let max_held = self.config.max_held_bytes;
+        let held = self.peers.conn_mut(conn).map_or(0, |c| {
+            c.held_bytes = if holding { c.held_bytes.saturating_add(raw.len() as u64) } else { 0 };
+            c.held_bytes
+        });
+        if held > max_held {
+            let expected = self.persisted_heads.clone();
+            self.rebuild_document(&expected);
+            return self.reject(
+                conn,
+                RejectKind::Budget,
+                format!("{held} bytes of changes whose dependencies never came (the bound is {max_held})"),
+            );
         }
         if self.doc.heads() != heads_before {
             self.dirty = true;

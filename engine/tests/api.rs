@@ -584,3 +584,53 @@ fn epoch_messages_are_checked_and_never_amplified() {
     assert!(rejected(&drain(&mut e), ConnId(4)));
     assert_eq!(e.stories().count(), 12, "every story is still there");
 }
+
+/// The issue-21 flood: changes whose first ancestor never comes wait in
+/// Automerge's queue for ever. Past `max_held_bytes` the peer is refused
+/// and the queue dropped; the good peer stays and nothing of ours is lost.
+#[test]
+fn changes_whose_ancestor_never_comes_are_bounded() {
+    use automerge::transaction::Transactable;
+    let config = Config { max_held_bytes: 1 << 20, ..Config::default() };
+    let mut e = Engine::new(config, NodeId::new("me").unwrap(), 1, Millis(0));
+    e.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut e);
+    let add = huskies_engine::NewStory {
+        id: Some(StoryId::new("kept").unwrap()),
+        title: "kept".into(),
+        stage: Stage::Backlog,
+        body: String::new(),
+        priority: 0,
+        created_ms: 0,
+    };
+    e.handle(Millis(1), Input::Command { id: CommandId(1), command: Command::AddStory(add) });
+    drain(&mut e);
+    handshake(&mut e, ConnId(1), "good");
+    handshake(&mut e, ConnId(2), "mallory");
+    // A chain whose first change we never send.
+    #[allow(clippy::disallowed_methods)] // a test's own document
+    let mut am = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(b"mallory\0\x01".to_vec()));
+    am.put(automerge::ROOT, "root-of-the-chain", 1).unwrap();
+    am.commit();
+    let mut sent = 0;
+    let mut refused_at = None;
+    for i in 0..64 {
+        am.put(automerge::ROOT, "padding", "x".repeat(64 << 10)).unwrap();
+        am.commit();
+        let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let msg = huskies_engine::hostile::with_change(&change);
+        sent += msg.len();
+        e.handle(Millis(10 + i), Input::PeerMessage { conn: ConnId(2), bytes: Envelope::Sync(msg).encode() });
+        let outs = drain(&mut e);
+        if rejected(&outs, ConnId(2)) {
+            assert!(reason(&outs).contains("whose dependencies never came"), "{}", reason(&outs));
+            refused_at = Some(sent);
+            break;
+        }
+    }
+    let at = refused_at.expect("the held changes are bounded");
+    assert!(((1 << 20)..(1 << 20) + (128 << 10)).contains(&at), "refused past 1 MiB: {at}");
+    assert_eq!(e.peer_count(), 1, "the good peer stays");
+    assert!(e.story(&StoryId::new("kept").unwrap()).is_some(), "nothing of ours was lost");
+    assert!(e.missing_deps_held() == 0, "the queue was dropped");
+}

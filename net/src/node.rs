@@ -729,16 +729,17 @@ impl NodeLoop {
                 }
             })
             .collect();
+        let costs = crate::costs::Costs::of(&mut self.engine);
         Board {
             node: me.to_string(),
             is_server: self.opts.is_server,
             stages: huskies_engine::Stage::ALL.iter().map(|s| s.to_string()).collect(),
-            stories: self.board_stories(),
+            stories: self.board_stories(&costs),
             nodes,
             connected: connected.iter().map(|n| n.to_string()).collect(),
             counters: self.metrics.counters(),
             queue: crate::queue::queue(&mut self.engine, &self.landed),
-            costs: crate::costs::Costs::of(&mut self.engine),
+            costs,
             runs: self.run_statuses(),
             refused: crate::status::Refused::of(&self.engine),
         }
@@ -746,8 +747,13 @@ impl NodeLoop {
 
     /// The board's stories with what each cost (its kept run records;
     /// not read for archived stories, which the board folds away).
-    fn board_stories(&mut self) -> Vec<StoryStatus> {
+    fn board_stories(&mut self, costs: &crate::costs::Costs) -> Vec<StoryStatus> {
         let mut stories: Vec<StoryStatus> = self.engine.stories().map(|(id, v)| StoryStatus::of(id, v)).collect();
+        // Run records are read only once some agent reported a cost: a
+        // cluster of plain commands pays nothing for the column.
+        if costs.lines.is_empty() {
+            return stories;
+        }
         let skip = [huskies_engine::Stage::Archived.as_str(), huskies_engine::Stage::Backlog.as_str()];
         for s in stories.iter_mut().filter(|s| !skip.contains(&s.stage.as_str())) {
             if let Ok(id) = huskies_engine::StoryId::new(&s.id) {

@@ -67,6 +67,10 @@ pub(crate) struct Conn {
     pub next_sync_at: Millis,
     /// What this peer may still send (bytes and messages per second).
     pub budget: crate::defence::PeerBudget,
+    /// Bytes of sync messages from this peer since the document last held
+    /// no change whose dependencies are missing (bounded by
+    /// `max_held_bytes`).
+    pub held_bytes: u64,
 }
 
 /// How a dial target waits after its conn ended.
