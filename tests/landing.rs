@@ -177,7 +177,10 @@ fn stories_land_on_main_through_conflicts_gate_failures_and_a_kill() {
 
     // Every commit master ever pointed at passes the gate's checks.
     let reflog = remote.reflog("refs/heads/master").unwrap();
-    assert!(reflog.len() >= 3, "landed in several pushes: {}", reflog.len());
+    // At least two: the stories sent back (the conflict, the broken gate)
+    // land after the others. Batching decides whether more pushes happen
+    // (a loaded CI machine once saw exactly two).
+    assert!(reflog.len() >= 2, "landed in several pushes: {}", reflog.len());
     for entry in reflog.iter() {
         let tree = remote.find_commit(entry.id_new()).unwrap().tree().unwrap();
         assert!(tree.get_path(Path::new("BROKEN")).is_err(), "master pointed at a broken tree");
