@@ -177,7 +177,7 @@ fn hostile_peer_cannot_stop_the_node() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut worst = Duration::ZERO;
     for (what, msg) in hostile::attacks() {
-        let frame = Envelope::Sync(msg).encode();
+        let frame = Envelope::Sync { sigs: Default::default(), message: msg }.encode();
         rt.block_on(async {
             let mut ws = mallory.connect(port).await.unwrap();
             ws.send(Message::Binary(frame.into())).await.unwrap();
@@ -191,7 +191,10 @@ fn hostile_peer_cannot_stop_the_node() {
     // A flood: four connections each sending 30 MiB frames as fast as the
     // socket takes them, while /healthz is timed.
     let flood = rt.spawn({
-        let frames: Vec<Vec<u8>> = hostile::attacks().into_iter().map(|(_, m)| Envelope::Sync(m).encode()).collect();
+        let frames: Vec<Vec<u8>> = hostile::attacks()
+            .into_iter()
+            .map(|(_, m)| Envelope::Sync { sigs: Default::default(), message: m }.encode())
+            .collect();
         let peer = hostile::Peer { hs: mallory.hs_clone() };
         async move {
             let mut sent = 0usize;

@@ -58,10 +58,12 @@ pub fn engine_from(bytes: &[u8], name: &str, capacity: u32) -> Engine {
     e
 }
 
-/// A raw Automerge replica loaded from `bytes`, writing as `actor`.
+/// A raw Automerge replica loaded from `bytes`, writing as node `actor`
+/// (its actor is the name and a zero byte, as an engine's, so an engine
+/// believes the changes it signs: see [`sync_with_engine`]).
 pub fn raw_from(bytes: &[u8], actor: &str) -> AutoCommit {
     let mut d = AutoCommit::load(bytes).expect("fixture loads");
-    d.set_actor(ActorId::from(actor.as_bytes()));
+    d.set_actor(ActorId::from([actor.as_bytes(), &[0]].concat()));
     d
 }
 
@@ -122,7 +124,10 @@ pub fn sync_with_engine(peer: &mut AutoCommit, state: &mut sync::State, e: &mut 
         let msg = peer.sync().generate_sync_message(state);
         let sent = msg.is_some();
         if let Some(m) = msg {
-            let bytes = Envelope::Sync(m.encode()).encode();
+            // Signed as an honest peer signs: by the node its actor names.
+            let actor = peer.get_actor().to_bytes().to_vec();
+            let name = node(std::str::from_utf8(actor.split(|b| *b == 0).next().unwrap_or(&[])).expect("utf-8"));
+            let bytes = huskies_engine::testkit::signed_sync(&name, &Credentials::dev(&name), m);
             x.bytes_to_engine += bytes.len();
             e.handle(Millis(0), Input::PeerMessage { conn, bytes });
             x.round_trips += 1;
@@ -131,7 +136,7 @@ pub fn sync_with_engine(peer: &mut AutoCommit, state: &mut sync::State, e: &mut 
         for out in drain(e) {
             if let Output::Send { conn: c, bytes } = out
                 && c == conn
-                && let Ok(Envelope::Sync(raw)) = Envelope::decode(&bytes, usize::MAX)
+                && let Ok(Envelope::Sync { message: raw, .. }) = Envelope::decode(&bytes, usize::MAX)
             {
                 x.bytes_from_engine += bytes.len();
                 let m = sync::Message::decode(&raw).expect("engine sends valid sync messages");

@@ -26,7 +26,9 @@ impl ColdDoc {
     /// `None` when the bytes do not load (a damaged archive is skipped,
     /// not fatal: the story may be in another).
     pub fn open(bytes: &[u8]) -> Option<ColdDoc> {
-        let loaded = std::panic::catch_unwind(|| Doc::load(ActorId::from(b"huskies-cold-reader".to_vec()), bytes));
+        // Storage interleaves signature blocks with the document's chunks.
+        let chunks = crate::guard::split_stored(bytes, 1 << 40).chunks;
+        let loaded = std::panic::catch_unwind(|| Doc::load(ActorId::from(b"huskies-cold-reader".to_vec()), &chunks));
         Some(ColdDoc { doc: loaded.ok()?.ok()? })
     }
 

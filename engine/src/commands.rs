@@ -106,6 +106,10 @@ impl Engine {
     /// A tombstone at the next token: the holder's run is fenced and, on
     /// every node that reads it, stopped.
     fn remove_story(&mut self, id: StoryId) -> Result<Reply, CommandError> {
+        // A removal by anyone else is refused on read (schema.rs).
+        if !self.signs_as_admin() {
+            return Err(CommandError::RemoveOnServer);
+        }
         let view = self.live_story(&id)?;
         let state = StoryState { token: view.state.token.next(), holder: None, removed: true, ..view.state.clone() };
         let token = state.token;

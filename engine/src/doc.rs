@@ -17,6 +17,9 @@ use crate::schema::Refusal;
 use crate::story::StoryState;
 use crate::{NodeId, StoryId};
 
+/// Who wrote an op (signing.rs), for the schema's writer rules.
+pub type Auth<'a> = &'a dyn Fn(&ObjId) -> crate::schema::Writer;
+
 const GENESIS_ACTOR: &[u8] = b"huskies-genesis";
 /// Root keys of an epoch's base (see `epoch.rs`): its number, the clocks of
 /// the documents it was cut from, the stories archived at recent cuts, and
@@ -250,17 +253,28 @@ impl Doc {
     }
 
     /// Reads every story and node. Leaves the patch log alone.
+    /// Every story and node, each writer taken for the admin (cold
+    /// storage and tests; the engine reads with [`Doc::read_all_as`]).
     pub fn read_all(&mut self) -> (BTreeMap<StoryId, StoryView>, BTreeMap<NodeId, NodeRecord>, Unreadable) {
+        self.read_all_as(&|_| crate::schema::Writer::Admin)
+    }
+
+    /// Every story and node, values checked against what their writers
+    /// may write (`auth`: who wrote an op).
+    pub fn read_all_as(
+        &mut self,
+        auth: Auth<'_>,
+    ) -> (BTreeMap<StoryId, StoryView>, BTreeMap<NodeId, NodeRecord>, Unreadable) {
         let mut bad = Unreadable::default();
         let mut stories = BTreeMap::new();
         let keys: Vec<String> = self.am.keys(&self.stories_obj).collect();
         for key in keys {
             match StoryId::new(key.clone()) {
-                Ok(id) => match self.read_story(&id) {
-                    Some(v) => {
+                Ok(id) => match self.read_story_checked(&id, None, auth).0 {
+                    StoryRead::Valid(v) => {
                         stories.insert(id, v);
                     }
-                    None => bad.keys.push(format!("stories/{key}")),
+                    StoryRead::Absent | StoryRead::Refused(_) => bad.keys.push(format!("stories/{key}")),
                 },
                 Err(_) => bad.keys.push(format!("stories/{key}")),
             }
@@ -509,7 +523,7 @@ impl Doc {
     }
 
     pub fn read_story(&mut self, id: &StoryId) -> Option<StoryView> {
-        match self.read_story_checked(id, None).0 {
+        match self.read_story_checked(id, None, &|_| crate::schema::Writer::Admin).0 {
             StoryRead::Valid(v) => Some(v),
             StoryRead::Absent | StoryRead::Refused(_) => None,
         }
@@ -519,7 +533,12 @@ impl Doc {
     /// value that breaks it is refused whole and the story's last valid
     /// value of that field (`last`) stands; with none to fall back on,
     /// the story is refused. Every refusal is returned with its writer.
-    pub fn read_story_checked(&mut self, id: &StoryId, last: Option<&StoryView>) -> (StoryRead, Vec<Refusal>) {
+    pub fn read_story_checked(
+        &mut self,
+        id: &StoryId,
+        last: Option<&StoryView>,
+        auth: Auth<'_>,
+    ) -> (StoryRead, Vec<Refusal>) {
         let mut refused = Vec::new();
         let refusal = |field: &str, what: String, op: Option<&ObjId>| {
             let key = if field.is_empty() { format!("stories/{id}") } else { format!("stories/{id}/{field}") };
@@ -570,6 +589,12 @@ impl Doc {
             let checked = decoded.and_then(|s| match crate::schema::state_out_of_reach(&s, last_token) {
                 Some(why) => Err(why),
                 None => Ok(s),
+            });
+            let checked = checked.and_then(|s| {
+                match crate::schema::state_not_authorized(&s, last.map(|l| &l.state), &auth(&op)) {
+                    Some(why) => Err(why),
+                    None => Ok(s),
+                }
             });
             match checked {
                 Ok(s) => valid.push(s),

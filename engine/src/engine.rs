@@ -92,6 +92,11 @@ pub struct Engine {
     pub(crate) held: VecDeque<(PersistSeq, Output)>,
     /// The base of our epoch, for peers still in an older one.
     pub(crate) base: Option<crate::epoch::EpochBase>,
+    /// Signatures of the changes of our epoch (`signing.rs`).
+    pub(crate) sigs: crate::signing::Signatures,
+    /// At the server: a new epoch is due whatever the peers hold (after a
+    /// revocation, or over history that is not all signed).
+    pub(crate) cut_wanted: bool,
     /// Set while the index is rebuilt from a replaced document: a story's
     /// state may then legitimately differ from anything it was.
     pub(crate) reindexing: bool,
@@ -160,6 +165,8 @@ impl Engine {
             held: VecDeque::new(),
             base: None,
             reindexing: false,
+            sigs: Default::default(),
+            cut_wanted: false,
         }
     }
 
@@ -254,7 +261,7 @@ impl Engine {
             self.load_stored(bytes);
         }
         assert!(self.index.len() == 0, "the index is built once, from storage");
-        let (stories, nodes, bad) = self.doc.read_all();
+        let (stories, nodes, bad) = self.read_all();
         self.doc.skip_touched();
         for (id, rec) in nodes {
             self.learn_node(id, rec);
@@ -287,7 +294,7 @@ impl Engine {
         // by anyone with access to the data dir), with a larger inflation
         // budget: a whole document is stored, not one message.
         let budget = self.config.max_inflated_bytes.saturating_mul(16);
-        let (good, refused) = crate::guard::valid_chunks(bytes, budget);
+        let crate::guard::Stored { chunks: good, sig_blocks, refused } = crate::guard::split_stored(bytes, budget);
         assert!(good.len() <= bytes.len(), "valid chunks are a prefix of what was stored");
         if let Some(e) = refused {
             let error = format!("stored chunk refused after {} good bytes: {e}", good.len());
@@ -331,6 +338,11 @@ impl Engine {
             }
         }
         self.base = self.read_base();
+        // History that is not all signed cannot be served to a peer that
+        // lacks it: the server moves everyone past it.
+        if self.load_signatures(&sig_blocks) {
+            self.cut_wanted = true;
+        }
         if self.base.is_none() && self.doc.epoch() > 0 {
             // Damaged storage: we cannot serve our epoch's base to peers
             // behind us (the server and other peers still can).
@@ -430,12 +442,16 @@ impl Engine {
         self.durable < self.persist_seq
     }
 
-    /// Emits a `Persist` and keeps the copy that recovery reloads.
-    pub(crate) fn persist(&mut self, kind: PersistKind, bytes: Vec<u8>) {
+    /// Emits a `Persist` and keeps the copy that recovery reloads. The
+    /// signatures of what it covers go with it (`signing.rs`); a snapshot
+    /// carries all of the epoch's.
+    pub(crate) fn persist(&mut self, kind: PersistKind, mut bytes: Vec<u8>) {
         match kind {
             PersistKind::Snapshot | PersistKind::Epoch { .. } => self.persisted.clone_from(&bytes),
             PersistKind::Append => self.persisted.extend_from_slice(&bytes),
         }
+        self.sign_new_changes();
+        bytes.extend(self.sigs.take_block(!matches!(kind, PersistKind::Append)));
         self.persisted_heads = self.doc.heads();
         self.persisted_heads.sort();
         self.persist_seq = PersistSeq(self.persist_seq.0 + 1);
@@ -519,7 +535,7 @@ impl Engine {
     /// their runs and are forgotten; a story's state may differ from
     /// anything it was, so the token check is off meanwhile.
     pub(crate) fn reindex(&mut self) {
-        let (stories, nodes, _) = self.doc.read_all();
+        let (stories, nodes, _) = self.read_all();
         self.doc.skip_touched();
         for (id, rec) in nodes {
             self.learn_node(id, rec);
@@ -557,7 +573,7 @@ impl Engine {
         stories.extend(self.index.conflicted().cloned());
         for id in stories {
             let known = self.index.story(&id).cloned();
-            let (read, refused) = self.doc.read_story_checked(&id, known.as_ref());
+            let (read, refused) = self.read_story_checked(&id, known.as_ref());
             for r in refused {
                 self.refuse(r);
             }

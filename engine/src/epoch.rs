@@ -216,7 +216,9 @@ impl Engine {
         }
         // A peer cut the root maps off (schema.rs): a new epoch puts fresh
         // ones in place, built from our index, as soon as we are not alone.
-        let damaged = self.doc.root_damaged();
+        // So is one after a revocation (its base leaves the revoked node's
+        // history behind, signing.rs) or over unsigned history.
+        let damaged = self.doc.root_damaged() || self.cut_wanted;
         if limit == 0 && !damaged {
             return;
         }
@@ -396,6 +398,10 @@ impl Engine {
         }
         let before: BTreeSet<StoryId> = self.index.story_ids().cloned().collect();
         self.doc = new;
+        // The old history and its signatures stay behind; the base is the
+        // CA's, and what we write on top of it is signed as we persist.
+        self.sigs.clear_history();
+        self.cut_wanted = false;
         self.base = Some(base.clone());
         self.reindex();
         self.write_own_record();

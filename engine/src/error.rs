@@ -51,6 +51,10 @@ pub enum CommandError {
     UnknownNode(crate::NodeId),
     #[error("only the server, which holds the cluster CA key, can revoke nodes or set cluster settings")]
     NotAuthority,
+    #[error(
+        "only the server removes stories: every other node refuses a removal written by an agent; run it against the server"
+    )]
+    RemoveOnServer,
     #[error("the certificate of {0} is not signed by this cluster's CA")]
     BadCertificate(crate::NodeId),
     #[error("node id {0} is reserved: huskies-* names are huskies' own writers (the genesis change, epoch bases)")]

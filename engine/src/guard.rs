@@ -307,19 +307,68 @@ fn check_document(body: &[u8], budget: &mut Budget) -> Result<(), GuardError> {
     Ok(())
 }
 
-/// Splits stored bytes into the chunks that pass the checks (returned
-/// concatenated) and a description of the first refused one. A bad chunk
-/// ends the scan: what follows it cannot be framed reliably.
-pub fn valid_chunks(bytes: &[u8], max_inflated: usize) -> (Vec<u8>, Option<GuardError>) {
+/// Marks a block of change signatures in stored bytes (`signing.rs`):
+/// storage holds Automerge chunks and these blocks interleaved, so one
+/// append writes a change and its signature together.
+pub const SIG_BLOCK_MAGIC: [u8; 4] = *b"HSIG";
+
+/// What stored bytes hold: Automerge chunks, signature blocks, and the
+/// first damage found.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// The Automerge chunks that pass the checks, concatenated.
+    pub chunks: Vec<u8>,
+    /// The bodies of the signature blocks, in order.
+    pub sig_blocks: Vec<Vec<u8>>,
+    /// Why the scan stopped early. A bad chunk ends it: what follows
+    /// cannot be framed reliably.
+    pub refused: Option<GuardError>,
+}
+
+/// Splits stored bytes into the Automerge chunks that pass the checks and
+/// the signature blocks between them.
+pub fn split_stored(bytes: &[u8], max_inflated: usize) -> Stored {
     let mut r = Reader::new(bytes);
     let mut budget = Budget { left: max_inflated, cap: max_inflated };
+    let mut out = Stored::default();
     while !r.is_empty() {
         let start = r.pos;
-        if let Err(e) = check_chunk(&mut r, &mut budget).and_then(|()| budget.spend(r.pos - start)) {
-            return (bytes[..start].to_vec(), Some(e));
+        if r.rest().starts_with(&SIG_BLOCK_MAGIC) {
+            let block = r.take(4).and_then(|_| r.take(4)).and_then(|len| {
+                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                r.take(len)
+            });
+            match block {
+                Ok(body) => {
+                    out.sig_blocks.push(body.to_vec());
+                    continue;
+                }
+                Err(e) => {
+                    out.refused = Some(e);
+                    break;
+                }
+            }
         }
+        if let Err(e) = check_chunk(&mut r, &mut budget).and_then(|()| budget.spend(r.pos - start)) {
+            out.refused = Some(e);
+            break;
+        }
+        out.chunks.extend_from_slice(&bytes[start..r.pos]);
     }
-    (bytes.to_vec(), None)
+    out
+}
+
+/// Frames a signature block for storage.
+pub fn sig_block(body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(body.len()).expect("a signature block under 4 GiB");
+    [SIG_BLOCK_MAGIC.as_slice(), &len.to_be_bytes(), body].concat()
+}
+
+/// The stored Automerge chunks that pass the checks (see [`split_stored`]),
+/// and a description of the first refused one.
+pub fn valid_chunks(bytes: &[u8], max_inflated: usize) -> (Vec<u8>, Option<GuardError>) {
+    let stored = split_stored(bytes, max_inflated);
+    (stored.chunks, stored.refused)
 }
 
 #[cfg(test)]
@@ -428,5 +477,12 @@ mod tests {
         let (kept, err) = valid_chunks(&torn, 64 << 20);
         assert_eq!(kept, bytes);
         assert!(matches!(err, Some(GuardError::Truncated(_))));
+        // Signature blocks between chunks are split off; a torn one ends
+        // the scan like a torn chunk.
+        let mixed = [sig_block(b"one").as_slice(), &bytes, &sig_block(b""), &sig_block(b"three")[..9]].concat();
+        let stored = split_stored(&mixed, 64 << 20);
+        assert_eq!(stored.chunks, bytes);
+        assert_eq!(stored.sig_blocks, vec![b"one".to_vec(), Vec::new()]);
+        assert!(matches!(stored.refused, Some(GuardError::Truncated(_))));
     }
 }

@@ -11,7 +11,10 @@
 //! - a heartbeat: `beat-v1 ‖ node ‖ 0 ‖ incarnation ‖ seq ‖ free slots`, by
 //!   its node, so no node can keep another alive;
 //! - a revocation: `revoke-v1 ‖ node ‖ 0 ‖ key`, by the CA; it lives in the
-//!   document and every node checks it.
+//!   document and every node checks it;
+//! - a change of the document: `change-v1 ‖ change hash`, by its author's
+//!   node key, or by the CA for the server's (`signing.rs`). The hash
+//!   covers the change's actor, so a signature binds the change to a node.
 //!
 //! Tests and simulations that give no credentials get dev credentials: keys
 //! derived from the node id and a CA whose secret is public (in this file).
@@ -27,6 +30,7 @@ const BEAT_CONTEXT: &[u8] = b"huskies-beat-v1\0";
 const REVOKE_CONTEXT: &[u8] = b"huskies-revoke-v1\0";
 const SETTINGS_CONTEXT: &[u8] = b"huskies-settings-v1\0";
 const EPOCH_CONTEXT: &[u8] = b"huskies-epoch-v1\0";
+const CHANGE_CONTEXT: &[u8] = b"huskies-change-v1\0";
 const DEV_CA_SEED: [u8; 32] = *b"huskies-dev-ca-not-for-real-use!";
 
 pub type PublicKey = [u8; 32];
@@ -227,6 +231,20 @@ pub(crate) fn sign_settings(ca_secret: &[u8; 32], json: &[u8]) -> Sig {
 
 pub(crate) fn verify_settings(ca: &PublicKey, json: &[u8], sig: &Sig) -> bool {
     verify(ca, &[SETTINGS_CONTEXT, json].concat(), sig)
+}
+
+fn change_message(hash: &[u8; 32]) -> Vec<u8> {
+    [CHANGE_CONTEXT, hash].concat()
+}
+
+/// Signs an Automerge change (by its hash) with `secret`.
+pub fn sign_change(secret: &[u8; 32], hash: &[u8; 32]) -> Sig {
+    SigningKey::from_bytes(secret).sign(&change_message(hash)).to_bytes()
+}
+
+/// Did `key` sign the change whose hash is `hash`?
+pub fn verify_change(key: &PublicKey, hash: &[u8; 32], sig: &Sig) -> bool {
+    verify(key, &change_message(hash), sig)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -102,6 +102,7 @@ mod peers;
 pub mod runs;
 pub mod schema;
 mod settings;
+mod signing;
 mod story;
 pub mod testkit;
 mod view;

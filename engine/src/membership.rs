@@ -99,6 +99,9 @@ impl Engine {
             // Sooner than the next scan: the revoked node's stories are
             // free for the taking now.
             self.next_scan_at = self.now;
+            // Peers that still lack some of its changes could never get
+            // them now (signing.rs): a new epoch leaves them behind.
+            self.cut_wanted = true;
         }
         let conns: Vec<_> = self
             .peers

@@ -10,6 +10,7 @@ use automerge::sync::{self, SyncDoc};
 use crate::hash::stable_hash;
 use crate::identity::{self, Cert};
 use crate::liveness::News;
+use crate::signing::Refused;
 use crate::wire::{Envelope, Heartbeat};
 use crate::{ConnId, Engine, Event, NodeId, Output, RejectKind};
 
@@ -109,7 +110,7 @@ impl Engine {
             _ if !established => {
                 self.reject(conn, RejectKind::Protocol, "message before the handshake completed".into())
             }
-            Envelope::Sync(raw) => self.handle_sync(conn, &raw),
+            Envelope::Sync { sigs, message } => self.handle_sync(conn, &sigs, &message),
             Envelope::Epoch { epoch, sig, base } => self.handle_epoch(conn, epoch, sig, base),
             Envelope::Heartbeats(beats) => {
                 for hb in beats {
@@ -182,7 +183,7 @@ impl Engine {
         }
     }
 
-    fn handle_sync(&mut self, conn: ConnId, raw: &[u8]) {
+    fn handle_sync(&mut self, conn: ConnId, sigs: &crate::wire::ChangeSigs, raw: &[u8]) {
         // A sync message of another epoch's document is not for ours: it
         // was in flight when one of us moved on. Dropped, not refused.
         if self.peers.conn(conn).and_then(|c| c.epoch) != Some(self.doc.epoch()) {
@@ -193,10 +194,27 @@ impl Engine {
         if let Err(e) = crate::guard::check_sync_message(raw, self.config.max_inflated_bytes) {
             return self.reject(conn, RejectKind::Sync, format!("sync message refused: {e}"));
         }
-        let msg = match self.shielded(conn, "decode", |_| sync::Message::decode(raw)) {
+        let mut msg = match self.shielded(conn, "decode", |_| sync::Message::decode(raw)) {
             Some(Ok(m)) => m,
             Some(Err(e)) => return self.reject(conn, RejectKind::Sync, format!("bad sync message: {e}")),
             None => return,
+        };
+        // Without the flags Automerge takes the peer for a v1 speaker and
+        // never sends it a whole document, whose changes could not be
+        // checked one by one (signing.rs).
+        msg.flags = None;
+        let checked = match self.check_sigs(&msg, sigs) {
+            Ok(checked) => checked,
+            Err(Refused::Peer(why)) => {
+                return self.reject(conn, RejectKind::Sync, format!("sync message refused: {why}"));
+            }
+            Err(Refused::Revoked(node)) => {
+                // It may hold the change from before the revocation: not
+                // its fault. The epoch the server cuts leaves it behind.
+                self.sigs.revoked_dropped += 1;
+                tracing::debug!(node = %self.node, conn = conn.0, revoked = %node, "sync message with a revoked node's change dropped");
+                return;
+            }
         };
         let heads_before = self.doc.heads();
         let received = self.shielded(conn, "receive_sync_message", |engine| {
@@ -204,7 +222,7 @@ impl Engine {
             Some(engine.doc.automerge().sync().receive_sync_message(&mut c.sync, msg))
         });
         match received {
-            Some(Some(Ok(()))) => {}
+            Some(Some(Ok(()))) => self.keep_sigs(checked),
             Some(Some(Err(e))) => return self.reject(conn, RejectKind::Sync, format!("sync message rejected: {e}")),
             Some(None) | None => return,
         }
@@ -267,6 +285,9 @@ impl Engine {
             return;
         }
         c.next_sync_at = now.saturating_add_ms(interval);
+        // What we send must carry its signatures: changes made in this
+        // input are signed here if the persist has not done it yet.
+        self.sign_new_changes();
         // The peer's last message shaped this sync state (its bloom filter
         // is probed here): a panic is that peer's doing.
         let generated = self.shielded(conn, "generate_sync_message", |engine| {
@@ -274,7 +295,8 @@ impl Engine {
             engine.doc.automerge().sync().generate_sync_message(&mut c.sync)
         });
         if let Some(msg) = generated.flatten() {
-            let bytes = Envelope::Sync(msg.encode()).encode();
+            let sigs = self.sigs_for(&msg);
+            let bytes = Envelope::Sync { sigs, message: msg.encode() }.encode();
             self.release(Output::Send { conn, bytes });
         }
     }

@@ -96,6 +96,40 @@ pub fn kind_of(v: &Value<'_>) -> &'static str {
 /// honest node's: far past any `max_attempts` or `max_returns`.
 pub const MAX_STATE_COUNT: u32 = 1 << 16;
 
+/// Who wrote a value, as far as the signatures prove (signing.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writer {
+    /// The server (its changes are signed with the CA's key), an epoch's
+    /// base (signed by the CA) or the genesis.
+    Admin,
+    /// A node, proven by its certified key.
+    Node(crate::NodeId),
+    /// An actor that names no node (refused at the door: not reached).
+    Unknown,
+}
+
+/// Why `writer` may not write state `s` over the story's last valid one,
+/// if it may not. A node writes only its own claims and what follows
+/// from them; a removal is a user command, which only the server runs.
+pub fn state_not_authorized(
+    s: &crate::story::StoryState,
+    last: Option<&crate::story::StoryState>,
+    writer: &Writer,
+) -> Option<String> {
+    let node = match writer {
+        Writer::Admin => return None,
+        Writer::Unknown => return Some("written by an actor that names no node".into()),
+        Writer::Node(n) => n,
+    };
+    if s.removed && !last.is_some_and(|l| l.removed) {
+        return Some("a removal, which only the server may write".into());
+    }
+    match &s.holder {
+        Some(h) if h != node => Some(format!("a claim in the name of {h}")),
+        _ => None,
+    }
+}
+
 /// Why a state that parsed is still out of reach, if it is: its token
 /// against the story's last valid one (`None`: first seen), its counts,
 /// the length of its reason.

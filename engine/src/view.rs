@@ -97,6 +97,21 @@ impl Engine {
         h
     }
 
+    /// Whether the document holds the change `hash` (applied, not queued).
+    pub fn has_change(&mut self, hash: &automerge::ChangeHash) -> bool {
+        self.doc.automerge().get_change_meta_by_hash(hash).is_some()
+    }
+
+    /// How many changes of this epoch we hold a signature of (signing.rs).
+    pub fn signed_changes(&self) -> usize {
+        self.sigs.len()
+    }
+
+    /// Sync messages not applied because they held a revoked node's change.
+    pub fn revoked_changes_dropped(&self) -> u64 {
+        self.sigs.revoked_dropped
+    }
+
     /// A full save of the document (for size checks and snapshots).
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.automerge().save()
@@ -115,7 +130,7 @@ impl Engine {
         let mut drift = Vec::new();
         for id in ids {
             let known = self.index.story(&id).cloned();
-            match (self.doc.read_story_checked(&id, known.as_ref()).0, known) {
+            match (self.read_story_checked(&id, known.as_ref()).0, known) {
                 (crate::doc::StoryRead::Valid(v), Some(k)) if v == k => {}
                 (crate::doc::StoryRead::Absent | crate::doc::StoryRead::Refused(_), _) => {}
                 _ => drift.push(id),

@@ -8,14 +8,18 @@
 //! epoch       u64 epoch, 64-byte CA signature, then the epoch's base
 //!             change (an Automerge change chunk)
 //! auth        64-byte signature proving the key (see `identity.rs`)
-//! sync        the rest is an Automerge sync message
+//! sync        u16 count of certificates, each: u8 len, node id, 32-byte
+//!             key, 64-byte CA signature; u32 count of change signatures
+//!             (one per change chunk of the message, in order), each: u16
+//!             signer (index into the certificates, 0xffff the CA, 0xfffe
+//!             none), 64-byte signature; then the Automerge sync message
 //! heartbeats  u16 count (1..=MAX_HEARTBEATS), then per beat: u8 len, node
 //!             id, u64 incarnation, u64 seq, u32 free slots (big endian),
 //!             64-byte signature by the beat's node
 //! ```
 //!
-//! Versions 1 (unsigned hellos and beats) and 2 (one document forever, no
-//! epochs) are refused with a clear error.
+//! Versions 1 (unsigned hellos and beats), 2 (one document forever, no
+//! epochs) and 3 (unsigned changes) are refused with a clear error.
 //!
 //! Every length is checked before it is used; decoding never panics.
 
@@ -24,7 +28,7 @@ use thiserror::Error;
 use crate::NodeId;
 use crate::identity::{Cert, Sig};
 
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 const KIND_HELLO: u8 = 1;
 const KIND_SYNC: u8 = 2;
@@ -34,6 +38,31 @@ const KIND_EPOCH: u8 = 5;
 
 /// Most beats one envelope may carry (one per node of a large fleet).
 pub const MAX_HEARTBEATS: usize = 4_096;
+/// Most certificates one sync envelope may carry (one per author).
+pub const MAX_CERTS: usize = 4_096;
+
+/// Who signed a change (see `signing.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Signer {
+    /// The node key of the certificate at this index of the envelope.
+    Cert(u16),
+    /// The cluster CA (the server signs with it: its writes are the admin's).
+    Ca,
+    /// Unsigned: only for a change the receiver already holds (a base).
+    None,
+}
+
+const SIGNER_CA: u16 = 0xffff;
+const SIGNER_NONE: u16 = 0xfffe;
+
+/// The signatures that travel beside the changes of one sync message.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct ChangeSigs {
+    /// Certificates of the authors the signatures name.
+    pub certs: Vec<(NodeId, Cert)>,
+    /// One per change chunk of the message, in order.
+    pub sigs: Vec<(Signer, Sig)>,
+}
 
 /// One liveness beat of `node`, relayed by everyone who hears it first.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -59,16 +88,11 @@ pub enum Envelope {
         epoch: u64,
     },
     /// An epoch's base, signed by the CA, for a peer still in an older one.
-    Epoch {
-        epoch: u64,
-        sig: Sig,
-        base: Vec<u8>,
-    },
+    Epoch { epoch: u64, sig: Sig, base: Vec<u8> },
     /// Answer to the peer's hello: proof we hold the certified key.
-    Auth {
-        sig: Sig,
-    },
-    Sync(Vec<u8>),
+    Auth { sig: Sig },
+    /// An Automerge sync message and the signatures of its changes.
+    Sync { sigs: ChangeSigs, message: Vec<u8> },
     /// Our own beat and the beats we relay, batched per interval.
     Heartbeats(Vec<Heartbeat>),
 }
@@ -90,6 +114,10 @@ pub enum WireError {
     BadNode(#[from] crate::IdError),
     #[error("heartbeat batch of {0} entries (allowed: 1 to {MAX_HEARTBEATS})")]
     BatchSize(usize),
+    #[error("{what}: {count} entries exceed the cap of {max}")]
+    TooMany { what: &'static str, count: usize, max: usize },
+    #[error("a change signature names certificate {0}, which the envelope lacks")]
+    NoSuchCert(u16),
     #[error("{0} trailing bytes after the message")]
     Trailing(usize),
 }
@@ -117,10 +145,30 @@ impl Envelope {
                 out.push(KIND_AUTH);
                 out.extend_from_slice(sig);
             }
-            Envelope::Sync(bytes) => {
-                out.reserve(bytes.len());
+            Envelope::Sync { sigs, message } => {
+                assert!(sigs.certs.len() <= MAX_CERTS && sigs.sigs.len() <= crate::guard::MAX_CHANGES);
+                out.reserve(message.len() + sigs.certs.len() * 97 + sigs.sigs.len() * 66 + 8);
                 out.push(KIND_SYNC);
-                out.extend_from_slice(bytes);
+                out.extend_from_slice(&(sigs.certs.len() as u16).to_be_bytes());
+                for (node, cert) in &sigs.certs {
+                    put_id(&mut out, node);
+                    out.extend_from_slice(&cert.key);
+                    out.extend_from_slice(&cert.sig);
+                }
+                out.extend_from_slice(&(sigs.sigs.len() as u32).to_be_bytes());
+                for (signer, sig) in &sigs.sigs {
+                    let code = match *signer {
+                        Signer::Cert(i) => {
+                            assert!(usize::from(i) < sigs.certs.len(), "a signer names a certificate we send");
+                            i
+                        }
+                        Signer::Ca => SIGNER_CA,
+                        Signer::None => SIGNER_NONE,
+                    };
+                    out.extend_from_slice(&code.to_be_bytes());
+                    out.extend_from_slice(sig);
+                }
+                out.extend_from_slice(message);
             }
             Envelope::Heartbeats(beats) => {
                 assert!((1..=MAX_HEARTBEATS).contains(&beats.len()));
@@ -159,7 +207,32 @@ impl Envelope {
                 return Ok(Envelope::Epoch { epoch, sig, base: r.0.to_vec() });
             }
             KIND_AUTH => Envelope::Auth { sig: r.array()? },
-            KIND_SYNC => return Ok(Envelope::Sync(r.0.to_vec())),
+            KIND_SYNC => {
+                let certs_len = usize::from(u16::from_be_bytes(r.array()?));
+                if certs_len > MAX_CERTS {
+                    return Err(WireError::TooMany { what: "certificates", count: certs_len, max: MAX_CERTS });
+                }
+                let mut certs = Vec::with_capacity(certs_len);
+                for _ in 0..certs_len {
+                    certs.push((r.id()?, Cert { key: r.array()?, sig: r.array()? }));
+                }
+                let sigs_len = u32::from_be_bytes(r.array()?) as usize;
+                let max = crate::guard::MAX_CHANGES;
+                if sigs_len > max || sigs_len.saturating_mul(66) > r.0.len() {
+                    return Err(WireError::TooMany { what: "change signatures", count: sigs_len, max });
+                }
+                let mut sigs = Vec::with_capacity(sigs_len);
+                for _ in 0..sigs_len {
+                    let signer = match u16::from_be_bytes(r.array()?) {
+                        SIGNER_CA => Signer::Ca,
+                        SIGNER_NONE => Signer::None,
+                        i if usize::from(i) < certs.len() => Signer::Cert(i),
+                        i => return Err(WireError::NoSuchCert(i)),
+                    };
+                    sigs.push((signer, r.array()?));
+                }
+                return Ok(Envelope::Sync { sigs: ChangeSigs { certs, sigs }, message: r.0.to_vec() });
+            }
             KIND_HEARTBEAT => {
                 let count = usize::from(u16::from_be_bytes(r.array()?));
                 if !(1..=MAX_HEARTBEATS).contains(&count) {
@@ -243,7 +316,14 @@ mod tests {
             },
             Envelope::Epoch { epoch: u64::MAX, sig: [8; 64], base: vec![0x85, 0x6f, 0x4a, 0x83] },
             Envelope::Auth { sig: [6; 64] },
-            Envelope::Sync(vec![1, 2, 3]),
+            Envelope::Sync { sigs: ChangeSigs::default(), message: vec![1, 2, 3] },
+            Envelope::Sync {
+                sigs: ChangeSigs {
+                    certs: vec![(node("a"), Cert { key: [1; 32], sig: [2; 64] })],
+                    sigs: vec![(Signer::Cert(0), [3; 64]), (Signer::Ca, [4; 64]), (Signer::None, [0; 64])],
+                },
+                message: vec![0x42],
+            },
             Envelope::Heartbeats(vec![
                 Heartbeat { node: node("n"), incarnation: 7, seq: u64::MAX, free_slots: 2, sig: [1; 64] },
                 Heartbeat { node: node("m"), incarnation: 1, seq: 3, free_slots: 0, sig: [2; 64] },
@@ -261,18 +341,26 @@ mod tests {
         assert_eq!(Envelope::decode(&[2, 4, 1, b'a'], 100), Err(WireError::Version(2)), "v2 peers are refused");
         assert_eq!(
             WireError::Version(2).to_string(),
-            "protocol version 2 is not supported (this node speaks 3)",
+            "protocol version 2 is not supported (this node speaks 4)",
             "an old peer is told why"
         );
-        assert_eq!(Envelope::decode(&[3, 77], 100), Err(WireError::Kind(77)));
-        assert_eq!(Envelope::decode(&[3, 1, 5, b'a'], 100), Err(WireError::Truncated));
-        assert_eq!(Envelope::decode(&[3, 5, 0, 0], 100), Err(WireError::Truncated), "an epoch without its signature");
-        assert!(matches!(Envelope::decode(&[3, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
-        assert_eq!(Envelope::decode(&[3, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
+        assert_eq!(Envelope::decode(&[3, 2, 0x42], 100), Err(WireError::Version(3)), "unsigned changes are refused");
+        assert_eq!(Envelope::decode(&[4, 77], 100), Err(WireError::Kind(77)));
+        assert_eq!(Envelope::decode(&[4, 1, 5, b'a'], 100), Err(WireError::Truncated));
+        assert_eq!(Envelope::decode(&[4, 5, 0, 0], 100), Err(WireError::Truncated), "an epoch without its signature");
+        assert!(matches!(Envelope::decode(&[4, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
+        assert_eq!(Envelope::decode(&[4, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
+        // A signature naming a certificate that is not there.
+        assert_eq!(
+            Envelope::decode(&[[4, 2, 0, 0, 0, 0, 0, 1, 0, 3].as_slice(), &[0; 64]].concat(), 200),
+            Err(WireError::NoSuchCert(3))
+        );
+        // A signature count past what the bytes could hold.
+        assert!(matches!(Envelope::decode(&[4, 2, 0, 0, 0xff, 0xff, 0xff, 0xff], 100), Err(WireError::TooMany { .. })));
         let mut auth = Envelope::Auth { sig: [0; 64] }.encode();
         auth.push(0);
         assert_eq!(Envelope::decode(&auth, 100), Err(WireError::Trailing(1)));
-        assert_eq!(Envelope::decode(&[3, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
+        assert_eq!(Envelope::decode(&[4, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
         assert!(matches!(Envelope::decode(&[0; 200], 100), Err(WireError::TooLarge { .. })));
     }
 

@@ -9,51 +9,8 @@ use huskies_engine::{
     Stage, StoryId,
 };
 
-fn engine() -> Engine {
-    let mut e = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
-    e.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
-    drain(&mut e);
-    e
-}
-
-fn drain(e: &mut Engine) -> Vec<Output> {
-    e.drain_sync_persist()
-}
-
-fn peer(name: &str) -> PeerHandshake {
-    let node = NodeId::new(name).unwrap();
-    PeerHandshake { creds: Credentials::dev(&node), node, nonce: [9; 32] }
-}
-
-/// Connects `conn` and returns the engine's hello to it.
-fn connect(e: &mut Engine, conn: ConnId) -> Vec<u8> {
-    e.handle(Millis(1), Input::PeerConnected { conn });
-    drain(e)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Send { conn: c, bytes } if c == conn => Some(bytes),
-            _ => None,
-        })
-        .expect("the engine greets a new peer")
-}
-
-/// Connects `conn` and completes the handshake as the fake peer `name`.
-fn handshake(e: &mut Engine, conn: ConnId, name: &str) {
-    let theirs = connect(e, conn);
-    let p = peer(name);
-    e.handle(Millis(2), Input::PeerMessage { conn, bytes: p.hello() });
-    e.handle(Millis(2), Input::PeerMessage { conn, bytes: p.answer(&theirs).unwrap() });
-    let outs = drain(e);
-    assert!(
-        outs.iter().any(|o| matches!(o, Output::Event(Event::PeerUp { conn: c, .. }) if *c == conn)),
-        "handshake of {name} completes: {outs:?}"
-    );
-}
-
-fn rejected(outs: &[Output], conn: ConnId) -> bool {
-    outs.iter().any(|o| matches!(o, Output::HangUp { conn: c } if *c == conn))
-        && outs.iter().any(|o| matches!(o, Output::Event(Event::PeerRejected { conn: c, .. }) if *c == conn))
-}
+mod peer;
+use peer::{connect, drain, engine, handshake, peer, reason, rejected};
 
 #[test]
 fn malformed_peer_bytes_disconnect_only_that_peer() {
@@ -63,10 +20,21 @@ fn malformed_peer_bytes_disconnect_only_that_peer() {
     let hello = |n: &str| peer(n).hello();
     handshake(&mut e, good, "good");
     // Sync before hello, garbage, a corrupt sync message, a second hello.
-    e.handle(Millis(3), Input::PeerMessage { conn: bad, bytes: Envelope::Sync(vec![1, 2]).encode() });
+    e.handle(
+        Millis(3),
+        Input::PeerMessage {
+            conn: bad,
+            bytes: Envelope::Sync { sigs: Default::default(), message: vec![1, 2] }.encode(),
+        },
+    );
     assert!(rejected(&drain(&mut e), bad));
-    for (i, bytes) in
-        [vec![0xff; 10], Envelope::Sync(vec![0x42, 0, 1, 2, 3]).encode(), hello("good")].into_iter().enumerate()
+    for (i, bytes) in [
+        vec![0xff; 10],
+        Envelope::Sync { sigs: Default::default(), message: vec![0x42, 0, 1, 2, 3] }.encode(),
+        hello("good"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let conn = ConnId(10 + i as u64);
         if i > 0 {
@@ -224,7 +192,10 @@ fn hostile_sync_messages_are_refused_before_automerge() {
         let (name, msg, expect) = (attack.name, attack.message, attack.refusal);
         let conn = ConnId(10 + i as u64);
         handshake(&mut e, conn, &format!("bad{i}"));
-        e.handle(Millis(3), Input::PeerMessage { conn, bytes: Envelope::Sync(msg).encode() });
+        e.handle(
+            Millis(3),
+            Input::PeerMessage { conn, bytes: Envelope::Sync { sigs: Default::default(), message: msg }.encode() },
+        );
         let outs = drain(&mut e);
         assert!(rejected(&outs, conn), "{name}");
         let reason = outs.iter().find_map(|o| match o {
@@ -258,15 +229,6 @@ fn a_flooding_peer_runs_out_of_budget() {
     let n = refused_after.expect("the flood is cut off");
     assert!((3_000..=4_100).contains(&n), "the burst allowance is twice the per-second budget: {n}");
     assert_eq!(e.peer_count(), 1);
-}
-
-fn reason(outs: &[Output]) -> String {
-    outs.iter()
-        .find_map(|o| match o {
-            Output::Event(Event::PeerRejected { reason, .. }) => Some(reason.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// Hellos that name another node, carry a foreign CA's certificate or fail
@@ -620,7 +582,10 @@ fn changes_whose_ancestor_never_comes_are_bounded() {
         let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
         let msg = huskies_engine::hostile::with_change(&change);
         sent += msg.len();
-        e.handle(Millis(10 + i), Input::PeerMessage { conn: ConnId(2), bytes: Envelope::Sync(msg).encode() });
+        let mallory = NodeId::new("mallory").unwrap();
+        let m = automerge::sync::Message::decode(&msg).unwrap();
+        let bytes = huskies_engine::testkit::signed_sync(&mallory, &huskies_engine::Credentials::dev(&mallory), m);
+        e.handle(Millis(10 + i), Input::PeerMessage { conn: ConnId(2), bytes });
         let outs = drain(&mut e);
         if rejected(&outs, ConnId(2)) {
             assert!(reason(&outs).contains("whose dependencies never came"), "{}", reason(&outs));

@@ -63,6 +63,58 @@ fn a_token_past_any_claim_is_refused_and_the_story_goes_on() {
     }
 }
 
+/// The table's second row: `removed: true` on every story at a higher
+/// token was taken for the admin's removal. Now a removal counts only when
+/// the server wrote it, and a claim only in its writer's own name: the
+/// last valid state stands and the work finishes.
+#[test]
+fn forged_removals_and_claims_in_anothers_name_are_refused() {
+    let (mut c, stories) = cluster(22);
+    let honest = c.nodes[1].id.clone();
+    let forged: Vec<(StoryId, String)> = stories
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let mut st = c.engine(2).story(s).unwrap().state.clone();
+            st.token = Token(st.token.0 + 1);
+            if k % 2 == 0 {
+                (st.removed, st.holder) = (true, None);
+            } else {
+                st.holder = Some(honest.clone());
+            }
+            (s.clone(), st.encode())
+        })
+        .collect();
+    hostile(&mut c, |am, parts| {
+        use automerge::{ReadDoc, transaction::Transactable};
+        for (s, v) in &forged {
+            let Ok(Some((_, obj))) = am.get(&parts.stories, s.as_str()) else { panic!("no story map") };
+            am.put(&obj, "state", v.as_str()).unwrap();
+        }
+    });
+    c.run_for(2_000);
+    // The hostile node dies; its claims are reclaimed.
+    c.crash(2);
+    c.run_until_settled(300_000).expect("settles");
+    let name = c.nodes[2].id.to_string();
+    for i in [0, 1] {
+        all_done(&mut c, &stories, i);
+        let refused = refused_on(&mut c, i);
+        for (k, s) in stories.iter().enumerate() {
+            let what = if k % 2 == 0 {
+                "a removal, which only the server may write".to_owned()
+            } else {
+                format!("a claim in the name of {honest}")
+            };
+            let line = format!("stories/{s}/state: {what} (written by {name})");
+            assert!(refused.contains(&line), "node {i} lacks {line:?}: {refused:?}");
+        }
+    }
+    // Only the server removes: an agent is told so.
+    let err = c.command(1, huskies_engine::Command::RemoveStory { id: stories[0].clone() }).unwrap_err();
+    assert_eq!(err, huskies_engine::CommandError::RemoveOnServer);
+}
+
 /// Values of the wrong type: a story's map replaced by a list, a state
 /// that is a number, a title that is a counter. Those stories vanished
 /// from every board; now the last valid values stand and the work ends.

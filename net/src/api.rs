@@ -248,7 +248,9 @@ async fn run(state: &AppState, command: Command) -> Response {
         Some(Err(e @ (CommandError::StoryExists(_) | CommandError::Removed(_) | CommandError::NotFailed(_)))) => {
             error(StatusCode::CONFLICT, e.to_string())
         }
-        Some(Err(e @ CommandError::NotAuthority)) => error(StatusCode::FORBIDDEN, e.to_string()),
+        Some(Err(e @ (CommandError::NotAuthority | CommandError::RemoveOnServer))) => {
+            error(StatusCode::FORBIDDEN, e.to_string())
+        }
         Some(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"),
     }

@@ -1,0 +1,429 @@
+//! Every change of the document is signed by the node that made it, and no
+//! change without a valid signature is applied (`docs/design/authority.md`).
+//!
+//! - A node signs the hash of each change it makes with its certified key;
+//!   the server signs with the cluster CA's key, which makes its changes
+//!   the admin's: the schema gives user commands to those alone.
+//! - The signatures travel beside the changes, in the sync envelope
+//!   (`wire::ChangeSigs`), with the certificates of their authors, so a
+//!   relayed change proves its author on its own.
+//! - A receiver parses every change of a message before Automerge sees it:
+//!   the change's actor names a node (`node ‖ 0 ‖ incarnation ‖ epoch`), the
+//!   certificate must be the CA's for that node, and the signature that
+//!   key's. Anything else rejects the peer: an honest peer relays only
+//!   changes it checked. A change by a revoked key is not applied, and the
+//!   peer is not blamed for it (it may hold it from before the
+//!   revocation); the server cuts an epoch after a revocation, whose base
+//!   leaves that history behind.
+//! - Signatures are persisted beside the document (`guard::SIG_BLOCK_MAGIC`
+//!   blocks between its chunks) and checked again when loaded. A change
+//!   of ours that storage holds unsigned (written before signing existed)
+//!   is signed at load: we are its author.
+//! - Whole-document sync messages (Automerge's v2) are never sent: their
+//!   changes cannot be checked one by one. The capability flags of
+//!   incoming messages are dropped, so Automerge believes every peer
+//!   speaks v1.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::sync;
+use automerge::{ActorId, ChangeHash};
+
+use crate::identity::{self, Cert, PublicKey, Sig};
+use crate::schema::Writer;
+use crate::wire::{ChangeSigs, Signer};
+use crate::{Engine, NodeId};
+
+/// Who signed a change we hold.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Author {
+    Node(PublicKey),
+    Ca,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct ChangeSig {
+    pub author: Author,
+    pub sig: Sig,
+}
+
+/// The signatures of the changes of our epoch, and the certificates of
+/// their authors.
+#[derive(Default, Debug)]
+pub(crate) struct Signatures {
+    by_hash: BTreeMap<ChangeHash, ChangeSig>,
+    /// Certificates of the authors we hold signatures of: sent with their
+    /// changes, and checked once.
+    certs: BTreeMap<PublicKey, (NodeId, Cert)>,
+    /// Actors whose changes the CA signed: the admin's writes.
+    admin_actors: BTreeSet<ActorId>,
+    /// Signatures not yet handed to storage, in the order they were made.
+    unpersisted: Vec<ChangeHash>,
+    /// Sync messages not applied because a change in them was a revoked
+    /// node's.
+    pub revoked_dropped: u64,
+}
+
+/// Why a sync message's signatures were not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The peer sent what no honest peer sends: it is rejected.
+    Peer(String),
+    /// A change of a revoked author: the message is not applied, the peer
+    /// not blamed.
+    Revoked(NodeId),
+}
+
+/// A change whose signature checked, kept once its message applies.
+pub(crate) struct Checked {
+    hash: ChangeHash,
+    actor: ActorId,
+    sig: ChangeSig,
+    cert: Option<(NodeId, Cert)>,
+}
+
+/// The node an actor belongs to: its bytes up to the first zero.
+pub(crate) fn node_of_actor(actor: &ActorId) -> Option<NodeId> {
+    let bytes = actor.to_bytes();
+    let name = bytes.split(|b| *b == 0).next()?;
+    NodeId::new(std::str::from_utf8(name).ok()?).ok()
+}
+
+impl Signatures {
+    pub fn get(&self, hash: &ChangeHash) -> Option<&ChangeSig> {
+        self.by_hash.get(hash)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Is `actor` one whose changes the CA signed?
+    pub fn is_admin(&self, actor: &ActorId) -> bool {
+        self.admin_actors.contains(actor)
+    }
+
+    pub fn know_cert(&mut self, node: &NodeId, cert: Cert) {
+        self.certs.entry(cert.key).or_insert_with(|| (node.clone(), cert));
+    }
+
+    fn insert(&mut self, hash: ChangeHash, actor: &ActorId, sig: ChangeSig) {
+        if self.by_hash.insert(hash, sig).is_none() {
+            self.unpersisted.push(hash);
+        }
+        if sig.author == Author::Ca {
+            self.admin_actors.insert(actor.clone());
+        }
+    }
+
+    /// A new epoch: its history, and the signatures of it, start over.
+    pub fn clear_history(&mut self) {
+        self.by_hash.clear();
+        self.admin_actors.clear();
+        self.unpersisted.clear();
+    }
+
+    /// The storage block of every signature (`all`) or of those not yet
+    /// stored; empty when there is nothing to store.
+    pub fn take_block(&mut self, all: bool) -> Vec<u8> {
+        let hashes: Vec<ChangeHash> =
+            if all { self.by_hash.keys().copied().collect() } else { std::mem::take(&mut self.unpersisted) };
+        self.unpersisted.clear();
+        if hashes.is_empty() {
+            return Vec::new();
+        }
+        let mut body = Vec::with_capacity(hashes.len() * 200);
+        for hash in hashes {
+            let Some(s) = self.by_hash.get(&hash) else { continue };
+            body.extend_from_slice(&hash.0);
+            match s.author {
+                Author::Ca => body.push(0),
+                Author::Node(key) => {
+                    let (node, cert) = self.certs.get(&key).expect("a signature's certificate is kept");
+                    body.push(1);
+                    body.push(node.as_str().len() as u8);
+                    body.extend_from_slice(node.as_str().as_bytes());
+                    body.extend_from_slice(&cert.key);
+                    body.extend_from_slice(&cert.sig);
+                }
+            }
+            body.extend_from_slice(&s.sig);
+        }
+        crate::guard::sig_block(&body)
+    }
+}
+
+/// One entry of a stored signature block.
+struct StoredSig {
+    hash: ChangeHash,
+    cert: Option<(NodeId, Cert)>,
+    sig: Sig,
+}
+
+/// Parses a stored block; `None` at the first malformed entry (what came
+/// before it is kept).
+fn parse_block(body: &[u8], out: &mut Vec<StoredSig>) -> Option<()> {
+    let mut rest = body;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        rest = tail;
+        Some(head)
+    };
+    loop {
+        let Some(hash) = take(32) else { return Some(()) };
+        let hash = ChangeHash(hash.try_into().ok()?);
+        let cert = match take(1)?[0] {
+            0 => None,
+            1 => {
+                let len = usize::from(take(1)?[0]);
+                let node = NodeId::new(std::str::from_utf8(take(len)?).ok()?).ok()?;
+                let key: PublicKey = take(32)?.try_into().ok()?;
+                let sig: Sig = take(64)?.try_into().ok()?;
+                Some((node, Cert { key, sig }))
+            }
+            _ => return None,
+        };
+        let sig: Sig = take(64)?.try_into().ok()?;
+        out.push(StoredSig { hash, cert, sig });
+    }
+}
+
+/// Who wrote `op`, as the signatures prove: the admin (the CA signed the
+/// actor's changes, or it is our own actor and we sign as the CA, or an
+/// epoch's base or the genesis, whose actors no node can sign for), or
+/// the node its actor names.
+pub(crate) fn writer_of(sigs: &Signatures, op: &automerge::ObjId, own: &ActorId, own_admin: bool) -> Writer {
+    let automerge::ObjId::Id(_, actor, _) = op else { return Writer::Admin };
+    if (own_admin && actor == own) || sigs.is_admin(actor) {
+        return Writer::Admin;
+    }
+    match node_of_actor(actor) {
+        Some(n) if crate::schema::is_reserved(&n) => Writer::Admin,
+        Some(n) => Writer::Node(n),
+        None => Writer::Unknown,
+    }
+}
+
+impl Engine {
+    /// A story read from the document, each value checked against the
+    /// schema and against what its writer may write (schema.rs).
+    pub(crate) fn read_story_checked(
+        &mut self,
+        id: &crate::StoryId,
+        last: Option<&crate::StoryView>,
+    ) -> (crate::doc::StoryRead, Vec<crate::schema::Refusal>) {
+        let own = self.doc.automerge().get_actor().clone();
+        let own_admin = self.signs_as_admin();
+        let sigs = &self.sigs;
+        self.doc.read_story_checked(id, last, &|op| writer_of(sigs, op, &own, own_admin))
+    }
+
+    /// Every story and node, read as [`Engine::read_story_checked`] reads.
+    pub(crate) fn read_all(
+        &mut self,
+    ) -> (BTreeMap<crate::StoryId, crate::StoryView>, BTreeMap<NodeId, crate::NodeRecord>, crate::doc::Unreadable) {
+        let own = self.doc.automerge().get_actor().clone();
+        let own_admin = self.signs_as_admin();
+        let sigs = &self.sigs;
+        self.doc.read_all_as(&|op| writer_of(sigs, op, &own, own_admin))
+    }
+
+    /// Whether we sign as the admin: the server (the CA holder that dials
+    /// no rendezvous) does, with the CA's key.
+    pub(crate) fn signs_as_admin(&self) -> bool {
+        self.creds.ca_secret.is_some() && self.config.rendezvous.is_none()
+    }
+
+    fn sign(&self, hash: &ChangeHash) -> ChangeSig {
+        match self.creds.ca_secret {
+            Some(ca) if self.signs_as_admin() => {
+                ChangeSig { author: Author::Ca, sig: identity::sign_change(&ca, &hash.0) }
+            }
+            _ => ChangeSig {
+                author: Author::Node(self.creds.cert.key),
+                sig: identity::sign_change(&self.creds.secret, &hash.0),
+            },
+        }
+    }
+
+    /// Signs the changes we made since the last call. They are unsent (a
+    /// sync follows the persist that calls this), so no other node's
+    /// change depends on them: all of them are reachable from our heads
+    /// through our own unsigned changes.
+    pub(crate) fn sign_new_changes(&mut self) {
+        let own = self.creds.cert;
+        self.sigs.know_cert(&self.node.clone(), own);
+        let mut stack = self.doc.heads();
+        let mut seen = BTreeSet::new();
+        while let Some(hash) = stack.pop() {
+            if !seen.insert(hash) || self.sigs.get(&hash).is_some() {
+                continue;
+            }
+            let Some(meta) = self.doc.automerge().get_change_meta_by_hash(&hash) else { continue };
+            let (actor, deps) = (meta.actor.clone().into_owned(), meta.deps.clone());
+            if node_of_actor(&actor).as_ref() != Some(&self.node) {
+                continue;
+            }
+            let sig = self.sign(&hash);
+            self.sigs.insert(hash, &actor, sig);
+            stack.extend(deps);
+        }
+    }
+
+    /// After a load: checks the stored signatures, signs every change of
+    /// ours that has none (written before signing existed, or before a
+    /// crash between the change and its signature), and reports whether
+    /// another node's change is left unsigned.
+    pub(crate) fn load_signatures(&mut self, blocks: &[Vec<u8>]) -> bool {
+        let mut stored = Vec::new();
+        for block in blocks {
+            if parse_block(block, &mut stored).is_none() {
+                let error = "a stored signature block is malformed; the entries before it are kept".to_owned();
+                self.emit(crate::Event::StorageCorrupt { error });
+            }
+        }
+        let own = self.creds.cert;
+        self.sigs.know_cert(&self.node.clone(), own);
+        for s in stored {
+            let Some(meta) = self.doc.automerge().get_change_meta_by_hash(&s.hash) else { continue };
+            let actor = meta.actor.clone().into_owned();
+            let Some(node) = node_of_actor(&actor) else { continue };
+            if let Ok(sig) = self.check_one(&node, &s.hash, s.cert.as_ref(), s.sig) {
+                if let (Author::Node(_), Some((n, c))) = (sig.author, s.cert) {
+                    self.sigs.know_cert(&n, c);
+                }
+                self.sigs.insert(s.hash, &actor, sig);
+            }
+        }
+        let mut foreign_unsigned = false;
+        let metas: Vec<(ChangeHash, ActorId)> =
+            self.doc.automerge().get_changes_meta(&[]).into_iter().map(|m| (m.hash, m.actor.into_owned())).collect();
+        for (hash, actor) in metas {
+            if self.sigs.get(&hash).is_some() {
+                continue;
+            }
+            match node_of_actor(&actor) {
+                Some(n) if n == self.node => {
+                    let sig = self.sign(&hash);
+                    self.sigs.insert(hash, &actor, sig);
+                }
+                // The genesis and an epoch's base are checked otherwise.
+                Some(n) if crate::schema::is_reserved(&n) => {}
+                _ => foreign_unsigned = true,
+            }
+        }
+        foreign_unsigned
+    }
+
+    /// Checks one signature of a change by `node`.
+    fn check_one(
+        &self,
+        node: &NodeId,
+        hash: &ChangeHash,
+        cert: Option<&(NodeId, Cert)>,
+        sig: Sig,
+    ) -> Result<ChangeSig, Refused> {
+        let author = match cert {
+            None => {
+                if !identity::verify_change(&self.creds.ca, &hash.0, &sig) {
+                    return Err(Refused::Peer(format!("change {} of {node}: bad CA signature", short(hash))));
+                }
+                return Ok(ChangeSig { author: Author::Ca, sig });
+            }
+            Some((cert_node, cert)) => {
+                if cert_node != node {
+                    let why = format!("change {} of {node} signed with the certificate of {cert_node}", short(hash));
+                    return Err(Refused::Peer(why));
+                }
+                let known = self.sigs.certs.get(&cert.key).is_some_and(|(n, c)| n == node && c == cert);
+                if !known && !identity::verify_cert(&self.creds.ca, node, cert) {
+                    return Err(Refused::Peer(format!("change {} of {node}: certificate not the CA's", short(hash))));
+                }
+                if self.is_revoked(node, &cert.key) {
+                    return Err(Refused::Revoked(node.clone()));
+                }
+                Author::Node(cert.key)
+            }
+        };
+        let Author::Node(key) = author else { unreachable!("the CA case returned") };
+        if !identity::verify_change(&key, &hash.0, &sig) {
+            return Err(Refused::Peer(format!("change {} of {node}: bad signature", short(hash))));
+        }
+        Ok(ChangeSig { author, sig })
+    }
+
+    /// The signatures of the changes in a message we send, with the
+    /// certificates they name.
+    pub(crate) fn sigs_for(&self, msg: &sync::Message) -> ChangeSigs {
+        let mut out = ChangeSigs::default();
+        let mut index: BTreeMap<PublicKey, u16> = BTreeMap::new();
+        for chunk in msg.changes.iter() {
+            let hash = automerge::Change::from_bytes(chunk.to_vec()).ok().map(|c| c.hash());
+            let entry = hash.and_then(|h| self.sigs.get(&h).copied());
+            let signer = match entry {
+                None => (Signer::None, [0; 64]),
+                Some(ChangeSig { author: Author::Ca, sig }) => (Signer::Ca, sig),
+                Some(ChangeSig { author: Author::Node(key), sig }) => {
+                    let Some((node, cert)) = self.sigs.certs.get(&key) else { continue };
+                    let next = out.certs.len() as u16;
+                    let i = *index.entry(key).or_insert_with(|| {
+                        out.certs.push((node.clone(), *cert));
+                        next
+                    });
+                    (Signer::Cert(i), sig)
+                }
+            };
+            out.sigs.push(signer);
+        }
+        assert_eq!(out.sigs.len(), msg.changes.len(), "one signature entry per change");
+        out
+    }
+
+    /// Checks the signatures of an incoming message's changes; on success
+    /// they are kept once the message is applied ([`Engine::keep_sigs`]).
+    pub(crate) fn check_sigs(&mut self, msg: &sync::Message, sigs: &ChangeSigs) -> Result<Vec<Checked>, Refused> {
+        if sigs.sigs.len() != msg.changes.len() {
+            let why = format!("{} change signatures for {} changes", sigs.sigs.len(), msg.changes.len());
+            return Err(Refused::Peer(why));
+        }
+        let mut checked = Vec::new();
+        for (chunk, (signer, sig)) in msg.changes.iter().zip(&sigs.sigs) {
+            let parsed =
+                std::panic::catch_unwind(|| automerge::Change::from_bytes(chunk.to_vec()).map_err(|e| e.to_string()));
+            let change = match parsed {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(Refused::Peer(format!("a chunk that is not one change ({e})"))),
+                Err(_) => return Err(Refused::Peer("a chunk that panics the change parser".into())),
+            };
+            let hash = change.hash();
+            if self.sigs.get(&hash).is_some() || self.doc.automerge().get_change_meta_by_hash(&hash).is_some() {
+                continue; // we have it: Automerge ignores it
+            }
+            let actor = change.actor_id().clone();
+            let Some(node) = node_of_actor(&actor) else {
+                return Err(Refused::Peer(format!("change {} by an actor that names no node", short(&hash))));
+            };
+            let cert = match signer {
+                Signer::None => return Err(Refused::Peer(format!("change {} of {node} is unsigned", short(&hash)))),
+                Signer::Ca => None,
+                Signer::Cert(i) => Some(sigs.certs[usize::from(*i)].clone()),
+            };
+            let checked_sig = self.check_one(&node, &hash, cert.as_ref(), *sig)?;
+            checked.push(Checked { hash, actor, sig: checked_sig, cert });
+        }
+        Ok(checked)
+    }
+
+    pub(crate) fn keep_sigs(&mut self, checked: Vec<Checked>) {
+        for Checked { hash, actor, sig, cert } in checked {
+            if let Some((node, cert)) = cert {
+                self.sigs.know_cert(&node, cert);
+            }
+            self.sigs.insert(hash, &actor, sig);
+        }
+    }
+}
+
+fn short(hash: &ChangeHash) -> String {
+    identity::hex(&hash.0[..6])
+}
