@@ -106,6 +106,124 @@ fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
     assert_eq!(status["stories"].as_array().unwrap().len(), 6, "no story vanished");
 }
 
+/// The rest of the table over real processes: the hostile agent forges
+/// the admin's removals and a claim in the honest agent's name, and
+/// floods the document with 175,000 stories (about the issue's 12 MB).
+/// The removals and the claim are refused, no flooded story reaches a
+/// board, the server's RSS stays bounded, `status` keeps answering, the
+/// honest agent keeps its link, and the work finishes.
+#[test]
+fn forged_commands_and_a_story_flood_cost_the_cluster_nothing() {
+    let mut c = Cluster::new("byzantine-flood");
+    c.start_agent(1, 400);
+    c.start_agent(2, 400);
+    let ids: Vec<String> = (0..6).map(|k| format!("s{k}")).collect();
+    for id in &ids {
+        ok(&c, &["story", "add", &format!("Story {id}"), "--id", id, "--stage", "current"]);
+    }
+    wait_for("agent-2 to hold a claim", Duration::from_secs(30), || {
+        c.stages().iter().any(|(_, _, h)| h.as_deref() == Some("agent-2"))
+    });
+    c.kill("agent-2", libc::SIGTERM);
+    let server_pid = c.procs.iter().find(|p| p.name == "server").unwrap().child.id();
+    let rss_before = rss_kib(server_pid);
+
+    let dir = c.root().join("agent-2-data");
+    let (mut storage, bytes) = Storage::open(&dir).unwrap();
+    let chunks = huskies_engine::guard::split_stored(&bytes, 1 << 30).chunks;
+    let mut actor = b"agent-2".to_vec();
+    actor.push(0);
+    actor.extend_from_slice(&[0xef; 8]);
+    let mut am = AutoCommit::load(&chunks).unwrap().with_actor(ActorId::from(actor));
+    let Ok(Some((_, stories))) = am.get(automerge::ROOT, "stories") else { panic!("no stories map") };
+    let story = |am: &AutoCommit, id: &str| am.get(&stories, id).unwrap().unwrap().1;
+    let state = |am: &AutoCommit, id: &str| match am.get(story(am, id), "state").unwrap().unwrap().0 {
+        automerge::Value::Scalar(s) => serde_json::from_str::<serde_json::Value>(s.as_str().unwrap()).unwrap(),
+        _ => panic!("a state"),
+    };
+    for (k, id) in ids.iter().enumerate().take(4) {
+        let mut forged = state(&am, id);
+        forged["token"] = serde_json::json!(forged["token"].as_u64().unwrap() + 1);
+        if k < 3 {
+            forged["removed"] = serde_json::json!(true);
+            forged.as_object_mut().unwrap().remove("holder");
+        } else {
+            forged["holder"] = serde_json::json!("agent-1");
+        }
+        let obj = story(&am, id);
+        am.put(&obj, "state", forged.to_string()).unwrap();
+    }
+    am.commit();
+    storage.persist(PersistKind::Snapshot, &am.save()).unwrap();
+    drop(storage);
+    c.start_agent(2, 400);
+    wait_for("the server to refuse the forged commands", Duration::from_secs(30), || {
+        let text = ok(&c, &["status"]);
+        text.contains("stories/s0/state: a removal, which only the server may write (written by agent-2)")
+            && text.contains("stories/s3/state: a claim in the name of agent-1 (written by agent-2)")
+    });
+
+    // Then the flood, written the same way.
+    c.kill("agent-2", libc::SIGTERM);
+    let (mut storage, bytes) = Storage::open(&dir).unwrap();
+    let chunks = huskies_engine::guard::split_stored(&bytes, 1 << 30).chunks;
+    let mut actor = b"agent-2".to_vec();
+    actor.push(0);
+    actor.extend_from_slice(&[0xf0; 8]);
+    let mut am = AutoCommit::load(&chunks).unwrap().with_actor(ActorId::from(actor));
+    let Ok(Some((_, stories))) = am.get(automerge::ROOT, "stories") else { panic!("no stories map") };
+    for batch in 0..35 {
+        for k in 0..5_000 {
+            let o = am.put_object(&stories, format!("flood-{batch:02}-{k:04}").as_str(), ObjType::Map).unwrap();
+            am.put(&o, "title", "flood").unwrap();
+            am.put(&o, "state", r#"{"stage":"current","token":0}"#).unwrap();
+        }
+        am.commit();
+    }
+    let saved = am.save();
+    eprintln!("hostile replica: {} bytes", saved.len());
+    storage.persist(PersistKind::Snapshot, &saved).unwrap();
+    drop(storage);
+    c.start_agent(2, 400);
+
+    // 30 s of the flood: the server's RSS and how long `status` takes.
+    let (mut worst, mut rss_max) = (Duration::ZERO, 0u64);
+    for _ in 0..60 {
+        #[allow(clippy::disallowed_methods)] // wall time is what is measured
+        let t = std::time::Instant::now();
+        let s = status(c.port, &c.key);
+        worst = worst.max(t.elapsed());
+        assert!(s.is_some(), "status answers during the flood");
+        rss_max = rss_max.max(rss_kib(server_pid));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let s = status(c.port, &c.key).unwrap();
+    eprintln!(
+        "flood: server RSS {} MiB before, {} MiB at most; status worst {worst:?}; refused {}",
+        rss_before / 1024,
+        rss_max / 1024,
+        s["refused"]
+    );
+    assert!(rss_max < rss_before + 128 * 1024, "server RSS {rss_max} KiB (was {rss_before} KiB)");
+    assert!(worst < Duration::from_secs(2), "status took {worst:?}");
+    let connected: Vec<String> = s["connected"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    assert!(connected.iter().any(|n| n == "agent-1"), "the honest agent keeps its link: {connected:?}");
+    assert_eq!(s["stories"].as_array().unwrap().len(), 6, "no flooded story on the board");
+
+    // The removals and the claim were refused: every story still goes on.
+    wait_for("every story to leave current", Duration::from_secs(60), || {
+        let st = c.stages();
+        ids.iter().all(|id| st.iter().any(|(s, stage, _)| s == id && stage == "qa"))
+    });
+    // `huskies doctor` names the writer and what revoking it would do.
+    let text = ok(&c, &["doctor"]);
+    assert!(text.contains("written by agent-2"), "{text}");
+    assert!(text.contains("huskies node revoke agent-2"), "{text}");
+}
+
 /// Node ids that would pass for huskies' own writers are refused at
 /// enrollment, before a token is spent.
 #[test]

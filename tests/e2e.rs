@@ -133,14 +133,6 @@ fn refuses_strangers_reused_tokens_and_garbage() {
 #[path = "hostile.rs"]
 mod hostile;
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The slowest `/healthz` answer over `n` tries.
 fn healthz_worst(port: u16, n: usize) -> Duration {
     (0..n)
@@ -269,7 +261,8 @@ fn hostile_peer_cannot_stop_the_node() {
 
 /// Agents on distinct loopback addresses, as if on distinct machines:
 /// mesh links form between them from the addresses they advertise, and
-/// stories added while the rendezvous is down still finish.
+/// the stories they hold finish while the rendezvous is down. Stories are
+/// the server's to add (issue 21): an agent refuses, and says so.
 #[test]
 fn mesh_across_addresses_survives_the_rendezvous() {
     let mut c = Cluster::new("mesh");
@@ -298,18 +291,25 @@ fn mesh_across_addresses_survives_the_rendezvous() {
             s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == format!("agent-{}", i + 1)).cloned().unwrap();
         assert_eq!(me["address"], format!("ws://{h}:{p}/crdt-sync"), "it advertises its own address");
     }
-    c.kill("server", libc::SIGKILL);
-    // Stories go in through an agent (its API takes the admin key).
-    let (h, p) = &agents[0];
+    // The server adds the stories and dies as soon as they reach the
+    // agents: their claims and results travel over the mesh alone.
     for k in 0..6 {
-        let mut r = http()
-            .post(format!("http://{h}:{p}/api/stories"))
-            .header("authorization", &format!("Bearer {key}"))
-            .send_json(serde_json::json!({ "title": format!("mesh {k}"), "id": format!("m{k}"), "stage": "current" }))
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "{}", r.body_mut().read_to_string().unwrap_or_default());
+        c.add_story(&format!("m{k}"));
     }
     let (h3, p3) = &agents[2];
+    wait_for("the stories reach the agents", Duration::from_secs(30), || {
+        status_at(h3, *p3, &key).is_some_and(|s| s["stories"].as_array().is_some_and(|a| a.len() == 6))
+    });
+    c.kill("server", libc::SIGKILL);
+    let (h, p) = &agents[0];
+    let mut r = http()
+        .post(format!("http://{h}:{p}/api/stories"))
+        .header("authorization", &format!("Bearer {key}"))
+        .send_json(serde_json::json!({ "title": "late", "id": "late", "stage": "current" }))
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    assert_eq!(r.status().as_u16(), 403, "an agent refuses to add a story: {body}");
+    assert!(body.contains("story commands run on the server"), "{body}");
     wait_for("6 stories in qa with the rendezvous down", Duration::from_secs(60), || {
         status_at(h3, *p3, &key).is_some_and(|s| {
             let st = s["stories"].as_array().cloned().unwrap_or_default();

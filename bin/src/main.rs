@@ -2,6 +2,7 @@
 
 mod client;
 mod demo;
+mod doctor;
 mod error;
 mod queue;
 mod run;
@@ -77,6 +78,14 @@ enum Cmd {
     },
     /// The pipeline by stage, nodes alive, claims.
     Status {
+        #[command(flatten)]
+        target: run::Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every value the node refused to believe, by the node that wrote
+    /// it, and what revoking that node would restore.
+    Doctor {
         #[command(flatten)]
         target: run::Target,
         #[arg(long)]
@@ -225,6 +234,7 @@ fn main() -> ExitCode {
         Cmd::Logs { target, id, stage, follow } => stories::logs(&target, &id, stage.as_deref(), follow),
         Cmd::Status { target, json } => run::status(&target, json),
         Cmd::Queue { target, json } => queue::show(&target, json),
+        Cmd::Doctor { target, json } => doctor::run(&target, json),
         Cmd::Dashboard { target } => run::dashboard_link(&target),
         Cmd::Token { action: TokenCmd::Create { data_dir, ttl } } => run::token_create(data_dir, ttl),
         Cmd::Node { target, action } => match action {

@@ -196,7 +196,7 @@ impl Engine {
             self.claims.enter(&id, token, Phase::Running, deadline);
             let view = &self.index.known(&id);
             let (title, last_failure) = (view.title.clone(), view.state.reason.clone());
-            let body = self.doc.read_body(&id);
+            let body = self.read_body(&id);
             self.claims.note_worktree(&id);
             self.pending.push(Output::StartRun { story: id, title, stage, token, attempt, body, last_failure, resume });
         }

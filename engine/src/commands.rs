@@ -16,6 +16,20 @@ impl Engine {
     }
 
     fn run_command(&mut self, command: Command) -> Result<Reply, CommandError> {
+        // What users ask of stories is the admin's to write: every node
+        // refuses it from anyone else (schema.rs), so an agent does not
+        // write it in the first place.
+        let story_command = matches!(
+            command,
+            Command::AddStory(_)
+                | Command::EditStory { .. }
+                | Command::RemoveStory { .. }
+                | Command::RetryStory { .. }
+                | Command::MoveStory { .. }
+        );
+        if story_command && !self.signs_as_admin() {
+            return Err(CommandError::ServerOnly);
+        }
         match command {
             Command::AddStory(new) => self.add_story(new),
             Command::EditStory { id, title, body, priority } => self.edit_story(id, title, body, priority),
@@ -106,10 +120,6 @@ impl Engine {
     /// A tombstone at the next token: the holder's run is fenced and, on
     /// every node that reads it, stopped.
     fn remove_story(&mut self, id: StoryId) -> Result<Reply, CommandError> {
-        // A removal by anyone else is refused on read (schema.rs).
-        if !self.signs_as_admin() {
-            return Err(CommandError::RemoveOnServer);
-        }
         let view = self.live_story(&id)?;
         let state = StoryState { token: view.state.token.next(), holder: None, removed: true, ..view.state.clone() };
         let token = state.token;

@@ -68,6 +68,12 @@ pub struct Config {
     /// changes whose dependencies are missing; past it the peer is refused
     /// and those changes dropped.
     pub max_held_bytes: u64,
+    /// Bytes of new changes one author other than the server may add to
+    /// the document per minute, and in a burst (signing.rs). Past it the
+    /// author's changes wait, and its own link is refused: a flood of
+    /// stories or records from one node costs the others nothing.
+    pub author_bytes_per_min: u64,
+    pub author_bytes_burst: u64,
     /// This node's key, its certificate and the cluster CA to check peers
     /// against. `None` gives dev credentials derived from the node id (see
     /// `identity.rs`): for tests and simulations only.
@@ -126,6 +132,8 @@ impl Default for Config {
             peer_bytes_per_sec: 16 << 20,
             peer_messages_per_sec: 2_000,
             max_held_bytes: 64 << 20,
+            author_bytes_per_min: 1 << 20,
+            author_bytes_burst: 4 << 20,
             credentials: None,
             max_returns: 5,
             land_batch: 4,
@@ -159,6 +167,8 @@ impl Config {
             ("peer_bytes_per_sec", self.peer_bytes_per_sec),
             ("peer_messages_per_sec", self.peer_messages_per_sec),
             ("max_held_bytes", self.max_held_bytes),
+            ("author_bytes_per_min", self.author_bytes_per_min),
+            ("author_bytes_burst", self.author_bytes_burst),
             ("land_batch", self.land_batch as u64),
             ("max_returns", u64::from(self.max_returns)),
         ] {

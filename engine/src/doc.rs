@@ -13,7 +13,7 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
 
 use crate::identity::{Cert, PublicKey, Sig, hex, unhex};
-use crate::schema::Refusal;
+use crate::schema::{Refusal, Writer};
 use crate::story::StoryState;
 use crate::{NodeId, StoryId};
 
@@ -469,6 +469,12 @@ impl Doc {
         }
     }
 
+    /// The maps of every story as we last read them, including those a
+    /// peer has since replaced or deleted (the objects stay readable).
+    pub fn known_story_objs(&self) -> BTreeMap<StoryId, ObjId> {
+        self.story_objs.clone()
+    }
+
     fn story_obj(&mut self, id: &StoryId) -> Option<ObjId> {
         match self.am.get(&self.stories_obj, id.as_str()) {
             Ok(Some((Value::Object(ObjType::Map), obj))) => {
@@ -555,8 +561,19 @@ impl Doc {
             }
             _ => return (StoryRead::Absent, refused),
         };
+        // Stories are the admin's to create (user commands run on the
+        // server): a story first seen in a map another node made is
+        // refused whole. (A node that puts back the map of a story a peer
+        // replaced, `story_obj_for_write`, writes only what we knew.)
+        if last.is_none() && auth(&obj) != Writer::Admin {
+            let r = refusal("", "a story only the server may create".into(), Some(&obj));
+            return (StoryRead::Refused(r), refused);
+        }
         let title = match self.am.get(&obj, "title") {
             Ok(Some((Value::Scalar(s), op))) => match s.as_ref() {
+                ScalarValue::Str(_) if auth(&op) != Writer::Admin => {
+                    Err(refusal("title", "a title only the server may write".into(), Some(&op)))
+                }
                 ScalarValue::Str(t) if t.len() <= crate::MAX_TITLE_LEN => Ok(t.to_string()),
                 ScalarValue::Str(t) => Err(refusal("title", format!("title of {} bytes", t.len()), Some(&op))),
                 _ => {
@@ -575,31 +592,46 @@ impl Doc {
             (Err(r), None) => return (StoryRead::Refused(r), refused),
         };
         let last_token = last.map(|v| v.state.token.0);
+        let check = |v: &Value<'_>, op: &ObjId| -> Result<StoryState, String> {
+            let s = match v {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Str(t) => StoryState::decode(t).ok_or_else(|| "state does not parse".to_owned())?,
+                    _ => return Err(format!("state is {}", crate::schema::kind_of(v))),
+                },
+                _ => return Err(format!("state is {}", crate::schema::kind_of(v))),
+            };
+            if let Some(why) = crate::schema::state_out_of_reach(&s, last_token) {
+                return Err(why);
+            }
+            match crate::schema::state_not_authorized(&s, last.map(|l| &l.state), &auth(op)) {
+                Some(why) => Err(why),
+                None => Ok(s),
+            }
+        };
         let values = self.am.get_all(&obj, "state").unwrap_or_default();
         let concurrent = values.len();
         let mut valid = Vec::new();
+        let mut refused_ops = Vec::new();
         for (v, op) in values {
-            let decoded = match &v {
-                Value::Scalar(s) => match s.as_ref() {
-                    ScalarValue::Str(t) => StoryState::decode(t).ok_or_else(|| "state does not parse".to_owned()),
-                    _ => Err(format!("state is {}", crate::schema::kind_of(&v))),
-                },
-                _ => Err(format!("state is {}", crate::schema::kind_of(&v))),
-            };
-            let checked = decoded.and_then(|s| match crate::schema::state_out_of_reach(&s, last_token) {
-                Some(why) => Err(why),
-                None => Ok(s),
-            });
-            let checked = checked.and_then(|s| {
-                match crate::schema::state_not_authorized(&s, last.map(|l| &l.state), &auth(&op)) {
-                    Some(why) => Err(why),
-                    None => Ok(s),
-                }
-            });
-            match checked {
+            match check(&v, &op) {
                 Ok(s) => valid.push(s),
-                Err(why) => refused.push(refusal("state", why, Some(&op))),
+                Err(why) => {
+                    refused.push(refusal("state", why, Some(&op)));
+                    refused_ops.push(op);
+                }
             }
+        }
+        // A refused value may hide valid ones. Every current value refused:
+        // what they overwrote may be newer than anything we believed (a
+        // hostile write on top of an honest one we never saw as current,
+        // both in one merge), so the valid values they replaced count. And
+        // our last valid state competes with whatever is left: a hostile
+        // write must not make the story go back.
+        if !refused_ops.is_empty() {
+            if valid.is_empty() {
+                valid = self.states_before(&obj, refused_ops, &check);
+            }
+            valid.extend(last.map(|l| l.state.clone()));
         }
         let state = match (valid.into_iter().max_by(|a, b| a.precedence(id.as_str(), b)), last) {
             (Some(s), _) => s,
@@ -611,6 +643,10 @@ impl Doc {
         };
         let mut int = |key: &str, fallback: i64| match self.am.get(&obj, key) {
             Ok(Some((Value::Scalar(s), op))) => match s.as_ref() {
+                ScalarValue::Int(_) | ScalarValue::Uint(_) if auth(&op) != Writer::Admin => {
+                    refused.push(refusal(key, format!("a {key} only the server may write"), Some(&op)));
+                    fallback
+                }
                 ScalarValue::Int(n) => *n,
                 ScalarValue::Uint(n) => i64::try_from(*n).unwrap_or(fallback),
                 _ => {
@@ -631,16 +667,59 @@ impl Doc {
         (StoryRead::Valid(StoryView { title, priority, created_ms, state, concurrent }), refused)
     }
 
-    /// The story's body (markdown), empty when it has none.
-    pub fn read_body(&mut self, id: &StoryId) -> String {
-        let Some(obj) = self.story_obj(id) else { return String::new() };
-        match self.am.get(&obj, "body") {
-            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-                ScalarValue::Str(t) => t.to_string(),
-                _ => String::new(),
-            },
-            _ => String::new(),
+    /// The valid states that the state ops `refused` overwrote, as their
+    /// writers saw the story (the values at their changes' dependencies),
+    /// walking further back past values refused in turn, a bounded number
+    /// of steps.
+    fn states_before(
+        &mut self,
+        obj: &ObjId,
+        mut refused: Vec<ObjId>,
+        check: &dyn Fn(&Value<'_>, &ObjId) -> Result<StoryState, String>,
+    ) -> Vec<StoryState> {
+        const MAX_STEPS: usize = 16;
+        let mut seen = BTreeSet::new();
+        let mut found = Vec::new();
+        for _ in 0..MAX_STEPS {
+            let mut next = Vec::new();
+            for op in refused {
+                let Some(hash) = self.am.hash_for_opid(&op) else { continue };
+                if !seen.insert(hash) {
+                    continue;
+                }
+                let Some(deps) = self.am.get_change_meta_by_hash(&hash).map(|m| m.deps.clone()) else { continue };
+                for (v, before) in self.am.get_all_at(obj, "state", &deps).unwrap_or_default() {
+                    match check(&v, &before) {
+                        Ok(s) => found.push(s),
+                        Err(_) => next.push(before),
+                    }
+                }
+            }
+            if !found.is_empty() || next.is_empty() {
+                break;
+            }
+            refused = next;
         }
+        found
+    }
+
+    /// The story's body (markdown), empty when it has none. The body goes
+    /// into an agent's prompt: only a body the admin wrote is read (`auth`),
+    /// never one another node put there.
+    pub fn read_body(&mut self, id: &StoryId, auth: Auth<'_>) -> String {
+        let Some(obj) = self.story_obj(id) else { return String::new() };
+        let values = self.am.get_all(&obj, "body").unwrap_or_default();
+        values
+            .into_iter()
+            .filter(|(_, op)| auth(op) == Writer::Admin)
+            .find_map(|(v, _)| match v {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Str(t) => Some(t.to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 
     /// Sets some of a story's user fields in one change.

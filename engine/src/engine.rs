@@ -606,6 +606,10 @@ impl Engine {
 
     /// A value not believed: counted, kept for `status`, told.
     pub(crate) fn refuse(&mut self, refusal: crate::schema::Refusal) {
+        // A value stays refused on every re-read of its story: count it once.
+        if self.refusals.contains(&refusal) {
+            return;
+        }
         self.refused_total += 1;
         if self.refusals.len() >= crate::schema::MAX_REFUSALS_KEPT {
             self.refusals.pop_front();

@@ -216,15 +216,17 @@ impl Engine {
         }
         // A peer cut the root maps off (schema.rs): a new epoch puts fresh
         // ones in place, built from our index, as soon as we are not alone.
-        // So is one after a revocation (its base leaves the revoked node's
-        // history behind, signing.rs) or over unsigned history.
-        let damaged = self.doc.root_damaged() || self.cut_wanted;
-        if limit == 0 && !damaged {
+        let damaged = self.doc.root_damaged();
+        // One is due after a revocation (its base leaves the revoked
+        // node's history behind, signing.rs) or over unsigned history,
+        // once the peers are in step: nobody's writes need carrying then.
+        let wanted = self.cut_wanted;
+        if limit == 0 && !damaged && !wanted {
             return;
         }
         // Linear in the changes, which this bounds.
         let changes = self.doc.automerge().get_changes_meta(&[]).len() as u64;
-        if changes < limit && !damaged {
+        if changes < limit && !damaged && !wanted {
             return;
         }
         let ours = self.doc.epoch();
@@ -247,7 +249,7 @@ impl Engine {
                 c.epoch == Some(ours) && theirs == heads
             })
         });
-        if in_step || damaged || changes >= limit.saturating_mul(2) {
+        if in_step || damaged || (limit > 0 && changes >= limit.saturating_mul(2)) {
             self.cut_epoch();
         }
     }
@@ -383,7 +385,7 @@ impl Engine {
         let from = self.doc.epoch();
         assert!(base.epoch > from, "epochs only move forward");
         let gap = from + EPOCH_MEMORY < base.epoch;
-        let carried = if gap { Carried::default() } else { carry(&mut self.doc, &mut new) };
+        let carried = if gap { Carried::default() } else { carry(&mut self.doc, &mut new, &self.node.clone()) };
         new.automerge()
             .put(automerge::ROOT, EPOCH_SIG_KEY, format!("{}:{}", hex(&base.hash.0), hex(&base.sig)))
             .expect("put epoch sig");

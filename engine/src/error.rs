@@ -52,9 +52,9 @@ pub enum CommandError {
     #[error("only the server, which holds the cluster CA key, can revoke nodes or set cluster settings")]
     NotAuthority,
     #[error(
-        "only the server removes stories: every other node refuses a removal written by an agent; run it against the server"
+        "story commands run on the server (every node refuses stories and user edits an agent wrote); send it to the server"
     )]
-    RemoveOnServer,
+    ServerOnly,
     #[error("the certificate of {0} is not signed by this cluster's CA")]
     BadCertificate(crate::NodeId),
     #[error("node id {0} is reserved: huskies-* names are huskies' own writers (the genesis change, epoch bases)")]

@@ -203,19 +203,35 @@ impl Engine {
         // never sends it a whole document, whose changes could not be
         // checked one by one (signing.rs).
         msg.flags = None;
-        let checked = match self.check_sigs(&msg, sigs) {
-            Ok(checked) => checked,
+        let peer = self.peers.conn(conn).and_then(|c| c.node.clone());
+        let verdict = match self.check_sigs(peer.as_ref(), &msg, sigs) {
+            Ok(verdict) => verdict,
             Err(Refused::Peer(why)) => {
                 return self.reject(conn, RejectKind::Sync, format!("sync message refused: {why}"));
             }
+            Err(Refused::Quota { author, per_min }) => {
+                self.sigs.quota_dropped += 1;
+                let why = format!("{author} is over its quota of {per_min} bytes of new changes a minute");
+                return self.reject(conn, RejectKind::Budget, why);
+            }
+            // `check_sigs` leaves a revoked author's changes out instead.
             Err(Refused::Revoked(node)) => {
-                // It may hold the change from before the revocation: not
-                // its fault. The epoch the server cuts leaves it behind.
-                self.sigs.revoked_dropped += 1;
-                tracing::debug!(node = %self.node, conn = conn.0, revoked = %node, "sync message with a revoked node's change dropped");
+                debug_assert!(false, "a revoked author's change refused the message: {node}");
                 return;
             }
         };
+        if !verdict.dropped.is_empty() {
+            tracing::debug!(node = %self.node, conn = conn.0, left_out = verdict.dropped.len(), "changes of revoked or over-quota authors left out");
+            let kept: Vec<Vec<u8>> = msg
+                .changes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !verdict.dropped.contains(i))
+                .map(|(_, c)| c.to_vec())
+                .collect();
+            msg.changes = kept.into();
+        }
+        let checked = verdict.checked;
         let heads_before = self.doc.heads();
         let received = self.shielded(conn, "receive_sync_message", |engine| {
             let c = engine.peers.conn_mut(conn)?;

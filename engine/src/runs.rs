@@ -141,7 +141,7 @@ impl crate::Engine {
 
     /// A story's body.
     pub fn story_body(&mut self, id: &StoryId) -> String {
-        self.doc.read_body(id)
+        self.read_body(id)
     }
 
     /// Writes the record of our run of `story` that just ended.

@@ -59,9 +59,18 @@ pub(crate) struct Signatures {
     admin_actors: BTreeSet<ActorId>,
     /// Signatures not yet handed to storage, in the order they were made.
     unpersisted: Vec<ChangeHash>,
-    /// Sync messages not applied because a change in them was a revoked
-    /// node's.
+    /// Changes left out of sync messages: a revoked node's, or an
+    /// author's past its quota.
     pub revoked_dropped: u64,
+    pub quota_dropped: u64,
+    /// What each author (but the admin) may still add, refilled with time.
+    quotas: BTreeMap<NodeId, Quota>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Quota {
+    bytes: u64,
+    refilled_at: crate::Millis,
 }
 
 /// Why a sync message's signatures were not accepted.
@@ -72,6 +81,9 @@ pub(crate) enum Refused {
     /// A change of a revoked author: the message is not applied, the peer
     /// not blamed.
     Revoked(NodeId),
+    /// An author past its quota of new bytes: the message waits (the
+    /// peer's next sync offers it again); the author's own link is refused.
+    Quota { author: NodeId, per_min: u64 },
 }
 
 /// A change whose signature checked, kept once its message applies.
@@ -80,6 +92,15 @@ pub(crate) struct Checked {
     actor: ActorId,
     sig: ChangeSig,
     cert: Option<(NodeId, Cert)>,
+}
+
+/// What the signature check of one message decided.
+#[derive(Default)]
+pub(crate) struct Verdict {
+    /// Changes whose signatures checked, to keep once the message applies.
+    pub checked: Vec<Checked>,
+    /// Chunks (by index) left out: a revoked author's, or one past its quota.
+    pub dropped: Vec<usize>,
 }
 
 /// The node an actor belongs to: its bytes up to the first zero.
@@ -216,6 +237,14 @@ impl Engine {
         let own_admin = self.signs_as_admin();
         let sigs = &self.sigs;
         self.doc.read_story_checked(id, last, &|op| writer_of(sigs, op, &own, own_admin))
+    }
+
+    /// A story's body, as the admin wrote it (it goes into prompts).
+    pub(crate) fn read_body(&mut self, id: &crate::StoryId) -> String {
+        let own = self.doc.automerge().get_actor().clone();
+        let own_admin = self.signs_as_admin();
+        let sigs = &self.sigs;
+        self.doc.read_body(id, &|op| writer_of(sigs, op, &own, own_admin))
     }
 
     /// Every story and node, read as [`Engine::read_story_checked`] reads.
@@ -381,13 +410,25 @@ impl Engine {
 
     /// Checks the signatures of an incoming message's changes; on success
     /// they are kept once the message is applied ([`Engine::keep_sigs`]).
-    pub(crate) fn check_sigs(&mut self, msg: &sync::Message, sigs: &ChangeSigs) -> Result<Vec<Checked>, Refused> {
+    ///
+    /// Changes of a revoked author, or of an author past its quota, are
+    /// left out of the message (`Verdict::dropped`) and the rest applies:
+    /// the peer that relays them is not at fault, and a message dropped
+    /// whole would never be offered again on this link (Automerge does
+    /// not resend what it sent once). Only the author's own link is
+    /// refused for its quota.
+    pub(crate) fn check_sigs(
+        &mut self,
+        peer: Option<&NodeId>,
+        msg: &sync::Message,
+        sigs: &ChangeSigs,
+    ) -> Result<Verdict, Refused> {
         if sigs.sigs.len() != msg.changes.len() {
             let why = format!("{} change signatures for {} changes", sigs.sigs.len(), msg.changes.len());
             return Err(Refused::Peer(why));
         }
-        let mut checked = Vec::new();
-        for (chunk, (signer, sig)) in msg.changes.iter().zip(&sigs.sigs) {
+        let mut verdict = Verdict::default();
+        for (i, (chunk, (signer, sig))) in msg.changes.iter().zip(&sigs.sigs).enumerate() {
             let parsed =
                 std::panic::catch_unwind(|| automerge::Change::from_bytes(chunk.to_vec()).map_err(|e| e.to_string()));
             let change = match parsed {
@@ -406,12 +447,52 @@ impl Engine {
             let cert = match signer {
                 Signer::None => return Err(Refused::Peer(format!("change {} of {node} is unsigned", short(&hash)))),
                 Signer::Ca => None,
-                Signer::Cert(i) => Some(sigs.certs[usize::from(*i)].clone()),
+                Signer::Cert(c) => match sigs.certs.get(usize::from(*c)) {
+                    Some(cert) => Some(cert.clone()),
+                    None => return Err(Refused::Peer(format!("change {} names no certificate", short(&hash)))),
+                },
             };
-            let checked_sig = self.check_one(&node, &hash, cert.as_ref(), *sig)?;
-            checked.push(Checked { hash, actor, sig: checked_sig, cert });
+            let checked_sig = match self.check_one(&node, &hash, cert.as_ref(), *sig) {
+                Ok(s) => s,
+                Err(Refused::Revoked(_)) => {
+                    self.sigs.revoked_dropped += 1;
+                    verdict.dropped.push(i);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if checked_sig.author != Author::Ca
+                && let Err(e) = self.charge_author(&node, chunk.len())
+            {
+                if peer == Some(&node) {
+                    return Err(e);
+                }
+                self.sigs.quota_dropped += 1;
+                verdict.dropped.push(i);
+                continue;
+            }
+            verdict.checked.push(Checked { hash, actor, sig: checked_sig, cert });
         }
-        Ok(checked)
+        Ok(verdict)
+    }
+
+    /// Charges `len` bytes of new changes to `author`'s quota.
+    fn charge_author(&mut self, author: &NodeId, len: usize) -> Result<(), Refused> {
+        let (per_min, burst) = (self.config.author_bytes_per_min, self.config.author_bytes_burst);
+        let now = self.now;
+        let q = self.sigs.quotas.entry(author.clone()).or_insert(Quota { bytes: burst, refilled_at: now });
+        let elapsed_ms = now.saturating_sub(q.refilled_at);
+        if elapsed_ms > 0 {
+            q.refilled_at = now;
+            q.bytes = q.bytes.saturating_add(per_min.saturating_mul(elapsed_ms) / 60_000).min(burst);
+        }
+        match q.bytes.checked_sub(len as u64) {
+            Some(left) => {
+                q.bytes = left;
+                Ok(())
+            }
+            None => Err(Refused::Quota { author: author.clone(), per_min }),
+        }
     }
 
     pub(crate) fn keep_sigs(&mut self, checked: Vec<Checked>) {

@@ -5,10 +5,13 @@
 //! engine; no driver in production uses it.
 
 pub mod agent;
+pub mod hostile_doc;
 pub mod remote;
+pub mod signed;
 pub mod trunk;
 
 pub use agent::{AgentModel, FakeRun};
+pub use signed::{dev_signed_sync, signed_sync};
 
 use crate::hash::stable_hash;
 use crate::{NodeId, PersistKind};
@@ -134,76 +137,4 @@ mod tests {
         assert_eq!(node_name(0).as_str(), "rendezvous");
         assert_eq!(node_name(7).as_str(), "agent-007");
     }
-}
-
-/// The writes a hostile enrolled node can make: well-formed Automerge
-/// changes of anything, into its own replica, which then syncs them as
-/// any change (issue 21). For tests and simulations of such a node.
-pub mod hostile_doc {
-    use automerge::{AutoCommit, ObjId};
-
-    /// Where the document's parts are, for the closure to write at.
-    pub struct Parts {
-        pub stories: ObjId,
-        pub nodes: ObjId,
-    }
-
-    impl crate::Engine {
-        /// Runs `write` on this node's document as its own changes, and
-        /// lets them out (persisted, synced) as if it had made them.
-        pub fn write_hostile(&mut self, now: crate::Millis, write: impl FnOnce(&mut AutoCommit, &Parts)) {
-            self.now = self.now.max(now);
-            let parts = Parts { stories: self.doc.stories_obj().clone(), nodes: self.doc.nodes_obj().clone() };
-            write(self.doc.automerge(), &parts);
-            self.doc.commit_now();
-            // Its own engine sees its writes as a peer's would.
-            self.absorb_remote_changes();
-            self.dirty = true;
-            self.finish_input();
-        }
-    }
-}
-
-/// A sync envelope from a peer that speaks the protocol without an engine
-/// (benches, hostile-peer tests): every change in `msg` signed with
-/// `creds` as `node`'s. Its actors must name `node` (`node ‖ 0 ‖ …`), or
-/// an engine refuses them.
-pub fn signed_sync(node: &NodeId, creds: &crate::Credentials, msg: automerge::sync::Message) -> Vec<u8> {
-    use crate::wire::{ChangeSigs, Envelope, Signer};
-    let mut sigs = ChangeSigs { certs: vec![(node.clone(), creds.cert)], sigs: Vec::new() };
-    for chunk in msg.changes.iter() {
-        let sig = match automerge::Change::from_bytes(chunk.to_vec()) {
-            Ok(c) => crate::identity::sign_change(&creds.secret, &c.hash().0),
-            Err(_) => [0; 64],
-        };
-        sigs.sigs.push((Signer::Cert(0), sig));
-    }
-    Envelope::Sync { sigs, message: msg.encode() }.encode()
-}
-
-/// A sync envelope whose every change is signed with the dev credentials
-/// of the node its actor names (dev credentials derive from the node id),
-/// so fuzzers reach Automerge with whatever they mutated. A change whose
-/// actor names no node goes unsigned.
-pub fn dev_signed_sync(msg: automerge::sync::Message) -> Vec<u8> {
-    use crate::wire::{ChangeSigs, Envelope, Signer};
-    let mut sigs = ChangeSigs::default();
-    for chunk in msg.changes.iter() {
-        let change = automerge::Change::from_bytes(chunk.to_vec()).ok();
-        let author = change.as_ref().and_then(|c| crate::signing::node_of_actor(c.actor_id()).map(|n| (n, c.hash())));
-        let Some((node, hash)) = author else {
-            sigs.sigs.push((Signer::None, [0; 64]));
-            continue;
-        };
-        let creds = crate::Credentials::dev(&node);
-        let i = match sigs.certs.iter().position(|(n, _)| *n == node) {
-            Some(i) => i,
-            None => {
-                sigs.certs.push((node, creds.cert));
-                sigs.certs.len() - 1
-            }
-        };
-        sigs.sigs.push((Signer::Cert(i as u16), crate::identity::sign_change(&creds.secret, &hash.0)));
-    }
-    Envelope::Sync { sigs, message: msg.encode() }.encode()
 }

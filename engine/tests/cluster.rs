@@ -118,16 +118,15 @@ fn a_zombie_push_after_the_winner_is_fenced_at_the_remote() {
     c.assert_no_work_lost();
 }
 
-/// A node goes offline, work is added on both sides, it comes back: both
-/// sides' stories merge and all get done.
+/// A node goes offline while working a story, work is added at the server,
+/// it comes back: both sides' writes merge and all get done. Stories are
+/// the server's to add: the offline agent refuses to add one itself.
 #[test]
 fn offline_node_reconnects_and_merges() {
     let mut cfg = fast_config();
     cfg.stages = vec![Stage::Current];
     let mut c = Harness::new(3, 3, cfg);
     c.run_for(2_000);
-    c.isolate(3);
-    c.run_for(500);
     let add = |c: &mut Harness, at: usize, id: &str| {
         let id = StoryId::new(id).unwrap();
         c.command(
@@ -142,11 +141,24 @@ fn offline_node_reconnects_and_merges() {
         .unwrap();
         id
     };
-    let offline = add(&mut c, 3, "offline-work");
-    let online = add(&mut c, 1, "online-work");
-    c.run_for(5_000);
-    assert!(c.engine(1).story(&offline).is_none());
-    assert_eq!(c.engine(3).story(&offline).unwrap().state.stage, Stage::Qa, "offline node works alone");
+    let offline = add(&mut c, 0, "offline-work");
+    let holder = (0..400)
+        .find_map(|_| {
+            c.run_for(10);
+            c.engine(0).story(&offline).and_then(|v| v.state.holder.clone())
+        })
+        .expect("an agent claims the story");
+    let k = (1..=3).find(|i| c.nodes[*i].id == holder).expect("the holder is an agent");
+    c.isolate(k);
+    let refused = c.command(k, Command::AddStory(huskies_engine::NewStory { title: "t".into(), ..Default::default() }));
+    assert_eq!(refused, Err(huskies_engine::CommandError::ServerOnly), "agents add no stories");
+    let online = add(&mut c, 0, "online-work");
+    let worked = (0..500).any(|_| {
+        c.run_for(10);
+        c.engine(k).story(&offline).is_some_and(|v| v.state.stage == Stage::Qa)
+    });
+    assert!(worked, "the offline node works alone");
+    assert!(c.engine(k).story(&online).is_none());
     c.heal();
     c.run_until_settled(60_000).expect("merges after reconnect");
     for i in 0..=3 {
@@ -209,7 +221,7 @@ fn storm_trace(seed: u64) -> (u64, usize) {
     c.jitter_ms = 20;
     c.agent.fail_pct = 20;
     c.run_for(1_000);
-    c.add_stories(1, 20, Stage::Current);
+    c.add_stories(0, 20, Stage::Current);
     c.run_for(4_000);
     c.crash(2);
     c.run_for(3_000);

@@ -1,6 +1,7 @@
-//! Property: whatever commands land on whichever nodes, in whatever
-//! delivery order and under whatever partitions, the replicas converge to
-//! identical heads and identical story views once the network heals.
+//! Property: whatever commands land on the server (or are refused by the
+//! agents they are sent to), in whatever delivery order and under whatever
+//! partitions, the replicas converge to identical heads and identical
+//! story views once the network heals.
 
 mod harness;
 
@@ -44,13 +45,18 @@ proptest! {
         c.run_for(500);
         for op in ops {
             match op {
+                // Story commands run on the server (node 0), concurrent
+                // with the agents' claims under partitions; one in four
+                // goes to an agent, which refuses it.
                 Op::Add { node, story } => {
                     let id = StoryId::new(format!("p{story}")).unwrap();
-                    let _ = c.command(node, Command::AddStory(huskies_engine::NewStory { id: Some(id), title: "t".into(), stage: Stage::Current, ..Default::default() }));
+                    let at = if node == 3 { node } else { 0 };
+                    let _ = c.command(at, Command::AddStory(huskies_engine::NewStory { id: Some(id), title: "t".into(), stage: Stage::Current, ..Default::default() }));
                 }
                 Op::Move { node, story, stage } => {
                     let id = StoryId::new(format!("p{story}")).unwrap();
-                    let _ = c.command(node, Command::MoveStory { id, stage: Stage::ALL[stage] });
+                    let at = if node == 3 { node } else { 0 };
+                    let _ = c.command(at, Command::MoveStory { id, stage: Stage::ALL[stage] });
                 }
                 Op::Cut { node } => c.isolate(node),
                 Op::Heal => c.heal(),
@@ -65,33 +71,4 @@ proptest! {
             prop_assert_eq!(&views(&mut c, i), &reference);
         }
     }
-}
-
-/// Found by `replicas_converge` once pushes were fenced at the remote: a
-/// story added under one id on both sides of a partition keeps only one of
-/// its two maps after the heal, while the remote may hold the hidden one's
-/// push at a higher token. The fenced node must release, or the story
-/// stalls held by a live node that will never push it.
-#[test]
-fn one_id_added_on_both_sides_of_a_partition_settles() {
-    let mut cfg = fast_config();
-    cfg.capacity = 1;
-    let mut c = Harness::new(3, 0, cfg);
-    c.agent = AgentModel::fixed(300);
-    c.run_for(500);
-    let add = |c: &mut Harness, node: usize, story: &str| {
-        let id = StoryId::new(story).unwrap();
-        let new =
-            huskies_engine::NewStory { id: Some(id), title: "t".into(), stage: Stage::Current, ..Default::default() };
-        let _ = c.command(node, Command::AddStory(new));
-    };
-    c.isolate(1);
-    add(&mut c, 2, "p2");
-    add(&mut c, 1, "p6");
-    c.run_for(622);
-    add(&mut c, 1, "p2");
-    c.run_for(777);
-    c.heal();
-    assert!(c.run_until_settled(120_000).is_some(), "did not settle");
-    c.assert_no_work_lost();
 }

@@ -22,6 +22,38 @@ fn add(c: &mut Harness, at: usize, id: &str) -> StoryId {
     id
 }
 
+/// Only `worker` runs the `current` stage until it holds some of `ids`,
+/// then it is cut off and the others run every stage again. Its work on
+/// what it holds is its own write, made apart (stories are the server's
+/// to add, not an agent's). Returns what it holds.
+fn cut_off_holding(c: &mut Harness, worker: usize, ids: &[StoryId]) -> Vec<StoryId> {
+    let later: Vec<Stage> = Stage::ALL.iter().copied().filter(|s| s.is_active() && *s != Stage::Current).collect();
+    for i in 1..c.nodes.len() {
+        let stages = if i == worker { vec![Stage::Current] } else { later.clone() };
+        c.command(i, Command::SetStages { stages }).expect("set stages");
+    }
+    let worker_id = c.nodes[worker].id.clone();
+    let mut held = Vec::new();
+    for _ in 0..1_000 {
+        c.run_for(10);
+        held = ids
+            .iter()
+            .filter(|id| c.engine(worker).story(id).is_some_and(|v| v.state.holder.as_ref() == Some(&worker_id)))
+            .cloned()
+            .collect();
+        if !held.is_empty() {
+            break;
+        }
+    }
+    assert!(!held.is_empty(), "node {worker} claims some of {ids:?}");
+    c.isolate(worker);
+    let all: Vec<Stage> = Stage::ALL.iter().copied().filter(|s| s.is_active()).collect();
+    for i in (1..c.nodes.len()).filter(|i| *i != worker) {
+        c.command(i, Command::SetStages { stages: all.clone() }).expect("set stages");
+    }
+    held
+}
+
 fn archive_done(c: &mut Harness) -> Vec<StoryId> {
     let done: Vec<StoryId> =
         c.engine(0).stories().filter(|(_, v)| v.state.stage == Stage::Done).map(|(id, _)| id.clone()).collect();
@@ -78,11 +110,12 @@ fn epochs_bound_history_and_archived_stories_stay_readable() {
 #[test]
 fn a_node_offline_across_cuts_brings_its_writes() {
     let mut c = Harness::new(3, 43, config());
+    c.agent = huskies_engine::testkit::AgentModel::fixed(3_000);
     add(&mut c, 0, "warmup");
     c.run_until_settled(60_000).expect("settles");
-    c.isolate(3);
-    // Apart: node 3 adds and runs its own stories.
-    let mine: Vec<StoryId> = (0..4).map(|k| add(&mut c, 3, &format!("offline-{k}"))).collect();
+    // Apart: node 3 runs the stories it claimed.
+    let offered: Vec<StoryId> = (0..4).map(|k| add(&mut c, 0, &format!("offline-{k}"))).collect();
+    let mine = cut_off_holding(&mut c, 3, &offered);
     // Meanwhile the rest of the cluster cuts epochs.
     for round in 0..3 {
         for k in 0..12 {
@@ -117,10 +150,11 @@ fn a_node_offline_across_cuts_brings_its_writes() {
 fn a_node_too_far_behind_carries_nothing_and_keeps_its_writes_cold() {
     let cfg = huskies_engine::Config { epoch_after_changes: 20, ..fast_config() };
     let mut c = Harness::new(2, 47, cfg);
+    c.agent = huskies_engine::testkit::AgentModel::fixed(3_000);
     add(&mut c, 0, "warmup");
     c.run_until_settled(60_000).expect("settles");
-    c.isolate(2);
-    let mine = add(&mut c, 2, "lonely");
+    let lonely = add(&mut c, 0, "lonely");
+    let mine = cut_off_holding(&mut c, 2, std::slice::from_ref(&lonely)).remove(0);
     let mut round = 0;
     while c.engine(0).epoch() <= huskies_engine::EPOCH_MEMORY + 1 {
         for k in 0..4 {
@@ -132,15 +166,18 @@ fn a_node_too_far_behind_carries_nothing_and_keeps_its_writes_cold() {
         round += 1;
         assert!(round < 200, "the server keeps cutting");
     }
+    let advanced =
+        |c: &mut Harness, i: usize| c.engine(i).story(&mine).is_some_and(|v| v.state.stage != Stage::Current);
+    assert!(advanced(&mut c, 2) && !advanced(&mut c, 0), "node 2 worked alone; the server never heard");
     c.heal();
     c.run_until_settled(120_000).expect("settles after the heal");
     let gap =
         c.events.iter().any(|(_, n, e)| *n == 2 && matches!(e, Event::EpochStarted { gap: true, carried: 0, .. }));
     assert!(gap, "node 2 reported the gap");
     assert_eq!(c.engine(2).epoch(), c.engine(0).epoch());
-    assert!(c.engine(0).story(&mine).is_none(), "nothing was carried");
-    let cold =
-        c.nodes[2].storage.archives.values().any(|b| ColdDoc::open(b).and_then(|mut d| d.story(&mine)).is_some());
+    let cold = c.nodes[2].storage.archives.values().any(|b| {
+        ColdDoc::open(b).and_then(|mut d| d.story(&mine)).is_some_and(|s| s.view.state.stage != Stage::Current)
+    });
     assert!(cold, "node 2 keeps its own write in cold storage");
 }
 

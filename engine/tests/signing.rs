@@ -116,8 +116,11 @@ struct Node {
 }
 
 impl Node {
+    /// A node; `alice` is a server (signs with the CA key, adds stories),
+    /// the others agents.
     fn start(name: &str, seed: u64, bytes: Vec<u8>, now: Millis) -> Node {
-        let config = Config { rendezvous: Some("hub".into()), ..Config::default() };
+        let rendezvous = if name == "alice" { None } else { Some("hub".into()) };
+        let config = Config { rendezvous, ..Config::default() };
         let mut n = Node { e: Engine::new(config, id(name), seed, now), disk: Disk::default() };
         n.e.handle(now, Input::StorageLoaded { bytes });
         n.sends();
@@ -210,4 +213,60 @@ fn a_revoked_nodes_changes_are_no_longer_applied() {
     let outs = drain(&mut e);
     assert!(!rejected(&outs, ConnId(1)), "{}", reason(&outs));
     assert!(!e.heads().contains(&later_hash) && !e.has_change(&later_hash), "the revoked node's change is dropped");
+}
+
+/// Each author but the server may add only so many bytes of changes a
+/// minute: past the burst its own link is refused, and a relay that
+/// forwards its flood keeps its link while the flood waits.
+#[test]
+fn an_authors_flood_is_held_to_its_quota() {
+    let config = Config { author_bytes_burst: 64 << 10, author_bytes_per_min: 60 << 10, ..Config::default() };
+    let mut e = Engine::new(config, id("me"), 1, Millis(0));
+    e.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut e);
+    let mallory = Credentials::dev(&id("mallory"));
+    handshake(&mut e, ConnId(1), "bob");
+    handshake(&mut e, ConnId(2), "mallory");
+    let mut am = AutoCommit::load(&e.save()).unwrap();
+    am.set_actor(ActorId::from(b"mallory\0\x01".to_vec()));
+    let send = |e: &mut Engine, am: &mut AutoCommit, conn: ConnId, t: u64| {
+        am.put(automerge::ROOT, format!("flood-{t}"), "x".repeat(8 << 10)).unwrap();
+        am.commit();
+        let change = am.get_last_local_change().unwrap();
+        let bytes = envelope(
+            change.raw_bytes(),
+            vec![(id("mallory"), mallory.cert)],
+            Signer::Cert(0),
+            identity::sign_change(&mallory.secret, &change.hash().0),
+        );
+        e.handle(Millis(t), Input::PeerMessage { conn, bytes });
+        (drain(e), change.hash())
+    };
+    // Through bob: applied while the quota lasts, then held back; bob stays.
+    let mut relayed = 0;
+    for t in 10..30 {
+        let (outs, hash) = send(&mut e, &mut am, ConnId(1), t);
+        assert!(!rejected(&outs, ConnId(1)), "{}", reason(&outs));
+        if !e.has_change(&hash) {
+            break;
+        }
+        relayed += 1;
+    }
+    assert!((4..=8).contains(&relayed), "about 64 KiB of 8 KiB changes pass: {relayed}");
+    // From mallory itself: refused with its link.
+    let (outs, _) = send(&mut e, &mut am, ConnId(2), 31);
+    assert!(rejected(&outs, ConnId(2)));
+    assert!(reason(&outs).contains("mallory is over its quota"), "{}", reason(&outs));
+    // A minute later the quota has refilled: bob's next offer of the
+    // held-back change goes in.
+    let held = am.get_changes(&[]).into_iter().find(|c| !e.has_change(&c.hash())).unwrap();
+    let bytes = envelope(
+        held.raw_bytes(),
+        vec![(id("mallory"), mallory.cert)],
+        Signer::Cert(0),
+        identity::sign_change(&mallory.secret, &held.hash().0),
+    );
+    e.handle(Millis(61_000), Input::PeerMessage { conn: ConnId(1), bytes });
+    drain(&mut e);
+    assert!(e.has_change(&held.hash()), "applied once the quota refilled");
 }

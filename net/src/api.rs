@@ -248,7 +248,7 @@ async fn run(state: &AppState, command: Command) -> Response {
         Some(Err(e @ (CommandError::StoryExists(_) | CommandError::Removed(_) | CommandError::NotFailed(_)))) => {
             error(StatusCode::CONFLICT, e.to_string())
         }
-        Some(Err(e @ (CommandError::NotAuthority | CommandError::RemoveOnServer))) => {
+        Some(Err(e @ (CommandError::NotAuthority | CommandError::ServerOnly))) => {
             error(StatusCode::FORBIDDEN, e.to_string())
         }
         Some(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),

@@ -57,6 +57,9 @@ pub struct NodeCtx {
     pub torn: Mutex<u64>,
     /// How long one build and gate run of a landing takes.
     pub gate_ms: u64,
+    /// Hostile writes this node is to make next (a Byzantine node: its
+    /// own well-formed changes of anything, signed by it, issue 21).
+    pub hostile_writes: Mutex<u32>,
 }
 
 fn sim_ms() -> u64 {
@@ -243,6 +246,10 @@ impl SimNode {
             });
         }
         self.finish_lands(now);
+        let hostile = std::mem::take(&mut *self.ctx.hostile_writes.lock().expect("hostile lock"));
+        for _ in 0..hostile {
+            self.write_hostile(now);
+        }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later).into_iter().partition(|(t, _)| *t <= now);
         self.later = later;
         for (_, input) in due {
@@ -276,7 +283,9 @@ impl SimNode {
         let heads = self.engine.heads().iter().map(|h| h.to_string()).collect();
         let stories = self.engine.stories().map(|(id, v)| (id.clone(), v.state.clone())).collect();
         let save_len = if *self.ctx.want_save_len.lock().expect("lock") { self.engine.save().len() } else { 0 };
-        self.oracle().views.insert(self.ctx.id.clone(), View { heads, stories, save_len, epoch: self.engine.epoch() });
+        let view = View { heads, stories, save_len, epoch: self.engine.epoch() };
+        let id = self.ctx.id.clone();
+        self.oracle().publish(&id, view);
     }
 
     fn input(&mut self, input: Input) {
@@ -285,6 +294,29 @@ impl SimNode {
         }
         let now = self.ctx.local_ms();
         self.engine.handle(Millis(now), input);
+        self.carry_out(now);
+    }
+
+    /// One hostile write (`testkit::hostile_doc::random_attack`) on this
+    /// node's stories, let out as its own change.
+    fn write_hostile(&mut self, now: u64) {
+        let stories: Vec<StoryId> = self.engine.stories().map(|(id, _)| id.clone()).collect();
+        if stories.is_empty() {
+            return;
+        }
+        let mut d = self.random();
+        let mut draw = move || {
+            d = stable_hash(&[&d.to_be_bytes()]);
+            d
+        };
+        self.engine.write_hostile(Millis(now), |am, parts| {
+            huskies_engine::testkit::hostile_doc::random_attack(am, parts, &stories, &mut draw)
+        });
+        self.carry_out(now);
+    }
+
+    /// Carries out the engine's outputs (persisting each at once).
+    fn carry_out(&mut self, now: u64) {
         let sim_now = sim_ms();
         // The simulated disk is written at once: each persist is durable
         // before the outputs it covers are carried out.

@@ -71,6 +71,12 @@ pub struct Oracle {
     pub rejected_peers: u64,
     /// `HUSKIES_TRACE_STORY=id` prints every output that mentions the story.
     pub trace_story: Option<String>,
+    /// Every node of the cluster.
+    pub members: BTreeSet<NodeId>,
+    /// The Byzantine node, if any: its outputs and views are not checked
+    /// (it is not honest), and no honest view may show what only it
+    /// could have written.
+    pub byzantine: Option<NodeId>,
 }
 
 impl Oracle {
@@ -84,10 +90,37 @@ impl Oracle {
         }
     }
 
+    /// A node's view: kept for convergence and liveness, and checked
+    /// against what only the Byzantine node could have written.
+    pub fn publish(&mut self, node: &NodeId, view: View) {
+        if self.byzantine.as_ref() == Some(node) {
+            return;
+        }
+        if self.byzantine.is_some() {
+            for (id, st) in &view.stories {
+                // The sims never remove a story and add only their own ids;
+                // a holder is a member (no "ghost").
+                let forged = if !self.added.contains(id) {
+                    Some("a story the server never added".to_owned())
+                } else if st.removed {
+                    Some("a removal no admin asked for".to_owned())
+                } else if st.holder.as_ref().is_some_and(|h| !self.members.contains(h)) {
+                    Some(format!("held by {:?}, no member", st.holder))
+                } else {
+                    None
+                };
+                if let Some(what) = forged {
+                    self.violation("SAFETY", format!("{node} shows {id}: {what} (only the Byzantine node wrote it)"));
+                }
+            }
+        }
+        self.views.insert(node.clone(), view);
+    }
+
     pub fn observe(&mut self, now_ms: u64, node: &NodeId, out: &Output) {
         if let Some(story) = &self.trace_story {
             let line = format!("{now_ms} {node} {out:?}");
-            if line.contains(&format!("\"{story}\"")) {
+            if line.contains(&format!("\"{story}\"")) || line.contains(&format!("/{story}/")) {
                 println!("trace: {line}");
             }
         }

@@ -197,6 +197,13 @@ pub struct Scenario {
     pub merge_nodes: Option<usize>,
     /// The stage stories are added in.
     pub start_stage: Stage,
+    /// `Some(i)`: agent `i` is Byzantine. Through the fault phase it writes
+    /// random well-formed hostile changes (forged commands, absurd tokens,
+    /// wrong types, deletions of maps, others' run records, floods of
+    /// stories); at the heal the server revokes it and it stays down. The
+    /// oracle checks the honest nodes only, and that none shows a value
+    /// only the hostile node could have written.
+    pub byzantine: Option<usize>,
 }
 
 /// Short timings so a scenario spans seconds of simulated time.
@@ -235,6 +242,7 @@ impl Scenario {
             gate_ms: 50,
             merge_nodes: None,
             start_stage: Stage::Current,
+            byzantine: None,
         }
     }
 }
@@ -511,6 +519,8 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         seed: seed ^ s.trunk.seed,
         ..s.trunk
     });
+    o.members = (0..=s.agents).map(node_name).collect();
+    o.byzantine = s.byzantine.map(node_name);
     let oracle = Arc::new(Mutex::new(o));
     let mut cluster = start_cluster(&s, &profile, &oracle);
     add_stories(&s).await;
@@ -589,6 +599,7 @@ fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<Oracle>>) -
             want_save_len: Mutex::new(false),
             archive_every_ms: if i == 0 { s.archive_every_ms } else { 0 },
             gate_ms: s.gate_ms,
+            hostile_writes: Mutex::new(0),
             tear_next_epoch: Mutex::new(false),
             dead: Mutex::new(false),
             torn: Mutex::new(0),
@@ -637,6 +648,20 @@ async fn add_stories(s: &Scenario) {
         .expect("client task");
 }
 
+/// Sends one command to the server, as the CLI would.
+async fn send_command(cmd: Command) {
+    let handle = Handle::current();
+    let client = handle.create_node().name("operator").ip(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 8))).build();
+    let target = SocketAddr::new(ip(0), PORT);
+    client
+        .spawn(async move {
+            let ep = Endpoint::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 8)), 1)).await.expect("bind");
+            let _ = ep.send_to_raw(target, TAG, Box::new(Packet::Command(cmd))).await;
+        })
+        .await
+        .expect("operator task");
+}
+
 /// The profile's random faults (and relaxations) until `fault_ms`, and the
 /// script; returns what was injected, with times.
 async fn fault_phase(
@@ -653,15 +678,27 @@ async fn fault_phase(
     let mut script = script.into_iter().peekable();
     let any_random = !profile.fault_kinds().is_empty();
     let mut next_random = start + profile.fault_every_ms;
+    // The Byzantine node's hostile writes, every 200 to 1,000 ms.
+    let mut next_hostile = if s.byzantine.is_some() { start + 200 } else { u64::MAX };
     while now_ms() < fault_end || script.peek().is_some() {
         let next_script = script.peek().map(|(t, _)| start + t).unwrap_or(u64::MAX);
         let next_random_at = if any_random && next_random < fault_end { next_random } else { u64::MAX };
+        let next_hostile_at = if next_hostile < fault_end { next_hostile } else { u64::MAX };
         let end = if now_ms() < fault_end { fault_end } else { u64::MAX };
-        let next = next_script.min(next_random_at).min(end);
+        let next = next_script.min(next_random_at).min(next_hostile_at).min(end);
         if next == u64::MAX {
             break;
         }
         sleep(Duration::from_millis(next.saturating_sub(now_ms()))).await;
+        if let Some(b) = s.byzantine
+            && now_ms() >= next_hostile_at
+        {
+            let n = 1 + madsim::rand::random::<u32>() % 3;
+            *cluster.ctxs[b].hostile_writes.lock().expect("hostile lock") += n;
+            faults.push(format!("{} ms: {n} hostile writes by {b}", now_ms()));
+            next_hostile = now_ms() + 200 + madsim::rand::random::<u64>() % 800;
+            continue;
+        }
         if now_ms() >= next_script {
             let (_, f) = script.next().expect("peeked");
             cluster.scripted(f, oracle);
@@ -692,6 +729,17 @@ async fn heal_phase(
     oracle: &Arc<Mutex<Oracle>>,
 ) -> Option<u64> {
     cluster.heal();
+    if let Some(b) = s.byzantine {
+        // The operator notices: the hostile node is revoked and stays down.
+        cluster.crashed.retain(|i| *i != b);
+        cluster.handle.kill(cluster.nodes[b].id());
+        {
+            let mut o = oracle.lock().expect("oracle");
+            o.node_crashed(&cluster.ctxs[b].id);
+            o.views.remove(&cluster.ctxs[b].id);
+        }
+        send_command(Command::RevokeNode { node: cluster.ctxs[b].id.clone() }).await;
+    }
     for i in std::mem::take(&mut cluster.crashed) {
         cluster.restart(i, oracle);
     }

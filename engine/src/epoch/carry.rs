@@ -18,19 +18,33 @@ struct Carry<'a> {
     seen: Clock,
     archived: BTreeSet<String>,
     writes: usize,
+    /// Us: a carried state is our write, and a node may claim only in
+    /// its own name (schema.rs), so another node's unseen claim is left
+    /// for that node to carry.
+    me: crate::NodeId,
 }
 
 /// Carries the writes of `old` that `new`'s base has not seen.
-pub(super) fn carry(old: &mut Doc, new: &mut Doc) -> Carried {
+pub(super) fn carry(old: &mut Doc, new: &mut Doc, me: &crate::NodeId) -> Carried {
     let (old_stories, old_nodes) = (old.stories_obj().clone(), old.nodes_obj().clone());
     let (new_stories, new_nodes) = (new.stories_obj().clone(), new.nodes_obj().clone());
-    let mut c =
-        Carry { old: old.automerge(), new: new.automerge(), seen: Clock::new(), archived: BTreeSet::new(), writes: 0 };
+    // A story whose map a peer replaced or deleted (schema.rs refused it)
+    // is carried from the map we last read: our unseen writes to it count.
+    let known = old.known_story_objs();
+    let mut c = Carry {
+        old: old.automerge(),
+        new: new.automerge(),
+        seen: Clock::new(),
+        archived: BTreeSet::new(),
+        writes: 0,
+        me: me.clone(),
+    };
     c.read_base();
-    let ids: Vec<String> = c.old.keys(&old_stories).collect();
+    let mut ids: BTreeSet<String> = c.old.keys(&old_stories).collect();
+    ids.extend(known.keys().map(|id| id.as_str().to_owned()));
     for id in ids {
         let Ok(story) = StoryId::new(id.clone()) else { continue };
-        let Some(src) = map_of(c.old, &old_stories, &id) else { continue };
+        let Some(src) = map_of(c.old, &old_stories, &id).or_else(|| known.get(&story).cloned()) else { continue };
         match map_of(c.new, &new_stories, &id) {
             None => c.story_added(&new_stories, &story, &src),
             Some(dst) => c.story_changed(&story, &src, &dst),
@@ -71,7 +85,10 @@ impl Carry<'_> {
                 self.new.put(&dst, k.as_str(), v).expect("carry");
             }
         }
-        if let Some(state) = best_state(self.old, src, story, |_| true) {
+        let me = self.me.clone();
+        if let Some(state) =
+            best_state(self.old, src, story, |_| true).filter(|s| s.holder.as_ref().is_none_or(|h| *h == me))
+        {
             self.new.put(&dst, "state", state.encode()).expect("carry");
         }
         self.writes += 1;
@@ -82,7 +99,9 @@ impl Carry<'_> {
     fn story_changed(&mut self, story: &StoryId, src: &ObjId, dst: &ObjId) {
         let theirs = best_state(self.new, dst, story, |_| true);
         let seen = &self.seen;
-        let ours = best_state(self.old, src, story, |op| !covered(seen, op));
+        let me = &self.me;
+        let ours = best_state(self.old, src, story, |op| !covered(seen, op))
+            .filter(|s| s.holder.as_ref().is_none_or(|h| h == me));
         if let Some(ours) = ours
             && theirs.as_ref().is_none_or(|t| ours.precedence(story.as_str(), t).is_gt())
         {

@@ -2,6 +2,8 @@
 //! sweeps its seeds (`HUSKIES_SEEDS=k` for more, `HUSKIES_SEED=n` to replay).
 
 #[cfg(madsim)]
+mod byzantine;
+#[cfg(madsim)]
 mod claim_storm;
 #[cfg(madsim)]
 mod clock_skew;
