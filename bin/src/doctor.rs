@@ -90,6 +90,7 @@ mod tests {
             ],
             "nodes": [{"id": "mallory", "label": "m", "address": null, "capacity": 1, "alive": true}],
             "runs": [],
+            "counters": huskies_net::status::Counters::default(),
         });
         let mut s: Status = serde_json::from_value(json).expect("a status");
         s.refused = huskies_net::status::Refused { total, newest: refused };

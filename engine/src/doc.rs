@@ -495,11 +495,16 @@ impl Doc {
         let cached = self.story_objs.get(id).cloned();
         let current = self.am.get(&self.stories_obj, id.as_str()).ok().flatten();
         match (current, cached) {
-            // A map: ours, or one a concurrent add of the same id put in
-            // its place, which reading notices (`take_replaced`).
-            (Some((Value::Object(ObjType::Map), _)), Some(obj)) => obj,
-            (Some((Value::Object(ObjType::Map), _)), None) => {
-                self.story_obj(id).unwrap_or_else(|| panic!("{why} on story {id}: its map vanished"))
+            // The current map: ours, or one put in its place (a concurrent
+            // add of the same id, or a map a node put back after a peer
+            // replaced it), which reading notices (`take_replaced`). Never
+            // the cached one if it differs: a write to a map no key points
+            // to is read by nobody.
+            (Some((Value::Object(ObjType::Map), current)), cached) => {
+                if cached.as_ref() != Some(&current) {
+                    return self.story_obj(id).unwrap_or_else(|| panic!("{why} on story {id}: its map vanished"));
+                }
+                current
             }
             (_, Some(old)) => {
                 let fresh = self.am.put_object(&self.stories_obj, id.as_str(), ObjType::Map).expect("restore story");

@@ -97,6 +97,9 @@ pub struct Engine {
     /// At the server: a new epoch is due whatever the peers hold (after a
     /// revocation, or over history that is not all signed).
     pub(crate) cut_wanted: bool,
+    /// When the wanted cut was first due: it waits for the peers to be in
+    /// step, a claim timeout at most.
+    pub(crate) cut_wanted_since: Option<Millis>,
     /// Set while the index is rebuilt from a replaced document: a story's
     /// state may then legitimately differ from anything it was.
     pub(crate) reindexing: bool,
@@ -167,6 +170,7 @@ impl Engine {
             reindexing: false,
             sigs: Default::default(),
             cut_wanted: false,
+            cut_wanted_since: None,
         }
     }
 

@@ -221,6 +221,14 @@ impl Engine {
         // node's history behind, signing.rs) or over unsigned history,
         // once the peers are in step: nobody's writes need carrying then.
         let wanted = self.cut_wanted;
+        let since = *self.cut_wanted_since.get_or_insert(self.now);
+        if !wanted {
+            self.cut_wanted_since = None;
+        }
+        // Peers that applied a revoked node's changes before its revocation
+        // and peers that never will can never be in step: past a claim
+        // timeout the cut goes ahead (carrying what it must).
+        let overdue = wanted && self.now.saturating_sub(since) >= self.config.claim_timeout_ms;
         if limit == 0 && !damaged && !wanted {
             return;
         }
@@ -249,7 +257,7 @@ impl Engine {
                 c.epoch == Some(ours) && theirs == heads
             })
         });
-        if in_step || damaged || (limit > 0 && changes >= limit.saturating_mul(2)) {
+        if in_step || damaged || overdue || (limit > 0 && changes >= limit.saturating_mul(2)) {
             self.cut_epoch();
         }
     }
@@ -404,6 +412,7 @@ impl Engine {
         // CA's, and what we write on top of it is signed as we persist.
         self.sigs.clear_history();
         self.cut_wanted = false;
+        self.cut_wanted_since = None;
         self.base = Some(base.clone());
         self.reindex();
         self.write_own_record();

@@ -159,6 +159,9 @@ pub fn token_out_of_reach(token: u64, last_valid: Option<u64>) -> Option<String>
         Some(last) if token > last.saturating_add(MAX_TOKEN_STEP) => {
             Some(format!("token {token} jumps more than {MAX_TOKEN_STEP} past the last valid {last}"))
         }
+        // First seen (a new story, a restart, a new epoch): an honest token
+        // is a count of claims and moves, far below one step.
+        None if token > MAX_TOKEN_STEP => Some(format!("token {token} is past any honest claim on a story first seen")),
         _ => None,
     }
 }
@@ -189,5 +192,6 @@ mod tests {
         assert_eq!(token_out_of_reach(7 + MAX_TOKEN_STEP, Some(7)), None);
         assert!(token_out_of_reach(8 + MAX_TOKEN_STEP, Some(7)).unwrap().contains("last valid 7"));
         assert_eq!(token_out_of_reach(1_000, None), None);
+        assert!(token_out_of_reach(MAX_TOKEN_STEP + 1, None).unwrap().contains("first seen"));
     }
 }

@@ -18,9 +18,10 @@ struct Carry<'a> {
     seen: Clock,
     archived: BTreeSet<String>,
     writes: usize,
-    /// Us: a carried state is our write, and a node may claim only in
-    /// its own name (schema.rs), so another node's unseen claim is left
-    /// for that node to carry.
+    /// Us: a carried state is our write, and a node may claim only in its
+    /// own name (schema.rs), so another node's unseen claim is carried
+    /// released, at its token (no view goes back); the holder, alive,
+    /// carries its claim itself.
     me: crate::NodeId,
 }
 
@@ -85,10 +86,7 @@ impl Carry<'_> {
                 self.new.put(&dst, k.as_str(), v).expect("carry");
             }
         }
-        let me = self.me.clone();
-        if let Some(state) =
-            best_state(self.old, src, story, |_| true).filter(|s| s.holder.as_ref().is_none_or(|h| *h == me))
-        {
+        if let Some(state) = best_state(self.old, src, story, |_| true).map(|s| self.as_ours(s)) {
             self.new.put(&dst, "state", state.encode()).expect("carry");
         }
         self.writes += 1;
@@ -99,9 +97,7 @@ impl Carry<'_> {
     fn story_changed(&mut self, story: &StoryId, src: &ObjId, dst: &ObjId) {
         let theirs = best_state(self.new, dst, story, |_| true);
         let seen = &self.seen;
-        let me = &self.me;
-        let ours = best_state(self.old, src, story, |op| !covered(seen, op))
-            .filter(|s| s.holder.as_ref().is_none_or(|h| h == me));
+        let ours = best_state(self.old, src, story, |op| !covered(seen, op)).map(|s| self.as_ours(s));
         if let Some(ours) = ours
             && theirs.as_ref().is_none_or(|t| ours.precedence(story.as_str(), t).is_gt())
         {
@@ -121,6 +117,14 @@ impl Carry<'_> {
                 self.writes += 1;
             }
         }
+    }
+
+    /// A state we may write: another node's claim becomes a release.
+    fn as_ours(&self, mut s: StoryState) -> StoryState {
+        if s.holder.as_ref().is_some_and(|h| *h != self.me) {
+            s.holder = None;
+        }
+        s
     }
 
     /// Node records the base lacks (a node writes its own again anyway).
