@@ -239,7 +239,28 @@ fn change_message(hash: &[u8; 32]) -> Vec<u8> {
 
 /// Signs an Automerge change (by its hash) with `secret`.
 pub fn sign_change(secret: &[u8; 32], hash: &[u8; 32]) -> Sig {
-    SigningKey::from_bytes(secret).sign(&change_message(hash)).to_bytes()
+    ChangeSigner::new(secret).sign(hash)
+}
+
+/// A key ready to sign changes: deriving the public half from the secret
+/// costs about as much as a signature, so a node does it once.
+#[derive(Clone)]
+pub struct ChangeSigner(SigningKey);
+
+impl ChangeSigner {
+    pub fn new(secret: &[u8; 32]) -> ChangeSigner {
+        ChangeSigner(SigningKey::from_bytes(secret))
+    }
+
+    pub fn sign(&self, hash: &[u8; 32]) -> Sig {
+        self.0.sign(&change_message(hash)).to_bytes()
+    }
+}
+
+impl std::fmt::Debug for ChangeSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeSigner(<secret>)")
+    }
 }
 
 /// Did `key` sign the change whose hash is `hash`?

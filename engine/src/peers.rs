@@ -310,7 +310,10 @@ impl Engine {
             let c = engine.peers.conn_mut(conn)?;
             engine.doc.automerge().sync().generate_sync_message(&mut c.sync)
         });
-        if let Some(msg) = generated.flatten() {
+        if let Some(mut msg) = generated.flatten() {
+            // Advertise no v2 capability (signing.rs): a peer that took us
+            // at our word would answer with whole documents we refuse.
+            msg.flags = None;
             let sigs = self.sigs_for(&msg);
             let bytes = Envelope::Sync { sigs, message: msg.encode() }.encode();
             self.release(Output::Send { conn, bytes });

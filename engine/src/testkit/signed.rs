@@ -11,9 +11,10 @@ use crate::NodeId;
 pub fn signed_sync(node: &NodeId, creds: &crate::Credentials, msg: automerge::sync::Message) -> Vec<u8> {
     use crate::wire::{ChangeSigs, Envelope, Signer};
     let mut sigs = ChangeSigs { certs: vec![(node.clone(), creds.cert)], sigs: Vec::new() };
+    let signer = crate::identity::ChangeSigner::new(&creds.secret);
     for chunk in msg.changes.iter() {
         let sig = match automerge::Change::from_bytes(chunk.to_vec()) {
-            Ok(c) => crate::identity::sign_change(&creds.secret, &c.hash().0),
+            Ok(c) => signer.sign(&c.hash().0),
             Err(_) => [0; 64],
         };
         sigs.sigs.push((Signer::Cert(0), sig));
