@@ -22,9 +22,11 @@ fn ok(c: &Cluster, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
-    let mut c = Cluster::new("byzantine");
+/// A cluster of a server and agents 1 and 2 with six stories in
+/// `current`, stopped once agent 2 holds a claim: agent 2 is the node
+/// turned hostile.
+fn cluster_with_a_stopped_agent(tag: &str) -> (Cluster, Vec<String>) {
+    let mut c = Cluster::new(tag);
     c.start_agent(1, 400);
     c.start_agent(2, 400);
     let ids: Vec<String> = (0..6).map(|k| format!("s{k}")).collect();
@@ -35,17 +37,27 @@ fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
         c.stages().iter().any(|(_, _, h)| h.as_deref() == Some("agent-2"))
     });
     c.kill("agent-2", libc::SIGTERM);
+    (c, ids)
+}
 
-    // agent-2's replica, written as agent-2 would write it.
-    let dir = c.root().join("agent-2-data");
-    let (mut storage, bytes) = Storage::open(&dir).unwrap();
+/// Agent 2's replica on disk, opened to be written as agent 2 would write
+/// it (a new incarnation `salt`), and its `stories` map.
+fn open_replica(c: &Cluster, salt: u8) -> (Storage, AutoCommit, automerge::ObjId) {
+    let (storage, bytes) = Storage::open(&c.root().join("agent-2-data")).unwrap();
     let mut actor = b"agent-2".to_vec();
     actor.push(0);
-    actor.extend_from_slice(&[0xee; 8]);
+    actor.extend_from_slice(&[salt; 8]);
     // Storage interleaves signature blocks with the document's chunks.
     let chunks = huskies_engine::guard::split_stored(&bytes, 1 << 30).chunks;
-    let mut am = AutoCommit::load(&chunks).unwrap().with_actor(ActorId::from(actor));
+    let am = AutoCommit::load(&chunks).unwrap().with_actor(ActorId::from(actor));
     let Ok(Some((_, stories))) = am.get(automerge::ROOT, "stories") else { panic!("no stories map") };
+    (storage, am, stories)
+}
+
+#[test]
+fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
+    let (mut c, ids) = cluster_with_a_stopped_agent("byzantine");
+    let (mut storage, mut am, stories) = open_replica(&c, 0xee);
     let story = |am: &AutoCommit, id: &str| am.get(&stories, id).unwrap().unwrap().1;
     let state = |am: &AutoCommit, id: &str| match am.get(story(am, id), "state").unwrap().unwrap().0 {
         automerge::Value::Scalar(s) => s.as_str().unwrap().to_owned(),
@@ -114,28 +126,11 @@ fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
 /// honest agent keeps its link, and the work finishes.
 #[test]
 fn forged_commands_and_a_story_flood_cost_the_cluster_nothing() {
-    let mut c = Cluster::new("byzantine-flood");
-    c.start_agent(1, 400);
-    c.start_agent(2, 400);
-    let ids: Vec<String> = (0..6).map(|k| format!("s{k}")).collect();
-    for id in &ids {
-        ok(&c, &["story", "add", &format!("Story {id}"), "--id", id, "--stage", "current"]);
-    }
-    wait_for("agent-2 to hold a claim", Duration::from_secs(30), || {
-        c.stages().iter().any(|(_, _, h)| h.as_deref() == Some("agent-2"))
-    });
-    c.kill("agent-2", libc::SIGTERM);
+    let (mut c, ids) = cluster_with_a_stopped_agent("byzantine-flood");
     let server_pid = c.procs.iter().find(|p| p.name == "server").unwrap().child.id();
     let rss_before = rss_kib(server_pid);
 
-    let dir = c.root().join("agent-2-data");
-    let (mut storage, bytes) = Storage::open(&dir).unwrap();
-    let chunks = huskies_engine::guard::split_stored(&bytes, 1 << 30).chunks;
-    let mut actor = b"agent-2".to_vec();
-    actor.push(0);
-    actor.extend_from_slice(&[0xef; 8]);
-    let mut am = AutoCommit::load(&chunks).unwrap().with_actor(ActorId::from(actor));
-    let Ok(Some((_, stories))) = am.get(automerge::ROOT, "stories") else { panic!("no stories map") };
+    let (mut storage, mut am, stories) = open_replica(&c, 0xef);
     let story = |am: &AutoCommit, id: &str| am.get(&stories, id).unwrap().unwrap().1;
     let state = |am: &AutoCommit, id: &str| match am.get(story(am, id), "state").unwrap().unwrap().0 {
         automerge::Value::Scalar(s) => serde_json::from_str::<serde_json::Value>(s.as_str().unwrap()).unwrap(),
@@ -165,13 +160,7 @@ fn forged_commands_and_a_story_flood_cost_the_cluster_nothing() {
 
     // Then the flood, written the same way.
     c.kill("agent-2", libc::SIGTERM);
-    let (mut storage, bytes) = Storage::open(&dir).unwrap();
-    let chunks = huskies_engine::guard::split_stored(&bytes, 1 << 30).chunks;
-    let mut actor = b"agent-2".to_vec();
-    actor.push(0);
-    actor.extend_from_slice(&[0xf0; 8]);
-    let mut am = AutoCommit::load(&chunks).unwrap().with_actor(ActorId::from(actor));
-    let Ok(Some((_, stories))) = am.get(automerge::ROOT, "stories") else { panic!("no stories map") };
+    let (mut storage, mut am, stories) = open_replica(&c, 0xf0);
     for batch in 0..35 {
         for k in 0..5_000 {
             let o = am.put_object(&stories, format!("flood-{batch:02}-{k:04}").as_str(), ObjType::Map).unwrap();
