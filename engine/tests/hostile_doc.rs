@@ -25,6 +25,15 @@ fn hostile(
     c.engine(2).write_hostile(now, write);
 }
 
+/// Lets the hostile writes sync, then node 2 dies (its claims are
+/// reclaimed) and the honest nodes settle; returns its name.
+fn hostile_dies(c: &mut Harness) -> String {
+    c.run_for(2_000);
+    c.crash(2);
+    c.run_until_settled(300_000).expect("settles");
+    c.nodes[2].id.to_string()
+}
+
 fn refused_on(c: &mut Harness, i: usize) -> Vec<String> {
     c.engine(i).refusals().0.map(|r| r.to_string()).collect()
 }
@@ -92,11 +101,7 @@ fn forged_removals_and_claims_in_anothers_name_are_refused() {
             am.put(&obj, "state", v.as_str()).unwrap();
         }
     });
-    c.run_for(2_000);
-    // The hostile node dies; its claims are reclaimed.
-    c.crash(2);
-    c.run_until_settled(300_000).expect("settles");
-    let name = c.nodes[2].id.to_string();
+    let name = hostile_dies(&mut c);
     for i in [0, 1] {
         all_done(&mut c, &stories, i);
         let refused = refused_on(&mut c, i);
@@ -129,10 +134,7 @@ fn stories_an_agent_creates_never_reach_a_board() {
             am.put(&o, "state", r#"{"stage":"current","token":0}"#).unwrap();
         }
     });
-    c.run_for(2_000);
-    c.crash(2);
-    c.run_until_settled(300_000).expect("settles");
-    let name = c.nodes[2].id.to_string();
+    let name = hostile_dies(&mut c);
     for i in [0, 1] {
         all_done(&mut c, &stories, i);
         assert_eq!(c.engine(i).stories().count(), stories.len(), "node {i}: only the server's stories");
