@@ -423,7 +423,7 @@ fn whole_flow_over_tls() {
         );
         std::fs::write(work.join(".huskies/project.toml"), toml).unwrap();
         let token = cli(&["token", "create", "--ttl", "10m", "--data-dir", &data]).trim().to_owned();
-        let port = std::net::TcpListener::bind((host.as_str(), 0)).unwrap().local_addr().unwrap().port();
+        let port = free_port_on(&host);
         c.spawn(
             &format!("agent-{i}"),
             &[

@@ -45,8 +45,11 @@ impl Drop for Daemon {
     }
 }
 
+#[path = "ports.rs"]
+mod ports;
+
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    ports::free_port_on("127.0.0.1")
 }
 
 fn wait_listening(port: u16) {

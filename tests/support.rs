@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "ports.rs"]
+mod ports;
+pub use ports::free_port_on;
+
 pub const EXE: &str = env!("CARGO_BIN_EXE_huskies");
 
 pub struct Proc {
@@ -36,11 +40,37 @@ pub mod tempdir {
             TempDir(p)
         }
     }
+    /// The last lines of every `*.log` in `dir` (the nodes' logs).
+    fn print_log_tails(dir: &std::path::Path) {
+        const TAIL_LINES: usize = 40;
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut logs: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- last {TAIL_LINES} lines of {}", log.display());
+            for line in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
     impl Drop for TempDir {
         fn drop(&mut self) {
             // A failed test keeps its logs and data for a post-mortem.
+            // The logs' tails go to stderr too: a CI run keeps only its
+            // output, not the machine's /tmp.
             if std::thread::panicking() {
+                print_log_tails(&self.0);
                 eprintln!("kept for inspection: {}", self.0.display());
+                return;
+            }
+            if std::env::var_os("HUSKIES_E2E_KEEP").is_some() {
+                eprintln!("kept (HUSKIES_E2E_KEEP): {}", self.0.display());
                 return;
             }
             let _ = std::fs::remove_dir_all(&self.0);
@@ -58,7 +88,7 @@ impl Drop for Cluster {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port_on("127.0.0.1")
 }
 
 pub fn http() -> ureq::Agent {
@@ -192,7 +222,7 @@ impl Cluster {
             );
             std::fs::write(root.join(".huskies/project.toml"), toml).unwrap();
         }
-        let port = std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
+        let port = free_port_on(host);
         let args: Vec<String> = vec![
             "agent".into(),
             "--rendezvous".into(),
