@@ -287,7 +287,10 @@ impl Engine {
             crate::PushError::Failed(_) => (None, String::new()),
         };
         if let Some(by) = by {
-            self.claims.fence(story, by, released);
+            // Twice a claim's timeout: by then the newer claim has reached
+            // us, or its node's heartbeats have long lapsed.
+            let until = self.now.saturating_add_ms(self.config.claim_timeout_ms.saturating_mul(2));
+            self.claims.fence(story, by, released, until);
         }
         self.emit(Event::Fenced { story: story.clone(), token: run.token, kept });
     }

@@ -13,9 +13,11 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
 
 use crate::identity::{Cert, PublicKey, Sig, hex, unhex};
-use crate::schema::{Refusal, Writer};
+use crate::schema::Refusal;
 use crate::story::StoryState;
 use crate::{NodeId, StoryId};
+
+mod validity;
 
 /// Who wrote an op (signing.rs), for the schema's writer rules.
 pub type Auth<'a> = &'a dyn Fn(&ObjId) -> crate::schema::Writer;
@@ -138,6 +140,12 @@ pub struct Doc {
     /// Writes go into one change until [`Doc::end_batch`] (a scan's claims:
     /// one commit instead of one per claim).
     batching: bool,
+    /// Stories whose map no key points to any more (a peer put something
+    /// else under the story's key): writes to it make no patches, so every
+    /// merge counts them as touched.
+    hidden: BTreeSet<StoryId>,
+    /// What each state op stands for (`doc/validity.rs`).
+    state_verdicts: BTreeMap<validity::OpKey, validity::Verdict>,
 }
 
 /// Things the document holds that we could not read (written by a newer or
@@ -158,7 +166,16 @@ impl Doc {
         am.commit_with(CommitOptions::default().with_time(0));
         am.set_actor(actor);
         am.update_diff_cursor();
-        Doc { am, stories_obj, nodes_obj, story_objs: BTreeMap::new(), replaced: BTreeSet::new(), batching: false }
+        Doc {
+            am,
+            stories_obj,
+            nodes_obj,
+            story_objs: BTreeMap::new(),
+            replaced: BTreeSet::new(),
+            batching: false,
+            hidden: BTreeSet::new(),
+            state_verdicts: BTreeMap::new(),
+        }
     }
 
     /// A document from stored bytes: an epoch's document (its base plus
@@ -195,6 +212,8 @@ impl Doc {
             story_objs: BTreeMap::new(),
             replaced: BTreeSet::new(),
             batching: false,
+            hidden: BTreeSet::new(),
+            state_verdicts: BTreeMap::new(),
         })
     }
 
@@ -270,7 +289,7 @@ impl Doc {
         let keys: Vec<String> = self.am.keys(&self.stories_obj).collect();
         for key in keys {
             match StoryId::new(key.clone()) {
-                Ok(id) => match self.read_story_checked(&id, None, auth).0 {
+                Ok(id) => match self.read_story_checked(&id, auth).0 {
                     StoryRead::Valid(v) => {
                         stories.insert(id, v);
                     }
@@ -341,6 +360,7 @@ impl Doc {
             stories.extend(self.story_ids());
             nodes.extend(self.am.keys(&self.nodes_obj).filter_map(|k| NodeId::new(k).ok()));
         }
+        stories.extend(self.hidden.iter().cloned());
         Touched { stories, nodes, signed, settings }
     }
 
@@ -425,7 +445,7 @@ impl Doc {
 
     /// Our landing car: a scalar of our own key, so writers never race.
     pub fn put_train(&mut self, node: &NodeId, value: &str) {
-        self.am.put(automerge::ROOT, format!("{TRAIN_PREFIX}{node}"), value).expect("put train car");
+        self.put_own(&automerge::ROOT, &format!("{TRAIN_PREFIX}{node}"), ScalarValue::Str(value.into()));
         self.commit();
     }
 
@@ -450,7 +470,7 @@ impl Doc {
     /// One of our own ledger lines: a scalar of our own key, so writers
     /// never race.
     pub fn put_ledger_key(&mut self, key: &str, value: &str) {
-        self.am.put(automerge::ROOT, key, value).expect("put ledger line");
+        self.put_own(&automerge::ROOT, key, ScalarValue::Str(value.into()));
         self.commit();
     }
 
@@ -475,55 +495,23 @@ impl Doc {
         self.story_objs.clone()
     }
 
+    /// The story's map as its last read resolved it (`read_story_checked`),
+    /// else the current one.
     fn story_obj(&mut self, id: &StoryId) -> Option<ObjId> {
+        if let Some(obj) = self.story_objs.get(id) {
+            return Some(obj.clone());
+        }
         match self.am.get(&self.stories_obj, id.as_str()) {
-            Ok(Some((Value::Object(ObjType::Map), obj))) => {
-                if self.story_objs.insert(id.clone(), obj.clone()).is_some_and(|old| old != obj) {
-                    self.replaced.insert(id.clone());
-                }
-                Some(obj)
-            }
+            Ok(Some((Value::Object(ObjType::Map), obj))) => Some(obj),
             _ => None,
         }
     }
 
-    /// The map our writes to a story go to. A peer that replaced it with
-    /// something else (a list, a number: schema.rs refuses that when
-    /// reading) is undone here: the map is put back with the last values
-    /// we had, so the story cannot be wedged by it.
+    /// The map our writes to a story go to: the one reading resolved
+    /// (`doc/validity.rs`), which every replica resolves alike, even when a
+    /// peer put something else under the story's key.
     fn story_obj_for_write(&mut self, id: &StoryId, why: &str) -> ObjId {
-        let cached = self.story_objs.get(id).cloned();
-        let current = self.am.get(&self.stories_obj, id.as_str()).ok().flatten();
-        match (current, cached) {
-            // The current map: ours, or one put in its place (a concurrent
-            // add of the same id, or a map a node put back after a peer
-            // replaced it), which reading notices (`take_replaced`). Never
-            // the cached one if it differs: a write to a map no key points
-            // to is read by nobody.
-            (Some((Value::Object(ObjType::Map), current)), cached) => {
-                if cached.as_ref() != Some(&current) {
-                    return self.story_obj(id).unwrap_or_else(|| panic!("{why} on story {id}: its map vanished"));
-                }
-                current
-            }
-            (_, Some(old)) => {
-                let fresh = self.am.put_object(&self.stories_obj, id.as_str(), ObjType::Map).expect("restore story");
-                let keys: Vec<String> = self.am.keys(&old).collect();
-                let values: Vec<(String, ScalarValue)> = keys
-                    .into_iter()
-                    .filter_map(|k| match self.am.get(&old, k.as_str()) {
-                        Ok(Some((Value::Scalar(s), _))) => Some((k, s.into_owned())),
-                        _ => None,
-                    })
-                    .collect();
-                for (k, v) in values {
-                    self.am.put(&fresh, k.as_str(), v).expect("restore story value");
-                }
-                self.story_objs.insert(id.clone(), fresh.clone());
-                fresh
-            }
-            (_, None) => panic!("{why} on story {id}, which this node never read"),
-        }
+        self.story_obj(id).unwrap_or_else(|| panic!("{why} on story {id}, which this node never read"))
     }
 
     /// Whether the story's map was replaced (the same id added on two sides
@@ -534,178 +522,98 @@ impl Doc {
     }
 
     pub fn read_story(&mut self, id: &StoryId) -> Option<StoryView> {
-        match self.read_story_checked(id, None, &|_| crate::schema::Writer::Admin).0 {
+        match self.read_story_checked(id, &|_| crate::schema::Writer::Admin).0 {
             StoryRead::Valid(v) => Some(v),
             StoryRead::Absent | StoryRead::Refused(_) => None,
         }
     }
 
-    /// A story's values, each checked against the schema (schema.rs). A
-    /// value that breaks it is refused whole and the story's last valid
-    /// value of that field (`last`) stands; with none to fall back on,
-    /// the story is refused. Every refusal is returned with its writer.
-    pub fn read_story_checked(
-        &mut self,
-        id: &StoryId,
-        last: Option<&StoryView>,
-        auth: Auth<'_>,
-    ) -> (StoryRead, Vec<Refusal>) {
+    /// A story's values, each checked against the schema and its writer's
+    /// rights (schema.rs). A value that breaks them is refused whole and
+    /// the valid value it overwrote stands (doc/validity.rs); with none,
+    /// the story is refused. A function of the document's history alone:
+    /// replicas with the same heads read the same story. Every refusal is
+    /// returned with its writer.
+    pub fn read_story_checked(&mut self, id: &StoryId, auth: Auth<'_>) -> (StoryRead, Vec<Refusal>) {
         let mut refused = Vec::new();
         let refusal = |field: &str, what: String, op: Option<&ObjId>| {
             let key = if field.is_empty() { format!("stories/{id}") } else { format!("stories/{id}/{field}") };
             Refusal { key, what, writer: op.and_then(crate::schema::writer_of) }
         };
-        let obj = match self.am.get(&self.stories_obj, id.as_str()) {
-            Ok(Some((Value::Object(ObjType::Map), _))) => match self.story_obj(id) {
-                Some(obj) => obj,
-                None => return (StoryRead::Absent, refused),
-            },
-            Ok(Some((v, op))) => {
-                let r = refusal("", format!("the story is {}", crate::schema::kind_of(&v)), Some(&op));
-                return (StoryRead::Refused(r), refused);
-            }
-            _ => return (StoryRead::Absent, refused),
-        };
         // Stories are the admin's to create (user commands run on the
-        // server): a story first seen in a map another node made is
-        // refused whole. (A node that puts back the map of a story a peer
-        // replaced, `story_obj_for_write`, writes only what we knew.)
-        if last.is_none() && auth(&obj) != Writer::Admin {
-            let r = refusal("", "a story only the server may create".into(), Some(&obj));
-            return (StoryRead::Refused(r), refused);
+        // server): the story's map is the newest the server made, looking
+        // behind anything a node put in its place (doc/validity.rs).
+        let map = |v: &Value<'_>| match v {
+            Value::Object(ObjType::Map) => Ok(()),
+            v => Err(format!("the story is {}", crate::schema::kind_of(v))),
+        };
+        let stories = self.stories_obj.clone();
+        let (obj, map_refused) =
+            self.admin_value(&stories, id.as_str(), auth, "a story only the server may create", map);
+        for (op, why) in map_refused {
+            refused.push(refusal("", why, Some(&op)));
         }
-        let title = match self.am.get(&obj, "title") {
-            Ok(Some((Value::Scalar(s), op))) => match s.as_ref() {
-                ScalarValue::Str(_) if auth(&op) != Writer::Admin => {
-                    Err(refusal("title", "a title only the server may write".into(), Some(&op)))
-                }
-                ScalarValue::Str(t) if t.len() <= crate::MAX_TITLE_LEN => Ok(t.to_string()),
-                ScalarValue::Str(t) => Err(refusal("title", format!("title of {} bytes", t.len()), Some(&op))),
-                _ => {
-                    Err(refusal("title", format!("title is {}", crate::schema::kind_of(&Value::Scalar(s))), Some(&op)))
-                }
-            },
-            Ok(Some((v, op))) => Err(refusal("title", format!("title is {}", crate::schema::kind_of(&v)), Some(&op))),
-            _ => Err(refusal("title", "no title".into(), None)),
-        };
-        let title = match (title, last) {
-            (Ok(t), _) => t,
-            (Err(r), Some(last)) => {
-                refused.push(r);
-                last.title.clone()
-            }
-            (Err(r), None) => return (StoryRead::Refused(r), refused),
-        };
-        let last_token = last.map(|v| v.state.token.0);
-        let check = |v: &Value<'_>, op: &ObjId| -> Result<StoryState, String> {
-            let s = match v {
-                Value::Scalar(s) => match s.as_ref() {
-                    ScalarValue::Str(t) => StoryState::decode(t).ok_or_else(|| "state does not parse".to_owned())?,
-                    _ => return Err(format!("state is {}", crate::schema::kind_of(v))),
-                },
-                _ => return Err(format!("state is {}", crate::schema::kind_of(v))),
+        let Some((obj, ())) = obj else {
+            return match refused.pop() {
+                Some(r) => (StoryRead::Refused(r), refused),
+                None => (StoryRead::Absent, refused),
             };
-            if let Some(why) = crate::schema::state_out_of_reach(&s, last_token) {
-                return Err(why);
-            }
-            match crate::schema::state_not_authorized(&s, last.map(|l| &l.state), &auth(op)) {
-                Some(why) => Err(why),
-                None => Ok(s),
-            }
         };
-        let values = self.am.get_all(&obj, "state").unwrap_or_default();
-        let concurrent = values.len();
-        let mut valid = Vec::new();
-        let mut refused_ops = Vec::new();
-        for (v, op) in values {
-            match check(&v, &op) {
-                Ok(s) => valid.push(s),
-                Err(why) => {
-                    refused.push(refusal("state", why, Some(&op)));
-                    refused_ops.push(op);
-                }
-            }
+        if self.story_objs.insert(id.clone(), obj.clone()).is_some_and(|old| old != obj) {
+            self.replaced.insert(id.clone());
         }
-        // A refused value may hide valid ones. Every current value refused:
-        // what they overwrote may be newer than anything we believed (a
-        // hostile write on top of an honest one we never saw as current,
-        // both in one merge), so the valid values they replaced count. And
-        // our last valid state competes with whatever is left: a hostile
-        // write must not make the story go back.
-        if !refused_ops.is_empty() {
-            if valid.is_empty() {
-                valid = self.states_before(&obj, refused_ops, &check);
-            }
-            valid.extend(last.map(|l| l.state.clone()));
-        }
-        let state = match (valid.into_iter().max_by(|a, b| a.precedence(id.as_str(), b)), last) {
-            (Some(s), _) => s,
-            (None, Some(last)) => last.state.clone(),
-            (None, None) => {
-                let r = refused.pop().unwrap_or_else(|| refusal("state", "no state".into(), None));
-                return (StoryRead::Refused(r), refused);
-            }
+        match self.am.get(&stories, id.as_str()) {
+            Ok(Some((_, current))) if current == obj => self.hidden.remove(id),
+            _ => self.hidden.insert(id.clone()),
         };
-        let mut int = |key: &str, fallback: i64| match self.am.get(&obj, key) {
-            Ok(Some((Value::Scalar(s), op))) => match s.as_ref() {
-                ScalarValue::Int(_) | ScalarValue::Uint(_) if auth(&op) != Writer::Admin => {
-                    refused.push(refusal(key, format!("a {key} only the server may write"), Some(&op)));
-                    fallback
-                }
-                ScalarValue::Int(n) => *n,
-                ScalarValue::Uint(n) => i64::try_from(*n).unwrap_or(fallback),
-                _ => {
-                    let what = format!("{key} is {}", crate::schema::kind_of(&Value::Scalar(s)));
-                    refused.push(refusal(key, what, Some(&op)));
-                    fallback
-                }
+        // Title, priority and creation time are the server's to write: the
+        // newest it wrote stands, whatever a node put over it.
+        let text = |v: &Value<'_>| match v {
+            Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Str(t) if t.len() <= crate::MAX_TITLE_LEN => Ok(t.to_string()),
+                ScalarValue::Str(t) => Err(format!("title of {} bytes", t.len())),
+                _ => Err(format!("title is {}", crate::schema::kind_of(v))),
             },
-            Ok(Some((v, op))) => {
-                refused.push(refusal(key, format!("{key} is {}", crate::schema::kind_of(&v)), Some(&op)));
-                fallback
-            }
-            _ => fallback,
+            v => Err(format!("title is {}", crate::schema::kind_of(v))),
         };
-        let priority = int("priority", last.map_or(0, |v| v.priority));
-        let created = int("created", last.map_or(0, |v| i64::try_from(v.created_ms).unwrap_or(0)));
+        let (title, title_refused) = self.admin_value(&obj, "title", auth, "a title only the server may write", text);
+        for (op, why) in title_refused {
+            refused.push(refusal("title", why, Some(&op)));
+        }
+        let Some((_, title)) = title else {
+            let r = refused.pop().unwrap_or_else(|| refusal("title", "no title".into(), None));
+            return (StoryRead::Refused(r), refused);
+        };
+        // The state: judged op by op against what each writer saw
+        // (doc/validity.rs), never against our own last view, so replicas
+        // with the same heads agree.
+        let (state, refused_ops, concurrent) = self.resolve_state(id.as_str(), &obj, auth);
+        for (op, why) in refused_ops {
+            refused.push(refusal("state", why, Some(&op)));
+        }
+        let Some(state) = state else {
+            let r = refused.pop().unwrap_or_else(|| refusal("state", "no state".into(), None));
+            return (StoryRead::Refused(r), refused);
+        };
+        let mut int = |doc: &mut Doc, key: &str| {
+            let number = |v: &Value<'_>| match v {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Int(n) => Ok(*n),
+                    ScalarValue::Uint(n) => i64::try_from(*n).map_err(|_| format!("{key} {n} is out of range")),
+                    _ => Err(format!("{key} is {}", crate::schema::kind_of(v))),
+                },
+                v => Err(format!("{key} is {}", crate::schema::kind_of(v))),
+            };
+            let (value, why) = doc.admin_value(&obj, key, auth, &format!("a {key} only the server may write"), number);
+            for (op, why) in why {
+                refused.push(refusal(key, why, Some(&op)));
+            }
+            value.map_or(0, |(_, n)| n)
+        };
+        let priority = int(self, "priority");
+        let created = int(self, "created");
         let created_ms = u64::try_from(created).unwrap_or(0);
         (StoryRead::Valid(StoryView { title, priority, created_ms, state, concurrent }), refused)
-    }
-
-    /// The valid states that the state ops `refused` overwrote, as their
-    /// writers saw the story (the values at their changes' dependencies),
-    /// walking further back past values refused in turn, a bounded number
-    /// of steps.
-    fn states_before(
-        &mut self,
-        obj: &ObjId,
-        mut refused: Vec<ObjId>,
-        check: &dyn Fn(&Value<'_>, &ObjId) -> Result<StoryState, String>,
-    ) -> Vec<StoryState> {
-        const MAX_STEPS: usize = 16;
-        let mut seen = BTreeSet::new();
-        let mut found = Vec::new();
-        for _ in 0..MAX_STEPS {
-            let mut next = Vec::new();
-            for op in refused {
-                let Some(hash) = self.am.hash_for_opid(&op) else { continue };
-                if !seen.insert(hash) {
-                    continue;
-                }
-                let Some(deps) = self.am.get_change_meta_by_hash(&hash).map(|m| m.deps.clone()) else { continue };
-                for (v, before) in self.am.get_all_at(obj, "state", &deps).unwrap_or_default() {
-                    match check(&v, &before) {
-                        Ok(s) => found.push(s),
-                        Err(_) => next.push(before),
-                    }
-                }
-            }
-            if !found.is_empty() || next.is_empty() {
-                break;
-            }
-            refused = next;
-        }
-        found
     }
 
     /// The story's body (markdown), empty when it has none. The body goes
@@ -713,18 +621,14 @@ impl Doc {
     /// never one another node put there.
     pub fn read_body(&mut self, id: &StoryId, auth: Auth<'_>) -> String {
         let Some(obj) = self.story_obj(id) else { return String::new() };
-        let values = self.am.get_all(&obj, "body").unwrap_or_default();
-        values
-            .into_iter()
-            .filter(|(_, op)| auth(op) == Writer::Admin)
-            .find_map(|(v, _)| match v {
-                Value::Scalar(s) => match s.as_ref() {
-                    ScalarValue::Str(t) => Some(t.to_string()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .unwrap_or_default()
+        let text = |v: &Value<'_>| match v {
+            Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Str(t) => Ok(t.to_string()),
+                _ => Err(String::new()),
+            },
+            _ => Err(String::new()),
+        };
+        self.admin_value(&obj, "body", auth, "", text).0.map(|(_, t)| t).unwrap_or_default()
     }
 
     /// Sets some of a story's user fields in one change.
@@ -762,7 +666,7 @@ impl Doc {
     pub fn put_run(&mut self, id: &StoryId, record: &crate::runs::RunRecord, keep: usize) {
         let obj = self.story_obj_for_write(id, "put_run");
         let key = format!("{RUN_PREFIX}{:020}/{}", record.token.0, record.node.as_str());
-        self.am.put(&obj, key.as_str(), record.encode()).expect("put run");
+        self.put_own(&obj, key.as_str(), ScalarValue::Str(record.encode().into()));
         let keys: Vec<String> = self.am.keys(&obj).filter(|k| k.starts_with(RUN_PREFIX)).collect();
         for old in keys.iter().take(keys.len().saturating_sub(keep)) {
             self.am.delete(&obj, old.as_str()).expect("delete run");
@@ -814,7 +718,7 @@ impl Doc {
     /// conflict the key held.
     pub fn put_state(&mut self, id: &StoryId, state: &StoryState) {
         let obj = self.story_obj_for_write(id, "put_state");
-        self.am.put(&obj, "state", state.encode()).expect("put state");
+        self.put_own(&obj, "state", ScalarValue::Str(state.encode().into()));
         self.commit();
     }
 

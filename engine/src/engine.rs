@@ -577,7 +577,7 @@ impl Engine {
         stories.extend(self.index.conflicted().cloned());
         for id in stories {
             let known = self.index.story(&id).cloned();
-            let (read, refused) = self.read_story_checked(&id, known.as_ref());
+            let (read, refused) = self.read_story_checked(&id);
             for r in refused {
                 self.refuse(r);
             }

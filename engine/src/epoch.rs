@@ -49,6 +49,9 @@ use crate::{ConnId, Engine, Event, Output, PersistKind, RejectKind, StoryId};
 /// nothing (see the module docs).
 pub const EPOCH_MEMORY: u64 = 16;
 
+/// The actor of epoch n's base is this prefix and n.
+pub(crate) const BASE_ACTOR_PREFIX: &[u8] = b"huskies-epoch-";
+
 /// The base of the epoch we are in, as peers in older epochs are sent it.
 #[derive(Debug, Clone)]
 pub(crate) struct EpochBase {
@@ -281,7 +284,8 @@ impl Engine {
         let (mut clocks, mut archived) = base_memory(self.doc.automerge(), epoch);
         clocks.insert(epoch - 1, encode_clock(&clock_of(self.doc.automerge())));
         #[allow(clippy::disallowed_methods)] // a fixed actor per epoch: one writer, the CA holder
-        let mut am = AutoCommit::new().with_actor(ActorId::from(format!("huskies-epoch-{epoch}").into_bytes()));
+        let mut am =
+            AutoCommit::new().with_actor(ActorId::from([BASE_ACTOR_PREFIX, epoch.to_string().as_bytes()].concat()));
         // Writes to a fresh in-memory document cannot fail.
         am.put(automerge::ROOT, EPOCH_KEY, epoch).expect("base");
         let stories = am.put_object(automerge::ROOT, "stories", ObjType::Map).expect("base");
@@ -393,7 +397,8 @@ impl Engine {
         let from = self.doc.epoch();
         assert!(base.epoch > from, "epochs only move forward");
         let gap = from + EPOCH_MEMORY < base.epoch;
-        let carried = if gap { Carried::default() } else { carry(&mut self.doc, &mut new, &self.node.clone()) };
+        let admin = self.signs_as_admin();
+        let carried = if gap { Carried::default() } else { carry(&mut self.doc, &mut new, &self.node.clone(), admin) };
         new.automerge()
             .put(automerge::ROOT, EPOCH_SIG_KEY, format!("{}:{}", hex(&base.hash.0), hex(&base.sig)))
             .expect("put epoch sig");

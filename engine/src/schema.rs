@@ -13,18 +13,18 @@
 //!
 //! Tokens: an honest claim raises a story's token by one, and a release by
 //! one more. [`MAX_TOKEN`] bounds every token read (no honest cluster
-//! claims 2^48 times), so token arithmetic cannot overflow; a state more
-//! than [`MAX_TOKEN_STEP`] above the last valid one is refused too, so one
+//! claims 2^48 times), so token arithmetic cannot overflow; and a node's
+//! state is judged against the state it saw when it wrote
+//! ([`state_not_authorized`]): a claim takes exactly the next token, so one
 //! forged state cannot fence a story for ever.
 
 use automerge::{ObjId as ExId, ScalarValue, Value};
 
 /// No token read from the document is above this.
 pub const MAX_TOKEN: u64 = 1 << 48;
-/// A story's token may rise by at most this much between two reads of
-/// ours (a partitioned half of the cluster claiming for weeks stays far
-/// below).
-pub const MAX_TOKEN_STEP: u64 = 1 << 20;
+/// A carried state's token may pass the base's by at most this much (a
+/// partitioned half of the cluster claiming for weeks stays far below).
+pub const MAX_CARRY_STEP: u64 = 1 << 20;
 /// Refusals kept for `status` (the newest; the count goes on).
 pub const MAX_REFUSALS_KEPT: usize = 64;
 
@@ -108,34 +108,68 @@ pub enum Writer {
     Unknown,
 }
 
-/// Why `writer` may not write state `s` over the story's last valid one,
-/// if it may not. A node writes only its own claims and what follows
-/// from them; a removal is a user command, which only the server runs.
+/// Why `writer` may not write state `s` over `prev`, the story's state as
+/// the writer saw it (its causal past, `doc/validity.rs`), if it may not.
+/// The server writes anything. A node writes only what follows from its
+/// own claims: it claims a free-to-work story at the next token in its own
+/// name, or gives one up over its budget, and otherwise writes only a
+/// story it holds, moving the token up by one at most; a removal is a user
+/// command, which only the server runs. Honest nodes write exactly these
+/// (claims.rs, landing.rs, ledger.rs), so every rule is exact.
+///
+/// A `carry` (a node's first change of an epoch, on the base alone,
+/// epoch.rs) brings states the base had not seen, which no rule of this
+/// epoch can check: it may raise a story's state past the base's, within
+/// [`MAX_CARRY_STEP`], released or claimed in the carrier's own name, never
+/// removing it or reviving one the server removed.
 pub fn state_not_authorized(
     s: &crate::story::StoryState,
-    last: Option<&crate::story::StoryState>,
+    prev: Option<&crate::story::StoryState>,
     writer: &Writer,
+    carry: bool,
 ) -> Option<String> {
     let node = match writer {
         Writer::Admin => return None,
         Writer::Unknown => return Some("written by an actor that names no node".into()),
         Writer::Node(n) => n,
     };
-    if s.removed && !last.is_some_and(|l| l.removed) {
+    let Some(prev) = prev else { return Some(format!("a state {node} wrote without having read the story's")) };
+    if s.token < prev.token {
+        return Some(format!("token {} lowers the token {} its writer saw", s.token.0, prev.token.0));
+    }
+    if s.removed && !prev.removed {
         return Some("a removal, which only the server may write".into());
     }
-    match &s.holder {
-        Some(h) if h != node => Some(format!("a claim in the name of {h}")),
-        _ => None,
+    if let Some(h) = s.holder.as_ref().filter(|h| *h != node) {
+        return Some(format!("a claim in the name of {h}"));
     }
+    if carry {
+        if prev.removed {
+            return Some("a carried state over a removal".into());
+        }
+        return (s.token.0 > prev.token.0.saturating_add(MAX_CARRY_STEP))
+            .then(|| format!("carried token {} jumps more than {MAX_CARRY_STEP} past {}", s.token.0, prev.token.0));
+    }
+    if prev.holder.as_ref() == Some(node) {
+        return (s.token.0 > prev.token.0.saturating_add(1)).then(|| {
+            format!("token {} jumps past {}, the next after its writer's claim", s.token.0, prev.token.0 + 1)
+        });
+    }
+    if !prev.is_claimable_stage() {
+        return Some(format!("a write to a story {node} does not hold and may not claim"));
+    }
+    if s.token.0 != prev.token.0.saturating_add(1) || s.stage != prev.stage {
+        return Some(format!("a write to a story {node} does not hold that is no claim of it"));
+    }
+    // A claim in its own name, or giving a free story up (over budget).
+    (s.holder.is_none() && !s.failed).then(|| format!("a release of a story {node} does not hold"))
 }
 
-/// Why a state that parsed is still out of reach, if it is: its token
-/// against the story's last valid one (`None`: first seen), its counts,
-/// the length of its reason.
-pub fn state_out_of_reach(s: &crate::story::StoryState, last_valid: Option<u64>) -> Option<String> {
-    if let Some(why) = token_out_of_reach(s.token.0, last_valid) {
-        return Some(why);
+/// Why a state that parsed is still out of reach, if it is: a token past
+/// any honest claim, counts past any limit, an overlong reason.
+pub fn state_out_of_reach(s: &crate::story::StoryState) -> Option<String> {
+    if s.token.0 > MAX_TOKEN {
+        return Some(format!("token {} is past any honest claim", s.token.0));
     }
     if s.attempts > MAX_STATE_COUNT || s.returns > MAX_STATE_COUNT {
         return Some(format!("{} attempts and {} returns are past any limit", s.attempts, s.returns));
@@ -149,21 +183,47 @@ pub fn state_out_of_reach(s: &crate::story::StoryState, last_valid: Option<u64>)
     None
 }
 
-/// Why a state that parsed is still out of reach, if it is: its token
-/// against the story's last valid one (`None`: first seen).
-pub fn token_out_of_reach(token: u64, last_valid: Option<u64>) -> Option<String> {
-    if token > MAX_TOKEN {
-        return Some(format!("token {token} is past any honest claim"));
-    }
-    match last_valid {
-        Some(last) if token > last.saturating_add(MAX_TOKEN_STEP) => {
-            Some(format!("token {token} jumps more than {MAX_TOKEN_STEP} past the last valid {last}"))
+/// Where a node's change may write, as the document's layout says: the
+/// objects whose keys only the server (or an epoch's base) writes.
+pub struct Layout<'a> {
+    pub stories: &'a automerge::ObjId,
+    pub nodes: &'a automerge::ObjId,
+}
+
+/// Why a node's change may not be applied at all, if it may not: it
+/// writes where only the server writes. The root's `stories` and `nodes`
+/// (deleting or replacing them cuts every map off), a key of `stories`
+/// (creating, replacing or deleting a story's map: stories are the
+/// admin's), or another node's record. Judged on the change alone, so
+/// every replica refuses the same changes, and no honest change ever
+/// depends on one (Kleppmann and Howard's validity check at delivery).
+/// Writes inside a story's map are judged when read (`doc/validity.rs`).
+pub fn change_not_authorized(
+    change: &automerge::ExpandedChange,
+    author: &crate::NodeId,
+    layout: &Layout<'_>,
+) -> Option<String> {
+    use automerge::legacy::{Key, ObjectId};
+    let is = |obj: &ObjectId, ours: &automerge::ObjId| match (obj, ours) {
+        (ObjectId::Id(id), automerge::ObjId::Id(counter, actor, _)) => id.0 == *counter && id.1 == *actor,
+        _ => false,
+    };
+    for op in &change.operations {
+        let key = match &op.key {
+            Key::Map(k) => k.as_str(),
+            Key::Seq(_) => "",
+        };
+        if op.obj == ObjectId::Root && (key == "stories" || key == "nodes") {
+            return Some(format!("a write to the root's `{key}` map, which only an epoch's base makes"));
         }
-        // First seen (a new story, a restart, a new epoch): an honest token
-        // is a count of claims and moves, far below one step.
-        None if token > MAX_TOKEN_STEP => Some(format!("token {token} is past any honest claim on a story first seen")),
-        _ => None,
+        if is(&op.obj, layout.stories) {
+            return Some(format!("a write of `stories/{key}` itself: stories are the server's to add and remove"));
+        }
+        if is(&op.obj, layout.nodes) && key != author.as_str() {
+            return Some(format!("a write of `nodes/{key}`, another node's record"));
+        }
     }
+    None
 }
 
 #[cfg(test)]
@@ -184,14 +244,49 @@ mod tests {
         assert_eq!(writer_of(&ExId::Root), None);
     }
 
+    fn node(n: &str) -> crate::NodeId {
+        crate::NodeId::new(n).unwrap()
+    }
+
     #[test]
-    fn tokens_out_of_reach() {
-        assert!(token_out_of_reach(u64::MAX, None).is_some());
-        assert!(token_out_of_reach(MAX_TOKEN + 1, Some(MAX_TOKEN)).is_some());
-        assert_eq!(token_out_of_reach(8, Some(7)), None);
-        assert_eq!(token_out_of_reach(7 + MAX_TOKEN_STEP, Some(7)), None);
-        assert!(token_out_of_reach(8 + MAX_TOKEN_STEP, Some(7)).unwrap().contains("last valid 7"));
-        assert_eq!(token_out_of_reach(1_000, None), None);
-        assert!(token_out_of_reach(MAX_TOKEN_STEP + 1, None).unwrap().contains("first seen"));
+    fn nodes_write_only_what_follows_from_their_claims() {
+        use crate::Token;
+        use crate::story::{Stage, StoryState};
+        let me = Writer::Node(node("me"));
+        let free = StoryState { token: Token(3), ..StoryState::new(Stage::Current) };
+        let claim = StoryState { token: Token(4), holder: Some(node("me")), ..free.clone() };
+        assert_eq!(state_not_authorized(&claim, Some(&free), &me, false), None);
+        assert!(state_not_authorized(&claim, None, &me, false).is_some(), "nothing read: nothing to claim");
+        let far = StoryState { token: Token(9), ..claim.clone() };
+        assert!(state_not_authorized(&far, Some(&free), &me, false).unwrap().contains("no claim"));
+        let theirs = StoryState { holder: Some(node("you")), ..claim.clone() };
+        assert!(state_not_authorized(&theirs, Some(&free), &me, false).unwrap().contains("in the name of you"));
+        let release = StoryState { token: Token(4), ..free.clone() };
+        assert!(state_not_authorized(&release, Some(&free), &me, false).unwrap().contains("does not hold"));
+        let give_up = StoryState { failed: true, ..release.clone() };
+        assert_eq!(state_not_authorized(&give_up, Some(&free), &me, false), None, "over budget");
+        // The holder moves the story on, releases it at the next token.
+        let advanced = StoryState { stage: Stage::Qa, holder: None, ..claim.clone() };
+        assert_eq!(state_not_authorized(&advanced, Some(&claim), &me, false), None);
+        let released = StoryState { token: Token(5), holder: None, ..claim.clone() };
+        assert_eq!(state_not_authorized(&released, Some(&claim), &me, false), None);
+        let jump = StoryState { token: Token(6), ..released.clone() };
+        assert!(state_not_authorized(&jump, Some(&claim), &me, false).is_some());
+        let lower = StoryState { token: Token(2), ..claim.clone() };
+        assert!(state_not_authorized(&lower, Some(&claim), &me, false).unwrap().contains("lowers"));
+        let removed = StoryState { removed: true, ..released.clone() };
+        assert!(state_not_authorized(&removed, Some(&claim), &me, false).unwrap().contains("removal"));
+        let done = StoryState { stage: Stage::Done, ..free.clone() };
+        let reclaim = StoryState { token: Token(4), holder: Some(node("me")), ..done.clone() };
+        assert!(state_not_authorized(&reclaim, Some(&done), &me, false).unwrap().contains("may not claim"));
+        assert_eq!(state_not_authorized(&reclaim, Some(&done), &Writer::Admin, false), None);
+        // A carry brings what the base had not seen, within bounds.
+        assert_eq!(state_not_authorized(&released, Some(&free), &me, true), None);
+        assert!(state_not_authorized(&theirs, Some(&free), &me, true).is_some());
+        let far = StoryState { token: Token(3 + MAX_CARRY_STEP + 1), ..released.clone() };
+        assert!(state_not_authorized(&far, Some(&free), &me, true).unwrap().contains("carried"));
+        let tomb = StoryState { removed: true, ..free.clone() };
+        assert!(state_not_authorized(&released, Some(&tomb), &me, true).unwrap().contains("removal"));
+        assert!(state_out_of_reach(&StoryState { token: Token(u64::MAX), ..free }).is_some());
     }
 }

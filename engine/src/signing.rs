@@ -63,6 +63,9 @@ pub(crate) struct Signatures {
     /// author's past its quota.
     pub revoked_dropped: u64,
     pub quota_dropped: u64,
+    /// Changes left out for writing where only the server writes
+    /// (`schema::change_not_authorized`).
+    pub structure_dropped: u64,
     /// What each author (but the admin) may still add, refilled with time.
     quotas: BTreeMap<NodeId, Quota>,
     /// Our signing key, derived once.
@@ -233,12 +236,11 @@ impl Engine {
     pub(crate) fn read_story_checked(
         &mut self,
         id: &crate::StoryId,
-        last: Option<&crate::StoryView>,
     ) -> (crate::doc::StoryRead, Vec<crate::schema::Refusal>) {
         let own = self.doc.automerge().get_actor().clone();
         let own_admin = self.signs_as_admin();
         let sigs = &self.sigs;
-        self.doc.read_story_checked(id, last, &|op| writer_of(sigs, op, &own, own_admin))
+        self.doc.read_story_checked(id, &|op| writer_of(sigs, op, &own, own_admin))
     }
 
     /// A story's body, as the admin wrote it (it goes into prompts).
@@ -473,6 +475,23 @@ impl Engine {
                 Err(e) => return Err(e),
             };
             if checked_sig.author != Author::Ca
+                && let Some(why) = self.structure_refused(&change, &node)
+            {
+                self.sigs.structure_dropped += 1;
+                // No honest node writes such a change, and every change of
+                // its author from now on depends on this one, so none will
+                // apply: the node is dead to us (its claims are reclaimed)
+                // until it enrolls again.
+                self.liveness.revoke(&node);
+                self.refuse(crate::schema::Refusal {
+                    key: format!("change {}", short(&hash)),
+                    what: why,
+                    writer: Some(node.to_string()),
+                });
+                verdict.dropped.push(i);
+                continue;
+            }
+            if checked_sig.author != Author::Ca
                 && let Err(e) = self.charge_author(&node, chunk.len())
             {
                 if peer == Some(&node) {
@@ -485,6 +504,18 @@ impl Engine {
             verdict.checked.push(Checked { hash, actor, sig: checked_sig, cert });
         }
         Ok(verdict)
+    }
+
+    /// Why a node's change writes where only the server writes, if it does.
+    fn structure_refused(&mut self, change: &automerge::Change, author: &NodeId) -> Option<String> {
+        let expanded = std::panic::catch_unwind(|| change.decode());
+        let Ok(expanded) = expanded else { return Some("a change that panics the change decoder".into()) };
+        let (stories, nodes) = (self.doc.stories_obj().clone(), self.doc.nodes_obj().clone());
+        crate::schema::change_not_authorized(
+            &expanded,
+            author,
+            &crate::schema::Layout { stories: &stories, nodes: &nodes },
+        )
     }
 
     /// Charges `len` bytes of new changes to `author`'s quota.

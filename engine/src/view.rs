@@ -130,10 +130,13 @@ impl Engine {
         let mut drift = Vec::new();
         for id in ids {
             let known = self.index.story(&id).cloned();
-            match (self.read_story_checked(&id, known.as_ref()).0, known) {
+            match (self.read_story_checked(&id).0, known) {
                 (crate::doc::StoryRead::Valid(v), Some(k)) if v == k => {}
                 (crate::doc::StoryRead::Absent | crate::doc::StoryRead::Refused(_), _) => {}
-                _ => drift.push(id),
+                (v, k) => {
+                    eprintln!("DRIFT {id}: doc {v:?}\n   index {k:?}");
+                    drift.push(id)
+                }
             }
         }
         drift

@@ -2,7 +2,8 @@
 //!
 //! `HUSKIES_SEED=n` runs exactly seed n; `HUSKIES_SEEDS=k` runs k seeds
 //! from the scenario's base (default: the scenario's own count). A failure
-//! panics with the replay command.
+//! panics with the replay command; with `HUSKIES_KEEP_GOING=1` the sweep
+//! runs every seed first and then panics listing all the failed ones.
 
 use crate::scenario::{Report, Scenario, run_seed};
 
@@ -22,6 +23,8 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
             seeds
         }
     };
+    let keep_going = std::env::var_os("HUSKIES_KEEP_GOING").is_some();
+    let mut failed: Vec<String> = Vec::new();
     let mut reports = Vec::new();
     for seed in seeds {
         let r = run_seed(scenario, seed);
@@ -59,14 +62,22 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
             );
         }
         if !r.violations.is_empty() {
-            panic!(
+            let failure = format!(
                 "{} seed {seed} failed\nprofile: {}\n{}\nreplay: HUSKIES_SEED={seed} cargo test --test scenarios -- {test} --exact --nocapture",
                 r.scenario,
                 r.profile,
                 r.violations.join("\n"),
             );
+            if !keep_going {
+                panic!("{failure}");
+            }
+            println!("{failure}");
+            failed.push(seed.to_string());
         }
         reports.push(r);
+    }
+    if !failed.is_empty() {
+        panic!("{} of {} seeds failed: {}", failed.len(), reports.len(), failed.join(" "));
     }
     reports
 }

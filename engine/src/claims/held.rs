@@ -56,8 +56,10 @@ pub(crate) struct Claims {
     /// Stories whose push the remote fenced, with the newer claim's token
     /// it showed and the release we wrote: we neither adopt nor claim them
     /// until our replica shows a state past that claim and not our own
-    /// release (the newer claim's, or a later one's).
-    fenced_by: BTreeMap<StoryId, (Token, Option<StoryState>)>,
+    /// release (the newer claim's, or a later one's), or until the time
+    /// given: a claim that never reaches us (its node's changes refused, or
+    /// lost with it) must not keep the story from everyone for ever.
+    fenced_by: BTreeMap<StoryId, (Token, Option<StoryState>, Millis)>,
 }
 
 impl Claims {
@@ -171,9 +173,9 @@ impl Claims {
     }
 
     /// The remote refused our push of `story`: a claim at `by` holds it.
-    pub fn fence(&mut self, story: &StoryId, by: Token, released: Option<StoryState>) {
+    pub fn fence(&mut self, story: &StoryId, by: Token, released: Option<StoryState>, until: Millis) {
         assert!(!self.runs.contains_key(story), "fencing {story} while we still run it");
-        self.fenced_by.insert(story.clone(), (by, released));
+        self.fenced_by.insert(story.clone(), (by, released, until));
     }
 
     pub fn cool_down(&mut self, story: &StoryId, until: Millis) {
@@ -188,7 +190,7 @@ impl Claims {
     /// The replica shows `state` for `story`: lift a fence it passed, and
     /// restart the stagger of a story that is no longer free.
     pub fn observe(&mut self, story: &StoryId, state: &StoryState) {
-        if self.fenced_by.get(story).is_some_and(|(by, ours)| state.token >= *by && ours.as_ref() != Some(state)) {
+        if self.fenced_by.get(story).is_some_and(|(by, ours, _)| state.token >= *by && ours.as_ref() != Some(state)) {
             self.fenced_by.remove(story);
         }
         if state.holder.is_some() || !state.is_claimable_stage() {
@@ -202,6 +204,7 @@ impl Claims {
     pub fn free_since(&mut self, candidates: &BTreeSet<StoryId>, now: Millis) -> Vec<(StoryId, Millis)> {
         self.free_since.retain(|id, _| candidates.contains(id));
         self.cooldown.retain(|_, until| *until > now);
+        self.fenced_by.retain(|_, (_, _, until)| *until > now);
         let since =
             candidates.iter().map(|id| (id.clone(), *self.free_since.entry(id.clone()).or_insert(now))).collect();
         assert!(self.free_since.len() == candidates.len());

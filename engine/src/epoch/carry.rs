@@ -23,10 +23,15 @@ struct Carry<'a> {
     /// released, at its token (no view goes back); the holder, alive,
     /// carries its claim itself.
     me: crate::NodeId,
+    /// Whether we are the server: a node may not write stories' maps or
+    /// other nodes' records (`schema::change_not_authorized`), so only the
+    /// server carries a story the base lacks, and a node only its own
+    /// record.
+    admin: bool,
 }
 
 /// Carries the writes of `old` that `new`'s base has not seen.
-pub(super) fn carry(old: &mut Doc, new: &mut Doc, me: &crate::NodeId) -> Carried {
+pub(super) fn carry(old: &mut Doc, new: &mut Doc, me: &crate::NodeId, admin: bool) -> Carried {
     let (old_stories, old_nodes) = (old.stories_obj().clone(), old.nodes_obj().clone());
     let (new_stories, new_nodes) = (new.stories_obj().clone(), new.nodes_obj().clone());
     // A story whose map a peer replaced or deleted (schema.rs refused it)
@@ -39,6 +44,7 @@ pub(super) fn carry(old: &mut Doc, new: &mut Doc, me: &crate::NodeId) -> Carried
         archived: BTreeSet::new(),
         writes: 0,
         me: me.clone(),
+        admin,
     };
     c.read_base();
     let mut ids: BTreeSet<String> = c.old.keys(&old_stories).collect();
@@ -47,6 +53,7 @@ pub(super) fn carry(old: &mut Doc, new: &mut Doc, me: &crate::NodeId) -> Carried
         let Ok(story) = StoryId::new(id.clone()) else { continue };
         let Some(src) = map_of(c.old, &old_stories, &id).or_else(|| known.get(&story).cloned()) else { continue };
         match map_of(c.new, &new_stories, &id) {
+            None if !c.admin => {}
             None => c.story_added(&new_stories, &story, &src),
             Some(dst) => c.story_changed(&story, &src, &dst),
         }
@@ -131,6 +138,9 @@ impl Carry<'_> {
     fn nodes(&mut self, old_nodes: &ObjId, new_nodes: &ObjId) {
         let ids: Vec<String> = self.old.keys(old_nodes).collect();
         for id in ids {
+            if !self.admin && id != self.me.as_str() {
+                continue; // another node's record: its own to write
+            }
             if map_of(self.new, new_nodes, &id).is_some() {
                 continue; // the base's, or a newer one written this epoch
             }
@@ -165,7 +175,7 @@ impl Carry<'_> {
 fn written_by_base(op: &ObjId) -> bool {
     match op {
         ObjId::Root => true,
-        ObjId::Id(_, actor, _) => actor.to_bytes().starts_with(b"huskies-epoch-"),
+        ObjId::Id(_, actor, _) => actor.to_bytes().starts_with(super::BASE_ACTOR_PREFIX),
     }
 }
 

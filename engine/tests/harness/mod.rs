@@ -502,7 +502,21 @@ impl Harness {
                 return Some(self.now.saturating_sub(start));
             }
         }
+        self.print_unsettled();
         None
+    }
+
+    /// What keeps the cluster from settling: whether heads agree, and each
+    /// node's unfinished stories.
+    pub fn print_unsettled(&mut self) {
+        eprintln!("not settled: heads agree {}", self.converged());
+        let worked = self.nodes[self.nodes.len() - 1].config.stages.clone();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(e) = n.engine.as_ref() else { continue };
+            for (id, v) in e.stories().filter(|(_, v)| worked.contains(&v.state.stage) && !v.state.failed) {
+                eprintln!("  node {i}: {id} {:?}", v.state);
+            }
+        }
     }
 
     /// Every engine's incremental index matches a fresh read of its document.
