@@ -87,7 +87,9 @@ fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
     wait_for("the server to refuse the forged values", Duration::from_secs(30), || {
         let text = ok(&c, &["status"]);
         text.contains("stories/s0/state: token 18446744073709551615 is past any honest claim (written by agent-2)")
-            && text.contains("a write of `stories/s1` itself: stories are the server's to add and remove (written by agent-2)")
+            && text.contains(
+                "a write of `stories/s1` itself: stories are the server's to add and remove (written by agent-2)",
+            )
     });
     // The admin's move of the forged story works (it crashed the server).
     ok(&c, &["story", "move", "s0", "backlog"]);

@@ -661,13 +661,17 @@ impl Doc {
             .collect()
     }
 
-    /// Adds a run record, and deletes the oldest beyond `keep`, in one
+    /// Adds a run record, and deletes our oldest beyond `keep`, in one
     /// change. Keys sort by token, so "oldest" is the same on every replica.
     pub fn put_run(&mut self, id: &StoryId, record: &crate::runs::RunRecord, keep: usize) {
         let obj = self.story_obj_for_write(id, "put_run");
         let key = format!("{RUN_PREFIX}{:020}/{}", record.token.0, record.node.as_str());
         self.put_own(&obj, key.as_str(), ScalarValue::Str(record.encode().into()));
-        let keys: Vec<String> = self.am.keys(&obj).filter(|k| k.starts_with(RUN_PREFIX)).collect();
+        // Only our own: another node's records are its to write (a node
+        // that deleted them would be refused, schema.rs), so each node keeps
+        // at most `keep` per story.
+        let own = format!("/{}", record.node.as_str());
+        let keys: Vec<String> = self.am.keys(&obj).filter(|k| k.starts_with(RUN_PREFIX) && k.ends_with(&own)).collect();
         for old in keys.iter().take(keys.len().saturating_sub(keep)) {
             self.am.delete(&obj, old.as_str()).expect("delete run");
         }

@@ -2,13 +2,15 @@
 //! kept in the story's map so anyone can read a story's history.
 //!
 //! One scalar per run at `run/<token>/<node>` (a key no other writer uses,
-//! so records never conflict), the newest [`MAX_RUN_RECORDS`] kept.
+//! so records never conflict), each node's newest [`MAX_RUN_RECORDS`]
+//! kept: only a record's node writes or deletes it (schema.rs).
 
 use serde::{Deserialize, Serialize};
 
 use crate::{NodeId, Stage, StoryId, Token};
 
-/// Records kept per story; older ones are deleted as new ones arrive.
+/// Records each node keeps per story; its older ones are deleted as new
+/// ones arrive.
 pub const MAX_RUN_RECORDS: usize = 20;
 /// Bytes of the agent's stderr a record keeps (its tail).
 pub const MAX_STDERR_TAIL: usize = 2 << 10;

@@ -184,20 +184,27 @@ pub fn state_out_of_reach(s: &crate::story::StoryState) -> Option<String> {
 }
 
 /// Where a node's change may write, as the document's layout says: the
-/// objects whose keys only the server (or an epoch's base) writes.
+/// objects whose keys only the server (or an epoch's base) writes, and
+/// which actors write as the admin.
 pub struct Layout<'a> {
     pub stories: &'a automerge::ObjId,
     pub nodes: &'a automerge::ObjId,
+    /// Whether an actor's changes are the admin's (the server's, an
+    /// epoch's base, the genesis).
+    pub is_admin: &'a dyn Fn(&automerge::ActorId) -> bool,
 }
 
 /// Why a node's change may not be applied at all, if it may not: it
-/// writes where only the server writes. The root's `stories` and `nodes`
-/// (deleting or replacing them cuts every map off), a key of `stories`
-/// (creating, replacing or deleting a story's map: stories are the
-/// admin's), or another node's record. Judged on the change alone, so
-/// every replica refuses the same changes, and no honest change ever
-/// depends on one (Kleppmann and Howard's validity check at delivery).
-/// Writes inside a story's map are judged when read (`doc/validity.rs`).
+/// writes where only the server or another node writes. The root's
+/// `stories` and `nodes` (deleting or replacing them cuts every map off);
+/// a key of `stories` (creating, replacing or deleting a story's map:
+/// stories are the admin's); another node's record, ledger lines, landing
+/// car or run records; anything at the root but its own lines, its car and
+/// its acknowledgement of an epoch's base; anything inside an object
+/// another node made. Judged on the change alone, so every replica refuses
+/// the same changes, and no honest change ever depends on one (Kleppmann
+/// and Howard's validity check at delivery). What a node writes inside a
+/// story's map is judged when read (`doc/validity.rs`).
 pub fn change_not_authorized(
     change: &automerge::ExpandedChange,
     author: &crate::NodeId,
@@ -208,19 +215,42 @@ pub fn change_not_authorized(
         (ObjectId::Id(id), automerge::ObjId::Id(counter, actor, _)) => id.0 == *counter && id.1 == *actor,
         _ => false,
     };
+    let own_ledger = format!("{}{author}/", crate::ledger::LEDGER_PREFIX);
+    let own_car = format!("train/{author}");
+    let own_runs = format!("/{author}");
     for op in &change.operations {
         let key = match &op.key {
             Key::Map(k) => k.as_str(),
             Key::Seq(_) => "",
         };
-        if op.obj == ObjectId::Root && (key == "stories" || key == "nodes") {
-            return Some(format!("a write to the root's `{key}` map, which only an epoch's base makes"));
-        }
-        if is(&op.obj, layout.stories) {
-            return Some(format!("a write of `stories/{key}` itself: stories are the server's to add and remove"));
-        }
-        if is(&op.obj, layout.nodes) && key != author.as_str() {
-            return Some(format!("a write of `nodes/{key}`, another node's record"));
+        match &op.obj {
+            ObjectId::Root => {
+                let own = key.starts_with(&own_ledger) || key == own_car || key == crate::doc::EPOCH_SIG_KEY;
+                if key == "stories" || key == "nodes" {
+                    return Some(format!("a write to the root's `{key}` map, which only an epoch's base makes"));
+                }
+                if !own {
+                    return Some(format!("a write of `{key}` at the root, which is not {author}'s to write"));
+                }
+            }
+            obj if is(obj, layout.stories) => {
+                return Some(format!("a write of `stories/{key}` itself: stories are the server's to add and remove"));
+            }
+            obj if is(obj, layout.nodes) => {
+                if key != author.as_str() {
+                    return Some(format!("a write of `nodes/{key}`, another node's record"));
+                }
+            }
+            ObjectId::Id(made) => {
+                let maker = crate::signing::node_of_actor(&made.1);
+                if maker.as_ref() != Some(author) && !(layout.is_admin)(&made.1) {
+                    let maker = maker.map_or_else(|| "an unknown actor".to_owned(), |n| n.to_string());
+                    return Some(format!("a write of `{key}` inside an object {maker} made"));
+                }
+                if key.starts_with("run/") && !key.ends_with(&own_runs) {
+                    return Some(format!("a write of `{key}`, another node's run record"));
+                }
+            }
         }
     }
     None

@@ -438,6 +438,9 @@ impl Engine {
             return Err(Refused::Peer(why));
         }
         let mut verdict = Verdict::default();
+        // The admin's actors in this message: a node's change may write in
+        // a story the same message adds.
+        let mut admin_here = BTreeSet::new();
         for (i, (chunk, (signer, sig))) in msg.changes.iter().zip(&sigs.sigs).enumerate() {
             let parsed =
                 std::panic::catch_unwind(|| automerge::Change::from_bytes(chunk.to_vec()).map_err(|e| e.to_string()));
@@ -474,8 +477,11 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             };
+            if checked_sig.author == Author::Ca {
+                admin_here.insert(actor.clone());
+            }
             if checked_sig.author != Author::Ca
-                && let Some(why) = self.structure_refused(&change, &node)
+                && let Some(why) = self.structure_refused(&change, &node, &admin_here)
             {
                 self.sigs.structure_dropped += 1;
                 // No honest node writes such a change, and every change of
@@ -506,16 +512,28 @@ impl Engine {
         Ok(verdict)
     }
 
-    /// Why a node's change writes where only the server writes, if it does.
-    fn structure_refused(&mut self, change: &automerge::Change, author: &NodeId) -> Option<String> {
+    /// Why a node's change writes where only the server or another node
+    /// writes, if it does.
+    fn structure_refused(
+        &mut self,
+        change: &automerge::Change,
+        author: &NodeId,
+        admin_here: &BTreeSet<ActorId>,
+    ) -> Option<String> {
         let expanded = std::panic::catch_unwind(|| change.decode());
         let Ok(expanded) = expanded else { return Some("a change that panics the change decoder".into()) };
         let (stories, nodes) = (self.doc.stories_obj().clone(), self.doc.nodes_obj().clone());
-        crate::schema::change_not_authorized(
-            &expanded,
-            author,
-            &crate::schema::Layout { stories: &stories, nodes: &nodes },
-        )
+        let own = self.doc.automerge().get_actor().clone();
+        let own_admin = self.signs_as_admin();
+        let sigs = &self.sigs;
+        let is_admin = |actor: &ActorId| {
+            (own_admin && *actor == own)
+                || sigs.is_admin(actor)
+                || admin_here.contains(actor)
+                || node_of_actor(actor).is_none_or(|n| crate::schema::is_reserved(&n))
+        };
+        let layout = crate::schema::Layout { stories: &stories, nodes: &nodes, is_admin: &is_admin };
+        crate::schema::change_not_authorized(&expanded, author, &layout)
     }
 
     /// Charges `len` bytes of new changes to `author`'s quota.

@@ -572,12 +572,14 @@ fn changes_whose_ancestor_never_comes_are_bounded() {
     // A chain whose first change we never send.
     #[allow(clippy::disallowed_methods)] // a test's own document
     let mut am = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(b"mallory\0\x01".to_vec()));
-    am.put(automerge::ROOT, "root-of-the-chain", 1).unwrap();
+    // Keys of mallory's own (its ledger lines): well-formed, so the changes
+    // pass the door and wait for their ancestor.
+    am.put(automerge::ROOT, "ledger/mallory/all", 1).unwrap();
     am.commit();
     let mut sent = 0;
     let mut refused_at = None;
     for i in 0..64 {
-        am.put(automerge::ROOT, "padding", "x".repeat(64 << 10)).unwrap();
+        am.put(automerge::ROOT, "ledger/mallory/d1", "x".repeat(64 << 10)).unwrap();
         am.commit();
         let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
         let msg = huskies_engine::hostile::with_change(&change);

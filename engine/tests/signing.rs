@@ -18,11 +18,12 @@ fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
 }
 
-/// One change by `actor` on top of `e`'s document: its bytes and hash.
+/// One change by `actor` on top of `e`'s document, a ledger line of its
+/// own (a key it may write): its bytes and hash.
 fn change_by(e: &mut Engine, actor: &str, key: &str) -> (Vec<u8>, ChangeHash) {
     let mut am = AutoCommit::load(&e.save()).unwrap();
     am.set_actor(ActorId::from([actor.as_bytes(), &[0, 1]].concat()));
-    am.put(automerge::ROOT, key, "x").unwrap();
+    am.put(automerge::ROOT, format!("ledger/{actor}/{key}"), "x").unwrap();
     am.commit();
     let change = am.get_last_local_change().unwrap();
     (change.raw_bytes().to_vec(), change.hash())
@@ -230,7 +231,7 @@ fn an_authors_flood_is_held_to_its_quota() {
     let mut am = AutoCommit::load(&e.save()).unwrap();
     am.set_actor(ActorId::from(b"mallory\0\x01".to_vec()));
     let send = |e: &mut Engine, am: &mut AutoCommit, conn: ConnId, t: u64| {
-        am.put(automerge::ROOT, format!("flood-{t}"), "x".repeat(8 << 10)).unwrap();
+        am.put(automerge::ROOT, format!("ledger/mallory/flood-{t}"), "x".repeat(8 << 10)).unwrap();
         am.commit();
         let change = am.get_last_local_change().unwrap();
         let bytes = envelope(

@@ -111,8 +111,15 @@ impl Carry<'_> {
             self.new.put(dst, "state", ours.encode()).expect("carry");
             self.writes += 1;
         }
+        let own_run = format!("/{}", self.me);
         for (k, v, op) in scalars(self.old, src) {
             if k == "state" || covered(&self.seen, &op) {
+                continue;
+            }
+            // A node's own run records; the server's fields are the
+            // server's to carry (schema.rs).
+            let own = k.starts_with("run/") && k.ends_with(&own_run);
+            if !self.admin && !own {
                 continue;
             }
             let current = self.new.get(dst, k.as_str()).ok().flatten();
@@ -158,6 +165,11 @@ impl Carry<'_> {
     fn root(&mut self) {
         for (k, v, op) in scalars(self.old, &automerge::ROOT) {
             if !is_root_entry(&k) || k == SETTINGS_KEY || covered(&self.seen, &op) {
+                continue;
+            }
+            // A node writes only its own lines at the root (schema.rs); the
+            // server carries the rest.
+            if !self.admin && !k.starts_with(&format!("{}{}/", crate::ledger::LEDGER_PREFIX, self.me)) {
                 continue;
             }
             // A ledger line has one writer, its node: a write the base has
