@@ -63,9 +63,9 @@ fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
         automerge::Value::Scalar(s) => s.as_str().unwrap().to_owned(),
         _ => panic!("a state"),
     };
-    // The table's rows: a token of 2^64-1 held by nobody known; a story's
-    // map replaced by a list; a state that is a number; a title that is a
-    // counter.
+    // The table's rows: a token of 2^64-1 held by nobody known; a state
+    // that is a number; a title that is a counter; then the root maps
+    // deleted and a story's map replaced by a list.
     let mut forged: serde_json::Value = serde_json::from_str(&state(&am, "s0")).unwrap();
     forged["token"] = serde_json::json!(u64::MAX);
     forged["holder"] = serde_json::json!("ghost");
@@ -76,9 +76,12 @@ fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
     let s3 = story(&am, "s3");
     am.put(&s3, "title", ScalarValue::counter(3)).unwrap();
     am.commit();
-    // Replacing a story's map is a change of its own: refused whole at the
-    // door (with every later change of its writer, which depends on it).
+    // Deleting the root's maps and replacing a story's map, in a change of
+    // their own: refused whole at the door (with every later change of its
+    // writer, which depends on it).
+    am.delete(automerge::ROOT, "nodes").unwrap();
     am.put_object(&stories, "s1", ObjType::List).unwrap();
+    am.delete(automerge::ROOT, "stories").unwrap();
     am.commit();
     storage.persist(PersistKind::Snapshot, &am.save()).unwrap();
     drop(storage);
@@ -87,9 +90,7 @@ fn a_hostile_replica_cannot_crash_wedge_or_hide_stories() {
     wait_for("the server to refuse the forged values", Duration::from_secs(30), || {
         let text = ok(&c, &["status"]);
         text.contains("stories/s0/state: token 18446744073709551615 is past any honest claim (written by agent-2)")
-            && text.contains(
-                "a write of `stories/s1` itself: stories are the server's to add and remove (written by agent-2)",
-            )
+            && text.contains("a write to the root's `nodes` map, which only an epoch's base makes (written by agent-2)")
     });
     // The admin's move of the forged story works (it crashed the server).
     ok(&c, &["story", "move", "s0", "backlog"]);
