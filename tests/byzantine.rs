@@ -6,6 +6,9 @@
 
 mod support;
 
+#[path = "hostile.rs"]
+mod hostile;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -217,6 +220,89 @@ fn forged_commands_and_a_story_flood_cost_the_cluster_nothing() {
     let text = ok(&c, &["doctor"]);
     assert!(text.contains("written by agent-2"), "{text}");
     assert!(text.contains("huskies node revoke agent-2"), "{text}");
+}
+
+/// The table's row of changes whose first ancestor never comes, over a
+/// real websocket: an enrolled node sends signed changes (64 KiB each,
+/// about 2 MB/s) chained on one it never sends. Nothing of them can apply;
+/// the author's quota refuses its link after a few MiB, the server's RSS
+/// stays bounded, `status` keeps answering and the honest agent keeps its
+/// link and its work.
+#[test]
+fn changes_whose_ancestor_never_comes_cost_the_server_little() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut c = Cluster::new("byzantine-ancestor");
+    c.start_agent(1, 400);
+    for k in 0..4 {
+        c.add_story(&format!("a{k}"));
+    }
+    let server_pid = c.procs.iter().find(|p| p.name == "server").unwrap().child.id();
+    let rss_before = rss_kib(server_pid);
+    let mallory = hostile::Peer::join(c.port, &c.token(), "mallory");
+    let node = mallory.hs.node.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let port = c.port;
+    // A hello in the server's epoch (its messages of another epoch would be
+    // dropped unread, as in flight across a cut).
+    let epoch = status(c.port, &c.key).unwrap()["epoch"].as_u64().unwrap();
+    let hello = huskies_engine::wire::Envelope::Hello {
+        node: node.clone(),
+        nonce: mallory.hs.nonce,
+        cert: mallory.hs.creds.cert,
+        epoch,
+    }
+    .encode();
+    let (sent, refused) = rt.block_on(async {
+        let mut ws = mallory.open(port).await.unwrap();
+        mallory.handshake(&mut ws, &hello).await.unwrap();
+        #[allow(clippy::disallowed_methods)] // the hostile node's own document
+        let mut am = AutoCommit::new().with_actor(ActorId::from(b"mallory\0\x01".to_vec()));
+        // Keys mallory may write (its ledger lines): the changes pass the
+        // door and wait for the ancestor that never comes.
+        am.put(automerge::ROOT, "ledger/mallory/all", 1).unwrap();
+        am.commit();
+        let mut sent = 0usize;
+        for i in 0..400 {
+            // A new value each time: Automerge makes no change of a put of
+            // the value a key holds.
+            am.put(automerge::ROOT, "ledger/mallory/d1", format!("{i:04}{}", "x".repeat(64 << 10))).unwrap();
+            am.commit();
+            let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+            let msg = automerge::sync::Message::decode(&huskies_engine::hostile::with_change(&change)).unwrap();
+            let bytes = huskies_engine::testkit::signed_sync(&node, &mallory.hs.creds, msg);
+            sent += bytes.len();
+            if ws.send(Message::Binary(bytes.into())).await.is_err() {
+                return (sent, true);
+            }
+            // About 2 MB/s; whatever the server says meanwhile is read.
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(30);
+            while let Ok(m) = tokio::time::timeout_at(deadline, ws.next()).await {
+                if matches!(m, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                    return (sent, true);
+                }
+            }
+        }
+        (sent, false)
+    });
+    let rss_after = rss_kib(server_pid);
+    eprintln!(
+        "ancestor flood: {} KiB sent before the link was refused; server RSS {} -> {} MiB",
+        sent / 1024,
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    assert!(refused, "the link of an author past its quota is refused ({sent} bytes sent)");
+    assert!(sent < 8 << 20, "refused within its quota's burst: {sent} bytes");
+    assert!(rss_after < rss_before + 64 * 1024, "server RSS {rss_after} KiB (was {rss_before} KiB)");
+    let s = status(c.port, &c.key).expect("status answers");
+    let connected: Vec<&str> =
+        s["connected"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    assert!(connected.contains(&"agent-1"), "the honest agent keeps its link: {connected:?}");
+    wait_for("the honest agent's work", Duration::from_secs(60), || {
+        let st = c.stages();
+        st.len() == 4 && st.iter().all(|(_, stage, _)| stage != "current")
+    });
 }
 
 /// Node ids that would pass for huskies' own writers are refused at

@@ -2,7 +2,9 @@
 //! change, beside what raw Automerge spends applying that change: the
 //! author signs the change's hash once; every receiver parses the change
 //! once more than Automerge does (to learn its hash and actor) and checks
-//! one signature. `cargo bench -p huskies-benches --bench signing`.
+//! one signature, and judges the change at the door (decodes its ops and
+//! checks that it writes only where its author may, schema.rs).
+//! `cargo bench -p huskies-benches --bench signing`.
 
 use automerge::{AutoCommit, Change};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -26,6 +28,25 @@ fn signing(c: &mut Criterion) {
     g.bench_function("author/sign", |b| b.iter(|| sign_change(&creds.secret, &hash.0)));
     g.bench_function("receiver/parse", |b| b.iter(|| Change::from_bytes(bytes.clone()).expect("parses").hash()));
     g.bench_function("receiver/verify", |b| b.iter(|| verify_change(&creds.cert.key, &hash.0, &sig)));
+    // The door: the receiver's document layout, the claim's author.
+    let receiver = raw_from(&base, "receiver");
+    let stories = match automerge::ReadDoc::get(&receiver, automerge::ROOT, "stories") {
+        Ok(Some((_, obj))) => obj,
+        _ => panic!("a stories map"),
+    };
+    let nodes = match automerge::ReadDoc::get(&receiver, automerge::ROOT, "nodes") {
+        Ok(Some((_, obj))) => obj,
+        _ => panic!("a nodes map"),
+    };
+    let is_admin = |_: &automerge::ActorId| true;
+    let layout = huskies_engine::schema::Layout { stories: &stories, nodes: &nodes, is_admin: &is_admin };
+    let claimer = node("claimer");
+    g.bench_function("receiver/door", |b| {
+        b.iter(|| {
+            let expanded = change.decode();
+            assert!(huskies_engine::schema::change_not_authorized(&expanded, &claimer, &layout).is_none());
+        })
+    });
     g.bench_function("raw/apply", |b| {
         b.iter_batched(
             || raw_from(&base, "receiver"),

@@ -579,7 +579,8 @@ fn changes_whose_ancestor_never_comes_are_bounded() {
     let mut sent = 0;
     let mut refused_at = None;
     for i in 0..64 {
-        am.put(automerge::ROOT, "ledger/mallory/d1", "x".repeat(64 << 10)).unwrap();
+        // A new value each time: a put of the value a key holds makes no op.
+        am.put(automerge::ROOT, "ledger/mallory/d1", format!("{i:02}{}", "x".repeat(64 << 10))).unwrap();
         am.commit();
         let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
         let msg = huskies_engine::hostile::with_change(&change);
