@@ -1,6 +1,7 @@
 //! A hostile node over a real websocket: it joins like any agent (so it
 //! holds a valid certificate), then sends what a buggy or malicious peer
-//! could. Used by the end-to-end tests in `e2e.rs`.
+//! could. Used by the end-to-end tests in `e2e.rs` and `byzantine.rs`.
+#![allow(dead_code)] // each test binary uses its own subset
 
 use std::time::Duration;
 
