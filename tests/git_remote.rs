@@ -6,6 +6,7 @@
 
 mod githttp;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,11 +37,15 @@ impl Drop for Scratch {
     }
 }
 
+/// `git daemon`, its whole process group killed on drop: the `git`
+/// wrapper starts the daemon as a child of its own, and killing only the
+/// wrapper left one daemon running per `cargo test`.
 struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: kill(2) on the process group our child leads.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
@@ -132,6 +137,7 @@ fn push_over_git_daemon() {
         .arg(&repos)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("git daemon (Debian package git)");
     let _daemon = Daemon(daemon);

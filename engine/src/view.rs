@@ -87,10 +87,6 @@ impl Engine {
         self.revoked.clone()
     }
 
-    pub fn now(&self) -> Millis {
-        self.now
-    }
-
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         let mut h = self.doc.heads();
         h.sort();

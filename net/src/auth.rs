@@ -12,7 +12,7 @@
 //! only the admin key's SHA-256 so that its own API can check the admin.
 //! Secrets never appear in logs.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use huskies_engine::Credentials;
@@ -26,14 +26,19 @@ const TOKENS_FILE: &str = "join-tokens.json";
 
 pub fn random_hex(bytes: usize) -> io::Result<String> {
     let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    fill_random(&mut buf)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 pub fn random_32() -> io::Result<[u8; 32]> {
     let mut buf = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    fill_random(&mut buf)?;
     Ok(buf)
+}
+
+/// The operating system's randomness (`getrandom`).
+fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    getrandom::fill(buf).map_err(|e| io::Error::other(format!("no randomness from the OS: {e}")))
 }
 
 /// SHA-256 of a secret, hex: what is stored instead of the secret.
@@ -121,7 +126,8 @@ pub fn store_node(
 
 /// Compares without an early exit, so timing does not leak the key.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 fn write_private(path: &Path, contents: &str) -> io::Result<()> {

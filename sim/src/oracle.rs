@@ -35,8 +35,6 @@ pub struct Oracle {
     /// overlap is inherent; a lasting one means the loser never stopped.
     pub exclusive_from_ms: Option<u64>,
     pub duplicate_grace_ms: u64,
-    /// Overlaps that began after `exclusive_from_ms`, however brief.
-    pub brief_overlaps_after_heal: u64,
     /// Per (node, story): the last (stage, token) it showed, for monotonicity.
     seen: BTreeMap<(NodeId, StoryId), (Stage, Token)>,
     /// Every local accept: (story, from stage, token, node).
@@ -68,7 +66,6 @@ pub struct Oracle {
     pub starts: u64,
     pub reclaims: u64,
     pub claim_losses: u64,
-    pub rejected_peers: u64,
     /// `HUSKIES_TRACE_STORY=id` prints every output that mentions the story.
     pub trace_story: Option<String>,
     /// Every node of the cluster.
@@ -143,11 +140,7 @@ impl Oracle {
                     self.trunk.work_started(story);
                 }
                 self.starts += 1;
-                let runners = self.running.entry(story.clone()).or_default();
-                runners.insert(node.clone(), now_ms);
-                if runners.len() > 1 && self.exclusive_from_ms.is_some_and(|t| now_ms >= t) {
-                    self.brief_overlaps_after_heal += 1;
-                }
+                self.running.entry(story.clone()).or_default().insert(node.clone(), now_ms);
             }
             Output::StopRun { story, .. } => self.run_ended(node, story),
             Output::Event(e) => self.observe_event(now_ms, node, e),
@@ -264,7 +257,6 @@ impl Oracle {
                 self.claim_losses += 1;
                 self.run_ended(node, story);
             }
-            Event::PeerRejected { .. } => self.rejected_peers += 1,
             _ => {}
         }
     }

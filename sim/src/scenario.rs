@@ -267,7 +267,6 @@ pub struct Report {
     /// Pushes the simulated remote fenced (a newer claim ended the branch).
     pub fenced: u64,
     pub max_mesh_peers: usize,
-    pub brief_overlaps_after_heal: u64,
     pub stories_done: usize,
     /// Stories archived: in cold storage or (until the next cut) live.
     pub stories_archived: usize,
@@ -330,7 +329,16 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> Report {
         report
     })
     .join()
-    .unwrap_or_else(|_| panic!("seed {seed} panicked inside the simulation"))
+    .unwrap_or_else(|e| panic!("seed {seed} panicked inside the simulation: {}", panic_text(e.as_ref())))
+}
+
+/// The message a panic carried, when it carried text.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 struct SimCluster {
@@ -832,7 +840,6 @@ fn verify(
         claim_losses: o.claim_losses,
         fenced: o.fenced,
         max_mesh_peers: o.max_mesh_peers,
-        brief_overlaps_after_heal: o.brief_overlaps_after_heal,
         stories_done,
         stories_archived: live_archived + cold.len(),
         epoch,

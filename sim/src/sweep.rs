@@ -27,7 +27,16 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
     let mut failed: Vec<String> = Vec::new();
     let mut reports = Vec::new();
     for seed in seeds {
-        let r = run_seed(scenario, seed);
+        // An engine assertion inside the simulation panics: the replay line
+        // goes with it.
+        let r = match std::panic::catch_unwind(|| run_seed(scenario, seed)) {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "{} seed {seed} panicked: {}\nreplay: HUSKIES_SEED={seed} cargo test --test scenarios -- {test} --exact --nocapture",
+                scenario.name,
+                crate::scenario::panic_text(e.as_ref())
+            ),
+        };
         let phases: Vec<String> = r.phases.iter().map(|(name, ms)| format!("{name} {ms} ms")).collect();
         println!("{} seed {seed}: {}; phases: {}", r.scenario, r.profile, phases.join(", "));
         println!(
