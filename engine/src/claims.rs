@@ -423,10 +423,31 @@ impl Engine {
     pub(crate) fn expire_runs(&mut self) {
         let now = self.now;
         for (story, run) in self.claims.expired(now) {
-            if run.phase == Phase::Running {
-                self.pending.push(Output::StopRun { story: story.clone(), token: run.token });
-            }
+            self.stop_process(&story, &run);
             self.fail(&story, format!("{:?} timed out", run.phase).to_lowercase());
+        }
+    }
+
+    /// Tells the driver to stop the agent of `run` if it still runs (the
+    /// other phases have no process of ours to stop).
+    fn stop_process(&mut self, story: &StoryId, run: &ActiveRun) {
+        if run.phase == Phase::Running {
+            self.pending.push(Output::StopRun { story: story.clone(), token: run.token });
+        }
+    }
+
+    /// Ends our run of `story`, if we have one, stopping its agent: the
+    /// one way a run ends other than by its result.
+    pub(crate) fn drop_run(&mut self, story: &StoryId) -> Option<ActiveRun> {
+        let run = self.claims.end(story)?;
+        self.stop_process(story, &run);
+        Some(run)
+    }
+
+    /// Ends every run of ours (we leave, or were revoked).
+    pub(crate) fn drop_all_runs(&mut self) {
+        for (story, run) in self.claims.end_all() {
+            self.stop_process(&story, &run);
         }
     }
 }

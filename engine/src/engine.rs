@@ -6,7 +6,7 @@ use automerge::ActorId;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 
-use crate::claims::{Claims, Phase};
+use crate::claims::Claims;
 use crate::doc::{Doc, NodeRecord, StoryView};
 use crate::index::Index;
 use crate::liveness::Liveness;
@@ -513,10 +513,7 @@ impl Engine {
         if let Some(run) = self.claims.run(id)
             && (state.token != run.token || state.holder.as_ref() != Some(&self.node))
         {
-            let run = self.claims.end(id).expect("checked above");
-            if run.phase == Phase::Running {
-                self.pending.push(Output::StopRun { story: id.clone(), token: run.token });
-            }
+            let run = self.drop_run(id).expect("checked above");
             self.emit(Event::ClaimLost {
                 story: id.clone(),
                 token: run.token,
@@ -547,10 +544,7 @@ impl Engine {
         let gone: Vec<StoryId> = self.index.story_ids().filter(|id| !stories.contains_key(*id)).cloned().collect();
         for id in gone {
             self.apply_story(&id, None);
-            if let Some(run) = self.claims.end(&id) {
-                if run.phase == Phase::Running {
-                    self.pending.push(Output::StopRun { story: id.clone(), token: run.token });
-                }
+            if let Some(run) = self.drop_run(&id) {
                 self.emit(Event::ClaimLost {
                     story: id.clone(),
                     token: run.token,

@@ -12,7 +12,7 @@
 use crate::doc::{NodeRecord, Signed, SignedKind};
 use crate::identity::Cert;
 use crate::identity::{self, PublicKey};
-use crate::{CommandError, Engine, Event, NodeId, Output, RejectKind, Reply};
+use crate::{CommandError, Engine, Event, NodeId, RejectKind, Reply};
 
 impl Engine {
     /// Is `key` a believed key of `node`?
@@ -114,12 +114,7 @@ impl Engine {
         }
         if node == self.node && key == self.creds.cert.key {
             self.self_revoked = true;
-            let runs = self.claims.end_all();
-            for (story, run) in runs {
-                if run.phase == crate::claims::Phase::Running {
-                    self.pending.push(Output::StopRun { story, token: run.token });
-                }
-            }
+            self.drop_all_runs();
         }
         assert!(self.keys.get(&node).is_none_or(|k| !k.contains(&key)), "a revoked key {node} still believed");
         self.emit(Event::NodeRevoked { node });

@@ -369,12 +369,7 @@ impl Engine {
         self.heartbeat_seq = crate::liveness::LEAVING_SEQ - 1;
         self.send_heartbeat(false);
         // Stop what runs here; the driver stops its processes too.
-        let runs = self.claims.end_all();
-        for (story, run) in runs {
-            if run.phase == crate::claims::Phase::Running {
-                self.pending.push(Output::StopRun { story, token: run.token });
-            }
-        }
+        self.drop_all_runs();
         Ok(crate::Reply::Left)
     }
 
