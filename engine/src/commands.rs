@@ -76,8 +76,6 @@ impl Engine {
         }
         let view = StoryView { title, priority: new.priority, created_ms: new.created_ms, state, concurrent: 1 };
         self.doc.add_story(&id, &view, &new.body);
-        self.doc.skip_touched();
-        self.dirty = true;
         self.apply_story(&id, Some(view));
         assert!(self.index.contains(&id), "an added story {id} is in the index");
         self.emit(Event::StoryAdded { story: id.clone(), stage: new.stage });
@@ -106,8 +104,6 @@ impl Engine {
             Self::check_body(b)?;
         }
         self.doc.put_fields(&id, title.as_deref(), body.as_deref(), priority);
-        self.doc.skip_touched();
-        self.dirty = true;
         let view = StoryView {
             title: title.unwrap_or(view.title.clone()),
             priority: priority.unwrap_or(view.priority),

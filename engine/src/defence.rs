@@ -135,7 +135,7 @@ impl Engine {
         self.doc = doc;
         // The index is rebuilt from scratch: nothing half-applied survives.
         self.reindex();
-        self.dirty = false;
+        self.doc.mark_persisted();
         if !verified {
             // Not the document peers' sync states describe: start them over.
             for c in self.peers.conns_mut() {

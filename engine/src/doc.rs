@@ -144,6 +144,9 @@ pub struct Doc {
     /// else under the story's key): writes to it make no patches, so every
     /// merge counts them as touched.
     hidden: BTreeSet<StoryId>,
+    /// Changes made or merged since the last persist (the engine persists
+    /// when this is set, and clears it when it does).
+    unpersisted: bool,
     /// What each state op stands for (`doc/validity.rs`).
     state_verdicts: BTreeMap<validity::OpKey, validity::Verdict>,
 }
@@ -173,6 +176,7 @@ impl Doc {
             story_objs: BTreeMap::new(),
             replaced: BTreeSet::new(),
             batching: false,
+            unpersisted: false,
             hidden: BTreeSet::new(),
             state_verdicts: BTreeMap::new(),
         }
@@ -212,6 +216,7 @@ impl Doc {
             story_objs: BTreeMap::new(),
             replaced: BTreeSet::new(),
             batching: false,
+            unpersisted: false,
             hidden: BTreeSet::new(),
             state_verdicts: BTreeMap::new(),
         })
@@ -238,15 +243,38 @@ impl Doc {
         self.am.get_heads()
     }
 
-    /// Commits what was written through [`Doc::automerge`].
+    /// Commits what was written through [`Doc::automerge`]; a merge (not
+    /// our own typed write) is left for [`Doc::take_touched`] to report.
     pub fn commit_now(&mut self) {
-        self.commit();
-    }
-
-    fn commit(&mut self) {
         if !self.batching {
             self.am.commit_with(CommitOptions::default().with_time(0));
         }
+        self.unpersisted = true;
+    }
+
+    /// Commits one of our typed writes. Its effect is ours, known to the
+    /// engine: marked seen for [`Doc::take_touched`], and unpersisted.
+    fn commit(&mut self) {
+        if !self.batching {
+            self.am.commit_with(CommitOptions::default().with_time(0));
+            self.am.update_diff_cursor();
+        }
+        self.unpersisted = true;
+    }
+
+    /// Whether changes were made or merged since the last persist.
+    pub fn unpersisted(&self) -> bool {
+        self.unpersisted
+    }
+
+    /// Changes arrived from a peer (merged through [`Doc::automerge`]).
+    pub fn mark_unpersisted(&mut self) {
+        self.unpersisted = true;
+    }
+
+    /// Everything so far is in storage.
+    pub fn mark_persisted(&mut self) {
+        self.unpersisted = false;
     }
 
     /// Until [`Doc::end_batch`], writes share one change. Nothing may read
@@ -261,7 +289,10 @@ impl Doc {
     pub fn end_batch(&mut self) {
         assert!(self.batching, "end of a batch never begun");
         self.batching = false;
-        self.am.commit_with(CommitOptions::default().with_time(0));
+        // A scan that claimed nothing made no change: nothing to persist.
+        if self.am.commit_with(CommitOptions::default().with_time(0)).is_some() {
+            self.unpersisted = true;
+        }
         self.am.update_diff_cursor();
     }
 

@@ -31,8 +31,6 @@ pub struct Engine {
     pub(crate) persisted: Vec<u8>,
     /// Sorted heads of `persisted`.
     pub(crate) persisted_heads: Vec<automerge::ChangeHash>,
-    /// Set by every write or merge; cleared when persisted.
-    pub(crate) dirty: bool,
     pub(crate) appends_since_snapshot: u32,
 
     /// What the document says of every story and node.
@@ -137,7 +135,6 @@ impl Engine {
             incarnation,
             now,
             ready: false,
-            dirty: false,
             appends_since_snapshot: 0,
             index: Index::default(),
             inputs_handled: 0,
@@ -283,7 +280,7 @@ impl Engine {
         // Compact storage on every start: one snapshot replaces the log.
         let snapshot = self.doc.automerge().save();
         self.persist(PersistKind::Snapshot, snapshot);
-        self.dirty = false;
+        self.doc.mark_persisted();
         self.emit(Event::Ready { stories: self.index.len(), unreadable: bad.keys });
         if let Some(addr) = self.config.rendezvous.clone() {
             self.peers.add_target(addr, DialTarget::new(Purpose::Rendezvous, self.now));
@@ -365,7 +362,6 @@ impl Engine {
         };
         if self.index.node(&self.node) != Some(&own) {
             self.doc.put_node(&self.node, &own);
-            self.doc.skip_touched();
             self.index.put_node(self.node.clone(), Some(own));
         }
         assert_eq!(self.index.node(&self.node).map(|r| r.capacity), Some(self.config.capacity));
@@ -373,8 +369,8 @@ impl Engine {
 
     /// Persist what changed, then release the outputs it covers, then sync.
     pub(crate) fn finish_input(&mut self) {
-        if self.dirty {
-            self.dirty = false;
+        if self.doc.unpersisted() {
+            self.doc.mark_persisted();
             self.appends_since_snapshot += 1;
             let (kind, bytes) = if self.appends_since_snapshot >= self.config.snapshot_every {
                 self.appends_since_snapshot = 0;
@@ -476,8 +472,6 @@ impl Engine {
             "a write never lowers the fencing token"
         );
         self.doc.put_state(id, &state);
-        self.doc.skip_touched();
-        self.dirty = true;
         let view = match self.index.story(id) {
             Some(v) => StoryView { state, concurrent: 1, ..v.clone() },
             None => StoryView { title: String::new(), priority: 0, created_ms: 0, state, concurrent: 1 },

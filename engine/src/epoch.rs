@@ -405,7 +405,7 @@ impl Engine {
         new.automerge().commit_with(CommitOptions::default().with_time(0));
         // What the old document still owes storage goes there first, so
         // cold storage holds all of it.
-        if self.dirty {
+        if self.doc.unpersisted() {
             let bytes = self.doc.automerge().save_incremental();
             if !bytes.is_empty() {
                 self.persist(PersistKind::Append, bytes);
@@ -423,7 +423,7 @@ impl Engine {
         self.write_own_record();
         let snapshot = self.doc.automerge().save();
         self.persist(PersistKind::Epoch { epoch: base.epoch }, snapshot);
-        self.dirty = false;
+        self.doc.mark_persisted();
         self.appends_since_snapshot = 0;
         let archived = before.iter().filter(|id| !self.index.contains(id)).count();
         // Sync starts over with everyone: a peer in this epoch syncs, a peer

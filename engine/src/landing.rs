@@ -499,8 +499,6 @@ impl Engine {
             .collect();
         // Others build on this batch only once they can see it.
         self.doc.put_train(&self.node, &car.encode());
-        self.doc.skip_touched();
-        self.dirty = true;
         let b = Batch { id, stories, ahead: car.ahead, cancelled: false, retried: retry, half, left_out: Vec::new() };
         self.train.in_flight = Some(b);
         self.emit(Event::BatchStarted { batch: id, size: land.len(), retry, ahead: ahead.len() });
@@ -538,8 +536,6 @@ impl Engine {
         let suspect = b.retried || b.half.is_some();
         let car = Car { batch: b.id.0, ahead: b.ahead.clone(), stories, left_out: b.left_out.clone(), suspect };
         self.doc.put_train(&self.node, &car.encode());
-        self.doc.skip_touched();
-        self.dirty = true;
         self.train.in_flight = Some(b);
     }
 

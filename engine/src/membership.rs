@@ -77,8 +77,6 @@ impl Engine {
         if !known && !self.is_revoked(&node, &cert.key) {
             let entry = Signed { kind: SignedKind::Enrolled, node: node.clone(), key: cert.key, sig: cert.sig };
             self.doc.put_signed(&entry);
-            self.doc.skip_touched();
-            self.dirty = true;
             self.learn_key(&node, cert.key);
         }
         assert!(self.is_revoked(&node, &cert.key) || self.keys.get(&node).is_some_and(|k| k.contains(&cert.key)));
@@ -134,8 +132,6 @@ impl Engine {
         for key in keys {
             let sig = identity::sign_revocation(&ca_secret, &node, &key);
             self.doc.put_signed(&Signed { kind: SignedKind::Revoked, node: node.clone(), key, sig });
-            self.doc.skip_touched();
-            self.dirty = true;
             self.apply_revocation(node.clone(), key);
         }
         Ok(Reply::Revoked { node })

@@ -264,7 +264,7 @@ impl Engine {
             );
         }
         if self.doc.heads() != heads_before {
-            self.dirty = true;
+            self.doc.mark_unpersisted();
             self.absorb_remote_changes();
         }
         if self.peers.conn(conn).is_some() {

@@ -174,8 +174,6 @@ impl crate::Engine {
             self.add_to_ledger(record.stage, u, day);
         }
         self.doc.put_run(story, &record, MAX_RUN_RECORDS);
-        self.doc.skip_touched();
-        self.dirty = true;
     }
 }
 

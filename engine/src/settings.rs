@@ -160,8 +160,6 @@ impl Engine {
         let s = ClusterSettings { revision, ..settings };
         self.adopt_settings(s.clone()).map_err(CommandError::BadSettings)?;
         self.doc.put_settings(&s.encode_signed(&ca_secret));
-        self.doc.skip_touched();
-        self.dirty = true;
         Ok(Reply::Settings { revision })
     }
 

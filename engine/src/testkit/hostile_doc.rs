@@ -22,7 +22,7 @@ impl crate::Engine {
         self.doc.commit_now();
         // Its own engine sees its writes as a peer's would.
         self.absorb_remote_changes();
-        self.dirty = true;
+        self.doc.mark_unpersisted();
         self.finish_input();
     }
 }
