@@ -169,6 +169,12 @@ impl Doc {
         am.commit_with(CommitOptions::default().with_time(0));
         am.set_actor(actor);
         am.update_diff_cursor();
+        Doc::wrap(am, stories_obj, nodes_obj)
+    }
+
+    /// A document around `am`, whose root maps are `stories_obj` and
+    /// `nodes_obj`, nothing read yet.
+    fn wrap(am: AutoCommit, stories_obj: ObjId, nodes_obj: ObjId) -> Doc {
         Doc {
             am,
             stories_obj,
@@ -209,17 +215,7 @@ impl Doc {
         let nodes_obj = map(&am, "nodes")?;
         am.set_actor(actor);
         am.update_diff_cursor();
-        Some(Doc {
-            am,
-            stories_obj,
-            nodes_obj,
-            story_objs: BTreeMap::new(),
-            replaced: BTreeSet::new(),
-            batching: false,
-            unpersisted: false,
-            hidden: BTreeSet::new(),
-            state_verdicts: BTreeMap::new(),
-        })
+        Some(Doc::wrap(am, stories_obj, nodes_obj))
     }
 
     /// The epoch this document belongs to (0 before the first cut).
