@@ -88,6 +88,8 @@ mod epoch;
 mod error;
 pub mod guard;
 pub mod hash;
+/// Crafted hostile messages: for tests, benches and the sims only.
+#[cfg(any(test, feature = "testkit"))]
 pub mod hostile;
 pub mod identity;
 mod ids;
@@ -104,6 +106,8 @@ pub mod schema;
 mod settings;
 mod signing;
 mod story;
+/// Fixtures for tests, benches and the sims (`testkit` feature).
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod view;
 pub mod wire;
