@@ -323,8 +323,9 @@ pub enum Event {
     SettingsAdopted {
         settings: crate::ClusterSettings,
     },
-    /// A value of the document broke the schema and was not believed; the
-    /// last valid value stands (schema.rs).
+    /// A value of the document broke the schema, or a node's change wrote
+    /// where it may not, and was not believed; the valid value it
+    /// overwrote stands (schema.rs).
     ValueRefused {
         refusal: crate::schema::Refusal,
     },

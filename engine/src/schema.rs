@@ -3,13 +3,15 @@
 //! value that breaks them.
 //!
 //! Every enrolled node can write any key, and an agent node runs code a
-//! prompt talked it into. So a story's values are checked as a whole when
-//! read: a map that is not a map, a title that is not text, no state that
-//! parses, a token no honest claim could reach, or a story map deleted
-//! within an epoch is *refused*: the last valid view stands, the refusal
-//! is counted and kept with its writer (the node whose Automerge actor
-//! made the op), and `status` shows it. A story never silently vanishes,
-//! and no value from a peer reaches an assertion.
+//! prompt talked it into. So a node's change that writes where only the
+//! server or another node writes is refused whole at the door
+//! ([`change_not_authorized`]), and a story's values are checked as a whole
+//! when read: a title that is not text, no state that parses, a token no
+//! honest claim could reach, a state its writer had no right to write is
+//! *refused*: the valid value it overwrote stands (`doc/validity.rs`), the
+//! refusal is counted and kept with its writer (the node whose Automerge
+//! actor made the op), and `status` shows it. A story never silently
+//! vanishes, and no value from a peer reaches an assertion.
 //!
 //! Tokens: an honest claim raises a story's token by one, and a release by
 //! one more. [`MAX_TOKEN`] bounds every token read (no honest cluster
