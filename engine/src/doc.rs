@@ -241,6 +241,8 @@ impl Doc {
 
     /// Commits what was written through [`Doc::automerge`]; a merge (not
     /// our own typed write) is left for [`Doc::take_touched`] to report.
+    /// (Hostile writes in tests.)
+    #[cfg(any(test, feature = "testkit"))]
     pub fn commit_now(&mut self) {
         if !self.batching {
             self.am.commit_with(CommitOptions::default().with_time(0));
