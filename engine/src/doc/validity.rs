@@ -155,10 +155,7 @@ impl Doc {
     /// a carry: a node's first change of an epoch, made on the base alone,
     /// which brings what the base had not seen (epoch.rs).
     fn states_at_deps(&mut self, obj: &ObjId, op: &ObjId) -> (Vec<StateOp>, bool) {
-        let Some(hash) = self.am.hash_for_opid(op) else { return (Vec::new(), false) };
-        let Some(deps) = self.am.get_change_meta_by_hash(&hash).map(|m| m.deps.clone()) else {
-            return (Vec::new(), false);
-        };
+        let Some(deps) = self.deps_of(op) else { return (Vec::new(), false) };
         let carry = match deps.as_slice() {
             [base] => self
                 .am
@@ -166,22 +163,24 @@ impl Doc {
                 .is_some_and(|m| m.deps.is_empty() && m.actor.to_bytes().starts_with(crate::epoch::BASE_ACTOR_PREFIX)),
             _ => false,
         };
-        let values = self
-            .am
-            .get_all_at(obj, "state", &deps)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(v, op)| (op, parse(&v)))
-            .collect();
-        (values, carry)
+        (self.values_at(obj, "state", &deps, parse), carry)
     }
 
-    /// The values of `obj[key]` at the dependencies of `op`'s change, each
-    /// turned into a `T` by `f`.
-    fn at_deps<T>(&mut self, obj: &ObjId, key: &str, op: &ObjId, f: impl Fn(&Value<'_>) -> T) -> Vec<(ObjId, T)> {
-        let Some(hash) = self.am.hash_for_opid(op) else { return Vec::new() };
-        let Some(deps) = self.am.get_change_meta_by_hash(&hash).map(|m| m.deps.clone()) else { return Vec::new() };
-        self.am.get_all_at(obj, key, &deps).unwrap_or_default().into_iter().map(|(v, op)| (op, f(&v))).collect()
+    /// The dependencies of the change that made `op`.
+    fn deps_of(&mut self, op: &ObjId) -> Option<Vec<automerge::ChangeHash>> {
+        let hash = self.am.hash_for_opid(op)?;
+        self.am.get_change_meta_by_hash(&hash).map(|m| m.deps.clone())
+    }
+
+    /// The values of `obj[key]` at `heads`, each turned into a `T` by `f`.
+    fn values_at<T>(
+        &mut self,
+        obj: &ObjId,
+        key: &str,
+        heads: &[automerge::ChangeHash],
+        f: impl Fn(&Value<'_>) -> T,
+    ) -> Vec<(ObjId, T)> {
+        self.am.get_all_at(obj, key, heads).unwrap_or_default().into_iter().map(|(v, op)| (op, f(&v))).collect()
     }
 
     /// The value of `obj[key]` that only the server may write (a story's
@@ -223,7 +222,8 @@ impl Doc {
                     _ => {}
                 }
                 if op_key(&op).is_some_and(|k| seen.insert(k)) {
-                    behind.extend(self.at_deps(obj, key, &op, &accept));
+                    let deps = self.deps_of(&op).unwrap_or_default();
+                    behind.extend(self.values_at(obj, key, &deps, &accept));
                 }
             }
             if found.is_some() || behind.is_empty() {
