@@ -52,7 +52,7 @@ impl Engine {
             };
             self.claims.begin(story.clone(), run, self.config.capacity);
             self.claims.note_worktree(&story);
-            self.pending.push(Output::InspectWorktree { story, token });
+            self.outbox.push(Output::InspectWorktree { story, token });
         }
     }
 
@@ -198,7 +198,7 @@ impl Engine {
             let (title, last_failure) = (view.title.clone(), view.state.reason.clone());
             let body = self.read_body(&id);
             self.claims.note_worktree(&id);
-            self.pending.push(Output::StartRun { story: id, title, stage, token, attempt, body, last_failure, resume });
+            self.outbox.push(Output::StartRun { story: id, title, stage, token, attempt, body, last_failure, resume });
         }
     }
 
@@ -215,7 +215,7 @@ impl Engine {
         let Some(stage) = self.claims.run(story).map(|r| r.stage) else { return };
         let deadline = self.now.saturating_add_ms(self.config.run_timeout_for(stage));
         self.claims.enter(story, token, Phase::Pushing, deadline);
-        self.pending.push(Output::Push { story: story.clone(), token, stage });
+        self.outbox.push(Output::Push { story: story.clone(), token, stage });
     }
 
     pub(crate) fn handle_run_finished(
@@ -432,7 +432,7 @@ impl Engine {
     /// other phases have no process of ours to stop).
     fn stop_process(&mut self, story: &StoryId, run: &ActiveRun) {
         if run.phase == Phase::Running {
-            self.pending.push(Output::StopRun { story: story.clone(), token: run.token });
+            self.outbox.push(Output::StopRun { story: story.clone(), token: run.token });
         }
     }
 

@@ -12,7 +12,7 @@ use crate::index::Index;
 use crate::liveness::Liveness;
 use crate::peers::{DialTarget, Peers, Purpose};
 use crate::story::StoryState;
-use crate::{Config, Event, Input, Millis, NodeId, Output, PersistKind, PersistSeq, Stage, StoryId};
+use crate::{Config, Event, Input, Millis, NodeId, Output, PersistKind, Stage, StoryId};
 
 /// The sans-IO state machine of one node. See the crate docs for the
 /// contract.
@@ -79,15 +79,8 @@ pub struct Engine {
     pub(crate) next_heartbeat_at: Millis,
     pub(crate) next_scan_at: Millis,
 
-    /// Outputs produced while handling the current input; released after
-    /// the `Persist` that covers them.
-    pub(crate) pending: Vec<Output>,
-    pub(crate) outputs: VecDeque<Output>,
-    /// The last `Persist` issued, and the last the driver confirmed.
-    pub(crate) persist_seq: PersistSeq,
-    pub(crate) durable: PersistSeq,
-    /// Outputs waiting for a `Persist` (its seq) to be confirmed, in order.
-    pub(crate) held: VecDeque<(PersistSeq, Output)>,
+    /// Every output, staged, held behind a persist, or ready.
+    pub(crate) outbox: crate::outbox::Outbox,
     /// The base of our epoch, for peers still in an older one.
     pub(crate) base: Option<crate::epoch::EpochBase>,
     /// Signatures of the changes of our epoch (`signing.rs`).
@@ -158,11 +151,7 @@ impl Engine {
             advertised_free_slots: u32::MAX,
             next_heartbeat_at: now,
             next_scan_at: now,
-            pending: Vec::new(),
-            outputs: VecDeque::new(),
-            persist_seq: PersistSeq(0),
-            durable: PersistSeq(0),
-            held: VecDeque::new(),
+            outbox: Default::default(),
             base: None,
             reindexing: false,
             sigs: Default::default(),
@@ -194,7 +183,7 @@ impl Engine {
             Input::Command { id, command } => self.handle_command(id, command),
             Input::Timeout => self.handle_timeout(),
             Input::WallClock { unix_ms } => self.handle_wall_clock(unix_ms),
-            Input::Persisted { seq } => self.handle_persisted(seq),
+            Input::Persisted { seq } => self.outbox.handle_persisted(seq),
         }
         self.finish_input();
         if cfg!(debug_assertions) {
@@ -204,7 +193,7 @@ impl Engine {
 
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.outbox.poll()
     }
 
     /// When to feed `Input::Timeout` next.
@@ -388,34 +377,9 @@ impl Engine {
         if self.ready && self.free_slots() != self.advertised_free_slots {
             self.send_heartbeat(false);
         }
-        let pending = std::mem::take(&mut self.pending);
-        for out in pending {
-            self.release(out);
-        }
         self.flush_sync();
-    }
-
-    /// Hands `out` to the driver, or holds it until the last `Persist`
-    /// issued is confirmed: every output after a `Persist` may reveal the
-    /// state it saves.
-    pub(crate) fn release(&mut self, out: Output) {
-        if self.durable < self.persist_seq {
-            self.held.push_back((self.persist_seq, out));
-        } else {
-            assert!(self.held.is_empty(), "held outputs with every persist durable");
-            self.outputs.push_back(out);
-        }
-    }
-
-    fn handle_persisted(&mut self, seq: PersistSeq) {
-        assert!(seq <= self.persist_seq, "persist {} confirmed, only {} issued", seq.0, self.persist_seq.0);
-        self.durable = self.durable.max(seq);
-        while let Some((needs, _)) = self.held.front()
-            && *needs <= self.durable
-        {
-            let (_, out) = self.held.pop_front().expect("front checked");
-            self.outputs.push_back(out);
-        }
+        // Everything this input made follows the persist that covers it.
+        self.outbox.end_input();
     }
 
     /// For drivers that make each `Persist` durable before they carry out
@@ -439,7 +403,7 @@ impl Engine {
 
     /// Outputs wait for a `Persist` the driver has not confirmed.
     pub fn awaiting_persist(&self) -> bool {
-        self.durable < self.persist_seq
+        self.outbox.awaiting_persist()
     }
 
     /// Emits a `Persist` and keeps the copy that recovery reloads. The
@@ -454,14 +418,13 @@ impl Engine {
         bytes.extend(self.sigs.take_block(!matches!(kind, PersistKind::Append)));
         self.persisted_heads = self.doc.heads();
         self.persisted_heads.sort();
-        self.persist_seq = PersistSeq(self.persist_seq.0 + 1);
         // Persists go out at once, in order; what they cover waits.
-        self.outputs.push_back(Output::Persist { seq: self.persist_seq, kind, bytes });
+        self.outbox.persist(kind, bytes);
     }
 
     pub(crate) fn emit(&mut self, event: Event) {
         tracing::debug!(node = %self.node, ?event);
-        self.pending.push(Output::Event(event));
+        self.outbox.push(Output::Event(event));
     }
 
     /// Writes a new state for a story and updates the index. Every write of
@@ -516,7 +479,7 @@ impl Engine {
             });
         }
         if state.stage == Stage::Archived && self.claims.forget_worktree(id) {
-            self.pending.push(Output::PruneWorktree { story: id.clone() });
+            self.outbox.push(Output::PruneWorktree { story: id.clone() });
         }
     }
 
@@ -547,7 +510,7 @@ impl Engine {
                 });
             }
             if self.claims.forget(&id) {
-                self.pending.push(Output::PruneWorktree { story: id });
+                self.outbox.push(Output::PruneWorktree { story: id });
             }
         }
         self.reindexing = true;

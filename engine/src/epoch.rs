@@ -377,7 +377,7 @@ impl Engine {
         }
         c.sent_base = Some(b.epoch);
         let bytes = b.envelope();
-        self.pending.push(Output::Send { conn, bytes });
+        self.outbox.push(Output::Send { conn, bytes });
     }
 
     /// Moves this node to `base`'s epoch: a fresh document from the base,

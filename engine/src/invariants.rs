@@ -11,19 +11,12 @@ use crate::Engine;
 /// Inputs between two full index checks.
 const FULL_CHECK_EVERY: u64 = 1_024;
 
-/// Outputs one input may leave queued before something is surely looping.
-const MAX_QUEUED_OUTPUTS: usize = 1 << 20;
-
 impl Engine {
     /// After an input: all its outputs released, the mesh within its cap,
     /// bounded maps within their bounds, and now and then the whole index
     /// equal to a fresh read of the document.
     pub(crate) fn check_invariants(&mut self) {
-        assert!(self.pending.is_empty(), "outputs held past the end of an input");
-        assert!(self.outputs.len() < MAX_QUEUED_OUTPUTS, "{} outputs queued", self.outputs.len());
-        assert!(self.held.len() < MAX_QUEUED_OUTPUTS, "{} outputs wait for a persist", self.held.len());
-        assert!(self.durable <= self.persist_seq, "more persists confirmed than issued");
-        assert!(self.held.is_empty() || self.awaiting_persist(), "outputs held with every persist durable");
+        self.outbox.check_invariants();
         let keys = &self.keys;
         self.peers.check(self.config.max_peers, self.config.max_mesh_peers, |n| keys.contains_key(n));
         // Liveness records: nodes heard (their beats were verified against a

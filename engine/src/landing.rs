@@ -425,7 +425,7 @@ impl Engine {
             b.cancelled = true;
         }
         self.emit(Event::BatchCancelled { batch: id });
-        self.pending.push(Output::CancelLand { batch: id });
+        self.outbox.push(Output::CancelLand { batch: id });
     }
 
     /// The next waiting half whose stories are still queued here.
@@ -502,7 +502,7 @@ impl Engine {
         let b = Batch { id, stories, ahead: car.ahead, cancelled: false, retried: retry, half, left_out: Vec::new() };
         self.train.in_flight = Some(b);
         self.emit(Event::BatchStarted { batch: id, size: land.len(), retry, ahead: ahead.len() });
-        self.pending.push(Output::Land { batch: id, stories: land, ahead, retry });
+        self.outbox.push(Output::Land { batch: id, stories: land, ahead, retry });
     }
 
     /// When a waiting batch stops waiting for more stories.

@@ -100,6 +100,7 @@ pub mod landing;
 pub mod ledger;
 mod liveness;
 mod membership;
+mod outbox;
 mod peers;
 pub mod runs;
 pub mod schema;

@@ -17,7 +17,7 @@ use crate::{ConnId, Engine, Event, NodeId, Output, RejectKind};
 impl Engine {
     pub(crate) fn handle_peer_connected(&mut self, conn: ConnId) {
         if !self.ready || self.peers.conn(conn).is_some() {
-            self.pending.push(Output::HangUp { conn });
+            self.outbox.push(Output::HangUp { conn });
             return;
         }
         let target = if conn.is_outbound() {
@@ -25,7 +25,7 @@ impl Engine {
                 Some(addr) => Some(addr.clone()),
                 // Not ours (dropped target, or a driver mix-up).
                 None => {
-                    self.pending.push(Output::HangUp { conn });
+                    self.outbox.push(Output::HangUp { conn });
                     return;
                 }
             }
@@ -61,7 +61,7 @@ impl Engine {
         let epoch = self.doc.epoch();
         let hello =
             Envelope::Hello { node: self.node.clone(), nonce: our_nonce, cert: self.creds.cert, epoch }.encode();
-        self.pending.push(Output::Send { conn, bytes: hello });
+        self.outbox.push(Output::Send { conn, bytes: hello });
     }
 
     pub(crate) fn handle_peer_closed(&mut self, conn: ConnId) {
@@ -86,7 +86,7 @@ impl Engine {
         // A misbehaving peer is retried only after the longest backoff.
         self.back_off(conn, Some(self.config.dial_backoff_max_ms));
         self.peers.close(conn);
-        self.pending.push(Output::HangUp { conn });
+        self.outbox.push(Output::HangUp { conn });
         self.emit(Event::PeerRejected { conn, kind, reason });
     }
 
@@ -152,7 +152,7 @@ impl Engine {
         c.epoch = Some(epoch);
         let proof = identity::auth_message(&nonce, &c.our_nonce, &self.node, &node);
         let sig = self.creds.sign(&proof);
-        self.pending.push(Output::Send { conn, bytes: Envelope::Auth { sig }.encode() });
+        self.outbox.push(Output::Send { conn, bytes: Envelope::Auth { sig }.encode() });
     }
 
     /// The peer's proof that it holds the key its hello named.
@@ -316,7 +316,7 @@ impl Engine {
             msg.flags = None;
             let sigs = self.sigs_for(&msg);
             let bytes = Envelope::Sync { sigs, message: msg.encode() }.encode();
-            self.release(Output::Send { conn, bytes });
+            self.outbox.push(Output::Send { conn, bytes });
         }
     }
 
@@ -354,7 +354,7 @@ impl Engine {
                 let bytes = Envelope::Heartbeats(vec![hb]).encode();
                 let to: Vec<ConnId> = self.peers.established().map(|(id, _)| id).filter(|id| *id != from).collect();
                 for conn in to {
-                    self.pending.push(Output::Send { conn, bytes: bytes.clone() });
+                    self.outbox.push(Output::Send { conn, bytes: bytes.clone() });
                 }
             }
         }
@@ -399,14 +399,14 @@ impl Engine {
             beats.extend(relay.values().filter(|(_, from)| *from != conn).map(|(hb, _)| hb.clone()));
             for chunk in beats.chunks(crate::wire::MAX_HEARTBEATS) {
                 let bytes = Envelope::Heartbeats(chunk.to_vec()).encode();
-                self.pending.push(Output::Send { conn, bytes });
+                self.outbox.push(Output::Send { conn, bytes });
             }
         }
     }
 
     pub(crate) fn dial_due(&mut self) {
         for (conn, address) in self.peers.dial_due(self.now) {
-            self.pending.push(Output::Dial { conn, address });
+            self.outbox.push(Output::Dial { conn, address });
         }
     }
 
@@ -443,7 +443,7 @@ impl Engine {
             .collect();
         for addr in unwanted {
             if let Some(conn) = self.peers.remove_target(&addr) {
-                self.pending.push(Output::HangUp { conn });
+                self.outbox.push(Output::HangUp { conn });
             }
         }
         for (_, node, addr) in ranked {

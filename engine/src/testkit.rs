@@ -51,6 +51,14 @@ impl Disk {
         self.archives.insert(epoch.saturating_sub(1), self.load());
     }
 
+    /// A crash while replacing the snapshot, after the new one was renamed
+    /// into place and before the log was cut: the new snapshot, then the old
+    /// log (whose changes it already holds).
+    pub fn apply_snapshot_over_log(&mut self, snapshot: Vec<u8>) {
+        let log = if self.chunks.is_empty() { Vec::new() } else { self.chunks.split_off(1) };
+        self.chunks = std::iter::once(snapshot).chain(log).collect();
+    }
+
     /// What a restart loads.
     pub fn load(&self) -> Vec<u8> {
         self.chunks.concat()
