@@ -19,6 +19,8 @@
 //! command that replays it.
 
 #[cfg(madsim)]
+pub mod disk;
+#[cfg(madsim)]
 pub mod link;
 #[cfg(madsim)]
 pub mod node;

@@ -37,7 +37,7 @@ pub struct NodeCtx {
     pub agent: AgentProfile,
     pub seed: u64,
     pub oracle: Arc<Mutex<Oracle>>,
-    pub disk: Mutex<huskies_engine::testkit::Disk>,
+    pub disk: Mutex<crate::disk::SimDisk>,
     /// Stories whose worktree holds a finished, unpushed commit.
     pub worktrees: Mutex<BTreeMap<StoryId, Token>>,
     pub clock: Mutex<Clock>,
@@ -146,8 +146,16 @@ pub async fn run(ctx: Arc<NodeCtx>) {
         ctx: ctx.clone(),
     };
     *ctx.dead.lock().expect("dead lock") = false;
-    let bytes = ctx.disk.lock().expect("disk lock").load();
+    // The last incarnation died with these writes unconfirmed.
+    let bytes = {
+        let mut disk = ctx.disk.lock().expect("disk lock");
+        disk.crash();
+        disk.stored.load()
+    };
     node.input(Input::StorageLoaded { bytes });
+    // What it told anyone before it died, it reads back now.
+    let stories = node.engine.stories().map(|(id, v)| (id.clone(), v.state.token));
+    node.ctx.oracle.lock().expect("oracle lock").check_restart(&node.ctx.id, stories);
     // `recv_from_raw` is not cancellation safe (a datagram handed to a
     // dropped receive is lost), so one task receives and forwards into a
     // channel, whose receive can be timed out safely.
@@ -192,6 +200,7 @@ impl SimNode {
         d = d.min(self.runs.values().filter_map(|r| r.finish_at_ms).min().unwrap_or(u64::MAX));
         d = d.min(self.later.iter().map(|(t, _)| *t).min().unwrap_or(u64::MAX));
         d = d.min(self.lands.iter().map(|l| l.due_ms).min().unwrap_or(u64::MAX));
+        d = d.min(self.ctx.disk.lock().expect("disk lock").next_done_ms().unwrap_or(u64::MAX));
         if self.ctx.publish_every_ms > 0 {
             d = d.min(self.next_publish_ms);
         }
@@ -223,6 +232,10 @@ impl SimNode {
 
     fn handle_time(&mut self) {
         let now = self.ctx.local_ms();
+        let landed = self.ctx.disk.lock().expect("disk lock").land_due(now);
+        if let Some(seq) = landed {
+            self.input(Input::Persisted { seq });
+        }
         let mut events = Vec::new();
         self.links.handle_timeout(now, &mut events);
         self.link_events(events);
@@ -315,17 +328,28 @@ impl SimNode {
         self.carry_out(now);
     }
 
-    /// Carries out the engine's outputs (persisting each at once).
+    /// Carries out the engine's outputs. A disk without latency makes
+    /// each persist durable before the outputs it covers are carried out;
+    /// one with latency confirms it later (`handle_time`), and what it
+    /// covers waits in the engine meanwhile.
     fn carry_out(&mut self, now: u64) {
         let sim_now = sim_ms();
-        // The simulated disk is written at once: each persist is durable
-        // before the outputs it covers are carried out.
-        for out in self.engine.drain_sync_persist() {
+        let instant = self.ctx.disk.lock().expect("disk lock").latency.is_none();
+        let outs: Vec<Output> = if instant {
+            self.engine.drain_sync_persist()
+        } else {
+            std::iter::from_fn(|| self.engine.poll_output()).collect()
+        };
+        for out in outs {
             if let Output::Persist { kind: PersistKind::Epoch { epoch }, .. } = &out
                 && std::mem::take(&mut *self.ctx.tear_next_epoch.lock().expect("tear lock"))
             {
-                // The process dies between the two writes of the move.
-                self.ctx.disk.lock().expect("disk lock").apply_torn_epoch(*epoch);
+                // The process dies between the two writes of the move; the
+                // writes queued before it landed, unconfirmed.
+                let mut disk = self.ctx.disk.lock().expect("disk lock");
+                disk.land_due(u64::MAX);
+                disk.stored.apply_torn_epoch(*epoch);
+                drop(disk);
                 *self.ctx.torn.lock().expect("torn lock") += 1;
                 *self.ctx.dead.lock().expect("dead lock") = true;
                 self.oracle().node_crashed(&self.ctx.id);
@@ -419,8 +443,8 @@ impl SimNode {
 
     fn execute(&mut self, out: Output, now: u64) {
         match out {
-            Output::Persist { kind, bytes, .. } => {
-                self.ctx.disk.lock().expect("disk lock").apply(kind, bytes);
+            Output::Persist { seq, kind, bytes } => {
+                self.ctx.disk.lock().expect("disk lock").issue(seq, kind, bytes, now);
             }
             Output::Send { conn, bytes } => self.links.send(conn, bytes),
             Output::Dial { conn, address } => match address.trim_start_matches("sim://").parse::<SocketAddr>() {

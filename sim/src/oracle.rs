@@ -74,6 +74,12 @@ pub struct Oracle {
     /// (it is not honest), and no honest view may show what only it
     /// could have written.
     pub byzantine: Option<NodeId>,
+    /// What each node told anyone (a reply, a run or push started, a claim
+    /// announced): the story, and the lowest token its disk may hold for it
+    /// from then on. A restart must read all of it back.
+    revealed: BTreeMap<NodeId, BTreeMap<StoryId, Token>>,
+    /// Restarts checked against what their node revealed.
+    pub restarts_checked: u64,
 }
 
 impl Oracle {
@@ -134,6 +140,7 @@ impl Oracle {
             }
             _ => self.trace_hash.fold(&format!("{head} {out:?}")),
         }
+        self.note_revealed(node, out);
         match out {
             Output::StartRun { story, stage, .. } => {
                 if *stage == Stage::Current {
@@ -145,6 +152,47 @@ impl Oracle {
             Output::StopRun { story, .. } => self.run_ended(node, story),
             Output::Event(e) => self.observe_event(now_ms, node, e),
             _ => {}
+        }
+    }
+
+    /// Keeps what `out` reveals of its node's document, for `check_restart`.
+    fn note_revealed(&mut self, node: &NodeId, out: &Output) {
+        let (story, token) = match out {
+            Output::Reply { result: Ok(huskies_engine::Reply::Added { id }), .. } => (id, Token(0)),
+            Output::StartRun { story, token, .. }
+            | Output::Push { story, token, .. }
+            | Output::Event(Event::Claimed { story, token, .. }) => (story, *token),
+            _ => return,
+        };
+        let min = self.revealed.entry(node.clone()).or_default().entry(story.clone()).or_insert(token);
+        *min = (*min).max(token);
+    }
+
+    /// A node restarted from its disk with `stories` (id, token): everything
+    /// it revealed before it died must be there, at the token it revealed
+    /// or later. Nothing may be revealed before it is durable, and no crash
+    /// may lose a write that was confirmed.
+    pub fn check_restart(&mut self, node: &NodeId, stories: impl Iterator<Item = (StoryId, Token)>) {
+        if self.byzantine.as_ref() == Some(node) {
+            return;
+        }
+        self.restarts_checked += 1;
+        let Some(revealed) = self.revealed.get(node) else { return };
+        let stored: BTreeMap<StoryId, Token> = stories.collect();
+        let mut found = Vec::new();
+        for (story, min) in revealed {
+            match stored.get(story) {
+                Some(t) if t >= min => {}
+                Some(t) => {
+                    found.push(format!("{node} restarted with {story} at token {t}, below the {min} it revealed"))
+                }
+                // Archived stories leave the live document at a cut.
+                None if self.archived.contains(story) => {}
+                None => found.push(format!("{node} restarted without {story}, which it revealed at token {min}")),
+            }
+        }
+        for f in found {
+            self.violation("SAFETY", f);
         }
     }
 

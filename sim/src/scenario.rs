@@ -204,6 +204,10 @@ pub struct Scenario {
     /// oracle checks the honest nodes only, and that none shows a value
     /// only the hostile node could have written.
     pub byzantine: Option<usize>,
+    /// `Some`: every node's disk takes this long to write, the engine's
+    /// outputs wait behind each write, and a crash loses what was not
+    /// confirmed (`disk.rs`). `None`: writes are durable at once.
+    pub disk: Option<crate::disk::Latency>,
 }
 
 /// Short timings so a scenario spans seconds of simulated time.
@@ -243,6 +247,7 @@ impl Scenario {
             merge_nodes: None,
             start_stage: Stage::Current,
             byzantine: None,
+            disk: None,
         }
     }
 }
@@ -276,6 +281,11 @@ pub struct Report {
     pub torn_epochs: u64,
     pub idle_save_len: Option<(usize, usize)>,
     pub landing: Landing,
+    /// Writes issued to slow disks, and what crashes did to them.
+    pub disk_writes: u64,
+    pub disk_losses: crate::disk::CrashLoss,
+    /// Restarts whose disk was checked against what the node had revealed.
+    pub restarts_checked: u64,
 }
 
 /// What the merge queue did in a run.
@@ -546,12 +556,19 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     let torn = cluster.ctxs.iter().map(|c| *c.torn.lock().expect("torn lock")).sum();
     let mut report = verify(&s, seed, &profile, &oracle, heal_ms, idle_save_len, faults, phases, &cold);
     report.torn_epochs = torn;
+    for c in &cluster.ctxs {
+        let disk = c.disk.lock().expect("disk lock");
+        report.disk_writes += disk.writes();
+        report.disk_losses.lost += disk.losses.lost;
+        report.disk_losses.torn += disk.losses.torn;
+        report.disk_losses.unconfirmed += disk.losses.unconfirmed;
+    }
     report
 }
 
 /// Every story in the server's cold storage, archived there.
 fn cold_stories(cluster: &SimCluster) -> std::collections::BTreeSet<StoryId> {
-    let disk = cluster.ctxs[0].disk.lock().expect("disk lock");
+    let disk = &cluster.ctxs[0].disk.lock().expect("disk lock").stored;
     let mut out = std::collections::BTreeSet::new();
     for bytes in disk.archives.values() {
         let Some(mut doc) = huskies_engine::cold::ColdDoc::open(bytes) else { continue };
@@ -592,14 +609,15 @@ fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<Oracle>>) -
             }
         }
         let skew_ppm = if profile.clock_skew { (madsim::rand::random::<u64>() % 100_001) as i64 - 50_000 } else { 0 };
+        let seed: u64 = madsim::rand::random();
         let ctx = Arc::new(NodeCtx {
             id: node_name(i),
             addr,
             config,
             agent: profile.agent,
-            seed: madsim::rand::random(),
+            seed,
             oracle: oracle.clone(),
-            disk: Mutex::new(Default::default()),
+            disk: Mutex::new(crate::disk::SimDisk::new(s.disk, seed)),
             worktrees: Mutex::new(Default::default()),
             clock: Mutex::new(Clock { skew_ppm, offset_ms: 0 }),
             restarts: Mutex::new(0),
@@ -846,6 +864,9 @@ fn verify(
         torn_epochs: 0,
         idle_save_len,
         landing: landing_figures(&o),
+        disk_writes: 0,
+        disk_losses: Default::default(),
+        restarts_checked: o.restarts_checked,
     }
 }
 

@@ -52,6 +52,14 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
             r.stories_done,
             r.max_mesh_peers
         );
+        println!("{} seed {seed}: trace {:016x}", r.scenario, r.trace_hash.0);
+        if r.disk_writes > 0 {
+            let d = r.disk_losses;
+            println!(
+                "{} seed {seed}: {} slow disk writes; crashes lost {}, tore {}, left {} landed unconfirmed; {} restarts read back all they revealed",
+                r.scenario, r.disk_writes, d.lost, d.torn, d.unconfirmed, r.restarts_checked
+            );
+        }
         let l = &r.landing;
         if l.landed > 0 {
             println!(

@@ -24,6 +24,8 @@ mod partition_heal;
 #[cfg(madsim)]
 mod scale;
 #[cfg(madsim)]
+mod slow_disk;
+#[cfg(madsim)]
 mod swarm;
 
 /// Not gated on `cfg(madsim)`: without the flag this fails instead of the
