@@ -249,10 +249,17 @@ fn start_writer(
     let (done_tx, done) = mpsc::unbounded_channel();
     std::thread::Builder::new().name("huskies-storage".into()).spawn(move || {
         let mut last = PersistSeq(0);
-        for (seq, kind, bytes) in jobs {
-            assert!(seq > last, "persists arrive in order: {} after {}", seq.0, last.0);
-            last = seq;
-            let result = storage.persist(kind, &bytes).map(|()| seq);
+        while let Ok(first) = jobs.recv() {
+            // Group commit: everything queued behind the first write goes
+            // down with it, one fsync for the lot, one confirmation (of
+            // the last, which covers all before it).
+            let group: Vec<WriteJob> = std::iter::once(first).chain(jobs.try_iter().take(WRITE_QUEUE)).collect();
+            for (seq, _, _) in &group {
+                assert!(*seq > last, "persists arrive in order: {} after {}", seq.0, last.0);
+                last = *seq;
+            }
+            let result =
+                storage.persist_all(group.iter().map(|(_, kind, bytes)| (*kind, bytes.as_slice()))).map(|()| last);
             disk_bytes.store(storage.bytes_on_disk(), std::sync::atomic::Ordering::Relaxed);
             let failed = result.is_err();
             if done_tx.send(result).is_err() || failed {

@@ -3,11 +3,14 @@
 //!
 //! The production driver (`net/src/node.rs`) writes on a thread of its own
 //! and keeps feeding the engine inputs meanwhile; their outputs wait behind
-//! the write. A disk with latency puts the sims on that path. Writes land in
-//! the order issued; a crash drops every write not yet landed, and the one
-//! in flight ends as the real storage (`net/src/storage.rs`) would leave it:
+//! the write. A disk with latency puts the sims on that path. As that
+//! writer does, the disk commits in groups: everything queued when a flush
+//! starts goes down with it and is confirmed when it ends. A crash drops
+//! every write not yet landed. Of the group in flight a prefix may have
+//! landed (unconfirmed), and the write the crash cut ends as the real
+//! storage (`net/src/storage.rs`) would leave it:
 //!
-//! | in flight | on disk after the crash |
+//! | cut | on disk after the crash |
 //! |---|---|
 //! | append | nothing (the torn record fails its hash and is cut on load), or the record whole but unconfirmed |
 //! | snapshot | the old snapshot and log (the rename never happened), the new snapshot over the old log (the log was not yet cut), or the new snapshot alone |
@@ -40,7 +43,13 @@ struct Write {
     seq: PersistSeq,
     kind: PersistKind,
     bytes: Vec<u8>,
-    /// Local ms at which it is durable (and, if the node lives, confirmed).
+}
+
+/// The group being flushed: the first `writes` of the queue, durable (and,
+/// if the node lives, confirmed) at local ms `done_ms`.
+#[derive(Clone, Copy)]
+struct Flush {
+    writes: usize,
     done_ms: u64,
 }
 
@@ -61,10 +70,12 @@ pub struct SimDisk {
     pub stored: Disk,
     /// `None`: every write is durable at once (confirmed in the same step).
     pub latency: Option<Latency>,
-    /// Issued, not yet landed, in order; the front is in flight.
+    /// Issued, not yet landed, in order.
     queue: VecDeque<Write>,
+    flush: Option<Flush>,
     rng: u64,
     writes: u64,
+    flushes: u64,
     pub losses: CrashLoss,
 }
 
@@ -74,6 +85,8 @@ impl SimDisk {
             stored: Disk::default(),
             latency,
             queue: VecDeque::new(),
+            flush: None,
+            flushes: 0,
             rng: stable_hash(&[b"disk", &seed.to_be_bytes()]),
             writes: 0,
             losses: CrashLoss::default(),
@@ -85,44 +98,69 @@ impl SimDisk {
         self.rng
     }
 
-    /// Queues a write issued at local time `now_ms`. Writes land in order:
-    /// each starts when the one before it has landed.
+    /// Queues a write issued at local time `now_ms`. Writes land in order;
+    /// a flush starts when the one before it ends, and takes what is queued.
     pub fn issue(&mut self, seq: PersistSeq, kind: PersistKind, bytes: Vec<u8>, now_ms: u64) {
-        let Some(l) = self.latency else {
+        if self.latency.is_none() {
             self.stored.apply(kind, bytes);
             return;
-        };
+        }
         self.writes += 1;
+        assert!(self.queue.back().is_none_or(|w| w.seq < seq), "writes issued out of order");
+        self.queue.push_back(Write { seq, kind, bytes });
+        if self.flush.is_none() {
+            self.start_flush(now_ms);
+        }
+    }
+
+    /// A flush of everything queued, starting at `at_ms`.
+    fn start_flush(&mut self, at_ms: u64) {
+        let l = self.latency.expect("only a slow disk flushes");
         let mut took = l.min_ms + self.draw() % (l.spread_ms + 1);
         if l.stall_every > 0 && self.draw().is_multiple_of(l.stall_every) {
             took += l.stall_ms;
         }
-        let start = self.queue.back().map_or(now_ms, |w| w.done_ms.max(now_ms));
-        assert!(self.queue.back().is_none_or(|w| w.seq < seq), "writes issued out of order");
-        self.queue.push_back(Write { seq, kind, bytes, done_ms: start + took });
+        self.flushes += 1;
+        self.flush = Some(Flush { writes: self.queue.len(), done_ms: at_ms + took });
     }
 
-    /// When the write in flight lands.
+    /// When the flush in progress ends.
     pub fn next_done_ms(&self) -> Option<u64> {
-        self.queue.front().map(|w| w.done_ms)
+        self.flush.map(|f| f.done_ms)
     }
 
-    /// Lands every write due by `now_ms`; the last one's seq confirms them all.
+    /// Lands every flush done by `now_ms`; the last write's seq confirms
+    /// everything before it.
     pub fn land_due(&mut self, now_ms: u64) -> Option<PersistSeq> {
         let mut confirmed = None;
-        while self.queue.front().is_some_and(|w| w.done_ms <= now_ms) {
-            let w = self.queue.pop_front().expect("front checked");
-            self.stored.apply(w.kind, w.bytes);
-            confirmed = Some(w.seq);
+        while let Some(f) = self.flush.filter(|f| f.done_ms <= now_ms) {
+            for w in self.queue.drain(..f.writes).collect::<Vec<_>>() {
+                self.stored.apply(w.kind, w.bytes);
+                confirmed = Some(w.seq);
+            }
+            self.flush = None;
+            if !self.queue.is_empty() {
+                self.start_flush(f.done_ms);
+            }
         }
         confirmed
     }
 
-    /// The process died: every write not landed is gone, and the one in
-    /// flight ends lost, half done or whole (its confirmation lost).
+    /// The process died: every write not landed is gone. Of the group in
+    /// flight a prefix landed, unconfirmed, and the write the crash cut
+    /// ends lost, half done or whole.
     pub fn crash(&mut self) -> CrashLoss {
         let mut loss = CrashLoss::default();
-        let Some(front) = self.queue.pop_front() else { return loss };
+        let Some(flush) = self.flush.take() else {
+            assert!(self.queue.is_empty(), "writes queued with no flush");
+            return loss;
+        };
+        let landed = (self.draw() % (flush.writes as u64 + 1)) as usize;
+        for w in self.queue.drain(..landed).collect::<Vec<_>>() {
+            self.stored.apply(w.kind, w.bytes);
+            loss.unconfirmed += 1;
+        }
+        let Some(front) = self.queue.pop_front() else { return self.count(loss) };
         loss.lost = self.queue.len() as u64;
         self.queue.clear();
         match (self.draw() % 3, front.kind) {
@@ -143,19 +181,23 @@ impl SimDisk {
                 loss.unconfirmed += 1;
             }
         }
+        self.count(loss)
+    }
+
+    fn count(&mut self, loss: CrashLoss) -> CrashLoss {
         self.losses.lost += loss.lost;
         self.losses.torn += loss.torn;
         self.losses.unconfirmed += loss.unconfirmed;
         loss
     }
 
-    /// Writes waiting to land.
-    pub fn in_flight(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Every write issued under latency.
     pub fn writes(&self) -> u64 {
         self.writes
+    }
+
+    /// Flushes made: writes per flush is how much group commit saved.
+    pub fn flushes(&self) -> u64 {
+        self.flushes
     }
 }

@@ -283,6 +283,7 @@ pub struct Report {
     pub landing: Landing,
     /// Writes issued to slow disks, and what crashes did to them.
     pub disk_writes: u64,
+    pub disk_flushes: u64,
     pub disk_losses: crate::disk::CrashLoss,
     /// Restarts whose disk was checked against what the node had revealed.
     pub restarts_checked: u64,
@@ -559,6 +560,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     for c in &cluster.ctxs {
         let disk = c.disk.lock().expect("disk lock");
         report.disk_writes += disk.writes();
+        report.disk_flushes += disk.flushes();
         report.disk_losses.lost += disk.losses.lost;
         report.disk_losses.torn += disk.losses.torn;
         report.disk_losses.unconfirmed += disk.losses.unconfirmed;
@@ -865,6 +867,7 @@ fn verify(
         idle_save_len,
         landing: landing_figures(&o),
         disk_writes: 0,
+        disk_flushes: 0,
         disk_losses: Default::default(),
         restarts_checked: o.restarts_checked,
     }

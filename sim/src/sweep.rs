@@ -56,8 +56,8 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         if r.disk_writes > 0 {
             let d = r.disk_losses;
             println!(
-                "{} seed {seed}: {} slow disk writes; crashes lost {}, tore {}, left {} landed unconfirmed; {} restarts read back all they revealed",
-                r.scenario, r.disk_writes, d.lost, d.torn, d.unconfirmed, r.restarts_checked
+                "{} seed {seed}: {} slow disk writes in {} flushes; crashes lost {}, tore {}, left {} landed unconfirmed; {} starts read back all they revealed",
+                r.scenario, r.disk_writes, r.disk_flushes, d.lost, d.torn, d.unconfirmed, r.restarts_checked
             );
         }
         let l = &r.landing;

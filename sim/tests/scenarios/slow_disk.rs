@@ -6,7 +6,8 @@
 //! behind the write. A crash must lose nothing the node revealed: no reply,
 //! claim, run or push whose state its disk does not hold.
 //! Method: every node's disk takes 5–45 ms a write and one write in ten
-//! stalls 400 ms more (`sim/src/disk.rs`). Crashes drop every write not
+//! stalls 400 ms more; writes queued behind a flush go down with the next
+//! one (group commit, as `net` does; `sim/src/disk.rs`). Crashes drop every write not
 //! confirmed; the one in flight is lost, lands half done (a snapshot over
 //! the old log, an epoch archived but not moved) or lands whole with its
 //! confirmation lost. Three scenarios: crashes and restarts; the merge
@@ -26,12 +27,13 @@ const SLOW: Latency = Latency { min_ms: 5, spread_ms: 40, stall_every: 10, stall
 fn check(reports: &[huskies_sim::scenario::Report]) {
     let writes: u64 = reports.iter().map(|r| r.disk_writes).sum();
     let restarts: u64 = reports.iter().map(|r| r.restarts_checked).sum();
-    let lost: u64 = reports.iter().map(|r| r.disk_losses.lost + r.disk_losses.torn).sum();
+    let d = |r: &huskies_sim::scenario::Report| r.disk_losses.lost + r.disk_losses.torn + r.disk_losses.unconfirmed;
+    let caught: u64 = reports.iter().map(d).sum();
     assert!(writes > 0, "the disks were slow");
     assert!(restarts > 0, "restarts were checked against what their nodes revealed");
     // Whether a crash finds a write in flight depends on the seed; across
     // the sweep, some must.
-    assert!(lost > 0 || reports.len() < 3, "no crash caught a write in flight");
+    assert!(caught > 0 || reports.len() < 2, "no crash caught a write in flight");
 }
 
 pub fn crashes() -> Scenario {
@@ -71,9 +73,9 @@ fn slow_disk_merge_queue() {
 }
 
 pub fn epochs() -> Scenario {
-    let mut s = Scenario::new("slow_disk_epochs", 5, 300);
+    let mut s = Scenario::new("slow_disk_epochs", 5, 120);
     s.disk = Some(SLOW);
-    s.config.epoch_after_changes = 150;
+    s.config.epoch_after_changes = 100;
     s.config.snapshot_every = 8;
     s.config.claim_settle_ms = 150;
     s.archive_every_ms = 1_500;
