@@ -61,13 +61,8 @@ impl Engine {
     pub(crate) fn scan_liveness(&mut self) {
         let now = self.now;
         let holders: Vec<NodeId> = self.index.holders().filter(|h| **h != self.node).cloned().collect();
-        self.liveness.forget_unheard(|n| holders.binary_search(n).is_ok());
-        self.dead.retain(|n| holders.binary_search(n).is_ok());
-        for h in holders {
-            self.liveness.note_seen(&h, now);
-            if !self.liveness.is_alive(&h, now) && self.dead.insert(h.clone()) {
-                self.emit(Event::NodeDead { node: h });
-            }
+        for node in self.liveness.scan_holders(&holders, now) {
+            self.emit(Event::NodeDead { node });
         }
     }
 
@@ -102,13 +97,13 @@ impl Engine {
 
     pub(crate) fn scan_claims(&mut self) {
         let mut slots = self.free_slots();
-        if slots == 0 || self.self_revoked || self.leaving || self.claims_paused().is_some() {
+        if slots == 0 || self.lifecycle != crate::engine::Lifecycle::Running || self.claims_paused().is_some() {
             return;
         }
         // A spent daily budget stops the agents' stages; landing tested
         // work goes on (ledger.rs).
         let budget_spent = self.daily_budget_spent().is_some();
-        assert!(self.ready, "a scan before storage loaded");
+
         let now = self.now;
         let dead_held = self
             .index

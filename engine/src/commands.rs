@@ -11,7 +11,7 @@ pub const MAX_BODY_LEN: usize = 64 << 10;
 
 impl Engine {
     pub(crate) fn handle_command(&mut self, id: CommandId, command: Command) {
-        let result = if self.ready { self.run_command(command) } else { Err(CommandError::NotReady) };
+        let result = if self.is_ready() { self.run_command(command) } else { Err(CommandError::NotReady) };
         self.outbox.push(Output::Reply { id, result });
     }
 

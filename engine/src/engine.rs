@@ -1,6 +1,6 @@
 //! The engine: state, the `handle`/`poll_*` contract, and the local index.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use automerge::ActorId;
 use rand_chacha::ChaCha8Rng;
@@ -14,6 +14,19 @@ use crate::peers::{DialTarget, Peers, Purpose};
 use crate::story::StoryState;
 use crate::{Config, Event, Input, Millis, NodeId, Output, PersistKind, Stage, StoryId};
 
+/// Where a node is in its life. It only moves down this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Lifecycle {
+    /// Storage not loaded: nothing but `StorageLoaded` is acted on.
+    Loading,
+    /// Claims, runs, beats, and (at the server) cuts.
+    Running,
+    /// We said goodbye: our last beat went out; no more claims or cuts.
+    Leaving,
+    /// Our own key was revoked: we run and claim nothing more.
+    Revoked,
+}
+
 /// The sans-IO state machine of one node. See the crate docs for the
 /// contract.
 pub struct Engine {
@@ -22,7 +35,7 @@ pub struct Engine {
     pub(crate) rng: ChaCha8Rng,
     pub(crate) incarnation: u64,
     pub(crate) now: Millis,
-    pub(crate) ready: bool,
+    pub(crate) lifecycle: Lifecycle,
     pub(crate) doc: Doc,
     /// Our Automerge actor, kept to rebuild the document after a panic.
     pub(crate) actor: ActorId,
@@ -44,23 +57,17 @@ pub struct Engine {
     /// Our landing batches (merge stage).
     pub(crate) train: crate::landing::Train,
     pub(crate) liveness: Liveness,
-    pub(crate) dead: BTreeSet<NodeId>,
     /// The highest merge-queue place seen on any story (`StoryState::queued`).
     pub(crate) max_queued: u64,
 
     // Identity.
     pub(crate) creds: crate::identity::Credentials,
-    /// Verified keys of nodes: from certificates in node records and from
-    /// authenticated handshakes. Heartbeats are checked against these.
-    pub(crate) keys: BTreeMap<NodeId, BTreeSet<crate::identity::PublicKey>>,
-    /// Node keys with a valid CA revocation in the document.
-    pub(crate) revoked: BTreeSet<(NodeId, crate::identity::PublicKey)>,
-    /// Our own key was revoked: we run and claim nothing more.
-    pub(crate) self_revoked: bool,
+    /// Verified keys of nodes (from certificates in node records and
+    /// authenticated handshakes; heartbeats are checked against these),
+    /// and revoked ones.
+    pub(crate) members: crate::membership::Members,
     /// CA-signed cluster settings in force (applied to `config`).
     pub(crate) settings: Option<crate::ClusterSettings>,
-    /// We announced we are leaving: no more claims or beats.
-    pub(crate) leaving: bool,
     /// The UTC day by the driver's wall clock (`Input::WallClock`): the
     /// ledger's day and the daily budget's.
     pub(crate) wall_day: Option<crate::ledger::Day>,
@@ -127,25 +134,21 @@ impl Engine {
             rng,
             incarnation,
             now,
-            ready: false,
+            lifecycle: Lifecycle::Loading,
             appends_since_snapshot: 0,
             index: Index::default(),
             inputs_handled: 0,
             claims: Claims::default(),
             train: Default::default(),
             liveness,
-            dead: BTreeSet::new(),
             max_queued: 0,
             creds,
-            keys: BTreeMap::new(),
-            revoked: BTreeSet::new(),
+            members: Default::default(),
             settings: None,
-            leaving: false,
             wall_day: None,
             unavailable: None,
             refusals: VecDeque::new(),
             refused_total: 0,
-            self_revoked: false,
             peers: Peers::default(),
             heartbeat_seq: 0,
             advertised_free_slots: u32::MAX,
@@ -199,7 +202,7 @@ impl Engine {
     /// When to feed `Input::Timeout` next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Millis> {
-        if !self.ready {
+        if !self.is_ready() {
             return None;
         }
         // Each part says when it next needs the clock; the earliest wins.
@@ -217,7 +220,7 @@ impl Engine {
     }
 
     fn handle_timeout(&mut self) {
-        if !self.ready {
+        if !self.is_ready() {
             return;
         }
         if self.now >= self.next_heartbeat_at {
@@ -244,7 +247,7 @@ impl Engine {
     }
 
     fn handle_storage_loaded(&mut self, bytes: &[u8]) {
-        if self.ready {
+        if self.lifecycle != Lifecycle::Loading {
             return;
         }
         if !bytes.is_empty() {
@@ -265,7 +268,10 @@ impl Engine {
         // Claims we held before a restart: ask what the worktree holds
         // before releasing or pushing.
         self.adopt_orphaned_claims();
-        self.ready = true;
+        // A revocation of our own key may have been read on the way.
+        if self.lifecycle == Lifecycle::Loading {
+            self.lifecycle = Lifecycle::Running;
+        }
         // Compact storage on every start: one snapshot replaces the log.
         let snapshot = self.doc.automerge().save();
         self.persist(PersistKind::Snapshot, snapshot);
@@ -374,7 +380,7 @@ impl Engine {
         }
         // Advertise a change in free slots at once: claim ranking relies on
         // it, and a stale "busy" makes two nodes both think they rank first.
-        if self.ready && self.free_slots() != self.advertised_free_slots {
+        if self.is_ready() && self.free_slots() != self.advertised_free_slots {
             self.send_heartbeat(false);
         }
         self.flush_sync();

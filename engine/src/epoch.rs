@@ -214,7 +214,7 @@ impl Engine {
         // no rendezvous (the server). Two cutters would make two bases of
         // one epoch.
         let cutter = self.creds.ca_secret.is_some() && self.config.rendezvous.is_none();
-        if !cutter || self.leaving || !self.ready {
+        if !cutter || self.lifecycle != crate::engine::Lifecycle::Running {
             return;
         }
         // A peer cut the root maps off (schema.rs): a new epoch puts fresh

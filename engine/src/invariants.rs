@@ -17,13 +17,14 @@ impl Engine {
     /// equal to a fresh read of the document.
     pub(crate) fn check_invariants(&mut self) {
         self.outbox.check_invariants();
-        let keys = &self.keys;
-        self.peers.check(self.config.max_peers, self.config.max_mesh_peers, |n| keys.contains_key(n));
+        let members = &self.members;
+        self.peers.check(self.config.max_peers, self.config.max_mesh_peers, |n| members.knows(n));
+        self.members.check();
         // Liveness records: nodes heard (their beats were verified against a
         // key) plus grace periods of current holders, nothing else.
         let holders = self.index.holders().count();
-        assert!(self.liveness.heard_count() <= self.keys.len(), "beats heard from nodes without a key");
-        assert!(self.liveness.len() <= self.keys.len() + holders, "{} liveness records", self.liveness.len());
+        assert!(self.liveness.heard_count() <= self.members.count(), "beats heard from nodes without a key");
+        assert!(self.liveness.len() <= self.members.count() + holders, "{} liveness records", self.liveness.len());
         self.claims.check(self.index.len());
         self.check_train();
         self.inputs_handled += 1;

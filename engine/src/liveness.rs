@@ -4,7 +4,7 @@
 //! within `claim_timeout_ms` as measured here. Wall clocks of other machines
 //! are never compared, so clock skew cannot kill a node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::wire::Heartbeat;
 use crate::{Millis, NodeId};
@@ -44,13 +44,16 @@ pub enum News {
 pub struct Liveness {
     beats: BTreeMap<NodeId, Beat>,
     /// Revoked nodes: dead at once and for good, whatever arrives.
-    revoked: std::collections::BTreeSet<NodeId>,
+    revoked: BTreeSet<NodeId>,
+    /// Holders reported dead (`Event::NodeDead` once per death), until a
+    /// beat brings them back or they hold nothing.
+    dead: BTreeSet<NodeId>,
     timeout_ms: u64,
 }
 
 impl Liveness {
     pub fn new(timeout_ms: u64) -> Liveness {
-        Liveness { beats: BTreeMap::new(), revoked: Default::default(), timeout_ms }
+        Liveness { beats: BTreeMap::new(), revoked: BTreeSet::new(), dead: BTreeSet::new(), timeout_ms }
     }
 
     /// The cluster's claim timeout changed.
@@ -81,6 +84,29 @@ impl Liveness {
         self.revoked.insert(node.clone());
     }
 
+    /// Reported dead now (a revocation): no `NodeDead` follows.
+    pub fn mark_dead(&mut self, node: &NodeId) {
+        self.dead.insert(node.clone());
+    }
+
+    /// Notes the holders of stories (`holders`, sorted): those never heard
+    /// get one timeout of grace, and those that just died are returned,
+    /// each once per death. Nodes that hold nothing are forgotten.
+    pub fn scan_holders(&mut self, holders: &[NodeId], now: Millis) -> Vec<NodeId> {
+        assert!(holders.is_sorted(), "holders come sorted");
+        let holds = |n: &NodeId| holders.binary_search(n).is_ok();
+        self.forget_unheard(holds);
+        self.dead.retain(holds);
+        let mut died = Vec::new();
+        for h in holders {
+            self.note_seen(h, now);
+            if !self.is_alive(h, now) && self.dead.insert(h.clone()) {
+                died.push(h.clone());
+            }
+        }
+        died
+    }
+
     /// A revoked node re-enrolled with a new key.
     pub fn unrevoke(&mut self, node: &NodeId) {
         self.revoked.remove(node);
@@ -106,6 +132,9 @@ impl Liveness {
                     left: hb.seq == LEAVING_SEQ,
                 },
             );
+            if hb.seq != LEAVING_SEQ {
+                self.dead.remove(&hb.node);
+            }
             return News::Urgent;
         };
         let news = match beat.incarnation {
@@ -127,6 +156,9 @@ impl Liveness {
         beat.advanced_at = now;
         beat.free_slots = hb.free_slots;
         beat.left = leaving;
+        if !leaving {
+            self.dead.remove(&hb.node);
+        }
         if urgent { News::Urgent } else { News::Routine }
     }
 
@@ -151,7 +183,7 @@ impl Liveness {
     /// holding a story, so without this a peer writing made-up holders
     /// would grow the map for ever. Heard nodes keep their record: it is
     /// what makes a replayed old beat stale.
-    pub fn forget_unheard(&mut self, holds: impl Fn(&NodeId) -> bool) {
+    fn forget_unheard(&mut self, holds: impl Fn(&NodeId) -> bool) {
         self.beats.retain(|n, b| b.incarnation.is_some() || holds(n));
     }
 

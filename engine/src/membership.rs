@@ -14,10 +14,14 @@ use crate::identity::Cert;
 use crate::identity::{self, PublicKey};
 use crate::{CommandError, Engine, Event, NodeId, RejectKind, Reply};
 
+mod known;
+
+pub(crate) use known::Members;
+
 impl Engine {
     /// Is `key` a believed key of `node`?
     pub(crate) fn is_revoked(&self, node: &NodeId, key: &PublicKey) -> bool {
-        self.revoked.contains(&(node.clone(), *key))
+        self.members.is_revoked(node, key)
     }
 
     /// Records a node's record, and its key when the certificate checks.
@@ -33,7 +37,7 @@ impl Engine {
     }
 
     pub(crate) fn learn_key(&mut self, id: &NodeId, key: PublicKey) {
-        if self.keys.entry(id.clone()).or_default().insert(key) {
+        if self.members.believe(id, key) {
             // A new, unrevoked key: a node that re-enrolled after a
             // revocation of its old key lives again.
             self.liveness.unrevoke(id);
@@ -73,26 +77,21 @@ impl Engine {
         if !identity::verify_cert(&self.creds.ca, &node, &cert) {
             return Err(CommandError::BadCertificate(node));
         }
-        let known = self.keys.get(&node).is_some_and(|k| k.contains(&cert.key));
+        let known = self.members.believes(&node, &cert.key);
         if !known && !self.is_revoked(&node, &cert.key) {
             let entry = Signed { kind: SignedKind::Enrolled, node: node.clone(), key: cert.key, sig: cert.sig };
             self.doc.put_signed(&entry);
             self.learn_key(&node, cert.key);
         }
-        assert!(self.is_revoked(&node, &cert.key) || self.keys.get(&node).is_some_and(|k| k.contains(&cert.key)));
+        assert!(self.is_revoked(&node, &cert.key) || self.members.believes(&node, &cert.key));
         Ok(Reply::Enrolled { node })
     }
 
     fn apply_revocation(&mut self, node: NodeId, key: PublicKey) {
-        self.revoked.insert((node.clone(), key));
-        let believed = self.keys.get_mut(&node).is_some_and(|k| k.remove(&key));
-        if self.keys.get(&node).is_some_and(|k| k.is_empty()) {
-            self.keys.remove(&node);
-        }
         // Dead at once when no believed key is left.
-        if believed && !self.keys.contains_key(&node) {
+        if self.members.revoke(&node, key) {
             self.liveness.revoke(&node);
-            self.dead.insert(node.clone());
+            self.liveness.mark_dead(&node);
             self.peers.drop_relay(&node);
             // Sooner than the next scan: the revoked node's stories are
             // free for the taking now.
@@ -111,10 +110,9 @@ impl Engine {
             self.reject(conn, RejectKind::Revoked, format!("node {node} was revoked"));
         }
         if node == self.node && key == self.creds.cert.key {
-            self.self_revoked = true;
+            self.lifecycle = crate::engine::Lifecycle::Revoked;
             self.drop_all_runs();
         }
-        assert!(self.keys.get(&node).is_none_or(|k| !k.contains(&key)), "a revoked key {node} still believed");
         self.emit(Event::NodeRevoked { node });
     }
 
@@ -125,8 +123,8 @@ impl Engine {
         if node == self.node {
             return Err(CommandError::RevokeSelf);
         }
-        let keys = self.keys.get(&node).cloned().unwrap_or_default();
-        if keys.is_empty() && !self.revoked.iter().any(|(n, _)| *n == node) {
+        let keys = self.members.keys_of(&node).cloned().unwrap_or_default();
+        if keys.is_empty() && !self.members.ever_revoked(&node) {
             return Err(CommandError::UnknownNode(node));
         }
         for key in keys {

@@ -16,7 +16,7 @@ use crate::{ConnId, Engine, Event, NodeId, Output, RejectKind};
 
 impl Engine {
     pub(crate) fn handle_peer_connected(&mut self, conn: ConnId) {
-        if !self.ready || self.peers.conn(conn).is_some() {
+        if !self.is_ready() || self.peers.conn(conn).is_some() {
             self.outbox.push(Output::HangUp { conn });
             return;
         }
@@ -328,7 +328,7 @@ impl Engine {
         // node whose key we have not learned yet is dropped (its record is
         // on its way); a beat that fails its key's check was forged or
         // corrupted by the peer that sent it, since relays check first.
-        let Some(keys) = self.keys.get(&hb.node) else { return };
+        let Some(keys) = self.members.keys_of(&hb.node) else { return };
         if !keys.iter().any(|k| identity::verify_beat(k, &hb)) {
             return self.reject(from, RejectKind::Heartbeat, format!("heartbeat of {} with a bad signature", hb.node));
         }
@@ -337,7 +337,6 @@ impl Engine {
             // Relayed with our next beat, once, to everyone but the sender:
             // the flood costs one envelope per link per interval.
             News::Routine => {
-                self.dead.remove(&hb.node);
                 self.peers.relay_later(hb, from);
             }
             // A node that freed a slot must be known at once, or two nodes
@@ -347,8 +346,6 @@ impl Engine {
                     // Its stories are free now: scan at once, not at the
                     // next interval.
                     self.next_scan_at = self.now;
-                } else {
-                    self.dead.remove(&hb.node);
                 }
                 self.peers.drop_relay(&hb.node);
                 let bytes = Envelope::Heartbeats(vec![hb]).encode();
@@ -365,7 +362,9 @@ impl Engine {
     /// slots changed carries only our own).
     /// Our last beat, to every peer: we are leaving, our stories are free.
     pub(crate) fn leave(&mut self) -> Result<crate::Reply, crate::CommandError> {
-        self.leaving = true;
+        if self.lifecycle == crate::engine::Lifecycle::Running {
+            self.lifecycle = crate::engine::Lifecycle::Leaving;
+        }
         self.heartbeat_seq = crate::liveness::LEAVING_SEQ - 1;
         self.send_heartbeat(false);
         // Stop what runs here; the driver stops its processes too.
@@ -374,7 +373,7 @@ impl Engine {
     }
 
     pub(crate) fn send_heartbeat(&mut self, with_relays: bool) {
-        if self.leaving && self.heartbeat_seq == crate::liveness::LEAVING_SEQ {
+        if self.heartbeat_seq == crate::liveness::LEAVING_SEQ {
             return; // we said goodbye; a later beat would be refused anyway
         }
         self.heartbeat_seq += 1;

@@ -12,7 +12,7 @@ impl Engine {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready
+        self.lifecycle != crate::engine::Lifecycle::Loading
     }
 
     /// Every story as this replica sees it, in id order.
@@ -79,12 +79,12 @@ impl Engine {
     pub fn node_keys(
         &self,
     ) -> &std::collections::BTreeMap<NodeId, std::collections::BTreeSet<crate::identity::PublicKey>> {
-        &self.keys
+        self.members.keys()
     }
 
     /// Node keys with a valid revocation in the document.
     pub fn revoked_keys(&self) -> std::collections::BTreeSet<(NodeId, crate::identity::PublicKey)> {
-        self.revoked.clone()
+        self.members.revoked().clone()
     }
 
     pub fn heads(&mut self) -> Vec<ChangeHash> {
