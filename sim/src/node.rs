@@ -154,7 +154,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     };
     node.input(Input::StorageLoaded { bytes });
     // What it told anyone before it died, it reads back now.
-    let stories = node.engine.stories().map(|(id, v)| (id.clone(), v.state.token));
+    let stories = node.engine.stories().map(|(id, v)| (id.clone(), v.state.clone()));
     node.ctx.oracle.lock().expect("oracle lock").check_restart(&node.ctx.id, stories);
     // `recv_from_raw` is not cancellation safe (a datagram handed to a
     // dropped receive is lost), so one task receives and forwards into a

@@ -172,13 +172,27 @@ impl Oracle {
     /// it revealed before it died must be there, at the token it revealed
     /// or later. Nothing may be revealed before it is durable, and no crash
     /// may lose a write that was confirmed.
-    pub fn check_restart(&mut self, node: &NodeId, stories: impl Iterator<Item = (StoryId, Token)>) {
+    ///
+    /// A write may also land without its outputs ever leaving (the crash
+    /// came between the write and its confirmation): what such a write
+    /// did is learned here, from the disk. Results this node wrote count
+    /// as produced by it; archived stories count as archived.
+    pub fn check_restart(&mut self, node: &NodeId, stories: impl Iterator<Item = (StoryId, StoryState)>) {
         if self.byzantine.as_ref() == Some(node) {
             return;
         }
         self.restarts_checked += 1;
+        let stories: BTreeMap<StoryId, StoryState> = stories.collect();
+        for (id, st) in &stories {
+            if let Some(r) = st.result.as_ref().filter(|r| r.node == *node) {
+                self.advances.push((id.clone(), r.stage, r.token, node.clone()));
+            }
+            if st.stage == Stage::Archived {
+                self.archived.insert(id.clone());
+            }
+        }
         let Some(revealed) = self.revealed.get(node) else { return };
-        let stored: BTreeMap<StoryId, Token> = stories.collect();
+        let stored: BTreeMap<&StoryId, Token> = stories.iter().map(|(id, st)| (id, st.token)).collect();
         let mut found = Vec::new();
         for (story, min) in revealed {
             match stored.get(story) {
