@@ -232,7 +232,7 @@ fn spawn(exe: &Path, args: &[String], log: &Path) -> Result<Child, String> {
 
 fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<(), CliError> {
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    let (stories, timeout_secs) = (a.stories(), a.timeout_secs());
+    let stories = a.stories();
     println!("huskies demo: {} agents, {} stories, scratch {}", a.agents, stories, scratch.display());
     let remote = git_fixture(scratch)?;
     let command_agents = |cmd: &str, args: &[String]| {
@@ -328,6 +328,27 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         wait_healthy(&Client::new(&format!("http://127.0.0.1:{p}"), None, None)?, name)?;
     }
 
+    add_demo_stories(a, &server, stories)?;
+    let (done, killed) = watch(a, &server, &mut procs, started)?;
+    let (landed, main_name) = summarize(a, &server, &agent_ports, &key, &remote, done, killed.as_deref(), started)?;
+    if a.keep {
+        println!("cluster kept up: dashboard http://127.0.0.1:{port}/#key={key}");
+        println!(
+            "(add stories there or with `huskies story add --server http://127.0.0.1:{port} --key {key} TITLE`; Ctrl-C stops the cluster)"
+        );
+        wait_for_ctrl_c()?;
+    }
+    if done != stories {
+        return Err(format!("{} stories failed for good", stories - done).into());
+    }
+    if landed != stories {
+        return Err(format!("{landed} of {} stories are on {main_name}", stories).into());
+    }
+    Ok(())
+}
+
+/// Adds the demo's stories through the server, as a user would.
+fn add_demo_stories(a: &DemoArgs, server: &Client, stories: usize) -> Result<(), CliError> {
     for k in 0..stories {
         let title = format!("Demo story {k}: make the widget {}", ["faster", "safer", "smaller", "clearer"][k % 4]);
         let story = huskies_net::status::AddStory {
@@ -346,7 +367,19 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
             a.fail_rate * 100.0
         ),
     }
+    Ok(())
+}
 
+/// Shows the pipeline as it moves, and kills the busiest agent with -9
+/// once a quarter of the stories are done. Returns the stories done and
+/// the agent killed.
+fn watch(
+    a: &DemoArgs,
+    server: &Client,
+    procs: &mut Procs,
+    started: Instant,
+) -> Result<(usize, Option<String>), CliError> {
+    let (stories, timeout_secs) = (a.stories(), a.timeout_secs());
     let tty = std::io::stdout().is_terminal();
     let mut killed: Option<String> = None;
     let mut last_counts = String::new();
@@ -415,13 +448,31 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     if tty {
         println!();
     }
+    Ok((done, killed))
+}
 
+/// Prints what the cluster did, read back from the nodes, the document
+/// and the git remote. Returns how many stories are on the default
+/// branch, and its name.
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    a: &DemoArgs,
+    server: &Client,
+    agent_ports: &BTreeMap<String, u16>,
+    key: &str,
+    remote: &Path,
+    done: usize,
+    killed: Option<&str>,
+    started: Instant,
+) -> Result<(usize, String), CliError> {
+    let stories = a.stories();
     let (mut reclaims, mut losses, mut stopped, mut batches) = (0, 0, 0, 0);
-    for (name, p) in &agent_ports {
-        if Some(name) == killed.as_ref() {
+    for (name, p) in agent_ports {
+        if Some(name.as_str()) == killed {
             continue;
         }
-        if let Ok(st) = Client::new(&format!("http://127.0.0.1:{p}"), Some(key.clone()), None).and_then(|c| c.status())
+        if let Ok(st) =
+            Client::new(&format!("http://127.0.0.1:{p}"), Some(key.to_owned()), None).and_then(|c| c.status())
         {
             reclaims += st.counters.reclaims;
             losses += st.counters.claim_losses;
@@ -429,10 +480,10 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
             batches += st.counters.land_batches;
         }
     }
-    let branches = git2::Repository::open_bare(&remote)
+    let branches = git2::Repository::open_bare(remote)
         .and_then(|r| r.references_glob("refs/heads/huskies/*").map(|refs| refs.count()))
         .map_err(|e| e.message().to_owned())?;
-    let (landed, main_name) = landed_on_default(&remote)?;
+    let (landed, main_name) = landed_on_default(remote)?;
     // Runs as the document records them (the killed agent's unfinished
     // runs left no record: it never reported them).
     let (mut total_runs, mut failed_runs, mut stages) = (0, 0, 0);
@@ -462,25 +513,12 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     println!("  reclaims           {reclaims}");
     println!("  duplicate claims   {losses} (concurrent claims that lost; most never started a run)");
     println!("  runs stopped       {stopped} (claim lost to another node, story moved, or run hung)");
-    println!("  killed             {}", killed.as_deref().unwrap_or("none"));
+    println!("  killed             {}", killed.unwrap_or("none"));
     println!("  wall time          {:.1} s", started.elapsed().as_secs_f64());
     if a.agent.is_some() {
-        print!("{}", ledger_summary(&server, stories)?);
+        print!("{}", ledger_summary(server, stories)?);
     }
-    if a.keep {
-        println!("cluster kept up: dashboard http://127.0.0.1:{port}/#key={key}");
-        println!(
-            "(add stories there or with `huskies story add --server http://127.0.0.1:{port} --key {key} TITLE`; Ctrl-C stops the cluster)"
-        );
-        wait_for_ctrl_c()?;
-    }
-    if done != stories {
-        return Err(format!("{} stories failed for good", stories - done).into());
-    }
-    if landed != stories {
-        return Err(format!("{landed} of {} stories are on {main_name}", stories).into());
-    }
-    Ok(())
+    Ok((landed, main_name))
 }
 
 /// A story a real coding agent can do in a few turns, in the demo repo.

@@ -61,17 +61,19 @@
 //!
 //! | part (state) | owns | rules |
 //! |---|---|---|
-//! | `Doc` (`doc.rs`) | the Automerge document: typed reads and writes, what a merge touched | |
+//! | `Outbox` (`outbox.rs`) | every output: staged during an input, held behind an unconfirmed `Persist`, ready | |
+//! | `Doc` (`doc.rs`) | the Automerge document: typed reads and writes, what a merge touched, whether it is persisted | |
 //! | `Index` (`index.rs`) | every story and node as the document says, and the sets claims are decided on (free in claim order, by holder, conflicted) | |
-//! | `Liveness` (`liveness.rs`) | heartbeats heard and grace periods: who is alive, with how many free slots | |
+//! | `Liveness` (`liveness.rs`) | heartbeats heard and grace periods: who is alive, with how many free slots; who was reported dead | |
 //! | `Claims` (`claims/held.rs`) | our runs from claim to settle, run, push and result; cooldowns, stagger, worktrees, fences | `claims.rs` |
 //! | `Peers` (`peers/links.rs`) | connections, dial targets and backoff, owed syncs, beats to relay | `peers.rs`, `defence.rs` |
-//! | membership | node records, keys, enrollments and revocations | `membership.rs`, `identity.rs` |
+//! | `Members` (`membership/known.rs`) | believed and revoked node keys | `membership.rs` (enrollments, revocations), `identity.rs` |
 //! | `Train` (`landing.rs`) | landing batches of our merge-stage stories: in flight, split halves waiting | `landing.rs` |
 //! | commands | what users ask for, checked, answered once | `commands.rs` |
 //! | epochs | cutting a base of the live state, moving to it and carrying unseen writes; cold storage reads | `epoch.rs`, `cold.rs` |
 //!
-//! `Engine` (`engine.rs`) ties them together: `handle` routes an input,
+//! `Engine` (`engine.rs`) ties them together, with the node's `Lifecycle`
+//! (loading, running, leaving, revoked): `handle` routes an input,
 //! `finish_input` persists and releases, `poll_timeout` takes the earliest
 //! deadline any part reports, and in debug builds `invariants.rs` checks
 //! each part's own invariants and the parts against each other after every

@@ -9,6 +9,7 @@
 //! |---|---|
 //! | symmetric / asymmetric partitions, swizzle-clog, latency | replicas converge to identical heads and identical stories after heal |
 //! | crash and restart from persisted bytes | no acknowledged story is lost; own claims are reconciled |
+//! | slow disk (`disk.rs`): outputs wait behind writes; crashes lose unconfirmed writes and tear the one in flight | every restart reads back each story, claim, run and push its node revealed, at that token or later |
 //! | pause past the claim timeout, clock skew and jumps | a stale-token result is never accepted: the final result carries the final token, was pushed by its node, and is accepted once |
 //! | agent runs that fail or hang, pushes that fail | every story still finishes after heal (liveness) |
 //! | claim storms | after heal and a timeout, no story runs on two nodes at once |
