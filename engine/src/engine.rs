@@ -199,26 +199,6 @@ impl Engine {
         self.outbox.poll()
     }
 
-    /// When to feed `Input::Timeout` next.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Millis> {
-        if !self.is_ready() {
-            return None;
-        }
-        // Each part says when it next needs the clock; the earliest wins.
-        [
-            self.peers.next_dial_at(),    // peers: redial a target
-            self.peers.next_sync_at(),    // peers: a paced sync message
-            self.claims.next_settle_at(), // claims: a claim's settling window ends
-            self.next_batch_at(),         // landing: a batch stops waiting for more
-            Some(self.next_heartbeat_at),
-            Some(self.next_scan_at), // claims, liveness and run deadlines
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
     fn handle_timeout(&mut self) {
         if !self.is_ready() {
             return;

@@ -75,7 +75,8 @@
 //! `Engine` (`engine.rs`) ties them together, with the node's `Lifecycle`
 //! (loading, running, leaving, revoked): `handle` routes an input,
 //! `finish_input` persists and releases, `poll_timeout` takes the earliest
-//! deadline any part reports, and in debug builds `invariants.rs` checks
+//! deadline any part reports (each a [`Timer`] that says why it exists,
+//! `timers.rs`), and in debug builds `invariants.rs` checks
 //! each part's own invariants and the parts against each other after every
 //! input.
 
@@ -112,6 +113,7 @@ mod story;
 /// Fixtures for tests, benches and the sims (`testkit` feature).
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+mod timers;
 mod view;
 pub mod wire;
 
@@ -129,3 +131,4 @@ pub use io::{
 pub use runs::{RunOutcomeKind, RunRecord, RunReport};
 pub use settings::ClusterSettings;
 pub use story::{RunResult, Stage, StoryState};
+pub use timers::Timer;

@@ -6,7 +6,7 @@ use huskies_engine::identity::PeerHandshake;
 use huskies_engine::wire::{Envelope, Heartbeat};
 use huskies_engine::{
     Command, CommandError, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output, PersistKind, Reply,
-    Stage, StoryId,
+    Stage, StoryId, Timer,
 };
 
 mod peer;
@@ -136,6 +136,23 @@ fn commands_before_storage_is_loaded_are_refused() {
     let outs = drain(&mut e);
     assert_eq!(outs, vec![Output::Reply { id: CommandId(7), result: Err(CommandError::NotReady) }]);
     assert_eq!(e.poll_timeout(), None);
+    assert_eq!(e.timers().count(), 0, "no timer before storage loads");
+}
+
+#[test]
+fn every_deadline_is_a_timer_that_says_why() {
+    let mut e = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
+    e.handle(Millis(5), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut e);
+    let armed: Vec<Timer> = e.timers().map(|(t, _)| t).collect();
+    assert!(armed.contains(&Timer::Heartbeat) && armed.contains(&Timer::Scan), "{armed:?}");
+    // A beat was sent at the start: the scan (due now) comes first.
+    let (first, at) = e.poll_timer().expect("armed");
+    assert_eq!(Some(at), e.poll_timeout());
+    assert!(e.timers().all(|(_, t)| t >= at), "the earliest of {first:?}");
+    e.handle(at, Input::Timeout);
+    drain(&mut e);
+    assert!(e.poll_timeout().is_some_and(|t| t > at), "a timeout handled moves the earliest deadline on");
 }
 
 #[test]

@@ -1,0 +1,58 @@
+//! The engine's timers: every deadline it asks the driver for, and why it
+//! exists. [`Engine::poll_timeout`] is the earliest armed one; feeding
+//! `Input::Timeout` early or twice is harmless, since each part checks its
+//! own deadlines when the timeout comes.
+
+use crate::{Engine, Millis};
+
+/// Why the engine wants the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// A dial target (the rendezvous or a mesh peer) is due for a dial
+    /// again: its backoff after a failure or a hang-up is over.
+    Dial,
+    /// A connection owes a sync message and its pacing interval is over:
+    /// changes are batched per interval instead of sent per input.
+    Sync,
+    /// A claim's settling window ended: concurrent claims had time to
+    /// arrive, and the run starts if ours still wins.
+    Settle,
+    /// A landing batch waited its time for more merge-stage stories.
+    Batch,
+    /// Our heartbeat is due: without one for a claim timeout, peers call
+    /// us dead and reclaim our stories.
+    Heartbeat,
+    /// The periodic scan: run deadlines, orphaned claims, liveness of
+    /// holders, the mesh, free stories to claim, and the epoch cut.
+    Scan,
+}
+
+impl Engine {
+    /// Every armed timer and its deadline, in `Timer` order. Nothing is
+    /// armed before storage is loaded.
+    pub fn timers(&self) -> impl Iterator<Item = (Timer, Millis)> + '_ {
+        let armed = self.is_ready();
+        [
+            (Timer::Dial, self.peers.next_dial_at()),
+            (Timer::Sync, self.peers.next_sync_at()),
+            (Timer::Settle, self.claims.next_settle_at()),
+            (Timer::Batch, self.next_batch_at()),
+            (Timer::Heartbeat, Some(self.next_heartbeat_at)),
+            (Timer::Scan, Some(self.next_scan_at)),
+        ]
+        .into_iter()
+        .filter_map(move |(timer, at)| Some((timer, at.filter(|_| armed)?)))
+    }
+
+    /// The earliest armed timer (the first in `Timer` order on a tie).
+    #[must_use]
+    pub fn poll_timer(&self) -> Option<(Timer, Millis)> {
+        self.timers().min_by_key(|(timer, at)| (*at, *timer))
+    }
+
+    /// When to feed `Input::Timeout` next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.poll_timer().map(|(_, at)| at)
+    }
+}
