@@ -16,67 +16,85 @@ pub const CERT_HEADER: &str = "x-huskies-cert";
 /// Frames queued to one peer before it counts as too slow and is dropped.
 pub const OUTBOX_FRAMES: usize = 1_024;
 
-/// Pumps an accepted socket until either side ends it.
-pub async fn pump_accepted(
-    socket: WebSocket,
+/// A websocket frame as the pump sees it, whichever library parsed it.
+enum Frame {
+    Binary(Vec<u8>),
+    /// Ping, pong, raw frames: the library answers them.
+    Control,
+    /// Not part of the protocol.
+    Text,
+    Close,
+}
+
+/// How one library's messages map to and from the pump's frames.
+struct Codec<M> {
+    binary: fn(Vec<u8>) -> M,
+    frame: fn(M) -> Frame,
+}
+
+/// Pumps one socket (its two halves) until either side ends it: frames
+/// from the engine out, binary messages in, and `PeerClosed` at the end.
+async fn pump<M, E>(
+    mut tx: impl futures_util::Sink<M> + Unpin,
+    mut rx: impl futures_util::Stream<Item = Result<M, E>> + Unpin,
     conn: ConnId,
     mut out: mpsc::Receiver<Vec<u8>>,
     node: mpsc::Sender<NodeMsg>,
+    codec: Codec<M>,
 ) {
-    let (mut tx, mut rx) = socket.split();
+    let Codec { binary, frame } = codec;
+    let message = |bytes| NodeMsg::Input(Input::PeerMessage { conn, bytes });
     loop {
         tokio::select! {
-            frame = out.recv() => match frame {
-                Some(bytes) => if tx.send(AxMessage::Binary(bytes.into())).await.is_err() { break },
+            bytes = out.recv() => match bytes {
+                Some(bytes) => if tx.send(binary(bytes)).await.is_err() { break },
                 // The engine hung up.
                 None => { let _ = tx.close().await; return; }
             },
-            msg = rx.next() => match msg {
-                Some(Ok(AxMessage::Binary(b))) => {
-                    if node.send(NodeMsg::Input(Input::PeerMessage { conn, bytes: b.to_vec() })).await.is_err() { return }
-                }
-                Some(Ok(AxMessage::Ping(_) | AxMessage::Pong(_))) => {}
-                // Text frames are not part of the protocol: hand the engine
-                // something it rejects, so the peer is disconnected with a reason.
-                Some(Ok(AxMessage::Text(_))) => {
-                    let _ = node.send(NodeMsg::Input(Input::PeerMessage { conn, bytes: vec![0] })).await;
-                }
-                Some(Ok(AxMessage::Close(_))) | Some(Err(_)) | None => break,
+            msg = rx.next() => match msg.map(|m| m.map(frame)) {
+                Some(Ok(Frame::Binary(b))) => if node.send(message(b)).await.is_err() { return },
+                Some(Ok(Frame::Control)) => {}
+                // Hand the engine something it rejects, so the peer is
+                // disconnected with a reason.
+                Some(Ok(Frame::Text)) => { let _ = node.send(message(vec![0])).await; }
+                Some(Ok(Frame::Close)) | Some(Err(_)) | None => break,
             },
         }
     }
     let _ = node.send(NodeMsg::Input(Input::PeerClosed { conn })).await;
 }
 
-/// Pumps a dialed socket until either side ends it.
+/// Pumps an accepted (axum) socket until either side ends it.
+pub async fn pump_accepted(socket: WebSocket, conn: ConnId, out: mpsc::Receiver<Vec<u8>>, node: mpsc::Sender<NodeMsg>) {
+    let (tx, rx) = socket.split();
+    let binary = |b: Vec<u8>| AxMessage::Binary(b.into());
+    let frame = |m| match m {
+        AxMessage::Binary(b) => Frame::Binary(b.to_vec()),
+        AxMessage::Ping(_) | AxMessage::Pong(_) => Frame::Control,
+        AxMessage::Text(_) => Frame::Text,
+        AxMessage::Close(_) => Frame::Close,
+    };
+    pump(tx, rx, conn, out, node, Codec { binary, frame }).await;
+}
+
+/// Pumps a dialed (tokio-tungstenite) socket until either side ends it.
 pub async fn pump_dialed<S>(
     socket: tokio_tungstenite::WebSocketStream<S>,
     conn: ConnId,
-    mut out: mpsc::Receiver<Vec<u8>>,
+    out: mpsc::Receiver<Vec<u8>>,
     node: mpsc::Sender<NodeMsg>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut tx, mut rx) = socket.split();
-    loop {
-        tokio::select! {
-            frame = out.recv() => match frame {
-                Some(bytes) => if tx.send(TMessage::Binary(bytes.into())).await.is_err() { break },
-                None => { let _ = tx.close().await; return; }
-            },
-            msg = rx.next() => match msg {
-                Some(Ok(TMessage::Binary(b))) => {
-                    if node.send(NodeMsg::Input(Input::PeerMessage { conn, bytes: b.to_vec() })).await.is_err() { return }
-                }
-                Some(Ok(TMessage::Ping(_) | TMessage::Pong(_) | TMessage::Frame(_))) => {}
-                Some(Ok(TMessage::Text(_))) => {
-                    let _ = node.send(NodeMsg::Input(Input::PeerMessage { conn, bytes: vec![0] })).await;
-                }
-                Some(Ok(TMessage::Close(_))) | Some(Err(_)) | None => break,
-            },
-        }
-    }
-    let _ = node.send(NodeMsg::Input(Input::PeerClosed { conn })).await;
+    let (tx, rx) = socket.split();
+    let binary = |b: Vec<u8>| TMessage::Binary(b.into());
+    let frame = |m| match m {
+        TMessage::Binary(b) => Frame::Binary(b.to_vec()),
+        TMessage::Ping(_) | TMessage::Pong(_) | TMessage::Frame(_) => Frame::Control,
+        TMessage::Text(_) => Frame::Text,
+        TMessage::Close(_) => Frame::Close,
+    };
+    pump(tx, rx, conn, out, node, Codec { binary, frame }).await;
 }
 
 /// What every dial of a node presents and enforces.
