@@ -548,6 +548,79 @@ mod tests {
         Repository::open_bare(dir.join("remote.git")).unwrap().refname_to_id(name).ok()
     }
 
+    /// The contract between the sims' git remote (`testkit::remote`) and
+    /// the real push: the same runs, started and pushed in the same seeded
+    /// order against both, give the same outcome of every push (landed or
+    /// fenced, by which token, kept where), the same branch tip, and the
+    /// same side refs. Zombies push late, claims on two sides of a
+    /// partition share a token, and later stages build on earlier tips.
+    #[test]
+    fn the_sims_remote_model_and_the_real_push_agree() {
+        use huskies_engine::testkit::remote::RemoteModel;
+        use huskies_engine::{NodeId, PushError, StoryId, Token};
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let creds = GitCredentials::default();
+        let bare = Repository::open_bare(dir.path().join("remote.git")).unwrap();
+        let mut pushes = 0;
+        for seed in 1..=16u64 {
+            let story = format!("c{seed}");
+            let sid = StoryId::new(&story).unwrap();
+            let mut model = RemoteModel::default();
+            let mut draw = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut next = |n: u64| {
+                draw ^= draw << 13;
+                draw ^= draw >> 7;
+                draw ^= draw << 17;
+                draw % n
+            };
+            // Runs started and not yet pushed: (work dir, token, node).
+            let mut started: Vec<(PathBuf, u64, String)> = Vec::new();
+            let mut token = 0;
+            let mut claims = std::collections::BTreeSet::new();
+            for step in 0..12 {
+                if started.is_empty() || next(3) > 0 {
+                    // A new claim (now and then one sharing the last token,
+                    // made across a partition) starts a run from the tip.
+                    token += u64::from(token == 0 || next(4) > 0);
+                    let mut node = format!("a{}", next(3) + 1);
+                    // A node never claims one token twice: the shared
+                    // token is another node's.
+                    while !claims.insert((token, node.clone())) {
+                        node.push('x');
+                    }
+                    let work = run_commits(dir.path(), &format!("{story}-{step}"), &story);
+                    model.run_started(&sid, Token(token), &NodeId::new(&node).unwrap());
+                    started.push((work, token, node));
+                    continue;
+                }
+                let (work, tok, node) = started.remove(next(started.len() as u64) as usize);
+                let claim = Claim { stage: "current", token: tok, node: &node };
+                let real = push(&work, &story, claim, &creds).unwrap();
+                let modelled = model.push(&sid, Token(tok), &NodeId::new(&node).unwrap());
+                pushes += 1;
+                let case = format!("seed {seed} step {step}: push of ({tok}, {node})");
+                match (&real, &modelled) {
+                    (Pushed::Landed { .. }, Ok(())) => {}
+                    (Pushed::Fenced { by_token, kept }, Err(PushError::Fenced { by_token: by, kept: k })) => {
+                        assert_eq!(*by_token, by.map(|t| t.0), "{case}: fenced by");
+                        assert_eq!(kept, k, "{case}: kept at");
+                    }
+                    _ => panic!("{case}: real {real:?}, model {modelled:?}"),
+                }
+                let tip = bare.refname_to_id(&format!("refs/heads/{}", branch_name(&story))).unwrap();
+                let real_tip = claim_of(&bare.find_commit(tip).unwrap(), &story);
+                let model_tip = model.tip(&sid).map(|(t, n)| (t.0, n.to_string()));
+                assert_eq!(real_tip, model_tip, "{case}: the branch tip");
+                for t in 1..=token {
+                    let side = bare.references_glob(&format!("refs/heads/huskies-fenced/{story}/{t}-*")).unwrap();
+                    assert_eq!(side.count() > 0, model.is_kept(&sid, Token(t)), "{case}: side ref of token {t}");
+                }
+            }
+        }
+        assert!(pushes >= 30, "{pushes} pushes compared");
+    }
+
     /// The zombie pushes after the newer claim: fenced, its work on the
     /// side ref. The zombie pushes first: the newer claim replaces it and
     /// keeps it on the side ref. A later stage fast-forwards.
