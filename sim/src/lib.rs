@@ -16,7 +16,8 @@
 //! | membership churn | nobody exceeds `max_mesh_peers` supplementary connections |
 //! | idle time | heartbeats do not grow the document |
 //!
-//! Violations read `SAFETY: …` or `LIVENESS: …`; a failing seed prints the
+//! Violations are typed (`violation.rs`) and read `SAFETY [Invariant]: …` or
+//! `LIVENESS [Invariant]: …`; a failing seed prints the
 //! command that replays it.
 
 #[cfg(madsim)]
@@ -31,6 +32,8 @@ pub mod oracle;
 pub mod scenario;
 #[cfg(madsim)]
 pub mod sweep;
+#[cfg(madsim)]
+pub mod violation;
 
 /// True when built with `--cfg madsim` (set in `.cargo/config.toml`). A
 /// test asserts it, so the sims can never silently compile out.

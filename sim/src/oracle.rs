@@ -1,10 +1,13 @@
 //! The checker. Nodes report what their engines output; the oracle checks
 //! safety continuously and convergence and liveness at the end. Every
-//! violation is a line starting with SAFETY or LIVENESS.
+//! violation names its invariant (`violation.rs`) and prints as a line
+//! starting with SAFETY or LIVENESS.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use huskies_engine::testkit::TraceHash;
+
+use crate::violation::{Invariant, Violation};
 use huskies_engine::{Event, NodeId, Output, Stage, StoryId, StoryState, Token};
 
 /// One replica's state as last published by its node.
@@ -19,7 +22,7 @@ pub struct View {
 #[derive(Debug, Default)]
 pub struct Oracle {
     pub trace_hash: TraceHash,
-    pub violations: Vec<String>,
+    pub violations: Vec<Violation>,
     pub max_mesh_peers: usize,
     pub mesh_cap: usize,
     /// Stories whose add was acknowledged.
@@ -87,9 +90,9 @@ impl Oracle {
         Oracle { mesh_cap, trace_story: std::env::var("HUSKIES_TRACE_STORY").ok(), ..Oracle::default() }
     }
 
-    fn violation(&mut self, kind: &str, what: String) {
+    pub fn violation(&mut self, invariant: Invariant, what: String) {
         if self.violations.len() < 50 {
-            self.violations.push(format!("{kind}: {what}"));
+            self.violations.push(Violation { invariant, what });
         }
     }
 
@@ -113,7 +116,10 @@ impl Oracle {
                     None
                 };
                 if let Some(what) = forged {
-                    self.violation("SAFETY", format!("{node} shows {id}: {what} (only the Byzantine node wrote it)"));
+                    self.violation(
+                        Invariant::ForgedValueShown,
+                        format!("{node} shows {id}: {what} (only the Byzantine node wrote it)"),
+                    );
                 }
             }
         }
@@ -206,7 +212,7 @@ impl Oracle {
             }
         }
         for f in found {
-            self.violation("SAFETY", f);
+            self.violation(Invariant::RevealedLost, f);
         }
     }
 
@@ -243,7 +249,7 @@ impl Oracle {
             }
         }
         for f in found {
-            self.violation("SAFETY", f);
+            self.violation(Invariant::DuplicateRun, f);
         }
     }
 
@@ -270,7 +276,10 @@ impl Oracle {
                 self.last_landed_ms = self.last_landed_ms.max(now_ms);
                 if self.trunk.commit_of(story).as_ref() != Some(commit) {
                     let on = self.trunk.commit_of(story);
-                    self.violation("SAFETY", format!("{node} says {story} landed in {commit}, the branch has {on:?}"));
+                    self.violation(
+                        Invariant::LandedElsewhere,
+                        format!("{node} says {story} landed in {commit}, the branch has {on:?}"),
+                    );
                 }
                 if let Some(t) = self.reached_merge_ms.remove(story) {
                     self.landed_after_ms.push(now_ms.saturating_sub(t));
@@ -327,10 +336,16 @@ impl Oracle {
         let key = (node.clone(), story.clone());
         if let Some(&(prev_stage, prev_token)) = self.seen.get(&key) {
             if token < prev_token {
-                self.violation("SAFETY", format!("{node} saw {story}'s token go back {prev_token} -> {token}"));
+                self.violation(
+                    Invariant::TokenWentBack,
+                    format!("{node} saw {story}'s token go back {prev_token} -> {token}"),
+                );
             }
             if backwards && token <= prev_token {
-                self.violation("SAFETY", format!("{node} saw {story} regress {prev_stage} -> {stage} at {token}"));
+                self.violation(
+                    Invariant::StageWentBack,
+                    format!("{node} saw {story} regress {prev_stage} -> {stage} at {token}"),
+                );
             }
         }
         self.seen.insert(key, (stage, token));
@@ -339,7 +354,7 @@ impl Oracle {
     pub fn observe_mesh(&mut self, node: &NodeId, mesh: usize) {
         self.max_mesh_peers = self.max_mesh_peers.max(mesh);
         if mesh > self.mesh_cap {
-            self.violation("SAFETY", format!("{node} holds {mesh} mesh connections, cap {}", self.mesh_cap));
+            self.violation(Invariant::MeshCap, format!("{node} holds {mesh} mesh connections, cap {}", self.mesh_cap));
         }
     }
 
@@ -365,34 +380,43 @@ impl Oracle {
     /// the live document at an epoch's cut).
     pub fn check_final(&mut self, worked: &[Stage], cold: &std::collections::BTreeSet<StoryId>) {
         for v in self.trunk.violations() {
-            self.violation("SAFETY", v);
+            self.violation(Invariant::Trunk, v);
         }
         let on_trunk = self.trunk.landed();
         for (story, commit) in self.remote.lost() {
-            self.violation("SAFETY", format!("{story}: the commit of claim {commit:?} is reachable from no ref"));
+            self.violation(
+                Invariant::CommitUnreachable,
+                format!("{story}: the commit of claim {commit:?} is reachable from no ref"),
+            );
         }
         let Some((first_node, first)) = self.views.iter().next().map(|(n, v)| (n.clone(), v.clone())) else {
-            return self.violation("LIVENESS", "no node published a view".into());
+            return self.violation(Invariant::NoView, "no node published a view".into());
         };
         for (n, v) in self.views.clone() {
             if v.heads != first.heads {
-                self.violation("LIVENESS", format!("{n} did not converge with {first_node}"));
+                self.violation(Invariant::NotConverged, format!("{n} did not converge with {first_node}"));
             } else if v.stories != first.stories {
-                self.violation("SAFETY", format!("{n} has the same heads as {first_node} but other stories"));
+                self.violation(
+                    Invariant::SameHeadsOtherStories,
+                    format!("{n} has the same heads as {first_node} but other stories"),
+                );
             }
         }
         for s in self.added.clone() {
             let Some(st) = first.stories.get(&s) else {
                 if !cold.contains(&s) {
                     self.violation(
-                        "SAFETY",
+                        Invariant::StoryLost,
                         format!("acknowledged story {s} was lost (not live, not in cold storage)"),
                     );
                 }
                 continue;
             };
             if worked.contains(&st.stage) && !st.failed {
-                self.violation("LIVENESS", format!("{s} is still in {} after the heal budget: {st:?}", st.stage));
+                self.violation(
+                    Invariant::NotFinished,
+                    format!("{s} is still in {} after the heal budget: {st:?}", st.stage),
+                );
                 continue;
             }
             let Some(result) = &st.result else { continue };
@@ -402,7 +426,7 @@ impl Oracle {
                 let on = self.trunk.commit_of(&s);
                 if on_trunk.get(&s).copied().unwrap_or(0) != 1 || result.landed.is_none() || result.landed != on {
                     self.violation(
-                        "SAFETY",
+                        Invariant::DoneNotOnTrunk,
                         format!(
                             "{s} is {} but the default branch has it in {on:?} (result says {:?})",
                             st.stage, result.landed
@@ -415,7 +439,7 @@ impl Oracle {
             // story that failed for good has since released at higher ones).
             if st.stage == Stage::Done && result.token != st.token {
                 self.violation(
-                    "SAFETY",
+                    Invariant::StaleResult,
                     format!("{s}'s result carries {} but the story is at {}", result.token, st.token),
                 );
             }
@@ -431,13 +455,13 @@ impl Oracle {
                 && self.remote.tip(&s).map(|(t, _)| *t) != Some(result.token)
             {
                 self.violation(
-                    "SAFETY",
+                    Invariant::BranchNotResult,
                     format!("{s}'s branch ends in {:?}, not in its result at {}", self.remote.tip(&s), result.token),
                 );
             }
             if !self.pushes.contains(&(s.clone(), result.node.clone(), result.token)) {
                 self.violation(
-                    "SAFETY",
+                    Invariant::ResultNotPushed,
                     format!("{s}'s accepted result by {} at {} was never pushed", result.node, result.token),
                 );
             }
@@ -449,7 +473,7 @@ impl Oracle {
             });
             if !produced {
                 self.violation(
-                    "SAFETY",
+                    Invariant::ResultNotProduced,
                     format!("{s}'s result names {} at {} but that node never advanced it", result.node, result.token),
                 );
             }

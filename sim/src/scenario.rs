@@ -12,6 +12,7 @@ use madsim::time::{TimeHandle, sleep};
 use crate::link::Packet;
 use crate::node::{self, AgentProfile, Clock, NodeCtx, PORT, TAG};
 use crate::oracle::Oracle;
+use crate::violation::Invariant;
 
 /// Which faults a run injects, and how the agents behave. Logged with the
 /// seed so a failure can be understood before it is replayed.
@@ -260,7 +261,9 @@ pub struct Report {
     pub profile: String,
     /// Simulated time each phase took.
     pub phases: Vec<(&'static str, u64)>,
-    pub violations: Vec<String>,
+    pub violations: Vec<crate::violation::Violation>,
+    /// The faults injected, listed when a seed fails.
+    pub faults: Vec<String>,
     pub trace_hash: huskies_engine::testkit::TraceHash,
     pub sim_ms: u64,
     pub wall_ms: u64,
@@ -810,11 +813,10 @@ async fn idle_phase(
     sleep(Duration::from_millis(200 * s.config.heartbeat_interval_ms)).await;
     let after = oracle.lock().expect("oracle").views.values().map(|v| v.save_len).max().unwrap_or(0);
     if after != before {
-        oracle
-            .lock()
-            .expect("oracle")
-            .violations
-            .push(format!("SAFETY: idle document grew from {before} to {after} bytes over 200 heartbeat rounds"));
+        oracle.lock().expect("oracle").violation(
+            Invariant::IdleGrowth,
+            format!("idle document grew from {before} to {after} bytes over 200 heartbeat rounds"),
+        );
     }
     Some((before, after))
 }
@@ -835,22 +837,20 @@ fn verify(
     let mut o = oracle.lock().expect("oracle");
     o.check_final(&Stage::ACTIVE, cold);
     if heal_ms.is_none() {
-        o.violations.push(format!("LIVENESS: not settled within {} ms of the heal", s.heal_budget_ms));
+        o.violation(Invariant::NotSettled, format!("not settled within {} ms of the heal", s.heal_budget_ms));
     }
     let count = |stage: Stage| {
         o.views.values().next().map(|v| v.stories.values().filter(|st| st.stage == stage).count()).unwrap_or(0)
     };
     let (stories_done, live_archived) = (count(Stage::Done), count(Stage::Archived));
     let epoch = o.views.values().next().map(|v| v.epoch).unwrap_or(0);
-    if !o.violations.is_empty() {
-        o.violations.push(format!("faults injected: {faults:?}"));
-    }
     Report {
         scenario: s.name,
         seed,
         profile: profile.describe(),
         phases,
         violations: o.violations.clone(),
+        faults,
         trace_hash: o.trace_hash,
         sim_ms: now_ms(),
         wall_ms: 0,

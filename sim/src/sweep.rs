@@ -80,10 +80,11 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         }
         if !r.violations.is_empty() {
             let failure = format!(
-                "{} seed {seed} failed\nprofile: {}\n{}\nreplay: HUSKIES_SEED={seed} cargo test --test scenarios -- {test} --exact --nocapture",
+                "{} seed {seed} failed\nprofile: {}\n{}\nfaults injected: {:?}\nreplay: HUSKIES_SEED={seed} cargo test --test scenarios -- {test} --exact --nocapture",
                 r.scenario,
                 r.profile,
-                r.violations.join("\n"),
+                r.violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n"),
+                r.faults,
             );
             if !keep_going {
                 panic!("{failure}");
