@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use huskies_engine::hash::stable_hash;
 use huskies_engine::{
-    Command, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output, Reply, RunOutcome, Stage,
-    StoryId, Token,
+    Command, CommandId, Config, ConnId, Engine, Event, Input, Millis, NodeId, Output, PersistKind, PersistSeq, Reply,
+    RunOutcome, Stage, StoryId, Token,
 };
 
 pub const RENDEZVOUS: &str = "mem://rendezvous";
@@ -28,6 +28,13 @@ pub struct HarnessNode {
     pub restarts: u64,
     /// Its agent's API refuses it: every run ends `Unavailable`.
     pub api_refuses: bool,
+    /// Writes issued and not yet landed (with `Harness::write_ms`), in order.
+    pub writes: std::collections::VecDeque<(PersistSeq, PersistKind, Vec<u8>)>,
+    /// When the last issued write lands: writes land in order.
+    pub last_write_at: Millis,
+    /// What it told anyone (a reply, a claim, a run, a push): the story and
+    /// the lowest token its storage may hold from then on.
+    pub revealed: BTreeMap<StoryId, Token>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +58,12 @@ pub struct Harness {
     /// Extra per-message delay drawn from the seed, 0..jitter_ms. Links
     /// stay FIFO (a message never overtakes an earlier one on its link).
     pub jitter_ms: u64,
+    /// 0: every persist is durable at once. Otherwise a write takes 1 to
+    /// `write_ms` ms (seeded), the engine's outputs wait behind it, and a
+    /// crash loses what had not landed (a seeded prefix of it lands).
+    pub write_ms: u64,
+    /// Replies to commands, kept until `command` picks them up.
+    replies: BTreeMap<CommandId, Result<Reply, huskies_engine::CommandError>>,
     seed: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<(Millis, u64, usize)>>,
@@ -110,6 +123,8 @@ impl Harness {
             agent: AgentModel::fixed(1_000),
             latency_ms: 5,
             jitter_ms: 0,
+            write_ms: 0,
+            replies: BTreeMap::new(),
             seed,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -150,6 +165,9 @@ impl Harness {
                 runs: BTreeMap::new(),
                 restarts: 0,
                 api_refuses: false,
+                writes: Default::default(),
+                last_write_at: Millis(0),
+                revealed: BTreeMap::new(),
             });
             c.start(i);
         }
@@ -163,11 +181,37 @@ impl Harness {
         n.engine = Some(Engine::new(n.config.clone(), n.id.clone(), seed, self.now));
         let bytes = n.storage.load();
         self.input(i, Input::StorageLoaded { bytes });
+        if self.write_ms > 0 {
+            self.check_revealed_survived(i);
+        }
+    }
+
+    /// A restarted node reads back all it revealed, at that token or later:
+    /// nothing leaves before its persist is durable, and a crash loses only
+    /// writes never confirmed.
+    fn check_revealed_survived(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let engine = n.engine.as_ref().expect("just started");
+        for (story, min) in &n.revealed {
+            let stored = engine.story(story).map(|v| v.state.token);
+            assert!(
+                stored.is_some_and(|t| t >= *min),
+                "node {i} restarted with {story} at {stored:?}, below the {min} it revealed (seed {})",
+                self.seed
+            );
+        }
     }
 
     /// Kills node `i`: its connections drop, its runs vanish, only its
     /// persisted bytes survive.
     pub fn crash(&mut self, i: usize) {
+        // Of the writes not landed, a seeded prefix made it (unconfirmed).
+        let pending = std::mem::take(&mut self.nodes[i].writes);
+        let landed = stable_hash(&[b"crash", &self.seed.to_be_bytes(), &self.now.0.to_be_bytes()]) as usize
+            % (pending.len() + 1);
+        for (_, kind, bytes) in pending.into_iter().take(landed) {
+            self.nodes[i].storage.apply(kind, bytes);
+        }
         self.nodes[i].engine = None;
         self.nodes[i].runs.clear();
         let conns: Vec<ConnId> = self.links.keys().filter(|(n, _)| *n == i).map(|(_, c)| *c).collect();
@@ -204,13 +248,14 @@ impl Harness {
     pub fn command(&mut self, i: usize, command: Command) -> Result<Reply, huskies_engine::CommandError> {
         self.next_cmd += 1;
         let id = CommandId(self.next_cmd);
-        let outs = self.input(i, Input::Command { id, command });
-        outs.into_iter()
-            .find_map(|o| match o {
-                Output::Reply { id: rid, result } if rid == id => Some(result),
-                _ => None,
-            })
-            .expect("every command gets a reply")
+        self.input(i, Input::Command { id, command });
+        // A reply waits for its persist when writes take time.
+        while !self.replies.contains_key(&id) {
+            let Some(t) = self.next_time() else { break };
+            self.now = self.now.max(t);
+            self.step();
+        }
+        self.replies.remove(&id).expect("every command gets a reply")
     }
 
     pub fn add_stories(&mut self, at: usize, n: usize, stage: Stage) -> Vec<StoryId> {
@@ -300,11 +345,22 @@ impl Harness {
     /// Feeds one input to node `i` and carries out its outputs.
     pub fn input(&mut self, i: usize, input: Input) -> Vec<Output> {
         let now = self.now;
+        if let Input::Persisted { seq } = &input {
+            // The writes it confirms land now.
+            while self.nodes[i].writes.front().is_some_and(|(s, _, _)| s <= seq) {
+                let (_, kind, bytes) = self.nodes[i].writes.pop_front().expect("front checked");
+                self.nodes[i].storage.apply(kind, bytes);
+            }
+        }
         let Some(engine) = self.nodes[i].engine.as_mut() else { return Vec::new() };
         engine.handle(now, input);
-        // Storage here is a Vec written at once: each persist is durable
-        // before the outputs it covers are carried out.
-        let outs = engine.drain_sync_persist();
+        let outs = if self.write_ms == 0 {
+            // Storage here is a Vec written at once: each persist is
+            // durable before the outputs it covers are carried out.
+            engine.drain_sync_persist()
+        } else {
+            std::iter::from_fn(|| engine.poll_output()).collect()
+        };
         self.max_mesh_seen = self.max_mesh_seen.max(engine.mesh_peer_count());
         for o in &outs {
             self.execute(i, o.clone());
@@ -312,11 +368,36 @@ impl Harness {
         outs
     }
 
+    /// A write issued with `write_ms` set: it lands (and is confirmed)
+    /// after the ones before it, 1 to `write_ms` ms later.
+    fn issue_write(&mut self, i: usize, seq: PersistSeq, kind: PersistKind, bytes: Vec<u8>) {
+        let took =
+            1 + stable_hash(&[b"write", &self.seed.to_be_bytes(), &(i as u64).to_be_bytes(), &seq.0.to_be_bytes()])
+                % self.write_ms;
+        let at = self.now.saturating_add_ms(took).max(self.nodes[i].last_write_at);
+        self.nodes[i].last_write_at = at;
+        self.nodes[i].writes.push_back((seq, kind, bytes));
+        let delay = at.0 - self.now.0;
+        self.schedule(i, Input::Persisted { seq }, delay);
+    }
+
     fn execute(&mut self, i: usize, o: Output) {
         let line = format!("{} {} {:?}", self.now.0, i, o);
         self.trace_hash.fold(&line);
+        let revealed = match &o {
+            Output::Reply { result: Ok(Reply::Added { id }), .. } => Some((id, Token(0))),
+            Output::StartRun { story, token, .. }
+            | Output::Push { story, token, .. }
+            | Output::Event(Event::Claimed { story, token, .. }) => Some((story, *token)),
+            _ => None,
+        };
+        if let Some((story, token)) = revealed {
+            let min = self.nodes[i].revealed.entry(story.clone()).or_insert(token);
+            *min = (*min).max(token);
+        }
         match o {
-            Output::Persist { kind, bytes, .. } => self.nodes[i].storage.apply(kind, bytes),
+            Output::Persist { kind, bytes, .. } if self.write_ms == 0 => self.nodes[i].storage.apply(kind, bytes),
+            Output::Persist { seq, kind, bytes } => self.issue_write(i, seq, kind, bytes),
             Output::Send { conn, bytes } => {
                 if let Some(&(p, pc)) = self.links.get(&(i, conn)) {
                     let d = self.message_delay(i, conn);
@@ -401,7 +482,10 @@ impl Harness {
                 };
                 self.schedule(i, Input::LandFinished { batch, report }, 1);
             }
-            Output::CancelLand { .. } | Output::PruneWorktree { .. } | Output::Reply { .. } => {}
+            Output::Reply { id, result } => {
+                self.replies.insert(id, result);
+            }
+            Output::CancelLand { .. } | Output::PruneWorktree { .. } => {}
             Output::Event(e) => {
                 if let huskies_engine::Event::SentBack { story, .. } = &e {
                     self.trunk.returned(story);
