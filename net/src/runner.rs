@@ -310,34 +310,11 @@ impl AgentRun {
         cmd: crate::project::AgentCommand,
         mut stop: oneshot::Receiver<()>,
     ) -> Option<(RunOutcome, RunReport)> {
-        let failed = |reason: String| Some((RunOutcome::Failed { reason }, RunReport::default()));
-        let (root, story, creds) = (self.root.clone(), self.story.clone(), self.git_creds.clone());
-        let resume_token = self.ctx.resume.as_ref().map(|(_, t)| t.0);
-        let prepared =
-            tokio::task::spawn_blocking(move || git::prepare_worktree(&root, story.as_str(), &creds, resume_token))
-                .await;
-        let (worktree, base, from_wip) = match prepared {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return failed(format!("worktree: {e}")),
-            Err(e) => return failed(format!("worktree: {e}")),
-        };
-        let default_branch = git2::Repository::open(&self.root)
-            .ok()
-            .and_then(|r| crate::land::default_branch(&r, None).ok())
-            .unwrap_or_default();
-        let story_file = story_file_path(&self.root, &self.story);
-        let written = story_file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| std::fs::write(&story_file, self.story_file(from_wip)));
-        if let Err(e) = written {
-            return failed(format!("story file {}: {e}", story_file.display()));
-        }
-        let log_path = runlog::log_path(&self.root, self.story.as_str(), self.stage.as_str(), self.token.0);
-        let log = match runlog::CappedLog::create(log_path.clone(), runlog::LOG_CAP_BYTES) {
-            Ok(l) => Arc::new(Mutex::new(l)),
-            Err(e) => return failed(format!("log file {}: {e}", log_path.display())),
-        };
+        let Prepared { worktree, base, from_wip, default_branch, story_file, log_path, log } =
+            match self.prepare().await {
+                Ok(p) => p,
+                Err(reason) => return Some((RunOutcome::Failed { reason }, RunReport::default())),
+            };
         let story_text = self.story_file(from_wip);
         let vars = Vars { run: &self, story_file: &story_file, story: &story_text };
         let (gates, prices) = {
@@ -359,7 +336,7 @@ impl AgentRun {
         let mut usage: Option<huskies_engine::runs::AgentUsage> = None;
         let mut backoff_ms = cmd.api_retry_backoff_ms();
         let mut tries = 0u32;
-        let (status, stream, stderr_tail) = loop {
+        let ended = loop {
             tries += 1;
             let ended =
                 self.run_once(&invocation, &cmd, &worktree, &story_file, &default_branch, &log, &mut stop).await?;
@@ -369,7 +346,7 @@ impl AgentRun {
             }
             let retry = said.as_ref().is_some_and(|r| r.retryable()) && tries <= cmd.api_retries();
             if !retry {
-                break (ended.status, ended.stream, ended.stderr_tail);
+                break ended;
             }
             let why = said.and_then(|r| r.failure()).unwrap_or_default();
             tracing::warn!(story = %self.story, token = %self.token, try_ = tries, backoff_ms, reason = %why, "API error; the run starts again (not an attempt of the story)");
@@ -393,21 +370,73 @@ impl AgentRun {
         let story = self.story.clone();
         let head = tokio::task::spawn_blocking(move || git::branch_head(&root, story.as_str())).await.ok().flatten();
         let mut report = RunReport {
-            exit_code: status.as_ref().ok().and_then(|s| s.code()),
+            exit_code: ended.status.as_ref().ok().and_then(|s| s.code()),
             duration_ms: started.elapsed().as_millis() as u64,
             commit: head.map(|h| h.to_string()),
-            stderr_tail,
+            stderr_tail: ended.stderr_tail.clone(),
             usage,
             finished_unix_ms: Some(crate::node::unix_now_ms()),
         };
+        let outcome = self.judge(&cmd, &ended, tries, &prices, head == Some(base), &log_path);
+        if report.commit.as_deref() == Some(base.to_string().as_str()) {
+            report.commit = None;
+        }
+        Some((outcome, report))
+    }
+
+    /// The worktree (resumed from work in progress, if any), the story
+    /// file the agent reads, and the run's log: what a run needs before
+    /// its agent starts. An error says which failed.
+    async fn prepare(&self) -> Result<Prepared, String> {
+        let (root, story, creds) = (self.root.clone(), self.story.clone(), self.git_creds.clone());
+        let resume_token = self.ctx.resume.as_ref().map(|(_, t)| t.0);
+        let prepared =
+            tokio::task::spawn_blocking(move || git::prepare_worktree(&root, story.as_str(), &creds, resume_token))
+                .await;
+        let (worktree, base, from_wip) = match prepared {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(format!("worktree: {e}")),
+            Err(e) => return Err(format!("worktree: {e}")),
+        };
+        let default_branch = git2::Repository::open(&self.root)
+            .ok()
+            .and_then(|r| crate::land::default_branch(&r, None).ok())
+            .unwrap_or_default();
+        let story_file = story_file_path(&self.root, &self.story);
+        let written = story_file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&story_file, self.story_file(from_wip)));
+        if let Err(e) = written {
+            return Err(format!("story file {}: {e}", story_file.display()));
+        }
+        let log_path = runlog::log_path(&self.root, self.story.as_str(), self.stage.as_str(), self.token.0);
+        let log = match runlog::CappedLog::create(log_path.clone(), runlog::LOG_CAP_BYTES) {
+            Ok(l) => Arc::new(Mutex::new(l)),
+            Err(e) => return Err(format!("log file {}: {e}", log_path.display())),
+        };
+        Ok(Prepared { worktree, base, from_wip, default_branch, story_file, log_path, log })
+    }
+
+    /// How the run ended, from the agent's exit and its own account.
+    fn judge(
+        &self,
+        cmd: &crate::project::AgentCommand,
+        ended: &Ended,
+        tries: u32,
+        prices: &BTreeMap<String, crate::project::Price>,
+        nothing_committed: bool,
+        log_path: &std::path::Path,
+    ) -> RunOutcome {
         // The agent's own account, when it gives one, decides first: a run
         // whose tool calls were all denied exits 0 (agent_report.rs).
-        let said = stream.report(cmd.model.as_deref(), &prices);
+        let Ended { status, stream, .. } = ended;
+        let said = stream.report(cmd.model.as_deref(), prices);
         let no_result = || match cmd.agent {
             crate::project::AgentKind::Command => String::new(),
             kind => format!(" before reporting a result: {} crashed or was killed", kind.as_str()),
         };
-        let outcome = match status {
+        match status {
             // The API, not the story: after the retries above (a refused
             // key is not retried), this node steps back and the attempt is
             // not counted (RunOutcome::Unavailable).
@@ -421,7 +450,7 @@ impl AgentRun {
                 RunOutcome::Failed { reason: why }
             }
             Ok(s) if s.success() => {
-                if cmd.require_commit(self.stage) && head == Some(base) {
+                if cmd.require_commit(self.stage) && nothing_committed {
                     let mut reason = "no commits: the agent exited 0 without committing".to_owned();
                     if let Some(last) = stream.git_failures().last() {
                         reason.push_str("; its last failed git command: ");
@@ -436,11 +465,7 @@ impl AgentRun {
                 reason: format!("agent exited with {s}{}; see {}", no_result(), log_path.display()),
             },
             Err(e) => RunOutcome::Failed { reason: e.to_string() },
-        };
-        if report.commit.as_deref() == Some(base.to_string().as_str()) {
-            report.commit = None;
         }
-        Some((outcome, report))
     }
 
     /// One start of the agent, to its exit; `None` when stopped (it is
@@ -564,6 +589,19 @@ impl AgentRun {
 }
 
 /// How one start of an agent ended.
+/// What `AgentRun::prepare` made ready.
+struct Prepared {
+    worktree: PathBuf,
+    /// The commit the worktree started from.
+    base: git2::Oid,
+    /// Resumed from an earlier claim's work in progress.
+    from_wip: bool,
+    default_branch: String,
+    story_file: PathBuf,
+    log_path: PathBuf,
+    log: Arc<Mutex<runlog::CappedLog>>,
+}
+
 struct Ended {
     status: std::io::Result<std::process::ExitStatus>,
     stream: crate::agent_stream::AgentStream,

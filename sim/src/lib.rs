@@ -21,6 +21,8 @@
 //! command that replays it.
 
 #[cfg(madsim)]
+mod cluster;
+#[cfg(madsim)]
 pub mod disk;
 #[cfg(madsim)]
 pub mod link;
@@ -28,6 +30,10 @@ pub mod link;
 pub mod node;
 #[cfg(madsim)]
 pub mod oracle;
+#[cfg(madsim)]
+pub mod profile;
+#[cfg(madsim)]
+pub mod report;
 #[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]
