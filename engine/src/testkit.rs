@@ -1,7 +1,8 @@
 //! The pieces both simulators share (the engine's in-process harness in
 //! `engine/tests/harness` and the madsim chaos simulation in `sim/`), so
 //! neither keeps its own copy: node naming, the simulated disk, the trace
-//! hash, the fake agent, and the model of the git remote. Pure and deterministic, like the
+//! hash, the fake agent, the model of the git remote, and the one dispatch
+//! of outputs to a simulated world (`world.rs`). Pure and deterministic, like the
 //! engine; no driver in production uses it.
 
 pub mod agent;
@@ -9,6 +10,7 @@ pub mod hostile_doc;
 pub mod remote;
 pub mod signed;
 pub mod trunk;
+pub mod world;
 
 pub use agent::{AgentModel, FakeRun};
 pub use signed::{dev_signed_sync, signed_sync};

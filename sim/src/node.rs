@@ -39,7 +39,7 @@ pub struct NodeCtx {
     pub oracle: Arc<Mutex<Oracle>>,
     pub disk: Mutex<crate::disk::SimDisk>,
     /// Stories whose worktree holds a finished, unpushed commit.
-    pub worktrees: Mutex<BTreeMap<StoryId, Token>>,
+    pub worktrees: Mutex<huskies_engine::testkit::world::Worktrees>,
     pub clock: Mutex<Clock>,
     pub restarts: Mutex<u64>,
     /// Publish a view (with a full save) this often; 0 = only when asked.
@@ -113,6 +113,8 @@ struct SimNode {
     next_publish_ms: u64,
     next_archive_ms: u64,
     next_cmd: u64,
+    /// Local time of the output being carried out.
+    now_ms: u64,
 }
 
 /// The node's task; madsim re-runs it after a restart.
@@ -143,6 +145,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
         next_publish_ms: 0,
         next_archive_ms: 0,
         next_cmd: 0,
+        now_ms: now,
         ctx: ctx.clone(),
     };
     *ctx.dead.lock().expect("dead lock") = false;
@@ -248,7 +251,7 @@ impl SimNode {
         for story in finished {
             let run = self.runs.remove(&story).expect("listed above");
             if run.outcome == RunOutcome::Succeeded {
-                self.ctx.worktrees.lock().expect("worktrees lock").insert(story.clone(), run.token);
+                self.ctx.worktrees.lock().expect("worktrees lock").committed_by(&story, run.token);
             }
             self.oracle().run_ended(&self.ctx.id, &story);
             self.input(Input::RunFinished {
@@ -359,7 +362,8 @@ impl SimNode {
                 return;
             }
             self.oracle().observe(sim_now, &self.ctx.id, &out);
-            self.execute(out, now);
+            self.now_ms = now;
+            huskies_engine::testkit::world::carry_out(self, out);
         }
         let mesh = self.engine.mesh_peer_count();
         self.oracle().observe_mesh(&self.ctx.id, mesh);
@@ -440,75 +444,111 @@ impl SimNode {
         let fenced = |s: &StoryId, t: Token| remote.tip(s).map(|c| c.0).filter(|tip| *tip > t);
         o.trunk.build(ahead, stories, draw, fenced)
     }
+}
 
-    fn execute(&mut self, out: Output, now: u64) {
-        match out {
-            Output::Persist { seq, kind, bytes } => {
-                self.ctx.disk.lock().expect("disk lock").issue(seq, kind, bytes, now);
-            }
-            Output::Send { conn, bytes } => self.links.send(conn, bytes),
-            Output::Dial { conn, address } => match address.trim_start_matches("sim://").parse::<SocketAddr>() {
-                Ok(peer) => self.links.dial(conn, peer, now),
-                Err(_) => self.later.push((now + 1, Input::PeerClosed { conn })),
-            },
-            Output::HangUp { conn } => self.links.hang_up(conn),
-            Output::StartRun { story, token, .. } => {
-                self.oracle().remote.run_started(&story, token, &self.ctx.id);
-                let agent = self.ctx.agent;
-                let run = agent.start(|| self.random());
-                let (finish_at_ms, outcome) = (run.duration_ms.map(|d| now + d), run.outcome);
-                self.runs.insert(story, SimRun { token, finish_at_ms, outcome });
-            }
-            Output::StopRun { story, token } => {
-                if self.runs.get(&story).is_some_and(|r| r.token == token) {
-                    self.runs.remove(&story);
-                }
-            }
-            Output::Push { story, token, .. } => {
-                let agent = self.ctx.agent;
-                let outcome = if agent.push_fails(|| self.random()) {
-                    Err(huskies_engine::PushError::Failed("simulated push failure".to_owned()))
-                } else {
-                    let id = self.ctx.id.clone();
-                    let pushed = self.oracle().remote.push(&story, token, &id);
-                    match &pushed {
-                        Ok(()) => {
-                            self.oracle().pushes.insert((story.clone(), id, token));
-                        }
-                        Err(_) => self.oracle().fenced += 1,
-                    }
-                    self.ctx.worktrees.lock().expect("worktrees lock").remove(&story);
-                    pushed
-                };
-                self.later.push((now + 20, Input::PushFinished { story, token, outcome }));
-            }
-            Output::Land { batch, stories, ahead, .. } => {
-                let build = self.build_land(&ahead, &stories);
-                self.report_built(batch, &build, now);
-                // Nothing to test (conflicts, landed before): answered at once.
-                let due_ms = now + if build.gated() { self.ctx.gate_ms } else { 20 };
-                self.lands.push(SimLand { batch, stories, ahead, build, due_ms, tries: 0, cancelled: false });
-            }
-            Output::CancelLand { batch } => {
-                if let Some(l) = self.lands.iter_mut().find(|l| l.batch == batch) {
-                    l.cancelled = true;
-                    l.due_ms = now;
-                }
-            }
-            Output::InspectWorktree { story, token } => {
-                let committed = self.ctx.worktrees.lock().expect("worktrees lock").get(&story) == Some(&token);
-                self.later.push((now + 5, Input::WorktreeInspected { story, token, committed }));
-            }
-            Output::Reply { result: Ok(huskies_engine::Reply::Added { id }), .. } => {
-                self.oracle().added.insert(id);
-            }
-            Output::Reply { result: Ok(huskies_engine::Reply::Moved { id, to: Stage::Archived, .. }), .. } => {
-                self.oracle().archived.insert(id);
-            }
-            Output::PruneWorktree { .. } | Output::Reply { .. } | Output::Event(_) => {}
+/// How a madsim node carries the engine's outputs out: datagram links,
+/// the simulated disk, agent runs on the madsim clock, the shared models
+/// of the git remote and the default branch.
+impl huskies_engine::testkit::world::World for SimNode {
+    fn persist(&mut self, seq: huskies_engine::PersistSeq, kind: PersistKind, bytes: Vec<u8>) {
+        self.ctx.disk.lock().expect("disk lock").issue(seq, kind, bytes, self.now_ms);
+    }
+
+    fn send(&mut self, conn: huskies_engine::ConnId, bytes: Vec<u8>) {
+        self.links.send(conn, bytes);
+    }
+
+    fn dial(&mut self, conn: huskies_engine::ConnId, address: String) {
+        let now = self.now_ms;
+        match address.trim_start_matches("sim://").parse::<SocketAddr>() {
+            Ok(peer) => self.links.dial(conn, peer, now),
+            Err(_) => self.later.push((now + 1, Input::PeerClosed { conn })),
         }
     }
 
+    fn hang_up(&mut self, conn: huskies_engine::ConnId) {
+        self.links.hang_up(conn);
+    }
+
+    fn start_run(&mut self, story: StoryId, _stage: Stage, token: Token) {
+        self.oracle().remote.run_started(&story, token, &self.ctx.id);
+        let agent = self.ctx.agent;
+        let run = agent.start(|| self.random());
+        let (finish_at_ms, outcome) = (run.duration_ms.map(|d| self.now_ms + d), run.outcome);
+        self.runs.insert(story, SimRun { token, finish_at_ms, outcome });
+    }
+
+    fn stop_run(&mut self, story: StoryId, token: Token) {
+        if self.runs.get(&story).is_some_and(|r| r.token == token) {
+            self.runs.remove(&story);
+        }
+    }
+
+    fn push(&mut self, story: StoryId, token: Token) {
+        let agent = self.ctx.agent;
+        let outcome = if agent.push_fails(|| self.random()) {
+            Err(huskies_engine::PushError::Failed("simulated push failure".to_owned()))
+        } else {
+            let id = self.ctx.id.clone();
+            let pushed = self.oracle().remote.push(&story, token, &id);
+            match &pushed {
+                Ok(()) => {
+                    self.oracle().pushes.insert((story.clone(), id, token));
+                }
+                Err(_) => self.oracle().fenced += 1,
+            }
+            self.ctx.worktrees.lock().expect("worktrees lock").pushed(&story);
+            pushed
+        };
+        self.later.push((self.now_ms + 20, Input::PushFinished { story, token, outcome }));
+    }
+
+    fn land(
+        &mut self,
+        batch: huskies_engine::landing::BatchId,
+        stories: Vec<huskies_engine::landing::LandStory>,
+        ahead: Vec<huskies_engine::landing::LandStory>,
+    ) {
+        let now = self.now_ms;
+        let build = self.build_land(&ahead, &stories);
+        self.report_built(batch, &build, now);
+        // Nothing to test (conflicts, landed before): answered at once.
+        let due_ms = now + if build.gated() { self.ctx.gate_ms } else { 20 };
+        self.lands.push(SimLand { batch, stories, ahead, build, due_ms, tries: 0, cancelled: false });
+    }
+
+    fn cancel_land(&mut self, batch: huskies_engine::landing::BatchId) {
+        let now = self.now_ms;
+        if let Some(l) = self.lands.iter_mut().find(|l| l.batch == batch) {
+            l.cancelled = true;
+            l.due_ms = now;
+        }
+    }
+
+    fn worktrees<R>(&mut self, f: impl FnOnce(&mut huskies_engine::testkit::world::Worktrees) -> R) -> R {
+        f(&mut self.ctx.worktrees.lock().expect("worktrees lock"))
+    }
+
+    fn answer_inspection(&mut self, story: StoryId, token: Token, committed: bool) {
+        self.later.push((self.now_ms + 5, Input::WorktreeInspected { story, token, committed }));
+    }
+
+    fn reply(&mut self, _id: CommandId, result: Result<huskies_engine::Reply, huskies_engine::CommandError>) {
+        match result {
+            Ok(huskies_engine::Reply::Added { id }) => {
+                self.oracle().added.insert(id);
+            }
+            Ok(huskies_engine::Reply::Moved { id, to: Stage::Archived, .. }) => {
+                self.oracle().archived.insert(id);
+            }
+            _ => {}
+        }
+    }
+
+    fn event(&mut self, _event: huskies_engine::Event) {}
+}
+
+impl SimNode {
     async fn flush(&mut self, ep: &Endpoint) {
         for (dst, packet) in std::mem::take(&mut self.links.outbox) {
             // A send to an unreachable node fails like a lost packet does.

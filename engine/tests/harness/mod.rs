@@ -32,6 +32,9 @@ pub struct HarnessNode {
     pub writes: std::collections::VecDeque<(PersistSeq, PersistKind, Vec<u8>)>,
     /// When the last issued write lands: writes land in order.
     pub last_write_at: Millis,
+    /// Its worktrees: a finished run's commit not pushed yet (on disk: a
+    /// crash keeps it).
+    pub worktrees: huskies_engine::testkit::world::Worktrees,
     /// What it told anyone (a reply, a claim, a run, a push): the story and
     /// the lowest token its storage may hold from then on.
     pub revealed: BTreeMap<StoryId, Token>,
@@ -168,6 +171,7 @@ impl Harness {
                 writes: Default::default(),
                 last_write_at: Millis(0),
                 revealed: BTreeMap::new(),
+                worktrees: Default::default(),
             });
             c.start(i);
         }
@@ -395,104 +399,7 @@ impl Harness {
             let min = self.nodes[i].revealed.entry(story.clone()).or_insert(token);
             *min = (*min).max(token);
         }
-        match o {
-            Output::Persist { kind, bytes, .. } if self.write_ms == 0 => self.nodes[i].storage.apply(kind, bytes),
-            Output::Persist { seq, kind, bytes } => self.issue_write(i, seq, kind, bytes),
-            Output::Send { conn, bytes } => {
-                if let Some(&(p, pc)) = self.links.get(&(i, conn)) {
-                    let d = self.message_delay(i, conn);
-                    self.schedule(p, Input::PeerMessage { conn: pc, bytes }, d);
-                }
-            }
-            Output::Dial { conn, address } => {
-                let target = self.nodes.iter().position(|n| n.addr == address);
-                match target {
-                    Some(t) if t != i && self.reachable(i, t) => {
-                        self.next_inbound += 1;
-                        let inbound = ConnId(self.next_inbound);
-                        self.links.insert((i, conn), (t, inbound));
-                        self.links.insert((t, inbound), (i, conn));
-                        self.schedule(t, Input::PeerConnected { conn: inbound }, self.latency_ms);
-                        self.schedule(i, Input::PeerConnected { conn }, self.latency_ms);
-                    }
-                    _ => self.schedule(i, Input::PeerClosed { conn }, self.latency_ms),
-                }
-            }
-            Output::HangUp { conn } => self.drop_link(i, conn, false),
-            Output::StartRun { story, stage, token, .. } => {
-                *self.starts.entry((story.clone(), stage)).or_default() += 1;
-                if stage == huskies_engine::Stage::Current {
-                    self.trunk.work_started(&story);
-                }
-                let node = self.nodes[i].id.clone();
-                self.git.run_started(&story, token, &node);
-                // Draws hashed from (seed, story, token): a run's fate does
-                // not depend on what other nodes did first.
-                let mut n = 0u64;
-                let seed = self.seed;
-                let run = self.agent.start(|| {
-                    n += 1;
-                    stable_hash(&[
-                        story.as_str().as_bytes(),
-                        &token.0.to_be_bytes(),
-                        &seed.to_be_bytes(),
-                        &n.to_be_bytes(),
-                    ])
-                });
-                if let Some(d) = run.duration_ms {
-                    self.nodes[i].runs.insert(story, (token, self.now.saturating_add_ms(d), run.outcome));
-                }
-            }
-            Output::StopRun { story, token } => {
-                if self.nodes[i].runs.get(&story).is_some_and(|(t, _, _)| *t == token) {
-                    self.nodes[i].runs.remove(&story);
-                }
-            }
-            Output::Push { story, token, .. } => {
-                let outcome = self.push_to_remote(i, &story, token);
-                self.schedule(i, Input::PushFinished { story, token, outcome }, 1);
-            }
-            Output::InspectWorktree { story, token } => {
-                self.schedule(i, Input::WorktreeInspected { story, token, committed: false }, 1);
-            }
-            Output::Land { batch, stories, ahead, .. } => {
-                // Built, gated and pushed at once (the harness models no
-                // gate time); a batch ahead not landed yet is not waited for.
-                let git = &self.git;
-                let fenced = |s: &StoryId, t: Token| git.tip(s).map(|c| c.0).filter(|tip| *tip > t);
-                let draw = stable_hash(&[
-                    b"flaky",
-                    &self.seed.to_be_bytes(),
-                    &batch.0.to_be_bytes(),
-                    &(i as u64).to_be_bytes(),
-                ]);
-                let build = self.trunk.build(&ahead, &stories, draw, fenced);
-                // Half the batches hear what was left out before the answer.
-                if (draw >> 32).is_multiple_of(2) {
-                    self.schedule(i, Input::LandBuilt { batch, left_out: build.report().left_out() }, 0);
-                }
-                let report = match self.trunk.try_land(&build) {
-                    huskies_engine::testkit::trunk::TryLand::Done(report) => report,
-                    _ => huskies_engine::landing::LandReport {
-                        result: huskies_engine::landing::LandResult::Retry {
-                            reason: "the batch ahead has not landed".into(),
-                        },
-                        ..Default::default()
-                    },
-                };
-                self.schedule(i, Input::LandFinished { batch, report }, 1);
-            }
-            Output::Reply { id, result } => {
-                self.replies.insert(id, result);
-            }
-            Output::CancelLand { .. } | Output::PruneWorktree { .. } => {}
-            Output::Event(e) => {
-                if let huskies_engine::Event::SentBack { story, .. } = &e {
-                    self.trunk.returned(story);
-                }
-                self.events.push((self.now, i, e))
-            }
-        }
+        huskies_engine::testkit::world::carry_out(&mut At { h: self, i }, o);
     }
 
     fn next_time(&self) -> Option<Millis> {
@@ -551,6 +458,9 @@ impl Harness {
                 } else {
                     outcome
                 };
+                if outcome == RunOutcome::Succeeded {
+                    self.nodes[i].worktrees.committed_by(&story, token);
+                }
                 // Every run reports what it cost, as a coding agent does
                 // (the cost ledger), ending at a fixed wall-clock day.
                 let report = huskies_engine::RunReport {
@@ -643,5 +553,133 @@ impl Harness {
     /// Starts beyond the first per (story, stage).
     pub fn duplicate_starts(&self) -> u32 {
         self.starts.values().map(|n| n - 1).sum()
+    }
+}
+
+/// Node `i` of the harness, as the world its outputs are carried out in:
+/// in-memory links, the harness's queue for timing, and the models of the
+/// git remote and the default branch.
+struct At<'a> {
+    h: &'a mut Harness,
+    i: usize,
+}
+
+impl huskies_engine::testkit::world::World for At<'_> {
+    fn persist(&mut self, seq: PersistSeq, kind: PersistKind, bytes: Vec<u8>) {
+        if self.h.write_ms == 0 {
+            self.h.nodes[self.i].storage.apply(kind, bytes);
+        } else {
+            self.h.issue_write(self.i, seq, kind, bytes);
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        let (h, i) = (&mut *self.h, self.i);
+        if let Some(&(p, pc)) = h.links.get(&(i, conn)) {
+            let d = h.message_delay(i, conn);
+            h.schedule(p, Input::PeerMessage { conn: pc, bytes }, d);
+        }
+    }
+
+    fn dial(&mut self, conn: ConnId, address: String) {
+        let (h, i) = (&mut *self.h, self.i);
+        let target = h.nodes.iter().position(|n| n.addr == address);
+        match target {
+            Some(t) if t != i && h.reachable(i, t) => {
+                h.next_inbound += 1;
+                let inbound = ConnId(h.next_inbound);
+                h.links.insert((i, conn), (t, inbound));
+                h.links.insert((t, inbound), (i, conn));
+                h.schedule(t, Input::PeerConnected { conn: inbound }, h.latency_ms);
+                h.schedule(i, Input::PeerConnected { conn }, h.latency_ms);
+            }
+            _ => h.schedule(i, Input::PeerClosed { conn }, h.latency_ms),
+        }
+    }
+
+    fn hang_up(&mut self, conn: ConnId) {
+        self.h.drop_link(self.i, conn, false);
+    }
+
+    fn start_run(&mut self, story: StoryId, stage: Stage, token: Token) {
+        let (h, i) = (&mut *self.h, self.i);
+        *h.starts.entry((story.clone(), stage)).or_default() += 1;
+        if stage == huskies_engine::Stage::Current {
+            h.trunk.work_started(&story);
+        }
+        let node = h.nodes[i].id.clone();
+        h.git.run_started(&story, token, &node);
+        // Draws hashed from (seed, story, token): a run's fate does not
+        // depend on what other nodes did first.
+        let mut n = 0u64;
+        let seed = h.seed;
+        let run = h.agent.start(|| {
+            n += 1;
+            stable_hash(&[story.as_str().as_bytes(), &token.0.to_be_bytes(), &seed.to_be_bytes(), &n.to_be_bytes()])
+        });
+        if let Some(d) = run.duration_ms {
+            h.nodes[i].runs.insert(story, (token, h.now.saturating_add_ms(d), run.outcome));
+        }
+    }
+
+    fn stop_run(&mut self, story: StoryId, token: Token) {
+        let runs = &mut self.h.nodes[self.i].runs;
+        if runs.get(&story).is_some_and(|(t, _, _)| *t == token) {
+            runs.remove(&story);
+        }
+    }
+
+    fn push(&mut self, story: StoryId, token: Token) {
+        let outcome = self.h.push_to_remote(self.i, &story, token);
+        self.h.nodes[self.i].worktrees.pushed(&story);
+        self.h.schedule(self.i, Input::PushFinished { story, token, outcome }, 1);
+    }
+
+    fn land(
+        &mut self,
+        batch: huskies_engine::landing::BatchId,
+        stories: Vec<huskies_engine::landing::LandStory>,
+        ahead: Vec<huskies_engine::landing::LandStory>,
+    ) {
+        let (h, i) = (&mut *self.h, self.i);
+        // Built, gated and pushed at once (the harness models no gate
+        // time); a batch ahead not landed yet is not waited for.
+        let git = &h.git;
+        let fenced = |s: &StoryId, t: Token| git.tip(s).map(|c| c.0).filter(|tip| *tip > t);
+        let draw = stable_hash(&[b"flaky", &h.seed.to_be_bytes(), &batch.0.to_be_bytes(), &(i as u64).to_be_bytes()]);
+        let build = h.trunk.build(&ahead, &stories, draw, fenced);
+        // Half the batches hear what was left out before the answer.
+        if (draw >> 32).is_multiple_of(2) {
+            h.schedule(i, Input::LandBuilt { batch, left_out: build.report().left_out() }, 0);
+        }
+        let report = match h.trunk.try_land(&build) {
+            huskies_engine::testkit::trunk::TryLand::Done(report) => report,
+            _ => huskies_engine::landing::LandReport {
+                result: huskies_engine::landing::LandResult::Retry { reason: "the batch ahead has not landed".into() },
+                ..Default::default()
+            },
+        };
+        h.schedule(i, Input::LandFinished { batch, report }, 1);
+    }
+
+    fn cancel_land(&mut self, _batch: huskies_engine::landing::BatchId) {}
+
+    fn worktrees<R>(&mut self, f: impl FnOnce(&mut huskies_engine::testkit::world::Worktrees) -> R) -> R {
+        f(&mut self.h.nodes[self.i].worktrees)
+    }
+
+    fn answer_inspection(&mut self, story: StoryId, token: Token, committed: bool) {
+        self.h.schedule(self.i, Input::WorktreeInspected { story, token, committed }, 1);
+    }
+
+    fn reply(&mut self, id: CommandId, result: Result<Reply, huskies_engine::CommandError>) {
+        self.h.replies.insert(id, result);
+    }
+
+    fn event(&mut self, e: Event) {
+        if let huskies_engine::Event::SentBack { story, .. } = &e {
+            self.h.trunk.returned(story);
+        }
+        self.h.events.push((self.h.now, self.i, e));
     }
 }
