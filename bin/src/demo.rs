@@ -389,7 +389,7 @@ fn watch(
         let count = |stage: &str| st.stories.iter().filter(|x| x.stage == stage).count();
         let done = count("done");
         let failed = st.stories.iter().filter(|x| x.failed).count();
-        let alive = st.nodes.iter().filter(|n| n.alive && n.id != "rendezvous").count();
+        let alive = st.nodes.iter().filter(|n| n.alive && n.id.as_str() != "rendezvous").count();
         let claims = st.stories.iter().filter(|x| x.holder.is_some()).count();
         let counts = format!(
             "current {:>2} | qa {:>2} | merge {:>2} | done {:>2}/{} | failed {} | agents alive {} | claims {}",

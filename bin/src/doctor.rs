@@ -48,7 +48,7 @@ pub fn report(s: &Status) -> String {
             push_refusals(&mut out, &refusals);
             continue;
         };
-        let node = s.nodes.iter().find(|n| n.id == writer);
+        let node = s.nodes.iter().find(|n| n.id.as_str() == writer);
         let standing = match node {
             Some(n) if n.revoked => "revoked".to_owned(),
             Some(n) if n.alive => "alive".to_owned(),
@@ -59,8 +59,12 @@ pub fn report(s: &Status) -> String {
         out.push_str(&format!("written by {writer} ({standing}), {} refused:\n", refusals.len()));
         push_refusals(&mut out, &refusals);
         if node.is_some_and(|n| !n.revoked) {
-            let held: Vec<&str> =
-                s.stories.iter().filter(|st| st.holder.as_deref() == Some(writer)).map(|st| st.id.as_str()).collect();
+            let held: Vec<&str> = s
+                .stories
+                .iter()
+                .filter(|st| st.holder.as_ref().map(|h| h.as_str()) == Some(writer))
+                .map(|st| st.id.as_str())
+                .collect();
             out.push_str(&format!("  revoking it (huskies node revoke {writer}) would:\n"));
             let claims = if held.is_empty() { "none".to_owned() } else { held.join(" ") };
             out.push_str(&format!("    free the {} claims it holds: {claims}\n", held.len()));

@@ -467,7 +467,13 @@ pub fn status(t: &Target, json: bool) -> Result<(), CliError> {
         println!("{}", serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?);
         return Ok(());
     }
-    println!("node {} ({}), {} peers: {}", s.node, s.label, s.peers, s.connected.join(", "));
+    println!(
+        "node {} ({}), {} peers: {}",
+        s.node,
+        s.label,
+        s.peers,
+        s.connected.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+    );
     match &s.settings {
         Some(c) => println!(
             "cluster settings (revision {}): claim timeout {} ms, heartbeat {} ms, stagger {} ms, sync {} ms",
@@ -500,7 +506,7 @@ pub fn status(t: &Target, json: bool) -> Result<(), CliError> {
     }
     println!("nodes:");
     for n in &s.nodes {
-        let claims = s.stories.iter().filter(|st| st.holder.as_deref() == Some(n.id.as_str())).count();
+        let claims = s.stories.iter().filter(|st| st.holder.as_ref() == Some(&n.id)).count();
         let state = if n.alive { "alive" } else { "silent" };
         println!("  {:<20} {:<7} capacity {} claims {claims}  {}", n.id, state, n.capacity, n.label);
     }

@@ -210,7 +210,7 @@ pub fn logs(t: &Target, id: &str, stage: Option<&str>, follow: bool) -> Result<(
     let status = admin.status()?;
     let running = d.story.holder.clone().filter(|_| stage.is_none_or(|s| s == d.story.stage));
     let node = match running {
-        Some(h) => h,
+        Some(h) => h.to_string(),
         None => d
             .runs
             .iter()
@@ -221,7 +221,7 @@ pub fn logs(t: &Target, id: &str, stage: Option<&str>, follow: bool) -> Result<(
             format!("{id} has no runs{} yet", stage.map(|s| format!(" in {s}")).unwrap_or_default())
         })?,
     };
-    let rec = status.nodes.iter().find(|n| n.id == node);
+    let rec = status.nodes.iter().find(|n| n.id.as_str() == node);
     let address = rec.and_then(|n| n.address.clone()).ok_or_else(|| format!("node {node} has no address on record"))?;
     if rec.is_some_and(|n| !n.alive) {
         return Err(

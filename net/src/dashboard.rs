@@ -245,10 +245,10 @@ impl Sent {
         let mut now: BTreeMap<String, String> = BTreeMap::new();
         for s in &board.stories {
             let json = serde_json::to_string(s).unwrap_or_default();
-            if reset || self.stories.get(&s.id) != Some(&json) {
+            if reset || self.stories.get(s.id.as_str()) != Some(&json) {
                 changed.push(s);
             }
-            now.insert(s.id.clone(), json);
+            now.insert(s.id.to_string(), json);
         }
         let gone = self.stories.keys().filter(|id| !now.contains_key(*id)).cloned().collect();
         self.stories = now;
@@ -312,7 +312,7 @@ mod tests {
 
     fn story(id: &str, stage: &str) -> StoryStatus {
         StoryStatus {
-            id: id.into(),
+            id: huskies_engine::StoryId::new(id).unwrap(),
             title: format!("t {id}"),
             stage: stage.into(),
             token: 1,

@@ -1,5 +1,6 @@
 //! The JSON views served by `GET /api/status` and printed by the CLI.
 
+use huskies_engine::{NodeId, StoryId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -31,14 +32,14 @@ pub struct Counters {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoryStatus {
-    pub id: String,
+    pub id: StoryId,
     pub title: String,
     pub stage: String,
     pub token: u64,
-    pub holder: Option<String>,
+    pub holder: Option<NodeId>,
     pub attempts: u32,
     pub failed: bool,
-    pub last_result_by: Option<String>,
+    pub last_result_by: Option<NodeId>,
     /// Why the last attempt failed.
     #[serde(default)]
     pub reason: Option<String>,
@@ -62,14 +63,14 @@ pub struct StoryStatus {
 impl StoryStatus {
     pub fn of(id: &huskies_engine::StoryId, v: &huskies_engine::StoryView) -> StoryStatus {
         StoryStatus {
-            id: id.to_string(),
+            id: id.clone(),
             title: v.title.clone(),
             stage: v.state.stage.to_string(),
             token: v.state.token.0,
-            holder: v.state.holder.as_ref().map(|h| h.to_string()),
+            holder: v.state.holder.clone(),
             attempts: v.state.attempts,
             failed: v.state.failed,
-            last_result_by: v.state.result.as_ref().map(|r| r.node.to_string()),
+            last_result_by: v.state.result.as_ref().map(|r| r.node.clone()),
             reason: v.state.reason.clone(),
             removed: v.state.removed,
             priority: v.priority,
@@ -113,7 +114,7 @@ pub struct LogSlice {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
-    pub id: String,
+    pub id: NodeId,
     pub label: String,
     pub address: Option<String>,
     pub capacity: u32,
@@ -127,7 +128,7 @@ pub struct NodeStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunStatus {
-    pub story: String,
+    pub story: StoryId,
     pub stage: String,
     pub token: u64,
     /// What the agent is doing now, by its own stream (Claude Code's
@@ -138,12 +139,12 @@ pub struct RunStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
-    pub node: String,
+    pub node: NodeId,
     pub label: String,
     pub peers: usize,
     /// The nodes this one is connected to (rendezvous and mesh).
     #[serde(default)]
-    pub connected: Vec<String>,
+    pub connected: Vec<NodeId>,
     pub mesh_peers: usize,
     pub stories: Vec<StoryStatus>,
     pub nodes: Vec<NodeStatus>,

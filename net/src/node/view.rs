@@ -83,9 +83,7 @@ impl NodeLoop {
         }
         let skip = [huskies_engine::Stage::Archived.as_str(), huskies_engine::Stage::Backlog.as_str()];
         for s in stories.iter_mut().filter(|s| !skip.contains(&s.stage.as_str())) {
-            if let Ok(id) = huskies_engine::StoryId::new(&s.id) {
-                s.cost_micro_usd = self.engine.story_cost_micro_usd(&id);
-            }
+            s.cost_micro_usd = self.engine.story_cost_micro_usd(&s.id);
         }
         stories
     }
@@ -97,7 +95,7 @@ impl NodeLoop {
         self.engine
             .runs()
             .map(|(s, t, st)| RunStatus {
-                story: s.to_string(),
+                story: s.clone(),
                 stage: st.to_string(),
                 token: t.0,
                 progress: progress.get(&(s.clone(), t)).cloned(),
@@ -112,7 +110,7 @@ impl NodeLoop {
             .engine
             .nodes()
             .map(|(id, r)| NodeStatus {
-                id: id.to_string(),
+                id: id.clone(),
                 label: r.label.clone(),
                 address: r.address.clone(),
                 capacity: r.capacity,
@@ -124,9 +122,9 @@ impl NodeLoop {
         // Nodes known only by a handshake or a revocation, without a record.
         let bare = self.engine.node_keys().iter().flat_map(|(id, ks)| ks.iter().map(|k| (id.clone(), *k, false)));
         for (id, key, is_revoked) in bare.chain(revoked.iter().map(|(id, k)| (id.clone(), *k, true))) {
-            if !nodes.iter().any(|n| n.id == id.as_str()) {
+            if !nodes.iter().any(|n| n.id == id) {
                 nodes.push(NodeStatus {
-                    id: id.to_string(),
+                    id: id.clone(),
                     label: String::new(),
                     address: None,
                     capacity: 0,
@@ -165,7 +163,7 @@ impl NodeLoop {
                 })
             },
             refused: crate::status::Refused::of(&self.engine),
-            node: self.engine.node_id().to_string(),
+            node: self.engine.node_id().clone(),
             label: self
                 .engine
                 .nodes()
@@ -173,7 +171,7 @@ impl NodeLoop {
                 .map(|(_, r)| r.label.clone())
                 .unwrap_or_default(),
             peers: self.engine.peer_count(),
-            connected: self.engine.connected_nodes().iter().map(|n| n.to_string()).collect(),
+            connected: self.engine.connected_nodes().to_vec(),
             mesh_peers: self.engine.mesh_peer_count(),
             stories: self.engine.stories().map(|(id, v)| StoryStatus::of(id, v)).collect(),
             nodes,
