@@ -125,7 +125,7 @@ impl Engine {
             let (rank, affinity) = self.rank(&id);
             if now.saturating_sub(since) >= rank.saturating_mul(stagger) {
                 let v = &self.index.known(&id);
-                let order = (Reverse(v.state.stage), Reverse(v.priority), v.created_ms);
+                let order = (Reverse(v.state.stage), Reverse(v.priority), v.created);
                 ready.push((order, rank, Reverse(affinity), id));
             }
         }

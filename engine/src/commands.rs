@@ -74,7 +74,7 @@ impl Engine {
         if new.stage == Stage::Merge {
             state.queued = self.max_queued.saturating_add(1);
         }
-        let view = StoryView { title, priority: new.priority, created_ms: new.created_ms, state, concurrent: 1 };
+        let view = StoryView { title, priority: new.priority, created: new.created, state, concurrent: 1 };
         self.doc.add_story(&id, &view, &new.body);
         self.apply_story(&id, Some(view));
         assert!(self.index.contains(&id), "an added story {id} is in the index");
@@ -223,7 +223,7 @@ mod tests {
         let view = StoryView {
             title: "x".into(),
             priority: 0,
-            created_ms: 0,
+            created: crate::UnixMs(0),
             state: StoryState::new(Stage::Backlog),
             concurrent: 1,
         };
@@ -249,7 +249,7 @@ mod tests {
                 stage,
                 body: String::new(),
                 priority,
-                created_ms,
+                created: crate::UnixMs(created_ms),
             };
             e.handle(Millis(1), crate::Input::Command { id: CommandId(created_ms), command: Command::AddStory(new) });
         };

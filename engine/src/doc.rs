@@ -44,7 +44,7 @@ pub struct StoryView {
     /// When it was added (unix ms, from the adding node's clock); older is
     /// claimed first among equal priorities. Only an order, never compared
     /// with this node's time.
-    pub created_ms: u64,
+    pub created: crate::UnixMs,
     /// The winning state among concurrent writes.
     pub state: StoryState,
     /// How many concurrent state values the document holds right now (1
@@ -641,8 +641,8 @@ impl Doc {
         };
         let priority = int(self, "priority");
         let created = int(self, "created");
-        let created_ms = u64::try_from(created).unwrap_or(0);
-        (StoryRead::Valid(StoryView { title, priority, created_ms, state, concurrent }), refused)
+        let created = crate::UnixMs(u64::try_from(created).unwrap_or(0));
+        (StoryRead::Valid(StoryView { title, priority, created, state, concurrent }), refused)
     }
 
     /// The story's body (markdown), empty when it has none. The body goes
@@ -742,7 +742,7 @@ impl Doc {
         if view.priority != 0 {
             self.am.put(&obj, "priority", view.priority).expect("put priority");
         }
-        self.am.put(&obj, "created", view.created_ms).expect("put created");
+        self.am.put(&obj, "created", view.created.0).expect("put created");
         self.story_objs.insert(id.clone(), obj);
         self.commit();
     }
@@ -788,7 +788,7 @@ mod tests {
         let view = StoryView {
             title: "t".into(),
             priority: 0,
-            created_ms: 0,
+            created: crate::UnixMs(0),
             state: StoryState::new(Stage::Current),
             concurrent: 1,
         };

@@ -423,7 +423,7 @@ impl Engine {
         self.doc.put_state(id, &state);
         let view = match self.index.story(id) {
             Some(v) => StoryView { state, concurrent: 1, ..v.clone() },
-            None => StoryView { title: String::new(), priority: 0, created_ms: 0, state, concurrent: 1 },
+            None => StoryView { title: String::new(), priority: 0, created: crate::UnixMs(0), state, concurrent: 1 },
         };
         self.apply_story(id, Some(view));
     }

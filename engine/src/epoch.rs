@@ -308,7 +308,7 @@ impl Engine {
             // something the schema refused.
             am.put(&dst, "title", view.title.as_str()).expect("base");
             am.put(&dst, "priority", view.priority).expect("base");
-            am.put(&dst, "created", view.created_ms).expect("base");
+            am.put(&dst, "created", view.created.0).expect("base");
             am.put(&dst, "state", view.state.encode()).expect("base");
         }
         for id in old.keys(&old_nodes).collect::<Vec<_>>() {

@@ -110,6 +110,12 @@ impl Millis {
     }
 }
 
+/// A wall-clock time, in ms since the Unix epoch, by some node's clock: when
+/// a story was added. Only an order among stories; never compared with a
+/// local [`Millis`], and never trusted as this node's time.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize)]
+pub struct UnixMs(pub u64);
+
 /// Fencing token of a story: grows with every claim and every user move, so
 /// a result carrying an older token is recognisably stale.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize)]

@@ -16,18 +16,13 @@ use crate::{NodeId, Stage, StoryId};
 pub(crate) struct FreeKey {
     pub stage: Reverse<Stage>,
     pub priority: Reverse<i64>,
-    pub created_ms: u64,
+    pub created: crate::UnixMs,
     pub id: StoryId,
 }
 
 impl FreeKey {
     pub fn of(id: &StoryId, v: &StoryView) -> FreeKey {
-        FreeKey {
-            stage: Reverse(v.state.stage),
-            priority: Reverse(v.priority),
-            created_ms: v.created_ms,
-            id: id.clone(),
-        }
+        FreeKey { stage: Reverse(v.state.stage), priority: Reverse(v.priority), created: v.created, id: id.clone() }
     }
 }
 

@@ -129,8 +129,8 @@ pub struct NewStory {
     pub body: String,
     /// Higher is claimed first.
     pub priority: i64,
-    /// Unix ms at the adding node (an order for "oldest first").
-    pub created_ms: u64,
+    /// When, by the adding node's wall clock (an order for "oldest first").
+    pub created: crate::UnixMs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -305,9 +305,9 @@ impl Engine {
 
     /// Queue order: higher priority first, then the time the story reached
     /// `merge` (its Lamport place), then age.
-    fn queue_key(&self, id: &StoryId) -> (std::cmp::Reverse<i64>, u64, u64) {
+    fn queue_key(&self, id: &StoryId) -> (std::cmp::Reverse<i64>, u64, crate::UnixMs) {
         let v = self.index.known(id);
-        (std::cmp::Reverse(v.priority), v.state.queued, v.created_ms)
+        (std::cmp::Reverse(v.priority), v.state.queued, v.created)
     }
 
     /// Where a story of a car ahead stands.

@@ -87,7 +87,7 @@ pub fn archive_doc(stories: &[crate::StoryId]) -> Vec<u8> {
         let view = crate::StoryView {
             title: format!("story {id}"),
             priority: 0,
-            created_ms: 0,
+            created: crate::UnixMs(0),
             state: StoryState::new(Stage::Backlog),
             concurrent: 1,
         };

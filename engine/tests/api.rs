@@ -479,7 +479,7 @@ fn outputs_wait_for_their_persist_to_be_confirmed() {
             stage: Stage::Backlog,
             body: String::new(),
             priority: 0,
-            created_ms: 0,
+            created: huskies_engine::UnixMs(0),
         })
     };
     e.handle(Millis(10), Input::Command { id: CommandId(1), command: add("first") });
@@ -580,7 +580,7 @@ fn changes_whose_ancestor_never_comes_are_bounded() {
         stage: Stage::Backlog,
         body: String::new(),
         priority: 0,
-        created_ms: 0,
+        created: huskies_engine::UnixMs(0),
     };
     e.handle(Millis(1), Input::Command { id: CommandId(1), command: Command::AddStory(add) });
     drain(&mut e);

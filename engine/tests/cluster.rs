@@ -355,7 +355,7 @@ fn add(c: &mut Harness, id: &str, priority: i64, created_ms: u64) -> StoryId {
         stage: Stage::Current,
         body: format!("body of {id}"),
         priority,
-        created_ms,
+        created: huskies_engine::UnixMs(created_ms),
     };
     c.command(0, Command::AddStory(new)).expect("add");
     id

@@ -268,11 +268,10 @@ async fn add_story(State(state): State<AppState>, headers: HeaderMap, Json(body)
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    #[allow(clippy::disallowed_methods)] // creation time orders stories; wall clock of the adding node
-    let created_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    // Creation time orders stories: the wall clock of the adding node.
+    let created = huskies_engine::UnixMs(crate::node::unix_now_ms());
     let new =
-        huskies_engine::NewStory { id, title: body.title, stage, body: body.body, priority: body.priority, created_ms };
+        huskies_engine::NewStory { id, title: body.title, stage, body: body.body, priority: body.priority, created };
     run(&state, Command::AddStory(new)).await
 }
 

@@ -74,7 +74,7 @@ impl StoryStatus {
             reason: v.state.reason.clone(),
             removed: v.state.removed,
             priority: v.priority,
-            created_ms: v.created_ms,
+            created_ms: v.created.0,
             landed: v.state.result.as_ref().and_then(|r| r.landed.clone()),
             returns: v.state.returns,
             cost_micro_usd: 0,
