@@ -15,7 +15,46 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::doc::Doc;
-use crate::{ConnId, Engine, Event, Millis, RejectKind};
+use crate::{ConnId, Engine, Event, Millis, PersistKind, RejectKind};
+
+/// A copy of everything persisted (the last snapshot plus the appends
+/// after it, without their signature blocks): the document as of the end
+/// of the last persist, which a rebuild after a panic reloads.
+#[derive(Debug, Default)]
+pub(crate) struct Saved {
+    pub(crate) bytes: Vec<u8>,
+    /// Sorted heads of `bytes`.
+    pub(crate) heads: Vec<automerge::ChangeHash>,
+    appends_since_snapshot: u32,
+}
+
+impl Saved {
+    /// Keeps what a persist of `kind` wrote.
+    pub(crate) fn keep(&mut self, kind: PersistKind, bytes: &[u8]) {
+        match kind {
+            // A snapshot replaces what was kept; an append adds to it.
+            PersistKind::Snapshot | PersistKind::Epoch { .. } => self.bytes.clear(),
+            PersistKind::Append => {}
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// Counts one more persist of changes: true when it should be a full
+    /// snapshot (one every `every`), which starts the count over.
+    pub(crate) fn snapshot_due(&mut self, every: u32) -> bool {
+        self.appends_since_snapshot += 1;
+        let due = self.appends_since_snapshot >= every;
+        if due {
+            self.appends_since_snapshot = 0;
+        }
+        due
+    }
+
+    /// A snapshot was written some other way (a new epoch's).
+    pub(crate) fn snapshot_taken(&mut self) {
+        self.appends_since_snapshot = 0;
+    }
+}
 
 /// A token bucket of bytes and messages for one peer.
 #[derive(Debug, Clone)]
@@ -99,7 +138,7 @@ impl Engine {
                 let text = panic_text(payload.as_ref());
                 // Persisting happens only at the end of an input, so these
                 // are still the heads from before the bad message.
-                let expected = self.persisted_heads.clone();
+                let expected = self.saved.heads.clone();
                 let verified = self.rebuild_document(&expected);
                 self.reject(
                     conn,
@@ -117,7 +156,7 @@ impl Engine {
     /// Replaces the in-memory document by one loaded from the persisted
     /// copy; true when its heads equal `expected`.
     pub(crate) fn rebuild_document(&mut self, expected: &[automerge::ChangeHash]) -> bool {
-        let (actor, persisted) = (self.actor.clone(), &self.persisted);
+        let (actor, persisted) = (self.actor.clone(), &self.saved.bytes);
         let mut doc = match catch_unwind(AssertUnwindSafe(|| Doc::load(actor, persisted))) {
             Ok(Ok(doc)) => doc,
             _ => {

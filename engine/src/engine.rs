@@ -1,7 +1,5 @@
 //! The engine: state, the `handle`/`poll_*` contract, and the local index.
 
-use std::collections::VecDeque;
-
 use automerge::ActorId;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
@@ -39,12 +37,8 @@ pub struct Engine {
     pub(crate) doc: Doc,
     /// Our Automerge actor, kept to rebuild the document after a panic.
     pub(crate) actor: ActorId,
-    /// A copy of everything persisted (last snapshot plus appends): the
-    /// document as of the end of the last input. See `defence.rs`.
-    pub(crate) persisted: Vec<u8>,
-    /// Sorted heads of `persisted`.
-    pub(crate) persisted_heads: Vec<automerge::ChangeHash>,
-    pub(crate) appends_since_snapshot: u32,
+    /// What recovery reloads (`defence.rs`).
+    pub(crate) saved: crate::defence::Saved,
 
     /// What the document says of every story and node.
     pub(crate) index: Index,
@@ -73,17 +67,15 @@ pub struct Engine {
     pub(crate) wall_day: Option<crate::ledger::Day>,
     /// Values of the document not believed (schema.rs): the newest, and
     /// how many in all.
-    pub(crate) refusals: VecDeque<crate::schema::Refusal>,
-    pub(crate) refused_total: u64,
+    pub(crate) refusals: crate::schema::Refusals,
     /// Our agent's API refused us: claims pause (claims.rs).
     pub(crate) unavailable: Option<crate::claims::Unavailable>,
 
     // Peers.
     /// Connections, dial targets, owed syncs, beats to relay.
     pub(crate) peers: Peers,
-    pub(crate) heartbeat_seq: u64,
-    pub(crate) advertised_free_slots: u32,
-    pub(crate) next_heartbeat_at: Millis,
+    /// Our heartbeat: its sequence, advertised free slots, next one due.
+    pub(crate) beat: crate::liveness::OwnBeat,
     pub(crate) next_scan_at: Millis,
 
     /// Every output, staged, held behind a persist, or ready.
@@ -127,15 +119,13 @@ impl Engine {
         Engine {
             doc: Doc::new(actor.clone()),
             actor,
-            persisted: Vec::new(),
-            persisted_heads: Vec::new(),
+            saved: Default::default(),
             config,
             node,
             rng,
             incarnation,
             now,
             lifecycle: Lifecycle::Loading,
-            appends_since_snapshot: 0,
             index: Index::default(),
             inputs_handled: 0,
             claims: Claims::default(),
@@ -147,12 +137,9 @@ impl Engine {
             settings: None,
             wall_day: None,
             unavailable: None,
-            refusals: VecDeque::new(),
-            refused_total: 0,
+            refusals: Default::default(),
             peers: Peers::default(),
-            heartbeat_seq: 0,
-            advertised_free_slots: u32::MAX,
-            next_heartbeat_at: now,
+            beat: crate::liveness::OwnBeat { seq: 0, free_slots: u32::MAX, next_at: now },
             next_scan_at: now,
             outbox: Default::default(),
             base: None,
@@ -203,9 +190,9 @@ impl Engine {
         if !self.is_ready() {
             return;
         }
-        if self.now >= self.next_heartbeat_at {
+        if self.now >= self.beat.next_at {
             self.send_heartbeat(true);
-            self.next_heartbeat_at = self.now.saturating_add_ms(self.config.heartbeat_interval_ms);
+            self.beat.next_at = self.now.saturating_add_ms(self.config.heartbeat_interval_ms);
         }
         self.start_settled_runs();
         self.check_ahead();
@@ -346,9 +333,7 @@ impl Engine {
     pub(crate) fn finish_input(&mut self) {
         if self.doc.unpersisted() {
             self.doc.mark_persisted();
-            self.appends_since_snapshot += 1;
-            let (kind, bytes) = if self.appends_since_snapshot >= self.config.snapshot_every {
-                self.appends_since_snapshot = 0;
+            let (kind, bytes) = if self.saved.snapshot_due(self.config.snapshot_every) {
                 (PersistKind::Snapshot, self.doc.automerge().save())
             } else {
                 (PersistKind::Append, self.doc.automerge().save_incremental())
@@ -360,7 +345,7 @@ impl Engine {
         }
         // Advertise a change in free slots at once: claim ranking relies on
         // it, and a stale "busy" makes two nodes both think they rank first.
-        if self.is_ready() && self.free_slots() != self.advertised_free_slots {
+        if self.is_ready() && self.free_slots() != self.beat.free_slots {
             self.send_heartbeat(false);
         }
         self.flush_sync();
@@ -396,14 +381,11 @@ impl Engine {
     /// signatures of what it covers go with it (`signing.rs`); a snapshot
     /// carries all of the epoch's.
     pub(crate) fn persist(&mut self, kind: PersistKind, mut bytes: Vec<u8>) {
-        match kind {
-            PersistKind::Snapshot | PersistKind::Epoch { .. } => self.persisted.clone_from(&bytes),
-            PersistKind::Append => self.persisted.extend_from_slice(&bytes),
-        }
+        self.saved.keep(kind, &bytes);
         self.sign_new_changes();
         bytes.extend(self.sigs.take_block(!matches!(kind, PersistKind::Append)));
-        self.persisted_heads = self.doc.heads();
-        self.persisted_heads.sort();
+        self.saved.heads = self.doc.heads();
+        self.saved.heads.sort();
         // Persists go out at once, in order; what they cover waits.
         self.outbox.persist(kind, bytes);
     }
@@ -547,21 +529,15 @@ impl Engine {
 
     /// A value not believed: counted, kept for `status`, told.
     pub(crate) fn refuse(&mut self, refusal: crate::schema::Refusal) {
-        // A value stays refused on every re-read of its story: count it once.
-        if self.refusals.contains(&refusal) {
+        if !self.refusals.note(&refusal) {
             return;
         }
-        self.refused_total += 1;
-        if self.refusals.len() >= crate::schema::MAX_REFUSALS_KEPT {
-            self.refusals.pop_front();
-        }
-        self.refusals.push_back(refusal.clone());
         self.emit(Event::ValueRefused { refusal });
     }
 
     /// The newest values not believed, and how many in all.
     pub fn refusals(&self) -> (impl Iterator<Item = &crate::schema::Refusal>, u64) {
-        (self.refusals.iter(), self.refused_total)
+        (self.refusals.recent(), self.refusals.total())
     }
 
     pub(crate) fn random_u64(&mut self) -> u64 {

@@ -424,7 +424,7 @@ impl Engine {
         let snapshot = self.doc.automerge().save();
         self.persist(PersistKind::Epoch { epoch: base.epoch }, snapshot);
         self.doc.mark_persisted();
-        self.appends_since_snapshot = 0;
+        self.saved.snapshot_taken();
         let archived = before.iter().filter(|id| !self.index.contains(id)).count();
         // Sync starts over with everyone: a peer in this epoch syncs, a peer
         // behind is sent the base, a peer ahead sends us its own.

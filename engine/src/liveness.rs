@@ -29,6 +29,15 @@ struct Beat {
 /// any beat, so no node can make another leave.
 pub const LEAVING_SEQ: u64 = u64::MAX;
 
+/// Our own heartbeat: its sequence, the free slots it last advertised (a
+/// change goes out at once), and when the next periodic one is due.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OwnBeat {
+    pub(crate) seq: u64,
+    pub(crate) free_slots: u32,
+    pub(crate) next_at: Millis,
+}
+
 /// What a heartbeat told us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum News {

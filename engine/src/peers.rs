@@ -255,7 +255,7 @@ impl Engine {
             c.held_bytes
         });
         if held > max_held {
-            let expected = self.persisted_heads.clone();
+            let expected = self.saved.heads.clone();
             self.rebuild_document(&expected);
             return self.reject(
                 conn,
@@ -365,7 +365,7 @@ impl Engine {
         if self.lifecycle == crate::engine::Lifecycle::Running {
             self.lifecycle = crate::engine::Lifecycle::Leaving;
         }
-        self.heartbeat_seq = crate::liveness::LEAVING_SEQ - 1;
+        self.beat.seq = crate::liveness::LEAVING_SEQ - 1;
         self.send_heartbeat(false);
         // Stop what runs here; the driver stops its processes too.
         self.drop_all_runs();
@@ -373,22 +373,18 @@ impl Engine {
     }
 
     pub(crate) fn send_heartbeat(&mut self, with_relays: bool) {
-        if self.heartbeat_seq == crate::liveness::LEAVING_SEQ {
+        if self.beat.seq == crate::liveness::LEAVING_SEQ {
             return; // we said goodbye; a later beat would be refused anyway
         }
-        self.heartbeat_seq += 1;
-        self.advertised_free_slots = self.free_slots();
-        let sig = self.creds.sign(&identity::beat_message(
-            &self.node,
-            self.incarnation,
-            self.heartbeat_seq,
-            self.advertised_free_slots,
-        ));
+        self.beat.seq += 1;
+        self.beat.free_slots = self.free_slots();
+        let sig =
+            self.creds.sign(&identity::beat_message(&self.node, self.incarnation, self.beat.seq, self.beat.free_slots));
         let own = Heartbeat {
             node: self.node.clone(),
             incarnation: self.incarnation,
-            seq: self.heartbeat_seq,
-            free_slots: self.advertised_free_slots,
+            seq: self.beat.seq,
+            free_slots: self.beat.free_slots,
             sig,
         };
         let relay = if with_relays { self.peers.take_relays() } else { Default::default() };

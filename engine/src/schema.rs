@@ -30,6 +30,39 @@ pub const MAX_CARRY_STEP: u64 = 1 << 20;
 /// Refusals kept for `status` (the newest; the count goes on).
 pub const MAX_REFUSALS_KEPT: usize = 64;
 
+/// The values not believed: the newest kept for `status`, and how many in
+/// all.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    recent: std::collections::VecDeque<Refusal>,
+    total: u64,
+}
+
+impl Refusals {
+    /// Notes `refusal`; false when it is kept already (a value stays
+    /// refused on every re-read of its story, and counts once).
+    pub(crate) fn note(&mut self, refusal: &Refusal) -> bool {
+        if self.recent.contains(refusal) {
+            return false;
+        }
+        self.total += 1;
+        if self.recent.len() >= MAX_REFUSALS_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(refusal.clone());
+        assert!(self.recent.len() <= MAX_REFUSALS_KEPT && self.recent.len() as u64 <= self.total);
+        true
+    }
+
+    pub(crate) fn recent(&self) -> impl Iterator<Item = &Refusal> {
+        self.recent.iter()
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+}
+
 /// A value of the document that was not believed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Refusal {

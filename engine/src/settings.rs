@@ -141,7 +141,7 @@ impl Engine {
         self.config = config;
         self.liveness.set_timeout_ms(s.claim_timeout_ms);
         // The next heartbeat and scan come at the new pace.
-        self.next_heartbeat_at = self.next_heartbeat_at.min(self.now.saturating_add_ms(s.heartbeat_interval_ms));
+        self.beat.next_at = self.beat.next_at.min(self.now.saturating_add_ms(s.heartbeat_interval_ms));
         self.emit(Event::SettingsAdopted { settings: s.clone() });
         self.settings = Some(s);
         Ok(())

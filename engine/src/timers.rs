@@ -37,7 +37,7 @@ impl Engine {
             (Timer::Sync, self.peers.next_sync_at()),
             (Timer::Settle, self.claims.next_settle_at()),
             (Timer::Batch, self.next_batch_at()),
-            (Timer::Heartbeat, Some(self.next_heartbeat_at)),
+            (Timer::Heartbeat, Some(self.beat.next_at)),
             (Timer::Scan, Some(self.next_scan_at)),
         ]
         .into_iter()
