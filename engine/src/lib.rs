@@ -67,6 +67,8 @@
 //! | `Liveness` (`liveness.rs`) | heartbeats heard and grace periods: who is alive, with how many free slots; who was reported dead | |
 //! | `Claims` (`claims/held.rs`) | our runs from claim to settle, run, push and result; cooldowns, stagger, worktrees, fences | `claims.rs` |
 //! | `Peers` (`peers/links.rs`) | connections, dial targets and backoff, owed syncs, beats to relay | `peers.rs`, `defence.rs` |
+//! | `Saved` (`defence.rs`) | the copy of what was persisted, which a rebuild after a panic reloads | `defence.rs` |
+//! | `Refusals` (`schema.rs`) | the values not believed: the newest, and how many | `schema.rs`, `doc/validity.rs` |
 //! | `Members` (`membership/known.rs`) | believed and revoked node keys | `membership.rs` (enrollments, revocations), `identity.rs` |
 //! | `Train` (`landing.rs`) | landing batches of our merge-stage stories: in flight, split halves waiting | `landing.rs` |
 //! | commands | what users ask for, checked, answered once | `commands.rs` |
