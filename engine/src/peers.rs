@@ -163,6 +163,10 @@ impl Engine {
         if !identity::verify_auth(&key, sig, &their_nonce, &c.our_nonce, &self.node, &node) {
             return self.reject(conn, RejectKind::Identity, format!("{node} failed to prove its key"));
         }
+        // A revocation may have arrived between its hello and this proof.
+        if self.is_revoked(&node, &key) {
+            return self.reject(conn, RejectKind::Revoked, format!("node {node} was revoked"));
+        }
         if let Some(addr) = c.target.clone() {
             self.peers.target_reached(&addr, &node);
         }

@@ -303,6 +303,31 @@ fn impersonation_and_forged_heartbeats_are_refused() {
     assert!(!e.alive_nodes().contains(&victim), "only the victim's own beats extend its life");
 }
 
+/// A revocation that arrives between a node's hello and its proof: the
+/// proof is refused, and the revoked key is never believed again.
+#[test]
+fn a_revocation_between_hello_and_proof_refuses_the_proof() {
+    let agent = NodeId::new("agent-1").unwrap();
+    let mut a = Engine::new(Config::default(), agent.clone(), 2, Millis(0));
+    a.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut a);
+    let mut server = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
+    server.handle(Millis(0), Input::StorageLoaded { bytes: a.save() });
+    drain(&mut server);
+    let theirs = connect(&mut server, ConnId(1));
+    let p = peer("agent-1");
+    server.handle(Millis(2), Input::PeerMessage { conn: ConnId(1), bytes: p.hello() });
+    drain(&mut server);
+    let revoke = Command::RevokeNode { node: agent.clone() };
+    server.handle(Millis(3), Input::Command { id: CommandId(1), command: revoke });
+    let outs = drain(&mut server);
+    assert!(outs.iter().any(|o| matches!(o, Output::Reply { result: Ok(Reply::Revoked { .. }), .. })), "{outs:?}");
+    server.handle(Millis(4), Input::PeerMessage { conn: ConnId(1), bytes: p.answer(&theirs).unwrap() });
+    let outs = drain(&mut server);
+    assert!(rejected(&outs, ConnId(1)) && reason(&outs).contains("revoked"), "{outs:?}");
+    assert!(!server.node_keys().contains_key(&agent), "the revoked key is not believed");
+}
+
 /// A revoked node is refused by a node that reads the revocation, and
 /// counts as dead at once.
 #[test]

@@ -53,9 +53,12 @@ impl Members {
     }
 
     /// Believes `key` for `node` (its certificate checked by the caller);
-    /// true when it is new. A revoked key is refused.
+    /// true when it is new. A revoked key is never believed again, however
+    /// it comes back (a handshake begun before the revocation arrived).
     pub(crate) fn believe(&mut self, node: &NodeId, key: PublicKey) -> bool {
-        assert!(!self.is_revoked(node, &key), "a revoked key of {node} offered as believed");
+        if self.is_revoked(node, &key) {
+            return false;
+        }
         self.keys.entry(node.clone()).or_default().insert(key)
     }
 
@@ -102,6 +105,7 @@ mod tests {
         assert!(m.revoke(&n("x"), b), "the last key: dead");
         assert!(!m.knows(&n("x")) && m.ever_revoked(&n("x")));
         assert!(!m.revoke(&n("x"), b), "revoked twice: nothing more dies");
+        assert!(!m.believe(&n("x"), b) && !m.knows(&n("x")), "a revoked key offered again is not believed");
         m.check();
     }
 }
