@@ -303,17 +303,24 @@ fn impersonation_and_forged_heartbeats_are_refused() {
     assert!(!e.alive_nodes().contains(&victim), "only the victim's own beats extend its life");
 }
 
+/// A node "me" whose document holds `agent`'s own record (its certificate
+/// on record, as after a merge): what revoking it needs.
+fn knowing_the_record_of(agent: &NodeId) -> Engine {
+    let mut a = Engine::new(Config::default(), agent.clone(), 2, Millis(0));
+    a.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
+    drain(&mut a);
+    let mut me = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
+    me.handle(Millis(0), Input::StorageLoaded { bytes: a.save() });
+    drain(&mut me);
+    me
+}
+
 /// A revocation that arrives between a node's hello and its proof: the
 /// proof is refused, and the revoked key is never believed again.
 #[test]
 fn a_revocation_between_hello_and_proof_refuses_the_proof() {
     let agent = NodeId::new("agent-1").unwrap();
-    let mut a = Engine::new(Config::default(), agent.clone(), 2, Millis(0));
-    a.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
-    drain(&mut a);
-    let mut server = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
-    server.handle(Millis(0), Input::StorageLoaded { bytes: a.save() });
-    drain(&mut server);
+    let mut server = knowing_the_record_of(&agent);
     let theirs = connect(&mut server, ConnId(1));
     let p = peer("agent-1");
     server.handle(Millis(2), Input::PeerMessage { conn: ConnId(1), bytes: p.hello() });
@@ -356,13 +363,7 @@ fn revoked_nodes_are_refused_everywhere() {
         "{outs:?}"
     );
     // Bring the agent's record in, as a merge would.
-    let mut a = Engine::new(Config::default(), agent.clone(), 2, Millis(0));
-    a.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
-    drain(&mut a);
-    let mut other = Engine::new(Config::default(), NodeId::new("me").unwrap(), 1, Millis(0));
-    other.handle(Millis(0), Input::StorageLoaded { bytes: a.save() });
-    drain(&mut other);
-    let mut server = other;
+    let mut server = knowing_the_record_of(&agent);
     handshake(&mut server, ConnId(1), "agent-1");
     let outs = r(&mut server, "agent-1");
     assert!(outs.iter().any(|o| matches!(o, Output::Reply { result: Ok(Reply::Revoked { .. }), .. })), "{outs:?}");
