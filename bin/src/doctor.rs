@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use huskies_engine::schema::Refusal;
 use huskies_net::status::Status;
 
+use crate::admin::Target;
 use crate::error::CliError;
-use crate::run::Target;
 
 pub fn run(t: &Target, json: bool) -> Result<(), CliError> {
     let s = t.client()?.status()?;

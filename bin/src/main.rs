@@ -1,5 +1,6 @@
 //! `huskies`: coordinate a fleet of headless build agents.
 
+mod admin;
 mod client;
 mod demo;
 mod doctor;
@@ -60,7 +61,7 @@ enum Cmd {
     /// A run's log, fetched from the node that ran it.
     Logs {
         #[command(flatten)]
-        target: run::Target,
+        target: admin::Target,
         id: String,
         /// The run of this stage (default: the newest run).
         #[arg(long)]
@@ -72,14 +73,14 @@ enum Cmd {
     /// Add, edit, show, list, move, remove or retry stories.
     Story {
         #[command(flatten)]
-        target: run::Target,
+        target: admin::Target,
         #[command(subcommand)]
         action: StoryCmd,
     },
     /// The pipeline by stage, nodes alive, claims.
     Status {
         #[command(flatten)]
-        target: run::Target,
+        target: admin::Target,
         #[arg(long)]
         json: bool,
     },
@@ -87,7 +88,7 @@ enum Cmd {
     /// it, and what revoking that node would restore.
     Doctor {
         #[command(flatten)]
-        target: run::Target,
+        target: admin::Target,
         #[arg(long)]
         json: bool,
     },
@@ -95,7 +96,7 @@ enum Cmd {
     /// being tested where, what landed last.
     Queue {
         #[command(flatten)]
-        target: run::Target,
+        target: admin::Target,
         #[arg(long)]
         json: bool,
     },
@@ -107,7 +108,7 @@ enum Cmd {
     /// List or revoke nodes.
     Node {
         #[command(flatten)]
-        target: run::Target,
+        target: admin::Target,
         #[command(subcommand)]
         action: NodeCmd,
     },
@@ -115,7 +116,7 @@ enum Cmd {
     /// (the admin key rides in the URL fragment, which is never sent).
     Dashboard {
         #[command(flatten)]
-        target: run::Target,
+        target: admin::Target,
     },
     /// Start a real local cluster (server + 3 agents) and watch it work.
     Demo(demo::DemoArgs),
@@ -194,7 +195,7 @@ enum TokenCmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Lifetime, e.g. 30m, 1h, 2d.
-        #[arg(long, default_value = "1h", value_parser = run::parse_ttl)]
+        #[arg(long, default_value = "1h", value_parser = admin::parse_ttl)]
         ttl: u64,
     },
 }
@@ -232,14 +233,14 @@ fn main() -> ExitCode {
             StoryCmd::Retry { id } => stories::retry(&target, &id),
         },
         Cmd::Logs { target, id, stage, follow } => stories::logs(&target, &id, stage.as_deref(), follow),
-        Cmd::Status { target, json } => run::status(&target, json),
+        Cmd::Status { target, json } => admin::status(&target, json),
         Cmd::Queue { target, json } => queue::show(&target, json),
         Cmd::Doctor { target, json } => doctor::run(&target, json),
-        Cmd::Dashboard { target } => run::dashboard_link(&target),
-        Cmd::Token { action: TokenCmd::Create { data_dir, ttl } } => run::token_create(data_dir, ttl),
+        Cmd::Dashboard { target } => admin::dashboard_link(&target),
+        Cmd::Token { action: TokenCmd::Create { data_dir, ttl } } => admin::token_create(data_dir, ttl),
         Cmd::Node { target, action } => match action {
-            NodeCmd::List { json } => run::node_list(&target, json),
-            NodeCmd::Revoke { id } => run::node_revoke(&target, &id),
+            NodeCmd::List { json } => admin::node_list(&target, json),
+            NodeCmd::Revoke { id } => admin::node_revoke(&target, &id),
         },
         Cmd::Demo(args) => demo::run(args),
         Cmd::StandIn(args) => standin::run(args).map_err(CliError::from),

@@ -1,7 +1,7 @@
 //! `huskies queue`: the merge queue as a node sees it.
 
+use crate::admin::Target;
 use crate::error::CliError;
-use crate::run::Target;
 
 pub fn show(t: &Target, json: bool) -> Result<(), CliError> {
     let q = t.client()?.queue()?;

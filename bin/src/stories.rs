@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use huskies_net::status::{AddStory, EditStory, StoryDetail};
 
+use crate::admin::Target;
 use crate::client::{Client, http_base};
 use crate::error::CliError;
-use crate::run::Target;
 
 /// A body from `--body TEXT` or `--body-file F` (`-` reads stdin).
 #[derive(clap::Args, Clone, Default)]

@@ -14,17 +14,6 @@ use crate::{Engine, Event, Millis, NodeId, Output, RunOutcome, StoryId, Token};
 /// Free stories a scan ranks, per free slot of ours.
 const SCAN_WINDOW_PER_SLOT: usize = 8;
 const MIN_SCAN_WINDOW: usize = 64;
-/// Longest pause of claims while our agent's API refuses us.
-const MAX_UNAVAILABLE_PAUSE_MS: u64 = 10 * 60 * 1_000;
-
-/// Our agent's API refused us (RunOutcome::Unavailable): no claims until
-/// `until`; the pause doubles while it goes on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Unavailable {
-    pub until: Millis,
-    pub pause_ms: u64,
-    pub reason: String,
-}
 
 impl Engine {
     pub(crate) fn free_slots(&self) -> u32 {
@@ -226,7 +215,7 @@ impl Engine {
         self.claims.set_report(&story, report);
         match outcome {
             RunOutcome::Succeeded => {
-                self.unavailable = None;
+                self.claims.resume();
                 self.enter_push(&story, token)
             }
             RunOutcome::Failed { reason } => self.fail(&story, reason),
@@ -338,7 +327,7 @@ impl Engine {
             removed: false,
             // Landing's returns count until the story is done.
             returns: if to == crate::Stage::Done { 0 } else { state.returns },
-            queued: if to == crate::Stage::Merge { self.max_queued.saturating_add(1) } else { state.queued },
+            queued: if to == crate::Stage::Merge { self.index.next_queue_place() } else { state.queued },
         };
         self.write_state(story, state);
         self.record_run(story, &run, crate::runs::RunOutcomeKind::Succeeded, None);
@@ -391,12 +380,8 @@ impl Engine {
         state.reason = Some(why.clone());
         self.write_state(story, state);
         self.record_run(story, &run, crate::runs::RunOutcomeKind::Failed, Some(why));
-        let pause_ms = match &self.unavailable {
-            Some(p) => p.pause_ms.saturating_mul(2).min(MAX_UNAVAILABLE_PAUSE_MS),
-            None => self.config.retry_backoff_ms.max(1_000).saturating_mul(4).min(MAX_UNAVAILABLE_PAUSE_MS),
-        };
-        self.unavailable =
-            Some(Unavailable { until: self.now.saturating_add_ms(pause_ms), pause_ms, reason: reason.clone() });
+        let first_ms = self.config.retry_backoff_ms.max(1_000).saturating_mul(4);
+        let pause_ms = self.claims.pause(self.now, first_ms, &reason);
         // Our own next try of this story waits longer still: others first.
         self.claims.cool_down(story, self.now.saturating_add_ms(pause_ms.saturating_mul(2)));
         self.emit(Event::RunFailed {
@@ -410,7 +395,7 @@ impl Engine {
 
     /// While our agent's API refuses us: the reason and until when.
     pub fn claims_paused(&self) -> Option<(Millis, &str)> {
-        self.unavailable.as_ref().filter(|u| u.until > self.now).map(|u| (u.until, u.reason.as_str()))
+        self.claims.paused(self.now)
     }
 
     /// Stops and fails phases that outlived `run_timeout_ms` (hung agents,

@@ -72,7 +72,7 @@ impl Engine {
         };
         let mut state = StoryState::new(new.stage);
         if new.stage == Stage::Merge {
-            state.queued = self.max_queued.saturating_add(1);
+            state.queued = self.index.next_queue_place();
         }
         let view = StoryView { title, priority: new.priority, created: new.created, state, concurrent: 1 };
         self.doc.add_story(&id, &view, &new.body);
@@ -200,7 +200,7 @@ impl Engine {
             reason: None,
             removed: false,
             returns: 0,
-            queued: if to == Stage::Merge { self.max_queued.saturating_add(1) } else { view.state.queued },
+            queued: if to == Stage::Merge { self.index.next_queue_place() } else { view.state.queued },
         };
         let token = state.token;
         self.write_state(&id, state);

@@ -22,13 +22,28 @@ use crate::{ConnId, Engine, Event, Millis, PersistKind, RejectKind};
 /// of the last persist, which a rebuild after a panic reloads.
 #[derive(Debug, Default)]
 pub(crate) struct Saved {
-    pub(crate) bytes: Vec<u8>,
+    bytes: Vec<u8>,
     /// Sorted heads of `bytes`.
-    pub(crate) heads: Vec<automerge::ChangeHash>,
+    heads: Vec<automerge::ChangeHash>,
     appends_since_snapshot: u32,
 }
 
 impl Saved {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The heads of what was persisted, sorted.
+    pub(crate) fn heads(&self) -> &[automerge::ChangeHash] {
+        &self.heads
+    }
+
+    /// What was persisted now has these heads.
+    pub(crate) fn set_heads(&mut self, mut heads: Vec<automerge::ChangeHash>) {
+        heads.sort();
+        self.heads = heads;
+    }
+
     /// Keeps what a persist of `kind` wrote.
     pub(crate) fn keep(&mut self, kind: PersistKind, bytes: &[u8]) {
         match kind {
@@ -138,7 +153,7 @@ impl Engine {
                 let text = panic_text(payload.as_ref());
                 // Persisting happens only at the end of an input, so these
                 // are still the heads from before the bad message.
-                let expected = self.saved.heads.clone();
+                let expected = self.saved.heads().to_vec();
                 let verified = self.rebuild_document(&expected);
                 self.reject(
                     conn,
@@ -156,7 +171,7 @@ impl Engine {
     /// Replaces the in-memory document by one loaded from the persisted
     /// copy; true when its heads equal `expected`.
     pub(crate) fn rebuild_document(&mut self, expected: &[automerge::ChangeHash]) -> bool {
-        let (actor, persisted) = (self.actor.clone(), &self.saved.bytes);
+        let (actor, persisted) = (self.actor.clone(), self.saved.bytes());
         let mut doc = match catch_unwind(AssertUnwindSafe(|| Doc::load(actor, persisted))) {
             Ok(Ok(doc)) => doc,
             _ => {

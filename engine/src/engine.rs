@@ -28,71 +28,61 @@ pub(crate) enum Lifecycle {
 /// The sans-IO state machine of one node. See the crate docs for the
 /// contract.
 pub struct Engine {
+    // Handles: what the node is and what it is given. Nothing else on
+    // `Engine` is loose; every rule's state is a part below.
     pub(crate) config: Config,
     pub(crate) node: NodeId,
-    pub(crate) rng: ChaCha8Rng,
+    /// Seeded at construction: a restart is a new incarnation.
     pub(crate) incarnation: u64,
-    pub(crate) now: Millis,
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) doc: Doc,
-    /// Our Automerge actor, kept to rebuild the document after a panic.
+    /// Our Automerge actor (node id + incarnation), kept to rebuild the
+    /// document after a panic.
     pub(crate) actor: ActorId,
+    /// Our key and certificate, the CA's key (and its secret at the server).
+    pub(crate) creds: crate::identity::Credentials,
+    /// The driver's monotonic clock at the input being handled.
+    pub(crate) now: Millis,
+    /// Every random choice: jitter, generated ids.
+    pub(crate) rng: ChaCha8Rng,
+
+    // Parts (see the table in the crate docs).
+    /// Loading, running, leaving or revoked.
+    pub(crate) lifecycle: Lifecycle,
+    /// Every output, staged, held behind a persist, or ready.
+    pub(crate) outbox: crate::outbox::Outbox,
+    /// The replicated document.
+    pub(crate) doc: Doc,
     /// What recovery reloads (`defence.rs`).
     pub(crate) saved: crate::defence::Saved,
-
+    /// Values of the document not believed (`schema.rs`).
+    pub(crate) refusals: crate::schema::Refusals,
     /// What the document says of every story and node.
     pub(crate) index: Index,
-    /// Inputs handled, for the invariant checks of debug builds.
-    pub(crate) inputs_handled: u64,
-
-    // Local, never replicated.
-    /// Our claims: runs, cooldowns, stagger, worktrees, fences.
+    /// The base of our epoch, for peers still in an older one, and whether
+    /// a new one is wanted (`epoch.rs`).
+    pub(crate) epochs: crate::epoch::Epochs,
+    /// Signatures of the changes of our epoch (`signing.rs`).
+    pub(crate) sigs: crate::signing::Signatures,
+    /// CA-signed cluster settings in force (applied to `config`).
+    pub(crate) settings: crate::settings::InForce,
+    /// Believed and revoked node keys.
+    pub(crate) members: crate::membership::Members,
+    /// Who is alive, with how many free slots; who was reported dead.
+    pub(crate) liveness: Liveness,
+    /// Our heartbeat: its sequence, advertised free slots, next one due.
+    pub(crate) beat: crate::liveness::OwnBeat,
+    /// Connections, dial targets, owed syncs, beats to relay.
+    pub(crate) peers: Peers,
+    /// Our runs from claim to result; cooldowns, stagger, worktrees,
+    /// fences; a pause while our agent's API refuses us.
     pub(crate) claims: Claims,
     /// Our landing batches (merge stage).
     pub(crate) train: crate::landing::Train,
-    pub(crate) liveness: Liveness,
-    /// The highest merge-queue place seen on any story (`StoryState::queued`).
-    pub(crate) max_queued: u64,
-
-    // Identity.
-    pub(crate) creds: crate::identity::Credentials,
-    /// Verified keys of nodes (from certificates in node records and
-    /// authenticated handshakes; heartbeats are checked against these),
-    /// and revoked ones.
-    pub(crate) members: crate::membership::Members,
-    /// CA-signed cluster settings in force (applied to `config`).
-    pub(crate) settings: Option<crate::ClusterSettings>,
-    /// The UTC day by the driver's wall clock (`Input::WallClock`): the
-    /// ledger's day and the daily budget's.
-    pub(crate) wall_day: Option<crate::ledger::Day>,
-    /// Values of the document not believed (schema.rs): the newest, and
-    /// how many in all.
-    pub(crate) refusals: crate::schema::Refusals,
-    /// Our agent's API refused us: claims pause (claims.rs).
-    pub(crate) unavailable: Option<crate::claims::Unavailable>,
-
-    // Peers.
-    /// Connections, dial targets, owed syncs, beats to relay.
-    pub(crate) peers: Peers,
-    /// Our heartbeat: its sequence, advertised free slots, next one due.
-    pub(crate) beat: crate::liveness::OwnBeat,
-    pub(crate) next_scan_at: Millis,
-
-    /// Every output, staged, held behind a persist, or ready.
-    pub(crate) outbox: crate::outbox::Outbox,
-    /// The base of our epoch, for peers still in an older one.
-    pub(crate) base: Option<crate::epoch::EpochBase>,
-    /// Signatures of the changes of our epoch (`signing.rs`).
-    pub(crate) sigs: crate::signing::Signatures,
-    /// At the server: a new epoch is due whatever the peers hold (after a
-    /// revocation, or over history that is not all signed).
-    pub(crate) cut_wanted: bool,
-    /// When the wanted cut was first due: it waits for the peers to be in
-    /// step, a claim timeout at most.
-    pub(crate) cut_wanted_since: Option<Millis>,
-    /// Set while the index is rebuilt from a replaced document: a story's
-    /// state may then legitimately differ from anything it was.
-    pub(crate) reindexing: bool,
+    /// The UTC day by the driver's wall clock: the ledger's and the budget's.
+    pub(crate) today: crate::ledger::Today,
+    /// When the periodic scan runs next.
+    pub(crate) scan: crate::timers::Scan,
+    /// When debug builds check the whole index against the document.
+    pub(crate) checks: crate::invariants::Checks,
 }
 
 impl Engine {
@@ -127,26 +117,21 @@ impl Engine {
             now,
             lifecycle: Lifecycle::Loading,
             index: Index::default(),
-            inputs_handled: 0,
+            checks: crate::invariants::Checks::default(),
             claims: Claims::default(),
             train: Default::default(),
             liveness,
-            max_queued: 0,
             creds,
             members: Default::default(),
-            settings: None,
-            wall_day: None,
-            unavailable: None,
+            settings: crate::settings::InForce::default(),
+            today: crate::ledger::Today::default(),
             refusals: Default::default(),
             peers: Peers::default(),
-            beat: crate::liveness::OwnBeat { seq: 0, free_slots: u32::MAX, next_at: now },
-            next_scan_at: now,
+            beat: crate::liveness::OwnBeat::new(now),
+            scan: crate::timers::Scan::new(now),
             outbox: Default::default(),
-            base: None,
-            reindexing: false,
+            epochs: crate::epoch::Epochs::default(),
             sigs: Default::default(),
-            cut_wanted: false,
-            cut_wanted_since: None,
         }
     }
 
@@ -190,19 +175,19 @@ impl Engine {
         if !self.is_ready() {
             return;
         }
-        if self.now >= self.beat.next_at {
+        if self.beat.is_due(self.now) {
             self.send_heartbeat(true);
-            self.beat.next_at = self.now.saturating_add_ms(self.config.heartbeat_interval_ms);
+            self.beat.schedule(self.now, self.config.heartbeat_interval_ms);
         }
         self.start_settled_runs();
         self.check_ahead();
         self.form_landing_batch();
-        if self.now >= self.next_scan_at {
+        if self.scan.is_due(self.now) {
             // Jitter the scan by up to a quarter interval: nodes started
             // together would otherwise scan, and collide, in lockstep.
             let interval = self.config.scan_interval_ms;
             let jitter = self.random_u64() % (interval / 4).max(1);
-            self.next_scan_at = self.now.saturating_add_ms(interval - interval / 8 + jitter);
+            self.scan.ran(self.now, interval - interval / 8 + jitter);
             self.expire_runs();
             self.adopt_orphaned_claims();
             self.scan_liveness();
@@ -300,13 +285,14 @@ impl Engine {
                 self.doc = Doc::new(self.actor.clone());
             }
         }
-        self.base = self.read_base();
+        let base = self.read_base();
+        self.epochs.loaded(base);
         // History that is not all signed cannot be served to a peer that
         // lacks it: the server moves everyone past it.
         if self.load_signatures(&sig_blocks) {
-            self.cut_wanted = true;
+            self.epochs.want_cut();
         }
-        if self.base.is_none() && self.doc.epoch() > 0 {
+        if self.epochs.base().is_none() && self.doc.epoch() > 0 {
             // Damaged storage: we cannot serve our epoch's base to peers
             // behind us (the server and other peers still can).
             let error = format!("epoch {} document without a verifiable base signature", self.doc.epoch());
@@ -345,7 +331,7 @@ impl Engine {
         }
         // Advertise a change in free slots at once: claim ranking relies on
         // it, and a stale "busy" makes two nodes both think they rank first.
-        if self.is_ready() && self.free_slots() != self.beat.free_slots {
+        if self.is_ready() && self.free_slots() != self.beat.advertised_slots() {
             self.send_heartbeat(false);
         }
         self.flush_sync();
@@ -384,8 +370,7 @@ impl Engine {
         self.saved.keep(kind, &bytes);
         self.sign_new_changes();
         bytes.extend(self.sigs.take_block(!matches!(kind, PersistKind::Append)));
-        self.saved.heads = self.doc.heads();
-        self.saved.heads.sort();
+        self.saved.set_heads(self.doc.heads());
         // Persists go out at once, in order; what they cover waits.
         self.outbox.persist(kind, bytes);
     }
@@ -415,11 +400,10 @@ impl Engine {
     pub(crate) fn apply_story(&mut self, id: &StoryId, view: Option<StoryView>) {
         // A story whose map a concurrent add of the same id replaced starts
         // over: its token may go back (fencing at the remote copes).
-        let replaced = self.doc.take_replaced(id) || self.reindexing;
+        let replaced = self.doc.take_replaced(id);
         let old = self.index.put_story(id, view.clone(), replaced);
         let Some(view) = view else { return };
         let state = &view.state;
-        self.max_queued = self.max_queued.max(state.queued);
         self.claims.observe(id, state);
         if let Some(old) = &old {
             if old.state.stage != state.stage {
@@ -481,11 +465,11 @@ impl Engine {
                 self.outbox.push(Output::PruneWorktree { story: id });
             }
         }
-        self.reindexing = true;
+        self.index.begin_rebuild();
         for (id, view) in stories {
             self.apply_story(&id, Some(view));
         }
-        self.reindexing = false;
+        self.index.end_rebuild();
         self.absorb_signed();
         self.absorb_settings();
     }

@@ -42,7 +42,7 @@ use carry::carry;
 use crate::doc::{ARCHIVED_KEY, CLOCKS_KEY, Doc, EPOCH_KEY, EPOCH_SIG_KEY};
 use crate::identity::{self, Sig, hex, unhex};
 use crate::wire::Envelope;
-use crate::{ConnId, Engine, Event, Output, PersistKind, RejectKind, StoryId};
+use crate::{ConnId, Engine, Event, Millis, Output, PersistKind, RejectKind, StoryId};
 
 /// Epochs a base remembers: the clocks of the documents it descends from
 /// and the stories archived at their cuts. A node further behind carries
@@ -64,6 +64,57 @@ pub(crate) struct EpochBase {
 impl EpochBase {
     pub fn envelope(&self) -> Vec<u8> {
         Envelope::Epoch { epoch: self.epoch, sig: self.sig, base: self.change.clone() }.encode()
+    }
+}
+
+/// Where this node stands between epochs: the base of ours, which peers
+/// still in an older epoch are sent, and whether the server wants a new
+/// epoch cut whatever the peers hold.
+#[derive(Debug, Default)]
+pub(crate) struct Epochs {
+    base: Option<EpochBase>,
+    /// A cut is due (after a revocation, or over history that is not all
+    /// signed): it waits for the peers to be in step, a claim timeout at
+    /// most.
+    cut_wanted: bool,
+    /// When a scan first saw the wanted cut.
+    cut_wanted_since: Option<Millis>,
+}
+
+impl Epochs {
+    pub fn base(&self) -> Option<&EpochBase> {
+        self.base.as_ref()
+    }
+
+    /// After a load: the base our stored document says it is on, if it
+    /// verifies.
+    pub fn loaded(&mut self, base: Option<EpochBase>) {
+        self.base = base;
+    }
+
+    pub fn want_cut(&mut self) {
+        self.cut_wanted = true;
+    }
+
+    /// How long a wanted cut has waited, counted from the first scan that
+    /// saw it; `None` while no cut is wanted.
+    pub fn cut_waited_ms(&mut self, now: Millis) -> Option<u64> {
+        if !self.cut_wanted {
+            self.cut_wanted_since = None;
+            return None;
+        }
+        let since = *self.cut_wanted_since.get_or_insert(now);
+        Some(now.saturating_sub(since))
+    }
+
+    /// We moved to `base`'s epoch: nothing is wanted of the old one.
+    pub fn moved_to(&mut self, base: EpochBase) {
+        if let Some(b) = &self.base {
+            assert!(base.epoch > b.epoch, "epochs only move forward: {} after {}", base.epoch, b.epoch);
+        }
+        self.cut_wanted = false;
+        self.cut_wanted_since = None;
+        self.base = Some(base);
     }
 }
 
@@ -223,15 +274,12 @@ impl Engine {
         // One is due after a revocation (its base leaves the revoked
         // node's history behind, signing.rs) or over unsigned history,
         // once the peers are in step: nobody's writes need carrying then.
-        let wanted = self.cut_wanted;
-        let since = *self.cut_wanted_since.get_or_insert(self.now);
-        if !wanted {
-            self.cut_wanted_since = None;
-        }
+        let waited_ms = self.epochs.cut_waited_ms(self.now);
+        let wanted = waited_ms.is_some();
         // Peers that applied a revoked node's changes before its revocation
         // and peers that never will can never be in step: past a claim
         // timeout the cut goes ahead (carrying what it must).
-        let overdue = wanted && self.now.saturating_sub(since) >= self.config.claim_timeout_ms;
+        let overdue = waited_ms.is_some_and(|w| w >= self.config.claim_timeout_ms);
         if limit == 0 && !damaged && !wanted {
             return;
         }
@@ -321,7 +369,7 @@ impl Engine {
                 am.put(automerge::ROOT, k.as_str(), v).expect("base");
             }
         }
-        if let Some(s) = &self.settings
+        if let Some(s) = self.settings.current()
             && let Some(ca_secret) = &self.creds.ca_secret
         {
             am.put(automerge::ROOT, crate::doc::SETTINGS_KEY, s.encode_signed(ca_secret)).expect("base");
@@ -351,7 +399,7 @@ impl Engine {
             return self.send_base(conn);
         }
         if epoch == ours {
-            if self.base.as_ref().is_some_and(|b| b.change != base) {
+            if self.epochs.base().is_some_and(|b| b.change != base) {
                 return self.reject(conn, RejectKind::Protocol, format!("a second base for epoch {epoch}"));
             }
             self.peers.owe_sync(conn);
@@ -370,7 +418,7 @@ impl Engine {
     }
 
     pub(crate) fn send_base(&mut self, conn: ConnId) {
-        let Some(b) = &self.base else { return };
+        let Some(b) = self.epochs.base() else { return };
         let Some(c) = self.peers.conn_mut(conn) else { return };
         if c.sent_base == Some(b.epoch) {
             return;
@@ -416,9 +464,7 @@ impl Engine {
         // The old history and its signatures stay behind; the base is the
         // CA's, and what we write on top of it is signed as we persist.
         self.sigs.clear_history();
-        self.cut_wanted = false;
-        self.cut_wanted_since = None;
-        self.base = Some(base.clone());
+        self.epochs.moved_to(base.clone());
         self.reindex();
         self.write_own_record();
         let snapshot = self.doc.automerge().save();

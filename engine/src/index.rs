@@ -41,9 +41,34 @@ pub(crate) struct Index {
     /// Bumped whenever a story or node entry changes: drivers watch it to
     /// refresh what they show.
     version: u64,
+    /// The highest merge-queue place any story was seen at: a story moved
+    /// to the merge stage queues behind it (`StoryState::queued`).
+    max_queued: u64,
+    /// Set while the index is rebuilt from a replaced document (a new
+    /// epoch, a reload after a panic): a story's state may then
+    /// legitimately differ from anything it was, token included.
+    rebuilding: bool,
 }
 
 impl Index {
+    /// The merge-queue place of a story entering the merge stage now: behind
+    /// every place seen so far.
+    pub fn next_queue_place(&self) -> u64 {
+        self.max_queued.saturating_add(1)
+    }
+
+    /// From here to [`Index::end_rebuild`] the index is rebuilt from a
+    /// replaced document: the token check is off.
+    pub fn begin_rebuild(&mut self) {
+        assert!(!self.rebuilding, "rebuilds do not nest");
+        self.rebuilding = true;
+    }
+
+    pub fn end_rebuild(&mut self) {
+        assert!(self.rebuilding, "a rebuild ends once, after it began");
+        self.rebuilding = false;
+    }
+
     pub fn story(&self, id: &StoryId) -> Option<&StoryView> {
         self.stories.get(id)
     }
@@ -101,6 +126,10 @@ impl Index {
     /// added on both sides of a partition): only then may its token go
     /// back.
     pub fn put_story(&mut self, id: &StoryId, view: Option<StoryView>, replaced: bool) -> Option<StoryView> {
+        let replaced = replaced || self.rebuilding;
+        if let Some(v) = &view {
+            self.max_queued = self.max_queued.max(v.state.queued);
+        }
         let old = match &view {
             Some(v) => self.stories.insert(id.clone(), v.clone()),
             None => self.stories.remove(id),

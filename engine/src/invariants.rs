@@ -11,6 +11,21 @@ use crate::Engine;
 /// Inputs between two full index checks.
 const FULL_CHECK_EVERY: u64 = 1_024;
 
+/// Counts inputs, so the costly whole-index check runs every
+/// [`FULL_CHECK_EVERY`] of them.
+#[derive(Debug, Default)]
+pub(crate) struct Checks {
+    inputs_handled: u64,
+}
+
+impl Checks {
+    /// One more input; whether the full check is due.
+    fn full_due(&mut self) -> bool {
+        self.inputs_handled += 1;
+        self.inputs_handled.is_multiple_of(FULL_CHECK_EVERY)
+    }
+}
+
 impl Engine {
     /// After an input: all its outputs released, the mesh within its cap,
     /// bounded maps within their bounds, and now and then the whole index
@@ -27,8 +42,7 @@ impl Engine {
         assert!(self.liveness.len() <= self.members.count() + holders, "{} liveness records", self.liveness.len());
         self.claims.check(self.index.len());
         self.check_train();
-        self.inputs_handled += 1;
-        if self.inputs_handled.is_multiple_of(FULL_CHECK_EVERY) {
+        if self.checks.full_due() {
             self.check_index();
         }
     }

@@ -165,6 +165,28 @@ impl Ledger {
     }
 }
 
+/// The UTC day by the driver's wall clock (`Input::WallClock`): the
+/// ledger's day and the daily budget's. Unknown until the driver tells.
+#[derive(Debug, Default)]
+pub(crate) struct Today {
+    day: Option<Day>,
+}
+
+impl Today {
+    pub fn day(&self) -> Option<Day> {
+        self.day
+    }
+
+    /// The wall clock said `unix_ms`: the new day, when it changed.
+    pub fn advance(&mut self, unix_ms: u64) -> Option<Day> {
+        let day = Day::of_unix_ms(unix_ms);
+        (self.day != Some(day)).then(|| {
+            self.day = Some(day);
+            day
+        })
+    }
+}
+
 impl Engine {
     /// The cluster's ledger as this replica has it.
     pub fn ledger(&mut self) -> Ledger {
@@ -179,13 +201,11 @@ impl Engine {
 
     /// The UTC day by the driver's wall clock, once it told us.
     pub fn today(&self) -> Option<Day> {
-        self.wall_day
+        self.today.day()
     }
 
     pub(crate) fn handle_wall_clock(&mut self, unix_ms: u64) {
-        let day = Day::of_unix_ms(unix_ms);
-        if self.wall_day != Some(day) {
-            self.wall_day = Some(day);
+        if let Some(day) = self.today.advance(unix_ms) {
             self.prune_ledger(day);
         }
     }
@@ -224,7 +244,7 @@ impl Engine {
     /// day or a higher budget.
     pub fn daily_budget_spent(&mut self) -> Option<(u64, u64)> {
         let budget = self.config.daily_budget_micro_usd?;
-        let today = self.wall_day?;
+        let today = self.today.day()?;
         let spent = self.ledger().spent_on(today);
         (spent >= budget).then_some((spent, budget))
     }

@@ -55,24 +55,29 @@
 //!
 //! ## The parts
 //!
-//! Each part owns its state behind private fields and reports its own next
-//! deadline; the rules that span parts are `impl Engine` blocks in the file
-//! named after what they decide.
+//! `Engine` holds the node's handles (config, identity: node id,
+//! incarnation, actor and credentials; the clock; the RNG) and its parts,
+//! nothing else. Each part owns its state behind private fields, checks its
+//! own invariants and reports its own next deadline; the rules that span
+//! parts are `impl Engine` blocks in the file named after what they decide.
 //!
 //! | part (state) | owns | rules |
 //! |---|---|---|
 //! | `Outbox` (`outbox.rs`) | every output: staged during an input, held behind an unconfirmed `Persist`, ready | |
 //! | `Doc` (`doc.rs`) | the Automerge document: typed reads and writes, what a merge touched, whether it is persisted | |
-//! | `Index` (`index.rs`) | every story and node as the document says, and the sets claims are decided on (free in claim order, by holder, conflicted) | |
+//! | `Index` (`index.rs`) | every story and node as the document says, and the sets claims are decided on (free in claim order, by holder, conflicted); the next merge-queue place; whether it is being rebuilt | |
 //! | `Liveness` (`liveness.rs`) | heartbeats heard and grace periods: who is alive, with how many free slots; who was reported dead | |
-//! | `Claims` (`claims/held.rs`) | our runs from claim to settle, run, push and result; cooldowns, stagger, worktrees, fences | `claims.rs` |
+//! | `Claims` (`claims/held.rs`) | our runs from claim to settle, run, push and result; cooldowns, stagger, worktrees, fences; the pause while our agent's API refuses us | `claims.rs` |
 //! | `Peers` (`peers/links.rs`) | connections, dial targets and backoff, owed syncs, beats to relay | `peers.rs`, `defence.rs` |
 //! | `Saved` (`defence.rs`) | the copy of what was persisted, which a rebuild after a panic reloads | `defence.rs` |
 //! | `Refusals` (`schema.rs`) | the values not believed: the newest, and how many | `schema.rs`, `doc/validity.rs` |
 //! | `Members` (`membership/known.rs`) | believed and revoked node keys | `membership.rs` (enrollments, revocations), `identity.rs` |
 //! | `Train` (`landing.rs`) | landing batches of our merge-stage stories: in flight, split halves waiting | `landing.rs` |
 //! | commands | what users ask for, checked, answered once | `commands.rs` |
-//! | epochs | cutting a base of the live state, moving to it and carrying unseen writes; cold storage reads | `epoch.rs`, `cold.rs` |
+//! | `Epochs` (`epoch.rs`) | the base of our epoch; whether a cut is wanted, since when | `epoch.rs` (cutting a base, moving to it, carrying unseen writes), `cold.rs` |
+//! | `Signatures` (`signing.rs`) | the signature of every change of our epoch | `signing.rs` |
+//! | `InForce` (`settings.rs`) | the CA-signed cluster settings adopted, by revision | `settings.rs` |
+//! | `OwnBeat`, `Scan`, `Today` | our heartbeat's sequence and next beat; the next periodic scan; the wall clock's UTC day | `liveness.rs`, `engine.rs`, `ledger.rs` |
 //!
 //! `Engine` (`engine.rs`) ties them together, with the node's `Lifecycle`
 //! (loading, running, leaving, revoked): `handle` routes an input,

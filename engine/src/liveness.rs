@@ -33,9 +33,57 @@ pub const LEAVING_SEQ: u64 = u64::MAX;
 /// change goes out at once), and when the next periodic one is due.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OwnBeat {
-    pub(crate) seq: u64,
-    pub(crate) free_slots: u32,
-    pub(crate) next_at: Millis,
+    seq: u64,
+    free_slots: u32,
+    next_at: Millis,
+}
+
+impl OwnBeat {
+    /// The first beat is due at once, and advertises any free slots as a
+    /// change.
+    pub fn new(now: Millis) -> OwnBeat {
+        OwnBeat { seq: 0, free_slots: u32::MAX, next_at: now }
+    }
+
+    pub fn next_at(&self) -> Millis {
+        self.next_at
+    }
+
+    pub fn is_due(&self, now: Millis) -> bool {
+        now >= self.next_at
+    }
+
+    /// The periodic beat went out: the next one is due `interval_ms` later.
+    pub fn schedule(&mut self, now: Millis, interval_ms: u64) {
+        self.next_at = now.saturating_add_ms(interval_ms);
+    }
+
+    /// The next periodic beat comes at `at` at the latest.
+    pub fn no_later_than(&mut self, at: Millis) {
+        self.next_at = self.next_at.min(at);
+    }
+
+    /// The free slots our last beat advertised.
+    pub fn advertised_slots(&self) -> u32 {
+        self.free_slots
+    }
+
+    /// The sequence and free slots of the beat to send now; `None` after
+    /// our goodbye.
+    pub fn next(&mut self, free_slots: u32) -> Option<(u64, u32)> {
+        if self.seq == LEAVING_SEQ {
+            return None;
+        }
+        self.seq += 1;
+        self.free_slots = free_slots;
+        Some((self.seq, free_slots))
+    }
+
+    /// Our next beat says goodbye (`LEAVING_SEQ`); asked again, it says so
+    /// again.
+    pub fn leave(&mut self) {
+        self.seq = LEAVING_SEQ - 1;
+    }
 }
 
 /// What a heartbeat told us.

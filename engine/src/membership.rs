@@ -95,10 +95,10 @@ impl Engine {
             self.peers.drop_relay(&node);
             // Sooner than the next scan: the revoked node's stories are
             // free for the taking now.
-            self.next_scan_at = self.now;
+            self.scan.run_now(self.now);
             // Peers that still lack some of its changes could never get
             // them now (signing.rs): a new epoch leaves them behind.
-            self.cut_wanted = true;
+            self.epochs.want_cut();
         }
         let conns: Vec<_> = self
             .peers

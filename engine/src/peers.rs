@@ -214,7 +214,7 @@ impl Engine {
                 return self.reject(conn, RejectKind::Sync, format!("sync message refused: {why}"));
             }
             Err(Refused::Quota { author, per_min }) => {
-                self.sigs.quota_dropped += 1;
+                self.sigs.count_dropped(crate::signing::Dropped::Quota);
                 let why = format!("{author} is over its quota of {per_min} bytes of new changes a minute");
                 return self.reject(conn, RejectKind::Budget, why);
             }
@@ -259,7 +259,7 @@ impl Engine {
             c.held_bytes
         });
         if held > max_held {
-            let expected = self.saved.heads.clone();
+            let expected = self.saved.heads().to_vec();
             self.rebuild_document(&expected);
             return self.reject(
                 conn,
@@ -349,7 +349,7 @@ impl Engine {
                 if hb.seq == crate::liveness::LEAVING_SEQ {
                     // Its stories are free now: scan at once, not at the
                     // next interval.
-                    self.next_scan_at = self.now;
+                    self.scan.run_now(self.now);
                 }
                 self.peers.drop_relay(&hb.node);
                 let bytes = Envelope::Heartbeats(vec![hb]).encode();
@@ -369,7 +369,7 @@ impl Engine {
         if self.lifecycle == crate::engine::Lifecycle::Running {
             self.lifecycle = crate::engine::Lifecycle::Leaving;
         }
-        self.beat.seq = crate::liveness::LEAVING_SEQ - 1;
+        self.beat.leave();
         self.send_heartbeat(false);
         // Stop what runs here; the driver stops its processes too.
         self.drop_all_runs();
@@ -377,20 +377,10 @@ impl Engine {
     }
 
     pub(crate) fn send_heartbeat(&mut self, with_relays: bool) {
-        if self.beat.seq == crate::liveness::LEAVING_SEQ {
-            return; // we said goodbye; a later beat would be refused anyway
-        }
-        self.beat.seq += 1;
-        self.beat.free_slots = self.free_slots();
-        let sig =
-            self.creds.sign(&identity::beat_message(&self.node, self.incarnation, self.beat.seq, self.beat.free_slots));
-        let own = Heartbeat {
-            node: self.node.clone(),
-            incarnation: self.incarnation,
-            seq: self.beat.seq,
-            free_slots: self.beat.free_slots,
-            sig,
-        };
+        // After our goodbye a later beat would be refused anyway.
+        let Some((seq, free_slots)) = self.beat.next(self.free_slots()) else { return };
+        let sig = self.creds.sign(&identity::beat_message(&self.node, self.incarnation, seq, free_slots));
+        let own = Heartbeat { node: self.node.clone(), incarnation: self.incarnation, seq, free_slots, sig };
         let relay = if with_relays { self.peers.take_relays() } else { Default::default() };
         let to: Vec<ConnId> = self.peers.established().map(|(id, _)| id).collect();
         for conn in to {

@@ -170,7 +170,7 @@ impl crate::Engine {
             report,
         };
         if let Some(u) = &record.report.usage {
-            let day = record.report.finished_unix_ms.map(crate::ledger::Day::of_unix_ms).or(self.wall_day);
+            let day = record.report.finished_unix_ms.map(crate::ledger::Day::of_unix_ms).or(self.today.day());
             self.add_to_ledger(record.stage, u, day);
         }
         self.doc.put_run(story, &record, MAX_RUN_RECORDS);

@@ -104,10 +104,33 @@ impl ClusterSettings {
     }
 }
 
+/// The CA-signed cluster settings in force here: adopted only at a higher
+/// revision, so every replica ends on the same ones.
+#[derive(Debug, Default)]
+pub(crate) struct InForce {
+    settings: Option<ClusterSettings>,
+}
+
+impl InForce {
+    pub fn current(&self) -> Option<&ClusterSettings> {
+        self.settings.as_ref()
+    }
+
+    /// The revision in force; 0 before any.
+    pub fn revision(&self) -> u64 {
+        self.settings.as_ref().map_or(0, |s| s.revision)
+    }
+
+    pub fn adopt(&mut self, s: ClusterSettings) {
+        assert!(s.revision > self.revision(), "settings revision {} after {}", s.revision, self.revision());
+        self.settings = Some(s);
+    }
+}
+
 impl Engine {
     /// The cluster settings in force here, once any were adopted.
     pub fn cluster_settings(&self) -> Option<&ClusterSettings> {
-        self.settings.as_ref()
+        self.settings.current()
     }
 
     /// The stages this node runs agents for.
@@ -118,7 +141,7 @@ impl Engine {
     /// Adopts the newest valid signed settings in the document, if newer
     /// than what we hold.
     pub(crate) fn absorb_settings(&mut self) {
-        let current = self.settings.as_ref().map_or(0, |s| s.revision);
+        let current = self.settings.revision();
         let candidates = self.doc.read_settings();
         let best = candidates
             .iter()
@@ -141,9 +164,9 @@ impl Engine {
         self.config = config;
         self.liveness.set_timeout_ms(s.claim_timeout_ms);
         // The next heartbeat and scan come at the new pace.
-        self.beat.next_at = self.beat.next_at.min(self.now.saturating_add_ms(s.heartbeat_interval_ms));
+        self.beat.no_later_than(self.now.saturating_add_ms(s.heartbeat_interval_ms));
         self.emit(Event::SettingsAdopted { settings: s.clone() });
-        self.settings = Some(s);
+        self.settings.adopt(s);
         Ok(())
     }
 
@@ -151,12 +174,12 @@ impl Engine {
     /// to those in force are left alone.
     pub(crate) fn set_cluster_settings(&mut self, settings: ClusterSettings) -> Result<Reply, CommandError> {
         let Some(ca_secret) = self.creds.ca_secret else { return Err(CommandError::NotAuthority) };
-        if let Some(current) = &self.settings
+        if let Some(current) = self.settings.current()
             && current.same_values(&settings)
         {
             return Ok(Reply::Settings { revision: current.revision });
         }
-        let revision = self.settings.as_ref().map_or(0, |s| s.revision) + 1;
+        let revision = self.settings.revision() + 1;
         let s = ClusterSettings { revision, ..settings };
         self.adopt_settings(s.clone()).map_err(CommandError::BadSettings)?;
         self.doc.put_settings(&s.encode_signed(&ca_secret));

@@ -59,17 +59,24 @@ pub(crate) struct Signatures {
     admin_actors: BTreeSet<ActorId>,
     /// Signatures not yet handed to storage, in the order they were made.
     unpersisted: Vec<ChangeHash>,
-    /// Changes left out of sync messages: a revoked node's, or an
-    /// author's past its quota.
-    pub revoked_dropped: u64,
-    pub quota_dropped: u64,
-    /// Changes left out for writing where only the server writes
-    /// (`schema::change_not_authorized`).
-    pub structure_dropped: u64,
+    /// Changes left out of sync messages, by why (`Dropped`).
+    dropped: [u64; 3],
     /// What each author (but the admin) may still add, refilled with time.
     quotas: BTreeMap<NodeId, Quota>,
     /// Our signing key, derived once.
     signer: Option<(Author, identity::ChangeSigner)>,
+}
+
+/// Why a change was left out of a sync message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// Its author was revoked.
+    Revoked = 0,
+    /// Its author was past its quota of new bytes.
+    Quota = 1,
+    /// It wrote where only the server writes
+    /// (`schema::change_not_authorized`).
+    Structure = 2,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +123,16 @@ pub(crate) fn node_of_actor(actor: &ActorId) -> Option<NodeId> {
 }
 
 impl Signatures {
+    pub fn count_dropped(&mut self, why: Dropped) {
+        let n = &mut self.dropped[why as usize];
+        *n = n.saturating_add(1);
+    }
+
+    /// Changes left out of sync messages for `why`.
+    pub fn dropped(&self, why: Dropped) -> u64 {
+        self.dropped[why as usize]
+    }
+
     pub fn get(&self, hash: &ChangeHash) -> Option<&ChangeSig> {
         self.by_hash.get(hash)
     }
@@ -471,7 +488,7 @@ impl Engine {
             let checked_sig = match self.check_one(&node, &hash, cert.as_ref(), *sig) {
                 Ok(s) => s,
                 Err(Refused::Revoked(_)) => {
-                    self.sigs.revoked_dropped += 1;
+                    self.sigs.count_dropped(Dropped::Revoked);
                     verdict.dropped.push(i);
                     continue;
                 }
@@ -483,7 +500,7 @@ impl Engine {
             if checked_sig.author != Author::Ca
                 && let Some(why) = self.structure_refused(&change, &node, &admin_here)
             {
-                self.sigs.structure_dropped += 1;
+                self.sigs.count_dropped(Dropped::Structure);
                 // No honest node writes such a change, and every change of
                 // its author from now on depends on this one, so none will
                 // apply: the node is dead to us (its claims are reclaimed)
@@ -503,7 +520,7 @@ impl Engine {
                 if peer == Some(&node) {
                     return Err(e);
                 }
-                self.sigs.quota_dropped += 1;
+                self.sigs.count_dropped(Dropped::Quota);
                 verdict.dropped.push(i);
                 continue;
             }

@@ -27,6 +27,38 @@ pub enum Timer {
     Scan,
 }
 
+/// The periodic scan (`Engine::scan`): runs expire, orphans are adopted,
+/// liveness, the mesh and claims are reconsidered, an epoch may be cut.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    next_at: Millis,
+}
+
+impl Scan {
+    pub fn new(now: Millis) -> Scan {
+        Scan { next_at: now }
+    }
+
+    pub fn next_at(&self) -> Millis {
+        self.next_at
+    }
+
+    pub fn is_due(&self, now: Millis) -> bool {
+        now >= self.next_at
+    }
+
+    /// Something changed that the scan reacts to: it runs at the next
+    /// timeout rather than a scan interval later.
+    pub fn run_now(&mut self, now: Millis) {
+        self.next_at = now;
+    }
+
+    /// The scan ran: the next one comes `after_ms` later.
+    pub fn ran(&mut self, now: Millis, after_ms: u64) {
+        self.next_at = now.saturating_add_ms(after_ms);
+    }
+}
+
 impl Engine {
     /// Every armed timer and its deadline, in `Timer` order. Nothing is
     /// armed before storage is loaded.
@@ -37,8 +69,8 @@ impl Engine {
             (Timer::Sync, self.peers.next_sync_at()),
             (Timer::Settle, self.claims.next_settle_at()),
             (Timer::Batch, self.next_batch_at()),
-            (Timer::Heartbeat, Some(self.beat.next_at)),
-            (Timer::Scan, Some(self.next_scan_at)),
+            (Timer::Heartbeat, Some(self.beat.next_at())),
+            (Timer::Scan, Some(self.scan.next_at())),
         ]
         .into_iter()
         .filter_map(move |(timer, at)| Some((timer, at.filter(|_| armed)?)))

@@ -105,7 +105,7 @@ impl Engine {
 
     /// Sync messages not applied because they held a revoked node's change.
     pub fn revoked_changes_dropped(&self) -> u64 {
-        self.sigs.revoked_dropped
+        self.sigs.dropped(crate::signing::Dropped::Revoked)
     }
 
     /// A full save of the document (for size checks and snapshots).

@@ -60,9 +60,46 @@ pub(crate) struct Claims {
     /// given: a claim that never reaches us (its node's changes refused, or
     /// lost with it) must not keep the story from everyone for ever.
     fenced_by: BTreeMap<StoryId, (Token, Option<StoryState>, Millis)>,
+    /// Our agent's API refused us: no claims until then.
+    unavailable: Option<Unavailable>,
+}
+
+/// Longest pause of claims while our agent's API refuses us.
+const MAX_UNAVAILABLE_PAUSE_MS: u64 = 10 * 60 * 1_000;
+
+/// Our agent's API refused us (`RunOutcome::Unavailable`): no claims until
+/// `until`; the pause doubles while it goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unavailable {
+    until: Millis,
+    pause_ms: u64,
+    reason: String,
 }
 
 impl Claims {
+    /// Our agent's API refused us: claims pause for `first_ms`, or twice
+    /// the last pause while it goes on (ten minutes at most). The pause.
+    pub fn pause(&mut self, now: Millis, first_ms: u64, reason: &str) -> u64 {
+        let pause_ms = match &self.unavailable {
+            Some(p) => p.pause_ms.saturating_mul(2),
+            None => first_ms,
+        }
+        .min(MAX_UNAVAILABLE_PAUSE_MS);
+        self.unavailable =
+            Some(Unavailable { until: now.saturating_add_ms(pause_ms), pause_ms, reason: reason.into() });
+        pause_ms
+    }
+
+    /// Our agent worked: the next refusal pauses from the start again.
+    pub fn resume(&mut self) {
+        self.unavailable = None;
+    }
+
+    /// While claims are paused: until when, and why.
+    pub fn paused(&self, now: Millis) -> Option<(Millis, &str)> {
+        self.unavailable.as_ref().filter(|u| u.until > now).map(|u| (u.until, u.reason.as_str()))
+    }
+
     pub fn len(&self) -> usize {
         self.runs.len()
     }
