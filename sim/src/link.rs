@@ -53,6 +53,25 @@ struct Link {
     opened_ms: u64,
 }
 
+/// Links closed by their timers, by why.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resets {
+    /// A dial went unanswered.
+    pub dial: u64,
+    /// A hole in the sequence did not fill: a datagram was lost.
+    pub gap: u64,
+    /// The peer went silent.
+    pub idle: u64,
+}
+
+impl Resets {
+    pub fn add(&mut self, other: Resets) {
+        self.dial += other.dial;
+        self.gap += other.gap;
+        self.idle += other.idle;
+    }
+}
+
 /// Something the node must tell its engine.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -215,21 +234,31 @@ impl Links {
     }
 
     /// Closes links whose dial went unanswered, whose hole did not fill, or
-    /// whose peer went silent.
-    pub fn handle_timeout(&mut self, now_ms: u64, events: &mut Vec<LinkEvent>) {
+    /// whose peer went silent; how many of each.
+    pub fn handle_timeout(&mut self, now_ms: u64, events: &mut Vec<LinkEvent>) -> Resets {
+        let mut resets = Resets::default();
         let dead: Vec<u64> = self
             .links
             .iter()
             .filter(|(_, l)| {
-                (l.remote.is_none() && now_ms >= l.opened_ms + self.dial_timeout_ms)
-                    || l.gap_since_ms.is_some_and(|g| now_ms >= g + self.gap_timeout_ms)
-                    || now_ms >= l.last_heard_ms + self.idle_timeout_ms
+                let why = if l.remote.is_none() && now_ms >= l.opened_ms + self.dial_timeout_ms {
+                    &mut resets.dial
+                } else if l.gap_since_ms.is_some_and(|g| now_ms >= g + self.gap_timeout_ms) {
+                    &mut resets.gap
+                } else if now_ms >= l.last_heard_ms + self.idle_timeout_ms {
+                    &mut resets.idle
+                } else {
+                    return false;
+                };
+                *why += 1;
+                true
             })
             .map(|(id, _)| *id)
             .collect();
         for id in dead {
             self.close(id, events);
         }
+        resets
     }
 
     pub fn next_deadline_ms(&self) -> Option<u64> {

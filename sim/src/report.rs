@@ -36,6 +36,8 @@ pub struct Report {
     pub landing: Landing,
     /// Writes issued to slow disks, and what crashes did to them.
     pub disk_writes: u64,
+    /// Links closed by their timers, over all nodes.
+    pub link_resets: crate::link::Resets,
     pub disk_flushes: u64,
     pub disk_losses: crate::disk::CrashLoss,
     /// Restarts whose disk was checked against what the node had revealed.

@@ -170,6 +170,9 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     let mut report = verify(&s, seed, &profile, &oracle, heal_ms, idle_save_len, faults, phases, &cold);
     report.torn_epochs = torn;
     for c in &cluster.ctxs {
+        report.link_resets.add(*c.link_resets.lock().expect("resets lock"));
+    }
+    for c in &cluster.ctxs {
         let disk = c.disk.lock().expect("disk lock");
         report.disk_writes += disk.writes();
         report.disk_flushes += disk.flushes();
@@ -395,6 +398,7 @@ fn verify(
         idle_save_len,
         landing: landing_figures(&o),
         disk_writes: 0,
+        link_resets: Default::default(),
         disk_flushes: 0,
         disk_losses: Default::default(),
         restarts_checked: o.restarts_checked,

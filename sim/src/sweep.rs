@@ -4,6 +4,9 @@
 //! from the scenario's base (default: the scenario's own count). A failure
 //! panics with the replay command; with `HUSKIES_KEEP_GOING=1` the sweep
 //! runs every seed first and then panics listing all the failed ones.
+//! `HUSKIES_JOBS=n` runs n seeds at once, one per thread (`cargo test`
+//! already runs tests two at a time, so the default is one); the reports
+//! still print in seed order.
 
 use crate::scenario::{Report, Scenario, run_seed};
 
@@ -24,17 +27,17 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         }
     };
     let keep_going = std::env::var_os("HUSKIES_KEEP_GOING").is_some();
+    let jobs = env_u64("HUSKIES_JOBS").unwrap_or(1).max(1) as usize;
     let mut failed: Vec<String> = Vec::new();
     let mut reports = Vec::new();
-    for seed in seeds {
+    for (seed, outcome) in run_seeds(scenario, &seeds, jobs) {
         // An engine assertion inside the simulation panics: the replay line
         // goes with it.
-        let r = match std::panic::catch_unwind(|| run_seed(scenario, seed)) {
+        let r = match outcome {
             Ok(r) => r,
             Err(e) => panic!(
-                "{} seed {seed} panicked: {}\nreplay: HUSKIES_SEED={seed} cargo test --test scenarios -- {test} --exact --nocapture",
+                "{} seed {seed} panicked: {e}\nreplay: HUSKIES_SEED={seed} cargo test --test scenarios -- {test} --exact --nocapture",
                 scenario.name,
-                crate::scenario::panic_text(e.as_ref())
             ),
         };
         let phases: Vec<String> = r.phases.iter().map(|(name, ms)| format!("{name} {ms} ms")).collect();
@@ -53,6 +56,11 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
             r.max_mesh_peers
         );
         println!("{} seed {seed}: trace {:016x}", r.scenario, r.trace_hash.0);
+        let lr = r.link_resets;
+        println!(
+            "{} seed {seed}: link resets: {} holes, {} silent, {} dials unanswered",
+            r.scenario, lr.gap, lr.idle, lr.dial
+        );
         if r.disk_writes > 0 {
             let d = r.disk_losses;
             println!(
@@ -98,4 +106,38 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         panic!("{} of {} seeds failed: {}", failed.len(), reports.len(), failed.join(" "));
     }
     reports
+}
+
+/// Runs `seeds` on `jobs` threads and yields each outcome in seed order as
+/// soon as it and every seed before it are done.
+fn run_seeds(scenario: &Scenario, seeds: &[u64], jobs: usize) -> impl Iterator<Item = (u64, Result<Report, String>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Report, String>)>();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..jobs.min(seeds.len()) {
+        let (tx, next, seeds, scenario) = (tx.clone(), next.clone(), seeds.to_vec(), scenario.clone());
+        std::thread::spawn(move || {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { break };
+                let outcome = std::panic::catch_unwind(|| run_seed(&scenario, seed))
+                    .map_err(|e| crate::scenario::panic_text(e.as_ref()));
+                if tx.send((i, outcome)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let seeds = seeds.to_vec();
+    let mut done: std::collections::BTreeMap<usize, Result<Report, String>> = Default::default();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while !done.contains_key(&at) {
+            let (i, outcome) = rx.recv().ok()?;
+            done.insert(i, outcome);
+        }
+        let outcome = done.remove(&at)?;
+        at += 1;
+        Some((seeds[at - 1], outcome))
+    })
 }
