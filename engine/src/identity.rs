@@ -27,6 +27,7 @@ use crate::NodeId;
 const CERT_CONTEXT: &[u8] = b"huskies-cert-v1\0";
 const AUTH_CONTEXT: &[u8] = b"huskies-auth-v1\0";
 const BEAT_CONTEXT: &[u8] = b"huskies-beat-v1\0";
+const BEAT_CHAIN_CONTEXT: &[u8] = b"huskies-beat-chain-v1\0";
 const REVOKE_CONTEXT: &[u8] = b"huskies-revoke-v1\0";
 const SETTINGS_CONTEXT: &[u8] = b"huskies-settings-v1\0";
 const EPOCH_CONTEXT: &[u8] = b"huskies-epoch-v1\0";
@@ -126,6 +127,31 @@ impl PeerHandshake {
             .encode()
     }
 
+    /// Our beats `seqs` of one hash chain starting at `start_seq`, as an
+    /// engine sends them (`liveness/chain.rs`).
+    pub fn chain_heartbeats(
+        &self,
+        incarnation: u64,
+        start_seq: u64,
+        free_slots: u32,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Vec<crate::wire::Heartbeat> {
+        let chain = crate::liveness::chain::OwnChain::new(
+            &self.creds.secret,
+            &self.node,
+            incarnation,
+            start_seq,
+            free_slots,
+            |m| self.creds.sign(m),
+        );
+        seqs.filter_map(|seq| {
+            let (chain, link) = chain.proof(seq, free_slots)?;
+            let proof = crate::wire::BeatProof::Chain { chain, link };
+            Some(crate::wire::Heartbeat { node: self.node.clone(), incarnation, seq, free_slots, proof })
+        })
+        .collect()
+    }
+
     /// Answers the other side's hello envelope with our auth envelope.
     pub fn answer(&self, their_hello: &[u8]) -> Option<Vec<u8>> {
         let crate::wire::Envelope::Hello { node, nonce, .. } =
@@ -140,7 +166,13 @@ impl PeerHandshake {
     /// A heartbeat of ours, signed.
     pub fn heartbeat(&self, incarnation: u64, seq: u64, free_slots: u32) -> crate::wire::Heartbeat {
         let sig = self.creds.sign(&beat_message(&self.node, incarnation, seq, free_slots));
-        crate::wire::Heartbeat { node: self.node.clone(), incarnation, seq, free_slots, sig }
+        crate::wire::Heartbeat {
+            node: self.node.clone(),
+            incarnation,
+            seq,
+            free_slots,
+            proof: crate::wire::BeatProof::Signed(sig),
+        }
     }
 }
 
@@ -195,8 +227,32 @@ pub(crate) fn beat_message(node: &NodeId, incarnation: u64, seq: u64, free_slots
     .concat()
 }
 
-pub(crate) fn verify_beat(key: &PublicKey, hb: &crate::wire::Heartbeat) -> bool {
-    verify(key, &beat_message(&hb.node, hb.incarnation, hb.seq, hb.free_slots), &hb.sig)
+pub(crate) fn verify_beat(key: &PublicKey, hb: &crate::wire::Heartbeat, sig: &Sig) -> bool {
+    verify(key, &beat_message(&hb.node, hb.incarnation, hb.seq, hb.free_slots), sig)
+}
+
+/// What a node signs for a hash chain of its beats (`liveness/chain.rs`).
+pub(crate) fn chain_message(
+    node: &NodeId,
+    incarnation: u64,
+    start_seq: u64,
+    free_slots: u32,
+    root: &[u8; 32],
+) -> Vec<u8> {
+    [
+        BEAT_CHAIN_CONTEXT,
+        node.as_str().as_bytes(),
+        &[0],
+        &incarnation.to_be_bytes(),
+        &start_seq.to_be_bytes(),
+        &free_slots.to_be_bytes(),
+        root,
+    ]
+    .concat()
+}
+
+pub(crate) fn verify_beat_chain(key: &PublicKey, hb: &crate::wire::Heartbeat, chain: &crate::wire::BeatChain) -> bool {
+    verify(key, &chain_message(&hb.node, hb.incarnation, chain.start_seq, hb.free_slots, &chain.root), &chain.sig)
 }
 
 fn revoke_message(node: &NodeId, key: &PublicKey) -> Vec<u8> {

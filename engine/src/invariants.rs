@@ -39,6 +39,7 @@ impl Engine {
         // key) plus grace periods of current holders, nothing else.
         let holders = self.index.holders().count();
         assert!(self.liveness.heard_count() <= self.members.count(), "beats heard from nodes without a key");
+        assert!(self.liveness.chains_known() <= self.members.count(), "beat chains of nodes without a key");
         assert!(self.liveness.len() <= self.members.count() + holders, "{} liveness records", self.liveness.len());
         self.claims.check(self.index.len());
         self.check_train();

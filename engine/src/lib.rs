@@ -135,6 +135,7 @@ pub use ids::{CommandId, ConnId, MAX_ID_LEN, Millis, NodeId, StoryId, Token, Uni
 pub use io::{
     Command, Event, Input, NewStory, Output, PersistKind, PersistSeq, PushError, RejectKind, Reply, RunOutcome,
 };
+pub use liveness::chain::BeatChecks;
 pub use runs::{RunOutcomeKind, RunRecord, RunReport};
 pub use settings::ClusterSettings;
 pub use story::{RunResult, Stage, StoryState};

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod chain;
+
 use crate::wire::Heartbeat;
 use crate::{Millis, NodeId};
 
@@ -31,18 +33,20 @@ pub const LEAVING_SEQ: u64 = u64::MAX;
 
 /// Our own heartbeat: its sequence, the free slots it last advertised (a
 /// change goes out at once), and when the next periodic one is due.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct OwnBeat {
     seq: u64,
     free_slots: u32,
     next_at: Millis,
+    /// The hash chain our beats reveal, once the first beat made one.
+    chain: Option<chain::OwnChain>,
 }
 
 impl OwnBeat {
     /// The first beat is due at once, and advertises any free slots as a
     /// change.
     pub fn new(now: Millis) -> OwnBeat {
-        OwnBeat { seq: 0, free_slots: u32::MAX, next_at: now }
+        OwnBeat { seq: 0, free_slots: u32::MAX, next_at: now, chain: None }
     }
 
     pub fn next_at(&self) -> Millis {
@@ -79,6 +83,30 @@ impl OwnBeat {
         Some((self.seq, free_slots))
     }
 
+    /// The proof of our beat `seq` with `free_slots`: a link of our chain,
+    /// a new chain when this one cannot prove it (exhausted, or other free
+    /// slots), and a signature for the goodbye (`sign` signs the beat).
+    /// `new_chain` builds and signs a chain starting at the given seq.
+    pub fn proof(
+        &mut self,
+        seq: u64,
+        free_slots: u32,
+        sign: impl FnOnce() -> crate::identity::Sig,
+        new_chain: impl FnOnce(u64) -> chain::OwnChain,
+    ) -> crate::wire::BeatProof {
+        use crate::wire::BeatProof;
+        if seq == LEAVING_SEQ {
+            return BeatProof::Signed(sign());
+        }
+        if let Some((chain, link)) = self.chain.as_ref().and_then(|c| c.proof(seq, free_slots)) {
+            return BeatProof::Chain { chain, link };
+        }
+        let c = new_chain(seq - 1);
+        let (chain, link) = c.proof(seq, free_slots).expect("a new chain proves its first beat");
+        self.chain = Some(c);
+        BeatProof::Chain { chain, link }
+    }
+
     /// Our next beat says goodbye (`LEAVING_SEQ`); asked again, it says so
     /// again.
     pub fn leave(&mut self) {
@@ -106,11 +134,19 @@ pub struct Liveness {
     /// beat brings them back or they hold nothing.
     dead: BTreeSet<NodeId>,
     timeout_ms: u64,
+    /// The beat chains of the nodes heard, checked once each.
+    chains: chain::Chains,
 }
 
 impl Liveness {
     pub fn new(timeout_ms: u64) -> Liveness {
-        Liveness { beats: BTreeMap::new(), revoked: BTreeSet::new(), dead: BTreeSet::new(), timeout_ms }
+        Liveness {
+            beats: BTreeMap::new(),
+            revoked: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            timeout_ms,
+            chains: chain::Chains::default(),
+        }
     }
 
     /// The cluster's claim timeout changed.
@@ -138,6 +174,7 @@ impl Liveness {
     /// The node is dead from now on: no beat or grace brings it back.
     pub fn revoke(&mut self, node: &NodeId) {
         self.beats.remove(node);
+        self.chains.forget(node);
         self.revoked.insert(node.clone());
     }
 
@@ -250,6 +287,21 @@ impl Liveness {
     }
 
     /// Nodes heard from (a verified beat arrived).
+    /// The beat chains known, to check chain beats against.
+    pub(crate) fn chains(&mut self) -> &mut chain::Chains {
+        &mut self.chains
+    }
+
+    /// What checking beats has cost so far.
+    pub fn beat_check_cost(&self) -> chain::BeatChecks {
+        self.chains.cost()
+    }
+
+    /// Nodes whose beat chain we hold.
+    pub fn chains_known(&self) -> usize {
+        self.chains.len()
+    }
+
     pub fn heard_count(&self) -> usize {
         self.beats.values().filter(|b| b.incarnation.is_some()).count()
     }
@@ -285,7 +337,13 @@ mod tests {
     use super::*;
 
     fn hb(inc: u64, seq: u64) -> Heartbeat {
-        Heartbeat { node: NodeId::new("n").unwrap(), incarnation: inc, seq, free_slots: 1, sig: [0; 64] }
+        Heartbeat {
+            node: NodeId::new("n").unwrap(),
+            incarnation: inc,
+            seq,
+            free_slots: 1,
+            proof: crate::wire::BeatProof::Signed([0; 64]),
+        }
     }
 
     #[test]

@@ -10,8 +10,9 @@ use automerge::sync::{self, SyncDoc};
 use crate::hash::stable_hash;
 use crate::identity::{self, Cert};
 use crate::liveness::News;
+use crate::liveness::chain::ChainCheck;
 use crate::signing::Refused;
-use crate::wire::{Envelope, Heartbeat};
+use crate::wire::{BeatProof, Envelope, Heartbeat};
 use crate::{ConnId, Engine, Event, NodeId, Output, RejectKind};
 
 impl Engine {
@@ -333,8 +334,29 @@ impl Engine {
         // on its way); a beat that fails its key's check was forged or
         // corrupted by the peer that sent it, since relays check first.
         let Some(keys) = self.members.keys_of(&hb.node) else { return };
-        if !keys.iter().any(|k| identity::verify_beat(k, &hb)) {
-            return self.reject(from, RejectKind::Heartbeat, format!("heartbeat of {} with a bad signature", hb.node));
+        let chains = self.liveness.chains();
+        let forged = match &hb.proof {
+            BeatProof::Signed(sig) => {
+                chains.count_signature(true);
+                (!keys.iter().any(|k| identity::verify_beat(k, &hb, sig))).then_some("a bad signature")
+            }
+            // One hash for a chain we know; its signature once for one we
+            // do not (liveness/chain.rs).
+            BeatProof::Chain { chain, link } => match chains.check(&hb, chain, link) {
+                ChainCheck::Verified => None,
+                ChainCheck::Forged(why) => Some(why),
+                ChainCheck::Unknown => {
+                    chains.count_signature(false);
+                    if !keys.iter().any(|k| identity::verify_beat_chain(k, &hb, chain)) {
+                        Some("a chain with a bad signature")
+                    } else {
+                        (!chains.adopt(&hb, chain, link)).then_some("a link that is not of its chain")
+                    }
+                }
+            },
+        };
+        if let Some(why) = forged {
+            return self.reject(from, RejectKind::Heartbeat, format!("heartbeat of {} with {why}", hb.node));
         }
         match self.liveness.handle_heartbeat(&hb, self.now) {
             News::Stale => {}
@@ -379,8 +401,18 @@ impl Engine {
     pub(crate) fn send_heartbeat(&mut self, with_relays: bool) {
         // After our goodbye a later beat would be refused anyway.
         let Some((seq, free_slots)) = self.beat.next(self.free_slots()) else { return };
-        let sig = self.creds.sign(&identity::beat_message(&self.node, self.incarnation, seq, free_slots));
-        let own = Heartbeat { node: self.node.clone(), incarnation: self.incarnation, seq, free_slots, sig };
+        let (node, incarnation, creds) = (&self.node, self.incarnation, &self.creds);
+        let proof = self.beat.proof(
+            seq,
+            free_slots,
+            || creds.sign(&identity::beat_message(node, incarnation, seq, free_slots)),
+            |start| {
+                crate::liveness::chain::OwnChain::new(&creds.secret, node, incarnation, start, free_slots, |m| {
+                    creds.sign(m)
+                })
+            },
+        );
+        let own = Heartbeat { node: self.node.clone(), incarnation: self.incarnation, seq, free_slots, proof };
         let relay = if with_relays { self.peers.take_relays() } else { Default::default() };
         let to: Vec<ConnId> = self.peers.established().map(|(id, _)| id).collect();
         for conn in to {

@@ -103,6 +103,12 @@ impl Engine {
         self.sigs.len()
     }
 
+    /// What checking heartbeats has cost since start (`liveness/chain.rs`):
+    /// the cost of hearing the fleet.
+    pub fn beat_checks(&self) -> crate::BeatChecks {
+        self.liveness.beat_check_cost()
+    }
+
     /// Sync messages not applied because they held a revoked node's change.
     pub fn revoked_changes_dropped(&self) -> u64 {
         self.sigs.dropped(crate::signing::Dropped::Revoked)

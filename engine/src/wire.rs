@@ -1,7 +1,7 @@
 //! The envelope spoken over `/crdt-sync`: one binary frame per envelope.
 //!
 //! ```text
-//! byte 0      protocol version (3)
+//! byte 0      protocol version (5)
 //! byte 1      kind: 1 hello, 2 sync, 3 heartbeat, 4 auth, 5 epoch
 //! hello       u8 len, node id, 32-byte nonce, 32-byte public key, 64-byte
 //!             CA signature of the key (the node's certificate), u64 epoch
@@ -15,11 +15,14 @@
 //!             none), 64-byte signature; then the Automerge sync message
 //! heartbeats  u16 count (1..=MAX_HEARTBEATS), then per beat: u8 len, node
 //!             id, u64 incarnation, u64 seq, u32 free slots (big endian),
-//!             64-byte signature by the beat's node
+//!             then its proof: u8 0 and a 64-byte signature by the beat's
+//!             node, or u8 1 and a hash chain: u64 start seq, 32-byte root,
+//!             64-byte signature of the chain by the node, 32-byte link
 //! ```
 //!
 //! Versions 1 (unsigned hellos and beats), 2 (one document forever, no
-//! epochs) and 3 (unsigned changes) are refused with a clear error.
+//! epochs), 3 (unsigned changes) and 4 (every beat signed) are refused
+//! with a clear error.
 //!
 //! Every length is checked before it is used; decoding never panics.
 
@@ -28,7 +31,7 @@ use thiserror::Error;
 use crate::NodeId;
 use crate::identity::{Cert, Sig};
 
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 const KIND_HELLO: u8 = 1;
 const KIND_SYNC: u8 = 2;
@@ -73,9 +76,34 @@ pub struct Heartbeat {
     pub seq: u64,
     /// How many more runs the node would take; ranks candidates for claims.
     pub free_slots: u32,
-    /// The node's signature over the fields above.
+    /// That the node sent it.
+    pub proof: BeatProof,
+}
+
+/// Why a beat is believed to come from its node (`liveness/chain.rs`).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum BeatProof {
+    /// The node's signature over the beat.
+    Signed(Sig),
+    /// Link `seq - chain.start_seq` of the node's hash chain: hashed that
+    /// many times it gives the root the node signed. One signature check
+    /// per chain, then one hash per beat.
+    Chain { chain: BeatChain, link: [u8; 32] },
+}
+
+/// A hash chain a node signed for its beats from `start_seq` on, all with
+/// the same free slots (a change of free slots starts a new chain).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BeatChain {
+    pub start_seq: u64,
+    pub root: [u8; 32],
+    /// The node's signature over (node, incarnation, start seq, free slots,
+    /// root).
     pub sig: Sig,
 }
+
+const PROOF_SIGNED: u8 = 0;
+const PROOF_CHAIN: u8 = 1;
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Envelope {
@@ -114,6 +142,8 @@ pub enum WireError {
     BadNode(#[from] crate::IdError),
     #[error("heartbeat batch of {0} entries (allowed: 1 to {MAX_HEARTBEATS})")]
     BatchSize(usize),
+    #[error("unknown heartbeat proof kind {0}")]
+    Proof(u8),
     #[error("{what}: {count} entries exceed the cap of {max}")]
     TooMany { what: &'static str, count: usize, max: usize },
     #[error("a change signature names certificate {0}, which the envelope lacks")]
@@ -179,7 +209,19 @@ impl Envelope {
                     out.extend_from_slice(&hb.incarnation.to_be_bytes());
                     out.extend_from_slice(&hb.seq.to_be_bytes());
                     out.extend_from_slice(&hb.free_slots.to_be_bytes());
-                    out.extend_from_slice(&hb.sig);
+                    match &hb.proof {
+                        BeatProof::Signed(sig) => {
+                            out.push(PROOF_SIGNED);
+                            out.extend_from_slice(sig);
+                        }
+                        BeatProof::Chain { chain, link } => {
+                            out.push(PROOF_CHAIN);
+                            out.extend_from_slice(&chain.start_seq.to_be_bytes());
+                            out.extend_from_slice(&chain.root);
+                            out.extend_from_slice(&chain.sig);
+                            out.extend_from_slice(link);
+                        }
+                    }
                 }
             }
         }
@@ -245,7 +287,18 @@ impl Envelope {
                         incarnation: u64::from_be_bytes(r.array()?),
                         seq: u64::from_be_bytes(r.array()?),
                         free_slots: u32::from_be_bytes(r.array()?),
-                        sig: r.array()?,
+                        proof: match r.u8()? {
+                            PROOF_SIGNED => BeatProof::Signed(r.array()?),
+                            PROOF_CHAIN => BeatProof::Chain {
+                                chain: BeatChain {
+                                    start_seq: u64::from_be_bytes(r.array()?),
+                                    root: r.array()?,
+                                    sig: r.array()?,
+                                },
+                                link: r.array()?,
+                            },
+                            other => return Err(WireError::Proof(other)),
+                        },
                     });
                 }
                 Envelope::Heartbeats(beats)
@@ -325,8 +378,23 @@ mod tests {
                 message: vec![0x42],
             },
             Envelope::Heartbeats(vec![
-                Heartbeat { node: node("n"), incarnation: 7, seq: u64::MAX, free_slots: 2, sig: [1; 64] },
-                Heartbeat { node: node("m"), incarnation: 1, seq: 3, free_slots: 0, sig: [2; 64] },
+                Heartbeat {
+                    node: node("n"),
+                    incarnation: 7,
+                    seq: u64::MAX,
+                    free_slots: 2,
+                    proof: BeatProof::Signed([1; 64]),
+                },
+                Heartbeat {
+                    node: node("m"),
+                    incarnation: 1,
+                    seq: 3,
+                    free_slots: 0,
+                    proof: BeatProof::Chain {
+                        chain: BeatChain { start_seq: 2, root: [5; 32], sig: [6; 64] },
+                        link: [7; 32],
+                    },
+                },
             ]),
         ] {
             assert_eq!(Envelope::decode(&env.encode(), 1 << 20), Ok(env));
@@ -341,26 +409,27 @@ mod tests {
         assert_eq!(Envelope::decode(&[2, 4, 1, b'a'], 100), Err(WireError::Version(2)), "v2 peers are refused");
         assert_eq!(
             WireError::Version(2).to_string(),
-            "protocol version 2 is not supported (this node speaks 4)",
+            "protocol version 2 is not supported (this node speaks 5)",
             "an old peer is told why"
         );
         assert_eq!(Envelope::decode(&[3, 2, 0x42], 100), Err(WireError::Version(3)), "unsigned changes are refused");
-        assert_eq!(Envelope::decode(&[4, 77], 100), Err(WireError::Kind(77)));
-        assert_eq!(Envelope::decode(&[4, 1, 5, b'a'], 100), Err(WireError::Truncated));
-        assert_eq!(Envelope::decode(&[4, 5, 0, 0], 100), Err(WireError::Truncated), "an epoch without its signature");
-        assert!(matches!(Envelope::decode(&[4, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
-        assert_eq!(Envelope::decode(&[4, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
+        assert_eq!(Envelope::decode(&[4, 4, 0], 100), Err(WireError::Version(4)), "every beat signed: refused");
+        assert_eq!(Envelope::decode(&[5, 77], 100), Err(WireError::Kind(77)));
+        assert_eq!(Envelope::decode(&[5, 1, 5, b'a'], 100), Err(WireError::Truncated));
+        assert_eq!(Envelope::decode(&[5, 5, 0, 0], 100), Err(WireError::Truncated), "an epoch without its signature");
+        assert!(matches!(Envelope::decode(&[5, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
+        assert_eq!(Envelope::decode(&[5, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
         // A signature naming a certificate that is not there.
         assert_eq!(
-            Envelope::decode(&[[4, 2, 0, 0, 0, 0, 0, 1, 0, 3].as_slice(), &[0; 64]].concat(), 200),
+            Envelope::decode(&[[5, 2, 0, 0, 0, 0, 0, 1, 0, 3].as_slice(), &[0; 64]].concat(), 200),
             Err(WireError::NoSuchCert(3))
         );
         // A signature count past what the bytes could hold.
-        assert!(matches!(Envelope::decode(&[4, 2, 0, 0, 0xff, 0xff, 0xff, 0xff], 100), Err(WireError::TooMany { .. })));
+        assert!(matches!(Envelope::decode(&[5, 2, 0, 0, 0xff, 0xff, 0xff, 0xff], 100), Err(WireError::TooMany { .. })));
         let mut auth = Envelope::Auth { sig: [0; 64] }.encode();
         auth.push(0);
         assert_eq!(Envelope::decode(&auth, 100), Err(WireError::Trailing(1)));
-        assert_eq!(Envelope::decode(&[4, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
+        assert_eq!(Envelope::decode(&[5, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
         assert!(matches!(Envelope::decode(&[0; 200], 100), Err(WireError::TooLarge { .. })));
     }
 
@@ -371,7 +440,7 @@ mod tests {
             incarnation: 1,
             seq: 2,
             free_slots: 3,
-            sig: [9; 64],
+            proof: BeatProof::Chain { chain: BeatChain { start_seq: 1, root: [8; 32], sig: [9; 64] }, link: [3; 32] },
         }]);
         let bytes = hb.encode();
         for cut in 0..bytes.len() {

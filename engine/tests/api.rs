@@ -303,6 +303,50 @@ fn impersonation_and_forged_heartbeats_are_refused() {
     assert!(!e.alive_nodes().contains(&victim), "only the victim's own beats extend its life");
 }
 
+/// Chain beats (liveness/chain.rs): one signature check per chain, then a
+/// hash per beat; a relay can neither extend a chain nor change its free
+/// slots.
+#[test]
+fn chain_beats_cost_one_signature_and_cannot_be_forged() {
+    let mut e = engine();
+    handshake(&mut e, ConnId(1), "good");
+    handshake(&mut e, ConnId(5), "victim");
+    let victim = NodeId::new("victim").unwrap();
+    let beats = peer("victim").chain_heartbeats(1, 0, 3, 1..=40);
+    let before = e.beat_checks();
+    for (i, hb) in beats[..30].iter().enumerate() {
+        let now = Millis(10 + i as u64);
+        e.handle(now, Input::PeerMessage { conn: ConnId(5), bytes: Envelope::Heartbeats(vec![hb.clone()]).encode() });
+        let outs = drain(&mut e);
+        assert!(!rejected(&outs, ConnId(5)), "{outs:?}");
+    }
+    let after = e.beat_checks();
+    assert_eq!(after.beats - before.beats, 30);
+    assert_eq!(after.signatures - before.signatures, 1, "one signature for the chain");
+    assert_eq!(after.hashes - before.hashes, 30, "then one hash a beat");
+    assert!(e.alive_nodes().contains(&victim));
+    // "good" replays the newest link as the next beat: it has no preimage.
+    let mut replay = beats[29].clone();
+    replay.seq += 1;
+    e.handle(Millis(50), Input::PeerMessage { conn: ConnId(1), bytes: Envelope::Heartbeats(vec![replay]).encode() });
+    let outs = drain(&mut e);
+    assert!(rejected(&outs, ConnId(1)) && reason(&outs).contains("not of its chain"), "{outs:?}");
+    // A relay that changes the free slots: the chain's signature fails.
+    handshake(&mut e, ConnId(6), "good");
+    let mut busy = beats[30].clone();
+    busy.free_slots = 0;
+    e.handle(Millis(51), Input::PeerMessage { conn: ConnId(6), bytes: Envelope::Heartbeats(vec![busy]).encode() });
+    let outs = drain(&mut e);
+    assert!(rejected(&outs, ConnId(6)) && reason(&outs).contains("bad signature"), "{outs:?}");
+    // The victim's own next beat still counts, at one hash.
+    let before = e.beat_checks();
+    let next = Envelope::Heartbeats(vec![beats[30].clone()]).encode();
+    e.handle(Millis(52), Input::PeerMessage { conn: ConnId(5), bytes: next });
+    assert!(!rejected(&drain(&mut e), ConnId(5)));
+    let after = e.beat_checks();
+    assert_eq!((after.signatures, after.hashes), (before.signatures, before.hashes + 1));
+}
+
 /// A node "me" whose document holds `agent`'s own record (its certificate
 /// on record, as after a merge): what revoking it needs.
 fn knowing_the_record_of(agent: &NodeId) -> Engine {

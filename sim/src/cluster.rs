@@ -250,6 +250,7 @@ pub(crate) fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<
             dead: Mutex::new(false),
             torn: Mutex::new(0),
             link_resets: Mutex::default(),
+            beat_checks: Mutex::default(),
         });
         let c = ctx.clone();
         let node = handle.create_node().name(ctx.id.as_str()).ip(ip(i)).init(move || node::run(c.clone())).build();

@@ -57,6 +57,9 @@ pub struct NodeCtx {
     pub torn: Mutex<u64>,
     /// Links this node closed, by why.
     pub link_resets: Mutex<crate::link::Resets>,
+    /// Heartbeat signatures checked and beat links hashed: by incarnations
+    /// that ended, and by the one running.
+    pub beat_checks: Mutex<[huskies_engine::BeatChecks; 2]>,
     /// How long one build and gate run of a landing takes.
     pub gate_ms: u64,
     /// Hostile writes this node is to make next (a Byzantine node: its
@@ -128,6 +131,16 @@ pub async fn run(ctx: Arc<NodeCtx>) {
             Err(_) => madsim::time::sleep(Duration::from_millis(10)).await,
         }
     };
+    {
+        let mut b = ctx.beat_checks.lock().expect("beat checks lock");
+        let [ended, running] = *b;
+        let sum = huskies_engine::BeatChecks {
+            beats: ended.beats + running.beats,
+            signatures: ended.signatures + running.signatures,
+            hashes: ended.hashes + running.hashes,
+        };
+        *b = [sum, Default::default()];
+    }
     let incarnation = {
         let mut r = ctx.restarts.lock().expect("restarts lock");
         *r += 1;
@@ -255,6 +268,7 @@ impl SimNode {
     }
 
     fn handle_time(&mut self) {
+        self.ctx.beat_checks.lock().expect("beat checks lock")[1] = self.engine.beat_checks();
         let now = self.ctx.local_ms();
         let landed = self.ctx.disk.lock().expect("disk lock").land_due(now);
         if let Some(seq) = landed {

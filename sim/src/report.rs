@@ -38,6 +38,14 @@ pub struct Report {
     pub disk_writes: u64,
     /// Links closed by their timers, over all nodes.
     pub link_resets: crate::link::Resets,
+    /// Nodes in the cluster, the server included.
+    pub nodes: usize,
+    /// Heartbeats checked (each a signature check before hash chains),
+    /// signatures checked and chain links hashed, over all nodes and
+    /// incarnations.
+    pub beats_checked: u64,
+    pub beat_signatures: u64,
+    pub beat_hashes: u64,
     pub disk_flushes: u64,
     pub disk_losses: crate::disk::CrashLoss,
     /// Restarts whose disk was checked against what the node had revealed.

@@ -169,8 +169,14 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     let torn = cluster.ctxs.iter().map(|c| *c.torn.lock().expect("torn lock")).sum();
     let mut report = verify(&s, seed, &profile, &oracle, heal_ms, idle_save_len, faults, phases, &cold);
     report.torn_epochs = torn;
+    report.nodes = cluster.ctxs.len();
     for c in &cluster.ctxs {
         report.link_resets.add(*c.link_resets.lock().expect("resets lock"));
+        for b in *c.beat_checks.lock().expect("beat checks lock") {
+            report.beats_checked += b.beats;
+            report.beat_signatures += b.signatures;
+            report.beat_hashes += b.hashes;
+        }
     }
     for c in &cluster.ctxs {
         let disk = c.disk.lock().expect("disk lock");
@@ -399,6 +405,10 @@ fn verify(
         landing: landing_figures(&o),
         disk_writes: 0,
         link_resets: Default::default(),
+        nodes: 0,
+        beats_checked: 0,
+        beat_signatures: 0,
+        beat_hashes: 0,
         disk_flushes: 0,
         disk_losses: Default::default(),
         restarts_checked: o.restarts_checked,

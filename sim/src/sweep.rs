@@ -61,6 +61,14 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
             "{} seed {seed}: link resets: {} holes, {} silent, {} dials unanswered",
             r.scenario, lr.gap, lr.idle, lr.dial
         );
+        let node_s = (r.nodes as f64 * r.sim_ms as f64 / 1e3).max(1e-9);
+        println!(
+            "{} seed {seed}: per node per second, {:.1} heartbeats checked with {:.2} signatures (one each before chains) and {:.1} hashes",
+            r.scenario,
+            r.beats_checked as f64 / node_s,
+            r.beat_signatures as f64 / node_s,
+            r.beat_hashes as f64 / node_s
+        );
         if r.disk_writes > 0 {
             let d = r.disk_losses;
             println!(
