@@ -327,7 +327,7 @@ impl Engine {
             if !bytes.is_empty() {
                 self.persist(kind, bytes);
             }
-            self.peers.owe_sync_all();
+            self.peers.owe_sync_changed();
         }
         // Advertise a change in free slots at once: claim ranking relies on
         // it, and a stale "busy" makes two nodes both think they rank first.

@@ -136,6 +136,7 @@ pub use io::{
     Command, Event, Input, NewStory, Output, PersistKind, PersistSeq, PushError, RejectKind, Reply, RunOutcome,
 };
 pub use liveness::chain::BeatChecks;
+pub use peers::links::SyncSent;
 pub use runs::{RunOutcomeKind, RunRecord, RunReport};
 pub use settings::ClusterSettings;
 pub use story::{RunResult, Stage, StoryState};

@@ -1,7 +1,7 @@
 //! Connections: hello, Automerge sync, heartbeat gossip, dialing with
 //! backoff, and the capped mesh.
 
-mod links;
+pub(crate) mod links;
 
 pub(crate) use links::{Backoff, Conn, DialTarget, Peers, Purpose};
 
@@ -66,10 +66,20 @@ impl Engine {
     }
 
     pub(crate) fn handle_peer_closed(&mut self, conn: ConnId) {
+        let rendezvous = self.peers.is_rendezvous_link(conn);
         // Back off the target first: it still points at this conn.
         self.back_off(conn, None);
         if let Some(c) = self.peers.close(conn) {
             self.emit(Event::PeerDown { conn, node: c.node });
+        }
+        self.mesh_takes_over(rendezvous);
+    }
+
+    /// The rendezvous link (`was_rendezvous`) is gone: the mesh, quiet
+    /// while it carried the changes, is the main path now, at once.
+    fn mesh_takes_over(&mut self, was_rendezvous: bool) {
+        if was_rendezvous && !self.peers.has_rendezvous_link() {
+            self.peers.owe_sync_all();
         }
     }
 
@@ -85,8 +95,10 @@ impl Engine {
     pub(crate) fn reject(&mut self, conn: ConnId, kind: RejectKind, reason: String) {
         tracing::warn!(node = %self.node, ?conn, %reason, "disconnecting peer");
         // A misbehaving peer is retried only after the longest backoff.
+        let rendezvous = self.peers.is_rendezvous_link(conn);
         self.back_off(conn, Some(self.config.dial_backoff_max_ms));
         self.peers.close(conn);
+        self.mesh_takes_over(rendezvous);
         self.outbox.push(Output::HangUp { conn });
         self.emit(Event::PeerRejected { conn, kind, reason });
     }
@@ -321,6 +333,8 @@ impl Engine {
             msg.flags = None;
             let sigs = self.sigs_for(&msg);
             let bytes = Envelope::Sync { sigs, message: msg.encode() }.encode();
+            let main = self.is_primary(conn);
+            self.peers.count_sync(main, bytes.len());
             self.outbox.push(Output::Send { conn, bytes });
         }
     }

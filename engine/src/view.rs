@@ -103,6 +103,11 @@ impl Engine {
         self.sigs.len()
     }
 
+    /// Sync messages and bytes sent since start, main path and mesh.
+    pub fn sync_sent(&self) -> crate::SyncSent {
+        self.peers.sync_sent()
+    }
+
     /// What checking heartbeats has cost since start (`liveness/chain.rs`):
     /// the cost of hearing the fleet.
     pub fn beat_checks(&self) -> crate::BeatChecks {

@@ -251,6 +251,7 @@ pub(crate) fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<
             torn: Mutex::new(0),
             link_resets: Mutex::default(),
             beat_checks: Mutex::default(),
+            sync_sent: Mutex::default(),
         });
         let c = ctx.clone();
         let node = handle.create_node().name(ctx.id.as_str()).ip(ip(i)).init(move || node::run(c.clone())).build();

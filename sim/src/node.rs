@@ -60,6 +60,8 @@ pub struct NodeCtx {
     /// Heartbeat signatures checked and beat links hashed: by incarnations
     /// that ended, and by the one running.
     pub beat_checks: Mutex<[huskies_engine::BeatChecks; 2]>,
+    /// Sync messages sent, likewise.
+    pub sync_sent: Mutex<[huskies_engine::SyncSent; 2]>,
     /// How long one build and gate run of a landing takes.
     pub gate_ms: u64,
     /// Hostile writes this node is to make next (a Byzantine node: its
@@ -140,6 +142,15 @@ pub async fn run(ctx: Arc<NodeCtx>) {
             hashes: ended.hashes + running.hashes,
         };
         *b = [sum, Default::default()];
+        let mut s = ctx.sync_sent.lock().expect("sync sent lock");
+        let [ended, running] = *s;
+        let sum = huskies_engine::SyncSent {
+            main_messages: ended.main_messages + running.main_messages,
+            main_bytes: ended.main_bytes + running.main_bytes,
+            mesh_messages: ended.mesh_messages + running.mesh_messages,
+            mesh_bytes: ended.mesh_bytes + running.mesh_bytes,
+        };
+        *s = [sum, Default::default()];
     }
     let incarnation = {
         let mut r = ctx.restarts.lock().expect("restarts lock");
@@ -269,6 +280,7 @@ impl SimNode {
 
     fn handle_time(&mut self) {
         self.ctx.beat_checks.lock().expect("beat checks lock")[1] = self.engine.beat_checks();
+        self.ctx.sync_sent.lock().expect("sync sent lock")[1] = self.engine.sync_sent();
         let now = self.ctx.local_ms();
         let landed = self.ctx.disk.lock().expect("disk lock").land_due(now);
         if let Some(seq) = landed {

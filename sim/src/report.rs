@@ -38,6 +38,8 @@ pub struct Report {
     pub disk_writes: u64,
     /// Links closed by their timers, over all nodes.
     pub link_resets: crate::link::Resets,
+    /// Sync messages and bytes sent, over all nodes and incarnations.
+    pub sync_sent: huskies_engine::SyncSent,
     /// Nodes in the cluster, the server included.
     pub nodes: usize,
     /// Heartbeats checked (each a signature check before hash chains),

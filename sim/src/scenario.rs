@@ -172,6 +172,12 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     report.nodes = cluster.ctxs.len();
     for c in &cluster.ctxs {
         report.link_resets.add(*c.link_resets.lock().expect("resets lock"));
+        for s in *c.sync_sent.lock().expect("sync sent lock") {
+            report.sync_sent.main_messages += s.main_messages;
+            report.sync_sent.main_bytes += s.main_bytes;
+            report.sync_sent.mesh_messages += s.mesh_messages;
+            report.sync_sent.mesh_bytes += s.mesh_bytes;
+        }
         for b in *c.beat_checks.lock().expect("beat checks lock") {
             report.beats_checked += b.beats;
             report.beat_signatures += b.signatures;
@@ -406,6 +412,7 @@ fn verify(
         disk_writes: 0,
         link_resets: Default::default(),
         nodes: 0,
+        sync_sent: Default::default(),
         beats_checked: 0,
         beat_signatures: 0,
         beat_hashes: 0,

@@ -95,6 +95,18 @@ pub(crate) struct Peers {
     relay: BTreeMap<NodeId, (Heartbeat, ConnId)>,
     /// Conns owed a sync message, sent once their pacing interval allows.
     sync_due: BTreeSet<ConnId>,
+    /// Sync messages sent, by path.
+    sent: SyncSent,
+}
+
+/// Sync messages and their bytes sent since start, on the main path (the
+/// rendezvous link, or any link without one) and on mesh links.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSent {
+    pub main_messages: u64,
+    pub main_bytes: u64,
+    pub mesh_messages: u64,
+    pub mesh_bytes: u64,
 }
 
 impl Peers {
@@ -230,7 +242,30 @@ impl Peers {
         self.sync_due.insert(conn);
     }
 
-    /// Every established peer is owed a sync (our document changed).
+    /// Our document changed: the main path is owed a sync. Mesh links stay
+    /// quiet while a rendezvous link carries the changes (they still answer
+    /// what a peer sends them); without one, every link is the main path.
+    pub fn owe_sync_changed(&mut self) {
+        if !self.has_rendezvous_link() {
+            return self.owe_sync_all();
+        }
+        let ids: Vec<ConnId> = self.conns.keys().copied().filter(|c| self.is_rendezvous_link(*c)).collect();
+        self.sync_due.extend(ids);
+    }
+
+    pub fn count_sync(&mut self, main: bool, bytes: usize) {
+        let s = &mut self.sent;
+        let (messages, total) =
+            if main { (&mut s.main_messages, &mut s.main_bytes) } else { (&mut s.mesh_messages, &mut s.mesh_bytes) };
+        *messages += 1;
+        *total += bytes as u64;
+    }
+
+    pub fn sync_sent(&self) -> SyncSent {
+        self.sent
+    }
+
+    /// Every established peer is owed a sync.
     pub fn owe_sync_all(&mut self) {
         let ids: Vec<ConnId> = self.established().map(|(id, _)| id).collect();
         self.sync_due.extend(ids);
