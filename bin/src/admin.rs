@@ -80,11 +80,16 @@ pub fn token_create(data_dir: Option<PathBuf>, ttl: u64) -> Result<(), CliError>
     Ok(())
 }
 
+/// `--json`: the API's answer as it came, pretty-printed.
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
 pub fn node_list(t: &Target, json: bool) -> Result<(), CliError> {
     let nodes = t.client()?.nodes()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&nodes).map_err(|e| e.to_string())?);
-        return Ok(());
+        return print_json(&nodes);
     }
     for n in nodes {
         let state = if n.revoked {
@@ -109,8 +114,7 @@ pub fn node_revoke(t: &Target, id: &str) -> Result<(), CliError> {
 pub fn status(t: &Target, json: bool) -> Result<(), CliError> {
     let s = t.client()?.status()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?);
-        return Ok(());
+        return print_json(&s);
     }
     println!(
         "node {} ({}), {} peers: {}",

@@ -133,25 +133,9 @@ pub async fn run(ctx: Arc<NodeCtx>) {
             Err(_) => madsim::time::sleep(Duration::from_millis(10)).await,
         }
     };
-    {
-        let mut b = ctx.beat_checks.lock().expect("beat checks lock");
-        let [ended, running] = *b;
-        let sum = huskies_engine::BeatChecks {
-            beats: ended.beats + running.beats,
-            signatures: ended.signatures + running.signatures,
-            hashes: ended.hashes + running.hashes,
-        };
-        *b = [sum, Default::default()];
-        let mut s = ctx.sync_sent.lock().expect("sync sent lock");
-        let [ended, running] = *s;
-        let sum = huskies_engine::SyncSent {
-            main_messages: ended.main_messages + running.main_messages,
-            main_bytes: ended.main_bytes + running.main_bytes,
-            mesh_messages: ended.mesh_messages + running.mesh_messages,
-            mesh_bytes: ended.mesh_bytes + running.mesh_bytes,
-        };
-        *s = [sum, Default::default()];
-    }
+    // The last incarnation's counts join those of the ones before it.
+    end_incarnation(&ctx.beat_checks);
+    end_incarnation(&ctx.sync_sent);
     let incarnation = {
         let mut r = ctx.restarts.lock().expect("restarts lock");
         *r += 1;
@@ -231,6 +215,13 @@ pub async fn run(ctx: Arc<NodeCtx>) {
         }
         node.handle_time();
     }
+}
+
+/// Folds the running incarnation's counts (`[1]`) into the ended ones'.
+fn end_incarnation<T: Copy + Default + std::ops::AddAssign>(counts: &Mutex<[T; 2]>) {
+    let mut c = counts.lock().expect("counts lock");
+    let running = std::mem::take(&mut c[1]);
+    c[0] += running;
 }
 
 /// Tasks receiving a node's datagrams at once (see `run`).

@@ -173,10 +173,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     for c in &cluster.ctxs {
         report.link_resets.add(*c.link_resets.lock().expect("resets lock"));
         for s in *c.sync_sent.lock().expect("sync sent lock") {
-            report.sync_sent.main_messages += s.main_messages;
-            report.sync_sent.main_bytes += s.main_bytes;
-            report.sync_sent.mesh_messages += s.mesh_messages;
-            report.sync_sent.mesh_bytes += s.mesh_bytes;
+            report.sync_sent += s;
         }
         for b in *c.beat_checks.lock().expect("beat checks lock") {
             report.beats_checked += b.beats;

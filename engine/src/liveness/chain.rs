@@ -121,6 +121,14 @@ pub struct BeatChecks {
     pub hashes: u64,
 }
 
+impl std::ops::AddAssign for BeatChecks {
+    fn add_assign(&mut self, o: BeatChecks) {
+        self.beats += o.beats;
+        self.signatures += o.signatures;
+        self.hashes += o.hashes;
+    }
+}
+
 /// What a chain beat is, checked against the chains we know.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChainCheck {

@@ -109,6 +109,15 @@ pub struct SyncSent {
     pub mesh_bytes: u64,
 }
 
+impl std::ops::AddAssign for SyncSent {
+    fn add_assign(&mut self, o: SyncSent) {
+        self.main_messages += o.main_messages;
+        self.main_bytes += o.main_bytes;
+        self.mesh_messages += o.mesh_messages;
+        self.mesh_bytes += o.mesh_bytes;
+    }
+}
+
 impl Peers {
     pub fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns.get(&id)
