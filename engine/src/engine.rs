@@ -327,7 +327,14 @@ impl Engine {
             if !bytes.is_empty() {
                 self.persist(kind, bytes);
             }
-            self.peers.owe_sync_changed();
+            // Our own writes go to every link: a mesh peer carries them if
+            // the rendezvous does not. What we merged came from a peer and
+            // goes on by the main path only.
+            if self.doc.take_written() {
+                self.peers.owe_sync_all();
+            } else {
+                self.peers.owe_sync_changed();
+            }
         }
         // Advertise a change in free slots at once: claim ranking relies on
         // it, and a stale "busy" makes two nodes both think they rank first.

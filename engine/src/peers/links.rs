@@ -251,9 +251,10 @@ impl Peers {
         self.sync_due.insert(conn);
     }
 
-    /// Our document changed: the main path is owed a sync. Mesh links stay
-    /// quiet while a rendezvous link carries the changes (they still answer
-    /// what a peer sends them); without one, every link is the main path.
+    /// We merged a peer's changes: the main path is owed a sync. Mesh links
+    /// do not relay while a rendezvous link carries the changes (they
+    /// still answer what a peer sends them); without one, every link is the
+    /// main path.
     pub fn owe_sync_changed(&mut self) {
         if !self.has_rendezvous_link() {
             return self.owe_sync_all();
