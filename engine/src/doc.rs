@@ -147,9 +147,6 @@ pub struct Doc {
     /// Changes made or merged since the last persist (the engine persists
     /// when this is set, and clears it when it does).
     unpersisted: bool,
-    /// Whether we wrote (not merged) since the last `take_written`: our own
-    /// writes go to every link, merges only on the main path.
-    written: bool,
     /// What each state op stands for (`doc/validity.rs`).
     state_verdicts: BTreeMap<validity::OpKey, validity::Verdict>,
 }
@@ -186,7 +183,6 @@ impl Doc {
             replaced: BTreeSet::new(),
             batching: false,
             unpersisted: false,
-            written: false,
             hidden: BTreeSet::new(),
             state_verdicts: BTreeMap::new(),
         }
@@ -252,7 +248,6 @@ impl Doc {
             self.am.commit_with(CommitOptions::default().with_time(0));
         }
         self.unpersisted = true;
-        self.written = true;
     }
 
     /// Commits one of our typed writes. Its effect is ours, known to the
@@ -263,12 +258,6 @@ impl Doc {
             self.am.update_diff_cursor();
         }
         self.unpersisted = true;
-        self.written = true;
-    }
-
-    /// Whether we wrote since the last call; clears it.
-    pub fn take_written(&mut self) -> bool {
-        std::mem::take(&mut self.written)
     }
 
     /// Whether changes were made or merged since the last persist.

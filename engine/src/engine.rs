@@ -327,14 +327,10 @@ impl Engine {
             if !bytes.is_empty() {
                 self.persist(kind, bytes);
             }
-            // Our own writes go to every link: a mesh peer carries them if
-            // the rendezvous does not. What we merged came from a peer and
-            // goes on by the main path only.
-            if self.doc.take_written() {
-                self.peers.owe_sync_all();
-            } else {
-                self.peers.owe_sync_changed();
-            }
+            // Every link, merges included: a mesh peer may have lost its
+            // own rendezvous link and hear the server only through us
+            // (tests/cluster.rs, an agent cut off from the server).
+            self.peers.owe_sync_all();
         }
         // Advertise a change in free slots at once: claim ranking relies on
         // it, and a stale "busy" makes two nodes both think they rank first.

@@ -474,3 +474,29 @@ fn a_leaving_node_is_reclaimed_at_once() {
         at.saturating_sub(left_at)
     );
 }
+
+/// An agent cut off from the server but not from its mesh peers still
+/// learns what the server writes, through peers that do have a server
+/// link, within a bounded time (a backlog story: no agent's own write
+/// carries it along).
+#[test]
+fn an_agent_cut_off_from_the_server_hears_it_through_the_mesh() {
+    let mut c = Harness::new(3, 5, fast_config());
+    c.run_for(3_000);
+    c.partition(1, &[0]);
+    c.run_for(1_000);
+    let id = StoryId::new("backlog-news").unwrap();
+    let story = huskies_engine::NewStory {
+        id: Some(id.clone()),
+        title: "news".into(),
+        stage: Stage::Backlog,
+        ..Default::default()
+    };
+    c.command(0, Command::AddStory(story)).unwrap();
+    let heard = (0..500).find(|_| {
+        c.run_for(10);
+        c.engine(1).story(&id).is_some()
+    });
+    assert!(heard.is_some(), "agent 1 never heard of the story through its mesh peers");
+    assert!(c.engine(2).story(&id).is_some() && c.engine(3).story(&id).is_some());
+}

@@ -251,18 +251,6 @@ impl Peers {
         self.sync_due.insert(conn);
     }
 
-    /// We merged a peer's changes: the main path is owed a sync. Mesh links
-    /// do not relay while a rendezvous link carries the changes (they
-    /// still answer what a peer sends them); without one, every link is the
-    /// main path.
-    pub fn owe_sync_changed(&mut self) {
-        if !self.has_rendezvous_link() {
-            return self.owe_sync_all();
-        }
-        let ids: Vec<ConnId> = self.conns.keys().copied().filter(|c| self.is_rendezvous_link(*c)).collect();
-        self.sync_due.extend(ids);
-    }
-
     pub fn count_sync(&mut self, main: bool, bytes: usize) {
         let s = &mut self.sent;
         let (messages, total) =
