@@ -287,6 +287,31 @@ fn demo_is_green_for_several_seeds() {
     }
 }
 
+/// The fleet bench as the README runs it, on a fleet of 3: every story
+/// done, and every number read back from where it lives (/proc, /metrics,
+/// the nodes' logs), none left at zero.
+#[test]
+fn fleet_bench_measures_a_small_fleet() {
+    let out = Command::new(EXE)
+        .args(["fleet-bench", "--agents", "3", "--stories", "4", "--rate", "4", "--timeout-secs", "100"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let row = text.lines().find(|l| l.starts_with("| 3 | 4/4 |")).unwrap_or_else(|| panic!("no result row: {text}"));
+    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+    // agents, done, CPU s/story, cores, server RSS, agent RSS, add → claim,
+    // change → every node, heartbeat B/s per agent, server heartbeat B/s.
+    assert_eq!(cells.len(), 10, "{row}");
+    let positive = |cell: &str| cell.split(" / ").all(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0));
+    for (i, cell) in cells.iter().enumerate().skip(2) {
+        // Every change reaching all 4 nodes in the same millisecond would
+        // read 0: allowed for the propagation cell alone.
+        assert!(positive(cell) || (i == 7 && cell.split(" / ").all(|v| v.parse::<u64>().is_ok())), "cell {i} of {row}");
+    }
+    assert!(text.contains("stage changes seen by all 4 nodes"), "{text}");
+}
+
 /// Fencing at the remote with real processes and real git: agent-1 is cut
 /// off from the cluster (a proxy between it and the server drops every
 /// connection) but not from the remote, past the claim timeout, while its

@@ -86,6 +86,22 @@ impl Client {
         Self::decode(&url, resp)
     }
 
+    /// The node's `/metrics`, as Prometheus text.
+    pub fn metrics(&self) -> Result<String, CliError> {
+        let url = format!("{}/metrics", self.base);
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("authorization", &self.auth(None))
+            .call()
+            .map_err(|e| CliError::Unreachable { url: url.clone(), source: Box::new(e) })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(CliError::Refused { status: status.as_u16(), message: format!("{url} answered {status}") });
+        }
+        resp.body_mut().read_to_string().map_err(|e| CliError::BadAnswer { url, reason: e.to_string() })
+    }
+
     pub fn status(&self) -> Result<Status, CliError> {
         self.get("/api/status")
     }

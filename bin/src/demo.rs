@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use huskies_net::auth;
 
 use crate::client::Client;
 use crate::error::CliError;
+use crate::local::{Procs, free_port, git_fixture, spawn, wait_healthy};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -125,61 +125,6 @@ fn profile_agents(agent: &str, program: &Path, model: Option<&str>) -> String {
     s
 }
 
-/// Child processes, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Procs(Vec<(String, Child)>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-        #[allow(clippy::disallowed_methods)] // wall-clock wait for real processes
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for (_, c) in &mut self.0 {
-            #[allow(clippy::disallowed_methods)]
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn git_fixture(scratch: &Path) -> Result<PathBuf, String> {
-    let err = |e: git2::Error| e.message().to_owned();
-    let seed = scratch.join("seed");
-    let repo = git2::Repository::init(&seed).map_err(err)?;
-    std::fs::write(seed.join("README.md"), "# demo project\n").map_err(|e| e.to_string())?;
-    std::fs::write(seed.join("CHANGELOG.md"), "# Changelog\n").map_err(|e| e.to_string())?;
-    std::fs::write(seed.join("ci.sh"), CI_SH).map_err(|e| e.to_string())?;
-    let mut idx = repo.index().map_err(err)?;
-    for f in ["README.md", "CHANGELOG.md", "ci.sh"] {
-        idx.add_path(Path::new(f)).map_err(err)?;
-    }
-    let tree = repo.find_tree(idx.write_tree().map_err(err)?).map_err(err)?;
-    let sig = git2::Signature::now("huskies demo", "demo@huskies.invalid").map_err(err)?;
-    repo.commit(Some("HEAD"), &sig, &sig, "initial commit", &tree, &[]).map_err(err)?;
-    let remote = scratch.join("remote.git");
-    let seed_url = seed.to_str().ok_or("scratch path is not UTF-8")?;
-    git2::build::RepoBuilder::new().bare(true).clone(seed_url, &remote).map_err(err)?;
-    Ok(remote)
-}
-
-/// The demo repository's gate: what landing runs on every merged tree.
-const CI_SH: &str = "#!/bin/sh
-# The gate huskies runs before it moves the default branch.
-if grep -rqE '^(<<<<<<<|>>>>>>>)' --exclude-dir=.git .; then echo 'conflict markers left'; exit 1; fi
-if [ -d broken ] && [ -n \"$(ls broken)\" ]; then echo \"broken: $(ls broken)\"; exit 1; fi
-echo 'all checks passed'
-";
-
 fn project_toml(agents: &str) -> String {
     // Retries after 1 s (doubling), not 5 s: injected failures show
     // retries without stalling the demo.
@@ -192,16 +137,6 @@ fn project_toml(agents: &str) -> String {
     // shared file, so returns are bounded by their number, not by chance.
     s.push_str("\n[merge]\ngates = [\"sh ci.sh\"]\nbatch = 4\nmax_returns = 20\n");
     s
-}
-
-fn wait_healthy(client: &Client, what: &str) -> Result<(), CliError> {
-    for _ in 0..200 {
-        if client.healthy() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("{what} did not come up").into())
 }
 
 pub fn run(a: DemoArgs) -> Result<(), CliError> {
@@ -217,17 +152,6 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         let _ = std::fs::remove_dir_all(&scratch);
     }
     result
-}
-
-fn spawn(exe: &Path, args: &[String], log: &Path) -> Result<Child, String> {
-    let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
-    Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))
 }
 
 fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<(), CliError> {
@@ -277,7 +201,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         "--node-id".into(),
         "rendezvous".into(),
     ];
-    procs.0.push(("server".into(), spawn(exe, &server_args, &scratch.join("server.log"))?));
+    procs.0.push(("server".into(), spawn(exe, &server_args, &scratch.join("server.log"), &[])?));
     let key = {
         let mut key = None;
         for _ in 0..200 {
@@ -321,7 +245,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
             "--node-id".into(),
             format!("agent-{i}"),
         ];
-        procs.0.push((format!("agent-{i}"), spawn(exe, &agent_args, &scratch.join(format!("agent-{i}.log")))?));
+        procs.0.push((format!("agent-{i}"), spawn(exe, &agent_args, &scratch.join(format!("agent-{i}.log")), &[])?));
         agent_ports.insert(format!("agent-{i}"), aport);
     }
     for (name, p) in &agent_ports {

@@ -5,6 +5,8 @@ mod client;
 mod demo;
 mod doctor;
 mod error;
+mod fleet;
+mod local;
 mod queue;
 mod run;
 mod standin;
@@ -120,6 +122,11 @@ enum Cmd {
     },
     /// Start a real local cluster (server + 3 agents) and watch it work.
     Demo(demo::DemoArgs),
+    /// Benchmark a real fleet on this machine: a server and N stand-in
+    /// agents on loopback addresses, stories at a steady rate; reports
+    /// server CPU per story, RSS, claim and propagation latency, and
+    /// heartbeat bytes.
+    FleetBench(fleet::FleetArgs),
     /// The built-in stand-in agent: edits and commits a file (used by demo).
     #[command(hide = true)]
     StandIn(standin::StandInArgs),
@@ -200,9 +207,15 @@ enum TokenCmd {
     },
 }
 
+/// Automerge 0.12 instruments `load_changes` at info level with the whole
+/// change graph as a field: under an info subscriber every sync message
+/// received formatted the document's history (most of an agent's CPU in a
+/// 200-agent fleet). Its spans are off unless RUST_LOG asks for them.
+const DEFAULT_LOG_FILTER: &str = "info,automerge=warn";
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -243,6 +256,7 @@ fn main() -> ExitCode {
             NodeCmd::Revoke { id } => admin::node_revoke(&target, &id),
         },
         Cmd::Demo(args) => demo::run(args),
+        Cmd::FleetBench(args) => fleet::run(args),
         Cmd::StandIn(args) => standin::run(args).map_err(CliError::from),
     };
     match result {

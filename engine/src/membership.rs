@@ -49,20 +49,26 @@ impl Engine {
     /// enrolled in the same merge wins).
     pub(crate) fn absorb_signed(&mut self) {
         for Signed { kind, node, key, sig } in self.doc.read_signed() {
-            if self.is_revoked(&node, &key) {
+            // Checked once: a key already believed or revoked was proven,
+            // and an entry that failed stays refused. Checking every entry
+            // on every merge cost N signature checks per change per node:
+            // 57% of all CPU with 200 agents on one machine.
+            if self.is_revoked(&node, &key) || (kind == SignedKind::Enrolled && self.members.believes(&node, &key)) {
                 continue;
             }
-            match kind {
-                SignedKind::Enrolled => {
-                    if identity::verify_cert(&self.creds.ca, &node, &Cert { key, sig }) {
-                        self.learn_key(&node, key);
-                    }
-                }
-                SignedKind::Revoked => {
-                    if identity::verify_revocation(&self.creds.ca, &node, &key, &sig) {
-                        self.apply_revocation(node, key);
-                    }
-                }
+            let entry = (kind == SignedKind::Enrolled, node, key, sig);
+            if self.members.was_refused(&entry) {
+                continue;
+            }
+            let (_, node, key, sig) = &entry;
+            let valid = match kind {
+                SignedKind::Enrolled => identity::verify_cert(&self.creds.ca, node, &Cert { key: *key, sig: *sig }),
+                SignedKind::Revoked => identity::verify_revocation(&self.creds.ca, node, key, sig),
+            };
+            match (valid, kind) {
+                (false, _) => self.members.refuse(entry),
+                (true, SignedKind::Enrolled) => self.learn_key(&entry.1, entry.2),
+                (true, SignedKind::Revoked) => self.apply_revocation(entry.1, entry.2),
             }
         }
     }

@@ -391,6 +391,7 @@ impl Engine {
                 let bytes = Envelope::Heartbeats(vec![hb]).encode();
                 let to: Vec<ConnId> = self.peers.established().map(|(id, _)| id).filter(|id| *id != from).collect();
                 for conn in to {
+                    self.peers.count_beats(bytes.len());
                     self.outbox.push(Output::Send { conn, bytes: bytes.clone() });
                 }
             }
@@ -434,6 +435,7 @@ impl Engine {
             beats.extend(relay.values().filter(|(_, from)| *from != conn).map(|(hb, _)| hb.clone()));
             for chunk in beats.chunks(crate::wire::MAX_HEARTBEATS) {
                 let bytes = Envelope::Heartbeats(chunk.to_vec()).encode();
+                self.peers.count_beats(bytes.len());
                 self.outbox.push(Output::Send { conn, bytes });
             }
         }

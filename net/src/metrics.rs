@@ -66,6 +66,9 @@ pub struct Metrics {
     sync_messages_out: Counter,
     sync_bytes_in: Counter,
     sync_bytes_out: Counter,
+    /// Within `sync_bytes_out`: heartbeat envelopes (the membership
+    /// traffic a node pays for the fleet's size).
+    heartbeat_bytes_out: Counter,
     peers_connected: Gauge,
     peers_rejected: Family<Label, Counter>,
     stories: Family<Label, Gauge>,
@@ -112,6 +115,7 @@ impl Metrics {
             sync_messages_out: Counter::default(),
             sync_bytes_in: Counter::default(),
             sync_bytes_out: Counter::default(),
+            heartbeat_bytes_out: Counter::default(),
             peers_connected: Gauge::default(),
             peers_rejected: Family::default(),
             stories: Family::default(),
@@ -154,6 +158,11 @@ impl Metrics {
         r.register("sync_messages_sent", "Peer messages sent", m.sync_messages_out.clone());
         r.register("sync_received_bytes", "Bytes of peer messages received", m.sync_bytes_in.clone());
         r.register("sync_sent_bytes", "Bytes of peer messages sent", m.sync_bytes_out.clone());
+        r.register(
+            "heartbeat_sent_bytes",
+            "Bytes of heartbeat envelopes sent (own beats and relays), counted within sync_sent_bytes",
+            m.heartbeat_bytes_out.clone(),
+        );
         r.register("peers_connected", "Peers with a finished handshake", m.peers_connected.clone());
         r.register("peers_rejected", "Peers disconnected for breaking the protocol, by kind", m.peers_rejected.clone());
         r.register("stories", "Stories by stage (removed stories not counted)", m.stories.clone());
@@ -201,6 +210,13 @@ impl Metrics {
     pub fn sync_sent(&self, bytes: usize) {
         self.sync_messages_out.inc();
         self.sync_bytes_out.inc_by(bytes as u64);
+    }
+
+    /// Catches the counter up with the engine's own count of heartbeat
+    /// bytes sent since start.
+    pub fn set_heartbeat_sent(&self, total_bytes: u64) {
+        let seen = self.heartbeat_bytes_out.get();
+        self.heartbeat_bytes_out.inc_by(total_bytes.saturating_sub(seen));
     }
 
     pub fn run_started(&self, story: &StoryId, token: Token, now: Instant) {

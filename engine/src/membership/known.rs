@@ -13,7 +13,18 @@ pub(crate) struct Members {
     keys: BTreeMap<NodeId, BTreeSet<PublicKey>>,
     /// Keys with a valid CA revocation in the document.
     revoked: BTreeSet<(NodeId, PublicKey)>,
+    /// Signed entries of the document whose CA signature failed, so a
+    /// forged entry costs one check, not one per merge (bounded: past it
+    /// the set starts over, and a forged entry costs a check again).
+    refused: BTreeSet<SignedEntry>,
 }
+
+/// A signed entry as written: enrolment (`true`) or revocation, the node,
+/// the key and the CA's signature.
+pub(crate) type SignedEntry = (bool, NodeId, PublicKey, crate::identity::Sig);
+
+/// Refused signed entries remembered at most.
+const MAX_REFUSED: usize = 4_096;
 
 impl Members {
     pub(crate) fn is_revoked(&self, node: &NodeId, key: &PublicKey) -> bool {
@@ -23,6 +34,18 @@ impl Members {
     /// Any key of `node` was ever revoked.
     pub(crate) fn ever_revoked(&self, node: &NodeId) -> bool {
         self.revoked.iter().any(|(n, _)| n == node)
+    }
+
+    /// `entry` failed its CA check before.
+    pub(crate) fn was_refused(&self, entry: &SignedEntry) -> bool {
+        self.refused.contains(entry)
+    }
+
+    pub(crate) fn refuse(&mut self, entry: SignedEntry) {
+        if self.refused.len() >= MAX_REFUSED {
+            self.refused.clear();
+        }
+        self.refused.insert(entry);
     }
 
     pub(crate) fn believes(&self, node: &NodeId, key: &PublicKey) -> bool {

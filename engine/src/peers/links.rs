@@ -100,13 +100,16 @@ pub(crate) struct Peers {
 }
 
 /// Sync messages and their bytes sent since start, on the main path (the
-/// rendezvous link, or any link without one) and on mesh links.
+/// rendezvous link, or any link without one) and on mesh links; and the
+/// heartbeat envelopes beside them (own beats and relays, every link).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SyncSent {
     pub main_messages: u64,
     pub main_bytes: u64,
     pub mesh_messages: u64,
     pub mesh_bytes: u64,
+    pub beat_messages: u64,
+    pub beat_bytes: u64,
 }
 
 impl std::ops::AddAssign for SyncSent {
@@ -115,6 +118,8 @@ impl std::ops::AddAssign for SyncSent {
         self.main_bytes += o.main_bytes;
         self.mesh_messages += o.mesh_messages;
         self.mesh_bytes += o.mesh_bytes;
+        self.beat_messages += o.beat_messages;
+        self.beat_bytes += o.beat_bytes;
     }
 }
 
@@ -257,6 +262,11 @@ impl Peers {
             if main { (&mut s.main_messages, &mut s.main_bytes) } else { (&mut s.mesh_messages, &mut s.mesh_bytes) };
         *messages += 1;
         *total += bytes as u64;
+    }
+
+    pub fn count_beats(&mut self, bytes: usize) {
+        self.sent.beat_messages += 1;
+        self.sent.beat_bytes += bytes as u64;
     }
 
     pub fn sync_sent(&self) -> SyncSent {

@@ -164,6 +164,7 @@ impl NodeLoop {
                     changes,
                 );
                 self.metrics.set_epoch(self.engine.epoch());
+                self.metrics.set_heartbeat_sent(self.engine.sync_sent().beat_bytes);
                 let costs = crate::costs::Costs::of(&mut self.engine);
                 let _ = reply.send(self.metrics.encode_with(&costs));
             }
@@ -309,10 +310,14 @@ impl NodeLoop {
             | Event::ValueRefused { .. }
             | Event::EpochStarted { gap: true, .. }
             | Event::Fenced { .. } => {
-                tracing::warn!(event = ?e)
+                tracing::warn!(unix_ms, event = ?e)
             }
-            Event::PeerUp { .. } | Event::PeerDown { .. } | Event::StageChanged { .. } => tracing::debug!(event = ?e),
-            _ => tracing::info!(event = ?e),
+            // `unix_ms` lets a fleet's logs be laid side by side (`huskies
+            // fleet-bench` times a change's spread from them).
+            Event::PeerUp { .. } | Event::PeerDown { .. } | Event::StageChanged { .. } => {
+                tracing::debug!(unix_ms, event = ?e)
+            }
+            _ => tracing::info!(unix_ms, event = ?e),
         }
     }
 
