@@ -57,6 +57,7 @@ impl Engine {
                 next_sync_at: self.now,
                 budget,
                 held_bytes: 0,
+                mesh: Default::default(),
             },
         );
         let epoch = self.doc.epoch();
@@ -125,6 +126,7 @@ impl Engine {
             }
             Envelope::Sync { sigs, message } => self.handle_sync(conn, &sigs, &message),
             Envelope::Epoch { epoch, sig, base } => self.handle_epoch(conn, epoch, sig, base),
+            Envelope::Heads(heads) => self.handle_heads(conn, heads),
             Envelope::Heartbeats(beats) => {
                 for hb in beats {
                     if self.peers.conn(conn).is_none() {
@@ -205,6 +207,12 @@ impl Engine {
         // was in flight when one of us moved on. Dropped, not refused.
         if self.peers.conn(conn).and_then(|c| c.epoch) != Some(self.doc.epoch()) {
             return;
+        }
+        // A mesh peer that syncs with us is answered in kind until done.
+        if !self.is_primary(conn)
+            && let Some(c) = self.peers.conn_mut(conn)
+        {
+            c.mesh.engaged = true;
         }
         // Automerge trusts the fields of a sync message; hold them to what
         // an honest peer sends before it sees a byte.
@@ -300,17 +308,20 @@ impl Engine {
     }
 
     /// Is `conn` on the main path? Agents sync with the rendezvous at full
-    /// pace and with mesh peers at `mesh_sync_interval_ms`, as anti-entropy:
-    /// every link syncing every change multiplied the sync work by the mesh
-    /// degree. Without a rendezvous link, the mesh is the main path.
+    /// pace. Mesh links, while a rendezvous link is up, send only their
+    /// heads when those change (at most one envelope per
+    /// `mesh_sync_interval_ms`), and sync only what the rendezvous did not
+    /// bring (`mesh_wants_sync`): every link syncing every change
+    /// multiplied the sync work by the mesh degree. Without a rendezvous
+    /// link, the mesh is the main path.
     fn is_primary(&self, conn: ConnId) -> bool {
         let hub = self.config.rendezvous.is_none();
         hub || self.peers.is_rendezvous_link(conn) || !self.peers.has_rendezvous_link()
     }
 
     fn send_sync(&mut self, conn: ConnId) {
-        let interval =
-            if self.is_primary(conn) { self.config.sync_interval_ms } else { self.config.mesh_sync_interval_ms };
+        let primary = self.is_primary(conn);
+        let interval = if primary { self.config.sync_interval_ms } else { self.config.mesh_sync_interval_ms };
         let now = self.now;
         let epoch = self.doc.epoch();
         let Some(c) = self.peers.conn_mut(conn) else { return };
@@ -318,6 +329,9 @@ impl Engine {
             return;
         }
         c.next_sync_at = now.saturating_add_ms(interval);
+        if !primary && !self.mesh_wants_sync(conn) {
+            return self.send_heads(conn);
+        }
         // What we send must carry its signatures: changes made in this
         // input are signed here if the persist has not done it yet.
         self.sign_new_changes();
@@ -327,15 +341,76 @@ impl Engine {
             let c = engine.peers.conn_mut(conn)?;
             engine.doc.automerge().sync().generate_sync_message(&mut c.sync)
         });
-        if let Some(mut msg) = generated.flatten() {
+        let generated = generated.flatten();
+        if !primary {
+            let heads = self.doc.heads();
+            if let Some(c) = self.peers.conn_mut(conn) {
+                // Engaged until a round leaves us nothing to send; what
+                // we lacked comes by the sync itself.
+                c.mesh.engaged = generated.is_some();
+                c.mesh.lacking.clear();
+                if generated.is_some() {
+                    c.mesh.sent = heads;
+                }
+            }
+        }
+        if let Some(mut msg) = generated {
             // Advertise no v2 capability (signing.rs): a peer that took us
             // at our word would answer with whole documents we refuse.
             msg.flags = None;
             let sigs = self.sigs_for(&msg);
             let bytes = Envelope::Sync { sigs, message: msg.encode() }.encode();
-            let main = self.is_primary(conn);
-            self.peers.count_sync(main, bytes.len());
+            self.peers.count_sync(primary, bytes.len());
             self.outbox.push(Output::Send { conn, bytes });
+        }
+    }
+
+    /// A mesh link syncs when a sync is under way on it, or when the peer
+    /// told us of heads we still lack a mesh interval later (the
+    /// rendezvous did not bring them: the mesh takes over).
+    fn mesh_wants_sync(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.peers.conn(conn) else { return false };
+        if c.mesh.engaged {
+            return true;
+        }
+        if c.mesh.lacking.is_empty() {
+            return false;
+        }
+        let lacking = c.mesh.lacking.clone();
+        let still = self.doc.automerge().get_missing_deps(&lacking);
+        let Some(c) = self.peers.conn_mut(conn) else { return false };
+        c.mesh.lacking = still;
+        !c.mesh.lacking.is_empty()
+    }
+
+    /// Our heads to a mesh peer, when they changed since we last told it.
+    fn send_heads(&mut self, conn: ConnId) {
+        let mut heads = self.doc.heads();
+        heads.truncate(crate::wire::MAX_HEADS);
+        let Some(c) = self.peers.conn_mut(conn) else { return };
+        if c.mesh.sent == heads {
+            return;
+        }
+        let bytes = Envelope::Heads(heads.iter().map(|h| h.0).collect()).encode();
+        c.mesh.sent = heads;
+        self.peers.count_heads(bytes.len());
+        self.outbox.push(Output::Send { conn, bytes });
+    }
+
+    /// A mesh peer's heads. Those we lack are looked at again a mesh
+    /// interval from now: by then the rendezvous has usually brought them.
+    fn handle_heads(&mut self, conn: ConnId, heads: Vec<[u8; 32]>) {
+        if self.peers.conn(conn).and_then(|c| c.epoch) != Some(self.doc.epoch()) {
+            return;
+        }
+        let heads: Vec<automerge::ChangeHash> = heads.into_iter().map(automerge::ChangeHash).collect();
+        let lacking = self.doc.automerge().get_missing_deps(&heads);
+        let later = self.now.saturating_add_ms(self.config.mesh_sync_interval_ms);
+        let Some(c) = self.peers.conn_mut(conn) else { return };
+        c.mesh.lacking = lacking;
+        if !c.mesh.lacking.is_empty() {
+            c.next_sync_at = c.next_sync_at.max(later);
+            self.peers.owe_sync(conn);
         }
     }
 

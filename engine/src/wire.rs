@@ -1,8 +1,8 @@
 //! The envelope spoken over `/crdt-sync`: one binary frame per envelope.
 //!
 //! ```text
-//! byte 0      protocol version (5)
-//! byte 1      kind: 1 hello, 2 sync, 3 heartbeat, 4 auth, 5 epoch
+//! byte 0      protocol version (6)
+//! byte 1      kind: 1 hello, 2 sync, 3 heartbeat, 4 auth, 5 epoch, 6 heads
 //! hello       u8 len, node id, 32-byte nonce, 32-byte public key, 64-byte
 //!             CA signature of the key (the node's certificate), u64 epoch
 //! epoch       u64 epoch, 64-byte CA signature, then the epoch's base
@@ -18,11 +18,13 @@
 //!             then its proof: u8 0 and a 64-byte signature by the beat's
 //!             node, or u8 1 and a hash chain: u64 start seq, 32-byte root,
 //!             64-byte signature of the chain by the node, 32-byte link
+//! heads       u16 count (at most MAX_HEADS), then 32-byte change hashes:
+//!             the sender's document heads (mesh links, see peers.rs)
 //! ```
 //!
 //! Versions 1 (unsigned hellos and beats), 2 (one document forever, no
-//! epochs), 3 (unsigned changes) and 4 (every beat signed) are refused
-//! with a clear error.
+//! epochs), 3 (unsigned changes), 4 (every beat signed) and 5 (mesh links
+//! syncing every change) are refused with a clear error.
 //!
 //! Every length is checked before it is used; decoding never panics.
 
@@ -31,18 +33,22 @@ use thiserror::Error;
 use crate::NodeId;
 use crate::identity::{Cert, Sig};
 
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 
 const KIND_HELLO: u8 = 1;
 const KIND_SYNC: u8 = 2;
 const KIND_HEARTBEAT: u8 = 3;
 const KIND_AUTH: u8 = 4;
 const KIND_EPOCH: u8 = 5;
+const KIND_HEADS: u8 = 6;
 
 /// Most beats one envelope may carry (one per node of a large fleet).
 pub const MAX_HEARTBEATS: usize = 4_096;
 /// Most certificates one sync envelope may carry (one per author).
 pub const MAX_CERTS: usize = 4_096;
+/// Most heads one heads envelope may carry: a document has one head per
+/// concurrent writer since the last merge, a handful in practice.
+pub const MAX_HEADS: usize = 1_024;
 
 /// Who signed a change (see `signing.rs`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -123,6 +129,9 @@ pub enum Envelope {
     Sync { sigs: ChangeSigs, message: Vec<u8> },
     /// Our own beat and the beats we relay, batched per interval.
     Heartbeats(Vec<Heartbeat>),
+    /// Our document's heads: what a mesh link sends instead of a sync
+    /// message while the rendezvous carries the changes.
+    Heads(Vec<[u8; 32]>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -224,6 +233,15 @@ impl Envelope {
                     }
                 }
             }
+            Envelope::Heads(heads) => {
+                assert!(heads.len() <= MAX_HEADS, "{} heads", heads.len());
+                out.reserve(heads.len() * 32 + 2);
+                out.push(KIND_HEADS);
+                out.extend_from_slice(&(heads.len() as u16).to_be_bytes());
+                for h in heads {
+                    out.extend_from_slice(h);
+                }
+            }
         }
         out
     }
@@ -302,6 +320,17 @@ impl Envelope {
                     });
                 }
                 Envelope::Heartbeats(beats)
+            }
+            KIND_HEADS => {
+                let count = usize::from(u16::from_be_bytes(r.array()?));
+                if count > MAX_HEADS {
+                    return Err(WireError::TooMany { what: "heads", count, max: MAX_HEADS });
+                }
+                let mut heads = Vec::with_capacity(count);
+                for _ in 0..count {
+                    heads.push(r.array()?);
+                }
+                Envelope::Heads(heads)
             }
             kind => return Err(WireError::Kind(kind)),
         };
@@ -396,6 +425,8 @@ mod tests {
                     },
                 },
             ]),
+            Envelope::Heads(vec![]),
+            Envelope::Heads(vec![[1; 32], [2; 32]]),
         ] {
             assert_eq!(Envelope::decode(&env.encode(), 1 << 20), Ok(env));
         }
@@ -409,28 +440,34 @@ mod tests {
         assert_eq!(Envelope::decode(&[2, 4, 1, b'a'], 100), Err(WireError::Version(2)), "v2 peers are refused");
         assert_eq!(
             WireError::Version(2).to_string(),
-            "protocol version 2 is not supported (this node speaks 5)",
+            "protocol version 2 is not supported (this node speaks 6)",
             "an old peer is told why"
         );
         assert_eq!(Envelope::decode(&[3, 2, 0x42], 100), Err(WireError::Version(3)), "unsigned changes are refused");
         assert_eq!(Envelope::decode(&[4, 4, 0], 100), Err(WireError::Version(4)), "every beat signed: refused");
-        assert_eq!(Envelope::decode(&[5, 77], 100), Err(WireError::Kind(77)));
-        assert_eq!(Envelope::decode(&[5, 1, 5, b'a'], 100), Err(WireError::Truncated));
-        assert_eq!(Envelope::decode(&[5, 5, 0, 0], 100), Err(WireError::Truncated), "an epoch without its signature");
-        assert!(matches!(Envelope::decode(&[5, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
-        assert_eq!(Envelope::decode(&[5, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
+        assert_eq!(Envelope::decode(&[5, 3, 0, 0], 100), Err(WireError::Version(5)), "mesh syncing every change");
+        assert_eq!(Envelope::decode(&[6, 77], 100), Err(WireError::Kind(77)));
+        assert_eq!(Envelope::decode(&[6, 1, 5, b'a'], 100), Err(WireError::Truncated));
+        assert_eq!(Envelope::decode(&[6, 5, 0, 0], 100), Err(WireError::Truncated), "an epoch without its signature");
+        assert!(matches!(Envelope::decode(&[6, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
+        assert_eq!(Envelope::decode(&[6, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
         // A signature naming a certificate that is not there.
         assert_eq!(
-            Envelope::decode(&[[5, 2, 0, 0, 0, 0, 0, 1, 0, 3].as_slice(), &[0; 64]].concat(), 200),
+            Envelope::decode(&[[6, 2, 0, 0, 0, 0, 0, 1, 0, 3].as_slice(), &[0; 64]].concat(), 200),
             Err(WireError::NoSuchCert(3))
         );
         // A signature count past what the bytes could hold.
-        assert!(matches!(Envelope::decode(&[5, 2, 0, 0, 0xff, 0xff, 0xff, 0xff], 100), Err(WireError::TooMany { .. })));
+        assert!(matches!(Envelope::decode(&[6, 2, 0, 0, 0xff, 0xff, 0xff, 0xff], 100), Err(WireError::TooMany { .. })));
         let mut auth = Envelope::Auth { sig: [0; 64] }.encode();
         auth.push(0);
         assert_eq!(Envelope::decode(&auth, 100), Err(WireError::Trailing(1)));
-        assert_eq!(Envelope::decode(&[5, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
+        assert_eq!(Envelope::decode(&[6, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
         assert!(matches!(Envelope::decode(&[0; 200], 100), Err(WireError::TooLarge { .. })));
+        assert_eq!(Envelope::decode(&[6, 6, 0, 1, 7], 100), Err(WireError::Truncated), "a head cut short");
+        assert!(
+            matches!(Envelope::decode(&[6, 6, 0xff, 0xff], 100), Err(WireError::TooMany { what: "heads", .. })),
+            "more heads than a document has"
+        );
     }
 
     #[test]

@@ -71,6 +71,32 @@ pub(crate) struct Conn {
     /// no change whose dependencies are missing (bounded by
     /// `max_held_bytes`).
     pub held_bytes: u64,
+    /// Heads-first on a mesh link (peers.rs): what we told it, what it
+    /// told us we lack, whether a sync is under way.
+    pub mesh: MeshHeads,
+}
+
+impl Conn {
+    /// The document changed under this link's feet (a rebuild, an
+    /// epoch): sync starts over.
+    pub fn restart_sync(&mut self) {
+        self.sync = sync::State::new();
+        self.mesh = MeshHeads::default();
+    }
+}
+
+/// A mesh link, while a rendezvous link carries the changes, sends only
+/// its heads when they change; a peer that hears of heads it lacks, and
+/// still lacks them a mesh interval later, starts a sync (`engaged`),
+/// which runs until neither side has anything to send.
+#[derive(Debug, Default)]
+pub(crate) struct MeshHeads {
+    /// The heads we last sent on this link.
+    pub sent: Vec<automerge::ChangeHash>,
+    /// The peer's heads we did not have when it sent them.
+    pub lacking: Vec<automerge::ChangeHash>,
+    /// A sync is under way: sync messages, not heads, until it is done.
+    pub engaged: bool,
 }
 
 /// How a dial target waits after its conn ended.
@@ -110,6 +136,9 @@ pub struct SyncSent {
     pub mesh_bytes: u64,
     pub beat_messages: u64,
     pub beat_bytes: u64,
+    /// Heads envelopes on mesh links (beside their sync messages).
+    pub heads_messages: u64,
+    pub heads_bytes: u64,
 }
 
 impl std::ops::AddAssign for SyncSent {
@@ -120,6 +149,8 @@ impl std::ops::AddAssign for SyncSent {
         self.mesh_bytes += o.mesh_bytes;
         self.beat_messages += o.beat_messages;
         self.beat_bytes += o.beat_bytes;
+        self.heads_messages += o.heads_messages;
+        self.heads_bytes += o.heads_bytes;
     }
 }
 
@@ -262,6 +293,11 @@ impl Peers {
             if main { (&mut s.main_messages, &mut s.main_bytes) } else { (&mut s.mesh_messages, &mut s.mesh_bytes) };
         *messages += 1;
         *total += bytes as u64;
+    }
+
+    pub fn count_heads(&mut self, bytes: usize) {
+        self.sent.heads_messages += 1;
+        self.sent.heads_bytes += bytes as u64;
     }
 
     pub fn count_beats(&mut self, bytes: usize) {
