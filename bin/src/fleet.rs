@@ -104,12 +104,11 @@ struct Outcome {
     spread_ms: Vec<u64>,
     /// Stage changes seen at all, by any node.
     changes_seen: usize,
-    agent_beat_bytes: u64,
-    server_beat_bytes: u64,
+    beats: Beats,
 }
 
 impl Outcome {
-    const TABLE_HEAD: &str = "| agents | stories done | server CPU s/story | server cores | server RSS MB | agent RSS MB (mean / max) | add → claim p50 / p99 ms | change → every node p50 / p99 ms | heartbeat B/s per agent | server heartbeat B/s |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+    const TABLE_HEAD: &str = "| agents | stories done | server CPU s/story | server cores | server RSS MB | agent RSS MB (mean / max) | add → claim p50 / p99 ms | change → every node p50 / p99 ms | heartbeat B/s per agent | server heartbeat B/s | signature checks / agent / s |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
     fn cores(&self) -> f64 {
         self.server_cpu_s / self.window_s.max(f64::EPSILON)
@@ -122,9 +121,13 @@ impl Outcome {
         (mean, max)
     }
 
+    /// Per agent per second.
+    fn per_agent_s(&self, total: u64) -> f64 {
+        total as f64 / self.agents as f64 / self.window_s.max(f64::EPSILON)
+    }
+
     fn beat_rates(&self) -> (f64, f64) {
-        let per_agent = self.agent_beat_bytes as f64 / self.agents as f64 / self.window_s.max(f64::EPSILON);
-        (per_agent, self.server_beat_bytes as f64 / self.window_s.max(f64::EPSILON))
+        (self.per_agent_s(self.beats.agent_bytes), self.beats.server_bytes as f64 / self.window_s.max(f64::EPSILON))
     }
 
     fn print(&self) {
@@ -157,13 +160,19 @@ impl Outcome {
             self.agents + 1
         );
         println!("  heartbeats sent         {beat_agent:.0} B/s per agent, {beat_server:.0} B/s by the server");
+        println!(
+            "  heartbeats checked      {:.1} per agent per second, costing {:.2} signature checks and {:.1} hashes",
+            self.per_agent_s(self.beats.checked),
+            self.per_agent_s(self.beats.signatures),
+            self.per_agent_s(self.beats.hashes)
+        );
     }
 
     fn table_row(&self) -> String {
         let (rss_mean, rss_max) = self.agent_rss_mb();
         let (beat_agent, beat_server) = self.beat_rates();
         format!(
-            "| {} | {}/{} | {:.3} | {:.3} | {:.0} | {rss_mean:.0} / {rss_max:.0} | {} / {} | {} / {} | {beat_agent:.0} | {beat_server:.0} |",
+            "| {} | {}/{} | {:.3} | {:.3} | {:.0} | {rss_mean:.0} / {rss_max:.0} | {} / {} | {} / {} | {beat_agent:.0} | {beat_server:.0} | {:.2} |",
             self.agents,
             self.done,
             self.stories,
@@ -174,6 +183,7 @@ impl Outcome {
             percentile(&self.add_to_claim_ms, 99),
             percentile(&self.spread_ms, 50),
             percentile(&self.spread_ms, 99),
+            self.per_agent_s(self.beats.signatures),
         )
     }
 }
@@ -314,7 +324,7 @@ fn run_fleet(a: &FleetArgs, exe: &Path, scratch: &Path, n: usize) -> Result<Outc
     let pids: BTreeMap<String, u32> = procs.0.iter().map(|(name, c)| (name.clone(), c.id())).collect();
     let server_pid = pids["rendezvous"];
     let cpu0 = cpu_seconds(server_pid)?;
-    let beats0 = beat_bytes(&server, &agents);
+    let beats0 = Beats::scrape(&server, &agents);
     #[allow(clippy::disallowed_methods)]
     let t0 = Instant::now();
     let mut added_ms = BTreeMap::new();
@@ -346,7 +356,7 @@ fn run_fleet(a: &FleetArgs, exe: &Path, scratch: &Path, n: usize) -> Result<Outc
     };
     let window_s = t0.elapsed().as_secs_f64();
     let server_cpu_s = cpu_seconds(server_pid)? - cpu0;
-    let beats1 = beat_bytes(&server, &agents);
+    let beats = Beats::scrape(&server, &agents).since(beats0);
     let (server_rss_kb, server_peak_rss_kb) = rss_kb(server_pid)?;
     let agent_peak_rss_kb = pids
         .iter()
@@ -374,8 +384,7 @@ fn run_fleet(a: &FleetArgs, exe: &Path, scratch: &Path, n: usize) -> Result<Outc
         add_to_claim_ms,
         spread_ms,
         changes_seen: logs.seen.len(),
-        agent_beat_bytes: beats1.0.saturating_sub(beats0.0),
-        server_beat_bytes: beats1.1.saturating_sub(beats0.1),
+        beats,
     })
 }
 
@@ -401,13 +410,46 @@ fn wait_all_alive(server: &Client, n: usize) -> Result<(), CliError> {
     }
 }
 
-/// Heartbeat bytes sent since start: summed over the agents, and the
-/// server's. A node that does not answer counts 0 (its share is missing,
-/// not invented).
-fn beat_bytes(server: &Client, agents: &BTreeMap<String, Client>) -> (u64, u64) {
-    let read =
-        |c: &Client| c.metrics().ok().and_then(|m| metric(&m, "huskies_heartbeat_sent_bytes_total")).unwrap_or(0);
-    (agents.values().map(read).sum(), read(server))
+/// Heartbeat counters of the fleet since start, from `/metrics`.
+#[derive(Default, Clone, Copy)]
+struct Beats {
+    /// Bytes sent, summed over the agents.
+    agent_bytes: u64,
+    server_bytes: u64,
+    /// Summed over the agents: beats checked, signature checks, hashes.
+    checked: u64,
+    signatures: u64,
+    hashes: u64,
+}
+
+impl Beats {
+    /// A node that does not answer counts 0 (its share is missing, not
+    /// invented).
+    fn scrape(server: &Client, agents: &BTreeMap<String, Client>) -> Beats {
+        let texts: Vec<String> = agents.values().filter_map(|c| c.metrics().ok()).collect();
+        let sum = |name: &str| texts.iter().filter_map(|t| metric(t, name)).sum::<u64>();
+        Beats {
+            agent_bytes: sum("huskies_heartbeat_sent_bytes_total"),
+            server_bytes: server
+                .metrics()
+                .ok()
+                .and_then(|t| metric(&t, "huskies_heartbeat_sent_bytes_total"))
+                .unwrap_or(0),
+            checked: sum("huskies_heartbeat_checks_total{what=\"beats\"}"),
+            signatures: sum("huskies_heartbeat_checks_total{what=\"signatures\"}"),
+            hashes: sum("huskies_heartbeat_checks_total{what=\"hashes\"}"),
+        }
+    }
+
+    fn since(self, before: Beats) -> Beats {
+        Beats {
+            agent_bytes: self.agent_bytes.saturating_sub(before.agent_bytes),
+            server_bytes: self.server_bytes.saturating_sub(before.server_bytes),
+            checked: self.checked.saturating_sub(before.checked),
+            signatures: self.signatures.saturating_sub(before.signatures),
+            hashes: self.hashes.saturating_sub(before.hashes),
+        }
+    }
 }
 
 /// The value of an unlabelled metric in Prometheus text.
@@ -518,7 +560,8 @@ mod tests {
 
     #[test]
     fn reads_a_metric() {
-        let text = "# HELP x\nhuskies_heartbeat_sent_bytes_total 12345\nhuskies_heartbeat_sent_bytes_totalx 1\n";
+        let text = "# HELP x\nhuskies_heartbeat_sent_bytes_total 12345\nhuskies_heartbeat_sent_bytes_totalx 1\nhuskies_heartbeat_checks_total{what=\"hashes\"} 7\n";
         assert_eq!(metric(text, "huskies_heartbeat_sent_bytes_total"), Some(12_345));
+        assert_eq!(metric(text, "huskies_heartbeat_checks_total{what=\"hashes\"}"), Some(7));
     }
 }

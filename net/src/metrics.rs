@@ -69,6 +69,9 @@ pub struct Metrics {
     /// Within `sync_bytes_out`: heartbeat envelopes (the membership
     /// traffic a node pays for the fleet's size).
     heartbeat_bytes_out: Counter,
+    /// Heartbeats checked, and what checking them cost: signature checks
+    /// and chain hashes (`liveness/chain.rs`).
+    heartbeat_checks: Family<Label, Counter>,
     peers_connected: Gauge,
     peers_rejected: Family<Label, Counter>,
     stories: Family<Label, Gauge>,
@@ -116,6 +119,7 @@ impl Metrics {
             sync_bytes_in: Counter::default(),
             sync_bytes_out: Counter::default(),
             heartbeat_bytes_out: Counter::default(),
+            heartbeat_checks: Family::default(),
             peers_connected: Gauge::default(),
             peers_rejected: Family::default(),
             stories: Family::default(),
@@ -162,6 +166,11 @@ impl Metrics {
             "heartbeat_sent_bytes",
             "Bytes of heartbeat envelopes sent (own beats and relays), counted within sync_sent_bytes",
             m.heartbeat_bytes_out.clone(),
+        );
+        r.register(
+            "heartbeat_checks",
+            "Heartbeats checked (what=beats), and the signature checks and chain hashes that cost (what=signatures, hashes)",
+            m.heartbeat_checks.clone(),
         );
         r.register("peers_connected", "Peers with a finished handshake", m.peers_connected.clone());
         r.register("peers_rejected", "Peers disconnected for breaking the protocol, by kind", m.peers_rejected.clone());
@@ -212,11 +221,13 @@ impl Metrics {
         self.sync_bytes_out.inc_by(bytes as u64);
     }
 
-    /// Catches the counter up with the engine's own count of heartbeat
-    /// bytes sent since start.
-    pub fn set_heartbeat_sent(&self, total_bytes: u64) {
-        let seen = self.heartbeat_bytes_out.get();
-        self.heartbeat_bytes_out.inc_by(total_bytes.saturating_sub(seen));
+    /// Catches the heartbeat counters up with the engine's own counts
+    /// since start: bytes sent, and beats checked and what they cost.
+    pub fn set_heartbeats(&self, sent_bytes: u64, checks: huskies_engine::BeatChecks) {
+        catch_up(&self.heartbeat_bytes_out, sent_bytes);
+        for (what, total) in [("beats", checks.beats), ("signatures", checks.signatures), ("hashes", checks.hashes)] {
+            catch_up(&self.heartbeat_checks.get_or_create(&[("what", what)]), total);
+        }
     }
 
     pub fn run_started(&self, story: &StoryId, token: Token, now: Instant) {
@@ -377,6 +388,10 @@ impl Metrics {
             land_gate_failures: self.land_gate_failures.get(),
         }
     }
+}
+
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// Notes when `key` started (`replace`: even if it was noted before), in a

@@ -86,17 +86,20 @@ impl Conn {
 }
 
 /// A mesh link, while a rendezvous link carries the changes, sends only
-/// its heads when they change; a peer that hears of heads it lacks, and
-/// still lacks them a mesh interval later, starts a sync (`engaged`),
-/// which runs until neither side has anything to send.
+/// its heads when they change. A peer that heard of heads it lacks, and
+/// still lacks them a mesh interval later, pulls: it sends sync messages
+/// (at the mesh pace) until it has them, and the other side answers each
+/// one. Neither side syncs its own new changes on the link: under churn
+/// a sync kept going by new changes never ended.
 #[derive(Debug, Default)]
 pub(crate) struct MeshHeads {
     /// The heads we last sent on this link.
     pub sent: Vec<automerge::ChangeHash>,
-    /// The peer's heads we did not have when it sent them.
+    /// The peer's heads (and their dependencies) we lacked when we last
+    /// looked: we pull while this is not empty.
     pub lacking: Vec<automerge::ChangeHash>,
-    /// A sync is under way: sync messages, not heads, until it is done.
-    pub engaged: bool,
+    /// The peer pulled from us: one sync message answers it.
+    pub answer_owed: bool,
 }
 
 /// How a dial target waits after its conn ended.

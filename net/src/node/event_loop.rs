@@ -164,7 +164,7 @@ impl NodeLoop {
                     changes,
                 );
                 self.metrics.set_epoch(self.engine.epoch());
-                self.metrics.set_heartbeat_sent(self.engine.sync_sent().beat_bytes);
+                self.metrics.set_heartbeats(self.engine.sync_sent().beat_bytes, self.engine.beat_checks());
                 let costs = crate::costs::Costs::of(&mut self.engine);
                 let _ = reply.send(self.metrics.encode_with(&costs));
             }
