@@ -67,7 +67,8 @@ pub fn run(a: FleetArgs) -> Result<(), CliError> {
         let scratch = std::env::temp_dir().join(format!("huskies-fleet-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
         let result = run_fleet(&a, &exe, &scratch, n);
-        if a.keep || result.is_err() {
+        // A run that did not finish keeps its logs for a look.
+        if a.keep || result.as_ref().is_ok_and(|o| o.done < o.stories) || result.is_err() {
             println!("scratch directory kept: {}", scratch.display());
         } else {
             let _ = std::fs::remove_dir_all(&scratch);
