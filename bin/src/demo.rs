@@ -12,7 +12,7 @@ use huskies_net::auth;
 
 use crate::client::Client;
 use crate::error::CliError;
-use crate::local::{Procs, free_port, git_fixture, spawn, wait_healthy};
+use crate::local::{Procs, free_port, git_fixture, spawn, wait_for_key, wait_healthy};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -202,17 +202,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
         "rendezvous".into(),
     ];
     procs.0.push(("server".into(), spawn(exe, &server_args, &scratch.join("server.log"), &[])?));
-    let key = {
-        let mut key = None;
-        for _ in 0..200 {
-            if let Ok(Some(k)) = auth::read_key(&server_data) {
-                key = Some(k);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        key.ok_or("the server did not create its cluster key")?
-    };
+    let key = wait_for_key(&server_data)?;
     let server = Client::new(&format!("http://127.0.0.1:{port}"), Some(key.clone()), None)?;
     wait_healthy(&server, "the server")?;
     // The key rides in the fragment: the page trades it for a session

@@ -16,7 +16,7 @@ use huskies_net::status::AddStory;
 
 use crate::client::Client;
 use crate::error::CliError;
-use crate::local::{Procs, git_fixture, spawn, wait_healthy};
+use crate::local::{Procs, git_fixture, spawn, wait_for_key, wait_healthy};
 
 #[derive(clap::Args)]
 pub struct FleetArgs {
@@ -257,17 +257,7 @@ fn run_fleet(a: &FleetArgs, exe: &Path, scratch: &Path, n: usize) -> Result<Outc
         "rendezvous".into(),
     ]);
     procs.0.push(("rendezvous".into(), spawn(exe, &server_args, &scratch.join("rendezvous.log"), &envs)?));
-    let key = {
-        let mut key = None;
-        for _ in 0..400 {
-            if let Ok(Some(k)) = auth::read_key(&server_data) {
-                key = Some(k);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        key.ok_or("the server did not create its cluster key")?
-    };
+    let key = wait_for_key(&server_data)?;
     let server = Client::new(&format!("http://127.0.0.1:{port}"), Some(key.clone()), None)?;
     wait_healthy(&server, "the server")?;
 

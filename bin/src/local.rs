@@ -86,3 +86,15 @@ pub fn spawn(exe: &Path, args: &[String], log: &Path, envs: &[(&str, &str)]) -> 
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))
 }
+
+/// Waits for a starting server to write its cluster key into `data_dir`
+/// (up to 10 s).
+pub fn wait_for_key(data_dir: &Path) -> Result<String, String> {
+    for _ in 0..400 {
+        if let Ok(Some(k)) = huskies_net::auth::read_key(data_dir) {
+            return Ok(k);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err("the server did not create its cluster key".into())
+}
