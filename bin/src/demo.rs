@@ -12,7 +12,7 @@ use huskies_net::auth;
 
 use crate::client::Client;
 use crate::error::CliError;
-use crate::local::{Procs, free_port, git_fixture, spawn, wait_for_key, wait_healthy};
+use crate::local::{Procs, free_port, git_fixture, server_args, spawn, wait_for_key, wait_healthy};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -190,17 +190,7 @@ fn run_in(a: &DemoArgs, exe: &Path, scratch: &Path, started: Instant) -> Result<
     }
     std::fs::write(server_root.join(".huskies/project.toml"), server_toml).map_err(|e| e.to_string())?;
     let mut procs = Procs(Vec::new());
-    let server_args = vec![
-        "server".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--data-dir".into(),
-        s(&server_data),
-        "--project-root".into(),
-        s(&server_root),
-        "--node-id".into(),
-        "rendezvous".into(),
-    ];
+    let server_args = server_args(port, &server_data, &server_root);
     procs.0.push(("server".into(), spawn(exe, &server_args, &scratch.join("server.log"), &[])?));
     let key = wait_for_key(&server_data)?;
     let server = Client::new(&format!("http://127.0.0.1:{port}"), Some(key.clone()), None)?;

@@ -16,7 +16,7 @@ use huskies_net::status::AddStory;
 
 use crate::client::Client;
 use crate::error::CliError;
-use crate::local::{Procs, git_fixture, spawn, wait_for_key, wait_healthy};
+use crate::local::{Procs, git_fixture, server_args, spawn, wait_for_key, wait_healthy};
 
 #[derive(clap::Args)]
 pub struct FleetArgs {
@@ -245,17 +245,7 @@ fn run_fleet(a: &FleetArgs, exe: &Path, scratch: &Path, n: usize) -> Result<Outc
     // The cluster's defaults: a 1 s heartbeat, a 10 s claim timeout.
     std::fs::write(server_root.join(".huskies/project.toml"), "").map_err(|e| e.to_string())?;
     let mut procs = Procs(Vec::new());
-    let server_args = json_logs(vec![
-        "server".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--data-dir".into(),
-        s(&server_data),
-        "--project-root".into(),
-        s(&server_root),
-        "--node-id".into(),
-        "rendezvous".into(),
-    ]);
+    let server_args = json_logs(server_args(port, &server_data, &server_root));
     procs.0.push(("rendezvous".into(), spawn(exe, &server_args, &scratch.join("rendezvous.log"), &envs)?));
     let key = wait_for_key(&server_data)?;
     let server = Client::new(&format!("http://127.0.0.1:{port}"), Some(key.clone()), None)?;

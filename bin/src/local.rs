@@ -98,3 +98,19 @@ pub fn wait_for_key(data_dir: &Path) -> Result<String, String> {
     }
     Err("the server did not create its cluster key".into())
 }
+
+/// The arguments of a local server: the rendezvous on 127.0.0.1:`port`.
+pub fn server_args(port: u16, data_dir: &Path, project_root: &Path) -> Vec<String> {
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    vec![
+        "server".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        s(data_dir),
+        "--project-root".into(),
+        s(project_root),
+        "--node-id".into(),
+        "rendezvous".into(),
+    ]
+}
