@@ -56,7 +56,7 @@ impl Engine {
     }
 
     /// Is `story` free for us to claim right now, and if reclaiming, from whom?
-    fn claimable(&self, id: &StoryId) -> Option<Option<NodeId>> {
+    pub(crate) fn claimable(&self, id: &StoryId) -> Option<Option<NodeId>> {
         let view = self.index.story(id)?;
         let s = &view.state;
         if !s.is_claimable_stage() || !self.config.stages.contains(&s.stage) {

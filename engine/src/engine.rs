@@ -12,6 +12,10 @@ use crate::peers::{DialTarget, Peers, Purpose};
 use crate::story::StoryState;
 use crate::{Config, Event, Input, Millis, NodeId, Output, PersistKind, Stage, StoryId};
 
+/// Sync rounds between a story becoming claimable and the scan of claims
+/// it asks for (`timers::Scan::claims_soon`).
+const CLAIM_SCAN_SYNC_ROUNDS: u64 = 5;
+
 /// Where a node is in its life. It only moves down this list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Lifecycle {
@@ -193,7 +197,11 @@ impl Engine {
             self.scan_liveness();
             self.reconcile_mesh();
             self.scan_claims();
+            self.scan.claims_ran();
             self.maybe_cut_epoch();
+        } else if self.scan.claims_due(self.now) {
+            self.scan.claims_ran();
+            self.scan_claims();
         }
         self.dial_due();
     }
@@ -408,6 +416,14 @@ impl Engine {
         let Some(view) = view else { return };
         let state = &view.state;
         self.claims.observe(id, state);
+        let was_free = old.as_ref().is_some_and(|o| o.state.holder.is_none() && o.state.is_claimable_stage());
+        if !was_free && state.holder.is_none() && self.free_slots() > 0 && self.claimable(id).is_some() {
+            // A few sync rounds later, not at once: stories added together
+            // (an import, a burst of adds) arrive over several messages,
+            // and the scan must see them all to claim by priority.
+            let delay_ms = self.config.sync_interval_ms.saturating_mul(CLAIM_SCAN_SYNC_ROUNDS);
+            self.scan.claims_soon(self.now.saturating_add_ms(delay_ms));
+        }
         if let Some(old) = &old {
             if old.state.stage != state.stage {
                 self.emit(Event::StageChanged {

@@ -29,22 +29,45 @@ pub enum Timer {
 
 /// The periodic scan (`Engine::scan`): runs expire, orphans are adopted,
 /// liveness, the mesh and claims are reconsidered, an epoch may be cut.
+///
+/// A story that becomes free while we have a free slot asks for a scan of
+/// claims alone, at once (`claims_at`): waiting for the next full scan put
+/// half a scan interval (p50 about 0.6 s in fleet-bench) between a story's
+/// add and its first claim. The full scan's other work keeps its pace.
 #[derive(Debug)]
 pub(crate) struct Scan {
     next_at: Millis,
+    claims_at: Option<Millis>,
 }
 
 impl Scan {
     pub fn new(now: Millis) -> Scan {
-        Scan { next_at: now }
+        Scan { next_at: now, claims_at: None }
     }
 
+    /// The next scan of either kind.
     pub fn next_at(&self) -> Millis {
-        self.next_at
+        self.claims_at.map_or(self.next_at, |at| at.min(self.next_at))
     }
 
+    /// Is the full scan due?
     pub fn is_due(&self, now: Millis) -> bool {
         now >= self.next_at
+    }
+
+    /// Is a scan of claims alone due (and the full scan not)?
+    pub fn claims_due(&self, now: Millis) -> bool {
+        self.claims_at.is_some_and(|at| now >= at)
+    }
+
+    /// A story became claimable: scan the claims at `at` at the latest.
+    pub fn claims_soon(&mut self, at: Millis) {
+        self.claims_at = Some(self.claims_at.map_or(at, |old| old.min(at)));
+    }
+
+    /// The claims were scanned (alone, or in the full scan).
+    pub fn claims_ran(&mut self) {
+        self.claims_at = None;
     }
 
     /// Something changed that the scan reacts to: it runs at the next
