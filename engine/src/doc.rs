@@ -149,6 +149,9 @@ pub struct Doc {
     unpersisted: bool,
     /// What each state op stands for (`doc/validity.rs`).
     state_verdicts: BTreeMap<validity::OpKey, validity::Verdict>,
+    /// The concurrent values of each conflicted story's state, as last
+    /// read ([`Doc::conflict_grew`]).
+    conflicts: BTreeMap<StoryId, Vec<ObjId>>,
 }
 
 /// Things the document holds that we could not read (written by a newer or
@@ -185,6 +188,7 @@ impl Doc {
             unpersisted: false,
             hidden: BTreeSet::new(),
             state_verdicts: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
         }
     }
 
@@ -338,6 +342,18 @@ impl Doc {
             }
         }
         (stories, nodes, bad)
+    }
+
+    /// Whether the concurrent values of `id`'s state differ from those it
+    /// was last read with. Automerge's patches report a conflict appearing
+    /// but not a further value joining it, so the engine asks this of every
+    /// conflicted story on every merge: one lookup of one key, where a
+    /// re-read costs a story's every key (it was 30% of a swarm seed,
+    /// whose partitions leave conflicts nobody writes over).
+    pub fn conflict_grew(&mut self, id: &StoryId) -> bool {
+        let (Some(obj), Some(known)) = (self.story_objs.get(id), self.conflicts.get(id)) else { return true };
+        let now = self.am.get_all(obj, "state").unwrap_or_default();
+        now.len() != known.len() || now.iter().zip(known).any(|((_, op), k)| op != k)
     }
 
     /// The stories and nodes touched since the last call; Automerge computes
@@ -616,7 +632,13 @@ impl Doc {
         // The state: judged op by op against what each writer saw
         // (doc/validity.rs), never against our own last view, so replicas
         // with the same heads agree.
-        let (state, refused_ops, concurrent) = self.resolve_state(id.as_str(), &obj, auth);
+        let (state, refused_ops, ops) = self.resolve_state(id.as_str(), &obj, auth);
+        let concurrent = ops.len();
+        if concurrent > 1 {
+            self.conflicts.insert(id.clone(), ops);
+        } else {
+            self.conflicts.remove(id);
+        }
         for (op, why) in refused_ops {
             refused.push(refusal("state", why, Some(&op)));
         }

@@ -36,7 +36,8 @@ pub(crate) struct Index {
     free: BTreeSet<FreeKey>,
     /// Stories whose state key holds concurrent values. Automerge's patches
     /// report a conflict appearing, but not a further concurrent value
-    /// joining an existing conflict, so these are re-read on every merge.
+    /// joining an existing conflict, so every merge asks of each whether
+    /// its values changed (`Doc::conflict_grew`), and re-reads those.
     conflicted: BTreeSet<StoryId>,
     /// Bumped whenever a story or node entry changes: drivers watch it to
     /// refresh what they show.

@@ -111,6 +111,8 @@ mod tests {
         state: sync::State,
     }
 
+    // The actor is set at once, fixed per side: both pairs make the same changes.
+    #[allow(clippy::disallowed_methods)]
     fn side(actor: u8) -> Side {
         Side { doc: AutoCommit::new().with_actor(ActorId::from(vec![actor; 4])), state: sync::State::new() }
     }
