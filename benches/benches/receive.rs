@@ -6,6 +6,10 @@
 //! `remove_ancestors`, a depth-first walk over every ancestor of the
 //! peer's heads).
 //!
+//! Beside it, in the same run, a second reader receives the same changes
+//! with `huskies_engine::receive_sync_message`, which answers that step
+//! from Automerge's cached clocks (`engine/src/peers/receive.rs`).
+//!
 //! `cargo bench -p huskies-benches --bench receive` (about a minute);
 //! `HUSKIES_BENCH_HISTORY=20000 HUSKIES_BENCH_SAMPLES=3000` measures one
 //! size, long enough for a profiler (`perf record` on
@@ -39,6 +43,8 @@ struct Point {
     history: usize,
     generate: Duration,
     receive: Duration,
+    /// The same message received by `huskies_engine::receive_sync_message`.
+    receive_ours: Duration,
     /// The rest of the exchange: the reader's answer and the writer taking
     /// it.
     rest: Duration,
@@ -63,9 +69,13 @@ fn point(history: usize) -> Point {
         put(&mut a, k);
     }
     let mut b = raw_from(&a.save(), "reader");
+    let mut c = raw_from(&a.save(), "ours");
     let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
+    let (mut sa_c, mut sc) = (sync::State::new(), sync::State::new());
     sync_raw(&mut a, &mut sa, &mut b, &mut sb);
+    sync_ours(&mut a, &mut sa_c, &mut c, &mut sc);
     let (mut generate, mut receive, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    let mut receive_ours = Vec::new();
     let mut bytes = 0;
     let samples = samples();
     for k in 0..samples {
@@ -83,13 +93,41 @@ fn point(history: usize) -> Point {
         sync_raw(&mut a, &mut sa, &mut b, &mut sb);
         rest.push(t.elapsed());
         assert_eq!(a.get_heads(), b.get_heads(), "the reader kept up");
+        let mut m = a.sync().generate_sync_message(&mut sa_c).expect("the same change, to our reader");
+        m.flags = None;
+        let t = Instant::now();
+        huskies_engine::receive_sync_message(&mut c, &mut sc, m).expect("applies");
+        receive_ours.push(t.elapsed());
+        sync_ours(&mut a, &mut sa_c, &mut c, &mut sc);
+        assert_eq!(a.get_heads(), c.get_heads(), "our reader kept up");
     }
     Point {
         history: a.get_changes_meta(&[]).len(),
         generate: median(generate),
         receive: median(receive),
+        receive_ours: median(receive_ours),
         rest: median(rest),
         bytes: bytes / samples,
+    }
+}
+
+/// `sync_raw`, with the reader `c` receiving through the engine's
+/// `receive_sync_message` (flags dropped, as the engine does).
+fn sync_ours(a: &mut AutoCommit, sa: &mut sync::State, c: &mut AutoCommit, sc: &mut sync::State) {
+    loop {
+        let mut progressed = false;
+        if let Some(mut m) = a.sync().generate_sync_message(sa) {
+            m.flags = None;
+            huskies_engine::receive_sync_message(c, sc, m).expect("applies");
+            progressed = true;
+        }
+        if let Some(m) = c.sync().generate_sync_message(sc) {
+            a.sync().receive_sync_message(sa, m).expect("applies");
+            progressed = true;
+        }
+        if !progressed {
+            return;
+        }
     }
 }
 
@@ -102,12 +140,23 @@ fn main() {
         Some(n) => vec![n],
         None => vec![200, 2_000, 20_000],
     };
-    println!("| changes in the epoch | generate (ms) | receive (ms) | rest of the exchange (ms) | message bytes |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| changes in the epoch | generate (ms) | receive, Automerge (ms) | receive, huskies (ms) | Automerge / huskies | rest of the exchange (ms) | message bytes |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut first: Option<Point> = None;
     for n in sizes {
         let p = point(n);
-        println!("| {} | {:.3} | {:.3} | {:.3} | {} |", p.history, ms(p.generate), ms(p.receive), ms(p.rest), p.bytes);
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.1}x | {:.3} | {} |",
+            p.history,
+            ms(p.generate),
+            ms(p.receive),
+            ms(p.receive_ours),
+            p.receive.as_secs_f64() / p.receive_ours.as_secs_f64(),
+            ms(p.rest),
+            p.bytes
+        );
         if let Some(f) = &first {
             println!(
                 "receive at {} changes / at {}: {:.1}x",

@@ -137,6 +137,7 @@ pub use io::{
 };
 pub use liveness::chain::BeatChecks;
 pub use peers::links::SyncSent;
+pub use peers::receive::receive_sync_message;
 pub use runs::{RunOutcomeKind, RunRecord, RunReport};
 pub use settings::ClusterSettings;
 pub use story::{RunResult, Stage, StoryState};

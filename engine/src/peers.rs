@@ -2,7 +2,7 @@
 //! backoff, and the capped mesh.
 
 pub(crate) mod links;
-mod receive;
+pub(crate) mod receive;
 
 pub(crate) use links::{Backoff, Conn, DialTarget, Peers, Purpose};
 

@@ -25,7 +25,7 @@ use automerge::{AutoCommit, AutomergeError, ChangeHash, sync};
 /// `SyncDoc::receive_sync_message` does. The message's flags must have
 /// been dropped (`peers.rs` does, so Automerge takes every peer for a v1
 /// speaker): flag handling is not reproduced here.
-pub(crate) fn receive_sync_message(
+pub fn receive_sync_message(
     doc: &mut AutoCommit,
     state: &mut sync::State,
     msg: sync::Message,
