@@ -4,9 +4,12 @@
 //! from the scenario's base (default: the scenario's own count). A failure
 //! panics with the replay command; with `HUSKIES_KEEP_GOING=1` the sweep
 //! runs every seed first and then panics listing all the failed ones.
-//! `HUSKIES_JOBS=n` runs n seeds at once, one per thread (`cargo test`
-//! already runs tests two at a time, so the default is one); the reports
-//! still print in seed order.
+//! `HUSKIES_JOBS=n` runs n seeds at once, one per thread; the reports
+//! still print in seed order. The default is one per core: `cargo test`
+//! runs tests two at a time too, and with one job each the sweep that
+//! started last ran alone on one core for its last 30–40 s while the other
+//! core idled. Seeds do not share state, so oversubscribing costs nothing
+//! but a little memory.
 
 use crate::scenario::{Report, Scenario, run_seed};
 
@@ -27,7 +30,8 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         }
     };
     let keep_going = std::env::var_os("HUSKIES_KEEP_GOING").is_some();
-    let jobs = env_u64("HUSKIES_JOBS").unwrap_or(1).max(1) as usize;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let jobs = env_u64("HUSKIES_JOBS").map_or(cores, |n| n as usize).max(1);
     let mut failed: Vec<String> = Vec::new();
     let mut reports = Vec::new();
     for (seed, outcome) in run_seeds(scenario, &seeds, jobs) {

@@ -58,7 +58,7 @@ fn sweep_all_done(s: &Scenario, test: &str, seeds: u64) {
 
 #[test]
 fn slow_disk_crashes() {
-    sweep_all_done(&crashes(), "slow_disk::slow_disk_crashes", 3);
+    sweep_all_done(&crashes(), "slow_disk::slow_disk_crashes", 9);
 }
 
 pub fn merge_queue() -> Scenario {
