@@ -31,7 +31,8 @@ pub enum Timer {
 /// liveness, the mesh and claims are reconsidered, an epoch may be cut.
 ///
 /// A story that becomes free while we have a free slot asks for a scan of
-/// claims alone, at once (`claims_at`): waiting for the next full scan put
+/// claims alone, a few sync rounds later (`claims_at`; `Engine::apply_story`
+/// says why not at once): waiting for the next full scan put
 /// half a scan interval (p50 about 0.6 s in fleet-bench) between a story's
 /// add and its first claim. The full scan's other work keeps its pace.
 #[derive(Debug)]
