@@ -67,6 +67,8 @@ pub struct Oracle {
     pub last_landed_ms: u64,
     pub views: BTreeMap<NodeId, View>,
     pub starts: u64,
+    /// Runs started per stage, in pipeline order (`Stage::ACTIVE`).
+    pub starts_by_stage: [u64; 3],
     pub reclaims: u64,
     pub claim_losses: u64,
     /// `HUSKIES_TRACE_STORY=id` prints every output that mentions the story.
@@ -153,6 +155,9 @@ impl Oracle {
                     self.trunk.work_started(story);
                 }
                 self.starts += 1;
+                if let Some(i) = Stage::ACTIVE.iter().position(|s| s == stage) {
+                    self.starts_by_stage[i] += 1;
+                }
                 self.running.entry(story.clone()).or_default().insert(node.clone(), now_ms);
             }
             Output::StopRun { story, .. } => self.run_ended(node, story),

@@ -20,6 +20,8 @@ pub struct Report {
     /// Simulated time from heal to converged and finished.
     pub heal_ms: Option<u64>,
     pub starts: u64,
+    /// Of `starts`, per stage: current, qa, merge.
+    pub starts_by_stage: [u64; 3],
     pub reclaims: u64,
     pub claim_losses: u64,
     /// Pushes the simulated remote fenced (a newer claim ended the branch).

@@ -396,6 +396,7 @@ fn verify(
         wall_ms: 0,
         heal_ms,
         starts: o.starts,
+        starts_by_stage: o.starts_by_stage,
         reclaims: o.reclaims,
         claim_losses: o.claim_losses,
         fenced: o.fenced,

@@ -47,12 +47,15 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         let phases: Vec<String> = r.phases.iter().map(|(name, ms)| format!("{name} {ms} ms")).collect();
         println!("{} seed {seed}: {}; phases: {}", r.scenario, r.profile, phases.join(", "));
         println!(
-            "{} seed {seed}: sim {} ms, wall {} ms, heal {:?} ms, {} starts, {} reclaims, {} claim losses, {} fenced pushes, {} done, mesh max {}",
+            "{} seed {seed}: sim {} ms, wall {} ms, heal {:?} ms, {} starts (current/qa/merge {}/{}/{}), {} reclaims, {} claim losses, {} fenced pushes, {} done, mesh max {}",
             r.scenario,
             r.sim_ms,
             r.wall_ms,
             r.heal_ms,
             r.starts,
+            r.starts_by_stage[0],
+            r.starts_by_stage[1],
+            r.starts_by_stage[2],
             r.reclaims,
             r.claim_losses,
             r.fenced,
