@@ -193,7 +193,7 @@ impl Engine {
         if !verified {
             // Not the document peers' sync states describe: start them over.
             for c in self.peers.conns_mut() {
-                c.sync = automerge::sync::State::new();
+                c.restart_sync();
             }
         }
         verified

@@ -477,7 +477,7 @@ impl Engine {
         let conns: Vec<ConnId> = self.peers.established().map(|(c, _)| c).collect();
         for conn in conns {
             if let Some(c) = self.peers.conn_mut(conn) {
-                c.sync = automerge::sync::State::new();
+                c.restart_sync();
             }
             self.send_base(conn);
         }

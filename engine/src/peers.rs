@@ -58,6 +58,7 @@ impl Engine {
                 next_sync_at: self.now,
                 budget,
                 held_bytes: 0,
+                mesh: Default::default(),
             },
         );
         let epoch = self.doc.epoch();
@@ -124,8 +125,10 @@ impl Engine {
             _ if !established => {
                 self.reject(conn, RejectKind::Protocol, "message before the handshake completed".into())
             }
-            Envelope::Sync { sigs, message } => self.handle_sync(conn, &sigs, &message),
+            Envelope::Sync { sigs, message } => self.handle_sync(conn, &sigs, &message, false),
+            Envelope::Pull { sigs, message } => self.handle_sync(conn, &sigs, &message, true),
             Envelope::Epoch { epoch, sig, base } => self.handle_epoch(conn, epoch, sig, base),
+            Envelope::Heads(heads) => self.handle_heads(conn, heads),
             Envelope::Heartbeats(beats) => {
                 for hb in beats {
                     if self.peers.conn(conn).is_none() {
@@ -201,11 +204,20 @@ impl Engine {
         }
     }
 
-    fn handle_sync(&mut self, conn: ConnId, sigs: &crate::wire::ChangeSigs, raw: &[u8]) {
+    /// A sync message; `pull` when a mesh peer asks for an answer.
+    fn handle_sync(&mut self, conn: ConnId, sigs: &crate::wire::ChangeSigs, raw: &[u8], pull: bool) {
         // A sync message of another epoch's document is not for ours: it
         // was in flight when one of us moved on. Dropped, not refused.
         if self.peers.conn(conn).and_then(|c| c.epoch) != Some(self.doc.epoch()) {
             return;
+        }
+        // A mesh peer that pulls from us is answered; a message that
+        // answers our own pull is not (or the two would never stop).
+        if pull
+            && !self.is_primary(conn)
+            && let Some(c) = self.peers.conn_mut(conn)
+        {
+            c.mesh.answer_owed = true;
         }
         // Automerge trusts the fields of a sync message; hold them to what
         // an honest peer sends before it sees a byte.
@@ -302,17 +314,20 @@ impl Engine {
     }
 
     /// Is `conn` on the main path? Agents sync with the rendezvous at full
-    /// pace and with mesh peers at `mesh_sync_interval_ms`, as anti-entropy:
-    /// every link syncing every change multiplied the sync work by the mesh
-    /// degree. Without a rendezvous link, the mesh is the main path.
+    /// pace. Mesh links, while a rendezvous link is up, send only their
+    /// heads when those change (at most one envelope per
+    /// `mesh_sync_interval_ms`), and sync only what the rendezvous did not
+    /// bring (`mesh_wants_sync`): every link syncing every change
+    /// multiplied the sync work by the mesh degree. Without a rendezvous
+    /// link, the mesh is the main path.
     fn is_primary(&self, conn: ConnId) -> bool {
         let hub = self.config.rendezvous.is_none();
         hub || self.peers.is_rendezvous_link(conn) || !self.peers.has_rendezvous_link()
     }
 
     fn send_sync(&mut self, conn: ConnId) {
-        let interval =
-            if self.is_primary(conn) { self.config.sync_interval_ms } else { self.config.mesh_sync_interval_ms };
+        let primary = self.is_primary(conn);
+        let interval = if primary { self.config.sync_interval_ms } else { self.config.mesh_sync_interval_ms };
         let now = self.now;
         let epoch = self.doc.epoch();
         let Some(c) = self.peers.conn_mut(conn) else { return };
@@ -320,24 +335,116 @@ impl Engine {
             return;
         }
         c.next_sync_at = now.saturating_add_ms(interval);
+        let mesh = self.config.rendezvous.is_some() && !self.peers.is_rendezvous_link(conn);
+        let lacking = mesh && self.still_lacking(conn);
+        let answer = self.peers.conn(conn).is_some_and(|c| c.mesh.answer_owed);
+        if !primary && !lacking && !answer {
+            return self.send_heads(conn);
+        }
         // What we send must carry its signatures: changes made in this
         // input are signed here if the persist has not done it yet.
         self.sign_new_changes();
-        // The peer's last message shaped this sync state (its bloom filter
-        // is probed here): a panic is that peer's doing.
-        let generated = self.shielded(conn, "generate_sync_message", |engine| {
-            let c = engine.peers.conn_mut(conn)?;
-            engine.doc.automerge().sync().generate_sync_message(&mut c.sync)
-        });
-        if let Some(mut msg) = generated.flatten() {
+        let mut generated = self.generate_sync(conn);
+        if generated.is_none() && lacking {
+            // We lack what the peer has, yet Automerge has nothing to say
+            // (a message of ours in flight that the peer never answered):
+            // start this link's sync over.
+            if let Some(c) = self.peers.conn_mut(conn) {
+                c.sync = sync::State::new();
+            }
+            generated = self.generate_sync(conn);
+        }
+        let heads = self.doc.heads();
+        if let Some(c) = self.peers.conn_mut(conn) {
+            c.mesh.answer_owed = false;
+            if generated.is_some() {
+                c.mesh.sent = heads;
+            }
+        }
+        if let Some(mut msg) = generated {
             // Advertise no v2 capability (signing.rs): a peer that took us
             // at our word would answer with whole documents we refuse.
             msg.flags = None;
             let sigs = self.sigs_for(&msg);
-            let bytes = Envelope::Sync { sigs, message: msg.encode() }.encode();
-            let main = self.is_primary(conn);
-            self.peers.count_sync(main, bytes.len());
+            let message = msg.encode();
+            // On a mesh link a message that wants an answer says so: ours
+            // while we lack what the peer announced, all of them while we
+            // have no rendezvous link (the mesh is our main path, and a
+            // peer that has one answers only pulls).
+            let pull = mesh && (primary || lacking);
+            let bytes = if pull { Envelope::Pull { sigs, message } } else { Envelope::Sync { sigs, message } }.encode();
+            self.peers.count_sync(primary, bytes.len());
             self.outbox.push(Output::Send { conn, bytes });
+        }
+    }
+
+    /// The peer's last message shaped this sync state (its bloom filter is
+    /// probed here): a panic is that peer's doing.
+    fn generate_sync(&mut self, conn: ConnId) -> Option<sync::Message> {
+        let generated = self.shielded(conn, "generate_sync_message", |engine| {
+            let c = engine.peers.conn_mut(conn)?;
+            engine.doc.automerge().sync().generate_sync_message(&mut c.sync)
+        });
+        generated.flatten()
+    }
+
+    /// Whether we still lack heads this mesh peer announced (and their
+    /// dependencies): then we pull from it. The rendezvous brings them
+    /// first almost always; when it does not, the mesh takes over.
+    fn still_lacking(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.peers.conn(conn) else { return false };
+        if c.mesh.lacking.is_empty() {
+            return false;
+        }
+        let lacking = c.mesh.lacking.clone();
+        let still = self.missing_of(&lacking);
+        let Some(c) = self.peers.conn_mut(conn) else { return false };
+        c.mesh.lacking = still;
+        !c.mesh.lacking.is_empty()
+    }
+
+    /// What of `heads` (and their dependencies) we lack, beyond what
+    /// changes already queued here wait for: those the main path's own
+    /// sync asks for, and counting them made every mesh link sync
+    /// whenever a change arrived ahead of its dependencies.
+    fn missing_of(&mut self, heads: &[automerge::ChangeHash]) -> Vec<automerge::ChangeHash> {
+        let am = self.doc.automerge();
+        let mut missing = am.get_missing_deps(heads);
+        if !missing.is_empty() {
+            let queued: std::collections::BTreeSet<_> = am.get_missing_deps(&[]).into_iter().collect();
+            missing.retain(|h| !queued.contains(h));
+        }
+        missing
+    }
+
+    /// Our heads to a mesh peer, when they changed since we last told it.
+    fn send_heads(&mut self, conn: ConnId) {
+        let mut heads = self.doc.heads();
+        heads.truncate(crate::wire::MAX_HEADS);
+        let Some(c) = self.peers.conn_mut(conn) else { return };
+        if c.mesh.sent == heads {
+            return;
+        }
+        let bytes = Envelope::Heads(heads.iter().map(|h| h.0).collect()).encode();
+        c.mesh.sent = heads;
+        self.peers.count_heads(bytes.len());
+        self.outbox.push(Output::Send { conn, bytes });
+    }
+
+    /// A mesh peer's heads. Those we lack are looked at again a mesh
+    /// interval from now: by then the rendezvous has usually brought them.
+    fn handle_heads(&mut self, conn: ConnId, heads: Vec<[u8; 32]>) {
+        if self.peers.conn(conn).and_then(|c| c.epoch) != Some(self.doc.epoch()) {
+            return;
+        }
+        let heads: Vec<automerge::ChangeHash> = heads.into_iter().map(automerge::ChangeHash).collect();
+        let lacking = self.missing_of(&heads);
+        let later = self.now.saturating_add_ms(self.config.mesh_sync_interval_ms);
+        let Some(c) = self.peers.conn_mut(conn) else { return };
+        c.mesh.lacking = lacking;
+        if !c.mesh.lacking.is_empty() {
+            c.next_sync_at = c.next_sync_at.max(later);
+            self.peers.owe_sync(conn);
         }
     }
 

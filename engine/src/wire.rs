@@ -1,8 +1,9 @@
 //! The envelope spoken over `/crdt-sync`: one binary frame per envelope.
 //!
 //! ```text
-//! byte 0      protocol version (5)
-//! byte 1      kind: 1 hello, 2 sync, 3 heartbeat, 4 auth, 5 epoch
+//! byte 0      protocol version (6)
+//! byte 1      kind: 1 hello, 2 sync, 3 heartbeat, 4 auth, 5 epoch, 6 heads,
+//!             7 pull
 //! hello       u8 len, node id, 32-byte nonce, 32-byte public key, 64-byte
 //!             CA signature of the key (the node's certificate), u64 epoch
 //! epoch       u64 epoch, 64-byte CA signature, then the epoch's base
@@ -18,11 +19,15 @@
 //!             then its proof: u8 0 and a 64-byte signature by the beat's
 //!             node, or u8 1 and a hash chain: u64 start seq, 32-byte root,
 //!             64-byte signature of the chain by the node, 32-byte link
+//! heads       u16 count (at most MAX_HEADS), then 32-byte change hashes:
+//!             the sender's document heads (mesh links, see peers.rs)
+//! pull        as sync: a sync message on a mesh link that asks for an
+//!             answer (the sender lacks heads the receiver announced)
 //! ```
 //!
 //! Versions 1 (unsigned hellos and beats), 2 (one document forever, no
-//! epochs), 3 (unsigned changes) and 4 (every beat signed) are refused
-//! with a clear error.
+//! epochs), 3 (unsigned changes), 4 (every beat signed) and 5 (mesh links
+//! syncing every change) are refused with a clear error.
 //!
 //! Every length is checked before it is used; decoding never panics.
 
@@ -31,18 +36,23 @@ use thiserror::Error;
 use crate::NodeId;
 use crate::identity::{Cert, Sig};
 
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 
 const KIND_HELLO: u8 = 1;
 const KIND_SYNC: u8 = 2;
 const KIND_HEARTBEAT: u8 = 3;
 const KIND_AUTH: u8 = 4;
 const KIND_EPOCH: u8 = 5;
+const KIND_HEADS: u8 = 6;
+const KIND_PULL: u8 = 7;
 
 /// Most beats one envelope may carry (one per node of a large fleet).
 pub const MAX_HEARTBEATS: usize = 4_096;
 /// Most certificates one sync envelope may carry (one per author).
 pub const MAX_CERTS: usize = 4_096;
+/// Most heads one heads envelope may carry: a document has one head per
+/// concurrent writer since the last merge, a handful in practice.
+pub const MAX_HEADS: usize = 1_024;
 
 /// Who signed a change (see `signing.rs`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -123,6 +133,12 @@ pub enum Envelope {
     Sync { sigs: ChangeSigs, message: Vec<u8> },
     /// Our own beat and the beats we relay, batched per interval.
     Heartbeats(Vec<Heartbeat>),
+    /// Our document's heads: what a mesh link sends instead of a sync
+    /// message while the rendezvous carries the changes.
+    Heads(Vec<[u8; 32]>),
+    /// A sync message on a mesh link from a peer that lacks heads we
+    /// announced: answered with one sync message. Laid out as `Sync`.
+    Pull { sigs: ChangeSigs, message: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -175,31 +191,8 @@ impl Envelope {
                 out.push(KIND_AUTH);
                 out.extend_from_slice(sig);
             }
-            Envelope::Sync { sigs, message } => {
-                assert!(sigs.certs.len() <= MAX_CERTS && sigs.sigs.len() <= crate::guard::MAX_CHANGES);
-                out.reserve(message.len() + sigs.certs.len() * 97 + sigs.sigs.len() * 66 + 8);
-                out.push(KIND_SYNC);
-                out.extend_from_slice(&(sigs.certs.len() as u16).to_be_bytes());
-                for (node, cert) in &sigs.certs {
-                    put_id(&mut out, node);
-                    out.extend_from_slice(&cert.key);
-                    out.extend_from_slice(&cert.sig);
-                }
-                out.extend_from_slice(&(sigs.sigs.len() as u32).to_be_bytes());
-                for (signer, sig) in &sigs.sigs {
-                    let code = match *signer {
-                        Signer::Cert(i) => {
-                            assert!(usize::from(i) < sigs.certs.len(), "a signer names a certificate we send");
-                            i
-                        }
-                        Signer::Ca => SIGNER_CA,
-                        Signer::None => SIGNER_NONE,
-                    };
-                    out.extend_from_slice(&code.to_be_bytes());
-                    out.extend_from_slice(sig);
-                }
-                out.extend_from_slice(message);
-            }
+            Envelope::Sync { sigs, message } => put_sync(&mut out, KIND_SYNC, sigs, message),
+            Envelope::Pull { sigs, message } => put_sync(&mut out, KIND_PULL, sigs, message),
             Envelope::Heartbeats(beats) => {
                 assert!((1..=MAX_HEARTBEATS).contains(&beats.len()));
                 out.push(KIND_HEARTBEAT);
@@ -222,6 +215,15 @@ impl Envelope {
                             out.extend_from_slice(link);
                         }
                     }
+                }
+            }
+            Envelope::Heads(heads) => {
+                assert!(heads.len() <= MAX_HEADS, "{} heads", heads.len());
+                out.reserve(heads.len() * 32 + 2);
+                out.push(KIND_HEADS);
+                out.extend_from_slice(&(heads.len() as u16).to_be_bytes());
+                for h in heads {
+                    out.extend_from_slice(h);
                 }
             }
         }
@@ -250,30 +252,12 @@ impl Envelope {
             }
             KIND_AUTH => Envelope::Auth { sig: r.array()? },
             KIND_SYNC => {
-                let certs_len = usize::from(u16::from_be_bytes(r.array()?));
-                if certs_len > MAX_CERTS {
-                    return Err(WireError::TooMany { what: "certificates", count: certs_len, max: MAX_CERTS });
-                }
-                let mut certs = Vec::with_capacity(certs_len);
-                for _ in 0..certs_len {
-                    certs.push((r.id()?, Cert { key: r.array()?, sig: r.array()? }));
-                }
-                let sigs_len = u32::from_be_bytes(r.array()?) as usize;
-                let max = crate::guard::MAX_CHANGES;
-                if sigs_len > max || sigs_len.saturating_mul(66) > r.0.len() {
-                    return Err(WireError::TooMany { what: "change signatures", count: sigs_len, max });
-                }
-                let mut sigs = Vec::with_capacity(sigs_len);
-                for _ in 0..sigs_len {
-                    let signer = match u16::from_be_bytes(r.array()?) {
-                        SIGNER_CA => Signer::Ca,
-                        SIGNER_NONE => Signer::None,
-                        i if usize::from(i) < certs.len() => Signer::Cert(i),
-                        i => return Err(WireError::NoSuchCert(i)),
-                    };
-                    sigs.push((signer, r.array()?));
-                }
-                return Ok(Envelope::Sync { sigs: ChangeSigs { certs, sigs }, message: r.0.to_vec() });
+                let (sigs, message) = read_sync(r)?;
+                return Ok(Envelope::Sync { sigs, message });
+            }
+            KIND_PULL => {
+                let (sigs, message) = read_sync(r)?;
+                return Ok(Envelope::Pull { sigs, message });
             }
             KIND_HEARTBEAT => {
                 let count = usize::from(u16::from_be_bytes(r.array()?));
@@ -303,6 +287,17 @@ impl Envelope {
                 }
                 Envelope::Heartbeats(beats)
             }
+            KIND_HEADS => {
+                let count = usize::from(u16::from_be_bytes(r.array()?));
+                if count > MAX_HEADS {
+                    return Err(WireError::TooMany { what: "heads", count, max: MAX_HEADS });
+                }
+                let mut heads = Vec::with_capacity(count);
+                for _ in 0..count {
+                    heads.push(r.array()?);
+                }
+                Envelope::Heads(heads)
+            }
             kind => return Err(WireError::Kind(kind)),
         };
         if !r.0.is_empty() {
@@ -312,12 +307,66 @@ impl Envelope {
     }
 }
 
+fn put_sync(out: &mut Vec<u8>, kind: u8, sigs: &ChangeSigs, message: &[u8]) {
+    assert!(sigs.certs.len() <= MAX_CERTS && sigs.sigs.len() <= crate::guard::MAX_CHANGES);
+    out.reserve(message.len() + sigs.certs.len() * 97 + sigs.sigs.len() * 66 + 8);
+    out.push(kind);
+    out.extend_from_slice(&(sigs.certs.len() as u16).to_be_bytes());
+    for (node, cert) in &sigs.certs {
+        put_id(out, node);
+        out.extend_from_slice(&cert.key);
+        out.extend_from_slice(&cert.sig);
+    }
+    out.extend_from_slice(&(sigs.sigs.len() as u32).to_be_bytes());
+    for (signer, sig) in &sigs.sigs {
+        let code = match *signer {
+            Signer::Cert(i) => {
+                assert!(usize::from(i) < sigs.certs.len(), "a signer names a certificate we send");
+                i
+            }
+            Signer::Ca => SIGNER_CA,
+            Signer::None => SIGNER_NONE,
+        };
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(sig);
+    }
+    out.extend_from_slice(message);
+}
+
 fn put_id(out: &mut Vec<u8>, id: &NodeId) {
     let bytes = id.as_str().as_bytes();
     // Node ids are at most MAX_ID_LEN (64) bytes by construction.
     assert!(bytes.len() <= crate::ids::MAX_ID_LEN);
     out.push(bytes.len() as u8);
     out.extend_from_slice(bytes);
+}
+
+/// The body of a sync or pull envelope: signatures, then the message.
+fn read_sync(mut r: Reader<'_>) -> Result<(ChangeSigs, Vec<u8>), WireError> {
+    let certs_len = usize::from(u16::from_be_bytes(r.array()?));
+    if certs_len > MAX_CERTS {
+        return Err(WireError::TooMany { what: "certificates", count: certs_len, max: MAX_CERTS });
+    }
+    let mut certs = Vec::with_capacity(certs_len);
+    for _ in 0..certs_len {
+        certs.push((r.id()?, Cert { key: r.array()?, sig: r.array()? }));
+    }
+    let sigs_len = u32::from_be_bytes(r.array()?) as usize;
+    let max = crate::guard::MAX_CHANGES;
+    if sigs_len > max || sigs_len.saturating_mul(66) > r.0.len() {
+        return Err(WireError::TooMany { what: "change signatures", count: sigs_len, max });
+    }
+    let mut sigs = Vec::with_capacity(sigs_len);
+    for _ in 0..sigs_len {
+        let signer = match u16::from_be_bytes(r.array()?) {
+            SIGNER_CA => Signer::Ca,
+            SIGNER_NONE => Signer::None,
+            i if usize::from(i) < certs.len() => Signer::Cert(i),
+            i => return Err(WireError::NoSuchCert(i)),
+        };
+        sigs.push((signer, r.array()?));
+    }
+    Ok((ChangeSigs { certs, sigs }, r.0.to_vec()))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -396,6 +445,9 @@ mod tests {
                     },
                 },
             ]),
+            Envelope::Heads(vec![]),
+            Envelope::Pull { sigs: ChangeSigs::default(), message: vec![0x42, 1] },
+            Envelope::Heads(vec![[1; 32], [2; 32]]),
         ] {
             assert_eq!(Envelope::decode(&env.encode(), 1 << 20), Ok(env));
         }
@@ -409,28 +461,34 @@ mod tests {
         assert_eq!(Envelope::decode(&[2, 4, 1, b'a'], 100), Err(WireError::Version(2)), "v2 peers are refused");
         assert_eq!(
             WireError::Version(2).to_string(),
-            "protocol version 2 is not supported (this node speaks 5)",
+            "protocol version 2 is not supported (this node speaks 6)",
             "an old peer is told why"
         );
         assert_eq!(Envelope::decode(&[3, 2, 0x42], 100), Err(WireError::Version(3)), "unsigned changes are refused");
         assert_eq!(Envelope::decode(&[4, 4, 0], 100), Err(WireError::Version(4)), "every beat signed: refused");
-        assert_eq!(Envelope::decode(&[5, 77], 100), Err(WireError::Kind(77)));
-        assert_eq!(Envelope::decode(&[5, 1, 5, b'a'], 100), Err(WireError::Truncated));
-        assert_eq!(Envelope::decode(&[5, 5, 0, 0], 100), Err(WireError::Truncated), "an epoch without its signature");
-        assert!(matches!(Envelope::decode(&[5, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
-        assert_eq!(Envelope::decode(&[5, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
+        assert_eq!(Envelope::decode(&[5, 3, 0, 0], 100), Err(WireError::Version(5)), "mesh syncing every change");
+        assert_eq!(Envelope::decode(&[6, 77], 100), Err(WireError::Kind(77)));
+        assert_eq!(Envelope::decode(&[6, 1, 5, b'a'], 100), Err(WireError::Truncated));
+        assert_eq!(Envelope::decode(&[6, 5, 0, 0], 100), Err(WireError::Truncated), "an epoch without its signature");
+        assert!(matches!(Envelope::decode(&[6, 1, 1, b'A'], 100), Err(WireError::BadNode(_))));
+        assert_eq!(Envelope::decode(&[6, 1, 1, 0xff], 100), Err(WireError::NotUtf8));
         // A signature naming a certificate that is not there.
         assert_eq!(
-            Envelope::decode(&[[5, 2, 0, 0, 0, 0, 0, 1, 0, 3].as_slice(), &[0; 64]].concat(), 200),
+            Envelope::decode(&[[6, 2, 0, 0, 0, 0, 0, 1, 0, 3].as_slice(), &[0; 64]].concat(), 200),
             Err(WireError::NoSuchCert(3))
         );
         // A signature count past what the bytes could hold.
-        assert!(matches!(Envelope::decode(&[5, 2, 0, 0, 0xff, 0xff, 0xff, 0xff], 100), Err(WireError::TooMany { .. })));
+        assert!(matches!(Envelope::decode(&[6, 2, 0, 0, 0xff, 0xff, 0xff, 0xff], 100), Err(WireError::TooMany { .. })));
         let mut auth = Envelope::Auth { sig: [0; 64] }.encode();
         auth.push(0);
         assert_eq!(Envelope::decode(&auth, 100), Err(WireError::Trailing(1)));
-        assert_eq!(Envelope::decode(&[5, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
+        assert_eq!(Envelope::decode(&[6, 3, 0, 0], 100), Err(WireError::BatchSize(0)));
         assert!(matches!(Envelope::decode(&[0; 200], 100), Err(WireError::TooLarge { .. })));
+        assert_eq!(Envelope::decode(&[6, 6, 0, 1, 7], 100), Err(WireError::Truncated), "a head cut short");
+        assert!(
+            matches!(Envelope::decode(&[6, 6, 0xff, 0xff], 100), Err(WireError::TooMany { what: "heads", .. })),
+            "more heads than a document has"
+        );
     }
 
     #[test]

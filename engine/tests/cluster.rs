@@ -500,3 +500,29 @@ fn an_agent_cut_off_from_the_server_hears_it_through_the_mesh() {
     assert!(heard.is_some(), "agent 1 never heard of the story through its mesh peers");
     assert!(c.engine(2).story(&id).is_some() && c.engine(3).story(&id).is_some());
 }
+
+/// Mesh links stay quiet while the rendezvous carries the changes: they
+/// send heads when those change, and a sync only for what the rendezvous
+/// did not bring (here: almost nothing). Before heads-first every mesh
+/// link synced every change at its own pace.
+#[test]
+fn mesh_links_send_heads_not_changes_while_the_rendezvous_carries_them() {
+    let mut c = Harness::new(4, 11, fast_config());
+    c.run_for(2_000);
+    let stories = c.add_stories(0, 20, Stage::Current);
+    c.run_until_settled(300_000).expect("the stories settle");
+    for s in &stories {
+        assert_eq!(c.engine(0).story(s).unwrap().state.stage, Stage::Done);
+    }
+    let mut sent = huskies_engine::SyncSent::default();
+    for i in 1..=4 {
+        sent += c.engine(i).sync_sent();
+    }
+    println!("agents sent: {sent:?}");
+    assert!(sent.heads_messages > 0, "mesh links told each other their heads: {sent:?}");
+    assert!(
+        sent.mesh_messages * 10 <= sent.main_messages,
+        "mesh sync messages are a small fraction of the main path's: {sent:?}"
+    );
+    assert!(sent.mesh_bytes + sent.heads_bytes < sent.main_bytes / 4, "{sent:?}");
+}

@@ -167,7 +167,9 @@ fn values_of_the_wrong_type_are_refused_and_no_story_vanishes() {
         use automerge::{ObjType, transaction::Transactable};
         am.put_object(&parts.stories, a.as_str(), ObjType::List).unwrap();
     });
-    c.run_for(500);
+    // The server refuses that change at its door, so it reaches agent 1
+    // over the mesh alone: heads first, then a sync a mesh interval later.
+    c.run_for(2_000);
     for i in [0, 1] {
         let refused = refused_on(&mut c, i);
         for want in [format!("a write of `stories/{a}` itself"), format!("stories/{b}/state: state is a number")] {

@@ -71,6 +71,35 @@ pub(crate) struct Conn {
     /// no change whose dependencies are missing (bounded by
     /// `max_held_bytes`).
     pub held_bytes: u64,
+    /// Heads-first on a mesh link (peers.rs): what we told it, what it
+    /// told us we lack, whether a sync is under way.
+    pub mesh: MeshHeads,
+}
+
+impl Conn {
+    /// The document changed under this link's feet (a rebuild, an
+    /// epoch): sync starts over.
+    pub fn restart_sync(&mut self) {
+        self.sync = sync::State::new();
+        self.mesh = MeshHeads::default();
+    }
+}
+
+/// A mesh link, while a rendezvous link carries the changes, sends only
+/// its heads when they change. A peer that heard of heads it lacks, and
+/// still lacks them a mesh interval later, pulls: it sends sync messages
+/// (at the mesh pace) until it has them, and the other side answers each
+/// one. Neither side syncs its own new changes on the link: under churn
+/// a sync kept going by new changes never ended.
+#[derive(Debug, Default)]
+pub(crate) struct MeshHeads {
+    /// The heads we last sent on this link.
+    pub sent: Vec<automerge::ChangeHash>,
+    /// The peer's heads (and their dependencies) we lacked when we last
+    /// looked: we pull while this is not empty.
+    pub lacking: Vec<automerge::ChangeHash>,
+    /// The peer pulled from us: one sync message answers it.
+    pub answer_owed: bool,
 }
 
 /// How a dial target waits after its conn ended.
@@ -110,6 +139,9 @@ pub struct SyncSent {
     pub mesh_bytes: u64,
     pub beat_messages: u64,
     pub beat_bytes: u64,
+    /// Heads envelopes on mesh links (beside their sync messages).
+    pub heads_messages: u64,
+    pub heads_bytes: u64,
 }
 
 impl std::ops::AddAssign for SyncSent {
@@ -120,6 +152,8 @@ impl std::ops::AddAssign for SyncSent {
         self.mesh_bytes += o.mesh_bytes;
         self.beat_messages += o.beat_messages;
         self.beat_bytes += o.beat_bytes;
+        self.heads_messages += o.heads_messages;
+        self.heads_bytes += o.heads_bytes;
     }
 }
 
@@ -262,6 +296,11 @@ impl Peers {
             if main { (&mut s.main_messages, &mut s.main_bytes) } else { (&mut s.mesh_messages, &mut s.mesh_bytes) };
         *messages += 1;
         *total += bytes as u64;
+    }
+
+    pub fn count_heads(&mut self, bytes: usize) {
+        self.sent.heads_messages += 1;
+        self.sent.heads_bytes += bytes as u64;
     }
 
     pub fn count_beats(&mut self, bytes: usize) {
