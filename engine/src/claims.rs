@@ -401,6 +401,7 @@ impl Engine {
     /// Stops and fails phases that outlived `run_timeout_ms` (hung agents,
     /// pushes or inspections the driver never answered).
     pub(crate) fn expire_runs(&mut self) {
+        self.extend_progressing_landing();
         let now = self.now;
         for (story, run) in self.claims.expired(now) {
             self.stop_process(&story, &run);

@@ -198,6 +198,9 @@ struct Batch {
     half: Option<HalfOf>,
     /// Stories its build left out before the gates (see [`Car::left_out`]).
     left_out: Vec<(StoryId, Token)>,
+    /// Stories of `ahead` landed when the batch's deadline was last set
+    /// (`extend_progressing_landing`).
+    ahead_landed: usize,
 }
 
 /// Which split a half comes from, and which half it is.
@@ -499,10 +502,75 @@ impl Engine {
             .collect();
         // Others build on this batch only once they can see it.
         self.doc.put_train(&self.node, &car.encode());
-        let b = Batch { id, stories, ahead: car.ahead, cancelled: false, retried: retry, half, left_out: Vec::new() };
+        let b = Batch {
+            id,
+            stories,
+            ahead: car.ahead,
+            cancelled: false,
+            retried: retry,
+            half,
+            left_out: Vec::new(),
+            ahead_landed: 0,
+        };
         self.train.in_flight = Some(b);
         self.emit(Event::BatchStarted { batch: id, size: land.len(), retry, ahead: ahead.len() });
         self.outbox.push(Output::Land { batch: id, stories: land, ahead, retry });
+    }
+
+    /// A batch stacked on a chain ahead waits for that chain to land, and
+    /// with many merge nodes the chain is long: a deadline counted from
+    /// the batch's start failed stories whose wait was the fleet's
+    /// progress, not a hang (50 agents: 690 landings timed out for 300
+    /// stories, 22 stories given up in a run with no fault). So when our
+    /// landing's deadline comes and stories ahead landed since it was set,
+    /// it moves one run timeout on, and so do our stories queued behind
+    /// it. Bounded: every extension needs one more of at most `MAX_AHEAD`
+    /// stories ahead landed; a chain that stops landing times out as
+    /// before, and a queued story waits only as long as the batch ahead
+    /// of it lives.
+    pub(crate) fn extend_progressing_landing(&mut self) {
+        let now = self.now;
+        let Some(b) = &self.train.in_flight else { return };
+        if b.cancelled {
+            return;
+        }
+        let mut landing_due = self.due_in(Phase::Landing);
+        landing_due.retain(|(id, _)| b.stories.contains(id));
+        let mut extend: Vec<(StoryId, Token, Phase)> = Vec::new();
+        let mut landed_now = None;
+        if !landing_due.is_empty() && !b.ahead.is_empty() {
+            let landed = b.ahead.iter().filter(|(s, t)| self.ahead_state(s, *t, None) == AheadState::Landed).count();
+            if landed > b.ahead_landed {
+                landed_now = Some(landed);
+                extend.extend(landing_due.into_iter().map(|(id, t)| (id, t, Phase::Landing)));
+            }
+        }
+        let batch_alive = b.stories.iter().any(|id| {
+            self.claims.run(id).is_some_and(|r| r.phase == Phase::Landing && (r.deadline > now || landed_now.is_some()))
+        });
+        if batch_alive {
+            extend.extend(self.due_in(Phase::Queued).into_iter().map(|(id, t)| (id, t, Phase::Queued)));
+        }
+        if extend.is_empty() {
+            return;
+        }
+        let deadline = now.saturating_add_ms(self.config.run_timeout_for(Stage::Merge));
+        for (id, token, phase) in extend {
+            self.claims.enter(&id, token, phase, deadline);
+        }
+        if let (Some(landed), Some(b)) = (landed_now, self.train.in_flight.as_mut()) {
+            b.ahead_landed = landed;
+        }
+    }
+
+    /// Our runs in `phase` whose deadline has come.
+    fn due_in(&self, phase: Phase) -> Vec<(StoryId, Token)> {
+        let now = self.now;
+        self.claims
+            .runs()
+            .filter(|(_, r)| r.phase == phase && r.deadline <= now)
+            .map(|(id, r)| (id.clone(), r.token))
+            .collect()
     }
 
     /// When a waiting batch stops waiting for more stories.

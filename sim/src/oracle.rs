@@ -69,6 +69,10 @@ pub struct Oracle {
     pub starts: u64,
     /// Runs started per stage, in pipeline order (`Stage::ACTIVE`).
     pub starts_by_stage: [u64; 3],
+    /// Runs failed because a landing (0) or its wait in the queue (1)
+    /// outlived the run timeout; and stories given up (out of attempts).
+    pub landing_timeouts: [u64; 2],
+    pub given_up: u64,
     pub reclaims: u64,
     pub claim_losses: u64,
     /// `HUSKIES_TRACE_STORY=id` prints every output that mentions the story.
@@ -328,7 +332,17 @@ impl Oracle {
                 self.advances.push((story.clone(), *from, *token, node.clone()));
                 self.run_ended(node, story);
             }
-            Event::RunFailed { story, .. } => self.run_ended(node, story),
+            Event::RunFailed { story, gave_up, reason, .. } => {
+                if reason.starts_with("landing timed out") {
+                    self.landing_timeouts[0] += 1;
+                } else if reason.starts_with("queued timed out") {
+                    self.landing_timeouts[1] += 1;
+                }
+                if *gave_up {
+                    self.given_up += 1;
+                }
+                self.run_ended(node, story)
+            }
             Event::ClaimLost { story, .. } => {
                 self.claim_losses += 1;
                 self.run_ended(node, story);

@@ -22,6 +22,11 @@ pub struct Report {
     pub starts: u64,
     /// Of `starts`, per stage: current, qa, merge.
     pub starts_by_stage: [u64; 3],
+    /// Runs failed by a landing (0), or a wait in the queue (1), outliving
+    /// the run timeout.
+    pub landing_timeouts: [u64; 2],
+    /// Stories given up: out of attempts.
+    pub given_up: u64,
     pub reclaims: u64,
     pub claim_losses: u64,
     /// Pushes the simulated remote fenced (a newer claim ended the branch).

@@ -397,6 +397,8 @@ fn verify(
         heal_ms,
         starts: o.starts,
         starts_by_stage: o.starts_by_stage,
+        landing_timeouts: o.landing_timeouts,
+        given_up: o.given_up,
         reclaims: o.reclaims,
         claim_losses: o.claim_losses,
         fenced: o.fenced,

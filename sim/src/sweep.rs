@@ -47,7 +47,7 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         let phases: Vec<String> = r.phases.iter().map(|(name, ms)| format!("{name} {ms} ms")).collect();
         println!("{} seed {seed}: {}; phases: {}", r.scenario, r.profile, phases.join(", "));
         println!(
-            "{} seed {seed}: sim {} ms, wall {} ms, heal {:?} ms, {} starts (current/qa/merge {}/{}/{}), {} reclaims, {} claim losses, {} fenced pushes, {} done, mesh max {}",
+            "{} seed {seed}: sim {} ms, wall {} ms, heal {:?} ms, {} starts (current/qa/merge {}/{}/{}), {} reclaims, {} claim losses, {} fenced pushes, {} landings and {} queued timed out, {} given up, {} done, mesh max {}",
             r.scenario,
             r.sim_ms,
             r.wall_ms,
@@ -59,6 +59,9 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
             r.reclaims,
             r.claim_losses,
             r.fenced,
+            r.landing_timeouts[0],
+            r.landing_timeouts[1],
+            r.given_up,
             r.stories_done,
             r.max_mesh_peers
         );
