@@ -86,6 +86,11 @@ pub struct Config {
     /// How long a queued story waits for merge runs of ours still on
     /// their way, so that stories claimed together land together.
     pub land_batch_wait_ms: u64,
+    /// How long a merge node waits, per merge node ranked before it,
+    /// before it forms a batch: enough for a car to reach every node, so
+    /// batches formed together stack into one train (landing.rs,
+    /// `formation_rank`).
+    pub land_stagger_ms: u64,
     /// Per-stage overrides of `max_attempts` and `run_timeout_ms`.
     pub stage_limits: std::collections::BTreeMap<Stage, StageLimits>,
     /// No new claims once the cluster's agents cost this much in a UTC day
@@ -138,6 +143,7 @@ impl Default for Config {
             max_returns: 5,
             land_batch: 4,
             land_batch_wait_ms: 1_000,
+            land_stagger_ms: 200,
             stage_limits: std::collections::BTreeMap::new(),
             daily_budget_micro_usd: None,
             max_story_cost_micro_usd: None,

@@ -231,6 +231,9 @@ pub(crate) struct Train {
     halves: VecDeque<Half>,
     splits: u64,
     waiting_since: Option<Millis>,
+    /// Until when a batch we are about to form waits for the merge nodes
+    /// ranked before us (`formation_rank`), set with `waiting_since`.
+    stagger_until: Option<Millis>,
     /// Stories of chains ahead whose tree failed our gates: not built on
     /// while they are still landing (the failure may be ours or theirs;
     /// tested without them, ours is known).
@@ -283,6 +286,7 @@ impl Engine {
         queued.retain(|id| !waiting.contains(id));
         if queued.is_empty() {
             self.train.waiting_since = None;
+            self.train.stagger_until = None;
             self.train.halves.clear();
             return;
         }
@@ -290,6 +294,14 @@ impl Engine {
             Some(h) => (h.stories, Some(h.of)),
             None => {
                 let since = *self.train.waiting_since.get_or_insert(self.now);
+                if self.train.stagger_until.is_none() {
+                    let rank = if self.train.solo { 0 } else { self.formation_rank() };
+                    let stagger_ms = rank.saturating_mul(self.config.land_stagger_ms);
+                    self.train.stagger_until = Some(since.saturating_add_ms(stagger_ms));
+                }
+                if self.train.stagger_until.is_some_and(|t| self.now < t) {
+                    return;
+                }
                 let on_the_way = self.claims.runs().any(|(_, r)| {
                     r.stage == Stage::Merge && matches!(r.phase, Phase::Settling | Phase::Running | Phase::Pushing)
                 });
@@ -303,6 +315,7 @@ impl Engine {
             }
         };
         self.train.waiting_since = None;
+        self.train.stagger_until = None;
         self.start_batch(stories, false, half);
     }
 
@@ -527,9 +540,18 @@ impl Engine {
     /// it. Bounded: every extension needs one more of at most `MAX_AHEAD`
     /// stories ahead landed; a chain that stops landing times out as
     /// before, and a queued story waits only as long as the batch ahead
-    /// of it lives.
+    /// of it lives, or our turn to form one comes (`formation_rank`).
     pub(crate) fn extend_progressing_landing(&mut self) {
         let now = self.now;
+        // Waiting for the merge nodes ranked before us is waiting our turn,
+        // not a hang (bounded: the stagger is set once per wait).
+        if self.train.in_flight.is_none() && self.train.stagger_until.is_some_and(|t| t > now) {
+            let deadline = now.saturating_add_ms(self.config.run_timeout_for(Stage::Merge));
+            for (id, token) in self.due_in(Phase::Queued) {
+                self.claims.enter(&id, token, Phase::Queued, deadline);
+            }
+            return;
+        }
         let Some(b) = &self.train.in_flight else { return };
         if b.cancelled {
             return;
@@ -573,10 +595,50 @@ impl Engine {
             .collect()
     }
 
-    /// When a waiting batch stops waiting for more stories.
+    /// When a waiting batch stops waiting for more stories, or for the
+    /// merge nodes ranked before us.
     pub(crate) fn next_batch_at(&self) -> Option<Millis> {
         let since = self.train.waiting_since?;
-        self.train.in_flight.is_none().then(|| since.saturating_add_ms(self.config.land_batch_wait_ms))
+        if self.train.in_flight.is_some() {
+            return None;
+        }
+        let full_wait = since.saturating_add_ms(self.config.land_batch_wait_ms);
+        let ahead = [Some(full_wait), self.train.stagger_until].into_iter().flatten().filter(|t| *t > self.now).min();
+        Some(ahead.unwrap_or(full_wait))
+    }
+
+    /// How many merge nodes form a batch before ours: live nodes ranked
+    /// before us (a hash of node and epoch) that hold merge stories not in
+    /// a batch and have no batch landing. When a chain's head changes,
+    /// every node waiting on it forms its next batch at once, before any
+    /// of their cars reaches the others, and they all stack on the same
+    /// chain: one of them can land, the rest were tested for nothing (50
+    /// agents: 6-8 gate runs a story). Waiting `land_stagger_ms` a rank,
+    /// each sees the cars of those before it and stacks on them: a train.
+    fn formation_rank(&mut self) -> u64 {
+        let epoch = self.doc.epoch().to_be_bytes();
+        let key = |n: &crate::NodeId| crate::hash::stable_hash(&[b"land", &epoch, n.as_str().as_bytes()]);
+        let ours = key(&self.node);
+        let cars: std::collections::BTreeMap<crate::NodeId, Car> =
+            self.doc.read_trains().into_iter().filter_map(|(n, raw)| Some((n, Car::decode(&raw)?))).collect();
+        let now = self.now;
+        let mut rank = 0;
+        for node in self.index.holders() {
+            if *node == self.node || key(node) >= ours || !self.liveness.is_alive(node, now) {
+                continue;
+            }
+            let car = cars.get(node);
+            let landing = car.is_some_and(|c| {
+                c.stories.iter().any(|(s, t)| self.ahead_state(s, *t, Some(node)) == AheadState::Landing)
+            });
+            let in_car = |s: &StoryId| car.is_some_and(|c| c.stories.iter().chain(&c.left_out).any(|(id, _)| id == s));
+            let waiting =
+                self.index.held_by(node).any(|s| self.index.known(s).state.stage == Stage::Merge && !in_car(s));
+            if !landing && waiting {
+                rank += 1;
+            }
+        }
+        rank
     }
 
     /// Our run of `story`, if it is landing.
