@@ -432,14 +432,17 @@ impl Engine {
             let left_out = Self::left_out_of(&cars);
             broken = gone.iter().any(|g| !left_out.contains(g));
         }
-        if !broken {
-            return;
+        if broken {
+            self.call_off_in_flight();
         }
-        let Some(b) = &self.train.in_flight else { return };
+    }
+
+    /// Asks the driver to stop the batch in flight; its answer (called
+    /// off) queues the stories again.
+    fn call_off_in_flight(&mut self) {
+        let Some(b) = self.train.in_flight.as_mut() else { return };
+        b.cancelled = true;
         let id = b.id;
-        if let Some(b) = self.train.in_flight.as_mut() {
-            b.cancelled = true;
-        }
         self.emit(Event::BatchCancelled { batch: id });
         self.outbox.push(Output::CancelLand { batch: id });
     }
@@ -537,10 +540,13 @@ impl Engine {
     /// stories, 22 stories given up in a run with no fault). So when our
     /// landing's deadline comes and stories ahead landed since it was set,
     /// it moves one run timeout on, and so do our stories queued behind
-    /// it. Bounded: every extension needs one more of at most `MAX_AHEAD`
-    /// stories ahead landed; a chain that stops landing times out as
-    /// before, and a queued story waits only as long as the batch ahead
-    /// of it lives, or our turn to form one comes (`formation_rank`).
+    /// it. When none landed, the chain stalled: our batch is called off
+    /// (no attempt counted) and the next is tested on the default branch
+    /// alone. Bounded: every extension needs one more of at most
+    /// `MAX_AHEAD` stories ahead landed, a called-off batch gets one
+    /// timeout for the driver's answer, after which its stories fail as
+    /// before, and a queued story waits only as long as the batch ahead of
+    /// it lives, or our turn to form one comes (`formation_rank`).
     pub(crate) fn extend_progressing_landing(&mut self) {
         let now = self.now;
         // Waiting for the merge nodes ranked before us is waiting our turn,
@@ -560,15 +566,27 @@ impl Engine {
         landing_due.retain(|(id, _)| b.stories.contains(id));
         let mut extend: Vec<(StoryId, Token, Phase)> = Vec::new();
         let mut landed_now = None;
+        let mut stalled = false;
         if !landing_due.is_empty() && !b.ahead.is_empty() {
             let landed = b.ahead.iter().filter(|(s, t)| self.ahead_state(s, *t, None) == AheadState::Landed).count();
             if landed > b.ahead_landed {
                 landed_now = Some(landed);
-                extend.extend(landing_due.into_iter().map(|(id, t)| (id, t, Phase::Landing)));
+            } else {
+                // The chain ahead stopped landing (its batch was called
+                // off, or its car lost at an epoch's cut, and formed
+                // again otherwise): no fault of our stories. Call ours
+                // off, with one more timeout for the driver to say so, and
+                // land next on the default branch alone, without that
+                // chain. Counting it as a failed attempt gave up 14 of
+                // 1,000 stories at 50 agents, in a run without faults.
+                stalled = true;
             }
+            extend.extend(landing_due.into_iter().map(|(id, t)| (id, t, Phase::Landing)));
         }
         let batch_alive = b.stories.iter().any(|id| {
-            self.claims.run(id).is_some_and(|r| r.phase == Phase::Landing && (r.deadline > now || landed_now.is_some()))
+            self.claims
+                .run(id)
+                .is_some_and(|r| r.phase == Phase::Landing && (r.deadline > now || landed_now.is_some() || stalled))
         });
         if batch_alive {
             extend.extend(self.due_in(Phase::Queued).into_iter().map(|(id, t)| (id, t, Phase::Queued)));
@@ -582,6 +600,13 @@ impl Engine {
         }
         if let (Some(landed), Some(b)) = (landed_now, self.train.in_flight.as_mut()) {
             b.ahead_landed = landed;
+        }
+        if stalled {
+            if let Some(b) = &self.train.in_flight {
+                self.train.avoid.extend(b.ahead.iter().cloned());
+            }
+            self.train.solo = true;
+            self.call_off_in_flight();
         }
     }
 
