@@ -38,15 +38,28 @@ pub(crate) struct OwnBeat {
     seq: u64,
     free_slots: u32,
     next_at: Millis,
-    /// The hash chain our beats reveal, once the first beat made one.
-    chain: Option<chain::OwnChain>,
+    /// The hash chains our beats reveal, one per count of free slots
+    /// advertised (a chain's statement signs its free slots): going back
+    /// to a count reuses its chain, so a change of free slots costs a
+    /// signature only the first time (sims: slots change several times a
+    /// second, and rebuilding a chain each time was 4% of a run).
+    /// With the last seq each proved.
+    chains: std::collections::BTreeMap<u32, (chain::OwnChain, u64)>,
 }
+
+/// Most chains of our own kept (one per count of free slots).
+const MAX_OWN_CHAINS: usize = 8;
+/// Most beats since a chain was last used for it to be used again: a
+/// receiver hashes a link down to the last one it verified, one hash a
+/// beat in between, and past this many a new chain's one signature check
+/// is cheaper.
+const MAX_REUSE_GAP: u64 = 64;
 
 impl OwnBeat {
     /// The first beat is due at once, and advertises any free slots as a
     /// change.
     pub fn new(now: Millis) -> OwnBeat {
-        OwnBeat { seq: 0, free_slots: u32::MAX, next_at: now, chain: None }
+        OwnBeat { seq: 0, free_slots: u32::MAX, next_at: now, chains: std::collections::BTreeMap::new() }
     }
 
     pub fn next_at(&self) -> Millis {
@@ -83,9 +96,9 @@ impl OwnBeat {
         Some((self.seq, free_slots))
     }
 
-    /// The proof of our beat `seq` with `free_slots`: a link of our chain,
-    /// a new chain when this one cannot prove it (exhausted, or other free
-    /// slots), and a signature for the goodbye (`sign` signs the beat).
+    /// The proof of our beat `seq` with `free_slots`: a link of our chain
+    /// for those free slots, a new chain when there is none or it is
+    /// exhausted, and a signature for the goodbye (`sign` signs the beat).
     /// `new_chain` builds and signs a chain starting at the given seq.
     pub fn proof(
         &mut self,
@@ -98,12 +111,26 @@ impl OwnBeat {
         if seq == LEAVING_SEQ {
             return BeatProof::Signed(sign());
         }
-        if let Some((chain, link)) = self.chain.as_ref().and_then(|c| c.proof(seq, free_slots)) {
+        if let Some((c, last)) = self.chains.get_mut(&free_slots)
+            && seq.saturating_sub(*last) <= MAX_REUSE_GAP
+            && let Some((chain, link)) = c.proof(seq, free_slots)
+        {
+            *last = seq;
             return BeatProof::Chain { chain, link };
         }
         let c = new_chain(seq - 1);
         let (chain, link) = c.proof(seq, free_slots).expect("a new chain proves its first beat");
-        self.chain = Some(c);
+        self.chains.insert(free_slots, (c, seq));
+        // Exhausted chains go; past the bound, the one used longest ago.
+        self.chains.retain(|_, (c, _)| c.covers(seq));
+        while self.chains.len() > MAX_OWN_CHAINS {
+            let oldest = self.chains.iter().min_by_key(|(_, (_, last))| *last).map(|(f, _)| *f);
+            if let Some(f) = oldest.filter(|f| *f != free_slots) {
+                self.chains.remove(&f);
+            } else {
+                break;
+            }
+        }
         BeatProof::Chain { chain, link }
     }
 
@@ -398,5 +425,36 @@ mod tests {
         assert!(l.is_alive(&n, Millis(1_099)));
         assert!(!l.is_alive(&n, Millis(1_100)));
         assert_eq!(l.alive(Millis(200)).count(), 0, "grace nodes are not ranked for claims");
+    }
+
+    #[test]
+    fn a_count_of_free_slots_reuses_its_chain_until_a_long_gap() {
+        let node = NodeId::new("n").unwrap();
+        let mut own = OwnBeat::new(Millis(0));
+        let built = std::cell::Cell::new(0);
+        let root_of = |own: &mut OwnBeat, seq: u64, slots: u32| {
+            let proof = own.proof(
+                seq,
+                slots,
+                || [0; 64],
+                |start| {
+                    built.set(built.get() + 1);
+                    chain::OwnChain::new(&[7; 32], &node, 1, start, slots, |_| [0; 64])
+                },
+            );
+            match proof {
+                crate::wire::BeatProof::Chain { chain, .. } => chain.root,
+                crate::wire::BeatProof::Signed(_) => panic!("a chain beat"),
+            }
+        };
+        let two = root_of(&mut own, 1, 2);
+        let one = root_of(&mut own, 2, 1);
+        assert_ne!(two, one);
+        assert_eq!(root_of(&mut own, 3, 2), two, "back to two free slots: the same chain");
+        assert_eq!(root_of(&mut own, 4, 1), one);
+        // A chain unused for more beats than a receiver should hash is
+        // replaced.
+        assert_ne!(root_of(&mut own, 4 + MAX_REUSE_GAP + 1, 2), two);
+        assert_eq!(built.get(), 3);
     }
 }

@@ -17,8 +17,14 @@
 //! Nobody but the node can make a later beat: that needs a preimage of the
 //! newest link revealed, so no relay can keep a dead node alive. Free slots
 //! are part of what is signed, so a relay cannot change them either. A node
-//! whose free slots change starts a new chain, which is one signature for
-//! it and one check for each receiver. Its leaving beat is signed by
+//! keeps one chain per count of free slots it advertises: the first change
+//! to a count starts a chain (one signature for it, one check for each
+//! receiver, who then keep it too); going back to a count reveals the next
+//! link of its chain, which costs receivers the hashes of the beats in
+//! between (a chain unused for 64 beats is replaced instead). A relay that
+//! saw a later link of a count's chain can make that count's beats for
+//! seqs before it: it can say the node had those free slots a little
+//! earlier than it did, no more. Its leaving beat is signed by
 //! itself.
 //!
 //! Each beat carries its chain (104 bytes more than a signed beat). A
@@ -99,6 +105,11 @@ impl OwnChain {
         OwnChain { chain: BeatChain { start_seq, root, sig }, free_slots, links }
     }
 
+    /// Whether beat `seq` falls in this chain.
+    pub fn covers(&self, seq: u64) -> bool {
+        seq.checked_sub(self.chain.start_seq).is_some_and(|k| (1..=CHAIN_LEN).contains(&k))
+    }
+
     /// The chain and link proving beat `seq` with `free_slots`, if this
     /// chain can.
     pub fn proof(&self, seq: u64, free_slots: u32) -> Option<(BeatChain, [u8; 32])> {
@@ -151,11 +162,17 @@ struct Known {
     link: [u8; 32],
 }
 
-/// The newest verified chain of every node heard, and what checking beats
-/// has cost.
+/// Most chains kept per node: one per count of free slots it advertised
+/// lately. Bounded because the counts are the peer's to choose.
+const MAX_CHAINS_PER_NODE: usize = 8;
+
+/// The verified chains of every node heard (of its newest incarnation,
+/// one per count of free slots: a node goes back to a count's chain, and
+/// a beat on it then costs hashes, not a signature), and what checking
+/// beats has cost.
 #[derive(Debug, Default)]
 pub(crate) struct Chains {
-    known: BTreeMap<NodeId, Known>,
+    known: BTreeMap<NodeId, Vec<Known>>,
     /// Beats checked (each one a signature check before chains).
     beats: u64,
     /// Signature checks of beats (chains and signed beats).
@@ -173,11 +190,10 @@ impl Chains {
     pub fn check(&mut self, hb: &Heartbeat, chain: &BeatChain, link: &[u8; 32]) -> ChainCheck {
         self.beats += 1;
         let Some(k) = Self::position(hb, chain) else { return ChainCheck::Forged("a link outside its chain") };
-        let Some(known) = self
-            .known
-            .get_mut(&hb.node)
-            .filter(|n| n.incarnation == hb.incarnation && n.chain == *chain && n.free_slots == hb.free_slots)
-        else {
+        let Some(known) = self.known.get_mut(&hb.node).and_then(|all| {
+            all.iter_mut()
+                .find(|n| n.incarnation == hb.incarnation && n.chain == *chain && n.free_slots == hb.free_slots)
+        }) else {
             return ChainCheck::Unknown;
         };
         // Down to the last verified link when this one is newer (one
@@ -202,15 +218,18 @@ impl Chains {
         if walk(*link, k) != chain.root {
             return false;
         }
-        // Keep the newest chain only: an older incarnation's or an older
-        // chain's later beats are stale anyway.
-        let newer = self.known.get(&hb.node).is_none_or(|n| {
-            (hb.incarnation, chain.start_seq) != (n.incarnation, n.chain.start_seq) || n.free_slots != hb.free_slots
-        });
-        if newer {
-            let known =
-                Known { incarnation: hb.incarnation, chain: *chain, free_slots: hb.free_slots, at: k, link: *link };
-            self.known.insert(hb.node.clone(), known);
+        // One chain per count of free slots, of the node's newest
+        // incarnation only (an older one's beats are stale anyway); a new
+        // chain for a count replaces the one before it.
+        let all = self.known.entry(hb.node.clone()).or_default();
+        all.retain(|n| n.incarnation == hb.incarnation && n.free_slots != hb.free_slots);
+        all.push(Known { incarnation: hb.incarnation, chain: *chain, free_slots: hb.free_slots, at: k, link: *link });
+        if all.len() > MAX_CHAINS_PER_NODE {
+            // The one whose newest verified beat is oldest goes.
+            let oldest = all.iter().enumerate().min_by_key(|(_, n)| n.chain.start_seq + n.at).map(|(i, _)| i);
+            if let Some(i) = oldest {
+                all.swap_remove(i);
+            }
         }
         true
     }
@@ -305,5 +324,26 @@ mod tests {
         assert!(a.proof(0, 1).is_none() && a.proof(CHAIN_LEN + 1, 1).is_none());
         assert!(a.proof(CHAIN_LEN, 1).is_some());
         assert_eq!(walk(a.proof(CHAIN_LEN, 1).expect("last").1, CHAIN_LEN), a.chain.root);
+    }
+
+    #[test]
+    fn going_back_to_a_count_of_free_slots_costs_hashes_not_a_signature() {
+        let (two, one) = (own(0, 2), own(1, 1));
+        let mut chains = Chains::default();
+        for (c, seq, slots) in [(&two, 1, 2), (&one, 2, 1)] {
+            let (hb, chain, link) = beat(c, seq, slots);
+            assert_eq!(chains.check(&hb, &chain, &link), ChainCheck::Unknown);
+            assert!(chains.adopt(&hb, &chain, &link));
+        }
+        let (hb, chain, link) = beat(&two, 3, 2);
+        assert_eq!(chains.check(&hb, &chain, &link), ChainCheck::Verified, "its chain is still known");
+        assert_eq!(chains.len(), 1, "one node");
+        // A peer choosing ever new counts keeps a bounded number.
+        for slots in 10..30 {
+            let c = own(10 + u64::from(slots), slots);
+            let (hb, chain, link) = beat(&c, 11 + u64::from(slots), slots);
+            assert!(chains.adopt(&hb, &chain, &link));
+        }
+        assert!(chains.known.values().all(|all| all.len() <= MAX_CHAINS_PER_NODE));
     }
 }
