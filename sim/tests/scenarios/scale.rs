@@ -1,6 +1,7 @@
 //! Scale: 200 nodes × 10,000 stories (ignored by default; run with
 //! `cargo test --release --test scenarios -- scale --ignored --nocapture`;
-//! `HUSKIES_SCALE_NODES` and `HUSKIES_SCALE_STORIES` pick another size).
+//! `HUSKIES_SCALE_NODES` and `HUSKIES_SCALE_STORIES` pick another size,
+//! `HUSKIES_SCALE_EPOCH` the changes between epoch cuts).
 //!
 //! Goal: the engine and the mesh hold up at fleet size. Method: a calm
 //! network, all stories added at once; the server archives finished work
@@ -21,6 +22,8 @@ fn scale() {
     s.publish_every_ms = 10_000;
     s.config.capacity = 4;
     s.archive_every_ms = 5_000;
+    // `HUSKIES_SCALE_EPOCH`: changes between epoch cuts (to measure longer epochs).
+    s.config.epoch_after_changes = env("HUSKIES_SCALE_EPOCH", s.config.epoch_after_changes as usize) as _;
     for r in sweep(&s, "scale::scale", &[], 1) {
         println!(
             "scale seed {}: epoch {}, {} archived, {} done, heal {:?} ms, sim {} ms, wall {} ms",
