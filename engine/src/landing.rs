@@ -351,8 +351,7 @@ impl Engine {
         let mut avoid = std::mem::take(&mut self.train.avoid);
         avoid.retain(|(s, t)| self.ahead_state(s, *t, None) == AheadState::Landing);
         self.train.avoid = avoid;
-        let cars: Vec<(crate::NodeId, Car)> =
-            self.doc.read_trains().into_iter().filter_map(|(n, raw)| Some((n, Car::decode(&raw)?))).collect();
+        let cars = self.cars();
         let left_out = Self::left_out_of(&cars);
         for (node, car) in cars {
             if node == self.node || car.suspect || !self.liveness.is_alive(&node, self.now) {
@@ -380,6 +379,11 @@ impl Engine {
             }
         }
         best
+    }
+
+    /// Every node's car that is well formed and within bounds.
+    fn cars(&mut self) -> Vec<(crate::NodeId, Car)> {
+        self.doc.read_trains().into_iter().filter_map(|(n, raw)| Some((n, Car::decode(&raw)?))).collect()
     }
 
     /// Every story some car says its build left out, with its token.
@@ -427,9 +431,7 @@ impl Engine {
         if !broken && !gone.is_empty() {
             // Gone, but left out of the tree by its own node's build: not
             // in the tree we test either.
-            let cars: Vec<(crate::NodeId, Car)> =
-                self.doc.read_trains().into_iter().filter_map(|(n, raw)| Some((n, Car::decode(&raw)?))).collect();
-            let left_out = Self::left_out_of(&cars);
+            let left_out = Self::left_out_of(&self.cars());
             broken = gone.iter().any(|g| !left_out.contains(g));
         }
         if broken {
@@ -583,11 +585,11 @@ impl Engine {
             }
             extend.extend(landing_due.into_iter().map(|(id, t)| (id, t, Phase::Landing)));
         }
-        let batch_alive = b.stories.iter().any(|id| {
-            self.claims
-                .run(id)
-                .is_some_and(|r| r.phase == Phase::Landing && (r.deadline > now || landed_now.is_some() || stalled))
-        });
+        // Our stories queued behind the batch wait as long as it lives.
+        let batch_alive = !extend.is_empty()
+            || b.stories
+                .iter()
+                .any(|id| self.claims.run(id).is_some_and(|r| r.phase == Phase::Landing && r.deadline > now));
         if batch_alive {
             extend.extend(self.due_in(Phase::Queued).into_iter().map(|(id, t)| (id, t, Phase::Queued)));
         }
@@ -644,8 +646,7 @@ impl Engine {
         let epoch = self.doc.epoch().to_be_bytes();
         let key = |n: &crate::NodeId| crate::hash::stable_hash(&[b"land", &epoch, n.as_str().as_bytes()]);
         let ours = key(&self.node);
-        let cars: std::collections::BTreeMap<crate::NodeId, Car> =
-            self.doc.read_trains().into_iter().filter_map(|(n, raw)| Some((n, Car::decode(&raw)?))).collect();
+        let cars: std::collections::BTreeMap<crate::NodeId, Car> = self.cars().into_iter().collect();
         let now = self.now;
         let mut rank = 0;
         for node in self.index.holders() {
