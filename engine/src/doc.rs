@@ -10,14 +10,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, AutoCommit, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
 
 use crate::identity::{Cert, PublicKey, Sig, hex, unhex};
 use crate::schema::Refusal;
 use crate::story::StoryState;
 use crate::{NodeId, StoryId};
 
+mod touched;
 mod validity;
+
+pub use touched::Touched;
+pub(crate) use touched::Writes;
 
 /// Who wrote an op (signing.rs), for the schema's writer rules.
 pub type Auth<'a> = &'a dyn Fn(&ObjId) -> crate::schema::Writer;
@@ -109,7 +113,6 @@ fn epoch_of(am: &AutoCommit) -> u64 {
     }
 }
 
-/// What a merge touched, from Automerge's patch log.
 /// A story as read from the document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoryRead {
@@ -118,15 +121,6 @@ pub enum StoryRead {
     Valid(StoryView),
     /// Its values break the schema: not believed.
     Refused(Refusal),
-}
-
-pub struct Touched {
-    pub stories: BTreeSet<StoryId>,
-    pub nodes: BTreeSet<NodeId>,
-    /// An enrollment or revocation arrived.
-    pub signed: bool,
-    /// Cluster settings arrived.
-    pub settings: bool,
 }
 
 pub struct Doc {
@@ -141,17 +135,24 @@ pub struct Doc {
     /// one commit instead of one per claim).
     batching: bool,
     /// Stories whose map no key points to any more (a peer put something
-    /// else under the story's key): writes to it make no patches, so every
-    /// merge counts them as touched.
+    /// else under the story's key): every merge counts them as touched, as
+    /// their read looks behind the current value.
     hidden: BTreeSet<StoryId>,
     /// Changes made or merged since the last persist (the engine persists
     /// when this is set, and clears it when it does).
     unpersisted: bool,
     /// What each state op stands for (`doc/validity.rs`).
     state_verdicts: BTreeMap<validity::OpKey, validity::Verdict>,
-    /// The concurrent values of each conflicted story's state, as last
-    /// read ([`Doc::conflict_grew`]).
-    conflicts: BTreeMap<StoryId, Vec<ObjId>>,
+    /// Where each checked change from a peer writes, until it applies
+    /// (`doc/touched.rs`).
+    notes: BTreeMap<automerge::ChangeHash, Writes>,
+    /// How many changes the document held when the engine last learnt what
+    /// they touched.
+    changes_known: u64,
+    /// Whose each object is (`doc/touched.rs`).
+    owners: touched::Owners,
+    /// Merges read whole because a change applied unnoted.
+    full_reads: u64,
 }
 
 /// Things the document holds that we could not read (written by a newer or
@@ -171,13 +172,13 @@ impl Doc {
         let nodes_obj = am.put_object(automerge::ROOT, "nodes", ObjType::Map).expect("genesis");
         am.commit_with(CommitOptions::default().with_time(0));
         am.set_actor(actor);
-        am.update_diff_cursor();
         Doc::wrap(am, stories_obj, nodes_obj)
     }
 
     /// A document around `am`, whose root maps are `stories_obj` and
     /// `nodes_obj`, nothing read yet.
     fn wrap(am: AutoCommit, stories_obj: ObjId, nodes_obj: ObjId) -> Doc {
+        let am_changes = am.stats().num_changes;
         Doc {
             am,
             stories_obj,
@@ -188,7 +189,10 @@ impl Doc {
             unpersisted: false,
             hidden: BTreeSet::new(),
             state_verdicts: BTreeMap::new(),
-            conflicts: BTreeMap::new(),
+            notes: BTreeMap::new(),
+            changes_known: am_changes,
+            owners: BTreeMap::new(),
+            full_reads: 0,
         }
     }
 
@@ -204,7 +208,7 @@ impl Doc {
         }
         let mut doc = Doc::new(actor);
         doc.am.load_incremental(bytes)?;
-        doc.am.update_diff_cursor();
+        doc.skip_touched();
         Ok(doc)
     }
 
@@ -218,7 +222,6 @@ impl Doc {
         let stories_obj = map(&am, "stories")?;
         let nodes_obj = map(&am, "nodes")?;
         am.set_actor(actor);
-        am.update_diff_cursor();
         Some(Doc::wrap(am, stories_obj, nodes_obj))
     }
 
@@ -243,23 +246,37 @@ impl Doc {
         self.am.get_heads()
     }
 
-    /// Commits what was written through [`Doc::automerge`]; a merge (not
-    /// our own typed write) is left for [`Doc::take_touched`] to report.
+    /// Commits what was written through [`Doc::automerge`], left for
+    /// [`Doc::take_touched`] to report as a peer's change would be.
     /// (Hostile writes in tests.)
     #[cfg(any(test, feature = "testkit"))]
     pub fn commit_now(&mut self) {
-        if !self.batching {
-            self.am.commit_with(CommitOptions::default().with_time(0));
+        if !self.batching
+            && let Some(hash) = self.am.commit_with(CommitOptions::default().with_time(0))
+            && let Some(change) = self.am.get_change_by_hash(&hash)
+        {
+            self.note_writes(hash, Writes::of(&change.decode()));
         }
         self.unpersisted = true;
     }
 
+    /// Merges the changes of `other` that we lack, noted as a peer's
+    /// would be when they arrive (tests).
+    #[cfg(test)]
+    pub(crate) fn merge_noted(&mut self, other: &mut Doc) {
+        let changes = self.am.get_changes_added(&mut other.am);
+        for c in &changes {
+            self.note_writes(c.hash(), Writes::of(&c.decode()));
+        }
+        self.am.apply_changes(changes).expect("changes of a well-formed document");
+    }
+
     /// Commits one of our typed writes. Its effect is ours, known to the
-    /// engine: marked seen for [`Doc::take_touched`], and unpersisted.
+    /// engine: counted as seen by [`Doc::take_touched`], and unpersisted.
     fn commit(&mut self) {
         if !self.batching {
-            self.am.commit_with(CommitOptions::default().with_time(0));
-            self.am.update_diff_cursor();
+            let made = self.am.commit_with(CommitOptions::default().with_time(0));
+            self.count_own(made);
         }
         self.unpersisted = true;
     }
@@ -292,10 +309,11 @@ impl Doc {
         assert!(self.batching, "end of a batch never begun");
         self.batching = false;
         // A scan that claimed nothing made no change: nothing to persist.
-        if self.am.commit_with(CommitOptions::default().with_time(0)).is_some() {
+        let made = self.am.commit_with(CommitOptions::default().with_time(0));
+        if made.is_some() {
             self.unpersisted = true;
         }
-        self.am.update_diff_cursor();
+        self.count_own(made);
     }
 
     /// The ids of the stories in the document (keys that are not valid ids
@@ -304,7 +322,6 @@ impl Doc {
         self.am.keys(&self.stories_obj).filter_map(|k| StoryId::new(k).ok()).collect()
     }
 
-    /// Reads every story and node. Leaves the patch log alone.
     /// Every story and node, each writer taken for the admin (cold
     /// storage and tests; the engine reads with [`Doc::read_all_as`]).
     pub fn read_all(&mut self) -> (BTreeMap<StoryId, StoryView>, BTreeMap<NodeId, NodeRecord>, Unreadable) {
@@ -342,71 +359,6 @@ impl Doc {
             }
         }
         (stories, nodes, bad)
-    }
-
-    /// Whether the concurrent values of `id`'s state differ from those it
-    /// was last read with. Automerge's patches report a conflict appearing
-    /// but not a further value joining it, so the engine asks this of every
-    /// conflicted story on every merge: one lookup of one key, where a
-    /// re-read costs a story's every key (it was 30% of a swarm seed,
-    /// whose partitions leave conflicts nobody writes over).
-    pub fn conflict_grew(&mut self, id: &StoryId) -> bool {
-        let (Some(obj), Some(known)) = (self.story_objs.get(id), self.conflicts.get(id)) else { return true };
-        let now = self.am.get_all(obj, "state").unwrap_or_default();
-        now.len() != known.len() || now.iter().zip(known).any(|((_, op), k)| op != k)
-    }
-
-    /// The stories and nodes touched since the last call; Automerge computes
-    /// this from its patch log, in time proportional to the new changes.
-    pub fn take_touched(&mut self) -> Touched {
-        let mut stories = BTreeSet::new();
-        let mut nodes = BTreeSet::new();
-        let (mut signed, mut settings) = (false, false);
-        let map_key = |action: &automerge::PatchAction| match action {
-            automerge::PatchAction::PutMap { key, .. } | automerge::PatchAction::DeleteMap { key } => Some(key.clone()),
-            _ => None,
-        };
-        for patch in self.am.diff_incremental() {
-            if patch.obj == automerge::ROOT
-                && let Some(key) = map_key(&patch.action)
-            {
-                signed |= SignedKind::ALL.iter().any(|k| key.starts_with(k.prefix()));
-                settings |= key == SETTINGS_KEY;
-                continue;
-            }
-            // The key under `stories` or `nodes` is either the patched key
-            // (when the patch is on the root map itself: a story put or
-            // deleted) or the second path element (when it is inside a
-            // story's or node's map).
-            let (parent, key) = if patch.obj == self.stories_obj || patch.obj == self.nodes_obj {
-                let Some(key) = map_key(&patch.action) else { continue };
-                (patch.obj.clone(), key)
-            } else {
-                match patch.path.get(1) {
-                    Some((obj, Prop::Map(key))) => (obj.clone(), key.clone()),
-                    _ => continue,
-                }
-            };
-            if parent == self.stories_obj {
-                if let Ok(id) = StoryId::new(key) {
-                    stories.insert(id);
-                }
-            } else if parent == self.nodes_obj
-                && let Ok(id) = NodeId::new(key)
-            {
-                nodes.insert(id);
-            }
-        }
-        // A peer that deleted or replaced a root map cut our maps off the
-        // root: patches inside them stop. Until the next epoch puts fresh
-        // maps in place (the server cuts one at once), every story and
-        // node counts as touched.
-        if self.root_damaged() {
-            stories.extend(self.story_ids());
-            nodes.extend(self.am.keys(&self.nodes_obj).filter_map(|k| NodeId::new(k).ok()));
-        }
-        stories.extend(self.hidden.iter().cloned());
-        Touched { stories, nodes, signed, settings }
     }
 
     /// Whether the root's `stories` or `nodes` is no longer the map this
@@ -524,16 +476,6 @@ impl Doc {
         self.commit();
     }
 
-    /// Marks everything so far as seen by [`Doc::take_touched`]. Used after
-    /// local writes, whose effect the engine already knows.
-    pub fn skip_touched(&mut self) {
-        // In a batch, `end_batch` does it (updating the cursor would close
-        // the open change).
-        if !self.batching {
-            self.am.update_diff_cursor();
-        }
-    }
-
     /// The maps of every story as we last read them, including those a
     /// peer has since replaced or deleted (the objects stay readable).
     pub fn known_story_objs(&self) -> BTreeMap<StoryId, ObjId> {
@@ -634,11 +576,6 @@ impl Doc {
         // with the same heads agree.
         let (state, refused_ops, ops) = self.resolve_state(id.as_str(), &obj, auth);
         let concurrent = ops.len();
-        if concurrent > 1 {
-            self.conflicts.insert(id.clone(), ops);
-        } else {
-            self.conflicts.remove(id);
-        }
         for (op, why) in refused_ops {
             refused.push(refusal("state", why, Some(&op)));
         }
@@ -826,13 +763,14 @@ mod tests {
             d.put_state(&id, &s);
             d.skip_touched();
         }
-        b.am.merge(&mut a.am).unwrap();
-        a.am.merge(&mut b.am).unwrap();
+        b.merge_noted(&mut a);
+        a.merge_noted(&mut b);
         let ta = a.take_touched().stories;
         let tb = b.take_touched().stories;
         assert!(ta.contains(&id), "a sees the conflict");
         assert!(tb.contains(&id), "b sees the conflict");
         assert_eq!(a.read_story(&id).unwrap().concurrent, 2);
         assert_eq!(a.read_story(&id), b.read_story(&id));
+        assert_eq!((a.full_reads(), b.full_reads()), (0, 0), "every change came noted");
     }
 }

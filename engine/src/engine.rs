@@ -495,9 +495,7 @@ impl Engine {
 
     /// Re-reads everything a merge touched.
     pub(crate) fn absorb_remote_changes(&mut self) {
-        let crate::doc::Touched { mut stories, nodes, signed, settings } = self.doc.take_touched();
-        let conflicted: Vec<StoryId> = self.index.conflicted().cloned().collect();
-        stories.extend(conflicted.into_iter().filter(|id| self.doc.conflict_grew(id)));
+        let crate::doc::Touched { stories, nodes, signed, settings } = self.doc.take_touched();
         for id in stories {
             let known = self.index.story(&id).cloned();
             let (read, refused) = self.read_story_checked(&id);

@@ -34,11 +34,6 @@ pub(crate) struct Index {
     /// Stories in an active stage, not failed, held by nobody, in claim
     /// order.
     free: BTreeSet<FreeKey>,
-    /// Stories whose state key holds concurrent values. Automerge's patches
-    /// report a conflict appearing, but not a further concurrent value
-    /// joining an existing conflict, so every merge asks of each whether
-    /// its values changed (`Doc::conflict_grew`), and re-reads those.
-    conflicted: BTreeSet<StoryId>,
     /// Bumped whenever a story or node entry changes: drivers watch it to
     /// refresh what they show.
     version: u64,
@@ -114,10 +109,6 @@ impl Index {
         self.free.iter()
     }
 
-    pub fn conflicted(&self) -> impl Iterator<Item = &StoryId> {
-        self.conflicted.iter()
-    }
-
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -159,25 +150,16 @@ impl Index {
             self.free.remove(&FreeKey::of(id, old));
         }
         match &view {
-            None => {
-                self.conflicted.remove(id);
-            }
-            Some(view) => {
-                if view.concurrent > 1 {
-                    self.conflicted.insert(id.clone());
-                } else {
-                    self.conflicted.remove(id);
+            None => {}
+            Some(view) => match &view.state.holder {
+                Some(h) => {
+                    self.by_holder.entry(h.clone()).or_default().insert(id.clone());
                 }
-                match &view.state.holder {
-                    Some(h) => {
-                        self.by_holder.entry(h.clone()).or_default().insert(id.clone());
-                    }
-                    None if view.state.is_claimable_stage() => {
-                        self.free.insert(FreeKey::of(id, view));
-                    }
-                    None => {}
+                None if view.state.is_claimable_stage() => {
+                    self.free.insert(FreeKey::of(id, view));
                 }
-            }
+                None => {}
+            },
         }
         old
     }

@@ -65,7 +65,7 @@
 //! |---|---|---|
 //! | `Outbox` (`outbox.rs`) | every output: staged during an input, held behind an unconfirmed `Persist`, ready | |
 //! | `Doc` (`doc.rs`) | the Automerge document: typed reads and writes, what a merge touched, whether it is persisted | |
-//! | `Index` (`index.rs`) | every story and node as the document says, and the sets claims are decided on (free in claim order, by holder, conflicted); the next merge-queue place; whether it is being rebuilt | |
+//! | `Index` (`index.rs`) | every story and node as the document says, and the sets claims are decided on (free in claim order, by holder); the next merge-queue place; whether it is being rebuilt | |
 //! | `Liveness` (`liveness.rs`) | heartbeats heard and grace periods: who is alive, with how many free slots; who was reported dead | |
 //! | `Claims` (`claims/held.rs`) | our runs from claim to settle, run, push and result; cooldowns, stagger, worktrees, fences; the pause while our agent's API refuses us | `claims.rs` |
 //! | `Peers` (`peers/links.rs`) | connections, dial targets and backoff, owed syncs, beats to relay | `peers.rs`, `defence.rs` |

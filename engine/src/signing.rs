@@ -104,6 +104,10 @@ pub(crate) struct Checked {
     actor: ActorId,
     sig: ChangeSig,
     cert: Option<(NodeId, Cert)>,
+    /// Where it writes, for what the merge touched (`doc/touched.rs`);
+    /// `None` when the document held it already, or the decoder could not
+    /// read it (then the merge is read whole).
+    writes: Option<crate::doc::Writes>,
 }
 
 /// What the signature check of one message decided.
@@ -497,8 +501,10 @@ impl Engine {
             if checked_sig.author == Author::Ca {
                 admin_here.insert(actor.clone());
             }
+            // Decoding a peer's bytes may panic inside Automerge.
+            let expanded = std::panic::catch_unwind(|| change.decode()).ok();
             if checked_sig.author != Author::Ca
-                && let Some(why) = self.structure_refused(&change, &node, &admin_here)
+                && let Some(why) = self.structure_refused(expanded.as_ref(), &node, &admin_here)
             {
                 self.sigs.count_dropped(Dropped::Structure);
                 // No honest node writes such a change, and every change of
@@ -524,7 +530,11 @@ impl Engine {
                 verdict.dropped.push(i);
                 continue;
             }
-            verdict.checked.push(Checked { hash, actor, sig: checked_sig, cert });
+            // A change we hold (its signature was lost with a queue a
+            // rebuild dropped) touches nothing new.
+            let fresh = self.doc.automerge().get_change_meta_by_hash(&hash).is_none();
+            let writes = expanded.as_ref().filter(|_| fresh).map(crate::doc::Writes::of);
+            verdict.checked.push(Checked { hash, actor, sig: checked_sig, cert, writes });
         }
         Ok(verdict)
     }
@@ -533,12 +543,11 @@ impl Engine {
     /// writes, if it does.
     fn structure_refused(
         &mut self,
-        change: &automerge::Change,
+        expanded: Option<&automerge::ExpandedChange>,
         author: &NodeId,
         admin_here: &BTreeSet<ActorId>,
     ) -> Option<String> {
-        let expanded = std::panic::catch_unwind(|| change.decode());
-        let Ok(expanded) = expanded else { return Some("a change that panics the change decoder".into()) };
+        let Some(expanded) = expanded else { return Some("a change that panics the change decoder".into()) };
         let (stories, nodes) = (self.doc.stories_obj().clone(), self.doc.nodes_obj().clone());
         let own = self.doc.automerge().get_actor().clone();
         let own_admin = self.signs_as_admin();
@@ -550,7 +559,7 @@ impl Engine {
                 || node_of_actor(actor).is_none_or(|n| crate::schema::is_reserved(&n))
         };
         let layout = crate::schema::Layout { stories: &stories, nodes: &nodes, is_admin: &is_admin };
-        crate::schema::change_not_authorized(&expanded, author, &layout)
+        crate::schema::change_not_authorized(expanded, author, &layout)
     }
 
     /// Charges `len` bytes of new changes to `author`'s quota.
@@ -573,9 +582,12 @@ impl Engine {
     }
 
     pub(crate) fn keep_sigs(&mut self, checked: Vec<Checked>) {
-        for Checked { hash, actor, sig, cert } in checked {
+        for Checked { hash, actor, sig, cert, writes } in checked {
             if let Some((node, cert)) = cert {
                 self.sigs.know_cert(&node, cert);
+            }
+            if let Some(writes) = writes {
+                self.doc.note_writes(hash, writes);
             }
             self.sigs.insert(hash, &actor, sig);
         }

@@ -114,6 +114,12 @@ impl Engine {
         self.liveness.beat_check_cost()
     }
 
+    /// Merges read whole because a change applied without a note of where
+    /// it writes (`doc/touched.rs`): a cost, never a wrong view.
+    pub fn full_reads(&self) -> u64 {
+        self.doc.full_reads()
+    }
+
     /// Sync messages not applied because they held a revoked node's change.
     pub fn revoked_changes_dropped(&self) -> u64 {
         self.sigs.dropped(crate::signing::Dropped::Revoked)

@@ -62,6 +62,8 @@ pub struct NodeCtx {
     pub beat_checks: Mutex<[huskies_engine::BeatChecks; 2]>,
     /// Sync messages sent, likewise.
     pub sync_sent: Mutex<[huskies_engine::SyncSent; 2]>,
+    /// Merges read whole (`doc/touched.rs`), per incarnation as above.
+    pub full_reads: Mutex<[u64; 2]>,
     /// How long one build and gate run of a landing takes.
     pub gate_ms: u64,
     /// Hostile writes this node is to make next (a Byzantine node: its
@@ -136,6 +138,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     // The last incarnation's counts join those of the ones before it.
     end_incarnation(&ctx.beat_checks);
     end_incarnation(&ctx.sync_sent);
+    end_incarnation(&ctx.full_reads);
     let incarnation = {
         let mut r = ctx.restarts.lock().expect("restarts lock");
         *r += 1;
@@ -281,6 +284,7 @@ impl SimNode {
     fn handle_time(&mut self) {
         self.ctx.beat_checks.lock().expect("beat checks lock")[1] = self.engine.beat_checks();
         self.ctx.sync_sent.lock().expect("sync sent lock")[1] = self.engine.sync_sent();
+        self.ctx.full_reads.lock().expect("full reads lock")[1] = self.engine.full_reads();
         let now = self.ctx.local_ms();
         let landed = self.ctx.disk.lock().expect("disk lock").land_due(now);
         if let Some(seq) = landed {

@@ -47,6 +47,8 @@ pub struct Report {
     pub link_resets: crate::link::Resets,
     /// Sync messages and bytes sent, over all nodes and incarnations.
     pub sync_sent: huskies_engine::SyncSent,
+    /// Merges read whole because a change applied unnoted, over all nodes.
+    pub full_reads: u64,
     /// Nodes in the cluster, the server included.
     pub nodes: usize,
     /// Heartbeats checked (each a signature check before hash chains),

@@ -175,6 +175,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
         for s in *c.sync_sent.lock().expect("sync sent lock") {
             report.sync_sent += s;
         }
+        report.full_reads += c.full_reads.lock().expect("full reads lock").iter().sum::<u64>();
         for b in *c.beat_checks.lock().expect("beat checks lock") {
             report.beats_checked += b.beats;
             report.beat_signatures += b.signatures;
@@ -413,6 +414,7 @@ fn verify(
         link_resets: Default::default(),
         nodes: 0,
         sync_sent: Default::default(),
+        full_reads: 0,
         beats_checked: 0,
         beat_signatures: 0,
         beat_hashes: 0,

@@ -89,14 +89,15 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
         let s = r.sync_sent;
         let per_story = (r.stories_done + r.stories_archived).max(1) as f64;
         println!(
-            "{} seed {seed}: sync sent per story finished: main {:.1} messages / {:.0} bytes, mesh {:.1} / {:.0}, mesh heads {:.1} / {:.0}",
+            "{} seed {seed}: sync sent per story finished: main {:.1} messages / {:.0} bytes, mesh {:.1} / {:.0}, mesh heads {:.1} / {:.0}; {} merges read whole",
             r.scenario,
             s.main_messages as f64 / per_story,
             s.main_bytes as f64 / per_story,
             s.mesh_messages as f64 / per_story,
             s.mesh_bytes as f64 / per_story,
             s.heads_messages as f64 / per_story,
-            s.heads_bytes as f64 / per_story
+            s.heads_bytes as f64 / per_story,
+            r.full_reads
         );
         let l = &r.landing;
         if l.landed > 0 {

@@ -62,7 +62,6 @@ pub(super) fn carry(old: &mut Doc, new: &mut Doc, me: &crate::NodeId, admin: boo
     c.root();
     let writes = c.writes;
     new.automerge().commit_with(CommitOptions::default().with_time(0));
-    new.automerge().update_diff_cursor();
     Carried { writes }
 }
 

@@ -34,5 +34,8 @@ fn claim_storm() {
         // nothing, and must not have reset (madsim's mailbox once starved
         // old datagrams behind new ones, and 2,500 links reset).
         assert_eq!(r.link_resets.gap, 0, "links reset on holes in a network that loses nothing");
+        // Only a change that comes back after a rebuilt document dropped
+        // it applies unnoted; nothing here rebuilds.
+        assert_eq!(r.full_reads, 0, "merges read whole: a change applied without a note of where it writes");
     }
 }

@@ -33,5 +33,6 @@ fn scale() {
         // fleet's own coordination (at 50 agents, landings that timed out
         // waiting in a long train gave up 22 of 300).
         assert_eq!(r.given_up, 0, "seed {}: stories given up in a run without faults", r.seed);
+        assert_eq!(r.full_reads, 0, "seed {}: a change applied without a note of where it writes", r.seed);
     }
 }
