@@ -263,9 +263,10 @@ impl Engine {
             state.token = state.token.next();
             state.reason = Some(crate::story::short_reason(&reason));
             released = Some(state.clone());
-            self.write_state(story, state);
         }
-        self.record_run(story, &run, crate::runs::RunOutcomeKind::Fenced, Some(crate::story::short_reason(&reason)));
+        let reason_short = Some(crate::story::short_reason(&reason));
+        let kind = crate::runs::RunOutcomeKind::Fenced;
+        self.end_run_in_doc(story, released.clone(), &run, kind, reason_short);
         let (by, kept) = match e {
             crate::PushError::Fenced { by_token, kept } => (by_token, kept),
             crate::PushError::Failed(_) => (None, String::new()),
@@ -329,8 +330,7 @@ impl Engine {
             returns: if to == crate::Stage::Done { 0 } else { state.returns },
             queued: if to == crate::Stage::Merge { self.index.next_queue_place() } else { state.queued },
         };
-        self.write_state(story, state);
-        self.record_run(story, &run, crate::runs::RunOutcomeKind::Succeeded, None);
+        self.end_run_in_doc(story, Some(state), &run, crate::runs::RunOutcomeKind::Succeeded, None);
         self.emit(Event::Advanced { story: story.clone(), from, to, token: run.token });
     }
 
@@ -367,8 +367,8 @@ impl Engine {
         };
         state.reason = Some(crate::story::short_reason(&reason));
         let (attempts, gave_up) = (state.attempts, state.failed);
-        self.write_state(story, state);
-        self.record_run(story, &run, crate::runs::RunOutcomeKind::Failed, Some(crate::story::short_reason(&reason)));
+        let why = Some(crate::story::short_reason(&reason));
+        self.end_run_in_doc(story, Some(state), &run, crate::runs::RunOutcomeKind::Failed, why);
         self.emit(Event::RunFailed { story: story.clone(), token: run.token, attempts, gave_up, reason });
     }
 
@@ -378,8 +378,7 @@ impl Engine {
         let Some((run, mut state)) = self.end_and_release(story) else { return };
         let why = crate::story::short_reason(&format!("not counted, {} could not run it: {reason}", self.node));
         state.reason = Some(why.clone());
-        self.write_state(story, state);
-        self.record_run(story, &run, crate::runs::RunOutcomeKind::Failed, Some(why));
+        self.end_run_in_doc(story, Some(state), &run, crate::runs::RunOutcomeKind::Failed, Some(why));
         let first_ms = self.config.retry_backoff_ms.max(1_000).saturating_mul(4);
         let pause_ms = self.claims.pause(self.now, first_ms, &reason);
         // Our own next try of this story waits longer still: others first.

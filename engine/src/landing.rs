@@ -834,8 +834,7 @@ impl Engine {
             state.reason = Some(short_reason(reason));
         }
         let (token, returns) = (state.token, state.returns);
-        self.write_state(story, state);
-        self.record_run(story, &run, RunOutcomeKind::Returned, Some(short_reason(reason)));
+        self.end_run_in_doc(story, Some(state), &run, RunOutcomeKind::Returned, Some(short_reason(reason)));
         self.emit(Event::SentBack { story: story.clone(), token, returns, gave_up, reason: reason.to_owned() });
     }
 

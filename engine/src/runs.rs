@@ -147,7 +147,27 @@ impl crate::Engine {
     }
 
     /// Writes the record of our run of `story` that just ended.
-    pub(crate) fn record_run(
+    /// Ends our run of `story` in one change: the state that moves the
+    /// story on or releases it (when there is one to write), the run's
+    /// record and its ledger line. One change instead of two or three: each
+    /// change is signed, sent, checked and applied on every node.
+    pub(crate) fn end_run_in_doc(
+        &mut self,
+        story: &StoryId,
+        state: Option<crate::story::StoryState>,
+        run: &crate::claims::ActiveRun,
+        outcome: RunOutcomeKind,
+        reason: Option<String>,
+    ) {
+        self.doc.begin_batch();
+        if let Some(state) = state {
+            self.write_state(story, state);
+        }
+        self.record_run(story, run, outcome, reason);
+        self.doc.end_batch();
+    }
+
+    fn record_run(
         &mut self,
         story: &StoryId,
         run: &crate::claims::ActiveRun,
