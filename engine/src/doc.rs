@@ -20,8 +20,8 @@ use crate::{NodeId, StoryId};
 mod touched;
 mod validity;
 
-pub use touched::Touched;
 pub(crate) use touched::Writes;
+pub use touched::{Reread, Touched};
 
 /// Who wrote an op (signing.rs), for the schema's writer rules.
 pub type Auth<'a> = &'a dyn Fn(&ObjId) -> crate::schema::Writer;
@@ -604,6 +604,32 @@ impl Doc {
         (StoryRead::Valid(StoryView { title, priority, created, state, concurrent }), refused)
     }
 
+    /// The story as `known` last read it, its state read again from the map
+    /// it was read from: what a merge that wrote that key and nothing else
+    /// the view holds may have changed (`doc/touched.rs`). The same state,
+    /// refusals and count of concurrent values as
+    /// [`Doc::read_story_checked`]; `None` when the story was never read.
+    pub fn reread_state(
+        &mut self,
+        id: &StoryId,
+        known: &StoryView,
+        auth: Auth<'_>,
+    ) -> Option<(StoryRead, Vec<Refusal>)> {
+        let obj = self.story_objs.get(id)?.clone();
+        let (state, refused_ops, ops) = self.resolve_state(id.as_str(), &obj, auth);
+        let refusal = |what: String, op: Option<&ObjId>| Refusal {
+            key: format!("stories/{id}/state"),
+            what,
+            writer: op.and_then(crate::schema::writer_of),
+        };
+        let mut refused: Vec<Refusal> = refused_ops.iter().map(|(op, why)| refusal(why.clone(), Some(op))).collect();
+        let Some(state) = state else {
+            let r = refused.pop().unwrap_or_else(|| refusal("no state".into(), None));
+            return Some((StoryRead::Refused(r), refused));
+        };
+        Some((StoryRead::Valid(StoryView { state, concurrent: ops.len(), ..known.clone() }), refused))
+    }
+
     /// The story's body (markdown), empty when it has none. The body goes
     /// into an agent's prompt: only a body the admin wrote is read (`auth`),
     /// never one another node put there.
@@ -767,8 +793,8 @@ mod tests {
         a.merge_noted(&mut b);
         let ta = a.take_touched().stories;
         let tb = b.take_touched().stories;
-        assert!(ta.contains(&id), "a sees the conflict");
-        assert!(tb.contains(&id), "b sees the conflict");
+        assert!(ta.contains_key(&id), "a sees the conflict");
+        assert!(tb.contains_key(&id), "b sees the conflict");
         assert_eq!(a.read_story(&id).unwrap().concurrent, 2);
         assert_eq!(a.read_story(&id), b.read_story(&id));
         assert_eq!((a.full_reads(), b.full_reads()), (0, 0), "every change came noted");

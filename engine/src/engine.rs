@@ -496,9 +496,17 @@ impl Engine {
     /// Re-reads everything a merge touched.
     pub(crate) fn absorb_remote_changes(&mut self) {
         let crate::doc::Touched { stories, nodes, signed, settings } = self.doc.take_touched();
-        for id in stories {
+        for (id, what) in stories {
             let known = self.index.story(&id).cloned();
-            let (read, refused) = self.read_story_checked(&id);
+            let reread = match (what, &known) {
+                (crate::doc::Reread::Nothing, Some(_)) => continue,
+                (crate::doc::Reread::State, Some(k)) => self.reread_state(&id, k),
+                _ => None,
+            };
+            let (read, refused) = match reread {
+                Some(r) => r,
+                None => self.read_story_checked(&id),
+            };
             for r in refused {
                 self.refuse(r);
             }

@@ -65,6 +65,9 @@ pub(crate) struct Signatures {
     quotas: BTreeMap<NodeId, Quota>,
     /// Our signing key, derived once.
     signer: Option<(Author, identity::ChangeSigner)>,
+    /// The keys changes were checked with, decoded once: the CA's and
+    /// those of certificates the CA signed (one per enrolled key).
+    verifiers: BTreeMap<PublicKey, identity::ChangeVerifier>,
 }
 
 /// Why a change was left out of a sync message.
@@ -164,6 +167,16 @@ impl Signatures {
     }
 
     /// A new epoch: its history, and the signatures of it, start over.
+    /// Did `key` sign the change `hash`? `key` is the CA's or one the CA
+    /// certified, so the cache is as bounded as the fleet's keys.
+    fn verify_change(&mut self, key: &PublicKey, hash: &ChangeHash, sig: &Sig) -> bool {
+        if !self.verifiers.contains_key(key) {
+            let Some(v) = identity::ChangeVerifier::new(key) else { return false };
+            self.verifiers.insert(*key, v);
+        }
+        self.verifiers.get(key).is_some_and(|v| v.verify(&hash.0, sig))
+    }
+
     pub fn clear_history(&mut self) {
         self.by_hash.clear();
         self.admin_actors.clear();
@@ -262,6 +275,18 @@ impl Engine {
         let own_admin = self.signs_as_admin();
         let sigs = &self.sigs;
         self.doc.read_story_checked(id, &|op| writer_of(sigs, op, &own, own_admin))
+    }
+
+    /// A story's state read again on top of `known` (`Doc::reread_state`).
+    pub(crate) fn reread_state(
+        &mut self,
+        id: &crate::StoryId,
+        known: &crate::StoryView,
+    ) -> Option<(crate::doc::StoryRead, Vec<crate::schema::Refusal>)> {
+        let own = self.doc.automerge().get_actor().clone();
+        let own_admin = self.signs_as_admin();
+        let sigs = &self.sigs;
+        self.doc.reread_state(id, known, &|op| writer_of(sigs, op, &own, own_admin))
     }
 
     /// A story's body, as the admin wrote it (it goes into prompts).
@@ -379,7 +404,8 @@ impl Engine {
     ) -> Result<ChangeSig, Refused> {
         let author = match cert {
             None => {
-                if !identity::verify_change(&self.creds.ca, &hash.0, &sig) {
+                let ca = self.creds.ca;
+                if !self.sigs.verify_change(&ca, hash, &sig) {
                     return Err(Refused::Peer(format!("change {} of {node}: bad CA signature", short(hash))));
                 }
                 return Ok(ChangeSig { author: Author::Ca, sig });
@@ -406,7 +432,7 @@ impl Engine {
             }
         };
         let Author::Node(key) = author else { unreachable!("the CA case returned") };
-        if !identity::verify_change(&key, &hash.0, &sig) {
+        if !self.sigs.verify_change(&key, hash, &sig) {
             return Err(Refused::Peer(format!("change {} of {node}: bad signature", short(hash))));
         }
         Ok(ChangeSig { author, sig })

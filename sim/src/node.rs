@@ -45,6 +45,9 @@ pub struct NodeCtx {
     /// Publish a view (with a full save) this often; 0 = only when asked.
     pub publish_every_ms: u64,
     pub want_save_len: Mutex<bool>,
+    /// Set when the next publish compares the index with a fresh read of
+    /// the whole document (cleared by it).
+    pub check_index: Mutex<bool>,
     /// As an operator would: move every done story to archived this often
     /// (0: never). Set on the server.
     pub archive_every_ms: u64,
@@ -353,6 +356,13 @@ impl SimNode {
         let save_len = if *self.ctx.want_save_len.lock().expect("lock") { self.engine.save().len() } else { 0 };
         let view = View { heads, stories, save_len, epoch: self.engine.epoch() };
         let id = self.ctx.id.clone();
+        if std::mem::take(&mut *self.ctx.check_index.lock().expect("lock")) {
+            let stale = self.engine.index_drift();
+            if !stale.is_empty() {
+                let what = format!("{id}'s index differs from its document on {stale:?}");
+                self.oracle().violation(crate::violation::Invariant::IndexStale, what);
+            }
+        }
         self.oracle().publish(&id, view);
     }
 

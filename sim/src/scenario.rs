@@ -165,6 +165,7 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
     let t = now_ms();
     let idle_save_len = idle_phase(&s, &cluster, &oracle, heal_ms.is_some()).await;
     phases.push(("idle", now_ms() - t));
+    index_check(&s, &cluster).await;
     let cold = cold_stories(&cluster);
     let torn = cluster.ctxs.iter().map(|c| *c.torn.lock().expect("torn lock")).sum();
     let mut report = verify(&s, seed, &profile, &oracle, heal_ms, idle_save_len, faults, phases, &cold);
@@ -333,6 +334,18 @@ async fn heal_phase(
         }
     }
     None
+}
+
+/// Every node's index, kept up merge by merge, against a fresh read of its
+/// whole document (once, at the end: a full read of every story).
+async fn index_check(s: &Scenario, cluster: &SimCluster) {
+    if s.publish_every_ms == 0 {
+        return;
+    }
+    for c in &cluster.ctxs {
+        *c.check_index.lock().expect("lock") = true;
+    }
+    sleep(Duration::from_millis(s.publish_every_ms + 1)).await;
 }
 
 /// With `check_idle_growth`: the settled cluster idles for 200 heartbeat

@@ -49,6 +49,9 @@ pub enum Invariant {
     ResultNotProduced,
     /// An idle document grew from heartbeats.
     IdleGrowth,
+    /// A node's index (what it decides on, kept up merge by merge) differs
+    /// from a fresh read of its document.
+    IndexStale,
     /// No node published a view.
     NoView,
     /// Replicas did not converge after the heal.

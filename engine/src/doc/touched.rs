@@ -24,14 +24,39 @@ use automerge::{ChangeHash, ObjId, Prop, ReadDoc};
 use super::{Doc, SETTINGS_KEY, SignedKind};
 use crate::{NodeId, StoryId};
 
+/// How much of a story a merge must read again. Ordered: of two changes
+/// to one story, the one that needs more decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reread {
+    /// Only run records changed: nothing the index holds.
+    Nothing,
+    /// Only the state key of the map the story was read from.
+    State,
+    /// Anything else: the whole story, as if new.
+    Whole,
+}
+
 /// What a merge touched.
 pub struct Touched {
-    pub stories: BTreeSet<StoryId>,
+    pub stories: BTreeMap<StoryId, Reread>,
     pub nodes: BTreeSet<NodeId>,
     /// An enrollment or revocation arrived.
     pub signed: bool,
     /// Cluster settings arrived.
     pub settings: bool,
+}
+
+impl Touched {
+    fn story(&mut self, id: StoryId, what: Reread) {
+        let e = self.stories.entry(id).or_insert(what);
+        *e = (*e).max(what);
+    }
+
+    fn whole(&mut self, ids: impl IntoIterator<Item = StoryId>) {
+        for id in ids {
+            self.story(id, Reread::Whole);
+        }
+    }
 }
 
 /// The object an op writes in: the root, or the object made by op
@@ -84,7 +109,7 @@ impl Doc {
     /// The stories and nodes touched since the last call (or
     /// [`Doc::skip_touched`]).
     pub fn take_touched(&mut self) -> Touched {
-        let mut t = Touched { stories: BTreeSet::new(), nodes: BTreeSet::new(), signed: false, settings: false };
+        let mut t = Touched { stories: BTreeMap::new(), nodes: BTreeSet::new(), signed: false, settings: false };
         let total = self.am.stats().num_changes;
         let gained = total.saturating_sub(self.changes_known);
         self.changes_known = total;
@@ -93,7 +118,7 @@ impl Doc {
             // A change applied that nobody noted: read everything.
             self.full_reads += 1;
             tracing::debug!(noted = applied.len(), gained, "a change applied unnoted: the merge is read whole");
-            t.stories.extend(self.story_ids());
+            t.whole(self.story_ids());
             t.nodes.extend(self.am.keys(&self.nodes_obj).filter_map(|k| NodeId::new(k).ok()));
             t.signed = true;
             t.settings = true;
@@ -107,10 +132,10 @@ impl Doc {
         // root. Until the next epoch puts fresh maps in place (the server
         // cuts one at once), every story and node counts as touched.
         if self.root_damaged() {
-            t.stories.extend(self.story_ids());
+            t.whole(self.story_ids());
             t.nodes.extend(self.am.keys(&self.nodes_obj).filter_map(|k| NodeId::new(k).ok()));
         }
-        t.stories.extend(self.hidden.iter().cloned());
+        t.whole(self.hidden.iter().cloned());
         t
     }
 
@@ -168,7 +193,7 @@ impl Doc {
             }
             obj if is(&self.stories_obj, &obj) => {
                 if let Ok(id) = StoryId::new(key) {
-                    t.stories.insert(id);
+                    t.story(id, Reread::Whole);
                 }
             }
             obj if is(&self.nodes_obj, &obj) => {
@@ -176,9 +201,18 @@ impl Doc {
                     t.nodes.insert(id);
                 }
             }
-            In::Obj(counter, actor) => match self.owner(counter, actor) {
+            In::Obj(counter, actor) => match self.owner(counter, actor.clone()) {
                 Owner::Story(id) => {
-                    t.stories.insert(id);
+                    // A key of the very map the story was read from: only
+                    // that key can have changed.
+                    let obj = In::Obj(counter, actor);
+                    let read_from = self.story_objs.get(&id).is_some_and(|o| is(o, &obj));
+                    let what = match key.as_str() {
+                        "state" if read_from => Reread::State,
+                        k if read_from && k.starts_with(super::RUN_PREFIX) => Reread::Nothing,
+                        _ => Reread::Whole,
+                    };
+                    t.story(id, what);
                 }
                 Owner::Node(id) => {
                     t.nodes.insert(id);
@@ -253,7 +287,8 @@ mod tests {
         let mut node = doc("node");
         node.merge_noted(&mut server);
         let t = node.take_touched();
-        assert_eq!(t.stories, [s1.clone(), s2.clone()].into(), "both stories arrived");
+        let whole = |ids: &[&StoryId]| ids.iter().map(|id| ((*id).clone(), Reread::Whole)).collect::<BTreeMap<_, _>>();
+        assert_eq!(t.stories, whole(&[&s1, &s2]), "both stories arrived");
         assert!(node.take_touched().stories.is_empty(), "nothing new");
         let obj = node.read_story(&s2).map(|_| node.story_objs[&s2].clone()).unwrap();
         let am = node.automerge();
@@ -266,9 +301,43 @@ mod tests {
         other.take_touched();
         other.merge_noted(&mut node);
         let t = other.take_touched();
-        assert_eq!(t.stories, [s2].into());
+        assert_eq!(t.stories, whole(&[&s2]));
         assert!(t.nodes.is_empty() && !t.signed && !t.settings);
         assert_eq!(other.full_reads(), 0);
+    }
+
+    /// A merge that wrote only the state of a story's map, as read, asks
+    /// for the state alone; one that wrote only run records, for nothing.
+    #[test]
+    fn state_and_run_records_are_told_apart() {
+        let mut server = doc("server");
+        let (s1, s2) = (story(&mut server, "s1"), story(&mut server, "s2"));
+        let mut node = doc("node");
+        node.merge_noted(&mut server);
+        node.take_touched();
+        node.read_all();
+        let mut state = StoryState::new(Stage::Current);
+        state.token = crate::Token(1);
+        state.holder = Some(NodeId::new("server").unwrap());
+        server.put_state(&s1, &state);
+        let record = crate::runs::RunRecord {
+            node: NodeId::new("server").unwrap(),
+            token: crate::Token(1),
+            stage: Stage::Current,
+            attempt: 1,
+            outcome: crate::runs::RunOutcomeKind::Succeeded,
+            reason: None,
+            report: Default::default(),
+        };
+        server.put_run(&s2, &record, 8);
+        node.merge_noted(&mut server);
+        let t = node.take_touched();
+        assert_eq!(t.stories.get(&s1), Some(&Reread::State));
+        assert_eq!(t.stories.get(&s2), Some(&Reread::Nothing));
+        server.put_fields(&s1, Some("new"), None, None);
+        server.put_state(&s1, &state);
+        node.merge_noted(&mut server);
+        assert_eq!(node.take_touched().stories.get(&s1), Some(&Reread::Whole), "the title changed too");
     }
 
     /// A change that applied without a note (it came some other way) makes
@@ -283,7 +352,7 @@ mod tests {
         server.put_fields(&s1, Some("new title"), None, None);
         node.am.merge(&mut server.am).unwrap();
         let t = node.take_touched();
-        assert_eq!(t.stories, [s1, s2].into());
+        assert_eq!(t.stories, [(s1, Reread::Whole), (s2, Reread::Whole)].into());
         assert!(t.signed && t.settings);
         assert_eq!(node.full_reads(), 1);
     }
