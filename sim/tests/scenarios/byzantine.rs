@@ -36,7 +36,7 @@ fn byzantine() {
     // Regression seeds: views that went back after an epoch cut, reads
     // that differed on equal heads, results fenced by a later claim
     // (before validity became a function of the history).
-    for r in sweep(&s, "byzantine::byzantine", &[2, 12, 13, 18, 23, 27], 20) {
+    for r in sweep(&s, "byzantine::byzantine", &[2, 12, 13, 18, 23, 27], 40) {
         assert_eq!(r.stories_done, 30, "every story done once the hostile node is revoked");
     }
 }

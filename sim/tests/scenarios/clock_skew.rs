@@ -18,5 +18,5 @@ fn clock_skew() {
     s.profile =
         ProfileChoice::Fixed(Profile { clock_skew: true, pauses: true, fault_every_ms: 1_500, ..Profile::calm() });
     s.fault_ms = 20_000;
-    sweep(&s, "clock_skew::clock_skew", &[], 32);
+    sweep(&s, "clock_skew::clock_skew", &[], 48);
 }

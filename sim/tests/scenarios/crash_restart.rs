@@ -17,7 +17,7 @@ fn crash_restart() {
     s.profile = ProfileChoice::Fixed(Profile { crashes: true, fault_every_ms: 1_500, ..Profile::calm() });
     s.fault_ms = 20_000;
     s.script = vec![(600, Scripted::Crash(1)), (4_000, Scripted::Restart(1))];
-    for r in sweep(&s, "crash_restart::crash_restart", &[], 32) {
+    for r in sweep(&s, "crash_restart::crash_restart", &[], 50) {
         assert_eq!(r.stories_done, 40);
     }
 }

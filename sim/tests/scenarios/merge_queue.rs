@@ -41,7 +41,7 @@ pub fn scenario() -> Scenario {
 fn merge_queue() {
     let s = scenario();
     let mut landed = 0;
-    for r in sweep(&s, "merge_queue::merge_queue", &[], 6) {
+    for r in sweep(&s, "merge_queue::merge_queue", &[], 12) {
         assert_eq!(r.stories_done, 40);
         landed += r.landing.landed;
     }

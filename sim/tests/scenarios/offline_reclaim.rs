@@ -18,7 +18,7 @@ fn offline_reclaim() {
     let mut s = Scenario::new("offline_reclaim", 4, 24);
     s.fault_ms = 0;
     s.script = vec![(1_000, Scripted::Isolate(1)), (16_000, Scripted::Reconnect(1))];
-    for r in sweep(&s, "offline_reclaim::offline_reclaim", &[], 48) {
+    for r in sweep(&s, "offline_reclaim::offline_reclaim", &[], 100) {
         assert!(r.reclaims > 0, "seed {}: the isolated agent's work was reclaimed", r.seed);
         assert_eq!(r.stories_done, 24);
     }

@@ -22,5 +22,5 @@ fn partition_heal() {
         ..Profile::calm()
     });
     s.fault_ms = 20_000;
-    sweep(&s, "partition_heal::partition_heal", &[], 10);
+    sweep(&s, "partition_heal::partition_heal", &[], 20);
 }
