@@ -755,21 +755,17 @@ impl Doc {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::{Stage, Token};
 
-    fn doc(name: &str) -> Doc {
+    pub(in crate::doc) fn doc(name: &str) -> Doc {
         Doc::new(ActorId::from(name.as_bytes()))
     }
 
-    /// A concurrent write that loses Automerge's own ordering still marks
-    /// the story touched, so the engine re-reads it and applies its own
-    /// precedence. Without this a claim conflict can go unnoticed.
-    #[test]
-    fn concurrent_losing_write_is_touched() {
-        let id = StoryId::new("s").unwrap();
-        let mut a = doc("a");
+    /// Adds a story with title `t` and a fresh state, as the server does.
+    pub(in crate::doc) fn story(d: &mut Doc, id: &str) -> StoryId {
+        let id = StoryId::new(id).unwrap();
         let view = StoryView {
             title: "t".into(),
             priority: 0,
@@ -777,7 +773,17 @@ mod tests {
             state: StoryState::new(Stage::Current),
             concurrent: 1,
         };
-        a.add_story(&id, &view, "");
+        d.add_story(&id, &view, "");
+        id
+    }
+
+    /// A concurrent write that loses Automerge's own ordering still marks
+    /// the story touched, so the engine re-reads it and applies its own
+    /// precedence. Without this a claim conflict can go unnoticed.
+    #[test]
+    fn concurrent_losing_write_is_touched() {
+        let mut a = doc("a");
+        let id = story(&mut a, "s");
         let mut b = doc("b");
         b.am.merge(&mut a.am).unwrap();
         b.read_all();

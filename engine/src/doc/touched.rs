@@ -254,29 +254,13 @@ pub(super) type Owners = BTreeMap<super::validity::OpKey, Owner>;
 
 #[cfg(test)]
 mod tests {
+    use automerge::ObjType;
     use automerge::transaction::Transactable;
-    use automerge::{ActorId, ObjType};
 
     use super::*;
-    use crate::StoryView;
     use crate::story::{Stage, StoryState};
 
-    fn doc(name: &str) -> Doc {
-        Doc::new(ActorId::from(name.as_bytes()))
-    }
-
-    fn story(d: &mut Doc, id: &str) -> StoryId {
-        let id = StoryId::new(id).unwrap();
-        let view = StoryView {
-            title: "t".into(),
-            priority: 0,
-            created: crate::UnixMs(0),
-            state: StoryState::new(Stage::Current),
-            concurrent: 1,
-        };
-        d.add_story(&id, &view, "");
-        id
-    }
+    use crate::doc::tests::{doc, story};
 
     /// A write deep inside a story's map (an object a node made there)
     /// touches that story, and nothing else; our own writes touch nothing.
