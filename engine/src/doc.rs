@@ -574,14 +574,9 @@ impl Doc {
         // The state: judged op by op against what each writer saw
         // (doc/validity.rs), never against our own last view, so replicas
         // with the same heads agree.
-        let (state, refused_ops, ops) = self.resolve_state(id.as_str(), &obj, auth);
-        let concurrent = ops.len();
-        for (op, why) in refused_ops {
-            refused.push(refusal("state", why, Some(&op)));
-        }
-        let Some(state) = state else {
-            let r = refused.pop().unwrap_or_else(|| refusal("state", "no state".into(), None));
-            return (StoryRead::Refused(r), refused);
+        let (state, concurrent) = match self.read_state_checked(id, &obj, auth, &mut refused) {
+            Ok(s) => s,
+            Err(r) => return (StoryRead::Refused(r), refused),
         };
         let mut int = |doc: &mut Doc, key: &str| {
             let number = |v: &Value<'_>| match v {
@@ -616,18 +611,34 @@ impl Doc {
         auth: Auth<'_>,
     ) -> Option<(StoryRead, Vec<Refusal>)> {
         let obj = self.story_objs.get(id)?.clone();
-        let (state, refused_ops, ops) = self.resolve_state(id.as_str(), &obj, auth);
+        let mut refused = Vec::new();
+        Some(match self.read_state_checked(id, &obj, auth, &mut refused) {
+            Ok((state, concurrent)) => (StoryRead::Valid(StoryView { state, concurrent, ..known.clone() }), refused),
+            Err(r) => (StoryRead::Refused(r), refused),
+        })
+    }
+
+    /// The state of the story whose map is `obj`, and how many values the
+    /// key holds; each value refused is added to `refused`. With no valid
+    /// state, the refusal that stands for the story (the last one).
+    fn read_state_checked(
+        &mut self,
+        id: &StoryId,
+        obj: &ObjId,
+        auth: Auth<'_>,
+        refused: &mut Vec<Refusal>,
+    ) -> Result<(StoryState, usize), Refusal> {
+        let (state, refused_ops, concurrent) = self.resolve_state(id.as_str(), obj, auth);
         let refusal = |what: String, op: Option<&ObjId>| Refusal {
             key: format!("stories/{id}/state"),
             what,
             writer: op.and_then(crate::schema::writer_of),
         };
-        let mut refused: Vec<Refusal> = refused_ops.iter().map(|(op, why)| refusal(why.clone(), Some(op))).collect();
-        let Some(state) = state else {
-            let r = refused.pop().unwrap_or_else(|| refusal("no state".into(), None));
-            return Some((StoryRead::Refused(r), refused));
-        };
-        Some((StoryRead::Valid(StoryView { state, concurrent: ops.len(), ..known.clone() }), refused))
+        refused.extend(refused_ops.iter().map(|(op, why)| refusal(why.clone(), Some(op))));
+        match state {
+            Some(state) => Ok((state, concurrent)),
+            None => Err(refused.pop().unwrap_or_else(|| refusal("no state".into(), None))),
+        }
     }
 
     /// The story's body (markdown), empty when it has none. The body goes

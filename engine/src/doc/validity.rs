@@ -81,10 +81,10 @@ impl Doc {
         story: &str,
         obj: &ObjId,
         auth: Auth<'_>,
-    ) -> (Option<StoryState>, RefusedOps, Vec<ObjId>) {
+    ) -> (Option<StoryState>, RefusedOps, usize) {
         let values: Vec<StateOp> =
             self.am.get_all(obj, "state").unwrap_or_default().into_iter().map(|(v, op)| (op, parse(&v))).collect();
-        let concurrent: Vec<ObjId> = values.iter().map(|(op, _)| op.clone()).collect();
+        let concurrent = values.len();
         let mut refused = Vec::new();
         let mut best: Option<StoryState> = None;
         for (op, parsed) in values {
