@@ -130,7 +130,7 @@ pub use doc::{NodeRecord, Signed, SignedKind, StoryView};
 pub use engine::Engine;
 pub use epoch::EPOCH_MEMORY;
 pub use error::{CommandError, ConfigError, IdError};
-pub use identity::{Cert, Credentials};
+pub use identity::{Cert, Credentials, SigMemo};
 pub use ids::{CommandId, ConnId, MAX_ID_LEN, Millis, NodeId, StoryId, Token, UnixMs};
 pub use io::{
     Command, Event, Input, NewStory, Output, PersistKind, PersistSeq, PushError, RejectKind, Reply, RunOutcome,

@@ -68,6 +68,8 @@ pub(crate) struct Signatures {
     /// The keys changes were checked with, decoded once: the CA's and
     /// those of certificates the CA signed (one per enrolled key).
     verifiers: BTreeMap<PublicKey, identity::ChangeVerifier>,
+    /// Checks the other nodes of a simulation made (`SigMemo`).
+    pub(crate) memo: Option<identity::SigMemo>,
 }
 
 /// Why a change was left out of a sync message.
@@ -174,7 +176,7 @@ impl Signatures {
             let Some(v) = identity::ChangeVerifier::new(key) else { return false };
             self.verifiers.insert(*key, v);
         }
-        self.verifiers.get(key).is_some_and(|v| v.verify(&hash.0, sig))
+        self.verifiers.get(key).is_some_and(|v| v.verify_memo(&hash.0, sig, self.memo.as_ref()))
     }
 
     pub fn clear_history(&mut self) {
@@ -305,6 +307,14 @@ impl Engine {
         let own_admin = self.signs_as_admin();
         let sigs = &self.sigs;
         self.doc.read_all_as(&|op| writer_of(sigs, op, &own, own_admin))
+    }
+
+    /// Shares `memo` with the other nodes of a simulation: each good
+    /// change signature is then checked once per cluster ([`SigMemo`]).
+    ///
+    /// [`SigMemo`]: identity::SigMemo
+    pub fn share_sig_memo(&mut self, memo: identity::SigMemo) {
+        self.sigs.memo = Some(memo);
     }
 
     /// Whether we sign as the admin: the server (the CA holder that dials

@@ -211,6 +211,7 @@ pub(crate) fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<
     let rendezvous = format!("sim://{}", SocketAddr::new(ip(0), PORT));
     let mut nodes = Vec::new();
     let mut ctxs = Vec::new();
+    let sig_memo = huskies_engine::SigMemo::default();
     for i in 0..=s.agents {
         let addr = SocketAddr::new(ip(i), PORT);
         let mut config = s.config.clone();
@@ -237,6 +238,7 @@ pub(crate) fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<
             agent: profile.agent,
             seed,
             oracle: oracle.clone(),
+            sig_memo: sig_memo.clone(),
             disk: Mutex::new(crate::disk::SimDisk::new(s.disk, seed)),
             worktrees: Mutex::new(Default::default()),
             clock: Mutex::new(Clock { skew_ppm, offset_ms: 0 }),

@@ -37,6 +37,8 @@ pub struct NodeCtx {
     pub agent: AgentProfile,
     pub seed: u64,
     pub oracle: Arc<Mutex<Oracle>>,
+    /// Change signatures the cluster's nodes found good (`SigMemo`).
+    pub sig_memo: huskies_engine::SigMemo,
     pub disk: Mutex<crate::disk::SimDisk>,
     /// Stories whose worktree holds a finished, unpushed commit.
     pub worktrees: Mutex<huskies_engine::testkit::world::Worktrees>,
@@ -149,7 +151,8 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     };
     let seed = stable_hash(&[&ctx.seed.to_be_bytes(), &incarnation.to_be_bytes()]);
     let now = ctx.local_ms();
-    let engine = Engine::new(ctx.config.clone(), ctx.id.clone(), seed, Millis(now));
+    let mut engine = Engine::new(ctx.config.clone(), ctx.id.clone(), seed, Millis(now));
+    engine.share_sig_memo(ctx.sig_memo.clone());
     let idle = ctx.config.heartbeat_interval_ms * 4;
     let mut node = SimNode {
         links: Links::new(seed as u32, idle),
