@@ -15,7 +15,7 @@ pub mod world;
 pub use agent::{AgentModel, FakeRun};
 pub use signed::{dev_signed_sync, signed_sync};
 
-use crate::hash::stable_hash;
+use crate::hash::mix64;
 use crate::{NodeId, PersistKind};
 
 /// Node `i` of a simulated cluster: 0 is the rendezvous.
@@ -113,12 +113,25 @@ impl TraceHash {
 
     /// Folds a line given in parts (bytes as they are: formatting a
     /// message's bytes with `{:?}` cost a fifth of a small simulation).
+    ///
+    /// Eight bytes a step: a trace folds every byte every node sends, and
+    /// a byte-wise hash of them was 3% of a 50-node run. Not a hash to
+    /// withstand anyone: it tells two runs of one seed apart, that is all.
     pub fn fold_parts(&mut self, parts: &[&[u8]]) {
-        let before = self.0.to_be_bytes();
-        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-        all.push(&before);
-        all.extend_from_slice(parts);
-        self.0 = stable_hash(&all);
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let step = |h: u64, w: u64| (h ^ w).wrapping_mul(K).rotate_left(31);
+        let mut h = self.0;
+        for part in parts {
+            let mut words = part.chunks_exact(8);
+            for w in &mut words {
+                h = step(h, u64::from_le_bytes(w.try_into().expect("chunks of eight")));
+            }
+            let mut tail = [0u8; 8];
+            tail[..words.remainder().len()].copy_from_slice(words.remainder());
+            // The length ends the part: ("ab", "c") and ("a", "bc") differ.
+            h = step(step(h, u64::from_le_bytes(tail)), part.len() as u64 | 1 << 63);
+        }
+        self.0 = mix64(h);
     }
 }
 
@@ -144,6 +157,19 @@ mod tests {
         b.fold("y");
         b.fold("x");
         assert_ne!(a, b);
+        // Where a line's parts split counts, and so does every byte.
+        let (mut c, mut d) = (TraceHash::default(), TraceHash::default());
+        c.fold_parts(&[b"ab", b"c"]);
+        d.fold_parts(&[b"a", b"bc"]);
+        assert_ne!(c, d);
+        let (mut e, mut f) = (TraceHash::default(), TraceHash::default());
+        e.fold_parts(&[b"0123456789abcdef0"]);
+        f.fold_parts(&[b"0123456789abcdeF0"]);
+        assert_ne!(e, f);
+        let (mut g, mut z) = (TraceHash::default(), TraceHash::default());
+        g.fold_parts(&[b"\0"]);
+        z.fold_parts(&[b""]);
+        assert_ne!(g, z, "a zero byte is not nothing");
         assert_eq!(node_name(0).as_str(), "rendezvous");
         assert_eq!(node_name(7).as_str(), "agent-007");
     }
