@@ -1,6 +1,10 @@
 //! The chaos scenarios. One test binary, one module per scenario; each
 //! sweeps its seeds (`HUSKIES_SEEDS=k` for more, `HUSKIES_SEED=n` to replay).
 
+/// The sims spend a sixth of their time in glibc's malloc and free.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[cfg(madsim)]
 mod byzantine;
 #[cfg(madsim)]
