@@ -55,6 +55,16 @@ pub struct Config {
     /// live state, see `epoch.rs`) once the current one holds this many
     /// changes; 0 never does. Bounds the history every sync walks.
     pub epoch_after_changes: u64,
+    /// An epoch also holds at least this many changes per live story
+    /// before the count cuts it (0: `epoch_after_changes` alone). A cut
+    /// costs every node a read of every live story (the base, its carry,
+    /// a fresh index), so with a large backlog a fixed count would cut
+    /// ever more often per story done: at 10,000 live stories and 2,000
+    /// changes it is a read of the whole pipeline on every node every
+    /// 250 stories' work. In proportion, each cut is paid for by the
+    /// changes it follows, and an epoch's history stays within a constant
+    /// of its base's size.
+    pub epoch_changes_per_live_story: u64,
     /// Budget of one sync message: its change bytes plus everything they
     /// inflate to. Stored bytes get 16 times this.
     pub max_inflated_bytes: usize,
@@ -133,6 +143,7 @@ impl Default for Config {
             max_message_bytes: 32 << 20,
             snapshot_every: 512,
             epoch_after_changes: 2_000,
+            epoch_changes_per_live_story: 2,
             max_inflated_bytes: 64 << 20,
             peer_bytes_per_sec: 16 << 20,
             peer_messages_per_sec: 2_000,

@@ -3,8 +3,10 @@
 //! Automerge walks a document's whole change history for every sync
 //! message, so one document for the life of a pipeline makes every change
 //! cost more as the pipeline ages. Instead, once the document holds
-//! `epoch_after_changes` changes, the server (the only node holding the CA
-//! secret) cuts a new epoch: a **base**, one Automerge change by the actor
+//! `epoch_after_changes` changes (and `epoch_changes_per_live_story` for
+//! each live story: a cut reads them all on every node), the server (the
+//! only node holding the CA secret) cuts a new epoch: a **base**, one
+//! Automerge change by the actor
 //! `huskies-epoch-<n>` that writes the live state (every story not archived
 //! or removed, with its winning state; node records; signed entries;
 //! settings), signed by the CA. Every node adopts the base as a fresh
@@ -260,7 +262,7 @@ impl Engine {
     /// (carrying makes it safe; a busy cluster may never be quiet). Never
     /// alone, and never while a linked peer is in a later epoch.
     pub(crate) fn maybe_cut_epoch(&mut self) {
-        let limit = self.config.epoch_after_changes;
+        let limit = self.cut_limit();
         // Exactly one node cuts: the one holding the CA secret that dials
         // no rendezvous (the server). Two cutters would make two bases of
         // one epoch.
@@ -311,6 +313,18 @@ impl Engine {
         if in_step || damaged || overdue || (limit > 0 && changes >= limit.saturating_mul(2)) {
             self.cut_epoch();
         }
+    }
+
+    /// The count of changes past which the server cuts: at least
+    /// `epoch_after_changes`, and `epoch_changes_per_live_story` for each
+    /// story the base would hold (0 stays "never").
+    pub(crate) fn cut_limit(&self) -> u64 {
+        let floor = self.config.epoch_after_changes;
+        if floor == 0 {
+            return 0;
+        }
+        let live = self.index.len() as u64;
+        floor.max(live.saturating_mul(self.config.epoch_changes_per_live_story))
     }
 
     /// Builds, signs and adopts the next epoch's base from our state.

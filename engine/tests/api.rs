@@ -581,7 +581,8 @@ fn outputs_wait_for_their_persist_to_be_confirmed() {
 /// is refused.
 #[test]
 fn epoch_messages_are_checked_and_never_amplified() {
-    let cfg = Config { epoch_after_changes: 5, scan_interval_ms: 100, ..Config::default() };
+    let cfg =
+        Config { epoch_after_changes: 5, epoch_changes_per_live_story: 0, scan_interval_ms: 100, ..Config::default() };
     let mut e = Engine::new(cfg, NodeId::new("me").unwrap(), 1, Millis(0));
     e.handle(Millis(0), Input::StorageLoaded { bytes: Vec::new() });
     let base = |outs: &[Output]| -> Vec<(u64, [u8; 64], Vec<u8>)> {

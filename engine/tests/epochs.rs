@@ -148,7 +148,8 @@ fn a_node_offline_across_cuts_brings_its_writes() {
 /// own cold storage.
 #[test]
 fn a_node_too_far_behind_carries_nothing_and_keeps_its_writes_cold() {
-    let cfg = huskies_engine::Config { epoch_after_changes: 20, ..fast_config() };
+    // Many cuts is the point, whatever the backlog.
+    let cfg = huskies_engine::Config { epoch_after_changes: 20, epoch_changes_per_live_story: 0, ..fast_config() };
     let mut c = Harness::new(2, 47, cfg);
     c.agent = huskies_engine::testkit::AgentModel::fixed(3_000);
     add(&mut c, 0, "warmup");
@@ -241,4 +242,39 @@ fn a_server_restored_from_an_older_backup_takes_the_agents_epoch() {
         }
     }
     c.assert_no_work_lost();
+}
+
+/// With a large backlog the cut waits for history in proportion to it: a
+/// cut reads every live story on every node, so a fixed count of changes
+/// would make it ever more frequent per story done.
+#[test]
+fn a_large_backlog_makes_epochs_longer() {
+    let epochs_after = |per_story: u64| {
+        let cfg = huskies_engine::Config {
+            epoch_after_changes: 20,
+            epoch_changes_per_live_story: per_story,
+            ..fast_config()
+        };
+        let mut c = Harness::new(2, 59, cfg);
+        // 40 stories waiting (no agent works them: every node runs only
+        // `qa`), so the backlog stays live; each move is one change.
+        for i in 1..c.nodes.len() {
+            c.command(i, Command::SetStages { stages: vec![Stage::Qa] }).expect("set stages");
+        }
+        for k in 0..40 {
+            add(&mut c, 0, &format!("b{k:02}"));
+        }
+        c.run_for(5_000);
+        for k in 0..40 {
+            let id = StoryId::new(format!("b{k:02}")).unwrap();
+            let edit = Command::EditStory { id, title: None, body: None, priority: Some(1) };
+            c.command(0, edit).expect("priority");
+        }
+        c.run_for(10_000);
+        c.engine(0).epoch()
+    };
+    // About 85 changes: a cut every 20 alone, none below 2 × 40 live.
+    let (alone, in_proportion) = (epochs_after(0), epochs_after(2));
+    assert!(alone >= 2, "a cut every 20 changes: {alone} epochs");
+    assert!(in_proportion <= 1, "at most one cut past 80 changes with 40 live stories: {in_proportion} epochs");
 }

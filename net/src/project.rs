@@ -11,6 +11,8 @@
 //! # sync_interval_ms = 20   # least time between two sync messages to a peer
 //! # epoch_after_changes = 2000  # server: start a new epoch (a fresh document
 //! #                             # of the live state) past this many changes
+//! # epoch_changes_per_live_story = 2  # server: and past this many per live
+//! #                             # story (a cut reads every live story)
 //! ```
 //!
 //! ```toml
@@ -267,6 +269,8 @@ struct Raw {
     #[serde(default)]
     epoch_after_changes: Option<u64>,
     #[serde(default)]
+    epoch_changes_per_live_story: Option<u64>,
+    #[serde(default)]
     agents: BTreeMap<String, AgentCommand>,
     #[serde(default)]
     merge: Option<MergeConfig>,
@@ -363,6 +367,9 @@ pub struct ProjectConfig {
     /// Read by the server only (it alone starts epochs); `None`: the
     /// engine's default (2,000), `Some(0)`: never.
     pub epoch_after_changes: Option<u64>,
+    /// Read by the server only; `None`: the engine's default (2), `Some(0)`:
+    /// `epoch_after_changes` alone.
+    pub epoch_changes_per_live_story: Option<u64>,
     pub agents: BTreeMap<Stage, AgentCommand>,
     /// `[merge]`: how this node lands stories (it works the merge stage).
     pub merge: Option<MergeConfig>,
@@ -390,6 +397,7 @@ impl Default for ProjectConfig {
             claim_stagger_ms: None,
             sync_interval_ms: None,
             epoch_after_changes: None,
+            epoch_changes_per_live_story: None,
             agents: BTreeMap::new(),
             merge: None,
             git_author: None,
@@ -503,6 +511,7 @@ impl ProjectConfig {
             claim_stagger_ms: raw.claim_stagger_ms,
             sync_interval_ms: raw.sync_interval_ms,
             epoch_after_changes: raw.epoch_after_changes,
+            epoch_changes_per_live_story: raw.epoch_changes_per_live_story,
             agents,
             merge: raw.merge,
             git_author,

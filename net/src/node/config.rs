@@ -52,6 +52,9 @@ pub fn engine_config(opts: &NodeOptions) -> Config {
     if let Some(n) = p.epoch_after_changes {
         c.epoch_after_changes = n;
     }
+    if let Some(n) = p.epoch_changes_per_live_story {
+        c.epoch_changes_per_live_story = n;
+    }
     if let Some(ms) = p.sync_interval_ms {
         c.sync_interval_ms = ms;
         c.mesh_sync_interval_ms = c.mesh_sync_interval_ms.max(ms);

@@ -21,6 +21,8 @@ use huskies_sim::sweep::sweep;
 pub fn scenario(stories: usize) -> Scenario {
     let mut s = Scenario::new("long_history", 6, stories);
     s.config.epoch_after_changes = 300;
+    // Many cuts is the point here, whatever the backlog.
+    s.config.epoch_changes_per_live_story = 0;
     s.config.claim_settle_ms = 150;
     s.archive_every_ms = 2_000;
     s.heal_budget_ms = 240_000;

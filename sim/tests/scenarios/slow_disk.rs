@@ -77,6 +77,7 @@ pub fn epochs() -> Scenario {
     let mut s = Scenario::new("slow_disk_epochs", 5, 120);
     s.disk = Some(SLOW);
     s.config.epoch_after_changes = 100;
+    s.config.epoch_changes_per_live_story = 0;
     s.config.snapshot_every = 8;
     s.config.claim_settle_ms = 150;
     s.archive_every_ms = 1_500;
