@@ -285,8 +285,10 @@ impl Engine {
         if limit == 0 && !damaged && !wanted {
             return;
         }
-        // Linear in the changes, which this bounds.
-        let changes = self.doc.automerge().get_changes_meta(&[]).len() as u64;
+        // The change graph's length: a walk of every change's metadata
+        // here was 8% of a 10 × 10,000 run once epochs grew with the
+        // backlog.
+        let changes = self.doc.automerge().stats().num_changes;
         if changes < limit && !damaged && !wanted {
             return;
         }

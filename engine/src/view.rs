@@ -2,7 +2,7 @@
 //! engine decides on; a few take `&mut self` only because Automerge needs
 //! it to read heads, save, or walk the history.
 
-use automerge::ChangeHash;
+use automerge::{ChangeHash, ReadDoc};
 
 use crate::{Engine, Millis, NodeId, NodeRecord, Stage, StoryId, StoryView, Token};
 
@@ -51,10 +51,9 @@ impl Engine {
         self.liveness.heard()
     }
 
-    /// Changes in the document's history (a walk of the change graph's
-    /// metadata: cheap next to a save, but linear in the history).
+    /// Changes in the document's history.
     pub fn change_count(&mut self) -> usize {
-        self.doc.automerge().get_changes_meta(&[]).len()
+        self.doc.automerge().stats().num_changes as usize
     }
 
     /// Stories this node holds a claim on, with token and stage.
