@@ -222,10 +222,39 @@ struct Half {
     failure: Option<String>,
 }
 
+/// Batches this node called off, by why: what speculation cost (each one
+/// wastes the gate run it interrupts, and queues its stories again).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CallOffs {
+    /// A story ahead left `merge` otherwise than as tested (sent back,
+    /// reclaimed, removed), and not for a conflict every build left out.
+    pub ahead_gone: u64,
+    /// A story ahead is held by a node that died: it will be reclaimed.
+    pub holder_dead: u64,
+    /// Our deadline came with nothing ahead landed since it was set.
+    pub stalled: u64,
+}
+
+impl CallOffs {
+    pub fn total(&self) -> u64 {
+        self.ahead_gone + self.holder_dead + self.stalled
+    }
+}
+
+impl std::ops::AddAssign for CallOffs {
+    fn add_assign(&mut self, o: CallOffs) {
+        self.ahead_gone += o.ahead_gone;
+        self.holder_dead += o.holder_dead;
+        self.stalled += o.stalled;
+    }
+}
+
 /// The `Train` part: the batch in flight, halves of split batches waiting
 /// their turn, and when our first queued story began waiting.
 #[derive(Debug, Default)]
 pub(crate) struct Train {
+    /// Batches called off so far, by why.
+    pub(crate) call_offs: CallOffs,
     next_id: u64,
     in_flight: Option<Batch>,
     halves: VecDeque<Half>,
@@ -420,29 +449,33 @@ impl Engine {
             holder.is_some_and(|h| h != self.node && !self.liveness.is_alive(&h, self.now))
         };
         let mut gone = Vec::new();
-        let mut broken = false;
+        let mut dead = false;
         for (s, t) in &b.ahead {
             match self.ahead_state(s, *t, None) {
                 AheadState::Gone if !self.returned_for_conflict(s, *t) => gone.push((s.clone(), *t)),
-                AheadState::Landing => broken |= holder_dead(s),
+                AheadState::Landing => dead |= holder_dead(s),
                 _ => {}
             }
         }
-        if !broken && !gone.is_empty() {
+        if dead {
+            self.call_off_in_flight(|c| &mut c.holder_dead);
+        } else if !gone.is_empty() {
             // Gone, but left out of the tree by its own node's build: not
             // in the tree we test either.
             let left_out = Self::left_out_of(&self.cars());
-            broken = gone.iter().any(|g| !left_out.contains(g));
-        }
-        if broken {
-            self.call_off_in_flight();
+            if gone.iter().any(|g| !left_out.contains(g)) {
+                self.call_off_in_flight(|c| &mut c.ahead_gone);
+            }
         }
     }
 
     /// Asks the driver to stop the batch in flight; its answer (called
     /// off) queues the stories again.
-    fn call_off_in_flight(&mut self) {
+    fn call_off_in_flight(&mut self, why: fn(&mut CallOffs) -> &mut u64) {
         let Some(b) = self.train.in_flight.as_mut() else { return };
+        if !b.cancelled {
+            *why(&mut self.train.call_offs) += 1;
+        }
         b.cancelled = true;
         let id = b.id;
         self.emit(Event::BatchCancelled { batch: id });
@@ -608,7 +641,7 @@ impl Engine {
                 self.train.avoid.extend(b.ahead.iter().cloned());
             }
             self.train.solo = true;
-            self.call_off_in_flight();
+            self.call_off_in_flight(|c| &mut c.stalled);
         }
     }
 

@@ -113,6 +113,11 @@ impl Engine {
         self.liveness.beat_check_cost()
     }
 
+    /// Landing batches this node called off, by why.
+    pub fn call_offs(&self) -> crate::landing::CallOffs {
+        self.train.call_offs
+    }
+
     /// Merges read whole because a change applied without a note of where
     /// it writes (`doc/touched.rs`): a cost, never a wrong view.
     pub fn full_reads(&self) -> u64 {

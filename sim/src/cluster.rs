@@ -256,6 +256,7 @@ pub(crate) fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<
             beat_checks: Mutex::default(),
             sync_sent: Mutex::default(),
             full_reads: Mutex::default(),
+            call_offs: Mutex::default(),
         });
         let c = ctx.clone();
         let node = handle.create_node().name(ctx.id.as_str()).ip(ip(i)).init(move || node::run(c.clone())).build();

@@ -69,6 +69,8 @@ pub struct NodeCtx {
     pub sync_sent: Mutex<[huskies_engine::SyncSent; 2]>,
     /// Merges read whole (`doc/touched.rs`), per incarnation as above.
     pub full_reads: Mutex<[u64; 2]>,
+    /// Landing batches called off, by why, likewise.
+    pub call_offs: Mutex<[huskies_engine::landing::CallOffs; 2]>,
     /// How long one build and gate run of a landing takes.
     pub gate_ms: u64,
     /// Hostile writes this node is to make next (a Byzantine node: its
@@ -144,6 +146,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     end_incarnation(&ctx.beat_checks);
     end_incarnation(&ctx.sync_sent);
     end_incarnation(&ctx.full_reads);
+    end_incarnation(&ctx.call_offs);
     let incarnation = {
         let mut r = ctx.restarts.lock().expect("restarts lock");
         *r += 1;
@@ -291,6 +294,7 @@ impl SimNode {
         self.ctx.beat_checks.lock().expect("beat checks lock")[1] = self.engine.beat_checks();
         self.ctx.sync_sent.lock().expect("sync sent lock")[1] = self.engine.sync_sent();
         self.ctx.full_reads.lock().expect("full reads lock")[1] = self.engine.full_reads();
+        self.ctx.call_offs.lock().expect("call-offs lock")[1] = self.engine.call_offs();
         let now = self.ctx.local_ms();
         let landed = self.ctx.disk.lock().expect("disk lock").land_due(now);
         if let Some(seq) = landed {

@@ -78,6 +78,8 @@ pub struct Landing {
     /// Batches tested on top of another node's, and batches called off.
     pub speculative: u64,
     pub cancelled: u64,
+    /// Batches called off, by why (the engines' own counts).
+    pub call_offs: huskies_engine::landing::CallOffs,
     pub gate_runs: u64,
     pub gate_failures: u64,
     /// Simulated ms from a story reaching `merge` to landing: p50, p95.
@@ -109,6 +111,7 @@ pub(crate) fn landing_figures(o: &Oracle) -> Landing {
         splits: o.splits,
         speculative: o.speculative_batches,
         cancelled: o.cancelled_batches,
+        call_offs: Default::default(),
         gate_runs: o.trunk.gate_runs,
         gate_failures: o.trunk.gate_failures,
         p50_ms: pct(50),

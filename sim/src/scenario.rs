@@ -177,6 +177,9 @@ async fn simulate(s: Scenario, seed: u64) -> Report {
             report.sync_sent += s;
         }
         report.full_reads += c.full_reads.lock().expect("full reads lock").iter().sum::<u64>();
+        for o in *c.call_offs.lock().expect("call-offs lock") {
+            report.landing.call_offs += o;
+        }
         for b in *c.beat_checks.lock().expect("beat checks lock") {
             report.beats_checked += b.beats;
             report.beat_signatures += b.signatures;

@@ -116,6 +116,11 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
                 l.p95_ms,
                 l.per_hour()
             );
+            let c = &l.call_offs;
+            println!(
+                "{} seed {seed}: {} batches stacked on another node's, {} called off ({} a story ahead gone, {} its holder dead, {} the chain stalled)",
+                r.scenario, l.speculative, l.cancelled, c.ahead_gone, c.holder_dead, c.stalled
+            );
         }
         if !r.violations.is_empty() {
             let failure = format!(
