@@ -369,7 +369,7 @@ impl ChangeVerifier {
 /// the memo holds, only on how long the answer takes. A production node
 /// runs alone in its process and never has one.
 #[derive(Clone, Debug, Default)]
-pub struct SigMemo(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<SigTriple>>>);
+pub struct SigMemo(std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<SigTriple>>>);
 
 type SigTriple = ([u8; 32], [u8; 32], [u8; 64]);
 

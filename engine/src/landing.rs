@@ -235,12 +235,6 @@ pub struct CallOffs {
     pub stalled: u64,
 }
 
-impl CallOffs {
-    pub fn total(&self) -> u64 {
-        self.ahead_gone + self.holder_dead + self.stalled
-    }
-}
-
 impl std::ops::AddAssign for CallOffs {
     fn add_assign(&mut self, o: CallOffs) {
         self.ahead_gone += o.ahead_gone;
