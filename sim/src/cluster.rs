@@ -246,6 +246,7 @@ pub(crate) fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<
             publish_every_ms: s.publish_every_ms,
             want_save_len: Mutex::new(false),
             check_index: Mutex::new(false),
+            archiver_off: Mutex::new(false),
             archive_every_ms: if i == 0 { s.archive_every_ms } else { 0 },
             gate_ms: s.gate_ms,
             hostile_writes: Mutex::new(0),
