@@ -411,6 +411,18 @@ impl Oracle {
         let Some((first_node, first)) = self.views.iter().next().map(|(n, v)| (n.clone(), v.clone())) else {
             return self.violation(Invariant::NoView, "no node published a view".into());
         };
+        if std::env::var_os("HUSKIES_DEBUG_VIEWS").is_some() {
+            for (n, v) in &self.views {
+                let differ: Vec<_> = v
+                    .stories
+                    .iter()
+                    .filter(|(id, st)| first.stories.get(*id) != Some(*st))
+                    .map(|(id, st)| format!("{id}:{:?}", st.stage))
+                    .collect();
+                let missing: Vec<_> = first.stories.keys().filter(|id| !v.stories.contains_key(*id)).collect();
+                eprintln!("VIEW {n}: epoch {} heads {:?} save {} stories {} differ {:?} missing {:?}", v.epoch, v.heads, v.save_len, v.stories.len(), differ, missing);
+            }
+        }
         for (n, v) in self.views.clone() {
             if v.heads != first.heads {
                 self.violation(Invariant::NotConverged, format!("{n} did not converge with {first_node}"));
