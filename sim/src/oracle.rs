@@ -420,7 +420,15 @@ impl Oracle {
                     .map(|(id, st)| format!("{id}:{:?}", st.stage))
                     .collect();
                 let missing: Vec<_> = first.stories.keys().filter(|id| !v.stories.contains_key(*id)).collect();
-                eprintln!("VIEW {n}: epoch {} heads {:?} save {} stories {} differ {:?} missing {:?}", v.epoch, v.heads, v.save_len, v.stories.len(), differ, missing);
+                eprintln!(
+                    "VIEW {n}: epoch {} heads {:?} save {} stories {} differ {:?} missing {:?}",
+                    v.epoch,
+                    v.heads,
+                    v.save_len,
+                    v.stories.len(),
+                    differ,
+                    missing
+                );
             }
         }
         for (n, v) in self.views.clone() {
