@@ -118,8 +118,8 @@ pub fn sweep(scenario: &Scenario, test: &str, regression: &[u64], default_seeds:
             );
             let c = &l.call_offs;
             println!(
-                "{} seed {seed}: {} batches stacked on another node's, {} called off ({} a story ahead gone, {} its holder dead, {} the chain stalled)",
-                r.scenario, l.speculative, l.cancelled, c.ahead_gone, c.holder_dead, c.stalled
+                "{} seed {seed}: {} batches stacked on another node's, {} called off ({} a story ahead gone, {} its holder dead, {} the chain stalled, {} a batch ahead withdrawn, {} a sibling ranked first)",
+                r.scenario, l.speculative, l.cancelled, c.ahead_gone, c.holder_dead, c.stalled, c.withdrawn, c.sibling
             );
         }
         if !r.violations.is_empty() {

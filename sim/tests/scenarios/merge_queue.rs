@@ -139,15 +139,17 @@ fn merge_throughput() {
 /// A fleet where every agent lands: 20 merge nodes, 80 stories reaching
 /// `merge` at once, gates of 300 ms, no fault. Batches formed together
 /// must stack into one train, not beside each other on one chain (where
-/// all but one are tested for nothing): at most 1.5 gate runs a story,
-/// no landing timed out, nothing given up.
+/// all but one are tested for nothing): at most one gate run a story, no
+/// chain stalled, no landing timed out, nothing given up.
 #[test]
 fn merge_fleet_trains() {
     let mut s = Scenario::new("merge_fleet", 20, 80);
     s.start_stage = huskies_engine::Stage::Merge;
     s.fault_ms = 0;
     s.gate_ms = 300;
-    for r in sweep(&s, "merge_queue::merge_fleet_trains", &[], 2) {
+    // 22: a chain stalled on a batch formed again elsewhere (one run
+    // timeout lost); 3003: every merge node stacked on such batches.
+    for r in sweep(&s, "merge_queue::merge_fleet_trains", &[22, 3003], 2) {
         let l = &r.landing;
         println!(
             "merge fleet seed {}: {} gate runs for {} stories landed, {} batches",
@@ -156,6 +158,9 @@ fn merge_fleet_trains() {
         assert_eq!(r.stories_done + r.stories_archived, 80);
         assert_eq!(r.given_up, 0, "seed {}: stories given up without a fault", r.seed);
         assert_eq!(r.landing_timeouts, [0, 0], "seed {}: landings timed out without a fault", r.seed);
-        assert!(l.gate_runs * 2 <= l.landed * 3, "seed {}: {} gate runs for {} stories", r.seed, l.gate_runs, l.landed);
+        // Siblings stack on each other instead of each building again
+        // (30 seeds: 50-69 gate runs; 60-248 before).
+        assert!(l.gate_runs <= l.landed, "seed {}: {} gate runs for {} stories", r.seed, l.gate_runs, l.landed);
+        assert_eq!(l.call_offs.stalled, 0, "seed {}: a chain stalled in a run without faults", r.seed);
     }
 }
