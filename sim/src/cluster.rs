@@ -239,7 +239,7 @@ pub(crate) fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<
             seed,
             oracle: oracle.clone(),
             sig_memo: sig_memo.clone(),
-            disk: Mutex::new(crate::disk::SimDisk::new(s.disk, seed)),
+            disk: Mutex::new(crate::disk::SimDisk::new(s.disk, seed, i != 0)),
             worktrees: Mutex::new(Default::default()),
             clock: Mutex::new(Clock { skew_ppm, offset_ms: 0 }),
             restarts: Mutex::new(0),

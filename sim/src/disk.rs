@@ -80,9 +80,13 @@ pub struct SimDisk {
 }
 
 impl SimDisk {
-    pub fn new(latency: Option<Latency>, seed: u64) -> SimDisk {
+    /// `forget_archives`: for every node but the server, whose cold
+    /// storage alone the final checks read ([`Disk::forget_archives`]).
+    pub fn new(latency: Option<Latency>, seed: u64, forget_archives: bool) -> SimDisk {
+        let mut stored = Disk::default();
+        stored.forget_archives = forget_archives;
         SimDisk {
-            stored: Disk::default(),
+            stored,
             latency,
             queue: VecDeque::new(),
             flush: None,
