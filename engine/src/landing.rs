@@ -553,7 +553,15 @@ impl Engine {
                 ours.iter().map(|p| (*p).clone()).chain(theirs.iter().cloned()).collect();
             !theirs.is_empty() && disjoint && same_chain && self.chain_holds(&chain, cars)
         });
-        if sibling {
+        if !sibling {
+            return;
+        }
+        // Only for a longer chain we would stack on now: a sibling we would
+        // not build on (one whose stories failed our gates, a chain over
+        // `MAX_AHEAD`) would have us yield, form again beside it, and
+        // yield again, for ever. So every yield lengthens our chain.
+        let (stories, before) = (b.stories.clone(), ours.len());
+        if self.chain_ahead(&stories).len() > before {
             self.call_off_in_flight(|c| &mut c.sibling);
         }
     }
