@@ -142,7 +142,7 @@ pub struct Doc {
     /// when this is set, and clears it when it does).
     unpersisted: bool,
     /// What each state op stands for (`doc/validity.rs`).
-    state_verdicts: BTreeMap<validity::OpKey, validity::Verdict>,
+    state_verdicts: validity::Verdicts,
     /// Where each checked change from a peer writes, until it applies
     /// (`doc/touched.rs`).
     notes: BTreeMap<automerge::ChangeHash, Writes>,
@@ -188,7 +188,7 @@ impl Doc {
             batching: false,
             unpersisted: false,
             hidden: BTreeSet::new(),
-            state_verdicts: BTreeMap::new(),
+            state_verdicts: Default::default(),
             notes: BTreeMap::new(),
             changes_known: am_changes,
             owners: BTreeMap::new(),

@@ -15,6 +15,8 @@
 //! never changes): each op is judged once per document, and the server's
 //! ops, which need no past, end every walk back.
 
+use std::collections::BTreeMap;
+
 use automerge::transaction::Transactable;
 use automerge::{ActorId, ObjId, ReadDoc, ScalarValue, Value};
 
@@ -31,13 +33,62 @@ type StateOp = (ObjId, Result<StoryState, String>);
 /// Ops refused, each with why.
 pub(crate) type RefusedOps = Vec<(ObjId, String)>;
 
-/// What one state op stands for.
+/// What one state op stands for. A valid op stands for its own state,
+/// which every reader of the verdict holds already (it read the op's value
+/// to find the op), so only a refused op keeps a state here: a verdict is
+/// a few bytes, not a story's state with its strings (at 10,000 live
+/// stories an epoch holds tens of thousands of state ops on every node).
 #[derive(Clone, Debug)]
-pub(crate) struct Verdict {
-    /// Its own state if valid, else the best valid one it overwrote.
-    effective: Option<StoryState>,
+pub(crate) enum Verdict {
+    Valid,
+    Refused(Box<Refused>),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Refused {
     /// Why its own state was refused.
-    refused: Option<String>,
+    why: String,
+    /// The best valid state it overwrote.
+    effective: Option<StoryState>,
+}
+
+/// The verdicts of a document's state ops, by op. Op ids name their actor
+/// by a number given here as actors are first met: a key is 16 bytes
+/// instead of a counter and a heap-held actor id (ours are 26 bytes and
+/// more).
+#[derive(Debug, Default)]
+pub(crate) struct Verdicts {
+    actors: BTreeMap<ActorId, u32>,
+    by_op: BTreeMap<(u64, u32), Verdict>,
+}
+
+impl Verdicts {
+    fn get(&self, op: &ObjId) -> Option<&Verdict> {
+        match op {
+            ObjId::Id(counter, actor, _) => self.by_op.get(&(*counter, *self.actors.get(actor)?)),
+            ObjId::Root => None,
+        }
+    }
+
+    fn insert(&mut self, op: &ObjId, verdict: Verdict) {
+        let ObjId::Id(counter, actor, _) = op else { return };
+        let next = u32::try_from(self.actors.len()).expect("fewer than 2^32 actors in one document");
+        let actor = *self.actors.entry(actor.clone()).or_insert(next);
+        self.by_op.insert((*counter, actor), verdict);
+    }
+
+    /// Judged already (the root is no op: nothing to judge).
+    fn judged(&self, op: &ObjId) -> bool {
+        matches!(op, ObjId::Root) || self.get(op).is_some()
+    }
+
+    /// The state `op`, whose value parsed as `parsed`, stands for.
+    fn effective(&self, op: &ObjId, parsed: &Result<StoryState, String>) -> Option<StoryState> {
+        match self.get(op)? {
+            Verdict::Valid => parsed.as_ref().ok().cloned(),
+            Verdict::Refused(r) => r.effective.clone(),
+        }
+    }
 }
 
 fn op_key(op: &ObjId) -> Option<OpKey> {
@@ -88,12 +139,11 @@ impl Doc {
         let mut refused = Vec::new();
         let mut best: Option<StoryState> = None;
         for (op, parsed) in values {
-            self.judge(story, obj, op.clone(), parsed, auth);
-            let Some(verdict) = op_key(&op).and_then(|k| self.state_verdicts.get(&k)) else { continue };
-            if let Some(why) = &verdict.refused {
-                refused.push((op.clone(), why.clone()));
+            self.judge(story, obj, op.clone(), parsed.clone(), auth);
+            if let Some(Verdict::Refused(r)) = self.state_verdicts.get(&op) {
+                refused.push((op.clone(), r.why.clone()));
             }
-            best = max_state(story, best, verdict.effective.clone());
+            best = max_state(story, best, self.state_verdicts.effective(&op, &parsed));
         }
         (best, refused, concurrent)
     }
@@ -103,18 +153,13 @@ impl Doc {
     fn judge(&mut self, story: &str, obj: &ObjId, op: ObjId, parsed: Result<StoryState, String>, auth: Auth<'_>) {
         let mut stack = vec![Pending { op, parsed, before: None }];
         while let Some(p) = stack.last_mut() {
-            let Some(key) = op_key(&p.op) else {
-                stack.pop();
-                continue;
-            };
-            if self.state_verdicts.contains_key(&key) {
+            if self.state_verdicts.judged(&p.op) {
                 stack.pop();
                 continue;
             }
             let writer = auth(&p.op);
-            if let (Ok(s), Writer::Admin) = (&p.parsed, &writer) {
-                let effective = Some(s.clone());
-                self.state_verdicts.insert(key, Verdict { effective, refused: None });
+            if let (Ok(_), Writer::Admin) = (&p.parsed, &writer) {
+                self.state_verdicts.insert(&p.op, Verdict::Valid);
                 stack.pop();
                 continue;
             }
@@ -125,7 +170,7 @@ impl Doc {
             let (before, carry) = p.before.as_ref().map(|(b, c)| (b.as_slice(), *c)).unwrap_or_default();
             let unjudged: Vec<Pending> = before
                 .iter()
-                .filter(|(op, _)| op_key(op).is_some_and(|k| !self.state_verdicts.contains_key(&k)))
+                .filter(|(op, _)| !self.state_verdicts.judged(op))
                 .map(|(op, parsed)| Pending { op: op.clone(), parsed: parsed.clone(), before: None })
                 .collect();
             if !unjudged.is_empty() {
@@ -133,19 +178,19 @@ impl Doc {
                 continue;
             }
             let mut prev = None;
-            for (op, _) in before {
-                let effective = op_key(op).and_then(|k| self.state_verdicts.get(&k)).and_then(|v| v.effective.clone());
-                prev = max_state(story, prev, effective);
+            for (op, parsed) in before {
+                prev = max_state(story, prev, self.state_verdicts.effective(op, parsed));
             }
             let why = match &p.parsed {
                 Err(why) => Some(why.clone()),
                 Ok(s) => crate::schema::state_not_authorized(s, prev.as_ref(), &writer, carry),
             };
-            let effective = match (&p.parsed, &why) {
-                (Ok(s), None) => Some(s.clone()),
-                _ => prev,
+            let verdict = match why {
+                None => Verdict::Valid,
+                Some(why) => Verdict::Refused(Box::new(Refused { why, effective: prev })),
             };
-            self.state_verdicts.insert(key, Verdict { effective, refused: why });
+            let op = p.op.clone();
+            self.state_verdicts.insert(&op, verdict);
             stack.pop();
         }
     }
