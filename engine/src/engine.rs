@@ -282,7 +282,9 @@ impl Engine {
                 self.emit(Event::StorageCorrupt { error: e.to_string() });
                 let doc = &mut self.doc;
                 let partial = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    doc.automerge().load_incremental(&good).map(|_| ())
+                    let loaded = doc.automerge().load_incremental(&good).map(|_| ());
+                    crate::doc::forget_patches(doc.automerge());
+                    loaded
                 }));
                 if !matches!(partial, Ok(Ok(()))) {
                     self.doc = Doc::new(self.actor.clone());

@@ -37,6 +37,7 @@ pub fn receive_sync_message(
     if !changes_is_empty && !state.read_only {
         let bytes: Vec<u8> = changes.iter().flatten().copied().collect();
         doc.load_incremental(&bytes)?;
+        crate::doc::forget_patches(doc);
         let after: BTreeSet<ChangeHash> = doc.get_heads().into_iter().collect();
         state.shared_heads = advance_heads(&before_heads, &after, &state.shared_heads);
     }
