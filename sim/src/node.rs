@@ -378,7 +378,7 @@ impl SimNode {
         let heads = self.engine.heads().iter().map(|h| h.to_string()).collect();
         let stories = self.engine.stories().map(|(id, v)| (id.clone(), v.state.clone())).collect();
         let save_len = if *self.ctx.want_save_len.lock().expect("lock") { self.engine.save().len() } else { 0 };
-        let view = View { heads, stories, save_len, epoch: self.engine.epoch() };
+        let view = View { heads, stories: std::sync::Arc::new(stories), save_len, epoch: self.engine.epoch() };
         let id = self.ctx.id.clone();
         if std::mem::take(&mut *self.ctx.check_index.lock().expect("lock")) {
             let stale = self.engine.index_drift();
