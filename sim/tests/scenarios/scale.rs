@@ -24,6 +24,10 @@ fn scale() {
     s.archive_every_ms = 5_000;
     // `HUSKIES_SCALE_EPOCH`: changes between epoch cuts (to measure longer epochs).
     s.config.epoch_after_changes = env("HUSKIES_SCALE_EPOCH", s.config.epoch_after_changes as usize) as _;
+    // `HUSKIES_SCALE_PER_STORY`: the epoch's floor in changes per live
+    // story (memory held against cuts made).
+    s.config.epoch_changes_per_live_story =
+        env("HUSKIES_SCALE_PER_STORY", s.config.epoch_changes_per_live_story as usize) as _;
     for r in sweep(&s, "scale::scale", &[], 1) {
         println!(
             "scale seed {}: epoch {}, {} archived, {} done, heal {:?} ms, sim {} ms, wall {} ms",
