@@ -440,21 +440,36 @@ impl Doc {
 
     /// Every node's landing car (`train/<node>` at the root), as written:
     /// the caller parses and checks them.
-    pub fn read_trains(&mut self) -> Vec<(NodeId, String)> {
+    /// Every node's car, as that node wrote it: a car is the node's own
+    /// word on what it is testing, and others stack their batches on it,
+    /// so a value another node put under its key is not believed (what it
+    /// replaced is read instead). `own`: our node, whose writes `auth`
+    /// calls the admin's when we sign as the CA.
+    pub fn read_trains(&mut self, auth: Auth<'_>, own: &NodeId) -> Vec<(NodeId, String)> {
         let keys: Vec<String> = self.am.keys(automerge::ROOT).filter(|k| k.starts_with(TRAIN_PREFIX)).collect();
+        let text = |v: &Value<'_>| match v {
+            Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Str(t) => Ok(t.to_string()),
+                _ => Err("a car that is no text".to_owned()),
+            },
+            _ => Err("a car that is no text".to_owned()),
+        };
         let mut out = Vec::new();
         for k in keys {
             let Ok(node) = NodeId::new(&k[TRAIN_PREFIX.len()..]) else { continue };
-            if let Ok(Some((Value::Scalar(s), _))) = self.am.get(automerge::ROOT, k.as_str())
-                && let ScalarValue::Str(t) = s.as_ref()
-            {
-                out.push((node, t.to_string()));
+            let owns = |w: &crate::schema::Writer| match w {
+                crate::schema::Writer::Node(n) => *n == node,
+                crate::schema::Writer::Admin => node == *own,
+                crate::schema::Writer::Unknown => false,
+            };
+            let (car, _) = self.owned_value(&automerge::ROOT, &k, auth, &owns, "a car written by another node", text);
+            if let Some((_, t)) = car {
+                out.push((node, t));
             }
         }
         out
     }
 
-    /// Our landing car: a scalar of our own key, so writers never race.
     pub fn put_train(&mut self, node: &NodeId, value: &str) {
         self.put_own(&automerge::ROOT, &format!("{TRAIN_PREFIX}{node}"), ScalarValue::Str(value.into()));
         self.commit();
@@ -800,6 +815,30 @@ pub(super) mod tests {
         };
         d.add_story(&id, &view, "");
         id
+    }
+
+    /// A car is believed only as its own node wrote it: a value another
+    /// node put under its key is looked behind, and a car for a node that
+    /// wrote none is no car.
+    #[test]
+    fn a_car_is_read_as_its_node_wrote_it() {
+        use crate::schema::Writer;
+        let by_actor = |op: &ObjId| match crate::schema::writer_of(op) {
+            Some(n) => NodeId::new(n).map_or(Writer::Unknown, Writer::Node),
+            None => Writer::Admin,
+        };
+        let node = |n: &str| NodeId::new(n).unwrap();
+        let mut a = doc("a");
+        a.put_train(&node("a"), "a's car");
+        let mut m = doc("mallory");
+        m.am.merge(&mut a.am).unwrap();
+        m.put_train(&node("a"), "forged over a's");
+        m.put_train(&node("b"), "forged for b");
+        m.put_train(&node("mallory"), "mallory's car");
+        a.am.merge(&mut m.am).unwrap();
+        let cars = a.read_trains(&by_actor, &node("a"));
+        let want = vec![(node("a"), "a's car".to_owned()), (node("mallory"), "mallory's car".to_owned())];
+        assert_eq!(cars, want);
     }
 
     /// A concurrent write that loses Automerge's own ordering still marks

@@ -250,6 +250,7 @@ pub(crate) fn start_cluster(s: &Scenario, profile: &Profile, oracle: &Arc<Mutex<
             archive_every_ms: if i == 0 { s.archive_every_ms } else { 0 },
             gate_ms: s.gate_ms,
             hostile_writes: Mutex::new(0),
+            hostile_cars: s.hostile_cars,
             tear_next_epoch: Mutex::new(false),
             dead: Mutex::new(false),
             torn: Mutex::new(0),

@@ -81,6 +81,8 @@ pub struct NodeCtx {
     /// Hostile writes this node is to make next (a Byzantine node: its
     /// own well-formed changes of anything, signed by it, issue 21).
     pub hostile_writes: Mutex<u32>,
+    /// Its hostile writes attack the merge queue's cars only.
+    pub hostile_cars: bool,
 }
 
 fn sim_ms() -> u64 {
@@ -411,8 +413,13 @@ impl SimNode {
             d = stable_hash(&[&d.to_be_bytes()]);
             d
         };
+        let (cars, own) = (self.ctx.hostile_cars, self.ctx.id.clone());
         self.engine.write_hostile(Millis(now), |am, parts| {
-            huskies_engine::testkit::hostile_doc::random_attack(am, parts, &stories, &mut draw)
+            if cars {
+                huskies_engine::testkit::hostile_doc::car_attack(am, &own, &mut draw)
+            } else {
+                huskies_engine::testkit::hostile_doc::random_attack(am, parts, &stories, &mut draw)
+            }
         });
         self.carry_out(now);
     }

@@ -56,6 +56,9 @@ pub struct Scenario {
     /// oracle checks the honest nodes only, and that none shows a value
     /// only the hostile node could have written.
     pub byzantine: Option<usize>,
+    /// The Byzantine node attacks the merge queue's cars only
+    /// (`hostile_doc::car_attack`) instead of drawing from every attack.
+    pub hostile_cars: bool,
     /// `Some`: every node's disk takes this long to write, the engine's
     /// outputs wait behind each write, and a crash loses what was not
     /// confirmed (`disk.rs`). `None`: writes are durable at once.
@@ -99,6 +102,7 @@ impl Scenario {
             merge_nodes: None,
             start_stage: Stage::Current,
             byzantine: None,
+            hostile_cars: false,
             disk: None,
         }
     }

@@ -244,6 +244,20 @@ impl Doc {
         not_admin: &str,
         accept: impl Fn(&Value<'_>) -> Result<T, String>,
     ) -> (Option<(ObjId, T)>, RefusedOps) {
+        self.owned_value(obj, key, auth, &|w| *w == Writer::Admin, not_admin, accept)
+    }
+
+    /// [`Doc::admin_value`] for a value only writers `owns` says yes to
+    /// may write (a node's car: that node).
+    pub(crate) fn owned_value<T>(
+        &mut self,
+        obj: &ObjId,
+        key: &str,
+        auth: Auth<'_>,
+        owns: &dyn Fn(&Writer) -> bool,
+        not_owner: &str,
+        accept: impl Fn(&Value<'_>) -> Result<T, String>,
+    ) -> (Option<(ObjId, T)>, RefusedOps) {
         /// Replacements looked behind, at most (each is one hostile write).
         const MAX_STEPS: usize = 16;
         let mut values: Vec<(ObjId, Result<T, String>)> =
@@ -254,15 +268,15 @@ impl Doc {
         for step in 0..MAX_STEPS {
             let mut behind = Vec::new();
             for (op, value) in values {
-                let admin = auth(&op) == Writer::Admin;
+                let owner = owns(&auth(&op));
                 match value {
-                    Ok(v) if admin => {
+                    Ok(v) if owner => {
                         if found.as_ref().and_then(|(f, _)| op_key(f)) < op_key(&op) {
                             found = Some((op, v));
                         }
                         continue;
                     }
-                    Ok(_) if step == 0 => refused.push((op.clone(), not_admin.to_owned())),
+                    Ok(_) if step == 0 => refused.push((op.clone(), not_owner.to_owned())),
                     Err(why) if step == 0 => refused.push((op.clone(), why)),
                     _ => {}
                 }

@@ -139,3 +139,34 @@ pub fn random_attack(
         }
     }
 }
+
+/// One hostile write to the merge queue's cars, drawn from `draw`: a car
+/// of `own` (the hostile node) rewritten so that it no longer lists what
+/// batches stacked on it were built on (its stories reversed, its chain
+/// ahead dropped), or another node's car forged the same way under that
+/// node's key. Either breaks every chain stacked on the car, if believed.
+pub fn car_attack(am: &mut AutoCommit, own: &crate::NodeId, draw: &mut impl FnMut() -> u64) {
+    use automerge::{ReadDoc, ScalarValue, transaction::Transactable};
+    let keys: Vec<String> = am.keys(automerge::ROOT).filter(|k| k.starts_with("train/")).collect();
+    let own_key = format!("train/{own}");
+    let key = if keys.is_empty() || draw().is_multiple_of(2) {
+        own_key
+    } else {
+        keys[(draw() % keys.len() as u64) as usize].clone()
+    };
+    let car = match am.get(automerge::ROOT, key.as_str()) {
+        Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Str(t) => crate::landing::Car::decode(t),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(mut car) = car else { return };
+    if car.stories.len() > 1 && draw().is_multiple_of(2) {
+        car.stories.reverse();
+    } else {
+        car.ahead.clear();
+        car.batch = car.batch.wrapping_add(1);
+    }
+    let _ = am.put(automerge::ROOT, key.as_str(), car.encode());
+}

@@ -164,3 +164,29 @@ fn merge_fleet_trains() {
         assert_eq!(l.call_offs.stalled, 0, "seed {}: a chain stalled in a run without faults", r.seed);
     }
 }
+
+/// A merge node turned hostile rewrites cars: its own, so that it no
+/// longer lists what batches stacked on it were built on, and others',
+/// forged under their keys (not believed: `Doc::read_trains`). Its peers
+/// soon take it for dead, and nobody stacks on its stories: every story
+/// lands, at most one and a half gate runs a story (honest, this fleet
+/// takes 35-36; before nodes shunned a dead holder's chain, 169-213).
+#[test]
+fn merge_hostile_cars() {
+    let mut s = Scenario::new("merge_hostile_cars", 10, 60);
+    s.start_stage = huskies_engine::Stage::Merge;
+    s.gate_ms = 300;
+    s.profile = ProfileChoice::Fixed(Profile::calm());
+    s.fault_ms = 20_000;
+    s.byzantine = Some(2);
+    s.hostile_cars = true;
+    for r in sweep(&s, "merge_queue::merge_hostile_cars", &[], 4) {
+        let l = &r.landing;
+        println!(
+            "merge hostile cars seed {}: {} gate runs for {} stories landed, {} batches, {} withdrawn",
+            r.seed, l.gate_runs, l.landed, l.batches, l.call_offs.withdrawn
+        );
+        assert_eq!(r.stories_done + r.stories_archived, 60);
+        assert!(2 * l.gate_runs <= 3 * l.landed, "seed {}: {} gate runs for {} stories", r.seed, l.gate_runs, l.landed);
+    }
+}
