@@ -380,9 +380,10 @@ impl Engine {
     /// signatures of what it covers go with it (`signing.rs`); a snapshot
     /// carries all of the epoch's.
     pub(crate) fn persist(&mut self, kind: PersistKind, mut bytes: Vec<u8>) {
-        self.saved.keep(kind, &bytes);
+        let doc_bytes = bytes.len();
         self.sign_new_changes();
         bytes.extend(self.sigs.take_block(!matches!(kind, PersistKind::Append)));
+        self.saved.keep(kind, &bytes[..doc_bytes], bytes.len());
         self.saved.set_heads(self.doc.heads());
         // Persists go out at once, in order; what they cover waits.
         self.outbox.persist(kind, bytes);
