@@ -254,6 +254,36 @@ pub(crate) fn remote_value(repo: &Repository, remote_ref: &str) -> Option<Oid> {
     repo.refname_to_id(&format!("refs/remotes/origin/{name}")).ok()
 }
 
+/// libgit2 pushes to a remote on a local path (a bare repository on a
+/// shared disk, as the demo's) by writing the remote's refs outright,
+/// never checking their old values (`transports/local.c`): two processes
+/// landing on the same base at once both "won", and one story reported
+/// landed was lost from the default branch. Every huskies process pushing
+/// there holds an exclusive lock on a file in that repository across the
+/// lease's check (at connect, when refs are listed) and the write; the
+/// lock goes with the process if it dies. Network remotes check the old
+/// value in receive-pack: `None`.
+fn lock_local_remote(remote: &git2::Remote<'_>) -> Result<Option<std::fs::File>, GitError> {
+    let Ok(url) = remote.url() else { return Ok(None) };
+    let path = match url.strip_prefix("file://") {
+        Some(p) => p,
+        None if !url.contains("://") && !url.contains('@') => url,
+        None => return Ok(None),
+    };
+    let dir = std::path::Path::new(path);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("huskies-push.lock"))
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|source| GitError::Io { what: "lock for a push", path: dir.join("huskies-push.lock"), source })?;
+    Ok(Some(lock))
+}
+
 /// Pushes `updates` (local ref -> remote ref) with a lease on each:
 /// the push goes through only if every remote ref is still at the value
 /// given (zero: absent). The remote's receive-pack checks the old value
@@ -292,6 +322,7 @@ pub(crate) fn push_leased(
     let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
     let pushed = {
         let _turn = REMOTE_REFS.lock().unwrap_or_else(|p| p.into_inner());
+        let _local = lock_local_remote(remote)?;
         remote.push(&specs, Some(&mut opts))
     };
     match pushed {
