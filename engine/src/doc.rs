@@ -443,9 +443,11 @@ impl Doc {
     /// Every node's car, as that node wrote it: a car is the node's own
     /// word on what it is testing, and others stack their batches on it,
     /// so a value another node put under its key is not believed (what it
-    /// replaced is read instead). `own`: our node, whose writes `auth`
-    /// calls the admin's when we sign as the CA.
-    pub fn read_trains(&mut self, auth: Auth<'_>, own: &NodeId) -> Vec<(NodeId, String)> {
+    /// replaced is read instead). The admin's writes are believed
+    /// whichever car they are (a server that lands writes its own as the
+    /// admin, and `auth` calls our own writes the admin's when we sign as
+    /// the CA).
+    pub fn read_trains(&mut self, auth: Auth<'_>) -> Vec<(NodeId, String)> {
         let keys: Vec<String> = self.am.keys(automerge::ROOT).filter(|k| k.starts_with(TRAIN_PREFIX)).collect();
         let text = |v: &Value<'_>| match v {
             Value::Scalar(s) => match s.as_ref() {
@@ -459,7 +461,9 @@ impl Doc {
             let Ok(node) = NodeId::new(&k[TRAIN_PREFIX.len()..]) else { continue };
             let owns = |w: &crate::schema::Writer| match w {
                 crate::schema::Writer::Node(n) => *n == node,
-                crate::schema::Writer::Admin => node == *own,
+                // The server signs as the admin, and its car is its own
+                // word like any node's; the admin may write anything.
+                crate::schema::Writer::Admin => true,
                 crate::schema::Writer::Unknown => false,
             };
             let (car, _) = self.owned_value(&automerge::ROOT, &k, auth, &owns, "a car written by another node", text);
@@ -824,6 +828,7 @@ pub(super) mod tests {
     fn a_car_is_read_as_its_node_wrote_it() {
         use crate::schema::Writer;
         let by_actor = |op: &ObjId| match crate::schema::writer_of(op) {
+            Some(n) if n == "server" => Writer::Admin,
             Some(n) => NodeId::new(n).map_or(Writer::Unknown, Writer::Node),
             None => Writer::Admin,
         };
@@ -835,9 +840,18 @@ pub(super) mod tests {
         m.put_train(&node("a"), "forged over a's");
         m.put_train(&node("b"), "forged for b");
         m.put_train(&node("mallory"), "mallory's car");
+        // A server that also lands writes its car as the admin; every
+        // node believes it, not only the server itself.
+        let mut server = doc("server");
+        server.put_train(&node("server"), "the server's car");
         a.am.merge(&mut m.am).unwrap();
-        let cars = a.read_trains(&by_actor, &node("a"));
-        let want = vec![(node("a"), "a's car".to_owned()), (node("mallory"), "mallory's car".to_owned())];
+        a.am.merge(&mut server.am).unwrap();
+        let cars = a.read_trains(&by_actor);
+        let want = vec![
+            (node("a"), "a's car".to_owned()),
+            (node("mallory"), "mallory's car".to_owned()),
+            (node("server"), "the server's car".to_owned()),
+        ];
         assert_eq!(cars, want);
     }
 

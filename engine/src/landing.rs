@@ -469,8 +469,7 @@ impl Engine {
         let own = self.doc.automerge().get_actor().clone();
         let own_admin = self.signs_as_admin();
         let sigs = &self.sigs;
-        let node = self.node.clone();
-        self.doc.read_trains(&|op| crate::signing::writer_of(sigs, op, &own, own_admin), &node)
+        self.doc.read_trains(&|op| crate::signing::writer_of(sigs, op, &own, own_admin))
     }
 
     /// Every story some car says its build left out, with its token.
