@@ -695,4 +695,92 @@ mod tests {
         assert!(matches!(again, Pushed::Landed { replaced: None, .. }));
         assert_eq!(remote_ref(dir.path(), "refs/heads/huskies/t"), branch_head(&qa, "t"));
     }
+
+    /// Environment of a child of `processes_racing_leased_pushes_lose_none`.
+    const RACE_REMOTE: &str = "HUSKIES_PUSH_RACE_REMOTE";
+    const RACE_WINS: usize = 12;
+
+    /// Processes, not threads: within one process a mutex orders pushes,
+    /// and libgit2's local transport writes a path remote's refs with no
+    /// old-value check, so only a lock the processes share can make the
+    /// lease a compare-and-swap. Each child lands commits on the remote's
+    /// default branch by leased pushes; every push reported won must be on
+    /// it.
+    #[test]
+    fn processes_racing_leased_pushes_lose_none() {
+        const CHILDREN: usize = 3;
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let remote = dir.path().join("remote.git");
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..CHILDREN)
+            .map(|i| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "git::tests::leased_push_race_child",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env(RACE_REMOTE, &remote)
+                    .env("HUSKIES_PUSH_RACE_DIR", dir.path().join(format!("child-{i}")))
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut won = 0;
+        let mut lost = 0;
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "a child failed: {text}");
+            let line = text.lines().find_map(|l| l.split_once("race: ").map(|(_, t)| t)).expect("a child's tally");
+            let (w, l) = line.split_once(' ').unwrap();
+            won += w.parse::<usize>().unwrap();
+            lost += l.parse::<usize>().unwrap();
+        }
+        assert_eq!(won, CHILDREN * RACE_WINS);
+        let bare = Repository::open_bare(&remote).unwrap();
+        let mut walk = bare.revwalk().unwrap();
+        walk.push_ref("refs/heads/master").unwrap();
+        let on_master = walk.count() - 1;
+        assert_eq!(on_master, won, "every push reported won is on master ({lost} leases lost and retried)");
+    }
+
+    /// One racer: run only by `processes_racing_leased_pushes_lose_none`.
+    #[test]
+    #[ignore = "a child process of processes_racing_leased_pushes_lose_none"]
+    fn leased_push_race_child() {
+        let (Some(remote), Some(dir)) = (std::env::var_os(RACE_REMOTE), std::env::var_os("HUSKIES_PUSH_RACE_DIR"))
+        else {
+            panic!("run by processes_racing_leased_pushes_lose_none only");
+        };
+        let dir = PathBuf::from(dir);
+        let repo = Repository::clone(Path::new(&remote).to_str().unwrap(), &dir).unwrap();
+        let creds = GitCredentials::default();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let (mut won, mut lost) = (0, 0);
+        while won < RACE_WINS {
+            assert!(lost < 1000, "leases kept breaking");
+            fetch(&repo, &creds).unwrap();
+            let base = repo.refname_to_id("refs/remotes/origin/master").unwrap();
+            let parent = repo.find_commit(base).unwrap();
+            let name = format!("{}-{won}-{lost}.txt", dir.file_name().unwrap().to_string_lossy());
+            let blob = repo.blob(name.as_bytes()).unwrap();
+            let mut tree = repo.treebuilder(Some(&parent.tree().unwrap())).unwrap();
+            tree.insert(&name, blob, 0o100644).unwrap();
+            let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+            let ours = repo.commit(None, &sig, &sig, &name, &tree, &[&parent]).unwrap();
+            repo.reference("refs/heads/race", ours, true, "race").unwrap();
+            let mut origin = repo.find_remote("origin").unwrap();
+            let update = [("refs/heads/race".to_owned(), "refs/heads/master".to_owned(), base)];
+            match push_leased(&repo, &mut origin, &creds, &update).unwrap() {
+                Ok(()) => won += 1,
+                Err(_) => lost += 1,
+            }
+        }
+        println!("race: {won} {lost}");
+    }
 }
