@@ -18,6 +18,7 @@ use crate::story::StoryState;
 use crate::{NodeId, StoryId};
 
 mod touched;
+mod unsaved;
 mod validity;
 
 pub(crate) use touched::Writes;
@@ -153,6 +154,9 @@ pub struct Doc {
     owners: touched::Owners,
     /// Merges read whole because a change applied unnoted.
     full_reads: u64,
+    /// What storage holds, and bytes in hand for what it lacks
+    /// (`doc/unsaved.rs`).
+    unsaved: unsaved::Unsaved,
 }
 
 /// Drops the patches Automerge logged while applying others' changes.
@@ -205,6 +209,7 @@ impl Doc {
             changes_known: am_changes,
             owners: BTreeMap::new(),
             full_reads: 0,
+            unsaved: Default::default(),
         }
     }
 

@@ -233,7 +233,7 @@ impl Engine {
             self.lifecycle = Lifecycle::Running;
         }
         // Compact storage on every start: one snapshot replaces the log.
-        let snapshot = self.doc.automerge().save();
+        let snapshot = self.doc.save_snapshot();
         self.persist(PersistKind::Snapshot, snapshot);
         self.doc.mark_persisted();
         self.emit(Event::Ready { stories: self.index.len(), unreadable: bad.keys });
@@ -330,9 +330,9 @@ impl Engine {
         if self.doc.unpersisted() {
             self.doc.mark_persisted();
             let (kind, bytes) = if self.saved.snapshot_due(self.config.snapshot_every) {
-                (PersistKind::Snapshot, self.doc.automerge().save())
+                (PersistKind::Snapshot, self.doc.save_snapshot())
             } else {
-                (PersistKind::Append, self.doc.automerge().save_incremental())
+                (PersistKind::Append, self.doc.save_incremental())
             };
             if !bytes.is_empty() {
                 self.persist(kind, bytes);

@@ -470,7 +470,7 @@ impl Engine {
         // What the old document still owes storage goes there first, so
         // cold storage holds all of it.
         if self.doc.unpersisted() {
-            let bytes = self.doc.automerge().save_incremental();
+            let bytes = self.doc.save_incremental();
             if !bytes.is_empty() {
                 self.persist(PersistKind::Append, bytes);
             }
@@ -483,7 +483,7 @@ impl Engine {
         self.epochs.moved_to(base.clone());
         self.reindex();
         self.write_own_record();
-        let snapshot = self.doc.automerge().save();
+        let snapshot = self.doc.save_snapshot();
         self.persist(PersistKind::Epoch { epoch: base.epoch }, snapshot);
         self.doc.mark_persisted();
         self.saved.snapshot_taken();

@@ -113,6 +113,9 @@ pub(crate) struct Checked {
     /// `None` when the document held it already, or the decoder could not
     /// read it (then the merge is read whole).
     writes: Option<crate::doc::Writes>,
+    /// Its bytes as sent, for the next append (`doc/unsaved.rs`); `None`
+    /// when the document held it already.
+    bytes: Option<Vec<u8>>,
 }
 
 /// What the signature check of one message decided.
@@ -570,7 +573,8 @@ impl Engine {
             // rebuild dropped) touches nothing new.
             let fresh = self.doc.automerge().get_change_meta_by_hash(&hash).is_none();
             let writes = expanded.as_ref().filter(|_| fresh).map(crate::doc::Writes::of);
-            verdict.checked.push(Checked { hash, actor, sig: checked_sig, cert, writes });
+            let bytes = fresh.then(|| chunk.to_vec());
+            verdict.checked.push(Checked { hash, actor, sig: checked_sig, cert, writes, bytes });
         }
         Ok(verdict)
     }
@@ -618,9 +622,12 @@ impl Engine {
     }
 
     pub(crate) fn keep_sigs(&mut self, checked: Vec<Checked>) {
-        for Checked { hash, actor, sig, cert, writes } in checked {
+        for Checked { hash, actor, sig, cert, writes, bytes } in checked {
             if let Some((node, cert)) = cert {
                 self.sigs.know_cert(&node, cert);
+            }
+            if let Some(bytes) = bytes {
+                self.doc.keep_sent_change(hash, bytes);
             }
             if let Some(writes) = writes {
                 self.doc.note_writes(hash, writes);
