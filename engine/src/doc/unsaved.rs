@@ -42,11 +42,15 @@ impl Doc {
         for hash in &hashes {
             match self.unsaved.sent.remove(hash) {
                 Some(sent) => bytes.extend_from_slice(&sent),
-                None => {
-                    // Every hash came from the document's own change graph.
-                    let change = self.am.get_change_by_hash(hash).expect("a change the document lists");
-                    bytes.extend_from_slice(change.raw_bytes());
-                }
+                None => match self.am.get_change_by_hash(hash) {
+                    Some(change) => bytes.extend_from_slice(change.raw_bytes()),
+                    // A change the document lists and cannot rebuild alone
+                    // (Automerge's doing, never seen): Automerge's own append.
+                    None => {
+                        bytes = self.am.save_after(&self.unsaved.cursor);
+                        break;
+                    }
+                },
             }
         }
         self.unsaved.sent.clear();
